@@ -1,0 +1,461 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Moment and normalization kernels.
+
+Every normalization in fastnorm is "moments over some axes, then a per-element affine", and a C-contiguous
+buffer seen through the right view has only two reduction shapes:
+
+* ``[N, C, S]``: the statistics of "channel" ``c`` are taken over ``N`` runs of ``S`` contiguous values,
+  ``x[n, c, :]`` (BatchNorm channels first; a row of LayerNorm or InstanceNorm is the case ``N = 1``);
+* ``[M, C]``: the statistics of column ``c`` are taken over the ``M`` rows (channels last).
+
+Moments are computed in double precision on blocks of at most ``BLOCK`` contiguous values (shifted sums
+with one accumulator per SIMD lane, the shift being a value of the block itself), and blocks are merged
+with Chan's formula.  The set of blocks and the order of the merges depend only on the shape, never on
+the thread count, so results are bitwise identical whatever the number of threads.
+
+The normalization sweep computes ``(x - mean_hi) * scale + shift`` where ``mean_hi`` is the double-precision
+mean rounded to the data's type and ``shift`` carries the remainder at the scale of the output: for float32
+data at 1e5 +- 1 the subtraction ``x - mean_hi`` is exact, so folding the mean into a single float32 offset
+``x * scale + (bias - mean * scale)`` (and losing up to half an ulp of 1e5, 0.004) is avoided.
+
+Nothing here knows about layers, momentum or modes: the Python layer validates, builds the views and
+passes raw contiguous buffers.
+"""
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fastnorm_openmp_enabled(void) { return 1; }
+    static int fastnorm_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int fastnorm_openmp_enabled(void) { return 0; }
+    static int fastnorm_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int fastnorm_openmp_enabled() nogil
+    int fastnorm_omp_max_threads() nogil
+
+cdef extern from "_simd.h" nogil:
+    void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                  const float* base, double* s1, double* s2)
+    void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                  const double* base, double* s1, double* s2)
+    void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale, float shift)
+    void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale, double shift)
+    void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                 const float* p)
+    void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                 const double* p)
+
+ctypedef fused floating:
+    float
+    double
+
+# Values per moments block.  Small enough to sit in L1 while the block is summed, large enough that the
+# Chan merge that follows each block (a few divisions) is negligible.
+cdef enum:
+    BLOCK = 2048
+
+cdef struct Moments:
+    double count
+    double mean
+    double m2       # sum of squared deviations from the mean
+
+# A per-channel parameter vector: float32 or float64, contiguous, or absent (NULL).
+cdef struct Vec:
+    const void* data
+    bint is_f64
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(fastnorm_openmp_enabled())
+
+
+def omp_max_threads():
+    """``omp_get_max_threads()`` at call time (1 without OpenMP); honours OMP_NUM_THREADS and threadpoolctl."""
+    return fastnorm_omp_max_threads()
+
+
+cdef inline Vec _vec(object a):
+    cdef Vec v
+    if a is None:
+        v.data = NULL
+        v.is_f64 = False
+    else:
+        v.data = cnp.PyArray_DATA(<cnp.ndarray>a)
+        v.is_f64 = cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_DOUBLE
+    return v
+
+
+cdef inline double _at(Vec v, Py_ssize_t i, double default) noexcept nogil:
+    if v.data == NULL:
+        return default
+    if v.is_f64:
+        return (<const double*>v.data)[i]
+    return (<const float*>v.data)[i]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Moments
+# ---------------------------------------------------------------------------------------------------------
+
+cdef inline Moments _run_moments(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Moments of ``n`` (1 <= n <= BLOCK) contiguous values.
+
+    Shifted sums in double precision: with the shift being one of the values, ``M2 = S2 - S1**2 / n``
+    loses at most a factor ``n`` of double precision even in the worst case, and typically nothing.
+    """
+    cdef double shift = x[0]
+    cdef double t1, t2, dm
+    cdef Moments m
+    if floating is float:
+        fastnorm_shifted_sums_f32(x, n, shift, &t1, &t2)
+    else:
+        fastnorm_shifted_sums_f64(x, n, shift, &t1, &t2)
+    dm = t1 / n
+    m.count = <double>n
+    m.mean = shift + dm
+    m.m2 = t2 - t1 * dm
+    if m.m2 < 0.0:
+        m.m2 = 0.0
+    return m
+
+
+cdef inline void _merge(Moments* a, Moments b) noexcept nogil:
+    """Chan's formula: fold the moments ``b`` into ``a``."""
+    cdef double n, delta, w
+    if b.count == 0.0:
+        return
+    if a.count == 0.0:
+        a[0] = b
+        return
+    n = a.count + b.count
+    w = b.count / n
+    delta = b.mean - a.mean
+    a.mean = a.mean + delta * w
+    a.m2 = a.m2 + b.m2 + delta * delta * (a.count * w)
+    a.count = n
+
+
+cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssize_t runlen,
+                                     Py_ssize_t stride) noexcept nogil:
+    """Moments of ``nruns`` runs of ``runlen`` contiguous values, run ``r`` starting at ``x + r * stride``.
+
+    The canonical order: runs in order, blocks of BLOCK values in order within a run.
+    """
+    cdef Moments acc
+    cdef Py_ssize_t r, b
+    cdef const floating* p
+    acc.count = 0.0
+    acc.mean = 0.0
+    acc.m2 = 0.0
+    for r in range(nruns):
+        p = x + r * stride
+        for b in range(0, runlen, 2048):  # BLOCK
+            _merge(&acc, _run_moments(p + b, min(<Py_ssize_t>BLOCK, runlen - b)))
+    return acc
+
+
+cdef void _block_moments_ncs(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t blocks_per_run,
+                             Py_ssize_t c, Py_ssize_t k, Moments* out) noexcept nogil:
+    """Block ``k`` (in canonical order) of channel ``c`` of an ``[N, C, S]`` buffer."""
+    cdef Py_ssize_t n = k // blocks_per_run
+    cdef Py_ssize_t start = (k % blocks_per_run) * BLOCK
+    out[0] = _run_moments(x + (n * C + c) * S + start, min(<Py_ssize_t>BLOCK, S - start))
+
+
+cdef void _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                       double* mean, double* var, int nthreads) noexcept nogil:
+    """Per-channel mean and biased variance of an ``[N, C, S]`` buffer (N * S >= 1)."""
+    cdef Py_ssize_t c, k, i
+    cdef Py_ssize_t blocks_per_run = (S + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t per_channel = N * blocks_per_run
+    cdef Moments m
+    cdef Moments* partial
+    if nthreads <= 1 or C >= 4 * nthreads:
+        for c in prange(C, schedule="static", num_threads=nthreads):
+            _store_moments(_strided_moments(x + c * S, N, S, C * S), c, mean, var)
+        return
+    # Few channels for the threads: compute the blocks of all channels in parallel, then merge each
+    # channel's blocks in the same canonical order as _strided_moments (so the bits do not change).
+    partial = <Moments*>malloc(C * per_channel * sizeof(Moments))
+    for i in prange(C * per_channel, schedule="static", num_threads=nthreads):
+        _block_moments_ncs(x, C, S, blocks_per_run, i // per_channel, i % per_channel, partial + i)
+    for c in range(C):
+        m = partial[c * per_channel]
+        for k in range(1, per_channel):
+            _merge(&m, partial[c * per_channel + k])
+        _store_moments(m, c, mean, var)
+    free(partial)
+
+
+cdef inline void _store_moments(Moments m, Py_ssize_t c, double* mean, double* var) noexcept nogil:
+    mean[c] = m.mean
+    var[c] = m.m2 / m.count
+
+
+cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
+                                double* bmean, double* bm2) noexcept nogil:
+    """Per-column moments of rows ``r0 <= r < r1`` of an ``[M, C]`` buffer, shifted by row ``r0``."""
+    cdef const floating* base = x + r0 * C
+    cdef Py_ssize_t c
+    cdef double dm
+    cdef double n = <double>(r1 - r0)
+    if floating is float:
+        fastnorm_column_sums_f32(base, r1 - r0, C, C, base, bmean, bm2)
+    else:
+        fastnorm_column_sums_f64(base, r1 - r0, C, C, base, bmean, bm2)
+    for c in range(C):
+        dm = bmean[c] / n
+        bm2[c] = bm2[c] - bmean[c] * dm
+        if bm2[c] < 0.0:
+            bm2[c] = 0.0
+        bmean[c] = <double>base[c] + dm
+
+
+cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:
+    # A function of the shape only: the blocking (hence the bits) must not depend on the thread count.
+    return max(<Py_ssize_t>64, 16384 // C)
+
+
+cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
+                      int nthreads) noexcept nogil:
+    """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1)."""
+    cdef Py_ssize_t rb = _rows_per_block(C)
+    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
+    cdef Py_ssize_t blk, c
+    cdef double* partial = <double*>malloc(nblocks * 2 * C * sizeof(double))
+    cdef double* bmean
+    cdef double* bm2
+    cdef double na, nb, w, f, delta
+    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+        _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
+                              partial + 2 * C * blk, partial + 2 * C * blk + C)
+    # Chan merges of the row blocks, in order; every column of a block has the same count, so the
+    # weights are computed once per block and the column loop vectorizes.
+    na = <double>min(M, rb)
+    for c in range(C):
+        mean[c] = partial[c]
+        var[c] = partial[C + c]
+    for blk in range(1, nblocks):
+        nb = <double>(min(M, (blk + 1) * rb) - blk * rb)
+        w = nb / (na + nb)
+        f = na * w
+        bmean = partial + 2 * C * blk
+        bm2 = bmean + C
+        for c in range(C):
+            delta = bmean[c] - mean[c]
+            mean[c] = mean[c] + delta * w
+            var[c] = var[c] + bm2[c] + delta * delta * f
+        na = na + nb
+    for c in range(C):
+        var[c] = var[c] / na
+    free(partial)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normalization sweeps
+# ---------------------------------------------------------------------------------------------------------
+
+cdef inline void _affine(double mean, double var, double eps, Vec weight, Vec bias, Py_ssize_t c,
+                         floating* hi, floating* scale, floating* shift) noexcept nogil:
+    """Fold channel ``c``'s statistics and affine into ``y = (x - hi) * scale + shift``.
+
+    ``hi`` is the mean rounded to the data's type; the rest of the mean, ``mean - hi``, goes into
+    ``shift`` as ``- (mean - hi) * scale``.  ``x - hi`` is exact for data near its mean (Sterbenz), so no
+    precision of a large mean is lost, and the remainder is added at the scale of the output, where its
+    rounding is a fraction of an ulp of ``y``.
+    """
+    cdef double s = _at(weight, c, 1.0) / sqrt(var + eps)
+    hi[0] = <floating>mean
+    scale[0] = <floating>s
+    shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>hi[0]) * s)
+
+
+cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
+                        floating shift) noexcept nogil:
+    if floating is float:
+        fastnorm_sweep_f32(x, y, n, hi, scale, shift)
+    else:
+        fastnorm_sweep_f64(x, y, n, hi, scale, shift)
+
+
+cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t C,
+                             const floating* p) noexcept nogil:
+    if floating is float:
+        fastnorm_sweep_rows_f32(x, y, rows, C, p)
+    else:
+        fastnorm_sweep_rows_f64(x, y, rows, C, p)
+
+
+cdef void _normalize_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         const floating* p, int nthreads) noexcept nogil:
+    cdef Py_ssize_t run, c
+    if nthreads <= 1:
+        for run in range(N * C):
+            c = run % C
+            _sweep(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c])
+        return
+    for run in prange(N * C, schedule="static", num_threads=nthreads):
+        c = run % C
+        _sweep(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c])
+
+
+cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
+                        int nthreads) noexcept nogil:
+    cdef Py_ssize_t rb = _rows_per_block(C)
+    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
+    cdef Py_ssize_t blk
+    if nthreads <= 1:
+        _sweep_rows(x, y, M, C, p)
+        return
+    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+        _sweep_rows(x + blk * rb * C, y + blk * rb * C, min(rb, M - blk * rb), C, p)
+
+
+cdef void _train_channel(const floating* x, floating* y, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t S, Vec weight, Vec bias, double eps, double* mean,
+                         double* var) noexcept nogil:
+    """Statistics of channel ``c``, then its normalization while its runs are still in cache."""
+    cdef floating p[3]
+    cdef Py_ssize_t n
+    cdef const floating* xc = x + c * S
+    cdef floating* yc = y + c * S
+    _store_moments(_strided_moments(xc, N, S, C * S), c, mean, var)
+    _affine(mean[c], var[c], eps, weight, bias, c, &p[0], &p[1], &p[2])
+    for n in range(N):
+        _sweep(xc + n * C * S, yc + n * C * S, S, p[0], p[1], p[2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed entry points: dispatch on dtype, release the GIL, and leave validation to the Python layer
+# (buffers are C-contiguous float32/float64 of the stated sizes; parameter vectors have length C).
+# ---------------------------------------------------------------------------------------------------------
+
+cdef inline bint _is_f64(cnp.ndarray x):
+    return cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+
+
+def moments_ncs(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthreads):
+    """Per-channel (mean, biased variance) as float64 arrays of an ``[N, C, S]`` buffer."""
+    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
+        else:
+            _moments_ncs(<const float*>px, N, C, S, pm, pv, nthreads)
+    return mean, var
+
+
+def moments_mc(cnp.ndarray x, Py_ssize_t M, Py_ssize_t C, int nthreads):
+    """Per-column (mean, biased variance) as float64 arrays of an ``[M, C]`` buffer."""
+    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
+        else:
+            _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
+    return mean, var
+
+
+cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                              Vec mean, Vec var, Vec weight, Vec bias, double eps,
+                              int nthreads) noexcept nogil:
+    """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
+    cdef Py_ssize_t c
+    cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
+    for c in range(C):
+        _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
+    if S == 1:
+        _normalize_mc(x, y, N, C, p, nthreads)
+    else:
+        _normalize_ncs(x, y, N, C, S, p, nthreads)
+    free(p)
+
+
+def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+              object mean, object var, object weight, object bias, double eps, int nthreads):
+    """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of an ``[N, C, S]`` buffer
+    (``S == 1`` is the channels-last ``[N, C]`` case)."""
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(out)
+    cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _fold_and_normalize(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+        else:
+            _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+
+
+cdef void _train_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     Vec weight, Vec bias, double eps, double* mean, double* var,
+                     int nthreads) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef Vec vm, vv
+    if nthreads <= 1 or C >= 4 * nthreads:
+        for c in prange(C, schedule="static", num_threads=nthreads):
+            _train_channel(x, y, c, N, C, S, weight, bias, eps, mean, var)
+        return
+    # Too few channels to share among the threads one channel each: split the statistics into blocks
+    # (same bits, see _moments_ncs), then normalize all runs in parallel.
+    _moments_ncs(x, N, C, S, mean, var, nthreads)
+    vm.data = mean
+    vm.is_f64 = True
+    vv.data = var
+    vv.is_f64 = True
+    _fold_and_normalize(x, y, N, C, S, vm, vv, weight, bias, eps, nthreads)
+
+
+def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+          object weight, object bias, double eps, int nthreads):
+    """Training-mode normalization of an ``[N, C, S]`` buffer with its own per-channel statistics.
+
+    Returns the per-channel (mean, biased variance) as float64 arrays.  ``S == 1`` is the channels-last
+    ``[N, C]`` case: its statistics need every row, so it is moments then a second sweep.
+    """
+    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(out)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef Vec vw = _vec(weight), vb = _vec(bias)
+    cdef Vec vm = _vec(mean), vv = _vec(var)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if S == 1:
+            if f64:
+                _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
+                _fold_and_normalize(<const double*>px, <double*>py, N, C, 1, vm, vv, vw, vb, eps, nthreads)
+            else:
+                _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
+                _fold_and_normalize(<const float*>px, <float*>py, N, C, 1, vm, vv, vw, vb, eps, nthreads)
+        elif f64:
+            _train_ncs(<const double*>px, <double*>py, N, C, S, vw, vb, eps, pm, pv, nthreads)
+        else:
+            _train_ncs(<const float*>px, <float*>py, N, C, S, vw, vb, eps, pm, pv, nthreads)
+    return mean, var

@@ -1,0 +1,88 @@
+/* The innermost loops of the kernels, in C for two reasons Cython cannot express.
+ *
+ * 1. gcc does not vectorize a floating-point reduction written in Cython.  Vectorizing a reduction means summing in SIMD lanes, a reassociation that the compiler makes only when
+ * told to.  "omp simd reduction" (and the fixed-width tile of accumulators below) tells it for these loops
+ * alone: never -ffast-math, which would also undo the compensated subtraction of the mean elsewhere.
+ * The lane count is fixed when the module is loaded, so results are the same on every call and for every
+ * thread count.
+ * 2. Function multiversioning: on x86-64 an AVX2 clone of each loop is selected at load time where the
+ *    CPU has it, while the module itself stays built for the baseline ISA.  Elementwise sweeps give the
+ *    same bits in either clone (no contraction into FMA: -ffp-contract=off). */
+#ifndef FASTNORM_SIMD_H
+#define FASTNORM_SIMD_H
+
+#include <stddef.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNORM_NO_CLONES)
+#define FASTNORM_CLONES __attribute__((target_clones("avx2", "default"))) __attribute__((noinline))
+#else
+#define FASTNORM_CLONES
+#endif
+
+/* Sums of d and d*d, d = x[i] - shift, over n contiguous values. */
+#define FASTNORM_SHIFTED_SUMS(NAME, T)                                                        \
+    FASTNORM_CLONES static void NAME(const T *x, ptrdiff_t n, double shift, double *s1, double *s2) \
+    {                                                                                         \
+        double a = 0.0, b = 0.0;                                                              \
+        _Pragma("omp simd reduction(+:a,b)")                                                  \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                   \
+            double d = (double)x[i] - shift;                                                  \
+            a += d;                                                                           \
+            b += d * d;                                                                       \
+        }                                                                                     \
+        *s1 = a;                                                                              \
+        *s2 = b;                                                                              \
+    }
+
+/* Per-column sums of d and d*d, d = x[r, c] - base[c], over the rows of an [rows, ncols] block with
+ * row stride ld.  The loop runs along the contiguous columns: each column is its own lane, and the
+ * accumulators (2 * ncols doubles) stay in L1. */
+#define FASTNORM_COLUMN_SUMS(NAME, T)                                                         \
+    FASTNORM_CLONES static void NAME(const T *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, \
+                                     const T *base, double *restrict s1, double *restrict s2) \
+    {                                                                                         \
+        for (ptrdiff_t c = 0; c < ncols; c++) {                                               \
+            s1[c] = 0.0;                                                                      \
+            s2[c] = 0.0;                                                                      \
+        }                                                                                     \
+        for (ptrdiff_t r = 1; r < rows; r++) {                                                \
+            const T *row = x + r * ld;                                                        \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
+                double d = (double)row[c] - (double)base[c];                                  \
+                s1[c] += d;                                                                   \
+                s2[c] += d * d;                                                               \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+/* y = (x - hi) * scale + shift over n contiguous values (one channel's run). */
+#define FASTNORM_SWEEP(NAME, T)                                                               \
+    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T hi, T scale, T shift)    \
+    {                                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                     \
+            y[i] = (x[i] - hi) * scale + shift;                                               \
+    }
+
+/* The same per column of [rows, ncols] (channels last); p holds hi, scale, shift, ncols each. */
+#define FASTNORM_SWEEP_ROWS(NAME, T)                                                          \
+    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t rows, ptrdiff_t ncols, const T *p) \
+    {                                                                                         \
+        const T *restrict hi = p, *restrict scale = p + ncols, *restrict shift = p + 2 * ncols; \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+            const T *xr = x + r * ncols;                                                      \
+            T *yr = y + r * ncols;                                                            \
+            for (ptrdiff_t c = 0; c < ncols; c++)                                             \
+                yr[c] = (xr[c] - hi[c]) * scale[c] + shift[c];                                \
+        }                                                                                     \
+    }
+
+FASTNORM_SHIFTED_SUMS(fastnorm_shifted_sums_f32, float)
+FASTNORM_SHIFTED_SUMS(fastnorm_shifted_sums_f64, double)
+FASTNORM_COLUMN_SUMS(fastnorm_column_sums_f32, float)
+FASTNORM_COLUMN_SUMS(fastnorm_column_sums_f64, double)
+FASTNORM_SWEEP(fastnorm_sweep_f32, float)
+FASTNORM_SWEEP(fastnorm_sweep_f64, double)
+FASTNORM_SWEEP_ROWS(fastnorm_sweep_rows_f32, float)
+FASTNORM_SWEEP_ROWS(fastnorm_sweep_rows_f64, double)
+
+#endif
