@@ -1,0 +1,43 @@
+"""fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
+from . import functional
+from ._threads import get_num_threads, set_num_threads, threads
+from .functional import batch_norm, batch_normalization, moments
+from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+    "batch_norm", "batch_normalization", "moments",
+    "functional", "get_num_threads", "set_num_threads", "threads", "show_config",
+]
+
+
+def show_config(print_out=True):
+    """Describe the build: version, OpenMP, thread count, SIMD dispatch.
+
+    Returns
+    -------
+    dict
+        The same facts as printed.
+    """
+    import platform
+
+    import numpy as np
+
+    from . import _kernels
+
+    config = {
+        "fastnorm": __version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "openmp": _kernels.openmp_enabled(),
+        "threads": get_num_threads(),
+    }
+    if print_out:
+        for key, value in config.items():
+            if key == "openmp" and not value:
+                value = "False (built without OpenMP: kernels run single-threaded)"
+            print(f"{key:>9}: {value}")
+    return config

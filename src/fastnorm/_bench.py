@@ -1,0 +1,132 @@
+"""``python -m fastnorm bench``: fastnorm against a NumPy baseline and PyTorch, per case and thread count.
+
+Each case times fastnorm, the NumPy baseline and PyTorch (when installed) interleaved in the same process,
+and reports medians, ratios, the bandwidth fastnorm reaches (bytes of x read plus y written, once each)
+and its fraction of the machine's copy bandwidth (``np.copyto`` of the largest input, measured in the
+same run).
+"""
+import time
+
+import numpy as np
+
+from . import functional as F
+from ._threads import get_num_threads, threads
+
+try:
+    import torch
+except ImportError:  # the PyTorch column is left out
+    torch = None
+
+BATCH_NORM_SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (1, 64, 112, 112), (256, 512)]
+
+
+def _median_times(functions, repeat):
+    """Median seconds per call of each function, calls interleaved so that drift hits all alike."""
+    for f in functions:
+        f()
+    samples = [[] for _ in functions]
+    for _ in range(repeat):
+        for f, s in zip(functions, samples):
+            t0 = time.perf_counter()
+            f()
+            s.append(time.perf_counter() - t0)
+    return [float(np.median(s)) for s in samples]
+
+
+def _numpy_batch_norm(x, axis, weight, bias, eps, mean=None, var=None):
+    reduce = tuple(a for a in range(x.ndim) if a != axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    if mean is None:
+        mean, var = x.mean(axis=reduce), x.var(axis=reduce)
+    scale = (weight / np.sqrt(var + eps)).reshape(shape)
+    return (x - mean.reshape(shape)) * scale + bias.reshape(shape)
+
+
+def batch_norm_cases():
+    """(name, shape, channel_axis, training) for every bench case of BatchNorm."""
+    for shape in BATCH_NORM_SHAPES:
+        layouts = [("NCHW", 1), ("NHWC", -1)] if len(shape) == 4 else [("NC", 1)]
+        for layout, axis in layouts:
+            for training in (True, False):
+                mode = "train" if training else "eval"
+                dims = shape if axis == 1 else (shape[0], *shape[2:], shape[1])
+                yield f"batch_norm {mode} {layout} {dims}", dims, axis, training
+
+
+def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
+    """Callables (fastnorm, numpy, torch or None) for one case, on the same data."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    C = shape[axis]
+    weight, bias = np.ones(C, dtype), np.zeros(C, dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    out = np.empty_like(x)
+    ax = axis % x.ndim
+
+    def ours():
+        F.batch_norm(x, rm, rv, weight, bias, training, 0.1, 1e-5, channel_axis=axis, out=out)
+
+    def baseline():
+        _numpy_batch_norm(x, ax, weight, bias, 1e-5, None if training else rm, None if training else rv)
+
+    theirs = None
+    if torch is not None:
+        if axis == 1:
+            xt = torch.from_numpy(x)
+        else:  # the same memory, seen by PyTorch as a channels_last NCHW tensor
+            xt = torch.from_numpy(x).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+        rmt, rvt = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+        wt, bt = torch.from_numpy(weight), torch.from_numpy(bias)
+
+        def theirs():
+            with torch.no_grad():
+                torch.nn.functional.batch_norm(xt, rmt, rvt, wt, bt, training, 0.1, 1e-5)
+
+    return x, ours, baseline, theirs
+
+
+def copy_bandwidth(nbytes, repeat):
+    """GB/s of ``np.copyto`` (bytes read + bytes written) on arrays of ``nbytes``."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    (seconds,) = _median_times([lambda: np.copyto(dst, src)], repeat)
+    return 2 * src.nbytes / seconds / 1e9
+
+
+def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
+    """Print the bench table; returns its rows as dicts."""
+    if thread_counts is None:
+        thread_counts = sorted({1, get_num_threads()})
+    rows = []
+    largest = max(int(np.prod(s)) for s in BATCH_NORM_SHAPES) * 4
+    header = (f"{'case':<44}{'thr':>4}{'fastnorm':>11}{'numpy':>11}{'x numpy':>9}"
+              + (f"{'torch':>11}{'x torch':>9}" if torch is not None else "") + f"{'GB/s':>8}{'of copy':>9}")
+    print_fn(f"fastnorm bench: float32, median of {repeat} calls; 'x' columns = their time / fastnorm's")
+    if torch is None:
+        print_fn("(PyTorch is not installed: its columns are left out)")
+    for n in thread_counts:
+        if torch is not None:
+            torch.set_num_threads(n)
+        with threads(n):
+            copy = copy_bandwidth(largest, repeat)
+            print_fn(f"\nthreads={n}: np.copyto bandwidth {copy:.1f} GB/s (read + write)")
+            print_fn(header)
+            for name, shape, axis, training in batch_norm_cases():
+                if name_filter not in name:
+                    continue
+                x, ours, baseline, theirs = make_batch_norm_case(shape, axis, training)
+                funcs = [ours, baseline] + ([theirs] if theirs is not None else [])
+                times = _median_times(funcs, repeat)
+                gbps = 2 * x.nbytes / times[0] / 1e9
+                line = (f"{name:<44}{n:>4}{times[0] * 1e3:>9.3f}ms{times[1] * 1e3:>9.3f}ms"
+                        f"{times[1] / times[0]:>8.2f}x")
+                row = dict(case=name, threads=n, fastnorm_s=times[0], numpy_s=times[1], gbps=gbps,
+                           copy_fraction=gbps / copy)
+                if theirs is not None:
+                    line += f"{times[2] * 1e3:>9.3f}ms{times[2] / times[0]:>8.2f}x"
+                    row["torch_s"] = times[2]
+                line += f"{gbps:>8.1f}{gbps / copy:>8.0%}"
+                print_fn(line)
+                rows.append(row)
+    return rows

@@ -1,0 +1,86 @@
+"""How many threads a kernel call uses.
+
+One place decides: a per-thread override from :func:`threads`, else the value given to
+:func:`set_num_threads`, else ``omp_get_max_threads()`` read at call time, so ``OMP_NUM_THREADS`` and
+threadpoolctl's limits on the OpenMP runtime govern fastnorm too.  Small workloads run on one thread:
+starting a thread team costs more than it saves.
+"""
+import contextlib
+import operator
+import threading
+
+from . import _kernels
+
+__all__ = ["get_num_threads", "set_num_threads", "threads"]
+
+# Elements below which a second thread does not pay for its start-up (a few microseconds).
+_ELEMENTS_PER_THREAD = 1 << 15
+
+_local = threading.local()
+_process_default = None
+
+
+def _check_count(n):
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected a positive integer number of threads, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"n: expected a positive integer number of threads, got {n}")
+    return n
+
+
+def get_num_threads():
+    """Number of threads the kernels use for large inputs.
+
+    Returns
+    -------
+    int
+        The innermost :func:`threads` setting of the calling thread, else the value given to
+        :func:`set_num_threads`, else OpenMP's default (``OMP_NUM_THREADS`` or the CPU count); 1 when
+        fastnorm was built without OpenMP.
+    """
+    n = getattr(_local, "n", None)
+    if n is None:
+        n = _process_default
+    if n is None:
+        n = _kernels.omp_max_threads()
+    return n
+
+
+def set_num_threads(n):
+    """Set the number of threads the kernels use, for every Python thread of the process.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive count, or None to return to OpenMP's default.
+    """
+    global _process_default
+    _process_default = None if n is None else _check_count(n)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager: use ``n`` threads in kernel calls made by the calling Python thread.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> with fastnorm.threads(1):
+    ...     y = fastnorm.batch_norm(np.ones((2, 3, 4), np.float32), training=True)
+    """
+    n = _check_count(n)
+    previous = getattr(_local, "n", None)
+    _local.n = n
+    try:
+        yield
+    finally:
+        _local.n = previous
+
+
+def threads_for(size):
+    """Threads for a kernel call over ``size`` elements."""
+    if size < 2 * _ELEMENTS_PER_THREAD:
+        return 1
+    return max(1, min(get_num_threads(), size // _ELEMENTS_PER_THREAD))

@@ -1,0 +1,400 @@
+"""Normalization functions on ndarrays, with the names and arguments of ``torch.nn.functional``.
+
+This module validates arguments, finds the view of the buffer that the kernels work on (``[N, C, S]``
+channels first or ``[M, C]`` channels last), handles dtypes and ``out=``, and updates running statistics.
+"""
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from . import _kernels
+from ._threads import threads_for
+
+__all__ = ["batch_norm", "moments", "batch_normalization"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation helpers (shared by every normalization)
+# ---------------------------------------------------------------------------------------------------------
+
+def _as_input(x, name):
+    """Return (array to compute on, result dtype): float32/float64 as is, float16 computed in float32."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    dtype = x.dtype
+    if dtype == np.float32 or dtype == np.float64:
+        return x, dtype
+    if dtype == np.float16:
+        return x.astype(np.float32), dtype
+    raise TypeError(f"{name}: expected a floating-point array (float16, float32 or float64), got dtype {dtype}")
+
+
+def _check_eps(eps, name="eps"):
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{name}: expected a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (eps >= 0.0 and math.isfinite(eps)):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {eps}")
+    return eps
+
+
+def _check_momentum(momentum, allow_none=True):
+    if momentum is None and allow_none:
+        return None
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        raise TypeError(f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
+    return momentum
+
+
+def _check_axis(axis, ndim, name):
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer axis, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
+    return axis % ndim
+
+
+def _channel_vector(v, name, C, dtype):
+    """A per-channel parameter as a contiguous float32/float64 vector of length C (or None)."""
+    if v is None:
+        return None
+    a = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},) to match the {C} channels of the input, got shape {a.shape}")
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        a = a.astype(dtype)
+    elif not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def _check_buffer(v, name, C):
+    """A running statistic that training updates in place: a writable floating ndarray of shape (C,)."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
+    if not v.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only, so it cannot be updated in training mode")
+    return v
+
+
+def _check_out(out, shape, dtype):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected an ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape} (the input's), got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"out: expected dtype {dtype} (the input's), got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out: the array is read-only")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Views and outputs
+# ---------------------------------------------------------------------------------------------------------
+
+def _channel_view(x, axis):
+    """A C-contiguous buffer holding x, seen as ``[N, C, S]`` around ``axis`` (S == 1 is ``[M, C]``).
+
+    Returns ``(buf, N, C, S, moved)``: when x is a channels-first view of channels-last memory (what
+    ``np.moveaxis`` of an NHWC array gives), ``buf`` is that memory as ``[..., C]`` with no copy and
+    ``moved`` is True; otherwise ``buf`` is x itself or a C-ordered copy of it.
+    """
+    shape = x.shape
+    C = shape[axis]
+    if not x.flags.c_contiguous and axis != x.ndim - 1:
+        moved = np.moveaxis(x, axis, -1)
+        if moved.flags.c_contiguous:
+            return moved, x.size // C, C, 1, True
+    buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    return buf, math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]), False
+
+
+def _result_buffer(out, buf, axis, moved):
+    """The array the kernel writes: ``out`` itself where its memory has the kernel's layout and dtype and
+    does not partly overlap the input; otherwise a new array (copied into ``out`` by ``_finish``)."""
+    if out is not None and out.dtype == buf.dtype:
+        target = np.moveaxis(out, axis, -1) if moved else out
+        if target.flags.c_contiguous and (
+            not np.may_share_memory(target, buf)
+            or target.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
+        ):
+            return target
+    return np.empty_like(buf)
+
+
+def _finish(result, out, axis, moved, dtype):
+    """Return the kernel's result in the input's layout, in ``out`` when given, in the result dtype."""
+    if moved:
+        result = np.moveaxis(result, -1, axis)
+    if out is not None:
+        if result is not out and not (moved and result.base is out):
+            np.copyto(out, result, casting="unsafe")
+        return out
+    if result.dtype != dtype:
+        result = result.astype(dtype)
+    return result
+
+
+def _empty_result(x, out, dtype):
+    if out is not None:
+        return out
+    return np.empty(x.shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batch_norm
+# ---------------------------------------------------------------------------------------------------------
+
+def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None):
+    """Batch normalization, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, ...)
+        float16, float32 or float64.  Any memory order; an array whose memory is channels last (e.g.
+        ``np.moveaxis`` of NHWC data) is used without a copy.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Running statistics: used to normalize when ``training`` is False; updated in place when it is
+        True.  Required when ``training`` is False.
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine (``gamma`` and ``beta``).
+    training : bool
+        Normalize with the batch's own statistics (biased variance) and update the running statistics
+        with the batch mean and the unbiased batch variance.
+    momentum : float in [0, 1] or None
+        PyTorch's convention: the weight of the *new* batch,
+        ``running = (1 - momentum) * running + momentum * batch``.  Keras' ``momentum`` is the weight of
+        the *old* average, i.e. ``1 - momentum`` here.  None means a cumulative average and needs
+        ``num_batches_tracked``.
+    eps : float
+        Added to the variance before the square root.
+    channel_axis : int, keyword-only
+        The axis of the channels: 1 for NCHW-style data (the default), -1 for channels-last data.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    bessel : bool, keyword-only
+        True (PyTorch): the running variance is updated with the unbiased batch variance.  False (ONNX
+        BatchNormalization, Keras): with the biased one.
+    num_batches_tracked : int, keyword-only, optional
+        Batches already averaged into the running statistics; with ``momentum=None`` the factor is
+        ``1 / (num_batches_tracked + 1)``.
+
+    Returns
+    -------
+    ndarray
+        The normalized input, of the input's shape and dtype (``out`` when given).
+
+    Raises
+    ------
+    TypeError
+        Input that is not floating point; parameters or ``out`` of the wrong type or dtype.
+    ValueError
+        Wrong number of dimensions, parameters whose length is not the channel count, training with a
+        single value per channel, ``out`` of the wrong shape or read-only, bad ``eps`` or ``momentum``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> y = fastnorm.batch_norm(x, rm, rv, training=True)
+    >>> y.shape, rm.round(2).tolist()
+    ((2, 3, 2), [0.45, 0.65, 0.85])
+    """
+    x, dtype = _as_input(input, "input")
+    if x.ndim < 2:
+        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    C = x.shape[axis]
+    eps = _check_eps(eps)
+    training = bool(training)
+    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
+    rv = _channel_vector(running_var, "running_var", C, x.dtype)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: expected both or neither")
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    b = _channel_vector(bias, "bias", C, x.dtype)
+    update = training and rm is not None
+    if update:
+        _check_buffer(running_mean, "running_mean", C)
+        _check_buffer(running_var, "running_var", C)
+        momentum = _check_momentum(momentum)
+        if momentum is None:
+            if num_batches_tracked is None:
+                raise ValueError("num_batches_tracked: required with momentum=None (a cumulative average)")
+            momentum = 1.0 / (operator.index(num_batches_tracked) + 1)
+    elif not training and rm is None:
+        raise ValueError("running_mean, running_var: required when training=False (evaluation normalizes "
+                         "with the running statistics); pass training=True to use the batch statistics")
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    if x.size == 0:
+        return _empty_result(x, out, dtype)
+    count = x.size // C
+    if training and count <= 1:
+        raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
+
+    buf, N, C, S, moved = _channel_view(x, axis)
+    result = _result_buffer(out, buf, axis, moved)
+    nthreads = threads_for(x.size)
+    if training:
+        mean, var = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
+        if update:
+            _update_running(running_mean, running_var, mean, var, count, momentum, bessel)
+    else:
+        _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
+    return _finish(result, out, axis, moved, dtype)
+
+
+def _update_running(running_mean, running_var, mean, var, count, factor, bessel):
+    """Exponential moving average of the running statistics, computed in float64, written last."""
+    batch_var = var * (count / (count - 1)) if bessel else var
+    new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
+    new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * batch_var
+    running_mean[...] = new_mean
+    running_var[...] = new_var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# moments and batch_normalization (TensorFlow's names)
+# ---------------------------------------------------------------------------------------------------------
+
+def _normalize_axes(axes, ndim):
+    if isinstance(axes, numbers.Integral):
+        axes = (axes,)
+    try:
+        axes = tuple(_check_axis(a, ndim, "axes") for a in axes)
+    except TypeError:
+        raise TypeError(f"axes: expected an integer or a sequence of integers, got {axes!r}") from None
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axes: repeated axis in {axes}")
+    return tuple(sorted(axes))
+
+
+def moments(x, axes, keepdims=False):
+    """Mean and biased variance of ``x`` over ``axes``, as ``tf.nn.moments``.
+
+    Computed in one pass with blocked shifted sums in double precision merged with Chan's formula: the
+    float32 mean of data at 1e4 +- 1 is within one float32 ulp of the exact value.
+
+    Parameters
+    ----------
+    x : array_like
+        float16, float32 or float64.
+    axes : int or sequence of int
+        Axes to reduce.
+    keepdims : bool
+        Keep the reduced axes with length 1.
+
+    Returns
+    -------
+    mean, variance : ndarray
+        Of x's dtype; NaN where the reduction is over no element.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> m, v = fastnorm.moments(np.array([[1., 2.], [3., 5.]]), axes=0)
+    >>> m.tolist(), v.tolist()
+    ([2.0, 3.5], [1.0, 2.25])
+    """
+    x, dtype = _as_input(x, "x")
+    axes = _normalize_axes(axes, x.ndim)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    kept_shape = tuple(x.shape[a] for a in kept)
+    out_shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape)) if keepdims else kept_shape
+    count = math.prod(x.shape[a] for a in axes)
+    C = math.prod(kept_shape)
+    if count == 0 or C == 0:
+        fill = np.nan if count == 0 else 0.0
+        return np.full(out_shape, fill, dtype), np.full(out_shape, fill, dtype)
+    if not axes:
+        return x.astype(dtype, copy=True).reshape(out_shape), np.zeros(out_shape, dtype)
+    if not kept or kept == list(range(kept[0], kept[-1] + 1)):
+        # The kept axes are one run: x is [N, C, S] around it without moving anything.
+        first = kept[0] if kept else 0
+        last = kept[-1] if kept else -1
+        buf = np.ascontiguousarray(x)
+        N, S = math.prod(x.shape[:first]), math.prod(x.shape[last + 1:])
+    else:
+        buf = np.ascontiguousarray(np.transpose(x, list(axes) + kept))
+        N, S = count, 1
+    nthreads = threads_for(x.size)
+    if S == 1:
+        mean, var = _kernels.moments_mc(buf, N, C, nthreads)
+    else:
+        mean, var = _kernels.moments_ncs(buf, N, C, S, nthreads)
+    return mean.astype(dtype).reshape(out_shape), var.astype(dtype).reshape(out_shape)
+
+
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+    """``(x - mean) / sqrt(variance + variance_epsilon) * scale + offset``, as ``tf.nn.batch_normalization``.
+
+    ``mean``, ``variance``, ``offset`` and ``scale`` broadcast against ``x`` (``offset`` and ``scale``
+    may be None).  When they vary along at most one axis of ``x`` (the usual per-channel case, e.g. the
+    ``keepdims`` output of :func:`moments`) the fused kernel runs; other broadcasts are computed in
+    float64 with NumPy.
+
+    Returns
+    -------
+    ndarray
+        Of the broadcast shape and x's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.array([[1., 2.], [3., 6.]])
+    >>> m, v = fastnorm.moments(x, axes=0)
+    >>> fastnorm.batch_normalization(x, m, v, None, None, 0.0).tolist()
+    [[-1.0, -1.0], [1.0, 1.0]]
+    """
+    x, dtype = _as_input(x, "x")
+    eps = _check_eps(variance_epsilon, "variance_epsilon")
+    params = {}
+    for pname, value in (("mean", mean), ("variance", variance), ("offset", offset), ("scale", scale)):
+        if value is None:
+            if pname in ("mean", "variance"):
+                raise TypeError(f"{pname}: required, got None")
+            continue
+        a = np.asarray(value)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{pname}: expected real numbers, got dtype {a.dtype}")
+        params[pname] = a.astype(np.float64)
+    try:
+        shape = np.broadcast_shapes(x.shape, *(a.shape for a in params.values()))
+    except ValueError:
+        shapes = ", ".join(f"{k} {a.shape}" for k, a in params.items())
+        raise ValueError(f"x, {', '.join(params)}: shapes do not broadcast: x {x.shape}, {shapes}") from None
+    if shape == x.shape and x.ndim >= 1 and x.size > 0:
+        padded = {k: (1,) * (x.ndim - a.ndim) + a.shape for k, a in params.items()}
+        varying = {i for s in padded.values() for i, n in enumerate(s) if n != 1}
+        if len(varying) <= 1:
+            axis = varying.pop() if varying else None
+            C = 1 if axis is None else x.shape[axis]
+            vec = {k: np.ascontiguousarray(np.broadcast_to(a.reshape(-1), (C,))) for k, a in params.items()}
+            buf = np.ascontiguousarray(x)
+            if C == 1:
+                N, S = 1, x.size
+            else:
+                N, S = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+            result = np.empty_like(buf)
+            _kernels.normalize(buf, result, N, C, S, vec["mean"], vec["variance"], vec.get("scale"),
+                               vec.get("offset"), eps, threads_for(x.size))
+            return result.astype(dtype, copy=False)
+    inv = 1.0 / np.sqrt(params["variance"] + eps)
+    if "scale" in params:
+        inv = inv * params["scale"]
+    y = (x.astype(np.float64) - params["mean"]) * inv
+    if "offset" in params:
+        y = y + params["offset"]
+    return np.broadcast_to(y, shape).astype(dtype)

@@ -1,0 +1,349 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnorm
+import reference
+
+SHAPES = [(16, 5), (4, 3, 7), (3, 4, 5, 6), (2, 3, 2, 3, 4), (2, 2, 3000), (300, 40)]
+
+
+def _params(rng, C, dtype=np.float32):
+    return (rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype),
+            rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype))
+
+
+def _tol(dtype):
+    return 1e-5 if dtype == np.float32 else 1e-12
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_matches_reference(rng, shape, dtype, training, affine, channel_axis):
+    x = (rng.normal(size=shape) * 3 + 2).astype(dtype)
+    C = shape[channel_axis]
+    rm, rv, w, b = _params(rng, C, dtype)
+    if not affine:
+        w = b = None
+    y_ref, rm_ref, rv_ref = reference.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, channel_axis)
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, channel_axis=channel_axis)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=_tol(dtype) * 10)
+    if training:
+        np.testing.assert_allclose(rm, rm_ref, rtol=1e-6 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(rv, rv_ref, rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: np.asfortranarray(x),
+    lambda x: x[:, :, ::2],
+    lambda x: x[::-1],
+    lambda x: np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1),  # NHWC memory, NCHW view
+], ids=["fortran", "strided", "negative-stride", "channels-last-memory"])
+@pytest.mark.parametrize("training", [True, False])
+def test_any_memory_layout(rng, make, training):
+    base = rng.normal(size=(4, 3, 10, 5)).astype(np.float32)
+    x = make(base)
+    rm, rv, w, b = _params(rng, 3)
+    y_ref, _, _ = reference.batch_norm(x, rm.copy(), rv.copy(), w, b, training)
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e4, 1e5])
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_accuracy_bar_with_large_offsets(rng, offset, channel_axis):
+    shape = (8, 16, 12, 12) if channel_axis == 1 else (8, 12, 12, 16)
+    x = (offset + rng.normal(size=shape)).astype(np.float32)
+    y = fastnorm.batch_norm(x, training=True, channel_axis=channel_axis)
+    y_ref, _, _ = reference.batch_norm(x, training=True, channel_axis=channel_axis)
+    assert np.abs(y - y_ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_accuracy_bar_in_eval_with_large_running_mean(rng, offset):
+    x = (offset + rng.normal(size=(4, 8, 9, 9))).astype(np.float32)
+    rm = (offset + rng.normal(size=8)).astype(np.float32)
+    rv = rng.uniform(0.5, 2.0, 8).astype(np.float32)
+    w, b = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training=False)
+    y_ref, _, _ = reference.batch_norm(x, rm, rv, w, b, training=False)
+    assert np.abs(y - y_ref).max() <= 1e-5
+
+
+def test_constant_channel_normalizes_to_exact_zero():
+    x = np.full((4, 3, 5, 5), 1e4 + 0.5, dtype=np.float32)
+    for axis in (1, -1):
+        y = fastnorm.batch_norm(x, training=True, channel_axis=axis)
+        assert np.all(y == 0.0)
+
+
+def test_huge_values_do_not_overflow_the_variance(rng):
+    x = (rng.normal(size=(4, 3, 50)) * 1e30).astype(np.float32)
+    y = fastnorm.batch_norm(x, training=True)
+    y_ref, _, _ = reference.batch_norm(x, training=True)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+
+
+def test_nan_stays_in_its_channel(rng):
+    x = rng.normal(size=(4, 3, 8)).astype(np.float32)
+    x[1, 1, 3] = np.nan
+    for training in (True, False):
+        y = fastnorm.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32), training=training)
+        assert np.isfinite(y[:, [0, 2]]).all()
+        assert np.isnan(y[:, 1]).any()
+
+
+@pytest.mark.parametrize("shape, axis", [((8, 64, 40, 40), 1), ((2, 3, 200, 200), 1), ((6000, 24), 1),
+                                         ((8, 40, 40, 3), -1)])
+def test_bitwise_identical_for_any_thread_count(rng, shape, axis):
+    x = (1e3 + rng.normal(size=shape)).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        with fastnorm.threads(n):
+            rm, rv = np.zeros(shape[axis], np.float32), np.ones(shape[axis], np.float32)
+            y = fastnorm.batch_norm(x, rm, rv, training=True, channel_axis=axis)
+            m, v = fastnorm.moments(x, tuple(a for a in range(x.ndim) if a != axis % x.ndim))
+            results.append((y, rm, rv, m, v))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_moments_mean_within_one_ulp(rng):
+    x = (1e4 + rng.uniform(-1, 1, size=(1000, 37))).astype(np.float32)
+    m, v = fastnorm.moments(x, axes=0)
+    exact = x.astype(np.float64).mean(axis=0)
+    assert np.all(np.abs(m.astype(np.float64) - exact) <= np.spacing(np.float32(1e4)))
+    np.testing.assert_allclose(v, x.astype(np.float64).var(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("axes", [0, 1, 2, -1, (0, 2), (1, 2), (0, 1, 2), (0, 2, 3), ()])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_moments_any_axes(rng, axes, keepdims):
+    x = rng.normal(size=(3, 4, 5, 6))
+    m, v = fastnorm.moments(x, axes, keepdims=keepdims)
+    np.testing.assert_allclose(m, x.mean(axis=axes, keepdims=keepdims), atol=1e-13)
+    np.testing.assert_allclose(v, x.var(axis=axes, keepdims=keepdims), atol=1e-13)
+
+
+def test_moments_errors():
+    with pytest.raises(ValueError, match="axes"):
+        fastnorm.moments(np.ones((2, 3)), axes=2)
+    with pytest.raises(ValueError, match="repeated"):
+        fastnorm.moments(np.ones((2, 3)), axes=(0, 0))
+    with pytest.raises(TypeError, match="x: expected a floating-point"):
+        fastnorm.moments(np.ones((2, 3), dtype=int), axes=0)
+
+
+@pytest.mark.parametrize("pshape", [(5,), (1, 5), (4, 1), (), (4, 5)])
+def test_batch_normalization_broadcasts_like_tensorflow(rng, pshape):
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    mean, var = rng.normal(size=pshape), rng.uniform(0.5, 2, pshape)
+    offset, scale = rng.normal(size=pshape), rng.normal(size=pshape)
+    y = fastnorm.batch_normalization(x, mean, var, offset, scale, 1e-3)
+    x64 = x.astype(np.float64)
+    expected = (x64 - mean) / np.sqrt(var + 1e-3) * scale + offset
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    y = fastnorm.batch_normalization(x, mean, var, None, None, 1e-3)
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-3), atol=1e-5)
+
+
+def test_batch_normalization_with_keepdims_moments(rng):
+    x = (100 + rng.normal(size=(6, 4, 5, 3))).astype(np.float32)
+    m, v = fastnorm.moments(x, (0, 2, 3), keepdims=True)
+    y = fastnorm.batch_normalization(x, m, v, None, None, 1e-5)
+    y_ref, _, _ = reference.batch_norm(x, training=True)
+    np.testing.assert_allclose(y, y_ref, atol=1e-4)
+
+
+def test_batch_normalization_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="broadcast"):
+        fastnorm.batch_normalization(np.ones((4, 5)), np.ones(3), np.ones(3), None, None, 1e-3)
+
+
+def test_float16_is_computed_in_float32(rng):
+    x = rng.normal(size=(8, 4, 6)).astype(np.float16)
+    y = fastnorm.batch_norm(x, training=True)
+    y_ref, _, _ = reference.batch_norm(x, training=True)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y.astype(np.float64), y_ref, atol=2e-3)
+
+
+def test_out_may_alias_the_input(rng):
+    x = rng.normal(size=(4, 3, 20)).astype(np.float32)
+    expected = fastnorm.batch_norm(x, training=True)
+    x_in = x.copy()
+    result = fastnorm.batch_norm(x_in, training=True, out=x_in)
+    assert result is x_in
+    np.testing.assert_array_equal(x_in, expected)
+    out = np.empty_like(x)
+    assert fastnorm.batch_norm(x, training=True, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_out_partially_overlapping_the_input(rng):
+    buf = rng.normal(size=(2 * 3 * 10 + 1,)).astype(np.float32)
+    x = buf[1:].reshape(2, 3, 10)
+    expected = fastnorm.batch_norm(x.copy(), training=True)
+    out = buf[:-1].reshape(2, 3, 10)
+    fastnorm.batch_norm(x, training=True, out=out)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_out_in_another_layout(rng):
+    x = rng.normal(size=(4, 3, 5, 6)).astype(np.float32)
+    out = np.asfortranarray(np.empty_like(x))
+    fastnorm.batch_norm(x, training=True, out=out)
+    np.testing.assert_allclose(out, fastnorm.batch_norm(x, training=True), atol=1e-7)
+
+
+def test_channels_last_memory_keeps_its_layout(rng):
+    nhwc = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+    x = np.moveaxis(nhwc, -1, 1)
+    y = fastnorm.batch_norm(x, training=True)
+    assert np.moveaxis(y, 1, -1).flags.c_contiguous
+    np.testing.assert_allclose(y, reference.batch_norm(x, training=True)[0], atol=1e-5)
+
+
+def test_nothing_written_to_the_input(rng):
+    x = rng.normal(size=(4, 3, 20)).astype(np.float32)
+    x_copy = x.copy()
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    fastnorm.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32), w, b, training=True)
+    np.testing.assert_array_equal(x, x_copy)
+    np.testing.assert_array_equal(w, 1)
+    np.testing.assert_array_equal(b, 0)
+
+
+def test_empty_batch_returns_empty_and_keeps_running_stats():
+    rm, rv = np.full(3, 2.0, np.float32), np.full(3, 3.0, np.float32)
+    y = fastnorm.batch_norm(np.ones((0, 3, 4), np.float32), rm, rv, training=True)
+    assert y.shape == (0, 3, 4) and y.dtype == np.float32
+    assert np.all(rm == 2.0) and np.all(rv == 3.0)
+    bn = fastnorm.BatchNorm1d(3)
+    assert bn(np.ones((0, 3), np.float32)).shape == (0, 3)
+    assert bn.num_batches_tracked == 0
+
+
+def test_momentum_none_requires_the_count_and_averages(rng):
+    x1, x2 = rng.normal(size=(2, 10, 3))
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        fastnorm.batch_norm(x1, rm, rv, training=True, momentum=None)
+    fastnorm.batch_norm(x1, rm, rv, training=True, momentum=None, num_batches_tracked=0,
+                        channel_axis=-1)
+    fastnorm.batch_norm(x2, rm, rv, training=True, momentum=None, num_batches_tracked=1,
+                        channel_axis=-1)
+    np.testing.assert_allclose(rm, (x1.mean(0) + x2.mean(0)) / 2)
+    np.testing.assert_allclose(rv, (x1.var(0, ddof=1) + x2.var(0, ddof=1)) / 2)
+
+
+def test_bessel_false_uses_the_biased_variance(rng):
+    x = rng.normal(size=(10, 4))
+    rm, rv = np.zeros(4), np.ones(4)
+    fastnorm.batch_norm(x, rm, rv, training=True, momentum=1.0, bessel=False)
+    np.testing.assert_allclose(rv, x.var(0))
+    fastnorm.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    np.testing.assert_allclose(rv, x.var(0, ddof=1))
+
+
+BAD_CALLS = [
+    (dict(input=np.ones((4, 3), dtype=np.int32)), TypeError, "input: expected a floating-point"),
+    (dict(input=np.ones((4, 3), dtype=complex)), TypeError, "input: expected a floating-point"),
+    (dict(input=np.array([[object()]])), TypeError, "input: expected a floating-point"),
+    (dict(input=np.ones(4)), ValueError, "input: expected at least 2 dimensions"),
+    (dict(running_mean=np.zeros(4)), ValueError, r"running_mean: expected shape \(3,\)"),
+    (dict(running_var=np.ones(2)), ValueError, r"running_var: expected shape \(3,\)"),
+    (dict(weight=np.ones(5)), ValueError, r"weight: expected shape \(3,\)"),
+    (dict(bias=np.ones((3, 1))), ValueError, r"bias: expected shape \(3,\)"),
+    (dict(weight=np.ones(3, dtype=int)), TypeError, "weight: expected a floating-point"),
+    (dict(input=np.ones((1, 3), np.float32)), ValueError, "expected more than 1 value per channel when training"),
+    (dict(out=np.empty((4, 4), np.float32)), ValueError, r"out: expected shape \(4, 3\)"),
+    (dict(out=np.empty((4, 3), np.float64)), TypeError, "out: expected dtype float32"),
+    (dict(out=np.broadcast_to(np.empty(3, np.float32), (4, 3))), ValueError, "out: the array is read-only"),
+    (dict(out=[[0.0] * 3] * 4), TypeError, "out: expected an ndarray"),
+    (dict(eps=-1.0), ValueError, "eps: expected a finite number >= 0"),
+    (dict(eps=float("nan")), ValueError, "eps"),
+    (dict(eps="0.1"), TypeError, "eps: expected a real number"),
+    (dict(momentum=1.5), ValueError, r"momentum: expected a number in \[0, 1\]"),
+    (dict(channel_axis=2), ValueError, "channel_axis: axis 2 is out of range"),
+    (dict(channel_axis=1.0), TypeError, "channel_axis: expected an integer"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_CALLS)
+def test_errors_name_the_argument_and_leave_running_stats_untouched(kwargs, error, message):
+    rm, rv = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+    args = dict(input=np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), running_mean=rm,
+                running_var=rv, training=True)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        fastnorm.batch_norm(**args)
+    assert np.all(rm == 0.5) and np.all(rv == 2.0)
+
+
+def test_eval_without_running_stats_is_an_error():
+    with pytest.raises(ValueError, match="running_mean, running_var: required when training=False"):
+        fastnorm.batch_norm(np.ones((4, 3), np.float32))
+
+
+def test_read_only_running_stats_cannot_be_updated():
+    rm = np.zeros(3, np.float32)
+    rm.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean: the array is read-only"):
+        fastnorm.batch_norm(np.ones((4, 3), np.float32), rm, np.ones(3, np.float32), training=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=2, max_size=5),
+    channel_axis=st.sampled_from([1, -1]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    training=st.booleans(),
+    offset=st.sampled_from([0.0, 1e4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_matches_reference(shape, channel_axis, dtype, training, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (offset + rng.normal(size=shape)).astype(dtype)
+    C = shape[channel_axis]
+    if training and x.size // C <= 1:
+        return
+    rm = (offset + rng.normal(size=C)).astype(dtype)
+    rv, w, b = rng.uniform(0.5, 2, C).astype(dtype), rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
+    y_ref, rm_ref, rv_ref = reference.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, channel_axis)
+    y = fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, channel_axis=channel_axis)
+    # A channel of identical values has variance 0 and normalizes by 1/sqrt(eps): scale the tolerance.
+    np.testing.assert_allclose(y, y_ref, atol=(1e-4 if dtype == np.float32 else 1e-9) * max(1, np.abs(y_ref).max()))
+    if training:
+        np.testing.assert_allclose(rm, rm_ref, rtol=1e-6)
+        np.testing.assert_allclose(rv, rv_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_threads_api():
+    assert fastnorm.get_num_threads() >= 1
+    with fastnorm.threads(1):
+        assert fastnorm.get_num_threads() == 1
+    fastnorm.set_num_threads(1)
+    try:
+        assert fastnorm.get_num_threads() == 1
+    finally:
+        fastnorm.set_num_threads(None)
+    with pytest.raises(ValueError, match="n: expected a positive integer"):
+        fastnorm.set_num_threads(0)
+    with pytest.raises(TypeError, match="n: expected a positive integer"):
+        with fastnorm.threads(1.5):
+            pass
+
+
+def test_show_config_reports_openmp(capsys):
+    config = fastnorm.show_config()
+    assert isinstance(config["openmp"], bool)
+    assert "openmp" in capsys.readouterr().out
