@@ -459,3 +459,33 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
         else:
             _train_ncs(<const float*>px, <float*>py, N, C, S, vw, vb, eps, pm, pv, nthreads)
     return mean, var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fast checks for the Python layer's common case (a call on a tiny input must cost microseconds)
+# ---------------------------------------------------------------------------------------------------------
+
+def float_kind(object x):
+    """2 for a float32/float64 ndarray, 1 for a float16 ndarray, 0 for anything else."""
+    cdef int t
+    if not cnp.PyArray_Check(x):
+        return 0
+    t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE:
+        return 2
+    return 1 if t == cnp.NPY_FLOAT16 else 0
+
+
+def is_channel_vector(object a, Py_ssize_t C):
+    """True for a C-contiguous 1-D float32/float64 ndarray of length C: usable by the kernels as is."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        return False
+    arr = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE))
+
+
+def is_c_contiguous(cnp.ndarray x):
+    return cnp.PyArray_IS_C_CONTIGUOUS(x)

@@ -21,6 +21,8 @@ __all__ = ["batch_norm", "moments", "batch_normalization"]
 
 def _as_input(x, name):
     """Return (array to compute on, result dtype): float32/float64 as is, float16 computed in float32."""
+    if _kernels.float_kind(x) == 2:
+        return x, x.dtype
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     dtype = x.dtype
@@ -32,6 +34,8 @@ def _as_input(x, name):
 
 
 def _check_eps(eps, name="eps"):
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
         raise TypeError(f"{name}: expected a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -63,8 +67,8 @@ def _check_axis(axis, ndim, name):
 
 def _channel_vector(v, name, C, dtype):
     """A per-channel parameter as a contiguous float32/float64 vector of length C (or None)."""
-    if v is None:
-        return None
+    if v is None or _kernels.is_channel_vector(v, C):
+        return v
     a = v if isinstance(v, np.ndarray) else np.asarray(v)
     if a.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
@@ -110,12 +114,16 @@ def _channel_view(x, axis):
     """
     shape = x.shape
     C = shape[axis]
-    if not x.flags.c_contiguous and axis != x.ndim - 1:
-        moved = np.moveaxis(x, axis, -1)
-        if moved.flags.c_contiguous:
-            return moved, x.size // C, C, 1, True
-    buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-    return buf, math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]), False
+    if _kernels.is_c_contiguous(x):
+        buf = x
+    else:
+        if axis != x.ndim - 1:
+            moved = np.moveaxis(x, axis, -1)
+            if moved.flags.c_contiguous:
+                return moved, x.size // C, C, 1, True
+        buf = np.ascontiguousarray(x)
+    N = math.prod(shape[:axis]) if axis != 1 else shape[0]
+    return buf, N, C, x.size // (N * C), False
 
 
 def _result_buffer(out, buf, axis, moved):
@@ -128,7 +136,7 @@ def _result_buffer(out, buf, axis, moved):
             or target.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
         ):
             return target
-    return np.empty_like(buf)
+    return np.empty(buf.shape, buf.dtype)
 
 
 def _finish(result, out, axis, moved, dtype):
