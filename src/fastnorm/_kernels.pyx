@@ -26,6 +26,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -55,9 +56,13 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale, float shift)
     void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale, double shift)
     void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                 const float* p)
+                                 const float* p, Py_ssize_t plen)
     void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                 const double* p)
+                                 const double* p, Py_ssize_t plen)
+    void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
+                                   const float* scale, const float* shift, Py_ssize_t period)
+    void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
+                                   const double* scale, const double* shift, Py_ssize_t period)
 
 ctypedef fused floating:
     float
@@ -67,6 +72,9 @@ ctypedef fused floating:
 # Chan merge that follows each block (a few divisions) is negligible.
 cdef enum:
     BLOCK = 2048
+    # Outputs of at least this many bytes are written with non-temporal stores: they would not stay in
+    # the cache anyway, and streaming them saves reading their lines before writing them.
+    STREAM_BYTES = 1 << 23
 
 cdef struct Moments:
     double count
@@ -285,50 +293,94 @@ cdef inline void _affine(double mean, double var, double eps, Vec weight, Vec bi
     shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>hi[0]) * s)
 
 
-cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
-                        floating shift) noexcept nogil:
+cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* hi,
+                        const floating* scale, const floating* shift, bint stream) noexcept nogil:
+    """One channel's run: ``y = (x - hi[0]) * scale[0] + shift[0]``."""
     if floating is float:
-        fastnorm_sweep_f32(x, y, n, hi, scale, shift)
+        if stream:
+            fastnorm_sweep_stream_f32(x, y, n, hi, scale, shift, 0)
+        else:
+            fastnorm_sweep_f32(x, y, n, hi[0], scale[0], shift[0])
     else:
-        fastnorm_sweep_f64(x, y, n, hi, scale, shift)
+        if stream:
+            fastnorm_sweep_stream_f64(x, y, n, hi, scale, shift, 0)
+        else:
+            fastnorm_sweep_f64(x, y, n, hi[0], scale[0], shift[0])
 
 
-cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t C,
-                             const floating* p) noexcept nogil:
-    if floating is float:
-        fastnorm_sweep_rows_f32(x, y, rows, C, p)
+cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
+                             const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
+    """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
+    if stream:
+        if floating is float:
+            fastnorm_sweep_stream_f32(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
+        else:
+            fastnorm_sweep_stream_f64(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
+    elif floating is float:
+        fastnorm_sweep_rows_f32(x, y, rows, ncols, p, plen)
     else:
-        fastnorm_sweep_rows_f64(x, y, rows, C, p)
+        fastnorm_sweep_rows_f64(x, y, rows, ncols, p, plen)
+
+
+cdef inline bint _streams(Py_ssize_t nbytes) noexcept nogil:
+    return nbytes >= STREAM_BYTES
 
 
 cdef void _normalize_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         const floating* p, int nthreads) noexcept nogil:
+                         const floating* p, int nthreads, bint stream) noexcept nogil:
     cdef Py_ssize_t run, c
     if nthreads <= 1:
         for run in range(N * C):
             c = run % C
-            _sweep(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c])
+            _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream)
         return
     for run in prange(N * C, schedule="static", num_threads=nthreads):
         c = run % C
-        _sweep(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c])
+        _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream)
 
 
 cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
-                        int nthreads) noexcept nogil:
-    cdef Py_ssize_t rb = _rows_per_block(C)
-    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
-    cdef Py_ssize_t blk
-    if nthreads <= 1:
-        _sweep_rows(x, y, M, C, p)
+                        int nthreads, bint stream) noexcept nogil:
+    """Channels-last sweep.  The per-channel values are tiled ``rep`` times so that the sweep runs over
+    rows of ``rep * C`` values (a short row, e.g. C = 64, would pay the loop set-up every 64 values);
+    ``rep`` is a multiple of 4 so that a tiled row is a whole number of SIMD vectors."""
+    cdef Py_ssize_t rep = 4 * max(<Py_ssize_t>1, 256 // C)
+    cdef Py_ssize_t L = rep * C
+    cdef Py_ssize_t full = M // rep
+    cdef Py_ssize_t rows_per_task = max(<Py_ssize_t>1, 65536 // L)
+    cdef Py_ssize_t ntasks = (full + rows_per_task - 1) // rows_per_task
+    cdef Py_ssize_t k, j, task, r0
+    cdef floating* tiled
+    if stream or M < rep:
+        # Streaming stores reach memory bandwidth with the per-channel values as they are (tiling them
+        # would only crowd L1); and a few rows are not worth tiling.
+        if nthreads <= 1 or not stream:
+            _sweep_rows(x, y, M, C, p, C, stream)
+        else:
+            rows_per_task = max(<Py_ssize_t>1, 65536 // C)
+            ntasks = (M + rows_per_task - 1) // rows_per_task
+            for task in prange(ntasks, schedule="static", num_threads=nthreads):
+                r0 = task * rows_per_task
+                _sweep_rows(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
         return
-    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-        _sweep_rows(x + blk * rb * C, y + blk * rb * C, min(rb, M - blk * rb), C, p)
+    tiled = <floating*>malloc(3 * L * sizeof(floating))
+    for k in range(3):
+        for j in range(rep):
+            memcpy(tiled + k * L + j * C, p + k * C, C * sizeof(floating))
+    if nthreads <= 1:
+        _sweep_rows(x, y, full, L, tiled, L, stream)
+    else:
+        for task in prange(ntasks, schedule="static", num_threads=nthreads):
+            r0 = task * rows_per_task
+            _sweep_rows(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream)
+    # The last M % rep rows of the tensor: one partial tiled row.
+    _sweep_rows(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream)
+    free(tiled)
 
 
 cdef void _train_channel(const floating* x, floating* y, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t S, Vec weight, Vec bias, double eps, double* mean,
-                         double* var) noexcept nogil:
+                         double* var, bint stream) noexcept nogil:
     """Statistics of channel ``c``, then its normalization while its runs are still in cache."""
     cdef floating p[3]
     cdef Py_ssize_t n
@@ -337,7 +389,7 @@ cdef void _train_channel(const floating* x, floating* y, Py_ssize_t c, Py_ssize_
     _store_moments(_strided_moments(xc, N, S, C * S), c, mean, var)
     _affine(mean[c], var[c], eps, weight, bias, c, &p[0], &p[1], &p[2])
     for n in range(N):
-        _sweep(xc + n * C * S, yc + n * C * S, S, p[0], p[1], p[2])
+        _sweep(xc + n * C * S, yc + n * C * S, S, &p[0], &p[1], &p[2], stream)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,9 +442,9 @@ cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_s
     for c in range(C):
         _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
     if S == 1:
-        _normalize_mc(x, y, N, C, p, nthreads)
+        _normalize_mc(x, y, N, C, p, nthreads, _streams(N * C * S * sizeof(floating)))
     else:
-        _normalize_ncs(x, y, N, C, S, p, nthreads)
+        _normalize_ncs(x, y, N, C, S, p, nthreads, _streams(N * C * S * sizeof(floating)))
     free(p)
 
 
@@ -415,10 +467,11 @@ cdef void _train_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
                      Vec weight, Vec bias, double eps, double* mean, double* var,
                      int nthreads) noexcept nogil:
     cdef Py_ssize_t c
+    cdef bint stream = _streams(N * C * S * sizeof(floating))
     cdef Vec vm, vv
     if nthreads <= 1 or C >= 4 * nthreads:
         for c in prange(C, schedule="static", num_threads=nthreads):
-            _train_channel(x, y, c, N, C, S, weight, bias, eps, mean, var)
+            _train_channel(x, y, c, N, C, S, weight, bias, eps, mean, var, stream)
         return
     # Too few channels to share among the threads one channel each: split the statistics into blocks
     # (same bits, see _moments_ncs), then normalize all runs in parallel.
