@@ -45,7 +45,20 @@
             s1[c] = 0.0;                                                                      \
             s2[c] = 0.0;                                                                      \
         }                                                                                     \
-        for (ptrdiff_t r = 1; r < rows; r++) {                                                \
+        ptrdiff_t r = 1;                                                                      \
+        /* Four rows per update of the accumulators: their loads and stores, not the          \
+         * arithmetic, bound this loop. */                                                    \
+        for (; r + 4 <= rows; r += 4) {                                                       \
+            const T *r0 = x + r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;            \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
+                double b = (double)base[c];                                                   \
+                double d0 = (double)r0[c] - b, d1 = (double)r1[c] - b;                        \
+                double d2 = (double)r2[c] - b, d3 = (double)r3[c] - b;                        \
+                s1[c] += (d0 + d1) + (d2 + d3);                                               \
+                s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                           \
+            }                                                                                 \
+        }                                                                                     \
+        for (; r < rows; r++) {                                                               \
             const T *row = x + r * ld;                                                        \
             for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
                 double d = (double)row[c] - (double)base[c];                                  \
