@@ -59,6 +59,10 @@ cdef extern from "_simd.h" nogil:
                                  const float* p, Py_ssize_t plen)
     void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
                                  const double* p, Py_ssize_t plen)
+    void fastnorm_sweep_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+                                   float shift, const float* w, const float* b)
+    void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+                                   double shift, const double* w, const double* b)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
@@ -287,7 +291,7 @@ cdef inline void _affine(double mean, double var, double eps, Vec weight, Vec bi
     precision of a large mean is lost, and the remainder is added at the scale of the output, where its
     rounding is a fraction of an ulp of ``y``.
     """
-    cdef double s = _at(weight, c, 1.0) / sqrt(var + eps)
+    cdef double s = _at(weight, c, 1.0) * (1.0 / sqrt(var + eps))
     hi[0] = <floating>mean
     scale[0] = <floating>s
     shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>hi[0]) * s)
@@ -378,18 +382,104 @@ cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t
     free(tiled)
 
 
-cdef void _train_channel(const floating* x, floating* y, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
-                         Py_ssize_t S, Vec weight, Vec bias, double eps, double* mean,
-                         double* var, bint stream) noexcept nogil:
-    """Statistics of channel ``c``, then its normalization while its runs are still in cache."""
-    cdef floating p[3]
+# ---------------------------------------------------------------------------------------------------------
+# Training-mode normalization: statistics of each "row", then the sweep of that row
+# ---------------------------------------------------------------------------------------------------------
+# A row r of an [N, R, S] buffer is N runs of S values (x[n, r, :]).  BatchNorm channels first: a row is
+# a channel (R = C).  LayerNorm, InstanceNorm, GroupNorm, RMSNorm: N = 1 and a row is one contiguous
+# normalization group.  Only the affine that follows differs:
+
+cdef struct RowAffine:
+    Vec weight
+    Vec bias
+    Py_ssize_t sub          # per-channel mode: values per sub-run sharing one channel's scale and shift;
+    Py_ssize_t groups       # sub-run j of row r belongs to channel (r % groups) * (S // sub) + j
+    bint per_element        # weight/bias indexed by the position in the run (LayerNorm, RMSNorm); they
+                            # then have the data's dtype
+    bint rms                # scale by the root mean square, without centering (RMSNorm)
+
+# Rows are split into pieces of this many values when there are too few rows for the threads.
+cdef enum:
+    PIECE = 32768
+
+
+cdef inline void _center_and_scale(double mean, double var, double eps, bint rms, double* center,
+                                   double* inv) noexcept nogil:
+    if rms:
+        center[0] = 0.0
+        inv[0] = 1.0 / sqrt(var + mean * mean + eps)
+    else:
+        center[0] = mean
+        inv[0] = 1.0 / sqrt(var + eps)
+
+
+cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py_ssize_t length,
+                      Py_ssize_t r, Py_ssize_t S, double center, double inv, const RowAffine* a,
+                      bint stream) noexcept nogil:
+    """Normalize values ``start <= i < start + length`` of one run of row ``r``."""
+    cdef floating hi = <floating>center
+    cdef double rem = center - <double>hi  # the part of the mean below the precision of the data
+    cdef floating scale, shift
+    cdef double s
+    cdef Py_ssize_t pos = start, end = start + length, j, stop, c
+    cdef const floating* b
+    if a.per_element:
+        scale = <floating>inv
+        shift = <floating>(-rem * inv)
+        if a.weight.data == NULL:
+            _sweep(xrun + start, yrun + start, length, &hi, &scale, &shift, stream)
+        else:
+            b = NULL if a.bias.data == NULL else <const floating*>a.bias.data + start
+            if floating is float:
+                fastnorm_sweep_affine_f32(xrun + start, yrun + start, length, hi, scale, shift,
+                                          <const float*>a.weight.data + start, b)
+            else:
+                fastnorm_sweep_affine_f64(xrun + start, yrun + start, length, hi, scale, shift,
+                                          <const double*>a.weight.data + start, b)
+        return
+    while pos < end:
+        j = pos // a.sub
+        stop = min(end, (j + 1) * a.sub)
+        c = (r % a.groups) * (S // a.sub) + j
+        s = inv * _at(a.weight, c, 1.0)
+        scale = <floating>s
+        shift = <floating>(_at(a.bias, c, 0.0) - rem * s)
+        _sweep(xrun + pos, yrun + pos, stop - pos, &hi, &scale, &shift, stream)
+        pos = stop
+
+
+cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, Py_ssize_t R,
+                    Py_ssize_t S, const RowAffine* a, double eps, double* mean, double* var,
+                    bint stream) noexcept nogil:
+    """Statistics of row ``r``, then its normalization while its runs are still in cache."""
+    cdef double center, inv
     cdef Py_ssize_t n
-    cdef const floating* xc = x + c * S
-    cdef floating* yc = y + c * S
-    _store_moments(_strided_moments(xc, N, S, C * S), c, mean, var)
-    _affine(mean[c], var[c], eps, weight, bias, c, &p[0], &p[1], &p[2])
+    _store_moments(_strided_moments(x + r * S, N, S, R * S), r, mean, var)
+    _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
     for n in range(N):
-        _sweep(xc + n * C * S, yc + n * C * S, S, &p[0], &p[1], &p[2], stream)
+        _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, 0, S, r, S, center, inv, a, stream)
+
+
+cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+                     const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
+    cdef bint stream = _streams(N * R * S * sizeof(floating))
+    cdef Py_ssize_t r, t, n, k, start
+    cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
+    cdef double center, inv
+    if nthreads <= 1 or R >= 4 * nthreads:
+        for r in prange(R, schedule="static", num_threads=nthreads):
+            _norm_row(x, y, r, N, R, S, a, eps, mean, var, stream)
+        return
+    # Too few rows to share among the threads one row each: statistics from blocks computed in
+    # parallel (the same bits, see _moments_ncs), then all pieces of all runs swept in parallel.
+    _moments_ncs(x, N, R, S, mean, var, nthreads)
+    for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
+        r = t // (N * pieces)
+        n = (t // pieces) % N
+        start = (t % pieces) * PIECE
+        _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+        _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, start, min(<Py_ssize_t>PIECE, S - start),
+                    r, S, center, inv, a, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -463,54 +553,112 @@ def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssi
             _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
 
 
-cdef void _train_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                     Vec weight, Vec bias, double eps, double* mean, double* var,
-                     int nthreads) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef bint stream = _streams(N * C * S * sizeof(floating))
-    cdef Vec vm, vv
-    if nthreads <= 1 or C >= 4 * nthreads:
-        for c in prange(C, schedule="static", num_threads=nthreads):
-            _train_channel(x, y, c, N, C, S, weight, bias, eps, mean, var, stream)
-        return
-    # Too few channels to share among the threads one channel each: split the statistics into blocks
-    # (same bits, see _moments_ncs), then normalize all runs in parallel.
-    _moments_ncs(x, N, C, S, mean, var, nthreads)
-    vm.data = mean
-    vm.is_f64 = True
-    vv.data = var
-    vv.is_f64 = True
-    _fold_and_normalize(x, y, N, C, S, vm, vv, weight, bias, eps, nthreads)
+def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
+          object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
+          bint per_element=False, bint rms=False):
+    """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
-
-def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-          object weight, object bias, double eps, int nthreads):
-    """Training-mode normalization of an ``[N, C, S]`` buffer with its own per-channel statistics.
-
-    Returns the per-channel (mean, biased variance) as float64 arrays.  ``S == 1`` is the channels-last
-    ``[N, C]`` case: its statistics need every row, so it is moments then a second sweep.
+    ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
+    ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
+    ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance), float64.
     """
+    cdef cnp.ndarray mean = np.empty(R, dtype=np.float64)
+    cdef cnp.ndarray var = np.empty(R, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(out)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef RowAffine a
+    a.weight = _vec(weight)
+    a.bias = _vec(bias)
+    a.sub = sub if sub > 0 else S
+    a.groups = groups if groups > 0 else R
+    a.per_element = per_element
+    a.rms = rms
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
+        else:
+            _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
+    return mean, var
+
+
+def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
+             double eps, int nthreads):
+    """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
+    statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var)."""
     cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
     cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
-    cdef Vec vw = _vec(weight), vb = _vec(bias)
-    cdef Vec vm = _vec(mean), vv = _vec(var)
+    cdef Vec vw = _vec(weight), vb = _vec(bias), vm = _vec(mean), vv = _vec(var)
     cdef bint f64 = _is_f64(x)
     with nogil:
-        if S == 1:
-            if f64:
-                _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
-                _fold_and_normalize(<const double*>px, <double*>py, N, C, 1, vm, vv, vw, vb, eps, nthreads)
-            else:
-                _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
-                _fold_and_normalize(<const float*>px, <float*>py, N, C, 1, vm, vv, vw, vb, eps, nthreads)
-        elif f64:
-            _train_ncs(<const double*>px, <double*>py, N, C, S, vw, vb, eps, pm, pv, nthreads)
+        if f64:
+            _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
+            _fold_and_normalize(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
         else:
-            _train_ncs(<const float*>px, <float*>py, N, C, S, vw, vb, eps, pm, pv, nthreads)
+            _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
+            _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
+    return mean, var
+
+
+cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
+                         Py_ssize_t G, Vec weight, Vec bias, double eps, double* mean, double* var,
+                         int nthreads) noexcept nogil:
+    """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
+    (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
+    cdef Py_ssize_t K = C // G
+    cdef Py_ssize_t n, g, c
+    cdef double* cmean = <double*>malloc(2 * C * sizeof(double))
+    cdef double* cvar = cmean + C
+    cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
+    cdef Moments m, col
+    cdef double center, inv, s, rem
+    cdef bint stream = _streams(N * S * C * sizeof(floating))
+    for n in range(N):
+        _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads)
+        for g in range(G):
+            m.count = 0.0
+            m.mean = 0.0
+            m.m2 = 0.0
+            for c in range(g * K, (g + 1) * K):
+                col.count = <double>S
+                col.mean = cmean[c]
+                col.m2 = cvar[c] * S
+                _merge(&m, col)
+            _store_moments(m, n * G + g, mean, var)
+            _center_and_scale(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
+            for c in range(g * K, (g + 1) * K):
+                p[c] = <floating>center
+                rem = center - <double>p[c]
+                s = inv * _at(weight, c, 1.0)
+                p[C + c] = <floating>s
+                p[2 * C + c] = <floating>(_at(bias, c, 0.0) - rem * s)
+        _normalize_mc(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
+    free(p)
+    free(cmean)
+
+
+def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
+                  object weight, object bias, double eps, int nthreads):
+    """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var)."""
+    cdef cnp.ndarray mean = np.empty(N * G, dtype=np.float64)
+    cdef cnp.ndarray var = np.empty(N * G, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(out)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef Vec vw = _vec(weight), vb = _vec(bias)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _group_norm_mc(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+        else:
+            _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
     return mean, var
 
 

@@ -92,6 +92,21 @@
         }                                                                                     \
     }
 
+/* Elementwise affine after the normalization (LayerNorm, RMSNorm):
+ * y = ((x - hi) * scale + shift) * w[i] (+ b[i]). */
+#define FASTNORM_SWEEP_AFFINE(NAME, T)                                                        \
+    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T hi, T scale, T shift,   \
+                                     const T *restrict w, const T *restrict b)                \
+    {                                                                                         \
+        if (b) {                                                                              \
+            for (ptrdiff_t i = 0; i < n; i++)                                                 \
+                y[i] = ((x[i] - hi) * scale + shift) * w[i] + b[i];                           \
+        } else {                                                                              \
+            for (ptrdiff_t i = 0; i < n; i++)                                                 \
+                y[i] = ((x[i] - hi) * scale + shift) * w[i];                                  \
+        }                                                                                     \
+    }
+
 /* Streaming variants for outputs larger than the caches: non-temporal stores write y without first
  * reading its lines into the cache (a third of the memory traffic of a normalization).  The arithmetic
  * is the same IEEE operations in the same order, so the bits are those of the cached sweeps. */
@@ -172,5 +187,7 @@ FASTNORM_SWEEP(fastnorm_sweep_f32, float)
 FASTNORM_SWEEP(fastnorm_sweep_f64, double)
 FASTNORM_SWEEP_ROWS(fastnorm_sweep_rows_f32, float)
 FASTNORM_SWEEP_ROWS(fastnorm_sweep_rows_f64, double)
+FASTNORM_SWEEP_AFFINE(fastnorm_sweep_affine_f32, float)
+FASTNORM_SWEEP_AFFINE(fastnorm_sweep_affine_f64, double)
 
 #endif

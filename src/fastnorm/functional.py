@@ -256,7 +256,10 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     result = _result_buffer(out, buf, axis, moved)
     nthreads = threads_for(x.size)
     if training:
-        mean, var = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
+        if S == 1:
+            mean, var = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
+        else:
+            mean, var = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
         if update:
             _update_running(running_mean, running_var, mean, var, count, momentum, bessel)
     else:
