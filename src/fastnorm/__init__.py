@@ -1,14 +1,17 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
 from . import functional
 from ._threads import get_num_threads, set_num_threads, threads
-from .functional import batch_norm, batch_normalization, moments
-from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .functional import (batch_norm, batch_normalization, group_norm, instance_norm, layer_norm, moments,
+                         rms_norm)
+from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
+                     InstanceNorm3d, LayerNorm, RMSNorm)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-    "batch_norm", "batch_normalization", "moments",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "functional", "get_num_threads", "set_num_threads", "threads", "show_config",
 ]
 

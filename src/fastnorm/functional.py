@@ -12,7 +12,8 @@ import numpy as np
 from . import _kernels
 from ._threads import threads_for
 
-__all__ = ["batch_norm", "moments", "batch_normalization"]
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
+           "batch_normalization"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,6 +89,47 @@ def _check_buffer(v, name, C):
     if not v.flags.writeable:
         raise ValueError(f"{name}: the array is read-only, so it cannot be updated in training mode")
     return v
+
+
+def _check_count(value, name):
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return value
+
+
+def _check_normalized_shape(normalized_shape, x):
+    """normalized_shape as a tuple that must equal the input's trailing dimensions."""
+    if isinstance(normalized_shape, numbers.Integral):
+        shape = (operator.index(normalized_shape),)
+    else:
+        try:
+            shape = tuple(operator.index(d) for d in normalized_shape)
+        except TypeError:
+            raise TypeError("normalized_shape: expected an integer or a sequence of integers, "
+                            f"got {normalized_shape!r}") from None
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"normalized_shape: expected the input's trailing dimensions to be {shape}, "
+                         f"got input of shape {x.shape}")
+    return shape
+
+
+def _elementwise_vector(v, name, shape, dtype):
+    """A per-element parameter of ``shape`` as a contiguous vector of the data's dtype (or None)."""
+    if v is None:
+        return None
+    size = math.prod(shape)
+    if _kernels.is_channel_vector(v, size) and v.dtype == dtype and v.shape == shape:
+        return v
+    a = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got shape {a.shape}")
+    return np.ascontiguousarray(a.reshape(size), dtype=dtype)
 
 
 def _check_out(out, shape, dtype):
@@ -261,19 +303,212 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
         else:
             mean, var = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
         if update:
-            _update_running(running_mean, running_var, mean, var, count, momentum, bessel)
+            _update_running(running_mean, running_var, mean, var * (count / (count - 1)) if bessel else var,
+                            momentum)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
     return _finish(result, out, axis, moved, dtype)
 
 
-def _update_running(running_mean, running_var, mean, var, count, factor, bessel):
+def _update_running(running_mean, running_var, mean, batch_var, factor):
     """Exponential moving average of the running statistics, computed in float64, written last."""
-    batch_var = var * (count / (count - 1)) if bessel else var
     new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
     new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * batch_var
     running_mean[...] = new_mean
     running_var[...] = new_var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LayerNorm, RMSNorm, GroupNorm, InstanceNorm: statistics per row of a contiguous view
+# ---------------------------------------------------------------------------------------------------------
+
+def _contiguous(x):
+    return x if _kernels.is_c_contiguous(x) else np.ascontiguousarray(x)
+
+
+def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms):
+    x, dtype = _as_input(input, "input")
+    shape = _check_normalized_shape(normalized_shape, x)
+    w = _elementwise_vector(weight, "weight", shape, x.dtype)
+    b = _elementwise_vector(bias, "bias", shape, x.dtype)
+    if rms and eps is None:
+        eps = float(np.finfo(dtype).eps)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    if x.size == 0:
+        return _empty_result(x, out, dtype)
+    D = math.prod(shape)
+    if w is None and b is not None:
+        w = np.ones(D, x.dtype)
+    buf = _contiguous(x)
+    result = _result_buffer(out, buf, 0, False)
+    _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size), per_element=True, rms=rms)
+    return _finish(result, out, 0, False, dtype)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
+    """Layer normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.functional.layer_norm``.
+
+    Parameters
+    ----------
+    input : ndarray, shape (..., *normalized_shape)
+        float16, float32 or float64.
+    normalized_shape : int or tuple of int
+        The trailing dimensions to normalize over.
+    weight, bias : array_like of shape normalized_shape, optional
+        Elementwise affine.
+    eps : float
+        Added to the variance before the square root.
+    out : ndarray, keyword-only, optional
+        Where to write the result; may be the input itself.
+
+    Returns
+    -------
+    ndarray
+        Of the input's shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3).round(4).tolist()
+    [[-1.2247, 0.0, 1.2247]]
+    """
+    return _rows_norm(input, normalized_shape, weight, bias, eps, out, rms=False)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None):
+    """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``:
+    ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape`` dimensions.
+
+    ``eps=None`` is the machine epsilon of the input's dtype, as in PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0).round(4).tolist()
+    [[0.8485, 1.1314]]
+    """
+    return _rows_norm(input, normalized_shape, weight, None, eps, out, rms=True)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None):
+    """Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
+    ``num_groups`` groups and each sample is normalized per group.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, ...)
+        float16, float32 or float64.  ``channel_axis=-1`` takes channels-last input (N, ..., C).
+    num_groups : int
+        Must divide C.
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine.
+    eps : float
+        Added to the variance before the square root.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> y = fastnorm.group_norm(np.arange(16.).reshape(2, 4, 2), 2)
+    >>> y[0, :2].round(4).tolist()
+    [[-1.3416, -0.4472], [0.4472, 1.3416]]
+    """
+    x, dtype = _as_input(input, "input")
+    if x.ndim < 2:
+        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    if axis not in (1, x.ndim - 1):
+        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
+    G = _check_count(num_groups, "num_groups")
+    C = x.shape[axis]
+    if C % G:
+        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    b = _channel_vector(bias, "bias", C, x.dtype)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    if x.size == 0:
+        return _empty_result(x, out, dtype)
+    N = x.shape[0]
+    S = x.size // (N * C)
+    buf, _, _, _, moved = _channel_view(x, axis)
+    result = _result_buffer(out, buf, axis, moved)
+    nthreads = threads_for(x.size)
+    if moved or axis == x.ndim - 1 or S == 1:
+        # Channels-last memory ([N, S, C]; for S == 1 the two layouts coincide).
+        _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
+    else:
+        _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
+    return _finish(result, out, axis, moved, dtype)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, out=None):
+    """Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
+    normalized over its spatial dimensions.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C, ...)
+        At least one spatial dimension.
+    running_mean, running_var : ndarray of shape (C,), optional
+        With ``use_input_stats``, updated in place with the mean over the batch of the instance
+        statistics (unbiased variances); without, used to normalize.
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine.
+    use_input_stats : bool
+        Normalize with each instance's own statistics (True) or with the running statistics.
+    momentum : float
+        Weight of the new batch in the running statistics (PyTorch's convention).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.instance_norm(np.array([[[1., 3.], [2., 2.]]])).round(4).tolist()
+    [[[-1.0, 1.0], [0.0, 0.0]]]
+    """
+    x, dtype = _as_input(input, "input")
+    if x.ndim < 3:
+        raise ValueError(f"input: expected at least 3 dimensions (N, C, spatial...), got {x.ndim}-D input "
+                         f"of shape {x.shape}")
+    C = x.shape[1]
+    eps = _check_eps(eps)
+    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
+    rv = _channel_vector(running_var, "running_var", C, x.dtype)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: expected both or neither")
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    b = _channel_vector(bias, "bias", C, x.dtype)
+    use_input_stats = bool(use_input_stats)
+    update = use_input_stats and rm is not None
+    if update:
+        _check_buffer(running_mean, "running_mean", C)
+        _check_buffer(running_var, "running_var", C)
+        momentum = _check_momentum(momentum, allow_none=False)
+    elif not use_input_stats and rm is None:
+        raise ValueError("running_mean, running_var: required when use_input_stats=False")
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    if x.size == 0:
+        return _empty_result(x, out, dtype)
+    N = x.shape[0]
+    S = x.size // (N * C)
+    if use_input_stats and S <= 1:
+        raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
+    buf = _contiguous(x)
+    result = _result_buffer(out, buf, 1, False)
+    nthreads = threads_for(x.size)
+    if use_input_stats:
+        mean, var = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C)
+        if update:
+            _update_running(running_mean, running_var, mean.reshape(N, C).mean(axis=0),
+                            (var * (S / (S - 1))).reshape(N, C).mean(axis=0), momentum)
+    else:
+        _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
+    return _finish(result, out, 1, False, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------

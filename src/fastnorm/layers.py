@@ -6,12 +6,14 @@ Parameters and running statistics are plain ndarrays (length C vectors); the lay
 import collections
 import numbers
 import operator
+import warnings
 
 import numpy as np
 
 from . import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+           "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
 
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
@@ -95,22 +97,18 @@ class _Layer:
         return LoadResult(missing, unexpected)
 
 
-class _BatchNorm(_Layer):
+class _NormBase(_Layer):
+    """Per-channel parameters and running statistics, as PyTorch's ``_NormBase``."""
     _input_ndims = ()
     _optional_state = ("num_batches_tracked",)
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 dtype=np.float32, channel_axis=1, bessel=True):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype):
         self.num_features = _check_features(num_features)
         self.eps = F._check_eps(eps)
         self.momentum = F._check_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.dtype = _check_dtype(dtype)
-        if not isinstance(channel_axis, numbers.Integral):
-            raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
-        self.channel_axis = int(channel_axis)
-        self.bessel = bool(bessel)
         self.training = True
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
@@ -141,6 +139,20 @@ class _BatchNorm(_Layer):
             expected = " or ".join(f"{n}D" for n in self._input_ndims)
             raise ValueError(f"input: expected {expected} input, got {x.ndim}D input of shape {x.shape}")
 
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats})")
+
+
+class _BatchNorm(_NormBase):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
+                 dtype=np.float32, channel_axis=1, bessel=True):
+        if not isinstance(channel_axis, numbers.Integral):
+            raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
+        self.channel_axis = int(channel_axis)
+        self.bessel = bool(bessel)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+
     def forward(self, x, *, out=None):
         """Normalize ``x``: batch statistics in training mode (updating the running statistics), running
         statistics in evaluation mode (batch statistics when ``track_running_stats`` is False)."""
@@ -160,10 +172,6 @@ class _BatchNorm(_Layer):
         if tracking and x.size > 0:
             self.num_batches_tracked += 1
         return y
-
-    def __repr__(self):
-        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats})")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -216,3 +224,218 @@ class BatchNorm3d(_BatchNorm):
     ``channel_axis=-1`` takes ``(N, D, H, W, C)`` input.  Arguments as :class:`BatchNorm1d`.
     """
     _input_ndims = (5,)
+
+
+def _shape_tuple(normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    try:
+        shape = tuple(operator.index(d) for d in normalized_shape)
+    except TypeError:
+        raise TypeError("normalized_shape: expected an integer or a sequence of integers, "
+                        f"got {normalized_shape!r}") from None
+    if any(d < 1 for d in shape):
+        raise ValueError(f"normalized_shape: expected positive dimensions, got {shape}")
+    return shape
+
+
+class LayerNorm(_Layer):
+    """Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions of the input to normalize over.
+    eps : float
+        Added to the variance before the square root.
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+    bias : bool
+        With ``elementwise_affine``, whether there is a bias.
+    dtype : float32 or float64, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> ln = fastnorm.LayerNorm(4)
+    >>> ln(np.array([[1, 2, 3, 4]], np.float32)).round(3).tolist()
+    [[-1.342, -0.447, 0.447, 1.342]]
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *, dtype=np.float32):
+        self.normalized_shape = _shape_tuple(normalized_shape)
+        self.eps = F._check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self._has_bias = self.elementwise_affine and bool(bias)
+        self.training = True
+        self.weight = self.bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight to 1, bias to 0."""
+        if self.elementwise_affine:
+            self.weight = np.ones(self.normalized_shape, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(self.normalized_shape, self.dtype)
+
+    def _state(self):
+        return {"weight": self.weight, "bias": self.bias}
+
+    def forward(self, x, *, out=None):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
+
+    def __repr__(self):
+        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine})")
+
+
+class RMSNorm(_Layer):
+    """Root-mean-square normalization, as ``torch.nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions of the input to normalize over.
+    eps : float or None
+        None: the machine epsilon of the input's dtype.
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) of shape ``normalized_shape``.
+    dtype : float32 or float64, keyword-only
+    """
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *, dtype=np.float32):
+        self.normalized_shape = _shape_tuple(normalized_shape)
+        self.eps = None if eps is None else F._check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        self.weight = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight to 1."""
+        if self.elementwise_affine:
+            self.weight = np.ones(self.normalized_shape, self.dtype)
+
+    def _state(self):
+        return {"weight": self.weight}
+
+    def forward(self, x, *, out=None):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
+
+    def __repr__(self):
+        return f"RMSNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
+
+
+class GroupNorm(_Layer):
+    """Group normalization, as ``torch.nn.GroupNorm``.
+
+    Parameters
+    ----------
+    num_groups : int
+        Groups the channels are split into; must divide ``num_channels``.
+    num_channels : int
+        C.
+    eps : float
+        Added to the variance before the square root.
+    affine : bool
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    dtype : float32 or float64, keyword-only
+    channel_axis : int, keyword-only
+        1 (channels first, the default) or -1 (channels last).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32, channel_axis=1):
+        self.num_groups = _check_features(num_groups, "num_groups")
+        self.num_channels = _check_features(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, "
+                             f"got {self.num_groups}")
+        self.eps = F._check_eps(eps)
+        self.affine = bool(affine)
+        self.dtype = _check_dtype(dtype)
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
+        self.channel_axis = channel_axis
+        self.training = True
+        self.weight = self.bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight to 1, bias to 0."""
+        if self.affine:
+            self.weight = np.ones(self.num_channels, self.dtype)
+            self.bias = np.zeros(self.num_channels, self.dtype)
+
+    def _state(self):
+        return {"weight": self.weight, "bias": self.bias}
+
+    def forward(self, x, *, out=None):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
+            raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
+                             f"got input of shape {x.shape}")
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                            channel_axis=self.channel_axis, out=out)
+
+    def __repr__(self):
+        return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
+
+
+class _InstanceNorm(_NormBase):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, *,
+                 dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+
+    def forward(self, x, *, out=None):
+        """Normalize each (sample, channel) with its own statistics, or with the running statistics in
+        evaluation mode when they are tracked.  Unbatched input (C, ...) is accepted."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        self._check_input(x)
+        unbatched = x.ndim == self._input_ndims[0]
+        if unbatched:
+            x = x[np.newaxis]
+            out = None if out is None else out[np.newaxis]
+        if x.shape[1] != self.num_features:
+            if self.affine or self.track_running_stats:
+                raise ValueError(f"input: expected {self.num_features} channels, got input of shape {x.shape}")
+            warnings.warn(f"input has {x.shape[1]} channels, not num_features={self.num_features}; "
+                          "normalizing anyway", stacklevel=2)
+        y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or not self.track_running_stats,
+                            self.momentum if self.momentum is not None else 0.0, self.eps, out=out)
+        return y[0] if unbatched else y
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization over ``(N, C, L)`` or unbatched ``(C, L)`` input, as
+    ``torch.nn.InstanceNorm1d``.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float
+        Added to the variance before the square root.
+    momentum : float or None
+        Weight of the new batch in the running statistics (None: not updated, as in PyTorch).
+    affine : bool
+        Learnable per-channel ``weight`` and ``bias`` (default False).
+    track_running_stats : bool
+        Keep running statistics, used in evaluation mode (default False).
+    dtype : float32 or float64, keyword-only
+    """
+    _input_ndims = (2, 3)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization over ``(N, C, H, W)`` or ``(C, H, W)``; see :class:`InstanceNorm1d`."""
+    _input_ndims = (3, 4)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization over ``(N, C, D, H, W)`` or ``(C, D, H, W)``; see :class:`InstanceNorm1d`."""
+    _input_ndims = (4, 5)
