@@ -38,3 +38,62 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 def moments(x, axes):
     x = np.asarray(x, dtype=np.float64)
     return x.mean(axis=axes), x.var(axis=axes)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    return y
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Channels first: x of shape (N, C, ...)."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C = x.shape[:2]
+    g = x.reshape(N, num_groups, -1)
+    y = ((g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + eps)).reshape(x.shape)
+    shape = (1, C) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64).reshape(shape)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape(shape)
+    return y
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5):
+    """Returns (y, new_running_mean, new_running_var)."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    new_rm = new_rv = None
+    if use_input_stats:
+        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        if running_mean is not None:
+            S = x[0, 0].size
+            new_rm = (1 - momentum) * np.float64(running_mean) + momentum * mean.reshape(x.shape[:2]).mean(0)
+            unbiased = var.reshape(x.shape[:2]) * S / (S - 1)
+            new_rv = (1 - momentum) * np.float64(running_var) + momentum * unbiased.mean(0)
+    else:
+        mean = np.asarray(running_mean, np.float64).reshape(shape)
+        var = np.asarray(running_var, np.float64).reshape(shape)
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64).reshape(shape)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape(shape)
+    return y, new_rm, new_rv
