@@ -86,6 +86,77 @@ def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
     return x, ours, baseline, theirs
 
 
+# (name, shape, fastnorm call, numpy baseline, torch call) for the rest of the family.
+def _numpy_rows(x, axes, rms=False):
+    if rms:
+        return x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + 1e-6)
+    return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+
+
+def family_cases():
+    """(name, shape, make) where make(x) returns (fastnorm, numpy, torch or None) callables."""
+    def layer_norm(x):
+        D = x.shape[-1]
+        w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
+        ours = lambda: F.layer_norm(x, D, w, b)
+        base = lambda: _numpy_rows(x, -1) * w + b
+        theirs = None
+        if torch is not None:
+            xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            theirs = lambda: torch.nn.functional.layer_norm(xt, (D,), wt, bt)
+        return ours, base, theirs
+
+    def rms_norm(x):
+        D = x.shape[-1]
+        w = np.ones(D, x.dtype)
+        ours = lambda: F.rms_norm(x, D, w, 1e-6)
+        base = lambda: _numpy_rows(x, -1, rms=True) * w
+        theirs = None
+        if torch is not None:
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            theirs = lambda: torch.nn.functional.rms_norm(xt, (D,), wt, 1e-6)
+        return ours, base, theirs
+
+    def group_norm(x, groups=32):
+        N, C = x.shape[:2]
+        w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
+        ours = lambda: F.group_norm(x, groups, w, b)
+        base = lambda: _numpy_rows(x.reshape(N, groups, -1), -1).reshape(x.shape) * w[:, None, None] + b[:, None, None]
+        theirs = None
+        if torch is not None:
+            xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            theirs = lambda: torch.nn.functional.group_norm(xt, groups, wt, bt)
+        return ours, base, theirs
+
+    def instance_norm(x):
+        C = x.shape[1]
+        w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
+        ours = lambda: F.instance_norm(x, None, None, w, b)
+        base = lambda: _numpy_rows(x, (2, 3)) * w[:, None, None] + b[:, None, None]
+        theirs = None
+        if torch is not None:
+            xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            theirs = lambda: torch.nn.functional.instance_norm(xt, None, None, wt, bt)
+        return ours, base, theirs
+
+    yield "layer_norm (4096, 768)", (4096, 768), layer_norm
+    yield "layer_norm (8, 197, 384)", (8, 197, 384), layer_norm
+    yield "group_norm G=32 (8, 256, 32, 32)", (8, 256, 32, 32), group_norm
+    yield "instance_norm (8, 64, 64, 64)", (8, 64, 64, 64), instance_norm
+    yield "rms_norm (4096, 4096)", (4096, 4096), rms_norm
+
+
+def all_cases():
+    """(name, x, fastnorm, numpy, torch or None) for every bench case, built lazily."""
+    for name, shape, axis, training in batch_norm_cases():
+        yield name, lambda shape=shape, axis=axis, training=training: make_batch_norm_case(shape, axis, training)
+    for name, shape, make in family_cases():
+        def build(shape=shape, make=make):
+            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            return (x,) + make(x)
+        yield name, build
+
+
 def copy_bandwidth(nbytes, repeat):
     """GB/s of ``np.copyto`` (bytes read + bytes written) on arrays of ``nbytes``."""
     src = np.ones(nbytes // 4, np.float32)
@@ -112,10 +183,10 @@ def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
             copy = copy_bandwidth(largest, repeat)
             print_fn(f"\nthreads={n}: np.copyto bandwidth {copy:.1f} GB/s (read + write)")
             print_fn(header)
-            for name, shape, axis, training in batch_norm_cases():
+            for name, build in all_cases():
                 if name_filter not in name:
                     continue
-                x, ours, baseline, theirs = make_batch_norm_case(shape, axis, training)
+                x, ours, baseline, theirs = build()
                 funcs = [ours, baseline] + ([theirs] if theirs is not None else [])
                 times = _median_times(funcs, repeat)
                 gbps = 2 * x.nbytes / times[0] / 1e9

@@ -78,7 +78,7 @@ cdef enum:
     BLOCK = 2048
     # Outputs of at least this many bytes are written with non-temporal stores: they would not stay in
     # the cache anyway, and streaming them saves reading their lines before writing them.
-    STREAM_BYTES = 1 << 23
+    STREAM_BYTES = 1 << 24
 
 cdef struct Moments:
     double count

@@ -14,7 +14,7 @@
 #include <stddef.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNORM_NO_CLONES)
-#define FASTNORM_CLONES __attribute__((target_clones("avx2", "default"))) __attribute__((noinline))
+#define FASTNORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default"))) __attribute__((noinline))
 #else
 #define FASTNORM_CLONES
 #endif
