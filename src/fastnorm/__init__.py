@@ -1,8 +1,9 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
 from . import functional
 from ._threads import get_num_threads, set_num_threads, threads
-from .functional import (batch_norm, batch_normalization, group_norm, instance_norm, layer_norm, moments,
-                         rms_norm)
+from .functional import (batch_norm, batch_norm_backward, batch_normalization, group_norm, group_norm_backward,
+                         instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, moments,
+                         rms_norm, rms_norm_backward)
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                      InstanceNorm3d, LayerNorm, RMSNorm)
 
@@ -12,6 +13,8 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
+    "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
+    "rms_norm_backward",
     "functional", "get_num_threads", "set_num_threads", "threads", "show_config",
 ]
 

@@ -25,7 +25,7 @@ passes raw contiguous buffers.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 import numpy as np
@@ -63,6 +63,32 @@ cdef extern from "_simd.h" nogil:
                                    float shift, const float* w, const float* b)
     void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
                                    double shift, const double* w, const double* b)
+    void fastnorm_grad_sums_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double* s_dy,
+                                double* s_dyx)
+    void fastnorm_grad_sums_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double* s_dy,
+                                double* s_dyx)
+    void fastnorm_grad_row_elem_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                    const float* w, double* s_wdy, double* s_wdyx, double* col_dy,
+                                    double* col_dyx)
+    void fastnorm_grad_row_elem_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
+                                    double rstd, const double* w, double* s_wdy, double* s_wdyx,
+                                    double* col_dy, double* col_dyx)
+    void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                 float alpha, float beta, float gamma)
+    void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double hi,
+                                 double alpha, double beta, double gamma)
+    void fastnorm_grad_sweep_elem_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                      float alpha, float beta, float gamma, const float* w)
+    void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                      double hi, double alpha, double beta, double gamma, const double* w)
+    void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
+                                       const double* mean, double* s_dy, double* s_dyx)
+    void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
+                                       Py_ssize_t ncols, const double* mean, double* s_dy, double* s_dyx)
+    void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
+                                      Py_ssize_t ncols, const float* p)
+    void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
+                                      Py_ssize_t ncols, const double* p)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
@@ -660,6 +686,360 @@ def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py
         else:
             _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
     return mean, var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------
+# Forward: y = (x - mean) * rstd * w + b over a normalization group of M values, w and b per channel or
+# per element.  With g = w * dy and xhat = (x - mean) * rstd:
+#   training (mean and rstd depend on x): dx = rstd * (g - sum(g) / M - xhat * sum(g * xhat) / M)
+#   frozen statistics (eval):             dx = rstd * g
+#   dw = sum(dy * xhat), db = sum(dy), each over the values of its parameter.
+# RMSNorm: the mean is 0 and the sum(g) term is absent.
+# The sweep is written dx = alpha * dy + beta * (x - hi) + gamma, with hi the mean rounded to the data's
+# type (x - hi is exact near the mean, as in the forward sweep) and the rest of the mean in gamma.
+
+cdef inline void _grad_sums(const floating* x, const floating* dy, Py_ssize_t n, double mean,
+                            double* s_dy, double* s_dyx) noexcept nogil:
+    if floating is float:
+        fastnorm_grad_sums_f32(x, dy, n, mean, s_dy, s_dyx)
+    else:
+        fastnorm_grad_sums_f64(x, dy, n, mean, s_dy, s_dyx)
+
+
+cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating hi,
+                             floating alpha, floating beta, floating gamma) noexcept nogil:
+    if floating is float:
+        fastnorm_grad_sweep_f32(x, dy, dx, n, hi, alpha, beta, gamma)
+    else:
+        fastnorm_grad_sweep_f64(x, dy, dx, n, hi, alpha, beta, gamma)
+
+
+cdef inline void _grad_piece(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R,
+                             Py_ssize_t S, Py_ssize_t sub, Py_ssize_t r, Py_ssize_t t, double mean,
+                             double* s_dy, double* s_dyx) noexcept nogil:
+    """Sums of piece ``t`` of row ``r`` in canonical order (run n, sub-run j, piece k within it)."""
+    cdef Py_ssize_t per_sub = (sub + PIECE - 1) // PIECE
+    cdef Py_ssize_t K = S // sub
+    cdef Py_ssize_t n = t // (K * per_sub)
+    cdef Py_ssize_t j = (t // per_sub) % K
+    cdef Py_ssize_t start = j * sub + (t % per_sub) * PIECE
+    cdef Py_ssize_t off = (n * R + r) * S + start
+    _grad_sums(x + off, dy + off, min(<Py_ssize_t>PIECE, (j + 1) * sub - start), mean, s_dy, s_dyx)
+
+
+cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+                         Py_ssize_t sub, Py_ssize_t r, double mean, double rstd, double* P1,
+                         double* P2) noexcept nogil:
+    """Per sub-run j of row r, summed over its runs: P1[j] = sum(dy), P2[j] = sum(dy * xhat)."""
+    cdef Py_ssize_t K = S // sub
+    cdef Py_ssize_t pieces = N * K * ((sub + PIECE - 1) // PIECE)
+    cdef Py_ssize_t t, j
+    cdef double a, b
+    for j in range(K):
+        P1[j] = 0.0
+        P2[j] = 0.0
+    for t in range(pieces):
+        _grad_piece(x, dy, N, R, S, sub, r, t, mean, &a, &b)
+        j = (t // ((sub + PIECE - 1) // PIECE)) % K
+        P1[j] += a
+        P2[j] += b
+    for j in range(K):
+        P2[j] *= rstd
+
+
+cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K, Py_ssize_t M,
+                                 double lo, double rstd, bint training, const double* P1,
+                                 const double* P2, double* beta, double* gamma) noexcept nogil:
+    """beta and gamma of row r (the terms of dx that depend on the row's sums); ``lo`` is the part of
+    the mean below the data's precision."""
+    cdef double A = 0.0, B = 0.0, w
+    cdef Py_ssize_t j
+    beta[0] = 0.0
+    gamma[0] = 0.0
+    if not training:
+        return
+    for j in range(K):
+        w = _at(a.weight, (r % a.groups) * K + j, 1.0)
+        A += w * P1[j]
+        B += w * P2[j]
+    beta[0] = -rstd * rstd * B / M
+    if not a.rms:
+        gamma[0] = -rstd * A / M
+    gamma[0] = gamma[0] - beta[0] * lo
+
+
+cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, Py_ssize_t N,
+                           Py_ssize_t R, Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n,
+                           Py_ssize_t start, Py_ssize_t length, double mean, double rstd, double beta,
+                           double gamma) noexcept nogil:
+    cdef Py_ssize_t off = (n * R + r) * S
+    cdef Py_ssize_t pos = start, end = start + length, j, stop
+    cdef floating hi = <floating>mean
+    while pos < end:
+        j = pos // a.sub
+        stop = min(end, (j + 1) * a.sub)
+        _grad_sweep(x + off + pos, dy + off + pos, dx + off + pos, stop - pos, hi,
+                    <floating>(rstd * _at(a.weight, (r % a.groups) * (S // a.sub) + j, 1.0)),
+                    <floating>beta, <floating>gamma)
+        pos = stop
+
+
+cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
+                          Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
+                          Py_ssize_t length, const double* mean, const double* rstd, bint training,
+                          const double* P1, const double* P2) noexcept nogil:
+    """dx for values start <= i < start + length of run n of row r, once the row's sums are known."""
+    cdef Py_ssize_t K = S // a.sub
+    cdef double beta, gamma
+    _grad_row_coefficients(a, r, K, N * S, mean[r] - <double><floating>mean[r], rstd[r], training,
+                           P1 + r * K, P2 + r * K, &beta, &gamma)
+    _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma)
+
+
+cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
+                    Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean, const double* rstd,
+                    bint training, double* P1, double* P2) noexcept nogil:
+    """Row r: its sums, then its dx while its runs are in cache."""
+    cdef Py_ssize_t K = S // a.sub
+    cdef Py_ssize_t n
+    _grad_row_sums(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K)
+    for n in range(N):
+        _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2)
+
+
+cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
+                     Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
+                     double* P1, double* P2, int nthreads) noexcept nogil:
+    """Backward of _norm_rows with a per-channel affine; P1, P2: [R, S // sub] sums per sub-run."""
+    cdef Py_ssize_t K = S // a.sub
+    cdef Py_ssize_t per_sub = (a.sub + PIECE - 1) // PIECE
+    cdef Py_ssize_t per_row = N * K * per_sub
+    cdef Py_ssize_t sweep_pieces = (S + PIECE - 1) // PIECE
+    cdef Py_ssize_t r, t, j, start
+    cdef double* partial
+    if nthreads <= 1 or R >= 4 * nthreads:
+        for r in prange(R, schedule="static", num_threads=nthreads):
+            _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
+        return
+    # Few rows: the pieces' sums in parallel, folded in the canonical order of _grad_row_sums.
+    partial = <double*>malloc(2 * R * per_row * sizeof(double))
+    for t in prange(R * per_row, schedule="static", num_threads=nthreads):
+        _grad_piece(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row],
+                    partial + 2 * t, partial + 2 * t + 1)
+    for r in range(R):
+        for j in range(K):
+            P1[r * K + j] = 0.0
+            P2[r * K + j] = 0.0
+        for t in range(per_row):
+            j = (t // per_sub) % K
+            P1[r * K + j] += partial[2 * (r * per_row + t)]
+            P2[r * K + j] += partial[2 * (r * per_row + t) + 1]
+        for j in range(K):
+            P2[r * K + j] *= rstd[r]
+    free(partial)
+    for t in prange(R * N * sweep_pieces, schedule="static", num_threads=nthreads):
+        start = (t % sweep_pieces) * PIECE
+        _grad_row_sweep(x, dy, dx, N, R, S, a, t // (N * sweep_pieces), (t // sweep_pieces) % N, start,
+                        min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2)
+
+
+cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
+                           Py_ssize_t D, const floating* w, const double* mean, const double* rstd,
+                           bint training, bint rms, double* col_dy, double* col_dyx) noexcept nogil:
+    """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dyx."""
+    cdef Py_ssize_t r, d
+    cdef double A, B, beta, gamma
+    cdef floating hi
+    for d in range(D):
+        col_dy[d] = 0.0
+        col_dyx[d] = 0.0
+    for r in range(r0, r1):
+        if floating is float:
+            fastnorm_grad_row_elem_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, col_dy, col_dyx)
+        else:
+            fastnorm_grad_row_elem_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, col_dy, col_dyx)
+        hi = <floating>mean[r]
+        beta = 0.0
+        gamma = 0.0
+        if training:
+            beta = -rstd[r] * rstd[r] * (B * rstd[r]) / D
+            gamma = (0.0 if rms else -rstd[r] * A / D) - beta * (mean[r] - <double>hi)
+        if floating is float:
+            fastnorm_grad_sweep_elem_f32(x + r * D, dy + r * D, dx + r * D, D, hi, <float>rstd[r],
+                                         <float>beta, <float>gamma, w)
+        else:
+            fastnorm_grad_sweep_elem_f64(x + r * D, dy + r * D, dx + r * D, D, hi, rstd[r], beta, gamma, w)
+
+
+cdef enum:
+    ELEM_CHUNKS = 32   # row chunks of the elementwise backward (their column sums are merged in order)
+
+
+cdef void _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
+                     const floating* w, const double* mean, const double* rstd, bint training, bint rms,
+                     double* grad_w, double* grad_b, int nthreads) noexcept nogil:
+    cdef Py_ssize_t nchunks = min(R, <Py_ssize_t>ELEM_CHUNKS)
+    cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
+    cdef Py_ssize_t k, d
+    cdef double* partial = <double*>malloc(2 * nchunks * D * sizeof(double))
+    for k in prange(nchunks, schedule="static", num_threads=nthreads):
+        _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
+                         partial + 2 * k * D, partial + (2 * k + 1) * D)
+    for d in range(D):
+        grad_b[d] = 0.0
+        grad_w[d] = 0.0
+    for k in range(nchunks):
+        for d in range(D):
+            grad_b[d] += partial[2 * k * D + d]
+            grad_w[d] += partial[(2 * k + 1) * D + d]
+    free(partial)
+
+
+cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
+                   const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
+                   double* P1, double* P2, int nthreads) noexcept nogil:
+    """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
+    mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
+    P1, P2 receive the per-column sum(dy), sum(dy * xhat)."""
+    cdef Py_ssize_t rb = _rows_per_block(C)
+    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
+    cdef Py_ssize_t G = C // group
+    cdef Py_ssize_t blk, c, g, i
+    cdef double A, B, w, beta, gamma
+    cdef double* partial = <double*>calloc(2 * nblocks * C + C, sizeof(double))
+    cdef double* colmean = partial + 2 * nblocks * C
+    cdef floating* p = <floating*>malloc(4 * C * sizeof(floating))
+    for c in range(C):
+        colmean[c] = mean[c // group]
+    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+        fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
+                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
+    for c in range(C):
+        P1[c] = 0.0
+        P2[c] = 0.0
+    for blk in range(nblocks):
+        for c in range(C):
+            P1[c] += partial[2 * C * blk + c]
+            P2[c] += partial[2 * C * blk + C + c]
+    for g in range(G):
+        A = 0.0
+        B = 0.0
+        for i in range(group):
+            c = g * group + i
+            P2[c] *= rstd[g]
+            w = _at(weight, c, 1.0)
+            A += w * P1[c]
+            B += w * P2[c]
+        beta = 0.0
+        gamma = 0.0
+        if training:
+            beta = -rstd[g] * rstd[g] * B / (M * group)
+            gamma = -rstd[g] * A / (M * group) - beta * (mean[g] - <double><floating>mean[g])
+        for i in range(group):
+            c = g * group + i
+            p[c] = <floating>mean[g]
+            p[C + c] = <floating>(rstd[g] * _at(weight, c, 1.0))
+            p[2 * C + c] = <floating>beta
+            p[3 * C + c] = <floating>gamma
+    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+        fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
+                                 min(rb, M - blk * rb), C, p)
+    free(p)
+    free(partial)
+
+
+cdef inline void fastnorm_grad_column_sums(const floating* x, const floating* dy, Py_ssize_t rows,
+                                           Py_ssize_t ncols, const double* mean, double* s_dy,
+                                           double* s_dyx) noexcept nogil:
+    if floating is float:
+        fastnorm_grad_column_sums_f32(x, dy, rows, ncols, mean, s_dy, s_dyx)
+    else:
+        fastnorm_grad_column_sums_f64(x, dy, rows, ncols, mean, s_dy, s_dyx)
+
+
+cdef inline void fastnorm_grad_sweep_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t rows,
+                                          Py_ssize_t ncols, const floating* p) noexcept nogil:
+    if floating is float:
+        fastnorm_grad_sweep_rows_f32(x, dy, dx, rows, ncols, p)
+    else:
+        fastnorm_grad_sweep_rows_f64(x, dy, dx, rows, ncols, p)
+
+
+def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+             cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
+             Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False):
+    """Backward of :func:`train` (``training``) or of a normalization with frozen statistics.
+
+    ``mean``, ``rstd``: float64 per row.  Returns (sum_dy, sum_dy_xhat) as float64: per row and sub-run,
+    ``[R, S // sub]``, for a per-channel affine; per element of the row, ``[S]``, summed over the rows,
+    with ``per_element`` (then ``weight`` has the data's dtype).
+    """
+    cdef RowAffine a
+    a.weight = _vec(weight)
+    a.bias = _vec(None)
+    a.sub = sub if sub > 0 else S
+    a.groups = groups if groups > 0 else R
+    a.per_element = per_element
+    a.rms = rms
+    cdef Py_ssize_t nsums = S if per_element else R * (S // a.sub)
+    cdef cnp.ndarray P1 = np.empty(nsums, dtype=np.float64)
+    cdef cnp.ndarray P2 = np.empty(nsums, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* po = cnp.PyArray_DATA(dx)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if per_element:
+            if f64:
+                _grad_elem(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
+                           pm, pr, training, rms, p2, p1, nthreads)
+            else:
+                _grad_elem(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
+                           pm, pr, training, rms, p2, p1, nthreads)
+        elif f64:
+            _grad_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
+                       nthreads)
+        else:
+            _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
+                       nthreads)
+    return P1, P2
+
+
+def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M, Py_ssize_t C,
+                Py_ssize_t G, cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads):
+    """Channels-last backward of N samples of ``[M, C]`` (BatchNorm: N = 1, G = C; GroupNorm: G groups
+    per sample); ``mean``, ``rstd``: float64 per (sample, group).  Returns per (sample, column)
+    (sum_dy, sum_dy_xhat) as float64 ``[N * C]``."""
+    cdef cnp.ndarray P1 = np.empty(N * C, dtype=np.float64)
+    cdef cnp.ndarray P2 = np.empty(N * C, dtype=np.float64)
+    cdef char* px = <char*>cnp.PyArray_DATA(x)
+    cdef char* pg = <char*>cnp.PyArray_DATA(dy)
+    cdef char* po = <char*>cnp.PyArray_DATA(dx)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
+    cdef Vec vw = _vec(weight)
+    cdef bint f64 = _is_f64(x)
+    cdef Py_ssize_t n
+    cdef Py_ssize_t item = 8 if f64 else 4
+    with nogil:
+        for n in range(N):
+            if f64:
+                _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
+                         <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
+                         p1 + n * C, p2 + n * C, nthreads)
+            else:
+                _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
+                         <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
+                         p1 + n * C, p2 + n * C, nthreads)
+    return P1, P2
 
 
 # ---------------------------------------------------------------------------------------------------------

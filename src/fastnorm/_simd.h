@@ -107,6 +107,114 @@
         }                                                                                     \
     }
 
+/* ---- Backward ------------------------------------------------------------------------------------------
+ * With xhat = (x - mean) * rstd, the gradients need, per normalization group, sum(dy) and sum(dy * xhat);
+ * these are taken in double as sum(dy) and sum(dy * (x - mean)), rstd applied once at the end. */
+
+/* Sums of dy and dy * (x - mean) over n contiguous values. */
+#define FASTNORM_GRAD_SUMS(NAME, T)                                                           \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean,       \
+                                     double *s_dy, double *s_dyx)                             \
+    {                                                                                         \
+        double a = 0.0, b = 0.0;                                                              \
+        _Pragma("omp simd reduction(+:a,b)")                                                  \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                   \
+            double g = (double)dy[i];                                                         \
+            a += g;                                                                           \
+            b += g * ((double)x[i] - mean);                                                   \
+        }                                                                                     \
+        *s_dy = a;                                                                            \
+        *s_dyx = b;                                                                           \
+    }
+
+/* A row with an elementwise weight (LayerNorm, RMSNorm): the row's sums of w*dy and w*dy*(x - mean), and
+ * the column sums of dy and dy*xhat added to col_dy, col_dyx (the weight and bias gradients). */
+#define FASTNORM_GRAD_ROW_ELEM(NAME, T)                                                       \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, \
+                                     const T *w, double *s_wdy, double *s_wdyx,               \
+                                     double *restrict col_dy, double *restrict col_dyx)       \
+    {                                                                                         \
+        double a = 0.0, b = 0.0;                                                              \
+        _Pragma("omp simd reduction(+:a,b)")                                                  \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                   \
+            double g = (double)dy[i], d = (double)x[i] - mean;                                \
+            double wg = w ? (double)w[i] * g : g;                                             \
+            a += wg;                                                                          \
+            b += wg * d;                                                                      \
+            col_dy[i] += g;                                                                   \
+            col_dyx[i] += g * (d * rstd);                                                     \
+        }                                                                                     \
+        *s_wdy = a;                                                                           \
+        *s_wdyx = b;                                                                          \
+    }
+
+/* dx = alpha * dy + beta * (x - hi) + gamma over n contiguous values. */
+#define FASTNORM_GRAD_SWEEP(NAME, T)                                                          \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T hi, T alpha, T beta, \
+                                     T gamma)                                                 \
+    {                                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                     \
+            dx[i] = alpha * dy[i] + beta * (x[i] - hi) + gamma;                               \
+    }
+
+/* dx = (w[i] * dy) * alpha + beta * (x - hi) + gamma (elementwise weight; w may be NULL). */
+#define FASTNORM_GRAD_SWEEP_ELEM(NAME, T)                                                     \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T hi, T alpha, T beta, \
+                                     T gamma, const T *restrict w)                            \
+    {                                                                                         \
+        if (w) {                                                                              \
+            for (ptrdiff_t i = 0; i < n; i++)                                                 \
+                dx[i] = (w[i] * dy[i]) * alpha + beta * (x[i] - hi) + gamma;                  \
+        } else {                                                                              \
+            for (ptrdiff_t i = 0; i < n; i++)                                                 \
+                dx[i] = dy[i] * alpha + beta * (x[i] - hi) + gamma;                           \
+        }                                                                                     \
+    }
+
+/* Channels last, [rows, ncols]: column sums of dy and dy * (x - mean[c]) added to s_dy, s_dyx. */
+#define FASTNORM_GRAD_COLUMN_SUMS(NAME, T)                                                    \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t ncols, \
+                                     const double *restrict mean, double *restrict s_dy,      \
+                                     double *restrict s_dyx)                                  \
+    {                                                                                         \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+            const T *xr = x + r * ncols, *gr = dy + r * ncols;                                \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
+                double g = (double)gr[c];                                                     \
+                s_dy[c] += g;                                                                 \
+                s_dyx[c] += g * ((double)xr[c] - mean[c]);                                    \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+/* Channels last: dx = alpha[c] * dy + beta[c] * (x - hi[c]) + gamma[c]; p holds hi, alpha, beta, gamma. */
+#define FASTNORM_GRAD_SWEEP_ROWS(NAME, T)                                                     \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t ncols, \
+                                     const T *p)                                              \
+    {                                                                                         \
+        const T *restrict hi = p, *restrict alpha = p + ncols, *restrict beta = p + 2 * ncols; \
+        const T *restrict gamma = p + 3 * ncols;                                              \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+            const T *xr = x + r * ncols, *gr = dy + r * ncols;                                \
+            T *o = dx + r * ncols;                                                            \
+            for (ptrdiff_t c = 0; c < ncols; c++)                                             \
+                o[c] = alpha[c] * gr[c] + beta[c] * (xr[c] - hi[c]) + gamma[c];               \
+        }                                                                                     \
+    }
+
+FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f32, float)
+FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f64, double)
+FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f32, float)
+FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f64, double)
+FASTNORM_GRAD_SWEEP(fastnorm_grad_sweep_f32, float)
+FASTNORM_GRAD_SWEEP(fastnorm_grad_sweep_f64, double)
+FASTNORM_GRAD_SWEEP_ELEM(fastnorm_grad_sweep_elem_f32, float)
+FASTNORM_GRAD_SWEEP_ELEM(fastnorm_grad_sweep_elem_f64, double)
+FASTNORM_GRAD_COLUMN_SUMS(fastnorm_grad_column_sums_f32, float)
+FASTNORM_GRAD_COLUMN_SUMS(fastnorm_grad_column_sums_f64, double)
+FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f32, float)
+FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
+
 /* Streaming variants for outputs larger than the caches: non-temporal stores write y without first
  * reading its lines into the cache (a third of the memory traffic of a normalization).  The arithmetic
  * is the same IEEE operations in the same order, so the bits are those of the cached sweeps. */

@@ -13,7 +13,8 @@ from . import _kernels
 from ._threads import threads_for
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
-           "batch_normalization"]
+           "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
+           "instance_norm_backward", "rms_norm_backward"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,7 +206,8 @@ def _empty_result(x, out, dtype):
 # ---------------------------------------------------------------------------------------------------------
 
 def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None):
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None,
+               return_stats=False):
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -238,10 +240,13 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     num_batches_tracked : int, keyword-only, optional
         Batches already averaged into the running statistics; with ``momentum=None`` the factor is
         ``1 / (num_batches_tracked + 1)``.
+    return_stats : bool, keyword-only
+        Also return the per-channel mean and inverse standard deviation used (float64, shape (C,)):
+        what :func:`batch_norm_backward` needs.
 
     Returns
     -------
-    ndarray
+    ndarray, or (ndarray, mean, invstd) with ``return_stats``
         The normalized input, of the input's shape and dtype (``out`` when given).
 
     Raises
@@ -289,7 +294,7 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     if out is not None:
         _check_out(out, x.shape, dtype)
     if x.size == 0:
-        return _empty_result(x, out, dtype)
+        return _with_stats(_empty_result(x, out, dtype), np.full(C, np.nan), np.full(C, np.nan), return_stats)
     count = x.size // C
     if training and count <= 1:
         raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
@@ -307,7 +312,14 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
                             momentum)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
-    return _finish(result, out, axis, moved, dtype)
+        if return_stats:
+            mean, var = rm.astype(np.float64), rv.astype(np.float64)
+    y = _finish(result, out, axis, moved, dtype)
+    return _with_stats(y, mean, 1.0 / np.sqrt(var + eps), return_stats) if return_stats else y
+
+
+def _with_stats(y, mean, rstd, return_stats):
+    return (y, mean, rstd) if return_stats else y
 
 
 def _update_running(running_mean, running_var, mean, batch_var, factor):
@@ -326,7 +338,7 @@ def _contiguous(x):
     return x if _kernels.is_c_contiguous(x) else np.ascontiguousarray(x)
 
 
-def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms):
+def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats):
     x, dtype = _as_input(input, "input")
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x.dtype)
@@ -336,18 +348,31 @@ def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms):
     eps = _check_eps(eps)
     if out is not None:
         _check_out(out, x.shape, dtype)
+    lead = x.shape[:x.ndim - len(shape)]
     if x.size == 0:
-        return _empty_result(x, out, dtype)
+        return _row_stats(_empty_result(x, out, dtype), np.full(lead, np.nan), np.full(lead, np.nan), eps, rms,
+                          return_stats)
     D = math.prod(shape)
     if w is None and b is not None:
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 0, False)
-    _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size), per_element=True, rms=rms)
-    return _finish(result, out, 0, False, dtype)
+    mean, var = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size),
+                               per_element=True, rms=rms)
+    y = _finish(result, out, 0, False, dtype)
+    return _row_stats(y, mean.reshape(lead), var.reshape(lead), eps, rms, return_stats)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
+def _row_stats(y, mean, var, eps, rms, return_stats):
+    """y, or (y, mean, rstd) / (y, rstd) for RMSNorm, with the rstd the kernel used."""
+    if not return_stats:
+        return y
+    if rms:
+        return y, 1.0 / np.sqrt(var + mean * mean + eps)
+    return y, mean, 1.0 / np.sqrt(var + eps)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
     """Layer normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.layer_norm``.
 
@@ -363,10 +388,13 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
         Added to the variance before the square root.
     out : ndarray, keyword-only, optional
         Where to write the result; may be the input itself.
+    return_stats : bool, keyword-only
+        Also return the mean and inverse standard deviation of each row (float64, of the input's leading
+        shape): what :func:`layer_norm_backward` needs.
 
     Returns
     -------
-    ndarray
+    ndarray, or (ndarray, mean, rstd) with ``return_stats``
         Of the input's shape and dtype.
 
     Examples
@@ -375,14 +403,15 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3).round(4).tolist()
     [[-1.2247, 0.0, 1.2247]]
     """
-    return _rows_norm(input, normalized_shape, weight, bias, eps, out, rms=False)
+    return _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None):
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``:
     ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape`` dimensions.
 
-    ``eps=None`` is the machine epsilon of the input's dtype, as in PyTorch.
+    ``eps=None`` is the machine epsilon of the input's dtype, as in PyTorch.  With ``return_stats``,
+    returns ``(y, rstd)``, rstd the float64 inverse root mean square of each row.
 
     Examples
     --------
@@ -390,10 +419,11 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None):
     >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0).round(4).tolist()
     [[0.8485, 1.1314]]
     """
-    return _rows_norm(input, normalized_shape, weight, None, eps, out, rms=True)
+    return _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats)
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None):
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
+               return_stats=False):
     """Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
     ``num_groups`` groups and each sample is normalized per group.
 
@@ -407,6 +437,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
         Per-channel affine.
     eps : float
         Added to the variance before the square root.
+    return_stats : bool, keyword-only
+        Also return the mean and inverse standard deviation of each (sample, group), float64 (N, G).
 
     Examples
     --------
@@ -430,23 +462,29 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     eps = _check_eps(eps)
     if out is not None:
         _check_out(out, x.shape, dtype)
-    if x.size == 0:
-        return _empty_result(x, out, dtype)
     N = x.shape[0]
+    if x.size == 0:
+        return _row_stats(_empty_result(x, out, dtype), np.full((N, G), np.nan), np.full((N, G), np.nan), eps,
+                          False, return_stats)
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     result = _result_buffer(out, buf, axis, moved)
     nthreads = threads_for(x.size)
-    if moved or axis == x.ndim - 1 or S == 1:
-        # Channels-last memory ([N, S, C]; for S == 1 the two layouts coincide).
-        _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
+    if _group_norm_channels_last(x, axis, moved):
+        mean, var = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
     else:
-        _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
-    return _finish(result, out, axis, moved, dtype)
+        mean, var = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
+    y = _finish(result, out, axis, moved, dtype)
+    return _row_stats(y, mean.reshape(N, G), var.reshape(N, G), eps, False, return_stats)
+
+
+def _group_norm_channels_last(x, axis, moved):
+    """Whether GroupNorm runs on channels-last memory ([N, S, C]; for S == 1 the layouts coincide)."""
+    return moved or axis == x.ndim - 1 or x.size == x.shape[0] * x.shape[axis]
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, out=None):
+                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False):
     """Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
     normalized over its spatial dimensions.
 
@@ -463,6 +501,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         Normalize with each instance's own statistics (True) or with the running statistics.
     momentum : float
         Weight of the new batch in the running statistics (PyTorch's convention).
+    return_stats : bool, keyword-only
+        Also return the mean and inverse standard deviation used, float64: per (sample, channel), (N, C),
+        with ``use_input_stats``; the running ones, (C,), without.
 
     Examples
     --------
@@ -495,20 +536,193 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if x.size == 0:
         return _empty_result(x, out, dtype)
     N = x.shape[0]
-    S = x.size // (N * C)
-    if use_input_stats and S <= 1:
+    S = x.size // (N * C) if x.size else 0
+    if use_input_stats and x.size and S <= 1:
         raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
+    if x.size == 0:
+        shape = (N, C) if use_input_stats else (C,)
+        return _row_stats(_empty_result(x, out, dtype), np.full(shape, np.nan), np.full(shape, np.nan), eps,
+                          False, return_stats)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 1, False)
     nthreads = threads_for(x.size)
     if use_input_stats:
         mean, var = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C)
+        mean, var = mean.reshape(N, C), var.reshape(N, C)
         if update:
-            _update_running(running_mean, running_var, mean.reshape(N, C).mean(axis=0),
-                            (var * (S / (S - 1))).reshape(N, C).mean(axis=0), momentum)
+            _update_running(running_mean, running_var, mean.mean(axis=0), (var * (S / (S - 1))).mean(axis=0),
+                            momentum)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
-    return _finish(result, out, 1, False, dtype)
+        mean, var = rm.astype(np.float64), rv.astype(np.float64)
+    return _row_stats(_finish(result, out, 1, False, dtype), mean, var, eps, False, return_stats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward passes
+# ---------------------------------------------------------------------------------------------------------
+# Each takes the forward's input and the statistics its ``return_stats`` gave, and returns
+# (grad_input, grad_weight, grad_bias): grad_input of the input's shape and dtype, the parameter gradients
+# float64 sums of dy * xhat and dy over each parameter's values (None where the layer has no such
+# parameter).  ``training=False`` (frozen statistics, eval mode) drops the terms through the statistics.
+
+def _grad_inputs(grad_output, input):
+    x, dtype = _as_input(input, "input")
+    g, _ = _as_input(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output: expected shape {x.shape} (the input's), got {g.shape}")
+    if g.dtype != x.dtype:
+        g = g.astype(x.dtype)
+    return x, g, dtype
+
+
+def _stat_vector(v, name, shape):
+    a = np.asarray(v, dtype=np.float64)
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1):
+    """Gradients of :func:`batch_norm`.
+
+    Parameters
+    ----------
+    grad_output : ndarray
+        Gradient of the loss with respect to the output; the input's shape.
+    input : ndarray
+        The forward's input.
+    mean, invstd : array_like of shape (C,)
+        The statistics the forward normalized with (its ``return_stats``): the batch's in training
+        mode, the running mean and ``1 / sqrt(running_var + eps)`` in eval mode.
+    weight : array_like of shape (C,), optional
+    training : bool
+        Whether the statistics were the batch's (they then depend on the input).
+    channel_axis : int, keyword-only
+
+    Returns
+    -------
+    grad_input, grad_weight, grad_bias : ndarray
+        grad_weight and grad_bias are float64 of shape (C,).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.random.default_rng(0).normal(size=(8, 3))
+    >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    >>> dx, dw, db = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, invstd)
+    >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
+    (True, [8.0, 8.0, 8.0])
+    """
+    x, g, dtype = _grad_inputs(grad_output, input)
+    if x.ndim < 2:
+        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    C = x.shape[axis]
+    mean = _stat_vector(mean, "mean", (C,))
+    invstd = _stat_vector(invstd, "invstd", (C,))
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    buf, N, C, S, moved = _channel_view(x, axis)
+    gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
+    dx = np.empty_like(buf)
+    nthreads = threads_for(x.size)
+    if S == 1:
+        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean, invstd, w, bool(training), nthreads)
+    else:
+        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, N, C, S, mean, invstd, w, bool(training), nthreads)
+    return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
+
+
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms):
+    x, g, dtype = _grad_inputs(grad_output, input)
+    shape = _check_normalized_shape(normalized_shape, x)
+    lead = x.shape[:x.ndim - len(shape)]
+    mean = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
+    rstd = _stat_vector(rstd, "rstd", lead)
+    w = _elementwise_vector(weight, "weight", shape, x.dtype)
+    D = math.prod(shape)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
+    buf, gbuf = _contiguous(x), _contiguous(g)
+    dx = np.empty_like(buf)
+    sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, x.size // D, D, mean, rstd, w, True,
+                                        threads_for(x.size), per_element=True, rms=rms)
+    return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None):
+    """Gradients of :func:`layer_norm`.
+
+    ``mean`` and ``rstd`` are what ``layer_norm(..., return_stats=True)`` returned (the input's leading
+    shape).  Returns ``(grad_input, grad_weight, grad_bias)``; grad_weight is None without ``weight``,
+    grad_bias None without ``bias`` (pass the forward's bias, or any array of its shape).
+    """
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, False)
+    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+
+
+def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None):
+    """Gradients of :func:`rms_norm`: ``(grad_input, grad_weight, None)``; ``rstd`` is what
+    ``rms_norm(..., return_stats=True)`` returned.  grad_weight is None without ``weight``."""
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, True)
+    return dx, (dw if weight is not None else None), None
+
+
+def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1):
+    """Gradients of :func:`group_norm`; ``mean``, ``rstd`` of shape (N, G) from its ``return_stats``.
+    Returns ``(grad_input, grad_weight, grad_bias)`` with float64 (C,) parameter gradients."""
+    x, g, dtype = _grad_inputs(grad_output, input)
+    if x.ndim < 2:
+        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    if axis not in (1, x.ndim - 1):
+        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
+    G = _check_count(num_groups, "num_groups")
+    N, C = x.shape[0], x.shape[axis]
+    if C % G:
+        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    mean = _stat_vector(mean, "mean", (N, G))
+    rstd = _stat_vector(rstd, "rstd", (N, G))
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    S = x.size // (N * C)
+    buf, _, _, _, moved = _channel_view(x, axis)
+    gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
+    dx = np.empty_like(buf)
+    nthreads = threads_for(x.size)
+    if _group_norm_channels_last(x, axis, moved):
+        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean, rstd, w, True, nthreads)
+    else:
+        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * G, (C // G) * S, mean, rstd, w, True,
+                                            nthreads, sub=S, groups=G)
+    return (_finish(dx, None, axis, moved, dtype), sum_dyx.reshape(N, C).sum(axis=0),
+            sum_dy.reshape(N, C).sum(axis=0))
+
+
+def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True):
+    """Gradients of :func:`instance_norm`; ``mean``, ``rstd`` from its ``return_stats``: (N, C) with
+    ``use_input_stats``, the running (C,) without.  Returns ``(grad_input, grad_weight, grad_bias)``."""
+    x, g, dtype = _grad_inputs(grad_output, input)
+    if x.ndim < 3:
+        raise ValueError(f"input: expected at least 3 dimensions (N, C, spatial...), got {x.ndim}-D input "
+                         f"of shape {x.shape}")
+    N, C = x.shape[:2]
+    shape = (N, C) if use_input_stats else (C,)
+    mean = np.broadcast_to(_stat_vector(mean, "mean", shape).reshape(shape), (N, C)).reshape(-1)
+    rstd = np.broadcast_to(_stat_vector(rstd, "rstd", shape).reshape(shape), (N, C)).reshape(-1)
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    buf, gbuf = _contiguous(x), _contiguous(g)
+    dx = np.empty_like(buf)
+    sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean),
+                                        np.ascontiguousarray(rstd), w, bool(use_input_stats),
+                                        threads_for(x.size), groups=C)
+    return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
+            sum_dy.reshape(N, C).sum(axis=0))
 
 
 # ---------------------------------------------------------------------------------------------------------
