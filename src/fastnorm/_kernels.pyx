@@ -579,6 +579,19 @@ def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssi
             _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
 
 
+cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
+    """(mean, var, rstd): rstd computed exactly as the sweeps computed it."""
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(mean)
+    cdef cnp.ndarray rstd = np.empty(n, dtype=np.float64)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double center
+    for i in range(n):
+        _center_and_scale(pm[i], pv[i], eps, rms, &center, &pr[i])
+    return mean, var, rstd
+
+
 def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
           object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
           bint per_element=False, bint rms=False):
@@ -586,7 +599,8 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
     ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
-    ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance), float64.
+    ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
+    rstd being the inverse standard deviation (or root mean square) the sweep used.
     """
     cdef cnp.ndarray mean = np.empty(R, dtype=np.float64)
     cdef cnp.ndarray var = np.empty(R, dtype=np.float64)
@@ -607,13 +621,13 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
             _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
             _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
-    return mean, var
+    return _with_rstd(mean, var, eps, rms)
 
 
 def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
              double eps, int nthreads):
     """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
-    statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var)."""
+    statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)."""
     cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
     cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -629,7 +643,7 @@ def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object 
         else:
             _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
             _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
-    return mean, var
+    return _with_rstd(mean, var, eps, False)
 
 
 cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
@@ -671,7 +685,7 @@ cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
 
 def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
                   object weight, object bias, double eps, int nthreads):
-    """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var)."""
+    """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)."""
     cdef cnp.ndarray mean = np.empty(N * G, dtype=np.float64)
     cdef cnp.ndarray var = np.empty(N * G, dtype=np.float64)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -685,7 +699,7 @@ def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py
             _group_norm_mc(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
         else:
             _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
-    return mean, var
+    return _with_rstd(mean, var, eps, False)
 
 
 # ---------------------------------------------------------------------------------------------------------

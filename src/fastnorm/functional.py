@@ -294,7 +294,7 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     if out is not None:
         _check_out(out, x.shape, dtype)
     if x.size == 0:
-        return _with_stats(_empty_result(x, out, dtype), np.full(C, np.nan), np.full(C, np.nan), return_stats)
+        return _row_stats(_empty_result(x, out, dtype), np.full(C, np.nan), np.full(C, np.nan), False, return_stats)
     count = x.size // C
     if training and count <= 1:
         raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
@@ -304,22 +304,20 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     nthreads = threads_for(x.size)
     if training:
         if S == 1:
-            mean, var = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
+            mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
         else:
-            mean, var = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
+            mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
         if update:
             _update_running(running_mean, running_var, mean, var * (count / (count - 1)) if bessel else var,
                             momentum)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
-        if return_stats:
-            mean, var = rm.astype(np.float64), rv.astype(np.float64)
     y = _finish(result, out, axis, moved, dtype)
-    return _with_stats(y, mean, 1.0 / np.sqrt(var + eps), return_stats) if return_stats else y
-
-
-def _with_stats(y, mean, rstd, return_stats):
-    return (y, mean, rstd) if return_stats else y
+    if not return_stats:
+        return y
+    if not training:
+        mean, rstd = rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    return y, mean, rstd
 
 
 def _update_running(running_mean, running_var, mean, batch_var, factor):
@@ -350,26 +348,24 @@ def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stat
         _check_out(out, x.shape, dtype)
     lead = x.shape[:x.ndim - len(shape)]
     if x.size == 0:
-        return _row_stats(_empty_result(x, out, dtype), np.full(lead, np.nan), np.full(lead, np.nan), eps, rms,
+        return _row_stats(_empty_result(x, out, dtype), np.full(lead, np.nan), np.full(lead, np.nan), rms,
                           return_stats)
     D = math.prod(shape)
     if w is None and b is not None:
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 0, False)
-    mean, var = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size),
-                               per_element=True, rms=rms)
+    mean, _, rstd = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size),
+                                   per_element=True, rms=rms)
     y = _finish(result, out, 0, False, dtype)
-    return _row_stats(y, mean.reshape(lead), var.reshape(lead), eps, rms, return_stats)
+    return _row_stats(y, mean.reshape(lead), rstd.reshape(lead), rms, return_stats)
 
 
-def _row_stats(y, mean, var, eps, rms, return_stats):
-    """y, or (y, mean, rstd) / (y, rstd) for RMSNorm, with the rstd the kernel used."""
+def _row_stats(y, mean, rstd, rms, return_stats):
+    """y, or (y, mean, rstd) ((y, rstd) for RMSNorm)."""
     if not return_stats:
         return y
-    if rms:
-        return y, 1.0 / np.sqrt(var + mean * mean + eps)
-    return y, mean, 1.0 / np.sqrt(var + eps)
+    return (y, rstd) if rms else (y, mean, rstd)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
@@ -464,18 +460,18 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
         _check_out(out, x.shape, dtype)
     N = x.shape[0]
     if x.size == 0:
-        return _row_stats(_empty_result(x, out, dtype), np.full((N, G), np.nan), np.full((N, G), np.nan), eps,
-                          False, return_stats)
+        return _row_stats(_empty_result(x, out, dtype), np.full((N, G), np.nan), np.full((N, G), np.nan), False,
+                          return_stats)
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     result = _result_buffer(out, buf, axis, moved)
     nthreads = threads_for(x.size)
     if _group_norm_channels_last(x, axis, moved):
-        mean, var = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
+        mean, _, rstd = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
     else:
-        mean, var = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
+        mean, _, rstd = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
     y = _finish(result, out, axis, moved, dtype)
-    return _row_stats(y, mean.reshape(N, G), var.reshape(N, G), eps, False, return_stats)
+    return _row_stats(y, mean.reshape(N, G), rstd.reshape(N, G), False, return_stats)
 
 
 def _group_norm_channels_last(x, axis, moved):
@@ -541,21 +537,25 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
     if x.size == 0:
         shape = (N, C) if use_input_stats else (C,)
-        return _row_stats(_empty_result(x, out, dtype), np.full(shape, np.nan), np.full(shape, np.nan), eps,
-                          False, return_stats)
+        return _row_stats(_empty_result(x, out, dtype), np.full(shape, np.nan), np.full(shape, np.nan), False,
+                          return_stats)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 1, False)
     nthreads = threads_for(x.size)
     if use_input_stats:
-        mean, var = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C)
-        mean, var = mean.reshape(N, C), var.reshape(N, C)
+        mean, var, rstd = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C)
+        mean, var, rstd = mean.reshape(N, C), var.reshape(N, C), rstd.reshape(N, C)
         if update:
             _update_running(running_mean, running_var, mean.mean(axis=0), (var * (S / (S - 1))).mean(axis=0),
                             momentum)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
-        mean, var = rm.astype(np.float64), rv.astype(np.float64)
-    return _row_stats(_finish(result, out, 1, False, dtype), mean, var, eps, False, return_stats)
+    y = _finish(result, out, 1, False, dtype)
+    if not return_stats:
+        return y
+    if not use_input_stats:
+        mean, rstd = rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    return y, mean, rstd
 
 
 # ---------------------------------------------------------------------------------------------------------
