@@ -5,13 +5,13 @@ from .functional import (batch_norm, batch_norm_backward, batch_normalization, g
                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, moments,
                          rms_norm, rms_norm_backward)
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
-                     InstanceNorm3d, LayerNorm, RMSNorm)
+                     InstanceNorm3d, LayerNorm, RMSNorm, no_grad)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward",

@@ -4,8 +4,10 @@ Parameters and running statistics are plain ndarrays (length C vectors); the lay
 :mod:`fastnorm.functional`.
 """
 import collections
+import contextlib
 import numbers
 import operator
+import threading
 import warnings
 
 import numpy as np
@@ -13,7 +15,33 @@ import numpy as np
 from . import functional as F
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-           "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"]
+           "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad"]
+
+_grad_mode = threading.local()
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within it, layer calls made by this Python thread keep nothing for ``backward`` (as
+    ``torch.no_grad``): for inference, and for calls on one layer from several threads.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> ln = fastnorm.LayerNorm(4)
+    >>> with fastnorm.no_grad():
+    ...     y = ln(np.ones((2, 4), np.float32))
+    """
+    previous = getattr(_grad_mode, "off", False)
+    _grad_mode.off = True
+    try:
+        yield
+    finally:
+        _grad_mode.off = previous
+
+
+def _keeps_grad():
+    return not getattr(_grad_mode, "off", False)
 
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
@@ -36,9 +64,37 @@ def _check_features(num_features, name="num_features"):
 
 
 class _Layer:
-    """State-dict plumbing shared by the layers: ``_state`` lists the keys in PyTorch's order."""
+    """State-dict plumbing and backward bookkeeping shared by the layers: ``_state`` lists the keys in
+    PyTorch's order; a forward keeps what ``_backward`` needs (the input, by reference, and per-row
+    statistics, never a normalized copy) and ``backward`` turns it into gradients."""
 
     _optional_state = ()
+    _saved = None
+    grad_weight = None
+    grad_bias = None
+
+    def _keep(self, x, out, *stats):
+        if _keeps_grad():
+            if out is not None and np.may_share_memory(out, x):
+                x = x.copy()  # the forward overwrites its input: keep what backward differentiates at
+            self._saved = (x,) + stats
+
+    def backward(self, grad_output):
+        """Gradient of the loss with respect to the last forward's input, given ``grad_output`` (the
+        gradient with respect to its output).  Stores ``grad_weight`` and ``grad_bias`` (None for a
+        parameter the layer does not have).
+
+        The statistics are those of the last forward, in the mode it ran in: the batch's in training
+        mode, the running ones (frozen) in evaluation mode.
+        """
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: no forward to differentiate; call the layer "
+                               "on an input first (outside fastnorm.no_grad())")
+        dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
+        weight, bias = self._state().get("weight"), self._state().get("bias")
+        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype).reshape(weight.shape)
+        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype).reshape(bias.shape)
+        return dx
 
     def _state(self):
         raise NotImplementedError
@@ -165,13 +221,26 @@ class _BatchNorm(_NormBase):
             factor = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
-        y = F.batch_norm(x, self.running_mean if keep_buffers else None,
-                         self.running_var if keep_buffers else None, self.weight, self.bias,
-                         use_batch_stats, 0.0 if factor is None else factor, self.eps,
-                         channel_axis=self.channel_axis, out=out, bessel=self.bessel)
+        saved = x
+        result = F.batch_norm(x, self.running_mean if keep_buffers else None,
+                              self.running_var if keep_buffers else None, self.weight, self.bias,
+                              use_batch_stats, 0.0 if factor is None else factor, self.eps,
+                              channel_axis=self.channel_axis, out=out, bessel=self.bessel,
+                              return_stats=use_batch_stats)
         if tracking and x.size > 0:
             self.num_batches_tracked += 1
-        return y
+        if not use_batch_stats:  # eval: the running statistics, read at backward time
+            self._keep(saved, out, None, None, False)
+            return result
+        self._keep(saved, out, result[1], result[2], True)
+        return result[0]
+
+    def _backward(self, grad_output, x, mean, invstd, batch_stats):
+        if not batch_stats:
+            mean = self.running_mean
+            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
+                                     channel_axis=self.channel_axis)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -283,7 +352,15 @@ class LayerNorm(_Layer):
         return {"weight": self.weight, "bias": self.bias}
 
     def forward(self, x, *, out=None):
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
+        if not _keeps_grad():
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
+        y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out,
+                                     return_stats=True)
+        self._keep(x, out, mean, rstd)
+        return y
+
+    def _backward(self, grad_output, x, mean, rstd):
+        return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
 
     def __repr__(self):
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
@@ -322,7 +399,14 @@ class RMSNorm(_Layer):
         return {"weight": self.weight}
 
     def forward(self, x, *, out=None):
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
+        if not _keeps_grad():
+            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
+        y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out, return_stats=True)
+        self._keep(x, out, rstd)
+        return y
+
+    def _backward(self, grad_output, x, rstd):
+        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight)
 
     def __repr__(self):
         return f"RMSNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
@@ -377,8 +461,14 @@ class GroupNorm(_Layer):
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
-                            channel_axis=self.channel_axis, out=out)
+        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                     channel_axis=self.channel_axis, out=out, return_stats=True)
+        self._keep(x, out, mean, rstd)
+        return y
+
+    def _backward(self, grad_output, x, mean, rstd):
+        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
+                                     channel_axis=self.channel_axis)
 
     def __repr__(self):
         return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
@@ -404,10 +494,20 @@ class _InstanceNorm(_NormBase):
                 raise ValueError(f"input: expected {self.num_features} channels, got input of shape {x.shape}")
             warnings.warn(f"input has {x.shape[1]} channels, not num_features={self.num_features}; "
                           "normalizing anyway", stacklevel=2)
-        y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            self.training or not self.track_running_stats,
-                            self.momentum if self.momentum is not None else 0.0, self.eps, out=out)
+        use_input_stats = self.training or not self.track_running_stats
+        y, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        use_input_stats, self.momentum if self.momentum is not None else 0.0,
+                                        self.eps, out=out, return_stats=True)
+        self._keep(x, out, mean, rstd, use_input_stats, unbatched)
         return y[0] if unbatched else y
+
+    def _backward(self, grad_output, x, mean, rstd, use_input_stats, unbatched):
+        grad_output = np.asarray(grad_output)
+        if unbatched:
+            grad_output = grad_output[np.newaxis]
+        dx, grad_weight, grad_bias = F.instance_norm_backward(grad_output, x, mean, rstd, self.weight,
+                                                              use_input_stats)
+        return (dx[0] if unbatched else dx), grad_weight, grad_bias
 
 
 class InstanceNorm1d(_InstanceNorm):
