@@ -73,10 +73,15 @@ class _Layer:
     grad_weight = None
     grad_bias = None
 
-    def _keep(self, x, out, *stats):
+    @staticmethod
+    def _input_to_keep(x, out):
+        """Before a forward: the input backward will need (a copy when the forward overwrites it)."""
+        if out is not None and _keeps_grad() and np.may_share_memory(out, x):
+            return np.array(x, copy=True)
+        return x
+
+    def _keep(self, x, *stats):
         if _keeps_grad():
-            if out is not None and np.may_share_memory(out, x):
-                x = x.copy()  # the forward overwrites its input: keep what backward differentiates at
             self._saved = (x,) + stats
 
     def backward(self, grad_output):
@@ -221,7 +226,7 @@ class _BatchNorm(_NormBase):
             factor = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
-        saved = x
+        saved = self._input_to_keep(x, out)
         result = F.batch_norm(x, self.running_mean if keep_buffers else None,
                               self.running_var if keep_buffers else None, self.weight, self.bias,
                               use_batch_stats, 0.0 if factor is None else factor, self.eps,
@@ -230,9 +235,9 @@ class _BatchNorm(_NormBase):
         if tracking and x.size > 0:
             self.num_batches_tracked += 1
         if not use_batch_stats:  # eval: the running statistics, read at backward time
-            self._keep(saved, out, None, None, False)
+            self._keep(saved, None, None, False)
             return result
-        self._keep(saved, out, result[1], result[2], True)
+        self._keep(saved, result[1], result[2], True)
         return result[0]
 
     def _backward(self, grad_output, x, mean, invstd, batch_stats):
@@ -354,9 +359,10 @@ class LayerNorm(_Layer):
     def forward(self, x, *, out=None):
         if not _keeps_grad():
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
+        saved = self._input_to_keep(x, out)
         y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out,
                                      return_stats=True)
-        self._keep(x, out, mean, rstd)
+        self._keep(saved, mean, rstd)
         return y
 
     def _backward(self, grad_output, x, mean, rstd):
@@ -401,8 +407,9 @@ class RMSNorm(_Layer):
     def forward(self, x, *, out=None):
         if not _keeps_grad():
             return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
+        saved = self._input_to_keep(x, out)
         y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out, return_stats=True)
-        self._keep(x, out, rstd)
+        self._keep(saved, rstd)
         return y
 
     def _backward(self, grad_output, x, rstd):
@@ -461,9 +468,10 @@ class GroupNorm(_Layer):
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
+        saved = self._input_to_keep(x, out)
         y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                      channel_axis=self.channel_axis, out=out, return_stats=True)
-        self._keep(x, out, mean, rstd)
+        self._keep(saved, mean, rstd)
         return y
 
     def _backward(self, grad_output, x, mean, rstd):
@@ -495,10 +503,11 @@ class _InstanceNorm(_NormBase):
             warnings.warn(f"input has {x.shape[1]} channels, not num_features={self.num_features}; "
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
+        saved = self._input_to_keep(x, out)
         y, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                         use_input_stats, self.momentum if self.momentum is not None else 0.0,
                                         self.eps, out=out, return_stats=True)
-        self._keep(x, out, mean, rstd, use_input_stats, unbatched)
+        self._keep(saved, mean, rstd, use_input_stats, unbatched)
         return y[0] if unbatched else y
 
     def _backward(self, grad_output, x, mean, rstd, use_input_stats, unbatched):

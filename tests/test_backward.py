@@ -1,0 +1,230 @@
+"""Gradients: finite differences in float64, PyTorch autograd in float32 and float64."""
+import numpy as np
+import pytest
+
+import fastnorm
+from conftest import requires_torch, torch
+
+# (name, fastnorm factory, torch factory or None, input shape, channels-last)
+LAYERS = [
+    ("BatchNorm1d", lambda a, d: fastnorm.BatchNorm1d(3, affine=a, dtype=d), (5, 3), False),
+    ("BatchNorm1d-3d", lambda a, d: fastnorm.BatchNorm1d(3, affine=a, dtype=d), (4, 3, 5), False),
+    ("BatchNorm2d", lambda a, d: fastnorm.BatchNorm2d(3, affine=a, dtype=d), (3, 3, 2, 3), False),
+    ("BatchNorm2d-nhwc", lambda a, d: fastnorm.BatchNorm2d(3, affine=a, dtype=d, channel_axis=-1), (3, 2, 3, 3), True),
+    ("BatchNorm3d", lambda a, d: fastnorm.BatchNorm3d(2, affine=a, dtype=d), (2, 2, 2, 2, 3), False),
+    ("LayerNorm", lambda a, d: fastnorm.LayerNorm(5, elementwise_affine=a, dtype=d), (3, 4, 5), False),
+    ("LayerNorm-2d", lambda a, d: fastnorm.LayerNorm((4, 5), elementwise_affine=a, dtype=d), (3, 4, 5), False),
+    ("RMSNorm", lambda a, d: fastnorm.RMSNorm(5, eps=1e-6, elementwise_affine=a, dtype=d), (3, 4, 5), False),
+    ("GroupNorm", lambda a, d: fastnorm.GroupNorm(2, 4, affine=a, dtype=d), (3, 4, 3, 2), False),
+    ("GroupNorm-nhwc", lambda a, d: fastnorm.GroupNorm(2, 4, affine=a, dtype=d, channel_axis=-1), (3, 3, 2, 4), True),
+    ("GroupNorm-2d", lambda a, d: fastnorm.GroupNorm(2, 4, affine=a, dtype=d), (3, 4), False),
+    ("InstanceNorm1d", lambda a, d: fastnorm.InstanceNorm1d(3, affine=a, dtype=d), (2, 3, 5), False),
+    ("InstanceNorm2d", lambda a, d: fastnorm.InstanceNorm2d(3, affine=a, dtype=d), (2, 3, 3, 2), False),
+    ("InstanceNorm1d-unbatched", lambda a, d: fastnorm.InstanceNorm1d(3, affine=a, dtype=d), (3, 6), False),
+]
+IDS = [layer[0] for layer in LAYERS]
+
+
+def _randomize(layer, rng):
+    for key in ("weight", "bias"):
+        value = getattr(layer, key, None)
+        if value is not None:
+            value[...] = rng.normal(size=value.shape)
+
+
+def _numerical_gradients(layer, x, g, h=1e-6):
+    """Central differences of sum(layer(x) * g) with respect to x and the layer's parameters."""
+    def loss():
+        with fastnorm.no_grad():
+            return float(np.sum(layer(x) * g))
+
+    grads = []
+    for array in [x] + [getattr(layer, k) for k in ("weight", "bias") if getattr(layer, k, None) is not None]:
+        grad = np.zeros_like(array)
+        for i in np.ndindex(array.shape):
+            keep = array[i]
+            array[i] = keep + h
+            up = loss()
+            array[i] = keep - h
+            down = loss()
+            array[i] = keep
+            grad[i] = (up - down) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
+@pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_match_finite_differences(rng, name, make, shape, channels_last, affine, mode):
+    layer = make(affine, np.float64)
+    _randomize(layer, rng)
+    if getattr(layer, "running_mean", None) is not None:
+        layer.running_mean[...] = rng.normal(size=layer.running_mean.shape)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.running_var.shape)
+    if mode == "eval":
+        layer.eval()
+    x = rng.normal(size=shape) * 2 + 1
+    g = rng.normal(size=shape)
+    y = layer(x)
+    dx = layer.backward(g)
+    assert dx.shape == x.shape and dx.dtype == np.float64
+    expected = _numerical_gradients(layer, x, g)
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-6, atol=1e-7 * max(1.0, np.abs(expected[0]).max()))
+    if layer.weight is not None:
+        np.testing.assert_allclose(layer.grad_weight, expected[1], rtol=1e-6, atol=1e-7)
+    else:
+        assert layer.grad_weight is None
+    if getattr(layer, "bias", None) is not None:
+        np.testing.assert_allclose(layer.grad_bias, expected[2], rtol=1e-6, atol=1e-7)
+    else:
+        assert layer.grad_bias is None
+    assert y.shape == x.shape
+
+
+def _torch_twin(name, affine, dtype):
+    td = torch.float32 if dtype == np.float32 else torch.float64
+    kind = name.split("-")[0]
+    args = {"BatchNorm1d": (3,), "BatchNorm2d": (3,), "BatchNorm3d": (2,), "GroupNorm": (2, 4),
+            "InstanceNorm1d": (3,), "InstanceNorm2d": (3,)}.get(kind)
+    if kind == "LayerNorm":
+        args = ((4, 5),) if name.endswith("2d") else (5,)
+        return torch.nn.LayerNorm(*args, elementwise_affine=affine, dtype=td)
+    if kind == "RMSNorm":
+        return torch.nn.RMSNorm(5, eps=1e-6, elementwise_affine=affine, dtype=td)
+    return getattr(torch.nn, kind)(*args, affine=affine, dtype=td)
+
+
+@requires_torch
+@pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_match_torch_autograd(rng, name, make, shape, channels_last, affine, dtype, mode):
+    ours = make(affine, dtype)
+    theirs = _torch_twin(name, affine, dtype)
+    _randomize(ours, rng)
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state, strict=False)
+    if mode == "eval":
+        ours.eval()
+        theirs.eval()
+    x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    xt_data = np.moveaxis(x, -1, 1) if channels_last else x
+    gt = np.moveaxis(g, -1, 1) if channels_last else g
+    xt = torch.tensor(np.ascontiguousarray(xt_data), requires_grad=True)
+    yt = theirs(xt)
+    yt.backward(torch.from_numpy(np.ascontiguousarray(gt)))
+    y = ours(x)
+    dx = ours.backward(g)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    expected_dx = xt.grad.numpy()
+    if channels_last:
+        expected_dx = np.moveaxis(expected_dx, 1, -1)
+        yt = yt.detach().permute(0, *range(2, yt.dim()), 1)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, expected_dx, **tol)
+    if affine:
+        np.testing.assert_allclose(ours.grad_weight, theirs.weight.grad.numpy(), **tol)
+        if getattr(theirs, "bias", None) is not None:
+            np.testing.assert_allclose(ours.grad_bias, theirs.bias.grad.numpy(), **tol)
+
+
+@requires_torch
+@pytest.mark.parametrize("offset", [1e4])
+def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset):
+    x = (offset + rng.normal(size=(8, 4, 6, 6))).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    layer = fastnorm.BatchNorm2d(4)
+    layer(x)
+    dx = layer.backward(g)
+    twin = torch.nn.BatchNorm2d(4, dtype=torch.float64)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    twin(xt).backward(torch.from_numpy(g.astype(np.float64)))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-5)
+
+
+def _bn_grads(x, g):
+    _, mean, rstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    return fastnorm.batch_norm_backward(g, x, mean, rstd)
+
+
+def _gn_grads(x, g):
+    _, mean, rstd = fastnorm.group_norm(x, 4, return_stats=True)
+    return fastnorm.group_norm_backward(g, x, 4, mean, rstd)
+
+
+def _in_grads(x, g):
+    _, mean, rstd = fastnorm.instance_norm(x, return_stats=True)
+    return fastnorm.instance_norm_backward(g, x, mean, rstd)
+
+
+def _ln_grads(x, g):
+    D = x.shape[-1]
+    w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
+    _, mean, rstd = fastnorm.layer_norm(x, D, w, b, return_stats=True)
+    return fastnorm.layer_norm_backward(g, x, D, mean, rstd, w, b)
+
+
+@pytest.mark.parametrize("grads", [_bn_grads, _gn_grads, _in_grads, _ln_grads])
+def test_backward_is_bitwise_identical_for_any_thread_count(rng, grads):
+    for shape in [(2, 8, 70000), (32, 8, 700)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        g = rng.normal(size=shape).astype(np.float32)
+        results = []
+        for n in (1, 2, 3):
+            with fastnorm.threads(n):
+                results.append(grads(x, g))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert np.array_equal(a, b)
+
+
+def test_backward_without_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="no forward to differentiate"):
+        fastnorm.BatchNorm2d(3).backward(np.ones((2, 3, 4, 4), np.float32))
+    layer = fastnorm.LayerNorm(4)
+    with fastnorm.no_grad():
+        layer(np.ones((2, 4), np.float32))
+    with pytest.raises(RuntimeError, match="no forward"):
+        layer.backward(np.ones((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("layer, shape", [(fastnorm.BatchNorm2d(3), (2, 3, 4, 4)), (fastnorm.LayerNorm(4), (2, 4)),
+                                          (fastnorm.GroupNorm(1, 3), (2, 3, 4)), (fastnorm.RMSNorm(4), (3, 4)),
+                                          (fastnorm.InstanceNorm1d(3), (2, 3, 4))])
+def test_grad_output_of_the_wrong_shape_is_an_error(layer, shape):
+    layer(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        layer.backward(np.ones((5,) + shape[1:], np.float32))
+
+
+def test_in_place_forward_keeps_the_input_for_backward(rng):
+    x = rng.normal(size=(6, 3))
+    g = rng.normal(size=(6, 3))
+    reference = fastnorm.BatchNorm1d(3, dtype=np.float64)
+    reference(x.copy())
+    expected = reference.backward(g)
+    layer = fastnorm.BatchNorm1d(3, dtype=np.float64)
+    x_in = x.copy()
+    layer(x_in, out=x_in)
+    np.testing.assert_allclose(layer.backward(g), expected, atol=1e-14)
+
+
+def test_functional_backward_errors():
+    x = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"mean: expected shape \(3,\)"):
+        fastnorm.batch_norm_backward(x, x, np.zeros(4), np.ones(3))
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        fastnorm.layer_norm_backward(np.ones((4, 2)), x, 3, np.zeros(4), np.ones(4))
+    with pytest.raises(TypeError, match="grad_output: expected a floating-point"):
+        fastnorm.rms_norm_backward(np.ones((4, 3), int), x, 3, np.ones(4))
+
+
+def test_float16_backward(rng):
+    x = rng.normal(size=(8, 4)).astype(np.float16)
+    y, mean, rstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    dx, dw, db = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, rstd, np.ones(4, np.float32))
+    assert dx.dtype == np.float16 and np.abs(dx.astype(np.float32)).max() < 1e-2
+    np.testing.assert_allclose(db, 8.0)
