@@ -1,4 +1,4 @@
-"""``python -m fastnorm bench | info``."""
+"""``python -m fastnorm bench | demo | info``."""
 import argparse
 import sys
 
@@ -11,8 +11,15 @@ def main(argv=None):
                        help="comma-separated thread counts (default: 1 and the machine's count)")
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per case (median reported)")
     bench.add_argument("--filter", default="", help="only cases whose name contains this text")
+    demo = sub.add_parser("demo", help="train a small NumPy network with BatchNorm1d (under a minute)")
+    demo.add_argument("--epochs", type=int, default=40)
     sub.add_parser("info", help="show the build configuration")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run as demo_run
+
+        demo_run(epochs=args.epochs)
+        return 0
     if args.command == "info":
         from . import show_config
 

@@ -139,11 +139,57 @@ def family_cases():
             theirs = lambda: torch.nn.functional.instance_norm(xt, None, None, wt, bt)
         return ours, base, theirs
 
+    def batch_norm_backward(x):
+        C = x.shape[1]
+        g = np.random.default_rng(1).standard_normal(x.shape, dtype=np.float32)
+        w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
+        _, mean, invstd = F.batch_norm(x, None, None, w, b, True, return_stats=True)
+        ours = lambda: F.batch_norm_backward(g, x, mean, invstd, w)
+        axes = (0, 2, 3)
+
+        def base():
+            xhat = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+            db, dw = g.sum(axis=axes), (g * xhat).sum(axis=axes)
+            n = x.size // C
+            return (w / np.sqrt(x.var(axis=axes) + 1e-5))[:, None, None] * (
+                g - (db / n)[:, None, None] - xhat * (dw / n)[:, None, None])
+        return ours, base, _torch_backward(lambda xt, wt, bt: torch.nn.functional.batch_norm(
+            xt, None, None, wt, bt, True), x, g, w, b)
+
+    def layer_norm_backward(x):
+        D = x.shape[-1]
+        g = np.random.default_rng(1).standard_normal(x.shape, dtype=np.float32)
+        w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
+        _, mean, rstd = F.layer_norm(x, D, w, b, return_stats=True)
+        ours = lambda: F.layer_norm_backward(g, x, D, mean, rstd, w, b)
+
+        def base():
+            xhat = _numpy_rows(x, -1)
+            wg = g * w
+            r = 1 / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
+            dx = r * (wg - wg.mean(-1, keepdims=True) - xhat * (wg * xhat).mean(-1, keepdims=True))
+            return dx, (g * xhat).sum(0), g.sum(0)
+        return ours, base, _torch_backward(lambda xt, wt, bt: torch.nn.functional.layer_norm(
+            xt, (D,), wt, bt), x, g, w, b)
+
     yield "layer_norm (4096, 768)", (4096, 768), layer_norm
     yield "layer_norm (8, 197, 384)", (8, 197, 384), layer_norm
     yield "group_norm G=32 (8, 256, 32, 32)", (8, 256, 32, 32), group_norm
     yield "instance_norm (8, 64, 64, 64)", (8, 64, 64, 64), instance_norm
     yield "rms_norm (4096, 4096)", (4096, 4096), rms_norm
+    yield "batch_norm backward (32, 64, 56, 56)", (32, 64, 56, 56), batch_norm_backward
+    yield "layer_norm backward (4096, 768)", (4096, 768), layer_norm_backward
+
+
+def _torch_backward(forward, x, g, w, b):
+    """PyTorch autograd of ``forward`` (the graph built once; each call runs the backward only)."""
+    if torch is None:
+        return None
+    xt = torch.from_numpy(x).requires_grad_()
+    wt, bt = torch.from_numpy(w).requires_grad_(), torch.from_numpy(b).requires_grad_()
+    yt = forward(xt, wt, bt)
+    gt = torch.from_numpy(g)
+    return lambda: torch.autograd.grad(yt, (xt, wt, bt), gt, retain_graph=True)
 
 
 def all_cases():
@@ -189,7 +235,8 @@ def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
                 x, ours, baseline, theirs = build()
                 funcs = [ours, baseline] + ([theirs] if theirs is not None else [])
                 times = _median_times(funcs, repeat)
-                gbps = 2 * x.nbytes / times[0] / 1e9
+                # bytes each element moves at least: x read, y written; backward also reads dy
+                gbps = (3 if "backward" in name else 2) * x.nbytes / times[0] / 1e9
                 line = (f"{name:<44}{n:>4}{times[0] * 1e3:>9.3f}ms{times[1] * 1e3:>9.3f}ms"
                         f"{times[1] / times[0]:>8.2f}x")
                 row = dict(case=name, threads=n, fastnorm_s=times[0], numpy_s=times[1], gbps=gbps,
