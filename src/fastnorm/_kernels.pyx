@@ -26,7 +26,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 
@@ -549,14 +549,19 @@ def moments_mc(cnp.ndarray x, Py_ssize_t M, Py_ssize_t C, int nthreads):
     return mean, var
 
 
+cdef void _fold_all(Py_ssize_t C, Vec mean, Vec var, Vec weight, Vec bias, double eps,
+                    floating* p) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
+
+
 cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                               Vec mean, Vec var, Vec weight, Vec bias, double eps,
                               int nthreads) noexcept nogil:
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
-    cdef Py_ssize_t c
     cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
-    for c in range(C):
-        _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
+    _fold_all(C, mean, var, weight, bias, eps, p)
     if S == 1:
         _normalize_mc(x, y, N, C, p, nthreads, _streams(N * C * S * sizeof(floating)))
     else:
@@ -1054,6 +1059,139 @@ def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_
                          <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
                          p1 + n * C, p2 + n * C, nthreads)
     return P1, P2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Eval mode of a layer: per-channel factors folded once, reused while the parameters are unchanged
+# ---------------------------------------------------------------------------------------------------------
+
+cdef inline bint _is_vector(object a, Py_ssize_t C):
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        return False
+    arr = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE))
+
+
+cdef class EvalCache:
+    """The folded factors (mean_hi, scale, shift per channel) of an eval-mode BatchNorm layer.
+
+    They are recomputed when the parameters they came from differ, byte for byte, from a snapshot taken
+    when they were folded: any assignment or in-place update of the running statistics, weight or bias
+    (or eps) is seen on the next call, and an unchanged layer pays a memcmp of its few vectors instead of
+    a square root and a division per channel.  Concurrent calls with unchanged parameters only read.
+    """
+    cdef char* snapshot
+    cdef Py_ssize_t snapshot_bytes
+    cdef Py_ssize_t C
+    cdef double eps
+    cdef int layout          # which vectors are present and their dtypes
+    cdef float* p32
+    cdef double* p64
+
+    def __dealloc__(self):
+        free(self.snapshot)
+        free(self.p32)
+        free(self.p64)
+
+    cdef bint _refresh(self, object vectors, Py_ssize_t C, double eps):
+        """Compare the parameters with the snapshot; on any difference take a new snapshot and drop the
+        folded factors.  Returns False when a parameter is not a usable vector (the caller then takes
+        the validating path)."""
+        cdef int layout = 0, k = 0
+        cdef Py_ssize_t total = 0, nbytes, offset = 0
+        cdef cnp.ndarray arr
+        cdef bint same
+        for v in vectors:
+            if v is not None:
+                if not _is_vector(v, C):
+                    return False
+                arr = <cnp.ndarray>v
+                layout |= (1 if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT else 2) << (2 * k)
+                total += cnp.PyArray_NBYTES(arr)
+            k += 1
+        same = (self.snapshot != NULL and C == self.C and eps == self.eps and layout == self.layout
+                and total == self.snapshot_bytes)
+        if same:
+            for v in vectors:
+                if v is not None:
+                    nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>v)
+                    if memcmp(self.snapshot + offset, cnp.PyArray_DATA(<cnp.ndarray>v), nbytes) != 0:
+                        same = False
+                        break
+                    offset += nbytes
+        if same:
+            return True
+        free(self.snapshot)
+        free(self.p32)
+        free(self.p64)
+        self.p32 = NULL
+        self.p64 = NULL
+        self.snapshot = <char*>malloc(max(total, <Py_ssize_t>1))
+        offset = 0
+        for v in vectors:
+            if v is not None:
+                nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>v)
+                memcpy(self.snapshot + offset, cnp.PyArray_DATA(<cnp.ndarray>v), nbytes)
+                offset += nbytes
+        self.snapshot_bytes = total
+        self.C = C
+        self.eps = eps
+        self.layout = layout
+        return True
+
+
+def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object var, object weight,
+                object bias, double eps, int nthreads):
+    """Eval-mode BatchNorm of ``x`` with the factors in ``cache``: returns a new array, or None when an
+    argument is not of the plain kind (then the validating path handles it)."""
+    cdef cnp.ndarray arr, out
+    cdef int t, ndim, axis, i
+    cdef Py_ssize_t N = 1, C, S = 1
+    cdef cnp.npy_intp* dims
+    if not cnp.PyArray_Check(x):
+        return None
+    arr = <cnp.ndarray>x
+    t = cnp.PyArray_TYPE(arr)
+    ndim = cnp.PyArray_NDIM(arr)
+    if (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or ndim < 2:
+        return None
+    axis = channel_axis % ndim if channel_axis < 0 else channel_axis
+    if axis >= ndim or mean is None or var is None:
+        return None
+    dims = cnp.PyArray_DIMS(arr)
+    C = dims[axis]
+    for i in range(axis):
+        N *= dims[i]
+    for i in range(axis + 1, ndim):
+        S *= dims[i]
+    if N * S == 0 or not cache._refresh((mean, var, weight, bias), C, eps):
+        return None
+    out = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+    cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
+    cdef void* px = cnp.PyArray_DATA(arr)
+    cdef void* py = cnp.PyArray_DATA(out)
+    cdef bint stream = _streams(2 * cnp.PyArray_NBYTES(arr))
+    if t == cnp.NPY_FLOAT:
+        if cache.p32 == NULL:
+            cache.p32 = <float*>malloc(3 * C * sizeof(float))
+            _fold_all(C, vm, vv, vw, vb, eps, cache.p32)
+        with nogil:
+            if S == 1:
+                _normalize_mc(<const float*>px, <float*>py, N, C, cache.p32, nthreads, stream)
+            else:
+                _normalize_ncs(<const float*>px, <float*>py, N, C, S, cache.p32, nthreads, stream)
+    else:
+        if cache.p64 == NULL:
+            cache.p64 = <double*>malloc(3 * C * sizeof(double))
+            _fold_all(C, vm, vv, vw, vb, eps, cache.p64)
+        with nogil:
+            if S == 1:
+                _normalize_mc(<const double*>px, <double*>py, N, C, cache.p64, nthreads, stream)
+            else:
+                _normalize_ncs(<const double*>px, <double*>py, N, C, S, cache.p64, nthreads, stream)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import warnings
 
 import numpy as np
 
+from . import _kernels
 from . import functional as F
+from ._threads import threads_for
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
            "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad"]
@@ -103,6 +105,16 @@ class _Layer:
 
     def _state(self):
         raise NotImplementedError
+
+    def __getstate__(self):
+        # Pickles and copies carry parameters and buffers, not what the last forward kept for backward.
+        state = self.__dict__.copy()
+        state.pop("_saved", None)
+        state.pop("_eval_cache", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def train(self, mode=True):
         """Set training mode (``mode=True``) or evaluation mode; returns the layer."""
@@ -212,11 +224,24 @@ class _BatchNorm(_NormBase):
             raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
         self.bessel = bool(bessel)
+        self._eval_cache = _kernels.EvalCache()
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._eval_cache = _kernels.EvalCache()
 
     def forward(self, x, *, out=None):
         """Normalize ``x``: batch statistics in training mode (updating the running statistics), running
         statistics in evaluation mode (batch statistics when ``track_running_stats`` is False)."""
+        if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
+                and x.ndim in self._input_ndims):
+            # The eval path of an inference pipeline: factors folded once, one sweep per call.
+            y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
+                                     self.weight, self.bias, self.eps, threads_for(x.size))
+            if y is not None:
+                self._keep(x, None, None, False)
+                return y
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         self._check_input(x)
