@@ -224,8 +224,12 @@ cdef void _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
     cdef Moments m
     cdef Moments* partial
     if nthreads <= 1 or C >= 4 * nthreads:
-        for c in prange(C, schedule="static", num_threads=nthreads):
-            _store_moments(_strided_moments(x + c * S, N, S, C * S), c, mean, var)
+        if nthreads <= 1:  # no thread team for one thread
+            for c in range(C):
+                _store_moments(_strided_moments(x + c * S, N, S, C * S), c, mean, var)
+        else:
+            for c in prange(C, schedule="static", num_threads=nthreads):
+                _store_moments(_strided_moments(x + c * S, N, S, C * S), c, mean, var)
         return
     # Few channels for the threads: compute the blocks of all channels in parallel, then merge each
     # channel's blocks in the same canonical order as _strided_moments (so the bits do not change).
@@ -279,9 +283,14 @@ cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mea
     cdef double* bmean
     cdef double* bm2
     cdef double na, nb, w, f, delta
-    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-        _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
-                              partial + 2 * C * blk, partial + 2 * C * blk + C)
+    if nthreads <= 1:  # no thread team for one thread
+        for blk in range(nblocks):
+            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
+                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
+    else:
+        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
+                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
     # Chan merges of the row blocks, in order; every column of a block has the same count, so the
     # weights are computed once per block and the column loop vectorizes.
     na = <double>min(M, rb)
@@ -493,8 +502,12 @@ cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R,
     cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
     cdef double center, inv
     if nthreads <= 1 or R >= 4 * nthreads:
-        for r in prange(R, schedule="static", num_threads=nthreads):
-            _norm_row(x, y, r, N, R, S, a, eps, mean, var, stream)
+        if nthreads <= 1:  # no thread team for one thread
+            for r in range(R):
+                _norm_row(x, y, r, N, R, S, a, eps, mean, var, stream)
+        else:
+            for r in prange(R, schedule="static", num_threads=nthreads):
+                _norm_row(x, y, r, N, R, S, a, eps, mean, var, stream)
         return
     # Too few rows to share among the threads one row each: statistics from blocks computed in
     # parallel (the same bits, see _moments_ncs), then all pieces of all runs swept in parallel.
@@ -599,20 +612,21 @@ cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
 
 def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
           object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
-          bint per_element=False, bint rms=False):
+          bint per_element=False, bint rms=False, bint stats=True):
     """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
     ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
     ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
-    rstd being the inverse standard deviation (or root mean square) the sweep used.
+    rstd being the inverse standard deviation (or root mean square) the sweep used; None without ``stats``.
     """
-    cdef cnp.ndarray mean = np.empty(R, dtype=np.float64)
-    cdef cnp.ndarray var = np.empty(R, dtype=np.float64)
+    cdef cnp.ndarray mean = np.empty(R, dtype=np.float64) if stats else None
+    cdef cnp.ndarray var = np.empty(R, dtype=np.float64) if stats else None
+    cdef double* scratch = NULL if stats else <double*>malloc(2 * R * sizeof(double))
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean) if stats else scratch
+    cdef double* pv = <double*>cnp.PyArray_DATA(var) if stats else scratch + R
     cdef RowAffine a
     a.weight = _vec(weight)
     a.bias = _vec(bias)
@@ -626,7 +640,8 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
             _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
             _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
-    return _with_rstd(mean, var, eps, rms)
+    free(scratch)
+    return _with_rstd(mean, var, eps, rms) if stats else None
 
 
 def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
@@ -839,8 +854,12 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
     cdef Py_ssize_t r, t, j, start
     cdef double* partial
     if nthreads <= 1 or R >= 4 * nthreads:
-        for r in prange(R, schedule="static", num_threads=nthreads):
-            _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
+        if nthreads <= 1:  # no thread team for one thread
+            for r in range(R):
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
+        else:
+            for r in prange(R, schedule="static", num_threads=nthreads):
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
         return
     # Few rows: the pieces' sums in parallel, folded in the canonical order of _grad_row_sums.
     partial = <double*>malloc(2 * R * per_row * sizeof(double))
@@ -903,9 +922,14 @@ cdef void _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssi
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k, d
     cdef double* partial = <double*>malloc(2 * nchunks * D * sizeof(double))
-    for k in prange(nchunks, schedule="static", num_threads=nthreads):
-        _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                         partial + 2 * k * D, partial + (2 * k + 1) * D)
+    if nthreads <= 1:  # no thread team for one thread
+        for k in range(nchunks):
+            _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
+                             partial + 2 * k * D, partial + (2 * k + 1) * D)
+    else:
+        for k in prange(nchunks, schedule="static", num_threads=nthreads):
+            _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
+                             partial + 2 * k * D, partial + (2 * k + 1) * D)
     for d in range(D):
         grad_b[d] = 0.0
         grad_w[d] = 0.0
@@ -932,9 +956,14 @@ cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize
     cdef floating* p = <floating*>malloc(4 * C * sizeof(floating))
     for c in range(C):
         colmean[c] = mean[c // group]
-    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-        fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
-                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
+    if nthreads <= 1:  # no thread team for one thread
+        for blk in range(nblocks):
+            fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
+                                      partial + 2 * C * blk, partial + 2 * C * blk + C)
+    else:
+        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+            fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
+                                      partial + 2 * C * blk, partial + 2 * C * blk + C)
     for c in range(C):
         P1[c] = 0.0
         P2[c] = 0.0
@@ -962,9 +991,14 @@ cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize
             p[C + c] = <floating>(rstd[g] * _at(weight, c, 1.0))
             p[2 * C + c] = <floating>beta
             p[3 * C + c] = <floating>gamma
-    for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-        fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
-                                 min(rb, M - blk * rb), C, p)
+    if nthreads <= 1:  # no thread team for one thread
+        for blk in range(nblocks):
+            fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
+                                     min(rb, M - blk * rb), C, p)
+    else:
+        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
+            fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
+                                     min(rb, M - blk * rb), C, p)
     free(p)
     free(partial)
 
@@ -1218,6 +1252,13 @@ def is_channel_vector(object a, Py_ssize_t C):
     return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C
             and cnp.PyArray_IS_C_CONTIGUOUS(arr)
             and (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE))
+
+
+def is_vector_like(object v, cnp.ndarray x, Py_ssize_t n):
+    """True for a C-contiguous 1-D ndarray of length n and x's dtype: usable per element as is."""
+    return (cnp.PyArray_Check(v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
+            and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
+            and cnp.PyArray_TYPE(<cnp.ndarray>v) == cnp.PyArray_TYPE(x))
 
 
 def is_c_contiguous(cnp.ndarray x):

@@ -104,6 +104,9 @@ def _check_count(value, name):
 
 def _check_normalized_shape(normalized_shape, x):
     """normalized_shape as a tuple that must equal the input's trailing dimensions."""
+    if (type(normalized_shape) is tuple and len(normalized_shape) <= x.ndim
+            and x.shape[x.ndim - len(normalized_shape):] == normalized_shape):
+        return normalized_shape
     if isinstance(normalized_shape, numbers.Integral):
         shape = (operator.index(normalized_shape),)
     else:
@@ -118,13 +121,14 @@ def _check_normalized_shape(normalized_shape, x):
     return shape
 
 
-def _elementwise_vector(v, name, shape, dtype):
-    """A per-element parameter of ``shape`` as a contiguous vector of the data's dtype (or None)."""
+def _elementwise_vector(v, name, shape, x):
+    """A per-element parameter of ``shape`` as a contiguous vector of x's dtype (or None)."""
     if v is None:
         return None
     size = math.prod(shape)
-    if _kernels.is_channel_vector(v, size) and v.dtype == dtype and v.shape == shape:
+    if len(shape) == 1 and _kernels.is_vector_like(v, x, size):
         return v
+    dtype = x.dtype
     a = v if isinstance(v, np.ndarray) else np.asarray(v)
     if a.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
@@ -339,8 +343,8 @@ def _contiguous(x):
 def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats):
     x, dtype = _as_input(input, "input")
     shape = _check_normalized_shape(normalized_shape, x)
-    w = _elementwise_vector(weight, "weight", shape, x.dtype)
-    b = _elementwise_vector(bias, "bias", shape, x.dtype)
+    w = _elementwise_vector(weight, "weight", shape, x)
+    b = _elementwise_vector(bias, "bias", shape, x)
     if rms and eps is None:
         eps = float(np.finfo(dtype).eps)
     eps = _check_eps(eps)
@@ -355,10 +359,12 @@ def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stat
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 0, False)
-    mean, _, rstd = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size),
-                                   per_element=True, rms=rms)
+    stats = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size), per_element=True,
+                           rms=rms, stats=return_stats)
     y = _finish(result, out, 0, False, dtype)
-    return _row_stats(y, mean.reshape(lead), rstd.reshape(lead), rms, return_stats)
+    if not return_stats:
+        return y
+    return _row_stats(y, stats[0].reshape(lead), stats[2].reshape(lead), rms, return_stats)
 
 
 def _row_stats(y, mean, rstd, rms, return_stats):
@@ -467,11 +473,14 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     result = _result_buffer(out, buf, axis, moved)
     nthreads = threads_for(x.size)
     if _group_norm_channels_last(x, axis, moved):
-        mean, _, rstd = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
+        stats = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
     else:
-        mean, _, rstd = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G)
+        stats = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
+                               stats=return_stats)
     y = _finish(result, out, axis, moved, dtype)
-    return _row_stats(y, mean.reshape(N, G), rstd.reshape(N, G), False, return_stats)
+    if not return_stats:
+        return y
+    return _row_stats(y, stats[0].reshape(N, G), stats[2].reshape(N, G), False, return_stats)
 
 
 def _group_norm_channels_last(x, axis, moved):
@@ -543,8 +552,10 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     result = _result_buffer(out, buf, 1, False)
     nthreads = threads_for(x.size)
     if use_input_stats:
-        mean, var, rstd = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C)
-        mean, var, rstd = mean.reshape(N, C), var.reshape(N, C), rstd.reshape(N, C)
+        stats = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C,
+                               stats=return_stats or update)
+        if stats is not None:
+            mean, var, rstd = (a.reshape(N, C) for a in stats)
         if update:
             _update_running(running_mean, running_var, mean.mean(axis=0), (var * (S / (S - 1))).mean(axis=0),
                             momentum)
@@ -641,7 +652,7 @@ def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms
     lead = x.shape[:x.ndim - len(shape)]
     mean = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
     rstd = _stat_vector(rstd, "rstd", lead)
-    w = _elementwise_vector(weight, "weight", shape, x.dtype)
+    w = _elementwise_vector(weight, "weight", shape, x)
     D = math.prod(shape)
     if x.size == 0:
         return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)

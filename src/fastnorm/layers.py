@@ -493,6 +493,9 @@ class GroupNorm(_Layer):
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
+        if not _keeps_grad():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                channel_axis=self.channel_axis, out=out)
         saved = self._input_to_keep(x, out)
         y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                      channel_axis=self.channel_axis, out=out, return_stats=True)
@@ -528,10 +531,14 @@ class _InstanceNorm(_NormBase):
             warnings.warn(f"input has {x.shape[1]} channels, not num_features={self.num_features}; "
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
+        momentum = self.momentum if self.momentum is not None else 0.0
+        if not _keeps_grad():
+            y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
+                                momentum, self.eps, out=out)
+            return y[0] if unbatched else y
         saved = self._input_to_keep(x, out)
         y, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                        use_input_stats, self.momentum if self.momentum is not None else 0.0,
-                                        self.eps, out=out, return_stats=True)
+                                        use_input_stats, momentum, self.eps, out=out, return_stats=True)
         self._keep(saved, mean, rstd, use_input_stats, unbatched)
         return y[0] if unbatched else y
 
