@@ -5,9 +5,12 @@ One place decides: a per-thread override from :func:`threads`, else the value gi
 threadpoolctl's limits on the OpenMP runtime govern fastnorm too.  Small workloads run on one thread:
 starting a thread team costs more than it saves.
 """
+from __future__ import annotations
+
 import contextlib
 import operator
 import threading
+from typing import Iterator, Optional
 
 from . import _kernels
 
@@ -30,7 +33,7 @@ def _check_count(n):
     return n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads the kernels use for large inputs.
 
     Returns
@@ -48,7 +51,7 @@ def get_num_threads():
     return n
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Set the number of threads the kernels use, for every Python thread of the process.
 
     Parameters
@@ -61,7 +64,7 @@ def set_num_threads(n):
 
 
 @contextlib.contextmanager
-def threads(n):
+def threads(n: int) -> Iterator[None]:
     """Context manager: use ``n`` threads in kernel calls made by the calling Python thread.
 
     Examples
@@ -79,7 +82,7 @@ def threads(n):
         _local.n = previous
 
 
-def threads_for(size):
+def threads_for(size: int) -> int:
     """Threads for a kernel call over ``size`` elements."""
     if size < 2 * _ELEMENTS_PER_THREAD:
         return 1

@@ -3,14 +3,21 @@
 This module validates arguments, finds the view of the buffer that the kernels work on (``[N, C, S]``
 channels first or ``[M, C]`` channels last), handles dtypes and ``out=``, and updates running statistics.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import operator
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from ._threads import threads_for
+
+Shape = Union[int, Sequence[int]]
+Grads = Tuple[NDArray, Optional[NDArray], Optional[NDArray]]
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
@@ -209,9 +216,11 @@ def _empty_result(x, out, dtype):
 # batch_norm
 # ---------------------------------------------------------------------------------------------------------
 
-def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None,
-               return_stats=False):
+def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running_var: Optional[NDArray] = None,
+               weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
+               momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
+               out: Optional[NDArray] = None, bessel: bool = True, num_batches_tracked: Optional[int] = None,
+               return_stats: bool = False):
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -374,7 +383,9 @@ def _row_stats(y, mean, rstd, rms, return_stats):
     return (y, rstd) if rms else (y, mean, rstd)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, out: Optional[NDArray] = None,
+               return_stats: bool = False):
     """Layer normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.layer_norm``.
 
@@ -408,7 +419,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     return _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None, *, out: Optional[NDArray] = None, return_stats: bool = False):
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``:
     ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape`` dimensions.
 
@@ -424,8 +436,9 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     return _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats)
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
-               return_stats=False):
+def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: int = 1,
+               out: Optional[NDArray] = None, return_stats: bool = False):
     """Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
     ``num_groups`` groups and each sample is normalized per group.
 
@@ -488,8 +501,10 @@ def _group_norm_channels_last(x, axis, moved):
     return moved or axis == x.ndim - 1 or x.size == x.shape[0] * x.shape[axis]
 
 
-def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False):
+def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
+                  running_var: Optional[NDArray] = None, weight: Optional[ArrayLike] = None,
+                  bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5, *, out: Optional[NDArray] = None, return_stats: bool = False):
     """Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
     normalized over its spatial dimensions.
 
@@ -594,7 +609,9 @@ def _stat_vector(v, name, shape):
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1):
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike] = None, training: bool = True, *,
+                        channel_axis: int = 1) -> Grads:
     """Gradients of :func:`batch_norm`.
 
     Parameters
@@ -663,7 +680,9 @@ def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
 
 
-def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None):
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = None,
+                        bias: Optional[ArrayLike] = None) -> Grads:
     """Gradients of :func:`layer_norm`.
 
     ``mean`` and ``rstd`` are what ``layer_norm(..., return_stats=True)`` returned (the input's leading
@@ -674,14 +693,16 @@ def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
-def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None):
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
+                      weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of :func:`rms_norm`: ``(grad_input, grad_weight, None)``; ``rstd`` is what
     ``rms_norm(..., return_stats=True)`` returned.  grad_weight is None without ``weight``."""
     dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, True)
     return dx, (dw if weight is not None else None), None
 
 
-def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1):
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: int, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
     """Gradients of :func:`group_norm`; ``mean``, ``rstd`` of shape (N, G) from its ``return_stats``.
     Returns ``(grad_input, grad_weight, grad_bias)`` with float64 (C,) parameter gradients."""
     x, g, dtype = _grad_inputs(grad_output, input)
@@ -713,7 +734,8 @@ def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None,
             sum_dy.reshape(N, C).sum(axis=0))
 
 
-def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True):
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: Optional[ArrayLike] = None, use_input_stats: bool = True) -> Grads:
     """Gradients of :func:`instance_norm`; ``mean``, ``rstd`` from its ``return_stats``: (N, C) with
     ``use_input_stats``, the running (C,) without.  Returns ``(grad_input, grad_weight, grad_bias)``."""
     x, g, dtype = _grad_inputs(grad_output, input)
@@ -752,7 +774,7 @@ def _normalize_axes(axes, ndim):
     return tuple(sorted(axes))
 
 
-def moments(x, axes, keepdims=False):
+def moments(x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = False) -> Tuple[NDArray, NDArray]:
     """Mean and biased variance of ``x`` over ``axes``, as ``tf.nn.moments``.
 
     Computed in one pass with blocked shifted sums in double precision merged with Chan's formula: the
@@ -808,7 +830,8 @@ def moments(x, axes, keepdims=False):
     return mean.astype(dtype).reshape(out_shape), var.astype(dtype).reshape(out_shape)
 
 
-def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offset: Optional[ArrayLike],
+                        scale: Optional[ArrayLike], variance_epsilon: float, name: Optional[str] = None) -> NDArray:
     """``(x - mean) / sqrt(variance + variance_epsilon) * scale + offset``, as ``tf.nn.batch_normalization``.
 
     ``mean``, ``variance``, ``offset`` and ``scale`` broadcast against ``x`` (``offset`` and ``scale``

@@ -3,12 +3,17 @@
 Parameters and running statistics are plain ndarrays (length C vectors); the layers are thin over
 :mod:`fastnorm.functional`.
 """
+from __future__ import annotations
+
 import collections
 import contextlib
 import numbers
 import operator
 import threading
 import warnings
+from typing import Iterator, Mapping, Optional
+
+from numpy.typing import ArrayLike, NDArray
 
 import numpy as np
 
@@ -23,7 +28,7 @@ _grad_mode = threading.local()
 
 
 @contextlib.contextmanager
-def no_grad():
+def no_grad() -> Iterator[None]:
     """Within it, layer calls made by this Python thread keep nothing for ``backward`` (as
     ``torch.no_grad``): for inference, and for calls on one layer from several threads.
 
@@ -44,6 +49,12 @@ def no_grad():
 
 def _keeps_grad():
     return not getattr(_grad_mode, "off", False)
+
+
+def _from_config(config):
+    """Constructor arguments from a JSON config (lists back to tuples, dtype names to dtypes)."""
+    return {k: tuple(v) if isinstance(v, list) else (np.dtype(v) if k == "dtype" else v)
+            for k, v in config.items()}
 
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
@@ -86,7 +97,7 @@ class _Layer:
         if _keeps_grad():
             self._saved = (x,) + stats
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> NDArray:
         """Gradient of the loss with respect to the last forward's input, given ``grad_output`` (the
         gradient with respect to its output).  Stores ``grad_weight`` and ``grad_bias`` (None for a
         parameter the layer does not have).
@@ -116,7 +127,7 @@ class _Layer:
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True):
         """Set training mode (``mode=True``) or evaluation mode; returns the layer."""
         self.training = bool(mode)
         return self
@@ -125,10 +136,10 @@ class _Layer:
         """Set evaluation mode; returns the layer."""
         return self.train(False)
 
-    def __call__(self, x, *, out=None):
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         return self.forward(x, out=out)
 
-    def state_dict(self):
+    def state_dict(self) -> "collections.OrderedDict[str, NDArray]":
         """Copies of the parameters and buffers, under PyTorch's keys."""
         state = collections.OrderedDict()
         for key, value in self._state().items():
@@ -136,17 +147,21 @@ class _Layer:
                 state[key] = np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True, prefix: str = ""):
         """Load parameters and buffers from a mapping of PyTorch's keys to array-likes.
 
-        Values may be ndarrays, PyTorch tensors or anything ``np.asarray`` takes.  Everything is checked
-        before anything is assigned, so a failed load leaves the layer as it was.
+        Values may be ndarrays, PyTorch tensors or anything ``np.asarray`` takes.  ``prefix`` selects the
+        entries of one module in a whole model's state dict (``prefix="features.1."``); others are
+        ignored.  Everything is checked before anything is assigned, so a failed load leaves the layer
+        as it was.
 
         Returns
         -------
         LoadResult
             ``(missing_keys, unexpected_keys)``, as PyTorch's.
         """
+        if prefix:
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         expected = {k: v for k, v in self._state().items() if v is not None}
         missing = [k for k in expected if k not in state_dict and k not in self._optional_state]
         unexpected = [k for k in state_dict if k not in expected]
@@ -186,6 +201,10 @@ class _NormBase(_Layer):
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
         self.reset_parameters()
+
+    def _config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "track_running_stats": self.track_running_stats, "dtype": self.dtype.name}
 
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batch tracked."""
@@ -231,7 +250,10 @@ class _BatchNorm(_NormBase):
         super().__setstate__(state)
         self._eval_cache = _kernels.EvalCache()
 
-    def forward(self, x, *, out=None):
+    def _config(self):
+        return dict(super()._config(), channel_axis=self.channel_axis, bessel=self.bessel)
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         """Normalize ``x``: batch statistics in training mode (updating the running statistics), running
         statistics in evaluation mode (batch statistics when ``track_running_stats`` is False)."""
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
@@ -371,6 +393,10 @@ class LayerNorm(_Layer):
         self.weight = self.bias = None
         self.reset_parameters()
 
+    def _config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self._has_bias, "dtype": self.dtype.name}
+
     def reset_parameters(self):
         """Weight to 1, bias to 0."""
         if self.elementwise_affine:
@@ -381,7 +407,7 @@ class LayerNorm(_Layer):
     def _state(self):
         return {"weight": self.weight, "bias": self.bias}
 
-    def forward(self, x, *, out=None):
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         if not _keeps_grad():
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
         saved = self._input_to_keep(x, out)
@@ -421,6 +447,10 @@ class RMSNorm(_Layer):
         self.weight = None
         self.reset_parameters()
 
+    def _config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "dtype": self.dtype.name}
+
     def reset_parameters(self):
         """Weight to 1."""
         if self.elementwise_affine:
@@ -429,7 +459,7 @@ class RMSNorm(_Layer):
     def _state(self):
         return {"weight": self.weight}
 
-    def forward(self, x, *, out=None):
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         if not _keeps_grad():
             return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
         saved = self._input_to_keep(x, out)
@@ -478,6 +508,10 @@ class GroupNorm(_Layer):
         self.weight = self.bias = None
         self.reset_parameters()
 
+    def _config(self):
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
+                "affine": self.affine, "dtype": self.dtype.name, "channel_axis": self.channel_axis}
+
     def reset_parameters(self):
         """Weight to 1, bias to 0."""
         if self.affine:
@@ -487,7 +521,7 @@ class GroupNorm(_Layer):
     def _state(self):
         return {"weight": self.weight, "bias": self.bias}
 
-    def forward(self, x, *, out=None):
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
@@ -515,7 +549,7 @@ class _InstanceNorm(_NormBase):
                  dtype=np.float32):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
 
-    def forward(self, x, *, out=None):
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         """Normalize each (sample, channel) with its own statistics, or with the running statistics in
         evaluation mode when they are tracked.  Unbatched input (C, ...) is accepted."""
         if not isinstance(x, np.ndarray):
