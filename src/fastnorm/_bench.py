@@ -203,6 +203,89 @@ def all_cases():
         yield name, build
 
 
+def latency_cases():
+    """(name, fastnorm layer, torch module or None, shape) of the tiny eval-mode calls of a CPU service."""
+    from . import layers as L
+
+    def pair(ours, theirs):
+        ours.eval()
+        if theirs is not None:
+            theirs.eval()
+        return ours, theirs
+
+    nn = torch.nn if torch is not None else None
+    for shape in [(1, 16, 8, 8), (1, 64, 7, 7)]:
+        C = shape[1]
+        yield "BatchNorm2d", *pair(L.BatchNorm2d(C), nn and nn.BatchNorm2d(C)), shape
+        yield "GroupNorm", *pair(L.GroupNorm(4, C), nn and nn.GroupNorm(4, C)), shape
+        yield "InstanceNorm2d", *pair(L.InstanceNorm2d(C), nn and nn.InstanceNorm2d(C)), shape
+    yield "BatchNorm1d", *pair(L.BatchNorm1d(768), nn and nn.BatchNorm1d(768)), (1, 768)
+    yield "LayerNorm", *pair(L.LayerNorm(768), nn and nn.LayerNorm(768)), (1, 768)
+    yield "RMSNorm", *pair(L.RMSNorm(768), nn and nn.RMSNorm(768)), (1, 768)
+
+
+def run_latency(repeat=7, number=2000, print_fn=print):
+    """Microseconds per eval-mode layer call on tiny inputs, fastnorm under no_grad() vs PyTorch modules
+    under torch.no_grad(), one thread each."""
+    import timeit
+
+    from .layers import no_grad
+
+    print_fn(f"\nlatency of one eval-mode layer call, 1 thread (best of {repeat} x {number} calls)")
+    print_fn(f"{'layer':<16}{'input':<16}{'fastnorm':>10}" + (f"{'torch':>10}{'x torch':>9}" if torch else ""))
+    rows = []
+    if torch is not None:
+        torch.set_num_threads(1)
+    with threads(1), no_grad():
+        for name, ours, theirs, shape in latency_cases():
+            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            t_ours = min(timeit.repeat(lambda: ours(x), number=number, repeat=repeat)) / number * 1e6
+            line = f"{name:<16}{str(shape):<16}{t_ours:>8.2f}us"
+            row = dict(layer=name, shape=shape, fastnorm_us=t_ours)
+            if theirs is not None:
+                xt = torch.from_numpy(x)
+                with torch.no_grad():
+                    t_theirs = min(timeit.repeat(lambda: theirs(xt), number=number, repeat=repeat)) / number * 1e6
+                line += f"{t_theirs:>8.2f}us{t_theirs / t_ours:>8.2f}x"
+                row["torch_us"] = t_theirs
+            print_fn(line)
+            rows.append(row)
+    return rows
+
+
+def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=print):
+    """Calls per second of one eval-mode BatchNorm2d shared by 1 and by 2 Python threads, each call on
+    its own input with one kernel thread (the GIL is released in the kernels)."""
+    import threading
+
+    from .layers import BatchNorm2d, no_grad
+
+    layer = BatchNorm2d(shape[1]).eval()
+    inputs = [np.random.default_rng(k).standard_normal(shape, dtype=np.float32) for k in range(2)]
+
+    def work(x):
+        with threads(1), no_grad():
+            for _ in range(calls):
+                layer(x)
+
+    rates = {}
+    for n in (1, 2):
+        best = float("inf")
+        for _ in range(5):
+            pool = [threading.Thread(target=work, args=(inputs[k],)) for k in range(n)]
+            t0 = time.perf_counter()
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            best = min(best, time.perf_counter() - t0)
+        rates[n] = n * calls / best
+    print_fn(f"\none eval BatchNorm2d shared by Python threads, input {shape}, 1 kernel thread per call:")
+    print_fn(f"  1 thread: {rates[1]:.0f} calls/s   2 threads: {rates[2]:.0f} calls/s   "
+             f"scaling {rates[2] / rates[1]:.2f}x")
+    return rates
+
+
 def copy_bandwidth(nbytes, repeat):
     """GB/s of ``np.copyto`` (bytes read + bytes written) on arrays of ``nbytes``."""
     src = np.ones(nbytes // 4, np.float32)
@@ -247,4 +330,7 @@ def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
                 line += f"{gbps:>8.1f}{gbps / copy:>8.0%}"
                 print_fn(line)
                 rows.append(row)
+    if not name_filter or name_filter == "latency":
+        run_latency(print_fn=print_fn)
+        run_shared_layer_throughput(print_fn=print_fn)
     return rows
