@@ -111,20 +111,34 @@
  * With xhat = (x - mean) * rstd, the gradients need, per normalization group, sum(dy) and sum(dy * xhat);
  * these are taken in double as sum(dy) and sum(dy * (x - mean)), rstd applied once at the end. */
 
-/* Sums of dy and dy * (x - mean) over n contiguous values. */
+/* Sums of dy and dy * (x - mean) over n contiguous values.  The terms are formed and summed in T over
+ * blocks of FASTNORM_GRAD_BLOCK values (a few terms per SIMD lane, so within a few ulps), and the blocks
+ * in double; x - hi, with hi the mean rounded to T, is exact near the mean, and the rest of the mean
+ * enters once at the end. */
+#define FASTNORM_GRAD_BLOCK 64
 #define FASTNORM_GRAD_SUMS(NAME, T)                                                           \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean,       \
                                      double *s_dy, double *s_dyx)                             \
     {                                                                                         \
+        T hi = (T)mean;                                                                       \
         double a = 0.0, b = 0.0;                                                              \
-        _Pragma("omp simd reduction(+:a,b)")                                                  \
-        for (ptrdiff_t i = 0; i < n; i++) {                                                   \
-            double g = (double)dy[i];                                                         \
-            a += g;                                                                           \
-            b += g * ((double)x[i] - mean);                                                   \
+        ptrdiff_t i = 0;                                                                      \
+        for (; i + FASTNORM_GRAD_BLOCK <= n; i += FASTNORM_GRAD_BLOCK) {                      \
+            T ba = 0, bb = 0;                                                                 \
+            _Pragma("omp simd reduction(+:ba,bb)")                                            \
+            for (ptrdiff_t k = i; k < i + FASTNORM_GRAD_BLOCK; k++) {                         \
+                ba += dy[k];                                                                  \
+                bb += dy[k] * (x[k] - hi);                                                    \
+            }                                                                                 \
+            a += (double)ba;                                                                  \
+            b += (double)bb;                                                                  \
+        }                                                                                     \
+        for (; i < n; i++) {                                                                  \
+            a += (double)dy[i];                                                               \
+            b += (double)dy[i] * ((double)x[i] - (double)hi);                                 \
         }                                                                                     \
         *s_dy = a;                                                                            \
-        *s_dyx = b;                                                                           \
+        *s_dyx = b - (mean - (double)hi) * a;                                                 \
     }
 
 /* A row with an elementwise weight (LayerNorm, RMSNorm): the row's sums of w*dy and w*dy*(x - mean), and
