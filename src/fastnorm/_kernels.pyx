@@ -89,6 +89,10 @@ cdef extern from "_simd.h" nogil:
                                       Py_ssize_t ncols, const float* p)
     void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
                                       Py_ssize_t ncols, const double* p)
+    void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                        float alpha, float beta, float gamma, const float* w)
+    void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                        double hi, double alpha, double beta, double gamma, const double* w)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
@@ -102,9 +106,6 @@ ctypedef fused floating:
 # Chan merge that follows each block (a few divisions) is negligible.
 cdef enum:
     BLOCK = 2048
-    # Outputs of at least this many bytes are written with non-temporal stores: they would not stay in
-    # the cache anyway, and streaming them saves reading their lines before writing them.
-    STREAM_BYTES = 1 << 24
 
 cdef struct Moments:
     double count
@@ -361,8 +362,23 @@ cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py
         fastnorm_sweep_rows_f64(x, y, rows, ncols, p, plen)
 
 
+# Calls that touch at least this many bytes (inputs and output) write their output with non-temporal
+# stores: it would not stay in the last-level cache anyway, and streaming it saves reading its lines
+# before writing them.  Below, the output is left in the cache for whatever reads it next.
+cdef Py_ssize_t stream_bytes = 1 << 25
+
+
+def set_stream_bytes(Py_ssize_t nbytes):
+    """Set the size from which outputs are streamed (for measurements); returns the previous one."""
+    global stream_bytes
+    previous = stream_bytes
+    stream_bytes = nbytes
+    return previous
+
+
 cdef inline bint _streams(Py_ssize_t nbytes) noexcept nogil:
-    return nbytes >= STREAM_BYTES
+    """Whether a call touching ``nbytes`` in all streams its output."""
+    return nbytes >= stream_bytes
 
 
 cdef void _normalize_ncs(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -497,7 +513,7 @@ cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, 
 
 cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
                      const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
-    cdef bint stream = _streams(N * R * S * sizeof(floating))
+    cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
     cdef Py_ssize_t r, t, n, k, start
     cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
     cdef double center, inv
@@ -576,9 +592,9 @@ cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_s
     cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
     _fold_all(C, mean, var, weight, bias, eps, p)
     if S == 1:
-        _normalize_mc(x, y, N, C, p, nthreads, _streams(N * C * S * sizeof(floating)))
+        _normalize_mc(x, y, N, C, p, nthreads, _streams(2 * N * C * S * sizeof(floating)))
     else:
-        _normalize_ncs(x, y, N, C, S, p, nthreads, _streams(N * C * S * sizeof(floating)))
+        _normalize_ncs(x, y, N, C, S, p, nthreads, _streams(2 * N * C * S * sizeof(floating)))
     free(p)
 
 
@@ -678,7 +694,7 @@ cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
     cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
     cdef Moments m, col
     cdef double center, inv, s, rem
-    cdef bint stream = _streams(N * S * C * sizeof(floating))
+    cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
     for n in range(N):
         _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads)
         for g in range(G):
@@ -743,11 +759,23 @@ cdef inline void _grad_sums(const floating* x, const floating* dy, Py_ssize_t n,
 
 
 cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating hi,
-                             floating alpha, floating beta, floating gamma) noexcept nogil:
+                             floating alpha, floating beta, floating gamma, const floating* w,
+                             bint stream) noexcept nogil:
+    """dx = (w * dy) * alpha + beta * (x - hi) + gamma; w is per element, or NULL."""
     if floating is float:
-        fastnorm_grad_sweep_f32(x, dy, dx, n, hi, alpha, beta, gamma)
+        if stream:
+            fastnorm_grad_sweep_stream_f32(x, dy, dx, n, hi, alpha, beta, gamma, w)
+        elif w != NULL:
+            fastnorm_grad_sweep_elem_f32(x, dy, dx, n, hi, alpha, beta, gamma, w)
+        else:
+            fastnorm_grad_sweep_f32(x, dy, dx, n, hi, alpha, beta, gamma)
     else:
-        fastnorm_grad_sweep_f64(x, dy, dx, n, hi, alpha, beta, gamma)
+        if stream:
+            fastnorm_grad_sweep_stream_f64(x, dy, dx, n, hi, alpha, beta, gamma, w)
+        elif w != NULL:
+            fastnorm_grad_sweep_elem_f64(x, dy, dx, n, hi, alpha, beta, gamma, w)
+        else:
+            fastnorm_grad_sweep_f64(x, dy, dx, n, hi, alpha, beta, gamma)
 
 
 cdef inline void _grad_piece(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R,
@@ -807,7 +835,7 @@ cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K,
 cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, Py_ssize_t N,
                            Py_ssize_t R, Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n,
                            Py_ssize_t start, Py_ssize_t length, double mean, double rstd, double beta,
-                           double gamma) noexcept nogil:
+                           double gamma, bint stream) noexcept nogil:
     cdef Py_ssize_t off = (n * R + r) * S
     cdef Py_ssize_t pos = start, end = start + length, j, stop
     cdef floating hi = <floating>mean
@@ -816,31 +844,31 @@ cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, 
         stop = min(end, (j + 1) * a.sub)
         _grad_sweep(x + off + pos, dy + off + pos, dx + off + pos, stop - pos, hi,
                     <floating>(rstd * _at(a.weight, (r % a.groups) * (S // a.sub) + j, 1.0)),
-                    <floating>beta, <floating>gamma)
+                    <floating>beta, <floating>gamma, NULL, stream)
         pos = stop
 
 
 cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                           Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
                           Py_ssize_t length, const double* mean, const double* rstd, bint training,
-                          const double* P1, const double* P2) noexcept nogil:
+                          const double* P1, const double* P2, bint stream) noexcept nogil:
     """dx for values start <= i < start + length of run n of row r, once the row's sums are known."""
     cdef Py_ssize_t K = S // a.sub
     cdef double beta, gamma
     _grad_row_coefficients(a, r, K, N * S, mean[r] - <double><floating>mean[r], rstd[r], training,
                            P1 + r * K, P2 + r * K, &beta, &gamma)
-    _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma)
+    _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma, stream)
 
 
 cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                     Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean, const double* rstd,
-                    bint training, double* P1, double* P2) noexcept nogil:
+                    bint training, double* P1, double* P2, bint stream) noexcept nogil:
     """Row r: its sums, then its dx while its runs are in cache."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t n
     _grad_row_sums(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K)
     for n in range(N):
-        _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2)
+        _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, stream)
 
 
 cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
@@ -853,13 +881,14 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
     cdef Py_ssize_t sweep_pieces = (S + PIECE - 1) // PIECE
     cdef Py_ssize_t r, t, j, start
     cdef double* partial
+    cdef bint stream = _streams(3 * N * R * S * sizeof(floating))
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
             for r in range(R):
-                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, stream)
         else:
             for r in prange(R, schedule="static", num_threads=nthreads):
-                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2)
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, stream)
         return
     # Few rows: the pieces' sums in parallel, folded in the canonical order of _grad_row_sums.
     partial = <double*>malloc(2 * R * per_row * sizeof(double))
@@ -880,12 +909,12 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
     for t in prange(R * N * sweep_pieces, schedule="static", num_threads=nthreads):
         start = (t % sweep_pieces) * PIECE
         _grad_row_sweep(x, dy, dx, N, R, S, a, t // (N * sweep_pieces), (t // sweep_pieces) % N, start,
-                        min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2)
+                        min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2, stream)
 
 
 cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
                            Py_ssize_t D, const floating* w, const double* mean, const double* rstd,
-                           bint training, bint rms, double* col_dy, double* col_dyx) noexcept nogil:
+                           bint training, bint rms, double* col_dy, double* col_dyx, bint stream) noexcept nogil:
     """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dyx."""
     cdef Py_ssize_t r, d
     cdef double A, B, beta, gamma
@@ -904,11 +933,8 @@ cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, 
         if training:
             beta = -rstd[r] * rstd[r] * (B * rstd[r]) / D
             gamma = (0.0 if rms else -rstd[r] * A / D) - beta * (mean[r] - <double>hi)
-        if floating is float:
-            fastnorm_grad_sweep_elem_f32(x + r * D, dy + r * D, dx + r * D, D, hi, <float>rstd[r],
-                                         <float>beta, <float>gamma, w)
-        else:
-            fastnorm_grad_sweep_elem_f64(x + r * D, dy + r * D, dx + r * D, D, hi, rstd[r], beta, gamma, w)
+        _grad_sweep(x + r * D, dy + r * D, dx + r * D, D, hi, <floating>rstd[r], <floating>beta,
+                    <floating>gamma, w, stream)
 
 
 cdef enum:
@@ -922,14 +948,15 @@ cdef void _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssi
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k, d
     cdef double* partial = <double*>malloc(2 * nchunks * D * sizeof(double))
+    cdef bint stream = _streams(3 * R * D * sizeof(floating))
     if nthreads <= 1:  # no thread team for one thread
         for k in range(nchunks):
             _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D)
+                             partial + 2 * k * D, partial + (2 * k + 1) * D, stream)
     else:
         for k in prange(nchunks, schedule="static", num_threads=nthreads):
             _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D)
+                             partial + 2 * k * D, partial + (2 * k + 1) * D, stream)
     for d in range(D):
         grad_b[d] = 0.0
         grad_w[d] = 0.0

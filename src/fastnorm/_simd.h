@@ -168,7 +168,7 @@
                                      T gamma)                                                 \
     {                                                                                         \
         for (ptrdiff_t i = 0; i < n; i++)                                                     \
-            dx[i] = alpha * dy[i] + beta * (x[i] - hi) + gamma;                               \
+            dx[i] = dy[i] * alpha + beta * (x[i] - hi) + gamma;                               \
     }
 
 /* dx = (w[i] * dy) * alpha + beta * (x - hi) + gamma (elementwise weight; w may be NULL). */
@@ -282,6 +282,32 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
         }                                                                                     \
         _mm_sfence();                                                                         \
     }
+/* dx = (w[i] * dy) * alpha + beta * (x - hi) + gamma with non-temporal stores (w NULL: w = 1); the same
+ * operations in the same order as the cached gradient sweeps. */
+#define FASTNORM_GRAD_SWEEP_STREAM(NAME, T, V, SET1, LOADU, SUB, MUL, ADD, STREAM, W)         \
+    static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T hi, T alpha, T beta, T gamma, \
+                     const T *w)                                                              \
+    {                                                                                         \
+        ptrdiff_t i = 0;                                                                      \
+        for (; i < n && ((uintptr_t)(dx + i) & 15); i++)                                      \
+            dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
+        V a = SET1(alpha), b = SET1(beta), g = SET1(gamma), h = SET1(hi);                     \
+        if (w) {                                                                              \
+            for (; i + W <= n; i += W)                                                        \
+                STREAM(dx + i, ADD(ADD(MUL(MUL(LOADU(w + i), LOADU(dy + i)), a),              \
+                                       MUL(b, SUB(LOADU(x + i), h))), g));                    \
+        } else {                                                                              \
+            for (; i + W <= n; i += W)                                                        \
+                STREAM(dx + i, ADD(ADD(MUL(LOADU(dy + i), a), MUL(b, SUB(LOADU(x + i), h))), g)); \
+        }                                                                                     \
+        for (; i < n; i++)                                                                    \
+            dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
+        _mm_sfence();                                                                         \
+    }
+FASTNORM_GRAD_SWEEP_STREAM(fastnorm_grad_sweep_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
+                           _mm_sub_ps, _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
+FASTNORM_GRAD_SWEEP_STREAM(fastnorm_grad_sweep_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd,
+                           _mm_sub_pd, _mm_mul_pd, _mm_add_pd, _mm_stream_pd, 2)
 FASTNORM_SWEEP_STREAM(fastnorm_sweep_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps, _mm_sub_ps,
                       _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
 FASTNORM_SWEEP_STREAM(fastnorm_sweep_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd, _mm_sub_pd,
@@ -299,6 +325,15 @@ FASTNORM_SWEEP_STREAM(fastnorm_sweep_stream_f64, double, __m128d, _mm_set1_pd, _
     }
 FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f32, float)
 FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f64, double)
+#define FASTNORM_GRAD_SWEEP_PLAIN(NAME, T)                                                    \
+    static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T hi, T alpha, T beta, T gamma, \
+                     const T *w)                                                              \
+    {                                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                     \
+            dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
+    }
+FASTNORM_GRAD_SWEEP_PLAIN(fastnorm_grad_sweep_stream_f32, float)
+FASTNORM_GRAD_SWEEP_PLAIN(fastnorm_grad_sweep_stream_f64, double)
 #endif
 
 FASTNORM_SHIFTED_SUMS(fastnorm_shifted_sums_f32, float)
