@@ -546,8 +546,9 @@ cdef inline bint _is_f64(cnp.ndarray x):
     return cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
 
 
-def moments_ncs(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthreads):
-    """Per-channel (mean, biased variance) as float64 arrays of an ``[N, C, S]`` buffer."""
+def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthreads):
+    """Per-channel (mean, biased variance) as float64 arrays of an ``[N, C, S]`` buffer (``S == 1``: the
+    columns of ``[N, C]``)."""
     cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
     cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -555,26 +556,15 @@ def moments_ncs(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nth
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef bint f64 = _is_f64(x)
     with nogil:
-        if f64:
+        if S == 1:
+            if f64:
+                _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
+            else:
+                _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
+        elif f64:
             _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
         else:
             _moments_ncs(<const float*>px, N, C, S, pm, pv, nthreads)
-    return mean, var
-
-
-def moments_mc(cnp.ndarray x, Py_ssize_t M, Py_ssize_t C, int nthreads):
-    """Per-column (mean, biased variance) as float64 arrays of an ``[M, C]`` buffer."""
-    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
-    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
-    cdef bint f64 = _is_f64(x)
-    with nogil:
-        if f64:
-            _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
-        else:
-            _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
     return mean, var
 
 
@@ -591,11 +581,18 @@ cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_s
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
     cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
     _fold_all(C, mean, var, weight, bias, eps, p)
-    if S == 1:
-        _normalize_mc(x, y, N, C, p, nthreads, _streams(2 * N * C * S * sizeof(floating)))
-    else:
-        _normalize_ncs(x, y, N, C, S, p, nthreads, _streams(2 * N * C * S * sizeof(floating)))
+    _normalize(x, y, N, C, S, p, nthreads)
     free(p)
+
+
+cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     const floating* p, int nthreads) noexcept nogil:
+    """The sweep with folded factors p: ``[N, C, S]``, or the columns of ``[N, C]`` when S == 1."""
+    cdef bint stream = _streams(2 * N * C * S * sizeof(floating))
+    if S == 1:
+        _normalize_mc(x, y, N, C, p, nthreads, stream)
+    else:
+        _normalize_ncs(x, y, N, C, S, p, nthreads, stream)
 
 
 def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -626,6 +623,19 @@ cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
     return mean, var, rstd
 
 
+cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sub,
+                           Py_ssize_t groups, bint per_element, bint rms):
+    """The affine map of the rows of an [N, R, S] buffer; sub, groups <= 0 mean one channel per row."""
+    cdef RowAffine a
+    a.weight = _vec(weight)
+    a.bias = _vec(bias)
+    a.sub = sub if sub > 0 else S
+    a.groups = groups if groups > 0 else R
+    a.per_element = per_element
+    a.rms = rms
+    return a
+
+
 def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
           object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
           bint per_element=False, bint rms=False, bint stats=True):
@@ -643,13 +653,7 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean) if stats else scratch
     cdef double* pv = <double*>cnp.PyArray_DATA(var) if stats else scratch + R
-    cdef RowAffine a
-    a.weight = _vec(weight)
-    a.bias = _vec(bias)
-    a.sub = sub if sub > 0 else S
-    a.groups = groups if groups > 0 else R
-    a.per_element = per_element
-    a.rms = rms
+    cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
@@ -1056,13 +1060,7 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
     ``[R, S // sub]``, for a per-channel affine; per element of the row, ``[S]``, summed over the rows,
     with ``per_element`` (then ``weight`` has the data's dtype).
     """
-    cdef RowAffine a
-    a.weight = _vec(weight)
-    a.bias = _vec(None)
-    a.sub = sub if sub > 0 else S
-    a.groups = groups if groups > 0 else R
-    a.per_element = per_element
-    a.rms = rms
+    cdef RowAffine a = _row_affine(weight, None, R, S, sub, groups, per_element, rms)
     cdef Py_ssize_t nsums = S if per_element else R * (S // a.sub)
     cdef cnp.ndarray P1 = np.empty(nsums, dtype=np.float64)
     cdef cnp.ndarray P2 = np.empty(nsums, dtype=np.float64)
@@ -1233,25 +1231,18 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef bint stream = _streams(2 * cnp.PyArray_NBYTES(arr))
     if t == cnp.NPY_FLOAT:
         if cache.p32 == NULL:
             cache.p32 = <float*>malloc(3 * C * sizeof(float))
             _fold_all(C, vm, vv, vw, vb, eps, cache.p32)
         with nogil:
-            if S == 1:
-                _normalize_mc(<const float*>px, <float*>py, N, C, cache.p32, nthreads, stream)
-            else:
-                _normalize_ncs(<const float*>px, <float*>py, N, C, S, cache.p32, nthreads, stream)
+            _normalize(<const float*>px, <float*>py, N, C, S, cache.p32, nthreads)
     else:
         if cache.p64 == NULL:
             cache.p64 = <double*>malloc(3 * C * sizeof(double))
             _fold_all(C, vm, vv, vw, vb, eps, cache.p64)
         with nogil:
-            if S == 1:
-                _normalize_mc(<const double*>px, <double*>py, N, C, cache.p64, nthreads, stream)
-            else:
-                _normalize_ncs(<const double*>px, <double*>py, N, C, S, cache.p64, nthreads, stream)
+            _normalize(<const double*>px, <double*>py, N, C, S, cache.p64, nthreads)
     return out
 
 

@@ -23,14 +23,15 @@ _local = threading.local()
 _process_default = None
 
 
-def _check_count(n):
+def check_count(value, name):
+    """``value`` as a positive int; otherwise an error naming the argument."""
     try:
-        n = operator.index(n)
+        value = operator.index(value)
     except TypeError:
-        raise TypeError(f"n: expected a positive integer number of threads, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"n: expected a positive integer number of threads, got {n}")
-    return n
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return value
 
 
 def get_num_threads() -> int:
@@ -60,7 +61,7 @@ def set_num_threads(n: Optional[int]) -> None:
         A positive count, or None to return to OpenMP's default.
     """
     global _process_default
-    _process_default = None if n is None else _check_count(n)
+    _process_default = None if n is None else check_count(n, "n")
 
 
 @contextlib.contextmanager
@@ -73,7 +74,7 @@ def threads(n: int) -> Iterator[None]:
     >>> with fastnorm.threads(1):
     ...     y = fastnorm.batch_norm(np.ones((2, 3, 4), np.float32), training=True)
     """
-    n = _check_count(n)
+    n = check_count(n, "n")
     previous = getattr(_local, "n", None)
     _local.n = n
     try:

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
-from ._threads import threads_for
+from ._threads import check_count, threads_for
 
 Shape = Union[int, Sequence[int]]
 Grads = Tuple[NDArray, Optional[NDArray], Optional[NDArray]]
@@ -90,6 +90,15 @@ def _channel_vector(v, name, C, dtype):
     return a
 
 
+def _channel_params(x, C, running_mean, running_var, weight, bias):
+    """The per-channel vectors of batch_norm and instance_norm, checked (see _channel_vector)."""
+    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
+    rv = _channel_vector(running_var, "running_var", C, x.dtype)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: expected both or neither")
+    return rm, rv, _channel_vector(weight, "weight", C, x.dtype), _channel_vector(bias, "bias", C, x.dtype)
+
+
 def _check_buffer(v, name, C):
     """A running statistic that training updates in place: a writable floating ndarray of shape (C,)."""
     if not isinstance(v, np.ndarray):
@@ -97,16 +106,6 @@ def _check_buffer(v, name, C):
     if not v.flags.writeable:
         raise ValueError(f"{name}: the array is read-only, so it cannot be updated in training mode")
     return v
-
-
-def _check_count(value, name):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
 
 
 def _check_normalized_shape(normalized_shape, x):
@@ -286,12 +285,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
     C = x.shape[axis]
     eps = _check_eps(eps)
     training = bool(training)
-    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
-    rv = _channel_vector(running_var, "running_var", C, x.dtype)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: expected both or neither")
-    w = _channel_vector(weight, "weight", C, x.dtype)
-    b = _channel_vector(bias, "bias", C, x.dtype)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     update = training and rm is not None
     if update:
         _check_buffer(running_mean, "running_mean", C)
@@ -463,15 +457,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     [[-1.3416, -0.4472], [0.4472, 1.3416]]
     """
     x, dtype = _as_input(input, "input")
-    if x.ndim < 2:
-        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
-    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
-    if axis not in (1, x.ndim - 1):
-        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
-    G = _check_count(num_groups, "num_groups")
-    C = x.shape[axis]
-    if C % G:
-        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
     w = _channel_vector(weight, "weight", C, x.dtype)
     b = _channel_vector(bias, "bias", C, x.dtype)
     eps = _check_eps(eps)
@@ -494,6 +480,20 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     if not return_stats:
         return y
     return _row_stats(y, stats[0].reshape(N, G), stats[2].reshape(N, G), False, return_stats)
+
+
+def _group_norm_layout(x, num_groups, channel_axis):
+    """(channel axis, groups, channels) of a GroupNorm input, checked."""
+    if x.ndim < 2:
+        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    if axis not in (1, x.ndim - 1):
+        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
+    G = check_count(num_groups, "num_groups")
+    C = x.shape[axis]
+    if C % G:
+        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    return axis, G, C
 
 
 def _group_norm_channels_last(x, axis, moved):
@@ -537,12 +537,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
                          f"of shape {x.shape}")
     C = x.shape[1]
     eps = _check_eps(eps)
-    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
-    rv = _channel_vector(running_var, "running_var", C, x.dtype)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: expected both or neither")
-    w = _channel_vector(weight, "weight", C, x.dtype)
-    b = _channel_vector(bias, "bias", C, x.dtype)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     use_input_stats = bool(use_input_stats)
     update = use_input_stats and rm is not None
     if update:
@@ -706,15 +701,8 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: in
     """Gradients of :func:`group_norm`; ``mean``, ``rstd`` of shape (N, G) from its ``return_stats``.
     Returns ``(grad_input, grad_weight, grad_bias)`` with float64 (C,) parameter gradients."""
     x, g, dtype = _grad_inputs(grad_output, input)
-    if x.ndim < 2:
-        raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
-    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
-    if axis not in (1, x.ndim - 1):
-        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
-    G = _check_count(num_groups, "num_groups")
-    N, C = x.shape[0], x.shape[axis]
-    if C % G:
-        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    N = x.shape[0]
     mean = _stat_vector(mean, "mean", (N, G))
     rstd = _stat_vector(rstd, "rstd", (N, G))
     w = _channel_vector(weight, "weight", C, x.dtype)
@@ -822,11 +810,7 @@ def moments(x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = Fals
     else:
         buf = np.ascontiguousarray(np.transpose(x, list(axes) + kept))
         N, S = count, 1
-    nthreads = threads_for(x.size)
-    if S == 1:
-        mean, var = _kernels.moments_mc(buf, N, C, nthreads)
-    else:
-        mean, var = _kernels.moments_ncs(buf, N, C, S, nthreads)
+    mean, var = _kernels.moments(buf, N, C, S, threads_for(x.size))
     return mean.astype(dtype).reshape(out_shape), var.astype(dtype).reshape(out_shape)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _kernels
 from . import functional as F
-from ._threads import threads_for
+from ._threads import check_count, threads_for
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
            "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad"]
@@ -64,16 +64,6 @@ def _check_dtype(dtype):
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     return dtype
-
-
-def _check_features(num_features, name="num_features"):
-    try:
-        n = operator.index(num_features)
-    except TypeError:
-        raise TypeError(f"{name}: expected a positive integer, got {num_features!r}") from None
-    if n < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {n}")
-    return n
 
 
 class _Layer:
@@ -191,7 +181,7 @@ class _NormBase(_Layer):
     _optional_state = ("num_batches_tracked",)
 
     def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype):
-        self.num_features = _check_features(num_features)
+        self.num_features = check_count(num_features, "num_features")
         self.eps = F._check_eps(eps)
         self.momentum = F._check_momentum(momentum)
         self.affine = bool(affine)
@@ -493,8 +483,8 @@ class GroupNorm(_Layer):
     """
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32, channel_axis=1):
-        self.num_groups = _check_features(num_groups, "num_groups")
-        self.num_channels = _check_features(num_channels, "num_channels")
+        self.num_groups = check_count(num_groups, "num_groups")
+        self.num_channels = check_count(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, "
                              f"got {self.num_groups}")
