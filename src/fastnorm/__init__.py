@@ -2,6 +2,8 @@
 from . import functional
 from ._threads import get_num_threads, set_num_threads, threads
 from .deploy import fold_batch_norm, load, save
+from .distributed import SyncBatchNorm, calibrate_batch_norms
+from .statistics import Moments
 from .functional import (batch_norm, batch_norm_backward, batch_normalization, group_norm, group_norm_backward,
                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, moments,
                          rms_norm, rms_norm_backward)
@@ -16,7 +18,7 @@ __all__ = [
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward",
-    "fold_batch_norm", "save", "load",
+    "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
     "functional", "get_num_threads", "set_num_threads", "threads", "show_config",
 ]
 

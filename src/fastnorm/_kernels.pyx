@@ -815,7 +815,7 @@ cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py
         P2[j] *= rstd
 
 
-cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K, Py_ssize_t M,
+cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K, double M,
                                  double lo, double rstd, bint training, const double* P1,
                                  const double* P2, double* beta, double* gamma) noexcept nogil:
     """beta and gamma of row r (the terms of dx that depend on the row's sums); ``lo`` is the part of
@@ -855,11 +855,12 @@ cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, 
 cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                           Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
                           Py_ssize_t length, const double* mean, const double* rstd, bint training,
-                          const double* P1, const double* P2, bint stream) noexcept nogil:
-    """dx for values start <= i < start + length of run n of row r, once the row's sums are known."""
+                          const double* P1, const double* P2, double count, bint stream) noexcept nogil:
+    """dx for values start <= i < start + length of run n of row r, once the row's sums over ``count``
+    values are known (N * S, or more when the row is spread over several processes)."""
     cdef Py_ssize_t K = S // a.sub
     cdef double beta, gamma
-    _grad_row_coefficients(a, r, K, N * S, mean[r] - <double><floating>mean[r], rstd[r], training,
+    _grad_row_coefficients(a, r, K, count, mean[r] - <double><floating>mean[r], rstd[r], training,
                            P1 + r * K, P2 + r * K, &beta, &gamma)
     _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma, stream)
 
@@ -872,7 +873,7 @@ cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssiz
     cdef Py_ssize_t n
     _grad_row_sums(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K)
     for n in range(N):
-        _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, stream)
+        _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, N * S, stream)
 
 
 cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
@@ -913,7 +914,7 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
     for t in prange(R * N * sweep_pieces, schedule="static", num_threads=nthreads):
         start = (t % sweep_pieces) * PIECE
         _grad_row_sweep(x, dy, dx, N, R, S, a, t // (N * sweep_pieces), (t // sweep_pieces) % N, start,
-                        min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2, stream)
+                        min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2, N * S, stream)
 
 
 cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
@@ -1087,6 +1088,75 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
             _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
                        nthreads)
     return P1, P2
+
+
+cdef void _grad_sums_rows(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                          const double* mean, const double* rstd, double* P1, double* P2,
+                          int nthreads) noexcept nogil:
+    cdef Py_ssize_t r
+    if nthreads <= 1:  # no thread team for one thread
+        for r in range(C):
+            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r)
+    else:
+        for r in prange(C, schedule="static", num_threads=nthreads):
+            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r)
+
+
+cdef void _grad_apply_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
+                           const double* P1, const double* P2, double count, int nthreads) noexcept nogil:
+    cdef Py_ssize_t t
+    cdef bint stream = _streams(3 * N * C * S * sizeof(floating))
+    if nthreads <= 1:  # no thread team for one thread
+        for t in range(N * C):
+            _grad_row_sweep(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, P1, P2, count, stream)
+    else:
+        for t in prange(N * C, schedule="static", num_threads=nthreads):
+            _grad_row_sweep(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, P1, P2, count, stream)
+
+
+def grad_sums(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean,
+              cnp.ndarray rstd, int nthreads):
+    """Per-channel (sum(dy), sum(dy * xhat)) of an ``[N, C, S]`` buffer, float64: the part of a
+    BatchNorm backward that several processes add up before :func:`grad_apply`."""
+    cdef cnp.ndarray P1 = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray P2 = np.empty(C, dtype=np.float64)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _grad_sums_rows(<const double*>px, <const double*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+        else:
+            _grad_sums_rows(<const float*>px, <const float*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+    return P1, P2
+
+
+def grad_apply(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+               cnp.ndarray mean, cnp.ndarray rstd, object weight, cnp.ndarray sum_dy, cnp.ndarray sum_dyx,
+               double count, int nthreads):
+    """Training-mode BatchNorm input gradient of an ``[N, C, S]`` buffer from per-channel sums taken over
+    ``count`` values in all (this buffer and others elsewhere)."""
+    cdef RowAffine a = _row_affine(weight, None, C, S, 0, 0, False, False)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* po = cnp.PyArray_DATA(dx)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dyx)
+    cdef bint f64 = _is_f64(x)
+    with nogil:
+        if f64:
+            _grad_apply_rows(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2, count,
+                             nthreads)
+        else:
+            _grad_apply_rows(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2, count,
+                             nthreads)
 
 
 def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M, Py_ssize_t C,

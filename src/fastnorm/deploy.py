@@ -7,6 +7,7 @@ from typing import Union
 
 import numpy as np
 
+from . import distributed as _distributed
 from . import layers as _layers
 
 __all__ = ["fold_batch_norm", "save", "load"]
@@ -14,6 +15,7 @@ __all__ = ["fold_batch_norm", "save", "load"]
 _FORMAT = 1
 _META_KEY = "__fastnorm__"
 _LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__ if name != "no_grad"}
+_LAYER_CLASSES["SyncBatchNorm"] = _distributed.SyncBatchNorm
 
 
 def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):

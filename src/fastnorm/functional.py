@@ -170,13 +170,14 @@ def _channel_view(x, axis):
     if _kernels.is_c_contiguous(x):
         buf = x
     else:
-        if axis != x.ndim - 1:
+        if axis != x.ndim - 1 and x.size:
             moved = np.moveaxis(x, axis, -1)
             if moved.flags.c_contiguous:
                 return moved, x.size // C, C, 1, True
         buf = np.ascontiguousarray(x)
     N = math.prod(shape[:axis]) if axis != 1 else shape[0]
-    return buf, N, C, x.size // (N * C), False
+    S = x.size // (N * C) if x.size else math.prod(shape[axis + 1:])
+    return buf, N, C, S, False
 
 
 def _result_buffer(out, buf, axis, moved):
@@ -790,6 +791,13 @@ def moments(x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = Fals
     ([2.0, 3.5], [1.0, 2.25])
     """
     x, dtype = _as_input(x, "x")
+    _, mean, var = moments64(x, axes, keepdims)
+    return mean.astype(dtype), var.astype(dtype)
+
+
+def moments64(x, axes, keepdims=False):
+    """(count, mean, biased variance) of a float array over ``axes``: the count an int, the statistics
+    float64 arrays of the kept shape (NaN where the count is 0)."""
     axes = _normalize_axes(axes, x.ndim)
     kept = [a for a in range(x.ndim) if a not in axes]
     kept_shape = tuple(x.shape[a] for a in kept)
@@ -798,9 +806,9 @@ def moments(x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = Fals
     C = math.prod(kept_shape)
     if count == 0 or C == 0:
         fill = np.nan if count == 0 else 0.0
-        return np.full(out_shape, fill, dtype), np.full(out_shape, fill, dtype)
+        return count, np.full(out_shape, fill), np.full(out_shape, fill)
     if not axes:
-        return x.astype(dtype, copy=True).reshape(out_shape), np.zeros(out_shape, dtype)
+        return count, x.astype(np.float64).reshape(out_shape), np.zeros(out_shape)
     if not kept or kept == list(range(kept[0], kept[-1] + 1)):
         # The kept axes are one run: x is [N, C, S] around it without moving anything.
         first = kept[0] if kept else 0
@@ -811,7 +819,7 @@ def moments(x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = Fals
         buf = np.ascontiguousarray(np.transpose(x, list(axes) + kept))
         N, S = count, 1
     mean, var = _kernels.moments(buf, N, C, S, threads_for(x.size))
-    return mean.astype(dtype).reshape(out_shape), var.astype(dtype).reshape(out_shape)
+    return count, mean.reshape(out_shape), var.reshape(out_shape)
 
 
 def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offset: Optional[ArrayLike],

@@ -20,6 +20,7 @@ import numpy as np
 from . import _kernels
 from . import functional as F
 from ._threads import check_count, threads_for
+from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
            "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad"]
@@ -227,6 +228,8 @@ class _NormBase(_Layer):
 
 
 class _BatchNorm(_NormBase):
+    _recorder = None  # [Moments, calls] while calibrate_batch_norms runs
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
                  dtype=np.float32, channel_axis=1, bessel=True):
         if not isinstance(channel_axis, numbers.Integral):
@@ -257,6 +260,10 @@ class _BatchNorm(_NormBase):
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         self._check_input(x)
+        if self._recorder is not None:
+            moments = self._moments_of(x)
+            self._recorder[0] = moments if self._recorder[0] is None else self._recorder[0] + moments
+            self._recorder[1] += 1
         tracking = self.training and self.track_running_stats
         factor = self.momentum
         if tracking and factor is None:
@@ -276,6 +283,41 @@ class _BatchNorm(_NormBase):
             return result
         self._keep(saved, result[1], result[2], True)
         return result[0]
+
+    def _moments_of(self, x):
+        """Exact per-channel moments of an input of this layer."""
+        axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
+        if x.shape[axis] != self.num_features:
+            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
+        return Moments.of(x, tuple(a for a in range(x.ndim) if a != axis))
+
+    def calibrate(self, batches):
+        """Exact population statistics ("precise BN"): set the running mean and variance to the mean and
+        (unbiased, or biased with ``bessel=False``) variance over all the values of all ``batches``
+        (inputs of this layer), instead of an exponential average.  Returns the layer.
+
+        See :func:`fastnorm.calibrate_batch_norms` for the layers of a whole model.
+        """
+        if self.running_mean is None:
+            raise ValueError("calibrate: the layer keeps no running statistics (track_running_stats=False)")
+        total, calls = None, 0
+        for x in batches:
+            x = x if isinstance(x, np.ndarray) else np.asarray(x)
+            self._check_input(x)
+            moments = self._moments_of(x)
+            total = moments if total is None else total + moments
+            calls += 1
+        if total is None:
+            raise ValueError("batches: expected at least one batch")
+        self._set_population_stats(total, calls)
+        return self
+
+    def _set_population_stats(self, moments, calls):
+        if float(moments.count.min()) <= (1 if self.bessel else 0):
+            raise ValueError("batches: expected more than 1 value per channel in all")
+        self.running_mean[...] = moments.mean
+        self.running_var[...] = moments.var(unbiased=self.bessel)
+        self.num_batches_tracked = calls
 
     def _backward(self, grad_output, x, mean, invstd, batch_stats):
         if not batch_stats:

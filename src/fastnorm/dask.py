@@ -1,0 +1,107 @@
+"""Dask arrays: exact statistics chunk by chunk, and eval-mode layers applied block by block.
+
+Needs dask (``pip install fastnorm[dask]``); the rest of fastnorm never imports it.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence, Union
+
+import numpy as np
+
+from . import functional as F
+from . import layers as L
+from .statistics import Moments
+
+__all__ = ["moments", "apply"]
+
+
+def _tree_merge(parts):
+    """Pairwise merges, level by level: a tree of depth log2(len(parts)) in a fixed order."""
+    while len(parts) > 1:
+        parts = [parts[k] if k + 1 == len(parts) else parts[k] + parts[k + 1] for k in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, split_every: int = 8):
+    """Mean and biased variance of a dask array over ``axes``, exact: each chunk's (count, mean, M2) by
+    fastnorm's kernels, merged with Chan's formula in a tree of ``split_every`` partials per task.
+
+    Returns
+    -------
+    mean, variance : dask.array.Array
+        float64, of the kept shape (with the reduced axes kept as 1 with ``keepdims``).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, fastnorm.dask
+    >>> x = da.from_array(np.arange(12.0).reshape(6, 2), chunks=(2, 2))
+    >>> mean, var = fastnorm.dask.moments(x, axes=0)
+    >>> mean.compute().tolist(), var.compute().tolist()
+    ([5.0, 6.0], [11.666666666666666, 11.666666666666666])
+    """
+    import dask
+    import dask.array as da
+
+    axes = F._normalize_axes(axes, array.ndim)
+    kept = [a for a in range(array.ndim) if a not in axes]
+    blocks = array.to_delayed()
+    chunk_moments = dask.delayed(Moments.of, pure=True)
+    merge = dask.delayed(lambda *parts: _tree_merge(list(parts)), pure=True)
+    means, variances = [], []
+    numblocks = array.numblocks
+    for kept_index in itertools.product(*(range(numblocks[a]) for a in kept)):
+        index = dict(zip(kept, kept_index))
+        parts = []
+        for reduced_index in itertools.product(*(range(numblocks[a]) for a in axes)):
+            index.update(zip(axes, reduced_index))
+            parts.append(chunk_moments(blocks[tuple(index[a] for a in range(array.ndim))], axes, True))
+        while len(parts) > 1:  # a tree of tasks, split_every partials each
+            parts = [merge(*parts[k:k + split_every]) for k in range(0, len(parts), split_every)]
+        shape = tuple(1 if a in axes else array.chunks[a][index[a]] for a in range(array.ndim))
+        total = parts[0]
+        means.append(da.from_delayed(dask.delayed(lambda m: m.mean)(total), shape, dtype=np.float64))
+        variances.append(da.from_delayed(dask.delayed(lambda m: m.var())(total), shape, dtype=np.float64))
+    grid = [numblocks[a] if a in kept else 1 for a in range(array.ndim)]
+
+    def assemble(pieces):
+        nested = np.empty(len(pieces), dtype=object)
+        nested[:] = pieces  # object slots: not an array built from the pieces' values
+        return da.block(nested.reshape(grid).tolist())
+
+    mean, var = assemble(means), assemble(variances)
+    if not keepdims:
+        mean, var = mean.squeeze(axis=tuple(axes)), var.squeeze(axis=tuple(axes))
+    return mean, var
+
+
+def _whole_axes(layer, ndim):
+    """Axes an eval-mode layer needs in one chunk (its statistics or parameters span them)."""
+    if isinstance(layer, (L.LayerNorm, L.RMSNorm)):
+        return tuple(range(ndim - len(layer.normalized_shape), ndim))
+    if isinstance(layer, L.GroupNorm):
+        return tuple(range(1, ndim))
+    if isinstance(layer, L._InstanceNorm):
+        return tuple(range(1 if ndim == layer._input_ndims[1] else 0, ndim))
+    if isinstance(layer, L._BatchNorm):
+        return (layer.channel_axis % ndim,)
+    raise TypeError(f"layer: expected a fastnorm layer, got {type(layer).__name__}")
+
+
+def apply(layer, array):
+    """``layer(array)`` block by block for a dask array, in evaluation mode (``layer.eval()`` first for
+    BatchNorm and InstanceNorm with running statistics).  The axes a block must hold whole (the channel
+    axis for BatchNorm; the normalized axes of LayerNorm, RMSNorm, GroupNorm and InstanceNorm) are
+    rechunked to one chunk; the others keep their chunks.
+    """
+    if getattr(layer, "training", False) and isinstance(layer, L._BatchNorm):
+        raise ValueError("layer: expected an eval-mode BatchNorm (call layer.eval()): batch statistics of "
+                         "a block are not those of the array")
+    whole = _whole_axes(layer, array.ndim)
+    array = array.rechunk({a: -1 for a in whole})
+
+    def block(x):
+        with L.no_grad():
+            return layer(x)
+
+    return array.map_blocks(block, dtype=array.dtype, meta=np.empty((0,) * array.ndim, array.dtype))

@@ -1,0 +1,254 @@
+"""Moments, SyncBatchNorm (over an in-process communicator), precise BN, Dask."""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnorm
+import reference
+
+# --------------------------------------------------------------------------------------------------------
+# Moments
+# --------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1),
+       order_seed=st.integers(0, 1000))
+def test_any_split_merged_in_any_order_equals_the_whole(sizes, seed, order_seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(sum(sizes) + 2, 3)) * rng.uniform(0.1, 10) + rng.uniform(-100, 100)
+    bounds = np.cumsum([0] + sizes + [2])
+    parts = [fastnorm.Moments.of(x[a:b], axes=0) for a, b in zip(bounds[:-1], bounds[1:])]
+    order = np.random.default_rng(order_seed).permutation(len(parts))
+    total = fastnorm.Moments.empty(3)
+    for k in order:
+        total = total + parts[k]
+    np.testing.assert_array_equal(total.count, x.shape[0])
+    np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(total.var(), x.var(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(total.var(unbiased=True), x.var(axis=0, ddof=1), rtol=1e-12)
+
+
+def test_merge_is_associative(rng):
+    a, b, c = (fastnorm.Moments.of(rng.normal(size=(n, 4)) + 5, 0) for n in (7, 30, 2))
+    left, right = (a + b) + c, a + (b + c)
+    np.testing.assert_allclose(left.mean, right.mean, rtol=1e-14)
+    np.testing.assert_allclose(left.m2, right.m2, rtol=1e-13)
+
+
+def test_float32_offset_data_keeps_the_accuracy_bar(rng):
+    x = (1e4 + rng.normal(size=(4096, 8))).astype(np.float32)
+    total = fastnorm.Moments.empty(8)
+    for part in np.array_split(x, 7):
+        total = total + fastnorm.Moments.of(part, 0)
+    x64 = x.astype(np.float64)
+    assert np.all(np.abs(total.mean - x64.mean(0)) <= np.spacing(np.float32(1e4)))
+    np.testing.assert_allclose(total.var(), x64.var(0), rtol=1e-6)
+
+
+def test_moments_serialize_and_validate(rng, tmp_path):
+    m = fastnorm.Moments.of(rng.normal(size=(10, 2, 3)), axes=(0, 2))
+    np.savez(tmp_path / "m.npz", **m.to_arrays())
+    with np.load(tmp_path / "m.npz") as data:
+        assert fastnorm.Moments.from_arrays(data) == m
+    with pytest.raises(ValueError, match="other: expected moments of shape"):
+        m + fastnorm.Moments.empty(5)
+    with pytest.raises(TypeError, match="other: expected Moments"):
+        m.merge(3)
+    assert np.isnan(fastnorm.Moments.empty(2).var()).all()
+    assert np.isnan(fastnorm.Moments.of(np.ones((1, 2)), 0).var(unbiased=True)).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# SyncBatchNorm, over a communicator between threads (the MPI tests run the same under mpiexec)
+# --------------------------------------------------------------------------------------------------------
+
+class ThreadComm:
+    """mpi4py's allgather between threads of one process, one handle per rank."""
+
+    def __init__(self, shared, rank):
+        self.shared, self.rank = shared, rank
+
+    @classmethod
+    def world(cls, size):
+        shared = {"slots": [None] * size, "barrier": threading.Barrier(size)}
+        return [cls(shared, rank) for rank in range(size)]
+
+    def allgather(self, value):
+        self.shared["slots"][self.rank] = value
+        self.shared["barrier"].wait()
+        result = list(self.shared["slots"])
+        self.shared["barrier"].wait()
+        return result
+
+
+def _run_ranks(comms, work):
+    results, errors = [None] * len(comms), []
+
+    def target(rank):
+        try:
+            results[rank] = work(rank, comms[rank])
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+            comms[rank].shared["barrier"].abort()
+
+    pool = [threading.Thread(target=target, args=(r,)) for r in range(len(comms))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (5, 2, 1), (6, 0, 3), (0, 7)], ids=str)
+@pytest.mark.parametrize("shape, channel_axis", [((3, 5, 4), 1), ((3, 4, 4, 5), -1), ((3, 5), 1)], ids=str)
+def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(rng, sizes, shape, channel_axis):
+    C = shape[channel_axis]
+    total = sum(sizes)
+    x = rng.normal(size=(total,) + shape[1:]) * 2 + 3
+    g = rng.normal(size=x.shape)
+    weight, bias = rng.normal(size=C), rng.normal(size=C)
+    single = fastnorm.BatchNorm1d if len(shape) < 4 else fastnorm.BatchNorm2d
+    whole = single(C, dtype=np.float64, channel_axis=channel_axis)
+    whole.weight[:], whole.bias[:] = weight, bias
+    expected_steps = []
+    for step in range(2):
+        y = whole(x + step)
+        expected_steps.append((y, whole.backward(g)))
+    bounds = np.cumsum((0,) + sizes)
+
+    def work(rank, comm):
+        layer = fastnorm.SyncBatchNorm(C, dtype=np.float64, channel_axis=channel_axis, comm=comm)
+        layer.weight[:], layer.bias[:] = weight, bias
+        mine = slice(bounds[rank], bounds[rank + 1])
+        outputs = []
+        for step in range(2):
+            y = layer(x[mine] + step)
+            outputs.append((y, layer.backward(g[mine])))
+        return layer, outputs
+
+    results = _run_ranks(ThreadComm.world(len(sizes)), work)
+    for rank, (layer, outputs) in enumerate(results):
+        mine = slice(bounds[rank], bounds[rank + 1])
+        for (y, dx), (y_all, dx_all) in zip(outputs, expected_steps):
+            np.testing.assert_allclose(y, y_all[mine], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(dx, dx_all[mine], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.running_mean, whole.running_mean, rtol=1e-12)
+        np.testing.assert_allclose(layer.running_var, whole.running_var, rtol=1e-12)
+        np.testing.assert_allclose(layer.grad_weight, whole.grad_weight, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
+        assert layer.num_batches_tracked == 2
+    for layer, _ in results[1:]:  # identical on every rank, to the bit
+        np.testing.assert_array_equal(layer.running_mean, results[0][0].running_mean)
+        np.testing.assert_array_equal(layer.running_var, results[0][0].running_var)
+
+
+def test_sync_batch_norm_eval_needs_no_communication(rng):
+    class NoComm:
+        def allgather(self, value):
+            raise AssertionError("eval mode communicated")
+
+    layer = fastnorm.SyncBatchNorm(3, comm=NoComm()).eval()
+    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    np.testing.assert_allclose(layer(x), fastnorm.BatchNorm1d(3).eval()(x))
+
+
+def test_sync_batch_norm_with_one_value_in_all_is_an_error():
+    comms = ThreadComm.world(2)
+
+    def work(rank, comm):
+        layer = fastnorm.SyncBatchNorm(2, comm=comm)
+        with pytest.raises(ValueError, match="expected more than 1 value per channel when training"):
+            layer(np.ones((rank, 2), np.float32))
+        return layer.running_mean.copy()
+
+    for running_mean in _run_ranks(comms, work):
+        np.testing.assert_array_equal(running_mean, 0)
+
+
+def test_convert(rng):
+    model = {"bn": fastnorm.BatchNorm2d(4, momentum=0.3), "ln": fastnorm.LayerNorm(4)}
+    model["bn"](rng.normal(size=(2, 4, 3, 3)).astype(np.float32))
+    model["bn"].eval()
+    converted = fastnorm.SyncBatchNorm.convert(model, comm=ThreadComm.world(1)[0])
+    assert converted["ln"] is model["ln"]
+    sync = converted["bn"]
+    assert isinstance(sync, fastnorm.SyncBatchNorm) and not sync.training and sync.momentum == 0.3
+    np.testing.assert_array_equal(sync.running_var, model["bn"].running_var)
+    assert sync.num_batches_tracked == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# Exact population statistics
+# --------------------------------------------------------------------------------------------------------
+
+def test_calibrate_sets_exact_population_statistics(rng):
+    batches = [rng.normal(size=(n, 3, 4)) * 2 + 1 for n in (5, 9, 2)]
+    layer = fastnorm.BatchNorm1d(3, dtype=np.float64)
+    assert layer.calibrate(iter(batches)) is layer
+    everything = np.concatenate(batches)
+    np.testing.assert_allclose(layer.running_mean, everything.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var, everything.var(axis=(0, 2), ddof=1), rtol=1e-12)
+    assert layer.num_batches_tracked == 3
+    with pytest.raises(ValueError, match="batches: expected at least one batch"):
+        layer.calibrate([])
+    with pytest.raises(ValueError, match="input: expected 3 channels"):
+        layer.calibrate([np.ones((2, 4, 4))])
+
+
+def test_calibrate_batch_norms_of_a_model(rng):
+    first = fastnorm.BatchNorm1d(4, dtype=np.float64)
+    second = fastnorm.BatchNorm1d(4, dtype=np.float64).eval()
+    w = rng.normal(size=(4, 4))
+
+    def forward(x):
+        return second(np.maximum(first(x), 0) @ w)
+
+    batches = [rng.normal(size=(16, 4)) * 3 + 2 for _ in range(5)]
+    fastnorm.calibrate_batch_norms([first, second], forward, batches)
+    everything = np.concatenate(batches)
+    np.testing.assert_allclose(first.running_mean, everything.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_var, everything.var(0, ddof=1), rtol=1e-12)
+    # The second layer saw the first one's training-mode outputs, batch by batch.
+    seen = np.concatenate([np.maximum(reference.batch_norm(b, training=True)[0] * first.weight + first.bias, 0) @ w
+                           for b in batches])
+    np.testing.assert_allclose(second.running_mean, seen.mean(0), rtol=1e-9, atol=1e-12)
+    assert first.training and not second.training and first.num_batches_tracked == 5
+    with pytest.raises(ValueError, match=r"layers\[1\]: received no input"):
+        fastnorm.calibrate_batch_norms([first, fastnorm.BatchNorm1d(4)], first, batches)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dask
+# --------------------------------------------------------------------------------------------------------
+
+da = pytest.importorskip("dask.array")
+import fastnorm.dask as fdask  # noqa: E402
+
+
+@pytest.mark.parametrize("axes", [0, (0, 2), 1, (0, 1, 2), 2])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_dask_moments_equal_numpy_float64(rng, axes, keepdims):
+    x = (rng.normal(size=(700, 6, 5)) * 3 + 1e4).astype(np.float32)
+    mean, var = fdask.moments(da.from_array(x, chunks=(97, 4, 5)), axes, keepdims)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean.compute(), x64.mean(axis=axes, keepdims=keepdims), rtol=1e-12)
+    np.testing.assert_allclose(var.compute(), x64.var(axis=axes, keepdims=keepdims), rtol=1e-9)
+
+
+def test_dask_apply_eval_layers(rng):
+    x = rng.normal(size=(40, 6, 5, 5)).astype(np.float32)
+    d = da.from_array(x, chunks=(7, 2, 5, 3))
+    bn = fastnorm.BatchNorm2d(6)
+    bn.calibrate([x])
+    bn.eval()
+    for layer in (bn, fastnorm.LayerNorm((5, 5)), fastnorm.GroupNorm(3, 6), fastnorm.InstanceNorm2d(6)):
+        with fastnorm.no_grad():
+            np.testing.assert_allclose(fdask.apply(layer, d).compute(), layer(x), atol=1e-6)
+    with pytest.raises(ValueError, match="eval-mode BatchNorm"):
+        fdask.apply(fastnorm.BatchNorm2d(6), d)
