@@ -1,7 +1,13 @@
 """Build the Cython kernels with optimization and, where the compiler has it, OpenMP.
 
 Without OpenMP the extension still builds and runs single-threaded; ``fastnorm.show_config()``
-reports which build is installed.  ``FASTNORM_NO_OPENMP=1`` forces the single-threaded build.
+reports which build is installed.  Environment variables:
+
+* ``FASTNORM_NO_OPENMP=1``: the single-threaded build.
+* ``FASTNORM_SANITIZE=1``: build with AddressSanitizer and UndefinedBehaviorSanitizer (gcc or clang);
+  run Python with the sanitizer runtime preloaded, e.g.
+  ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 python -m pytest tests``.
+* ``FASTNORM_CFLAGS``: extra compiler flags.
 """
 import os
 import shutil
@@ -38,6 +44,10 @@ openmp = not os.environ.get("FASTNORM_NO_OPENMP") and compiler_accepts("-fopenmp
 # so that every code path (fused per channel, split across threads) rounds identically.
 compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno"] + os.environ.get("FASTNORM_CFLAGS", "").split()
 link_args = []
+if os.environ.get("FASTNORM_SANITIZE"):
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    compile_args += sanitize + ["-O1", "-g"]
+    link_args += sanitize
 if openmp:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")

@@ -61,6 +61,10 @@ def test_channels_last_layer(rng):
     x = rng.normal(size=(4, 5, 5, 3)).astype(np.float32)
     np.testing.assert_allclose(bn(x), reference.batch_norm(x, training=True, channel_axis=-1)[0], atol=1e-5)
     np.testing.assert_allclose(bn.running_mean, 0.1 * x.astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-5)
+    bn.eval()
+    expected = reference.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, channel_axis=-1)[0]
+    for _ in range(2):  # the first call folds the factors, the second reuses them
+        np.testing.assert_allclose(bn(x), expected, atol=1e-5)
 
 
 def test_modes_reset_and_repr():

@@ -511,12 +511,22 @@ cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, 
         _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, 0, S, r, S, center, inv, a, stream)
 
 
+cdef void _norm_piece(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
+                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, const RowAffine* a, double eps,
+                      const double* mean, const double* var, bint stream) noexcept nogil:
+    """The piece of run n of row r from ``start``, once the row's statistics are known.  (A function of
+    its own: the locals whose address is taken must be private to the thread.)"""
+    cdef double center, inv
+    _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+    _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, start, min(<Py_ssize_t>PIECE, S - start), r, S,
+                center, inv, a, stream)
+
+
 cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
                      const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
     cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
-    cdef Py_ssize_t r, t, n, k, start
+    cdef Py_ssize_t r, t
     cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
-    cdef double center, inv
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
             for r in range(R):
@@ -529,12 +539,8 @@ cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R,
     # parallel (the same bits, see _moments_ncs), then all pieces of all runs swept in parallel.
     _moments_ncs(x, N, R, S, mean, var, nthreads)
     for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
-        r = t // (N * pieces)
-        n = (t // pieces) % N
-        start = (t % pieces) * PIECE
-        _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
-        _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, start, min(<Py_ssize_t>PIECE, S - start),
-                    r, S, center, inv, a, stream)
+        _norm_piece(x, y, t // (N * pieces), (t // pieces) % N, (t % pieces) * PIECE, N, R, S, a, eps, mean,
+                    var, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1286,8 +1292,8 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     ndim = cnp.PyArray_NDIM(arr)
     if (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or ndim < 2:
         return None
-    axis = channel_axis % ndim if channel_axis < 0 else channel_axis
-    if axis >= ndim or mean is None or var is None:
+    axis = channel_axis + ndim if channel_axis < 0 else channel_axis  # C's % keeps the sign
+    if axis < 0 or axis >= ndim or mean is None or var is None:
         return None
     dims = cnp.PyArray_DIMS(arr)
     C = dims[axis]
