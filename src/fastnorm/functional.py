@@ -99,8 +99,9 @@ def _channel_params(x, C, running_mean, running_var, weight, bias):
     return rm, rv, _channel_vector(weight, "weight", C, x.dtype), _channel_vector(bias, "bias", C, x.dtype)
 
 
-def _check_buffer(v, name, C):
-    """A running statistic that training updates in place: a writable floating ndarray of shape (C,)."""
+def _check_buffer(v, name):
+    """A running statistic that training updates in place must be a writable ndarray (its shape and
+    dtype are checked by _channel_vector)."""
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
     if not v.flags.writeable:
@@ -289,8 +290,8 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
     rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     update = training and rm is not None
     if update:
-        _check_buffer(running_mean, "running_mean", C)
-        _check_buffer(running_var, "running_var", C)
+        _check_buffer(running_mean, "running_mean")
+        _check_buffer(running_var, "running_var")
         momentum = _check_momentum(momentum)
         if momentum is None:
             if num_batches_tracked is None:
@@ -542,8 +543,8 @@ def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
     use_input_stats = bool(use_input_stats)
     update = use_input_stats and rm is not None
     if update:
-        _check_buffer(running_mean, "running_mean", C)
-        _check_buffer(running_var, "running_var", C)
+        _check_buffer(running_mean, "running_mean")
+        _check_buffer(running_var, "running_var")
         momentum = _check_momentum(momentum, allow_none=False)
     elif not use_input_stats and rm is None:
         raise ValueError("running_mean, running_var: required when use_input_stats=False")
