@@ -252,3 +252,40 @@ def test_dask_apply_eval_layers(rng):
             np.testing.assert_allclose(fdask.apply(layer, d).compute(), layer(x), atol=1e-6)
     with pytest.raises(ValueError, match="eval-mode BatchNorm"):
         fdask.apply(fastnorm.BatchNorm2d(6), d)
+
+
+def test_calibration_of_sync_batch_norm_merges_every_process(rng):
+    batches = [[rng.normal(size=(n, 3)) * 2 + 1 for n in sizes] for sizes in ((4, 0, 7), (5, 3, 2))]
+
+    def work(rank, comm):
+        through_model = fastnorm.SyncBatchNorm(3, dtype=np.float64, comm=comm)
+        fastnorm.calibrate_batch_norms([through_model], through_model, batches[rank])
+        direct = fastnorm.SyncBatchNorm(3, dtype=np.float64, comm=comm).calibrate(batches[rank])
+        return through_model, direct
+
+    everything = np.concatenate(batches[0] + batches[1])
+    for through_model, direct in _run_ranks(ThreadComm.world(2), work):
+        for layer in (through_model, direct):
+            np.testing.assert_allclose(layer.running_mean, everything.mean(0), rtol=1e-12)
+            np.testing.assert_allclose(layer.running_var, everything.var(0, ddof=1), rtol=1e-12)
+            assert layer.num_batches_tracked == 3
+
+
+def test_empty_moments_have_a_nan_mean():
+    assert np.isnan(fastnorm.Moments.empty(3).mean).all()
+    assert np.isnan(fastnorm.Moments.of(np.zeros((0, 3)), 0).mean).all()
+    merged = fastnorm.Moments.empty(3) + fastnorm.Moments.of(np.ones((2, 3)), 0)
+    np.testing.assert_array_equal(merged.mean, 1.0)
+
+
+def test_dask_guards(rng):
+    x = da.from_array(rng.normal(size=(6, 4, 5, 5)).astype(np.float32), chunks=(2, 2, 3, 3))
+    with pytest.raises(ValueError, match="running statistics"):
+        fdask.apply(fastnorm.BatchNorm2d(4, track_running_stats=False).eval(), x)
+    with pytest.raises(ValueError, match="layer: expected eval mode"):
+        fdask.apply(fastnorm.InstanceNorm2d(4, track_running_stats=True), x)
+    for bad in (0, 1):
+        with pytest.raises(ValueError, match="split_every"):
+            fdask.moments(x, 0, split_every=bad)
+    mean, var = fdask.moments(da.from_array(np.zeros((0, 3)), chunks=(1, 3)), 0)
+    assert np.isnan(mean.compute()).all() and np.isnan(var.compute()).all()

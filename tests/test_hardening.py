@@ -407,3 +407,51 @@ def test_layer_norm_in_place_over_more_than_2_31_elements():
             np.testing.assert_allclose(x[r, i], (value - mean) / np.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
     del x
     gc.collect()
+
+
+def test_eval_calls_never_read_factors_being_replaced(rng):
+    # One thread keeps changing a running statistic (not thread-safe: each call may see the old or the
+    # new value), the other calls the layer: every output is one of the two, never a mixture or garbage.
+    bn = fastnorm.BatchNorm2d(4).eval()
+    x = np.ones((64, 4, 16, 16), np.float32)
+    stop = threading.Event()
+
+    def change():
+        k = 0
+        while not stop.is_set():
+            bn.running_mean[:] = k % 2
+            bn(np.ones((1, 4, 1, 1), np.float32))
+            k += 1
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    try:
+        with fastnorm.threads(1), fastnorm.no_grad():
+            for _ in range(200):
+                values = np.unique(bn(x))
+                assert len(values) == 1 and (values[0] == 0 or abs(values[0] - 1 / np.sqrt(1 + 1e-5)) < 1e-6)
+    finally:
+        stop.set()
+        changer.join()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x: fastnorm.batch_norm(x, np.zeros(4), np.ones(4), training=True, momentum=None,
+                                   num_batches_tracked=-1), ValueError, "num_batches_tracked"),
+    (lambda x: fastnorm.BatchNorm1d(4, channel_axis=2**40).eval()(x), ValueError, "channel_axis"),
+    (lambda x: fastnorm.layer_norm(x, (5.0,)), TypeError, "normalized_shape"),
+    (lambda x: fastnorm.group_norm(x, True), TypeError, "num_groups"),
+    (lambda x: fastnorm.batch_norm(x, training=True, channel_axis=True), TypeError, "channel_axis"),
+], ids=["negative-count", "huge-axis", "float-shape", "bool-groups", "bool-axis"])
+def test_more_bad_arguments_name_themselves(rng, call, error, message):
+    with pytest.raises(error, match=message):
+        call(rng.normal(size=(3, 4, 5)))
+
+
+def test_empty_instance_norm(rng):
+    y, mean, rstd = fastnorm.instance_norm(np.zeros((0, 3, 4), np.float32), return_stats=True)
+    assert y.shape == (0, 3, 4) and mean.shape == (0, 3)
+    layer = fastnorm.InstanceNorm1d(3)
+    assert layer(np.zeros((0, 3, 4), np.float32)).shape == (0, 3, 4)
+    out = np.empty((3, 5), np.float32)
+    assert fastnorm.InstanceNorm1d(3)(rng.normal(size=(3, 5)).astype(np.float32), out=out) is out

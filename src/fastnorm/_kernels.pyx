@@ -1215,7 +1215,8 @@ cdef class EvalCache:
     They are recomputed when the parameters they came from differ, byte for byte, from a snapshot taken
     when they were folded: any assignment or in-place update of the running statistics, weight or bias
     (or eps) is seen on the next call, and an unchanged layer pays a memcmp of its few vectors instead of
-    a square root and a division per channel.  Concurrent calls with unchanged parameters only read.
+    a square root and a division per channel.  Each call sweeps with its own copy of the factors, so a
+    call never reads factors that another thread is replacing.
     """
     cdef char* snapshot
     cdef Py_ssize_t snapshot_bytes
@@ -1307,18 +1308,26 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
+    # The sweep runs without the GIL on a copy of the factors: another thread may refold the cache
+    # meanwhile (parameters changed under a running call), and must not free what this call reads.
+    cdef void* factors
     if t == cnp.NPY_FLOAT:
         if cache.p32 == NULL:
             cache.p32 = <float*>malloc(3 * C * sizeof(float))
             _fold_all(C, vm, vv, vw, vb, eps, cache.p32)
+        factors = malloc(3 * C * sizeof(float))
+        memcpy(factors, cache.p32, 3 * C * sizeof(float))
         with nogil:
-            _normalize(<const float*>px, <float*>py, N, C, S, cache.p32, nthreads)
+            _normalize(<const float*>px, <float*>py, N, C, S, <const float*>factors, nthreads)
     else:
         if cache.p64 == NULL:
             cache.p64 = <double*>malloc(3 * C * sizeof(double))
             _fold_all(C, vm, vv, vw, vb, eps, cache.p64)
+        factors = malloc(3 * C * sizeof(double))
+        memcpy(factors, cache.p64, 3 * C * sizeof(double))
         with nogil:
-            _normalize(<const double*>px, <double*>py, N, C, S, cache.p64, nthreads)
+            _normalize(<const double*>px, <double*>py, N, C, S, <const double*>factors, nthreads)
+    free(factors)
     return out
 
 

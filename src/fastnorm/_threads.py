@@ -25,6 +25,8 @@ _process_default = None
 
 def check_count(value, name):
     """``value`` as a positive int; otherwise an error naming the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
     try:
         value = operator.index(value)
     except TypeError:

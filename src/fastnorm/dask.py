@@ -43,6 +43,10 @@ def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, s
     import dask
     import dask.array as da
 
+    from ._threads import check_count
+
+    if check_count(split_every, "split_every") < 2:
+        raise ValueError(f"split_every: expected at least 2 partials per merge, got {split_every}")
     axes = F._normalize_axes(axes, array.ndim)
     kept = [a for a in range(array.ndim) if a not in axes]
     blocks = array.to_delayed()
@@ -94,9 +98,12 @@ def apply(layer, array):
     axis for BatchNorm; the normalized axes of LayerNorm, RMSNorm, GroupNorm and InstanceNorm) are
     rechunked to one chunk; the others keep their chunks.
     """
-    if getattr(layer, "training", False) and isinstance(layer, L._BatchNorm):
-        raise ValueError("layer: expected an eval-mode BatchNorm (call layer.eval()): batch statistics of "
-                         "a block are not those of the array")
+    if isinstance(layer, L._BatchNorm) and (layer.training or layer.running_mean is None):
+        raise ValueError("layer: expected an eval-mode BatchNorm with running statistics (call layer.eval()): "
+                         "the batch statistics of a block are not those of the array")
+    if isinstance(layer, L._InstanceNorm) and layer.training and layer.track_running_stats:
+        raise ValueError("layer: expected eval mode (call layer.eval()): in training mode every block would "
+                         "update the running statistics")
     whole = _whole_axes(layer, array.ndim)
     array = array.rechunk({a: -1 for a in whole})
 

@@ -90,6 +90,9 @@ class SyncBatchNorm(_BatchNorm):
             local = Moments(N * S, mean, var * (N * S))
         else:
             local = Moments.empty(C)
+        if self._recorder is not None:  # calibrate_batch_norms: merged across processes at the end
+            self._recorder[0] = local if self._recorder[0] is None else self._recorder[0] + local
+            self._recorder[1] += 1
         total = self._allgather_sum(local, Moments.merge)
         count = float(total.count[0])
         if count <= 1:
@@ -125,6 +128,10 @@ class SyncBatchNorm(_BatchNorm):
             _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, np.ascontiguousarray(sum_dy),
                                 np.ascontiguousarray(sum_dyx), count, nthreads)
         return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
+
+    def _set_population_stats(self, moments, calls):
+        # Exact statistics of the inputs of every process (calibrate, calibrate_batch_norms).
+        super()._set_population_stats(self._allgather_sum(moments, Moments.merge), calls)
 
     @classmethod
     def convert(cls, layers, comm=None):

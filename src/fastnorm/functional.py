@@ -65,6 +65,8 @@ def _check_momentum(momentum, allow_none=True):
 
 
 def _check_axis(axis, ndim, name):
+    if isinstance(axis, bool):
+        raise TypeError(f"{name}: expected an integer axis, got {axis!r}")
     try:
         axis = operator.index(axis)
     except TypeError:
@@ -112,7 +114,8 @@ def _check_buffer(v, name):
 def _check_normalized_shape(normalized_shape, x):
     """normalized_shape as a tuple that must equal the input's trailing dimensions."""
     if (type(normalized_shape) is tuple and len(normalized_shape) <= x.ndim
-            and x.shape[x.ndim - len(normalized_shape):] == normalized_shape):
+            and x.shape[x.ndim - len(normalized_shape):] == normalized_shape
+            and all(type(d) is int for d in normalized_shape)):
         return normalized_shape
     if isinstance(normalized_shape, numbers.Integral):
         shape = (operator.index(normalized_shape),)
@@ -296,7 +299,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
         if momentum is None:
             if num_batches_tracked is None:
                 raise ValueError("num_batches_tracked: required with momentum=None (a cumulative average)")
-            momentum = 1.0 / (operator.index(num_batches_tracked) + 1)
+            if isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral) \
+                    or num_batches_tracked < 0:
+                raise ValueError(f"num_batches_tracked: expected an integer >= 0, got {num_batches_tracked!r}")
+            momentum = 1.0 / (int(num_batches_tracked) + 1)
     elif not training and rm is None:
         raise ValueError("running_mean, running_var: required when training=False (evaluation normalizes "
                          "with the running statistics); pass training=True to use the batch statistics")
@@ -550,8 +556,6 @@ def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
         raise ValueError("running_mean, running_var: required when use_input_stats=False")
     if out is not None:
         _check_out(out, x.shape, dtype)
-    if x.size == 0:
-        return _empty_result(x, out, dtype)
     N = x.shape[0]
     S = x.size // (N * C) if x.size else 0
     if use_input_stats and x.size and S <= 1:

@@ -250,7 +250,7 @@ class _BatchNorm(_NormBase):
         """Normalize ``x``: batch statistics in training mode (updating the running statistics), running
         statistics in evaluation mode (batch statistics when ``track_running_stats`` is False)."""
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
-                and x.ndim in self._input_ndims):
+                and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
             y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
                                      self.weight, self.bias, self.eps, threads_for(x.size))
@@ -588,6 +588,7 @@ class _InstanceNorm(_NormBase):
             x = np.asarray(x)
         self._check_input(x)
         unbatched = x.ndim == self._input_ndims[0]
+        given_out = out
         if unbatched:
             x = x[np.newaxis]
             out = None if out is None else out[np.newaxis]
@@ -601,12 +602,12 @@ class _InstanceNorm(_NormBase):
         if not _keeps_grad():
             y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
                                 momentum, self.eps, out=out)
-            return y[0] if unbatched else y
+            return given_out if given_out is not None else (y[0] if unbatched else y)
         saved = self._input_to_keep(x, out)
         y, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                         use_input_stats, momentum, self.eps, out=out, return_stats=True)
         self._keep(saved, mean, rstd, use_input_stats, unbatched)
-        return y[0] if unbatched else y
+        return given_out if given_out is not None else (y[0] if unbatched else y)
 
     def _backward(self, grad_output, x, mean, rstd, use_input_stats, unbatched):
         grad_output = np.asarray(grad_output)

@@ -53,8 +53,8 @@ class Moments:
 
     @classmethod
     def empty(cls, shape) -> "Moments":
-        """No observation yet: the identity of :meth:`merge`."""
-        return cls(np.zeros(shape), np.zeros(shape), np.zeros(shape))
+        """No observation yet (mean NaN, as the mean of nothing): the identity of :meth:`merge`."""
+        return cls(np.zeros(shape), np.full(shape, np.nan), np.zeros(shape))
 
     @property
     def shape(self):
@@ -70,7 +70,8 @@ class Moments:
         n = na + nb
         with np.errstate(invalid="ignore", divide="ignore"):
             w = np.where(n > 0, nb / n, 0.0)
-        delta = other.mean - self.mean
+        with np.errstate(invalid="ignore"):
+            delta = other.mean - self.mean
         mean = np.where(na == 0, other.mean, np.where(nb == 0, self.mean, self.mean + delta * w))
         m2 = np.where(na == 0, other.m2, np.where(nb == 0, self.m2, self.m2 + other.m2 + delta * delta * (na * w)))
         return Moments(n, mean, m2)
