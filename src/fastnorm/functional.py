@@ -115,7 +115,8 @@ def _check_normalized_shape(normalized_shape, x):
     """normalized_shape as a tuple that must equal the input's trailing dimensions."""
     if (type(normalized_shape) is tuple and len(normalized_shape) <= x.ndim
             and x.shape[x.ndim - len(normalized_shape):] == normalized_shape
-            and all(type(d) is int for d in normalized_shape)):
+            and (type(normalized_shape[0]) is int if len(normalized_shape) == 1
+                 else all(type(d) is int for d in normalized_shape))):
         return normalized_shape
     if isinstance(normalized_shape, numbers.Integral):
         shape = (operator.index(normalized_shape),)
