@@ -100,7 +100,8 @@ class _Layer:
             raise RuntimeError(f"{type(self).__name__}.backward: no forward to differentiate; call the layer "
                                "on an input first (outside fastnorm.no_grad())")
         dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
-        weight, bias = self._state().get("weight"), self._state().get("bias")
+        state = self._state()
+        weight, bias = state.get("weight"), state.get("bias")
         self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype).reshape(weight.shape)
         self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype).reshape(bias.shape)
         return dx
