@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import threading
-from typing import Iterator, Optional
+from typing import ContextManager, Iterator, Optional
 
 from . import _kernels
 
@@ -67,7 +67,17 @@ def set_num_threads(n: Optional[int]) -> None:
 
 
 @contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
+def thread_setting(local, name, value, default=None) -> Iterator[None]:
+    """Set ``local.<name>`` to ``value`` for the calling Python thread, restoring it on exit."""
+    previous = getattr(local, name, default)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        setattr(local, name, previous)
+
+
+def threads(n: int) -> ContextManager[None]:
     """Context manager: use ``n`` threads in kernel calls made by the calling Python thread.
 
     Examples
@@ -76,13 +86,7 @@ def threads(n: int) -> Iterator[None]:
     >>> with fastnorm.threads(1):
     ...     y = fastnorm.batch_norm(np.ones((2, 3, 4), np.float32), training=True)
     """
-    n = check_count(n, "n")
-    previous = getattr(_local, "n", None)
-    _local.n = n
-    try:
-        yield
-    finally:
-        _local.n = previous
+    return thread_setting(_local, "n", check_count(n, "n"))
 
 
 def threads_for(size: int) -> int:

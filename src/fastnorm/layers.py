@@ -6,12 +6,11 @@ Parameters and running statistics are plain ndarrays (length C vectors); the lay
 from __future__ import annotations
 
 import collections
-import contextlib
 import numbers
 import operator
 import threading
 import warnings
-from typing import Iterator, Mapping, Optional
+from typing import ContextManager, Mapping, Optional
 
 from numpy.typing import ArrayLike, NDArray
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import _kernels
 from . import functional as F
-from ._threads import check_count, threads_for
+from ._threads import check_count, thread_setting, threads_for
 from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
@@ -28,8 +27,7 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"
 _grad_mode = threading.local()
 
 
-@contextlib.contextmanager
-def no_grad() -> Iterator[None]:
+def no_grad() -> ContextManager[None]:
     """Within it, layer calls made by this Python thread keep nothing for ``backward`` (as
     ``torch.no_grad``): for inference, and for calls on one layer from several threads.
 
@@ -40,12 +38,7 @@ def no_grad() -> Iterator[None]:
     >>> with fastnorm.no_grad():
     ...     y = ln(np.ones((2, 4), np.float32))
     """
-    previous = getattr(_grad_mode, "off", False)
-    _grad_mode.off = True
-    try:
-        yield
-    finally:
-        _grad_mode.off = previous
+    return thread_setting(_grad_mode, "off", True, default=False)
 
 
 def _keeps_grad():
