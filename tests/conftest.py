@@ -13,3 +13,13 @@ def rng():
 
 
 requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+
+@pytest.fixture(params=["fast", "generic"])
+def statistics_path(request):
+    """Runs a test on the AVX2+FMA statistics passes (where the CPU has them) and on the generic ones."""
+    from fastnorm import _kernels
+
+    _kernels.set_fast_isa(request.param == "fast")
+    yield request.param
+    _kernels.set_fast_isa(True)

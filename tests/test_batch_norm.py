@@ -56,7 +56,7 @@ def test_any_memory_layout(rng, make, training):
 
 @pytest.mark.parametrize("offset", [0.0, 1e3, 1e4, 1e5])
 @pytest.mark.parametrize("channel_axis", [1, -1])
-def test_accuracy_bar_with_large_offsets(rng, offset, channel_axis):
+def test_accuracy_bar_with_large_offsets(rng, offset, channel_axis, statistics_path):
     shape = (8, 16, 12, 12) if channel_axis == 1 else (8, 12, 12, 16)
     x = (offset + rng.normal(size=shape)).astype(np.float32)
     y = fastnorm.batch_norm(x, training=True, channel_axis=channel_axis)
@@ -75,14 +75,14 @@ def test_accuracy_bar_in_eval_with_large_running_mean(rng, offset):
     assert np.abs(y - y_ref).max() <= 1e-5
 
 
-def test_constant_channel_normalizes_to_exact_zero():
+def test_constant_channel_normalizes_to_exact_zero(statistics_path):
     x = np.full((4, 3, 5, 5), 1e4 + 0.5, dtype=np.float32)
     for axis in (1, -1):
         y = fastnorm.batch_norm(x, training=True, channel_axis=axis)
         assert np.all(y == 0.0)
 
 
-def test_huge_values_do_not_overflow_the_variance(rng):
+def test_huge_values_do_not_overflow_the_variance(rng, statistics_path):
     x = (rng.normal(size=(4, 3, 50)) * 1e30).astype(np.float32)
     y = fastnorm.batch_norm(x, training=True)
     y_ref, _, _ = reference.batch_norm(x, training=True)
@@ -90,7 +90,7 @@ def test_huge_values_do_not_overflow_the_variance(rng):
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
 
 
-def test_nan_stays_in_its_channel(rng):
+def test_nan_stays_in_its_channel(rng, statistics_path):
     x = rng.normal(size=(4, 3, 8)).astype(np.float32)
     x[1, 1, 3] = np.nan
     for training in (True, False):
@@ -101,7 +101,7 @@ def test_nan_stays_in_its_channel(rng):
 
 @pytest.mark.parametrize("shape, axis", [((8, 64, 40, 40), 1), ((2, 3, 200, 200), 1), ((6000, 24), 1),
                                          ((8, 40, 40, 3), -1)])
-def test_bitwise_identical_for_any_thread_count(rng, shape, axis):
+def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_path):
     x = (1e3 + rng.normal(size=shape)).astype(np.float32)
     results = []
     for n in (1, 2, 3):
@@ -115,7 +115,7 @@ def test_bitwise_identical_for_any_thread_count(rng, shape, axis):
             assert np.array_equal(a, b)
 
 
-def test_moments_mean_within_one_ulp(rng):
+def test_moments_mean_within_one_ulp(rng, statistics_path):
     x = (1e4 + rng.uniform(-1, 1, size=(1000, 37))).astype(np.float32)
     m, v = fastnorm.moments(x, axes=0)
     exact = x.astype(np.float64).mean(axis=0)

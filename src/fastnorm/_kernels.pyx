@@ -47,6 +47,7 @@ cdef extern from *:
     int fastnorm_omp_max_threads() nogil
 
 cdef extern from "_simd.h" nogil:
+    int fastnorm_select_isa(int on)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
@@ -116,6 +117,15 @@ cdef struct Moments:
 cdef struct Vec:
     const void* data
     bint is_f64
+
+
+def set_fast_isa(bint on):
+    """Use the AVX2+FMA statistics passes where the CPU has them (the default), or force the generic ones
+    (for measurements and tests; not while a kernel runs).  Returns whether the fast ones are now in use."""
+    return bool(fastnorm_select_isa(on))
+
+
+set_fast_isa(True)
 
 
 def openmp_enabled():
