@@ -231,11 +231,14 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
 
 /* Streaming variants for outputs larger than the caches: non-temporal stores write y without first
  * reading its lines into the cache (a third of the memory traffic of a normalization).  The arithmetic
- * is the same IEEE operations in the same order, so the bits are those of the cached sweeps. */
+ * is the same IEEE operations in the same order, so the bits are those of the cached sweeps.  The
+ * stores are weakly ordered: the kernel that made them calls fastnorm_store_fence() on each of its
+ * threads before it returns. */
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #include <stdint.h>
 #define FASTNORM_HAVE_STREAM 1
+static void fastnorm_store_fence(void) { _mm_sfence(); }
 #define FASTNORM_SWEEP_STREAM(NAME, T, V, SET1, LOADU, SUB, MUL, ADD, STREAM, W)              \
     static void NAME(const T *x, T *y, ptrdiff_t n, const T *hi, const T *scale, const T *shift, \
                      ptrdiff_t period)                                                        \
@@ -249,7 +252,6 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
                 for (ptrdiff_t c = 0; c < period; c += W)                                     \
                     STREAM(y + i + c, ADD(MUL(SUB(LOADU(x + i + c), LOADU(hi + c)),           \
                                               LOADU(scale + c)), LOADU(shift + c)));          \
-            _mm_sfence();                                                                     \
             return;                                                                           \
         }                                                                                     \
         for (; i < n && ((uintptr_t)(y + i) & 15); i++) {                                     \
@@ -280,7 +282,6 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
             ptrdiff_t c = period ? i % period : 0;                                            \
             y[i] = (x[i] - hi[c]) * scale[c] + shift[c];                                      \
         }                                                                                     \
-        _mm_sfence();                                                                         \
     }
 /* dx = (w[i] * dy) * alpha + beta * (x - hi) + gamma with non-temporal stores (w NULL: w = 1); the same
  * operations in the same order as the cached gradient sweeps. */
@@ -302,7 +303,6 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
         }                                                                                     \
         for (; i < n; i++)                                                                    \
             dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
-        _mm_sfence();                                                                         \
     }
 FASTNORM_GRAD_SWEEP_STREAM(fastnorm_grad_sweep_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
                            _mm_sub_ps, _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
@@ -314,6 +314,7 @@ FASTNORM_SWEEP_STREAM(fastnorm_sweep_stream_f64, double, __m128d, _mm_set1_pd, _
                       _mm_mul_pd, _mm_add_pd, _mm_stream_pd, 2)
 #else
 #define FASTNORM_HAVE_STREAM 0
+static void fastnorm_store_fence(void) {}
 #define FASTNORM_SWEEP_PLAIN(NAME, T)                                                         \
     static void NAME(const T *x, T *y, ptrdiff_t n, const T *hi, const T *scale, const T *shift, \
                      ptrdiff_t period)                                                        \
