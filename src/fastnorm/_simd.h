@@ -218,7 +218,7 @@
 
 FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f32, float)
 FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f64, double)
-FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f32, float)
+FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f32_generic, float)
 FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f64, double)
 FASTNORM_GRAD_SWEEP(fastnorm_grad_sweep_f32, float)
 FASTNORM_GRAD_SWEEP(fastnorm_grad_sweep_f64, double)
@@ -444,6 +444,68 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_column_sums_f
     }
 }
 
+__attribute__((target("avx2,fma"))) static inline void fastnorm_add_to_doubles(double *acc, __m256 v)
+{
+    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+
+/* FASTNORM_GRAD_ROW_ELEM for float32.  The terms are formed in float, as the generic loop's are in double:
+ * xc = (x - hi) - lo with hi + lo the mean (x - hi is exact near the mean), xhat = xc * rstd.  The row sums
+ * run in float over blocks of 64 values (8 terms per lane) and in double across blocks, as
+ * FASTNORM_GRAD_SUMS; the column sums (the weight and bias gradients, over every row) stay in double. */
+__attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_row_elem_f32_avx2(
+    const float *x, const float *dy, ptrdiff_t n, double mean, double rstd, const float *w, double *s_wdy,
+    double *s_wdyx, double *restrict col_dy, double *restrict col_dyx)
+{
+    float hi_s = (float)mean;
+    __m256 hi = _mm256_set1_ps(hi_s), lo = _mm256_set1_ps((float)(mean - (double)hi_s));
+    __m256 rs = _mm256_set1_ps((float)rstd), one = _mm256_set1_ps(1.0f);
+    double a = 0.0, b = 0.0;
+    ptrdiff_t i = 0;
+    while (i + 8 <= n) {
+        ptrdiff_t end = i + 64 <= n ? i + 64 : n - n % 8;
+        __m256 fa = _mm256_setzero_ps(), fb = fa;
+        for (; i < end; i += 8) {
+            if (!(i & 15)) {
+                FASTNORM_PREFETCH(x + i);
+                FASTNORM_PREFETCH(dy + i);
+            }
+            __m256 g = _mm256_loadu_ps(dy + i);
+            __m256 xc = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), hi), lo);
+            __m256 wg = _mm256_mul_ps(w ? _mm256_loadu_ps(w + i) : one, g);
+            fa = _mm256_add_ps(fa, wg);
+            fb = _mm256_fmadd_ps(wg, xc, fb);
+            fastnorm_add_to_doubles(col_dy + i, g);
+            fastnorm_add_to_doubles(col_dyx + i, _mm256_mul_ps(g, _mm256_mul_ps(xc, rs)));
+        }
+        a += fastnorm_hsum4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fa)),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(fa, 1))));
+        b += fastnorm_hsum4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fb)),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(fb, 1))));
+    }
+    for (; i < n; i++) {
+        double g = (double)dy[i], d = (double)x[i] - mean;
+        double wg = w ? (double)w[i] * g : g;
+        a += wg;
+        b += wg * d;
+        col_dy[i] += g;
+        col_dyx[i] += g * (d * rstd);
+    }
+    *s_wdy = a;
+    *s_wdyx = b;
+}
+
+static inline void fastnorm_grad_row_elem_f32(const float *x, const float *dy, ptrdiff_t n, double mean,
+                                              double rstd, const float *w, double *s_wdy, double *s_wdyx,
+                                              double *col_dy, double *col_dyx)
+{
+    if (fastnorm_avx2_fma)
+        fastnorm_grad_row_elem_f32_avx2(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, col_dy, col_dyx);
+    else
+        fastnorm_grad_row_elem_f32_generic(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, col_dy, col_dyx);
+}
+
 /* Enables the AVX2+FMA passes where the CPU has both (on = 0 forces the generic ones, for measurements
  * and tests; not while kernels run).  Returns whether they are in use. */
 static int fastnorm_select_isa(int on)
@@ -477,6 +539,7 @@ static int fastnorm_select_isa(int on)
 }
 #define fastnorm_shifted_sums_f32 fastnorm_shifted_sums_f32_generic
 #define fastnorm_column_sums_f32 fastnorm_column_sums_f32_generic
+#define fastnorm_grad_row_elem_f32 fastnorm_grad_row_elem_f32_generic
 #endif
 FASTNORM_SWEEP(fastnorm_sweep_f32, float)
 FASTNORM_SWEEP(fastnorm_sweep_f64, double)
