@@ -97,3 +97,18 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     if bias is not None:
         y = y + np.asarray(bias, np.float64).reshape(shape)
     return y, new_rm, new_rv
+
+
+def row_norm_backward(g, x, D, weight=None, rms=False, eps=1e-5):
+    """Gradients of LayerNorm (or RMSNorm) over the last D values, in float64: (dx, dweight, dbias)."""
+    x = x.astype(np.float64).reshape(-1, D)
+    g = g.astype(np.float64).reshape(-1, D)
+    w = np.ones(D) if weight is None else weight.astype(np.float64)
+    centered = x if rms else x - x.mean(axis=1, keepdims=True)
+    rstd = 1.0 / np.sqrt((centered ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = centered * rstd
+    gw = g * w
+    inner = gw - (xhat * gw).mean(axis=1, keepdims=True) * xhat
+    if not rms:
+        inner -= gw.mean(axis=1, keepdims=True)
+    return rstd * inner, (g * xhat).sum(axis=0), g.sum(axis=0)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+import reference
 from conftest import requires_torch, torch
 
 # (name, fastnorm factory, torch factory or None, input shape, channels-last)
@@ -143,6 +144,27 @@ def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset):
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     twin(xt).backward(torch.from_numpy(g.astype(np.float64)))
     np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_row_norm_backward_matches_float64(rng, offset, rms, statistics_path):
+    D = 771  # not a multiple of the SIMD width
+    x = (offset + rng.normal(size=(37, D))).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    w = rng.normal(size=D).astype(np.float32)
+    if rms:
+        _, rstd = fastnorm.rms_norm(x, D, w, eps=1e-5, return_stats=True)
+        dx, dw, _ = fastnorm.rms_norm_backward(g, x, D, rstd, w)
+    else:
+        _, mean, rstd = fastnorm.layer_norm(x, D, w, np.zeros(D, np.float32), return_stats=True)
+        dx, dw, db = fastnorm.layer_norm_backward(g, x, D, mean, rstd, w, w)
+    dx_ref, dw_ref, db_ref = reference.row_norm_backward(g, x, D, w, rms=rms)
+    scale = np.abs(dx_ref).max()
+    assert np.abs(dx - dx_ref).max() <= 1e-5 * scale
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
+    if not rms:
+        np.testing.assert_allclose(db, db_ref, rtol=1e-6, atol=1e-6)
 
 
 def _bn_grads(x, g):
