@@ -347,3 +347,13 @@ def test_show_config_reports_openmp(capsys):
     config = fastnorm.show_config()
     assert isinstance(config["openmp"], bool)
     assert "openmp" in capsys.readouterr().out
+
+
+def test_show_config_reports_the_statistics_path(capsys, statistics_path):
+    from fastnorm import _kernels
+
+    config = fastnorm.show_config()
+    assert "simd" in capsys.readouterr().out
+    assert config["simd"].startswith("avx2") == _kernels.fast_isa()
+    if statistics_path == "generic":
+        assert config["simd"] == "generic loops"

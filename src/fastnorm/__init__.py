@@ -44,6 +44,7 @@ def show_config(print_out=True):
         "machine": platform.machine(),
         "openmp": _kernels.openmp_enabled(),
         "threads": get_num_threads(),
+        "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
     }
     if print_out:
         for key, value in config.items():

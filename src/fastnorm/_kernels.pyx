@@ -48,6 +48,7 @@ cdef extern from *:
 
 cdef extern from "_simd.h" nogil:
     int fastnorm_select_isa(int on)
+    int fastnorm_avx2_fma
     void fastnorm_store_fence()
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
@@ -127,6 +128,11 @@ def set_fast_isa(bint on):
 
 
 set_fast_isa(True)
+
+
+def fast_isa():
+    """Whether the AVX2+FMA statistics passes are in use."""
+    return bool(fastnorm_avx2_fma)
 
 
 def openmp_enabled():
