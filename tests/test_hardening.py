@@ -483,3 +483,84 @@ def test_streaming_stores_give_the_bits_of_cached_stores(rng, call):
                     streamed if isinstance(streamed, tuple) else (streamed,)):
         if a is not None:
             assert np.array_equal(a, b)
+
+
+def _oom_cases(rng):
+    """(name, make, call): ``make()`` gives a fresh (layer or None, x), ``call(layer, x)`` the call whose
+    kernels allocate scratch memory, at sizes and thread counts that reach each allocating path."""
+    def after_forward(make_layer, x):
+        def make():
+            layer = make_layer()
+            layer(x)
+            return layer, x
+        return make
+
+    layers = [("BatchNorm2d, few channels", lambda: fastnorm.BatchNorm2d(2), (4, 2, 128, 128), True),
+              ("BatchNorm2d, channels last", lambda: fastnorm.BatchNorm2d(16, channel_axis=-1), (8, 32, 32, 16),
+               True),
+              ("GroupNorm, channels last", lambda: fastnorm.GroupNorm(4, 16, channel_axis=-1), (8, 32, 32, 16),
+               True),
+              ("LayerNorm", lambda: fastnorm.LayerNorm(256), (512, 256), False)]  # its forward needs no scratch
+    for name, make_layer, shape, forward in layers:  # few channels: fewer than 4 per thread
+        x = rng.normal(size=shape).astype(np.float32)
+        if forward:
+            yield f"{name}, forward", lambda make_layer=make_layer, x=x: (make_layer(), x), lambda layer, x: layer(x)
+        yield (f"{name}, backward", after_forward(make_layer, x),
+               lambda layer, x: (layer.backward(np.ones_like(x)), layer.grad_weight, layer.grad_bias))
+
+    x = rng.normal(size=(8, 32, 32, 16)).astype(np.float32)
+    running_mean = rng.normal(size=16).astype(np.float32)
+
+    def eval_layer():
+        layer = fastnorm.BatchNorm2d(16, channel_axis=-1)
+        layer.running_mean[:] = running_mean
+        return layer.eval(), x
+
+    yield "BatchNorm2d eval", eval_layer, lambda layer, x: layer(x)
+    yield "batch_norm eval", lambda: (None, x), lambda _, x: fastnorm.batch_norm(
+        x, running_mean, np.ones(16, np.float32), channel_axis=-1)
+    yield "layer_norm", lambda: (None, x), lambda _, x: fastnorm.layer_norm(x, 16)
+    yield "moments", lambda: (None, x), lambda _, x: fastnorm.moments(x, (0, 1, 2))
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_out_of_memory_raises_and_leaves_the_state_alone(rng, case):
+    """Each scratch allocation of a call fails in turn: the call raises MemoryError, the input and the
+    layer's state (running statistics, parameters) are unchanged, and once memory is there the call gives
+    the usual result."""
+    from fastnorm import _kernels
+
+    name, make, call = list(_oom_cases(rng))[case]
+    with fastnorm.threads(2):
+        expected = call(*make())
+        failures = 0
+        for k in range(50):
+            layer, x = make()
+            x_before = x.copy()
+            state_before = {} if layer is None else {key: np.array(v) for key, v in layer.state_dict().items()}
+            grads_before = None if layer is None else (layer.grad_weight, layer.grad_bias)
+            previous = _kernels.fail_allocations_after(k)
+            try:
+                result = call(layer, x)
+            except MemoryError as error:
+                failures += 1
+                assert "out of memory" in str(error)
+                assert np.array_equal(x, x_before)
+                for key, value in state_before.items():
+                    assert np.array_equal(layer.state_dict()[key], value), (name, key)
+                if layer is not None:
+                    assert layer.grad_weight is grads_before[0] and layer.grad_bias is grads_before[1]
+                _kernels.fail_allocations_after(-1)
+                _assert_same_results(expected, call(layer, x))  # the same objects work once memory is there
+                continue
+            finally:
+                _kernels.fail_allocations_after(previous)
+            break
+        assert failures > 0, f"{name}: no scratch allocation to fail"
+        _assert_same_results(expected, result)
+
+
+def _assert_same_results(expected, result):
+    for a, b in zip(expected if isinstance(expected, tuple) else [expected],
+                    result if isinstance(result, tuple) else [result]):
+        np.testing.assert_array_equal(a, b)

@@ -25,8 +25,8 @@ passes raw contiguous buffers.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy, memset
 
 import numpy as np
 
@@ -165,6 +165,37 @@ cdef inline double _at(Vec v, Py_ssize_t i, double default) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Scratch memory.  Kernels allocate their scratch without the GIL; one that cannot returns -1 through its
+# callers, and the entry point raises MemoryError (before any running statistics are touched, which the
+# Python layer updates from the entry point's results).
+# ---------------------------------------------------------------------------------------------------------
+
+cdef Py_ssize_t allocations_before_failure = -1
+
+
+def fail_allocations_after(Py_ssize_t n):
+    """Make every scratch allocation after the next ``n`` fail (-1: none fails); returns the previous
+    setting.  For tests of the out-of-memory paths."""
+    global allocations_before_failure
+    previous = allocations_before_failure
+    allocations_before_failure = n
+    return previous
+
+
+cdef void* _alloc(size_t nbytes) noexcept nogil:
+    global allocations_before_failure
+    if allocations_before_failure == 0:
+        return NULL
+    if allocations_before_failure > 0:
+        allocations_before_failure -= 1
+    return malloc(nbytes if nbytes > 0 else 1)
+
+
+cdef int _out_of_memory() except -1:
+    raise MemoryError("fastnorm: out of memory for a kernel's scratch buffers")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Moments
 # ---------------------------------------------------------------------------------------------------------
 
@@ -233,9 +264,9 @@ cdef void _block_moments_ncs(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_s
     out[0] = _run_moments(x + (n * C + c) * S + start, min(<Py_ssize_t>BLOCK, S - start))
 
 
-cdef void _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                       double* mean, double* var, int nthreads) noexcept nogil:
-    """Per-channel mean and biased variance of an ``[N, C, S]`` buffer (N * S >= 1)."""
+cdef int _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                      double* mean, double* var, int nthreads) noexcept nogil:
+    """Per-channel mean and biased variance of an ``[N, C, S]`` buffer (N * S >= 1); -1: out of memory."""
     cdef Py_ssize_t c, k, i
     cdef Py_ssize_t blocks_per_run = (S + BLOCK - 1) // BLOCK
     cdef Py_ssize_t per_channel = N * blocks_per_run
@@ -248,10 +279,12 @@ cdef void _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
         else:
             for c in prange(C, schedule="static", num_threads=nthreads):
                 _store_moments(_strided_moments(x + c * S, N, S, C * S), c, mean, var)
-        return
+        return 0
     # Few channels for the threads: compute the blocks of all channels in parallel, then merge each
     # channel's blocks in the same canonical order as _strided_moments (so the bits do not change).
-    partial = <Moments*>malloc(C * per_channel * sizeof(Moments))
+    partial = <Moments*>_alloc(C * per_channel * sizeof(Moments))
+    if partial == NULL:
+        return -1
     for i in prange(C * per_channel, schedule="static", num_threads=nthreads):
         _block_moments_ncs(x, C, S, blocks_per_run, i // per_channel, i % per_channel, partial + i)
     for c in range(C):
@@ -260,6 +293,7 @@ cdef void _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
             _merge(&m, partial[c * per_channel + k])
         _store_moments(m, c, mean, var)
     free(partial)
+    return 0
 
 
 cdef inline void _store_moments(Moments m, Py_ssize_t c, double* mean, double* var) noexcept nogil:
@@ -291,16 +325,18 @@ cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:
     return max(<Py_ssize_t>64, 16384 // C)
 
 
-cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
-                      int nthreads) noexcept nogil:
-    """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1)."""
+cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
+                     int nthreads) noexcept nogil:
+    """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1); -1: out of memory."""
     cdef Py_ssize_t rb = _rows_per_block(C)
     cdef Py_ssize_t nblocks = (M + rb - 1) // rb
     cdef Py_ssize_t blk, c
-    cdef double* partial = <double*>malloc(nblocks * 2 * C * sizeof(double))
+    cdef double* partial = <double*>_alloc(nblocks * 2 * C * sizeof(double))
     cdef double* bmean
     cdef double* bm2
     cdef double na, nb, w, f, delta
+    if partial == NULL:
+        return -1
     if nthreads <= 1:  # no thread team for one thread
         for blk in range(nblocks):
             _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
@@ -329,6 +365,7 @@ cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mea
     for c in range(C):
         var[c] = var[c] / na
     free(partial)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -437,9 +474,11 @@ cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t
     cdef Py_ssize_t ntasks = (full + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t k, j, task, r0
     cdef floating* tiled
-    if stream or M < rep:
+    tiled = NULL if stream or M < rep else <floating*>_alloc(3 * L * sizeof(floating))
+    if tiled == NULL:
         # Streaming stores reach memory bandwidth with the per-channel values as they are (tiling them
-        # would only crowd L1); and a few rows are not worth tiling.
+        # would only crowd L1); a few rows are not worth tiling; and without memory for the tile, the
+        # untiled sweep gives the same bits.
         if nthreads <= 1 or not stream:
             _sweep_rows(x, y, M, C, p, C, stream)
         else:
@@ -449,7 +488,6 @@ cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t
                 r0 = task * rows_per_task
                 _sweep_rows(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
         return
-    tiled = <floating*>malloc(3 * L * sizeof(floating))
     for k in range(3):
         for j in range(rep):
             memcpy(tiled + k * L + j * C, p + k * C, C * sizeof(floating))
@@ -553,8 +591,8 @@ cdef void _norm_piece(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n
                 center, inv, a, stream)
 
 
-cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
-                     const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
+cdef int _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+                    const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
     cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
     cdef Py_ssize_t r, t
     cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
@@ -566,14 +604,16 @@ cdef void _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R,
             for r in prange(R, schedule="static", num_threads=nthreads):
                 _norm_row(x, y, r, N, R, S, a, eps, mean, var, stream)
         _fence_streams(stream, nthreads)
-        return
+        return 0
     # Too few rows to share among the threads one row each: statistics from blocks computed in
     # parallel (the same bits, see _moments_ncs), then all pieces of all runs swept in parallel.
-    _moments_ncs(x, N, R, S, mean, var, nthreads)
+    if _moments_ncs(x, N, R, S, mean, var, nthreads) < 0:
+        return -1
     for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
         _norm_piece(x, y, t // (N * pieces), (t // pieces) % N, (t % pieces) * PIECE, N, R, S, a, eps, mean,
                     var, stream)
     _fence_streams(stream, nthreads)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -594,16 +634,19 @@ def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthread
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef bint f64 = _is_f64(x)
+    cdef int status
     with nogil:
         if S == 1:
             if f64:
-                _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
+                status = _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
             else:
-                _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
+                status = _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
         elif f64:
-            _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
+            status = _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
         else:
-            _moments_ncs(<const float*>px, N, C, S, pm, pv, nthreads)
+            status = _moments_ncs(<const float*>px, N, C, S, pm, pv, nthreads)
+    if status < 0:
+        _out_of_memory()
     return mean, var
 
 
@@ -614,14 +657,17 @@ cdef void _fold_all(Py_ssize_t C, Vec mean, Vec var, Vec weight, Vec bias, doubl
         _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
 
 
-cdef void _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                              Vec mean, Vec var, Vec weight, Vec bias, double eps,
-                              int nthreads) noexcept nogil:
+cdef int _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                             Vec mean, Vec var, Vec weight, Vec bias, double eps,
+                             int nthreads) noexcept nogil:
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
-    cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
+    cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
+    if p == NULL:
+        return -1
     _fold_all(C, mean, var, weight, bias, eps, p)
     _normalize(x, y, N, C, S, p, nthreads)
     free(p)
+    return 0
 
 
 cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -643,11 +689,14 @@ def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssi
     cdef void* py = cnp.PyArray_DATA(out)
     cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
     cdef bint f64 = _is_f64(x)
+    cdef int status
     with nogil:
         if f64:
-            _fold_and_normalize(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_normalize(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
         else:
-            _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+    if status < 0:
+        _out_of_memory()
 
 
 cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
@@ -688,19 +737,24 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
     """
     cdef cnp.ndarray mean = np.empty(R, dtype=np.float64) if stats else None
     cdef cnp.ndarray var = np.empty(R, dtype=np.float64) if stats else None
-    cdef double* scratch = NULL if stats else <double*>malloc(2 * R * sizeof(double))
+    cdef double* scratch = NULL if stats else <double*>_alloc(2 * R * sizeof(double))
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean) if stats else scratch
     cdef double* pv = <double*>cnp.PyArray_DATA(var) if stats else scratch + R
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
+    cdef int status
+    if pm == NULL:
+        _out_of_memory()
     with nogil:
         if f64:
-            _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
+            status = _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
-            _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
+            status = _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
     free(scratch)
+    if status < 0:
+        _out_of_memory()
     return _with_rstd(mean, var, eps, rms) if stats else None
 
 
@@ -716,31 +770,41 @@ def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object 
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef Vec vw = _vec(weight), vb = _vec(bias), vm = _vec(mean), vv = _vec(var)
     cdef bint f64 = _is_f64(x)
+    cdef int status
     with nogil:
         if f64:
-            _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
-            _fold_and_normalize(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
+            status = _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
+            if status == 0:
+                status = _fold_and_normalize(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps,
+                                             nthreads)
         else:
-            _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
-            _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
+            status = _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
+            if status == 0:
+                status = _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps,
+                                             nthreads)
+    if status < 0:
+        _out_of_memory()
     return _with_rstd(mean, var, eps, False)
 
 
-cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
-                         Py_ssize_t G, Vec weight, Vec bias, double eps, double* mean, double* var,
-                         int nthreads) noexcept nogil:
+cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
+                        Py_ssize_t G, Vec weight, Vec bias, double eps, double* mean, double* var,
+                        int nthreads) noexcept nogil:
     """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
     cdef Py_ssize_t K = C // G
     cdef Py_ssize_t n, g, c
-    cdef double* cmean = <double*>malloc(2 * C * sizeof(double))
+    cdef double* cmean = <double*>_alloc(2 * C * sizeof(double))
     cdef double* cvar = cmean + C
-    cdef floating* p = <floating*>malloc(3 * C * sizeof(floating))
+    cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     cdef Moments m, col
     cdef double center, inv, s, rem
     cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
-    for n in range(N):
-        _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads)
+    cdef int status = 0 if cmean != NULL and p != NULL else -1
+    for n in range(N if status == 0 else 0):
+        if _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads) < 0:
+            status = -1
+            break
         for g in range(G):
             m.count = 0.0
             m.mean = 0.0
@@ -762,6 +826,7 @@ cdef void _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
     _fence_streams(stream, nthreads)
     free(p)
     free(cmean)
+    return status
 
 
 def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
@@ -775,11 +840,14 @@ def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef Vec vw = _vec(weight), vb = _vec(bias)
     cdef bint f64 = _is_f64(x)
+    cdef int status
     with nogil:
         if f64:
-            _group_norm_mc(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _group_norm_mc(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
         else:
-            _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+    if status < 0:
+        _out_of_memory()
     return _with_rstd(mean, var, eps, False)
 
 
@@ -917,9 +985,9 @@ cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssiz
         _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, N * S, stream)
 
 
-cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
-                     Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
-                     double* P1, double* P2, int nthreads) noexcept nogil:
+cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
+                    Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
+                    double* P1, double* P2, int nthreads) noexcept nogil:
     """Backward of _norm_rows with a per-channel affine; P1, P2: [R, S // sub] sums per sub-run."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t per_sub = (a.sub + PIECE - 1) // PIECE
@@ -936,9 +1004,11 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
             for r in prange(R, schedule="static", num_threads=nthreads):
                 _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, stream)
         _fence_streams(stream, nthreads)
-        return
+        return 0
     # Few rows: the pieces' sums in parallel, folded in the canonical order of _grad_row_sums.
-    partial = <double*>malloc(2 * R * per_row * sizeof(double))
+    partial = <double*>_alloc(2 * R * per_row * sizeof(double))
+    if partial == NULL:
+        return -1
     for t in prange(R * per_row, schedule="static", num_threads=nthreads):
         _grad_piece(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row],
                     partial + 2 * t, partial + 2 * t + 1)
@@ -958,6 +1028,7 @@ cdef void _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssi
         _grad_row_sweep(x, dy, dx, N, R, S, a, t // (N * sweep_pieces), (t // sweep_pieces) % N, start,
                         min(<Py_ssize_t>PIECE, S - start), mean, rstd, training, P1, P2, N * S, stream)
     _fence_streams(stream, nthreads)
+    return 0
 
 
 cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
@@ -989,14 +1060,16 @@ cdef enum:
     ELEM_CHUNKS = 32   # row chunks of the elementwise backward (their column sums are merged in order)
 
 
-cdef void _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
-                     const floating* w, const double* mean, const double* rstd, bint training, bint rms,
-                     double* grad_w, double* grad_b, int nthreads) noexcept nogil:
+cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
+                    const floating* w, const double* mean, const double* rstd, bint training, bint rms,
+                    double* grad_w, double* grad_b, int nthreads) noexcept nogil:
     cdef Py_ssize_t nchunks = min(R, <Py_ssize_t>ELEM_CHUNKS)
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k, d
-    cdef double* partial = <double*>malloc(2 * nchunks * D * sizeof(double))
+    cdef double* partial = <double*>_alloc(2 * nchunks * D * sizeof(double))
     cdef bint stream = _streams(3 * R * D * sizeof(floating))
+    if partial == NULL:
+        return -1
     if nthreads <= 1:  # no thread team for one thread
         for k in range(nchunks):
             _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
@@ -1014,11 +1087,12 @@ cdef void _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssi
             grad_b[d] += partial[2 * k * D + d]
             grad_w[d] += partial[(2 * k + 1) * D + d]
     free(partial)
+    return 0
 
 
-cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
-                   const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
-                   double* P1, double* P2, int nthreads) noexcept nogil:
+cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
+                  const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
+                  double* P1, double* P2, int nthreads) noexcept nogil:
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
     mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
     P1, P2 receive the per-column sum(dy), sum(dy * xhat)."""
@@ -1027,9 +1101,14 @@ cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize
     cdef Py_ssize_t G = C // group
     cdef Py_ssize_t blk, c, g, i
     cdef double A, B, w, beta, gamma
-    cdef double* partial = <double*>calloc(2 * nblocks * C + C, sizeof(double))
+    cdef double* partial = <double*>_alloc((2 * nblocks * C + C) * sizeof(double))
     cdef double* colmean = partial + 2 * nblocks * C
-    cdef floating* p = <floating*>malloc(4 * C * sizeof(floating))
+    cdef floating* p = <floating*>_alloc(4 * C * sizeof(floating))
+    if partial == NULL or p == NULL:
+        free(partial)
+        free(p)
+        return -1
+    memset(partial, 0, 2 * nblocks * C * sizeof(double))  # the column sums accumulate into it
     for c in range(C):
         colmean[c] = mean[c // group]
     if nthreads <= 1:  # no thread team for one thread
@@ -1077,6 +1156,7 @@ cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize
                                      min(rb, M - blk * rb), C, p)
     free(p)
     free(partial)
+    return 0
 
 
 cdef inline void fastnorm_grad_column_sums(const floating* x, const floating* dy, Py_ssize_t rows,
@@ -1117,20 +1197,23 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
     cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
     cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
     cdef bint f64 = _is_f64(x)
+    cdef int status
     with nogil:
         if per_element:
             if f64:
-                _grad_elem(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
+                status = _grad_elem(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
                            pm, pr, training, rms, p2, p1, nthreads)
             else:
-                _grad_elem(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
+                status = _grad_elem(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
                            pm, pr, training, rms, p2, p1, nthreads)
         elif f64:
-            _grad_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
+            status = _grad_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
                        nthreads)
         else:
-            _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
+            status = _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
                        nthreads)
+    if status < 0:
+        _out_of_memory()
     return P1, P2
 
 
@@ -1222,16 +1305,21 @@ def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_
     cdef bint f64 = _is_f64(x)
     cdef Py_ssize_t n
     cdef Py_ssize_t item = 8 if f64 else 4
+    cdef int status = 0
     with nogil:
         for n in range(N):
             if f64:
-                _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
+                status = _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
                          <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
                          p1 + n * C, p2 + n * C, nthreads)
             else:
-                _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
+                status = _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
                          <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
                          p1 + n * C, p2 + n * C, nthreads)
+            if status < 0:
+                break
+    if status < 0:
+        _out_of_memory()
     return P1, P2
 
 
@@ -1303,7 +1391,9 @@ cdef class EvalCache:
         free(self.p64)
         self.p32 = NULL
         self.p64 = NULL
-        self.snapshot = <char*>malloc(max(total, <Py_ssize_t>1))
+        self.snapshot = <char*>_alloc(total)
+        if self.snapshot == NULL:
+            _out_of_memory()
         offset = 0
         for v in vectors:
             if v is not None:
@@ -1352,17 +1442,25 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     cdef void* factors
     if t == cnp.NPY_FLOAT:
         if cache.p32 == NULL:
-            cache.p32 = <float*>malloc(3 * C * sizeof(float))
+            cache.p32 = <float*>_alloc(3 * C * sizeof(float))
+            if cache.p32 == NULL:
+                _out_of_memory()
             _fold_all(C, vm, vv, vw, vb, eps, cache.p32)
-        factors = malloc(3 * C * sizeof(float))
+        factors = _alloc(3 * C * sizeof(float))
+        if factors == NULL:
+            _out_of_memory()
         memcpy(factors, cache.p32, 3 * C * sizeof(float))
         with nogil:
             _normalize(<const float*>px, <float*>py, N, C, S, <const float*>factors, nthreads)
     else:
         if cache.p64 == NULL:
-            cache.p64 = <double*>malloc(3 * C * sizeof(double))
+            cache.p64 = <double*>_alloc(3 * C * sizeof(double))
+            if cache.p64 == NULL:
+                _out_of_memory()
             _fold_all(C, vm, vv, vw, vb, eps, cache.p64)
-        factors = malloc(3 * C * sizeof(double))
+        factors = _alloc(3 * C * sizeof(double))
+        if factors == NULL:
+            _out_of_memory()
         memcpy(factors, cache.p64, 3 * C * sizeof(double))
         with nogil:
             _normalize(<const double*>px, <double*>py, N, C, S, <const double*>factors, nthreads)
