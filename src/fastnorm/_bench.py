@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from . import _kernels
 from . import functional as F
 from ._threads import get_num_threads, threads
 
@@ -303,6 +304,8 @@ def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
     header = (f"{'case':<44}{'thr':>4}{'fastnorm':>11}{'numpy':>11}{'x numpy':>9}"
               + (f"{'torch':>11}{'x torch':>9}" if torch is not None else "") + f"{'GB/s':>8}{'of copy':>9}")
     print_fn(f"fastnorm bench: float32, median of {repeat} calls; 'x' columns = their time / fastnorm's")
+    simd = "AVX2+FMA" if _kernels.fast_isa() else "generic"
+    print_fn(f"statistics passes: {simd}; PyTorch: {torch.__version__ if torch is not None else 'not installed'}")
     if torch is None:
         print_fn("(PyTorch is not installed: its columns are left out)")
     for n in thread_counts:
