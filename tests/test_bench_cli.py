@@ -21,7 +21,7 @@ def test_bench_rows_cover_the_filtered_cases():
 def test_bench_command_line(capsys):
     assert main(["bench", "--threads", "1", "--repeat", "1", "--filter", "layer_norm (8, 197, 384)"]) == 0
     out = capsys.readouterr().out
-    assert "threads=1: np.copyto bandwidth" in out
+    assert "threads=1: copy bandwidth" in out
     assert "layer_norm (8, 197, 384)" in out
 
 
@@ -29,3 +29,13 @@ def test_info_command_shows_the_build(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "openmp" in out and "simd" in out
+
+
+def test_parallel_copy_copies(rng):
+    from fastnorm import _kernels
+
+    src = rng.normal(size=100003).astype(np.float32)
+    for n in (1, 2, 3):
+        dst = np.zeros_like(src)
+        _kernels.parallel_copy(src, dst, n)
+        assert np.array_equal(dst, src)

@@ -130,6 +130,25 @@ def set_fast_isa(bint on):
 set_fast_isa(True)
 
 
+def parallel_copy(cnp.ndarray src, cnp.ndarray dst, int nthreads):
+    """``dst[...] = src`` (C-contiguous, same size) by ``nthreads`` threads, each copying one slice with
+    memcpy: the reference bandwidth of the bench at a given thread count."""
+    cdef char* ps = <char*>cnp.PyArray_DATA(src)
+    cdef char* pd = <char*>cnp.PyArray_DATA(dst)
+    cdef Py_ssize_t n = cnp.PyArray_NBYTES(src), part, t
+    if n != cnp.PyArray_NBYTES(dst) or not (cnp.PyArray_IS_C_CONTIGUOUS(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst)):
+        raise ValueError("parallel_copy: expected C-contiguous arrays of the same size")
+    nthreads = max(1, nthreads)
+    part = (n + nthreads - 1) // nthreads
+    with nogil:
+        if nthreads == 1:
+            memcpy(pd, ps, n)
+        else:
+            for t in prange(nthreads, schedule="static", chunksize=1, num_threads=nthreads):
+                if t * part < n:
+                    memcpy(pd + t * part, ps + t * part, min(part, n - t * part))
+
+
 def fast_isa():
     """Whether the AVX2+FMA statistics passes are in use."""
     return bool(fastnorm_avx2_fma)
