@@ -463,10 +463,13 @@ def test_empty_instance_norm(rng):
     lambda x, g: fastnorm.batch_norm(x, np.ones(8, np.float32), np.ones(8, np.float32)),
     lambda x, g: fastnorm.group_norm(x, 4),
     lambda x, g: fastnorm.layer_norm(x, x.shape[-1]),
+    lambda x, g: fastnorm.layer_norm(x, x.shape[-1], g[0, 0], g[1, 0]),
+    lambda x, g: fastnorm.layer_norm(x.astype(np.float64), x.shape[-1], g[0, 0].astype(np.float64)),
     lambda x, g: fastnorm.batch_norm_backward(g, x, *fastnorm.batch_norm(x, training=True, return_stats=True)[1:]),
     lambda x, g: fastnorm.layer_norm_backward(g, x, x.shape[-1], *fastnorm.layer_norm(
         x, x.shape[-1], return_stats=True)[1:], np.ones(x.shape[-1], np.float32)),
-], ids=["bn-train", "bn-channels-last", "bn-eval", "group-norm", "layer-norm", "bn-backward", "ln-backward"])
+], ids=["bn-train", "bn-channels-last", "bn-eval", "group-norm", "layer-norm", "layer-norm-affine",
+        "layer-norm-weight-f64", "bn-backward", "ln-backward"])
 def test_streaming_stores_give_the_bits_of_cached_stores(rng, call):
     # Outputs of large calls are written with non-temporal stores; force that path on a small input
     # and compare with the cached one.

@@ -96,6 +96,10 @@ cdef extern from "_simd.h" nogil:
                                         float alpha, float beta, float gamma, const float* w)
     void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
                                         double hi, double alpha, double beta, double gamma, const double* w)
+    void fastnorm_sweep_affine_stream_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+                                          float shift, const float* w, const float* b)
+    void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+                                          double shift, const double* w, const double* b)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
@@ -570,8 +574,15 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
         else:
             b = NULL if a.bias.data == NULL else <const floating*>a.bias.data + start
             if floating is float:
-                fastnorm_sweep_affine_f32(xrun + start, yrun + start, length, hi, scale, shift,
-                                          <const float*>a.weight.data + start, b)
+                if stream:
+                    fastnorm_sweep_affine_stream_f32(xrun + start, yrun + start, length, hi, scale, shift,
+                                                     <const float*>a.weight.data + start, b)
+                else:
+                    fastnorm_sweep_affine_f32(xrun + start, yrun + start, length, hi, scale, shift,
+                                              <const float*>a.weight.data + start, b)
+            elif stream:
+                fastnorm_sweep_affine_stream_f64(xrun + start, yrun + start, length, hi, scale, shift,
+                                                 <const double*>a.weight.data + start, b)
             else:
                 fastnorm_sweep_affine_f64(xrun + start, yrun + start, length, hi, scale, shift,
                                           <const double*>a.weight.data + start, b)

@@ -304,6 +304,29 @@ static void fastnorm_store_fence(void) { _mm_sfence(); }
         for (; i < n; i++)                                                                    \
             dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
     }
+/* y = ((x - hi) * scale + shift) * w[i] (+ b[i]) with non-temporal stores (b NULL: no bias); the
+ * operations of FASTNORM_SWEEP_AFFINE in the same order. */
+#define FASTNORM_SWEEP_AFFINE_STREAM(NAME, T, V, SET1, LOADU, SUB, MUL, ADD, STREAM, W)       \
+    static void NAME(const T *x, T *y, ptrdiff_t n, T hi, T scale, T shift, const T *w, const T *b) \
+    {                                                                                         \
+        ptrdiff_t i = 0;                                                                      \
+        for (; i < n && ((uintptr_t)(y + i) & 15); i++)                                       \
+            y[i] = b ? ((x[i] - hi) * scale + shift) * w[i] + b[i] : ((x[i] - hi) * scale + shift) * w[i]; \
+        V h = SET1(hi), s = SET1(scale), t = SET1(shift);                                     \
+        if (b) {                                                                              \
+            for (; i + W <= n; i += W)                                                        \
+                STREAM(y + i, ADD(MUL(ADD(MUL(SUB(LOADU(x + i), h), s), t), LOADU(w + i)), LOADU(b + i))); \
+        } else {                                                                              \
+            for (; i + W <= n; i += W)                                                        \
+                STREAM(y + i, MUL(ADD(MUL(SUB(LOADU(x + i), h), s), t), LOADU(w + i)));       \
+        }                                                                                     \
+        for (; i < n; i++)                                                                    \
+            y[i] = b ? ((x[i] - hi) * scale + shift) * w[i] + b[i] : ((x[i] - hi) * scale + shift) * w[i]; \
+    }
+FASTNORM_SWEEP_AFFINE_STREAM(fastnorm_sweep_affine_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
+                             _mm_sub_ps, _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
+FASTNORM_SWEEP_AFFINE_STREAM(fastnorm_sweep_affine_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd,
+                             _mm_sub_pd, _mm_mul_pd, _mm_add_pd, _mm_stream_pd, 2)
 FASTNORM_GRAD_SWEEP_STREAM(fastnorm_grad_sweep_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
                            _mm_sub_ps, _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
 FASTNORM_GRAD_SWEEP_STREAM(fastnorm_grad_sweep_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd,
@@ -333,6 +356,8 @@ FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f64, double)
         for (ptrdiff_t i = 0; i < n; i++)                                                     \
             dx[i] = (w ? w[i] * dy[i] : dy[i]) * alpha + beta * (x[i] - hi) + gamma;          \
     }
+#define fastnorm_sweep_affine_stream_f32 fastnorm_sweep_affine_f32
+#define fastnorm_sweep_affine_stream_f64 fastnorm_sweep_affine_f64
 FASTNORM_GRAD_SWEEP_PLAIN(fastnorm_grad_sweep_stream_f32, float)
 FASTNORM_GRAD_SWEEP_PLAIN(fastnorm_grad_sweep_stream_f64, double)
 #endif
