@@ -134,6 +134,55 @@ def set_fast_isa(bint on):
 set_fast_isa(True)
 
 
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+def update_running(object running_mean, object running_var, object mean, object var, double factor,
+                   double var_scale):
+    """``running = (1 - factor) * running + factor * batch`` in float64, for the mean and for
+    ``var * var_scale`` (the Bessel correction): the operations of the NumPy expression, in one loop.
+    Returns False, doing nothing, unless the buffers are non-overlapping C-contiguous float32/float64
+    vectors and ``mean``, ``var`` float64 ones of the same length (the caller's general path handles the
+    rest)."""
+    cdef cnp.ndarray rm, rv, m, v
+    cdef Py_ssize_t c, C
+    cdef double* pm
+    cdef double* pv
+    cdef double nm, nv
+    if not (cnp.PyArray_Check(running_mean) and cnp.PyArray_Check(running_var) and cnp.PyArray_Check(mean)
+            and cnp.PyArray_Check(var)):
+        return False
+    rm, rv, m, v = running_mean, running_var, mean, var
+    C = cnp.PyArray_SIZE(rm)
+    if (cnp.PyArray_TYPE(rm) != cnp.PyArray_TYPE(rv) or cnp.PyArray_TYPE(m) != cnp.NPY_DOUBLE
+            or cnp.PyArray_TYPE(v) != cnp.NPY_DOUBLE or cnp.PyArray_SIZE(rv) != C or cnp.PyArray_SIZE(m) != C
+            or cnp.PyArray_SIZE(v) != C or _overlap(rm, rv) or _overlap(rm, m) or _overlap(rm, v)
+            or _overlap(rv, m) or _overlap(rv, v)
+            or not (cnp.PyArray_IS_C_CONTIGUOUS(rm) and cnp.PyArray_IS_C_CONTIGUOUS(rv)
+                    and cnp.PyArray_IS_C_CONTIGUOUS(m) and cnp.PyArray_IS_C_CONTIGUOUS(v))):
+        return False
+    pm = <double*>cnp.PyArray_DATA(m)
+    pv = <double*>cnp.PyArray_DATA(v)
+    if cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT:
+        for c in range(C):
+            nm = (1.0 - factor) * (<float*>cnp.PyArray_DATA(rm))[c] + factor * pm[c]
+            nv = (1.0 - factor) * (<float*>cnp.PyArray_DATA(rv))[c] + factor * (pv[c] * var_scale)
+            (<float*>cnp.PyArray_DATA(rm))[c] = <float>nm
+            (<float*>cnp.PyArray_DATA(rv))[c] = <float>nv
+    elif cnp.PyArray_TYPE(rm) == cnp.NPY_DOUBLE:
+        for c in range(C):
+            nm = (1.0 - factor) * (<double*>cnp.PyArray_DATA(rm))[c] + factor * pm[c]
+            nv = (1.0 - factor) * (<double*>cnp.PyArray_DATA(rv))[c] + factor * (pv[c] * var_scale)
+            (<double*>cnp.PyArray_DATA(rm))[c] = nm
+            (<double*>cnp.PyArray_DATA(rv))[c] = nv
+    else:
+        return False
+    return True
+
+
 def parallel_copy(cnp.ndarray src, cnp.ndarray dst, int nthreads):
     """``dst[...] = src`` (C-contiguous, same size) by ``nthreads`` threads, each copying one slice with
     memcpy: the reference bandwidth of the bench at a given thread count."""

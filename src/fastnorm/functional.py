@@ -324,8 +324,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
         else:
             mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
         if update:
-            _update_running(running_mean, running_var, mean, var * (count / (count - 1)) if bessel else var,
-                            momentum)
+            _update_running(running_mean, running_var, mean, var, momentum, count / (count - 1) if bessel else 1.0)
     else:
         _kernels.normalize(buf, result, N, C, S, rm, rv, w, b, eps, nthreads)
     y = _finish(result, out, axis, moved, dtype)
@@ -336,10 +335,13 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
     return y, mean, rstd
 
 
-def _update_running(running_mean, running_var, mean, batch_var, factor):
-    """Exponential moving average of the running statistics, computed in float64, written last."""
+def _update_running(running_mean, running_var, mean, batch_var, factor, var_scale=1.0):
+    """Exponential moving average of the running statistics with ``batch_var * var_scale``, computed in
+    float64 (in one kernel loop for the common buffers: the NumPy expression costs ~10 us per call)."""
+    if _kernels.update_running(running_mean, running_var, mean, batch_var, factor, var_scale):
+        return
     new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
-    new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * batch_var
+    new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * (batch_var * var_scale)
     running_mean[...] = new_mean
     running_var[...] = new_var
 
