@@ -364,21 +364,24 @@ def test_show_config_reports_the_statistics_path(capsys, statistics_path):
 def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
     # The running statistics are updated in one kernel loop for plain buffers and by NumPy otherwise;
     # both give the bits of (1 - m) * running + m * batch in float64, the unbiased variance for the latter.
+    from fastnorm import _kernels
     from fastnorm.functional import _update_running
 
     C, factor, scale = 37, 0.3, 10 / 9
     mean, var = rng.normal(size=C), rng.uniform(0.5, 2.0, C)
-    if layout == "contiguous":
-        rm, rv = rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
-    elif layout == "strided":
-        rm, rv = rng.normal(size=2 * C).astype(dtype)[::2], rng.uniform(0.5, 2, 2 * C).astype(dtype)[::2]
-    else:  # running_var starts inside running_mean's memory
-        buf = rng.uniform(0.5, 2, C + 5).astype(dtype)
-        rm, rv = buf[:C], buf[5:]
-    from fastnorm import _kernels
+    values = rng.uniform(0.5, 2, 2 * C + 5).astype(dtype)
 
-    uses_kernel = _kernels.update_running(rm.copy(), rv.copy(), mean, var, factor, scale)
-    assert uses_kernel == (layout == "contiguous")
+    def buffers():
+        if layout == "contiguous":
+            return values[:C].copy(), values[C:2 * C].copy()
+        if layout == "strided":
+            strided = values.copy()
+            return strided[:2 * C:2], strided[1:2 * C:2]
+        shared = values[:C + 5].copy()  # running_var starts inside running_mean's memory
+        return shared[:C], shared[5:]
+
+    assert _kernels.update_running(*buffers(), mean, var, factor, scale) == (layout == "contiguous")
+    rm, rv = buffers()
     expected_mean = ((1 - factor) * rm.astype(np.float64) + factor * mean).astype(dtype)
     expected_var = ((1 - factor) * rv.astype(np.float64) + factor * (var * scale)).astype(dtype)
     _update_running(rm, rv, mean, var, factor, scale)
