@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 import fastnorm
 import reference
+from conftest import requires_torch, torch
 
 SHAPES = [(16, 5), (4, 3, 7), (3, 4, 5, 6), (2, 3, 2, 3, 4), (2, 2, 3000), (300, 40)]
 
@@ -389,3 +390,60 @@ def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
         expected_mean[5:] = expected_var[:C - 5]
     assert np.array_equal(rm, expected_mean)
     assert np.array_equal(rv, expected_var)
+
+
+@pytest.mark.parametrize("shape", [(64, 5, 3), (20, 7, 2, 2), (100, 3, 7, 7), (9, 4, 3, 3, 1)])
+def test_short_runs_by_columns_match_the_reference_and_the_run_path(rng, shape, statistics_path):
+    # Channels-first data with short runs (S < 64, S <= N) goes by the columns of [N, C * S]; the
+    # results are those of the reference and, within rounding, of the per-run path.
+    from fastnorm import _kernels
+
+    C = shape[1]
+    x = (1e3 + rng.normal(size=shape)).astype(np.float32)
+    g = rng.normal(size=shape).astype(np.float32)
+    w, b = rng.normal(size=C).astype(np.float32), rng.normal(size=C).astype(np.float32)
+
+    def run():
+        rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+        y, mean, invstd = fastnorm.batch_norm(x, rm, rv, w, b, training=True, return_stats=True)
+        grads = fastnorm.batch_norm_backward(g, x, mean, invstd, w)
+        y_eval = fastnorm.batch_norm(x, rm, rv, w, b)
+        return y, rm, rv, y_eval, *grads
+
+    by_columns = run()
+    y_ref, rm_ref, rv_ref = reference.batch_norm(x, np.zeros(C), np.ones(C), w, b, training=True)
+    assert np.abs(by_columns[0] - y_ref).max() <= 1e-5 * max(1, np.abs(w).max())
+    np.testing.assert_allclose(by_columns[1], rm_ref, rtol=1e-6)
+    np.testing.assert_allclose(by_columns[2], rv_ref, rtol=1e-5)
+    y_eval_ref, _, _ = reference.batch_norm(x, by_columns[1], by_columns[2], w, b)
+    assert np.abs(by_columns[3] - y_eval_ref).max() <= 1e-6 * np.abs(y_eval_ref).max()
+    previous = _kernels.set_short_run(2)  # every run by itself
+    try:
+        by_runs = run()
+    finally:
+        _kernels.set_short_run(previous)
+    for a, b_ in zip(by_columns, by_runs):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
+    results = []
+    for n in (1, 2, 3):
+        with fastnorm.threads(n):
+            results.append(run())
+    assert all(np.array_equal(a, b_) for other in results[1:] for a, b_ in zip(results[0], other))
+
+
+@requires_torch
+def test_short_runs_backward_matches_torch(rng):
+    x = rng.normal(size=(64, 6, 4)).astype(np.float64)
+    g = rng.normal(size=x.shape)
+    layer = fastnorm.BatchNorm1d(6, dtype=np.float64)
+    layer.weight[:] = rng.normal(size=6)
+    layer(x)
+    dx = layer.backward(g)
+    twin = torch.nn.BatchNorm1d(6, dtype=torch.float64)
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(layer.weight))
+    xt = torch.tensor(x, requires_grad=True)
+    twin(xt).backward(torch.from_numpy(g))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grad_weight, twin.weight.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(layer.grad_bias, twin.bias.grad.numpy(), rtol=1e-10)

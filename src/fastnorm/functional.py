@@ -321,6 +321,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
     if training:
         if S == 1:
             mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
+        elif _by_columns(N, S):  # short runs: by columns of [N, C * S], S columns a channel
+            mean, var, rstd = _kernels.group_norm_mc(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
+                                                     eps, nthreads)
         else:
             mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
         if update:
@@ -333,6 +336,16 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
     if not training:
         mean, rstd = rm.astype(np.float64), 1.0 / np.sqrt(rv.astype(np.float64) + eps)
     return y, mean, rstd
+
+
+def _by_columns(N, S):
+    """Whether channels-first training or backward of [N, C, S] goes by the columns of [N, C * S]."""
+    return 1 < S < _kernels.get_short_run() and S <= N
+
+
+def _repeat(v, S):
+    """A per-channel vector as per-column values of [N, C * S] (None stays None)."""
+    return None if v is None else np.repeat(v, S)
 
 
 def _update_running(running_mean, running_var, mean, batch_var, factor, var_scale=1.0):
@@ -662,6 +675,9 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     nthreads = threads_for(x.size)
     if S == 1:
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean, invstd, w, bool(training), nthreads)
+    elif _by_columns(N, S):  # short runs: by columns, as the forward
+        sum_dy, sum_dyx = (a.reshape(C, S).sum(axis=1) for a in _kernels.backward_mc(
+            buf, gbuf, dx, 1, N, C * S, C, mean, invstd, _repeat(w, S), bool(training), nthreads))
     else:
         sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, N, C, S, mean, invstd, w, bool(training), nthreads)
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
