@@ -369,10 +369,10 @@ FASTNORM_COLUMN_SUMS(fastnorm_column_sums_f64, double)
 
 /* ---- float32 statistics passes for CPUs with AVX2 and FMA ------------------------------------------------
  * The statistics pass reads x from memory with little arithmetic per load, and written as plain C it runs
- * at about 60% of the read bandwidth: four accumulator chains in float, the float -> double conversions
- * and the unfused d*d leave too few loads in flight for the hardware prefetcher.  Here: four independent
- * chains per sum, d*d fused into the sum of squares, and a software prefetch 2 KiB ahead (measured on a
- * 2-core AMD EPYC: 0.38-0.44 -> 0.27-0.30 ns per value from memory, a plain float sum being 0.25).
+ * at about 60% of the read bandwidth: two accumulator chains per sum (their latency), the float -> double
+ * conversions and the unfused d*d leave too few loads in flight.  Here: four independent chains per sum,
+ * d*d fused into the sum of squares, and a software prefetch 2 KiB ahead (measured on a 2-core AMD EPYC:
+ * 0.38-0.44 -> 0.27-0.30 ns per value from memory, a plain float sum being 0.25).
  * Chosen once at load time, so every call on a machine takes the same path and gives the same bits. */
 static int fastnorm_avx2_fma = 0;
 
