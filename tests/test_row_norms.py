@@ -200,7 +200,7 @@ def test_out_aliasing_float16_and_non_contiguous(rng, name):
 @pytest.mark.parametrize("name", list(CALLS))
 def test_bitwise_identical_for_any_thread_count(rng, name, statistics_path):
     call = CALLS[name]
-    for shape in [(2, 4, 100000), (64, 8, 300)]:
+    for shape in [(2, 4, 100000), (64, 8, 300), (2000, 8, 6)]:  # the last: rows shorter than 64 values
         x = (1e3 + rng.normal(size=shape)).astype(np.float32)
         results = []
         for n in (1, 2, 3):
@@ -354,3 +354,18 @@ def test_more_exact_than_torch(rng, offset):
     ours = np.abs(np.moveaxis(fastnorm.group_norm(np.ascontiguousarray(np.moveaxis(x, 1, -1)), 8, channel_axis=-1),
                               -1, 1) - expected).max()
     assert ours <= 1e-5 and ours < theirs
+
+
+@pytest.mark.parametrize("shape", [(3000, 1), (3000, 5), (700, 63), (64, 64)])
+def test_short_rows_match_the_reference(rng, shape, statistics_path):
+    # Rows of fewer than 64 values go 64 rows at a time (their statistics, then their scales, then
+    # their sweeps); the results are the reference's for every layer.
+    x = (1e3 + rng.normal(size=shape)).astype(np.float32)
+    D = shape[-1]
+    w, b = rng.normal(size=D).astype(np.float32), rng.normal(size=D).astype(np.float32)
+    tol = 1e-5 * max(1, np.abs(w).max())
+    assert np.abs(fastnorm.layer_norm(x, D, w, b) - reference.layer_norm(x, (D,), w, b)).max() <= tol
+    assert np.abs(fastnorm.rms_norm(x, D, w, eps=1e-6) - reference.rms_norm(x, (D,), w, eps=1e-6)).max() <= tol
+    if D > 1:  # InstanceNorm needs more than one value per instance
+        images = x.reshape(-1, 4, D) if shape[0] % 4 == 0 else x[None]
+        np.testing.assert_allclose(fastnorm.instance_norm(images), reference.instance_norm(images)[0], atol=2e-5)

@@ -639,7 +639,7 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
     cdef double rem = center - <double>hi  # the part of the mean below the precision of the data
     cdef floating scale, shift
     cdef double s
-    cdef Py_ssize_t pos = start, end = start + length, j, stop, c
+    cdef Py_ssize_t pos = start, end = start + length, j, stop, c, first, i
     cdef const floating* b
     if a.per_element:
         scale = <floating>inv
@@ -662,15 +662,22 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
                 fastnorm_sweep_affine_f64(xrun + start, yrun + start, length, hi, scale, shift,
                                           <const double*>a.weight.data + start, b)
         return
+    j = pos // a.sub
+    first = (r % a.groups) * (S // a.sub)
     while pos < end:
-        j = pos // a.sub
         stop = min(end, (j + 1) * a.sub)
-        c = (r % a.groups) * (S // a.sub) + j
+        c = first + j
         s = inv * _at(a.weight, c, 1.0)
         scale = <floating>s
         shift = <floating>(_at(a.bias, c, 0.0) - rem * s)
-        _sweep(xrun + pos, yrun + pos, stop - pos, &hi, &scale, &shift, stream)
+        if stop - pos < SHORT_SWEEP:
+            # A short sub-run (GroupNorm on small maps): inline, the same operations as the sweep.
+            for i in range(pos, stop):
+                yrun[i] = (xrun[i] - hi) * scale + shift
+        else:
+            _sweep(xrun + pos, yrun + pos, stop - pos, &hi, &scale, &shift, stream)
         pos = stop
+        j += 1
 
 
 cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, Py_ssize_t R,
@@ -683,6 +690,28 @@ cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, 
     _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
     for n in range(N):
         _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, 0, S, r, S, center, inv, a, stream)
+
+
+cdef enum:
+    SHORT_ROWS = 64  # rows of fewer values than this (N = 1) go SHORT_ROWS rows at a time
+
+
+cdef void _norm_short_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t S,
+                           const RowAffine* a, double eps, double* mean, double* var,
+                           bint stream) noexcept nogil:
+    """Rows r0 <= r < r1 (at most SHORT_ROWS of them) of an [1, R, S] buffer with S < SHORT_ROWS: what
+    _norm_row does, one step for all the rows at a time.  A short row's time is the latency of its chain
+    of divisions and square root; with the rows' chains side by side they overlap (InstanceNorm on
+    (8, 256, 2, 2): about 40 -> 20 ns a row).  The same operations, so the same bits."""
+    cdef double center[SHORT_ROWS]
+    cdef double inv[SHORT_ROWS]
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        _store_moments(_run_moments(x + r * S, S), r, mean, var)
+    for r in range(r0, r1):
+        _center_and_scale(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
+    for r in range(r0, r1):
+        _sweep_span(x + r * S, y + r * S, 0, S, r, S, center[r - r0], inv[r - r0], a, stream)
 
 
 cdef void _norm_piece(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
@@ -701,6 +730,16 @@ cdef int _norm_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, 
     cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
     cdef Py_ssize_t r, t
     cdef Py_ssize_t pieces = (S + PIECE - 1) // PIECE
+    cdef Py_ssize_t chunks = (R + SHORT_ROWS - 1) // SHORT_ROWS
+    if N == 1 and S < SHORT_ROWS:
+        if nthreads <= 1 or chunks < 2:
+            for t in range(chunks):
+                _norm_short_rows(x, y, t * SHORT_ROWS, min(R, (t + 1) * SHORT_ROWS), S, a, eps, mean, var, stream)
+        else:
+            for t in prange(chunks, schedule="static", num_threads=nthreads):
+                _norm_short_rows(x, y, t * SHORT_ROWS, min(R, (t + 1) * SHORT_ROWS), S, a, eps, mean, var, stream)
+        _fence_streams(stream, nthreads)
+        return 0
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
             for r in range(R):
