@@ -1064,19 +1064,25 @@ cdef inline void _grad_piece(const floating* x, const floating* dy, Py_ssize_t N
 cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
                          Py_ssize_t sub, Py_ssize_t r, double mean, double rstd, double* P1,
                          double* P2) noexcept nogil:
-    """Per sub-run j of row r, summed over its runs: P1[j] = sum(dy), P2[j] = sum(dy * xhat)."""
+    """Per sub-run j of row r, summed over its runs: P1[j] = sum(dy), P2[j] = sum(dy * xhat).  The pieces
+    in the canonical order of _grad_piece (run n, sub-run j, piece k), walked without its divisions:
+    a short row's time went to them."""
     cdef Py_ssize_t K = S // sub
-    cdef Py_ssize_t pieces = N * K * ((sub + PIECE - 1) // PIECE)
-    cdef Py_ssize_t t, j
+    cdef Py_ssize_t n, j, start, off
     cdef double a, b
     for j in range(K):
         P1[j] = 0.0
         P2[j] = 0.0
-    for t in range(pieces):
-        _grad_piece(x, dy, N, R, S, sub, r, t, mean, &a, &b)
-        j = (t // ((sub + PIECE - 1) // PIECE)) % K
-        P1[j] += a
-        P2[j] += b
+    for n in range(N):
+        off = (n * R + r) * S
+        for j in range(K):
+            start = j * sub
+            while start < (j + 1) * sub:
+                _grad_sums(x + off + start, dy + off + start, min(<Py_ssize_t>PIECE, (j + 1) * sub - start), mean,
+                           &a, &b)
+                P1[j] += a
+                P2[j] += b
+                start += PIECE
     for j in range(K):
         P2[j] *= rstd
 
@@ -1087,13 +1093,13 @@ cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K,
     """beta and gamma of row r (the terms of dx that depend on the row's sums); ``lo`` is the part of
     the mean below the data's precision."""
     cdef double A = 0.0, B = 0.0, w
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, first = (r % a.groups) * K
     beta[0] = 0.0
     gamma[0] = 0.0
     if not training:
         return
     for j in range(K):
-        w = _at(a.weight, (r % a.groups) * K + j, 1.0)
+        w = _at(a.weight, first + j, 1.0)
         A += w * P1[j]
         B += w * P2[j]
     beta[0] = -rstd * rstd * B / M
@@ -1107,15 +1113,16 @@ cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, 
                            Py_ssize_t start, Py_ssize_t length, double mean, double rstd, double beta,
                            double gamma, bint stream) noexcept nogil:
     cdef Py_ssize_t off = (n * R + r) * S
-    cdef Py_ssize_t pos = start, end = start + length, j, stop
+    cdef Py_ssize_t pos = start, end = start + length, stop
+    cdef Py_ssize_t j = pos // a.sub, first = (r % a.groups) * (S // a.sub)
     cdef floating hi = <floating>mean
     while pos < end:
-        j = pos // a.sub
         stop = min(end, (j + 1) * a.sub)
         _grad_sweep(x + off + pos, dy + off + pos, dx + off + pos, stop - pos, hi,
-                    <floating>(rstd * _at(a.weight, (r % a.groups) * (S // a.sub) + j, 1.0)),
-                    <floating>beta, <floating>gamma, NULL, stream)
+                    <floating>(rstd * _at(a.weight, first + j, 1.0)), <floating>beta, <floating>gamma, NULL,
+                    stream)
         pos = stop
+        j += 1
 
 
 cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
@@ -1142,6 +1149,24 @@ cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssiz
         _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, N * S, stream)
 
 
+cdef void _grad_short_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
+                           Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean,
+                           const double* rstd, bint training, double* P1, double* P2, bint stream) noexcept nogil:
+    """_grad_row for rows r0 <= r < r1 (at most SHORT_ROWS) of an [1, R, S] buffer with short rows, one
+    step for all the rows at a time, as _norm_short_rows: the same operations, so the same bits."""
+    cdef double beta[SHORT_ROWS]
+    cdef double gamma[SHORT_ROWS]
+    cdef Py_ssize_t K = S // a.sub
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        _grad_row_sums(x, dy, 1, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K)
+    for r in range(r0, r1):
+        _grad_row_coefficients(a, r, K, S, mean[r] - <double><floating>mean[r], rstd[r], training, P1 + r * K,
+                               P2 + r * K, &beta[r - r0], &gamma[r - r0])
+    for r in range(r0, r1):
+        _grad_sweep_span(x, dy, dx, 1, R, S, a, r, 0, 0, S, mean[r], rstd[r], beta[r - r0], gamma[r - r0], stream)
+
+
 cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                     Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
                     double* P1, double* P2, int nthreads) noexcept nogil:
@@ -1153,6 +1178,18 @@ cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssiz
     cdef Py_ssize_t r, t, j, start
     cdef double* partial
     cdef bint stream = _streams(3 * N * R * S * sizeof(floating))
+    cdef Py_ssize_t chunks = (R + SHORT_ROWS - 1) // SHORT_ROWS
+    if N == 1 and S < SHORT_ROWS:
+        if nthreads <= 1 or chunks < 2:
+            for t in range(chunks):
+                _grad_short_rows(x, dy, dx, t * SHORT_ROWS, min(R, (t + 1) * SHORT_ROWS), R, S, a, mean, rstd,
+                                 training, P1, P2, stream)
+        else:
+            for t in prange(chunks, schedule="static", num_threads=nthreads):
+                _grad_short_rows(x, dy, dx, t * SHORT_ROWS, min(R, (t + 1) * SHORT_ROWS), R, S, a, mean, rstd,
+                                 training, P1, P2, stream)
+        _fence_streams(stream, nthreads)
+        return 0
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
             for r in range(R):

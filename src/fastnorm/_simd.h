@@ -122,20 +122,17 @@
     {                                                                                         \
         T hi = (T)mean;                                                                       \
         double a = 0.0, b = 0.0;                                                              \
-        ptrdiff_t i = 0;                                                                      \
-        for (; i + FASTNORM_GRAD_BLOCK <= n; i += FASTNORM_GRAD_BLOCK) {                      \
+        /* the last block may be short: a short row is one vector loop, not a scalar chain */ \
+        for (ptrdiff_t i = 0; i < n; i += FASTNORM_GRAD_BLOCK) {                              \
+            ptrdiff_t end = n - i < FASTNORM_GRAD_BLOCK ? n : i + FASTNORM_GRAD_BLOCK;        \
             T ba = 0, bb = 0;                                                                 \
             _Pragma("omp simd reduction(+:ba,bb)")                                            \
-            for (ptrdiff_t k = i; k < i + FASTNORM_GRAD_BLOCK; k++) {                         \
+            for (ptrdiff_t k = i; k < end; k++) {                                             \
                 ba += dy[k];                                                                  \
                 bb += dy[k] * (x[k] - hi);                                                    \
             }                                                                                 \
             a += (double)ba;                                                                  \
             b += (double)bb;                                                                  \
-        }                                                                                     \
-        for (; i < n; i++) {                                                                  \
-            a += (double)dy[i];                                                               \
-            b += (double)dy[i] * ((double)x[i] - (double)hi);                                 \
         }                                                                                     \
         *s_dy = a;                                                                            \
         *s_dyx = b - (mean - (double)hi) * a;                                                 \
