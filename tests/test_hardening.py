@@ -567,3 +567,13 @@ def _assert_same_results(expected, result):
     for a, b in zip(expected if isinstance(expected, tuple) else [expected],
                     result if isinstance(result, tuple) else [result]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_outputs_stream_from_three_quarters_of_the_last_level_cache():
+    from fastnorm import _kernels
+
+    llc = _kernels.last_level_cache_bytes()
+    assert isinstance(llc, int) and llc >= 1 << 16
+    threshold = _kernels.set_stream_bytes(0)
+    _kernels.set_stream_bytes(threshold)
+    assert threshold == 3 * llc // 4

@@ -488,10 +488,27 @@ cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py
         fastnorm_sweep_rows_f64(x, y, rows, ncols, p, plen)
 
 
+def last_level_cache_bytes():
+    """Size of the CPU's last-level cache as Linux reports it (sysfs), or 32 MiB where it does not."""
+    import glob
+    size = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            size = max(size, int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]])
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    return size or 32 << 20
+
+
 # Calls that touch at least this many bytes (inputs and output) write their output with non-temporal
 # stores: it would not stay in the last-level cache anyway, and streaming it saves reading its lines
-# before writing them.  Below, the output is left in the cache for whatever reads it next.
-cdef Py_ssize_t stream_bytes = 1 << 25
+# before writing them.  Below, the output is left in the cache for whatever reads it next.  Three
+# quarters of the last-level cache, glibc's threshold for non-temporal memcpy (24 MiB for 32 MiB of L3;
+# LayerNorm (4096, 768), which touches 24 MiB, measured 5-13% faster streamed, in a loop and between
+# other work).
+cdef Py_ssize_t stream_bytes = 3 * last_level_cache_bytes() // 4
 
 
 # Short channels-first runs (BatchNorm1d on (N, C, L) with small L, BatchNorm2d on small maps) go by the
