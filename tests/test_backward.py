@@ -134,7 +134,7 @@ def test_gradients_match_torch_autograd(rng, name, make, shape, channels_last, a
 
 @requires_torch
 @pytest.mark.parametrize("offset", [1e4])
-def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset):
+def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, statistics_path):
     x = (offset + rng.normal(size=(8, 4, 6, 6))).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     layer = fastnorm.BatchNorm2d(4)
