@@ -474,6 +474,21 @@ cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floa
             fastnorm_sweep_f64(x, y, n, hi[0], scale[0], shift[0])
 
 
+cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
+                               floating shift, const floating* w, const floating* b, bint stream) noexcept nogil:
+    """``y = ((x - hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
+    if floating is float:
+        if stream:
+            fastnorm_sweep_affine_stream_f32(x, y, n, hi, scale, shift, w, b)
+        else:
+            fastnorm_sweep_affine_f32(x, y, n, hi, scale, shift, w, b)
+    else:
+        if stream:
+            fastnorm_sweep_affine_stream_f64(x, y, n, hi, scale, shift, w, b)
+        else:
+            fastnorm_sweep_affine_f64(x, y, n, hi, scale, shift, w, b)
+
+
 cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
                              const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
@@ -665,19 +680,8 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
             _sweep(xrun + start, yrun + start, length, &hi, &scale, &shift, stream)
         else:
             b = NULL if a.bias.data == NULL else <const floating*>a.bias.data + start
-            if floating is float:
-                if stream:
-                    fastnorm_sweep_affine_stream_f32(xrun + start, yrun + start, length, hi, scale, shift,
-                                                     <const float*>a.weight.data + start, b)
-                else:
-                    fastnorm_sweep_affine_f32(xrun + start, yrun + start, length, hi, scale, shift,
-                                              <const float*>a.weight.data + start, b)
-            elif stream:
-                fastnorm_sweep_affine_stream_f64(xrun + start, yrun + start, length, hi, scale, shift,
-                                                 <const double*>a.weight.data + start, b)
-            else:
-                fastnorm_sweep_affine_f64(xrun + start, yrun + start, length, hi, scale, shift,
-                                          <const double*>a.weight.data + start, b)
+            _sweep_affine(xrun + start, yrun + start, length, hi, scale, shift,
+                          <const floating*>a.weight.data + start, b, stream)
         return
     j = pos // a.sub
     first = (r % a.groups) * (S // a.sub)

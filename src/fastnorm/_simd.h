@@ -472,6 +472,12 @@ __attribute__((target("avx2,fma"))) static inline void fastnorm_add_to_doubles(d
     _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
 }
 
+/* The 8 float lanes of v widened to double and added pairwise into 4 lanes. */
+__attribute__((target("avx2,fma"))) static inline __m256d fastnorm_widen_pairs(__m256 v)
+{
+    return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
 /* FASTNORM_GRAD_ROW_ELEM for float32.  The terms are formed in float, as the generic loop's are in double:
  * xc = (x - hi) - lo with hi + lo the mean (x - hi is exact near the mean), xhat = xc * rstd.  The row sums
  * run in float over blocks of 64 values (8 terms per lane) and in double across blocks, as
@@ -501,10 +507,8 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_row_elem
             fastnorm_add_to_doubles(col_dy + i, g);
             fastnorm_add_to_doubles(col_dyx + i, _mm256_mul_ps(g, _mm256_mul_ps(xc, rs)));
         }
-        a += fastnorm_hsum4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fa)),
-                                          _mm256_cvtps_pd(_mm256_extractf128_ps(fa, 1))));
-        b += fastnorm_hsum4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fb)),
-                                          _mm256_cvtps_pd(_mm256_extractf128_ps(fb, 1))));
+        a += fastnorm_hsum4(fastnorm_widen_pairs(fa));
+        b += fastnorm_hsum4(fastnorm_widen_pairs(fb));
     }
     for (; i < n; i++) {
         double g = (double)dy[i], d = (double)x[i] - mean;
