@@ -106,8 +106,8 @@ class SyncBatchNorm(_BatchNorm):
         y = F._finish(result, out, axis, moved, dtype)
         if self.training and self.track_running_stats:
             factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
-            F._update_running(self.running_mean, self.running_var, mean,
-                              var * (count / (count - 1)) if self.bessel else var, factor)
+            F._update_running(self.running_mean, self.running_var, mean, var, factor,
+                              count / (count - 1) if self.bessel else 1.0)
             self.num_batches_tracked += 1
         self._keep(saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)
         return y
