@@ -250,3 +250,26 @@ def test_float16_backward(rng):
     dx, dw, db = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, rstd, np.ones(4, np.float32))
     assert dx.dtype == np.float16 and np.abs(dx.astype(np.float32)).max() < 1e-2
     np.testing.assert_allclose(db, 8.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, G, K, sub", [(2, 5, 32, 16), (1, 12, 1, 400), (3, 40, 4, 6)])
+def test_row_kernels_give_the_same_bits_in_batches_rows_and_pieces(rng, dtype, N, G, K, sub):
+    # The thread count picks the path: batches of rows (1 thread), one row at a time, or pieces of rows
+    # summed in parallel (few rows for the threads); the kernels are called directly, since the Python
+    # layer gives inputs this small one thread.
+    from fastnorm import _kernels
+    R, S = N * G, K * sub
+    x = (5 + rng.normal(size=R * S)).astype(dtype)
+    g = rng.normal(size=R * S).astype(dtype)
+    w, b = rng.normal(size=G * K), rng.normal(size=G * K)
+    results = []
+    for nthreads in (1, 2, 3, 8):
+        y = np.empty_like(x)
+        mean, _, rstd = _kernels.train(x, y, 1, R, S, w, b, 1e-5, nthreads, sub=sub, groups=G)
+        dx = np.empty_like(x)
+        sums = _kernels.backward(x, g, dx, 1, R, S, mean, rstd, w, True, nthreads, sub=sub, groups=G)
+        results.append((y, dx, *sums))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert np.array_equal(a, c)

@@ -223,6 +223,26 @@ FASTNORM_GRAD_SWEEP_ELEM(fastnorm_grad_sweep_elem_f32, float)
 FASTNORM_GRAD_SWEEP_ELEM(fastnorm_grad_sweep_elem_f64, double)
 FASTNORM_GRAD_COLUMN_SUMS(fastnorm_grad_column_sums_f32, float)
 FASTNORM_GRAD_COLUMN_SUMS(fastnorm_grad_column_sums_f64, double)
+/* The gradient sweep over rows of K runs of len values each (many short runs, InstanceNorm and GroupNorm
+ * on small maps): run j of row r has its own alpha[r * K + j], the row its hi, beta and gamma.  The
+ * operations of FASTNORM_GRAD_SWEEP, without a call per run. */
+#define FASTNORM_GRAD_SWEEP_RUNS(NAME, T)                                                     \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t K, \
+                                     ptrdiff_t len, const T *hi, const T *alpha, const T *beta, const T *gamma) \
+    {                                                                                         \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+            T h = hi[r], b = beta[r], g = gamma[r];                                           \
+            for (ptrdiff_t j = 0; j < K; j++) {                                               \
+                ptrdiff_t q = r * K + j;                                                      \
+                const T *xq = x + q * len, *dyq = dy + q * len;                               \
+                T *dxq = dx + q * len, a = alpha[q];                                          \
+                for (ptrdiff_t i = 0; i < len; i++)                                           \
+                    dxq[i] = dyq[i] * a + b * (xq[i] - h) + g;                                \
+            }                                                                                 \
+        }                                                                                     \
+    }
+FASTNORM_GRAD_SWEEP_RUNS(fastnorm_grad_sweep_runs_f32, float)
+FASTNORM_GRAD_SWEEP_RUNS(fastnorm_grad_sweep_runs_f64, double)
 FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f32, float)
 FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
 
@@ -613,6 +633,24 @@ static int fastnorm_select_isa(int on)
 #define fastnorm_grad_row_elem_f32 fastnorm_grad_row_elem_f32_generic
 #define fastnorm_grad_sums_f32 fastnorm_grad_sums_f32_generic
 #endif
+/* P1[q] = sum(dy), P2[q] = rstd[r] * sum(dy * (x - mean[r])) for run q = r * K + j of rows of K runs of len
+ * values: each run summed by fastnorm_grad_sums_* as a lone run is (the same bits), without a call from
+ * the kernels per run. */
+#define FASTNORM_GRAD_RUN_SUMS(NAME, T, SUMS)                                                 \
+    static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t len, const double *mean, \
+                     const double *rstd, double *P1, double *P2)                              \
+    {                                                                                         \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                  \
+            for (ptrdiff_t j = 0; j < K; j++) {                                               \
+                ptrdiff_t q = r * K + j;                                                      \
+                double a, b;                                                                  \
+                SUMS(x + q * len, dy + q * len, len, mean[r], &a, &b);                        \
+                P1[q] = 0.0 + a;                                                              \
+                P2[q] = (0.0 + b) * rstd[r];                                                  \
+            }                                                                                 \
+    }
+FASTNORM_GRAD_RUN_SUMS(fastnorm_grad_run_sums_f32, float, fastnorm_grad_sums_f32)
+FASTNORM_GRAD_RUN_SUMS(fastnorm_grad_run_sums_f64, double, fastnorm_grad_sums_f64)
 FASTNORM_SWEEP(fastnorm_sweep_f32, float)
 FASTNORM_SWEEP(fastnorm_sweep_f64, double)
 FASTNORM_SWEEP_ROWS(fastnorm_sweep_rows_f32, float)
