@@ -12,6 +12,7 @@
 #define FASTNORM_SIMD_H
 
 #include <stddef.h>
+#include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNORM_NO_CLONES)
 #define FASTNORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default"))) __attribute__((noinline))
@@ -256,6 +257,19 @@ FASTNORM_GRAD_SWEEP_ROWS(fastnorm_grad_sweep_rows_f64, double)
 #include <stdint.h>
 #define FASTNORM_HAVE_STREAM 1
 static void fastnorm_store_fence(void) { _mm_sfence(); }
+/* Copy n bytes with non-temporal stores (the aligned part); src and dst are equal modulo 16. */
+static void fastnorm_stream_copy(const void *src, void *dst, size_t n)
+{
+    const char *s = (const char *)src;
+    char *d = (char *)dst;
+    size_t i = (16 - ((uintptr_t)d & 15)) & 15;
+    if (i > n)
+        i = n;
+    memcpy(d, s, i);
+    for (; i + 16 <= n; i += 16)
+        _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
+    memcpy(d + i, s + i, n - i);
+}
 #define FASTNORM_SWEEP_STREAM(NAME, T, V, SET1, LOADU, SUB, MUL, ADD, STREAM, W)              \
     static void NAME(const T *x, T *y, ptrdiff_t n, const T *hi, const T *scale, const T *shift, \
                      ptrdiff_t period)                                                        \
@@ -355,6 +369,7 @@ FASTNORM_SWEEP_STREAM(fastnorm_sweep_stream_f64, double, __m128d, _mm_set1_pd, _
 #else
 #define FASTNORM_HAVE_STREAM 0
 static void fastnorm_store_fence(void) {}
+static void fastnorm_stream_copy(const void *src, void *dst, size_t n) { memcpy(dst, src, n); }
 #define FASTNORM_SWEEP_PLAIN(NAME, T)                                                         \
     static void NAME(const T *x, T *y, ptrdiff_t n, const T *hi, const T *scale, const T *shift, \
                      ptrdiff_t period)                                                        \
