@@ -50,7 +50,6 @@ cdef extern from "_simd.h" nogil:
     int fastnorm_select_isa(int on)
     int fastnorm_avx2_fma
     void fastnorm_store_fence()
-    void fastnorm_stream_copy(const void* src, void* dst, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
@@ -476,18 +475,17 @@ cdef inline void _affine(double mean, double var, double eps, Vec weight, Vec bi
 # loads: the CPU matches a load against the pending stores by the low 12 bits of the address, and a
 # non-temporal store stays pending for long.  Two heap blocks can sit so.  A streamed InstanceNorm
 # (8, 64, 64, 64) whose output was 16, 32 or 64 bytes ahead of its input took 1.75x, 1.34x and 1.15x
-# the time of a level one.  Such a sweep writes each block of STAGE_BYTES to a staging block in cache
-# and streams that out (the same values, copied): 32 to 128 bytes ahead then cost nothing, 16 bytes
-# 1.3x.
-cdef enum:
-    STAGE_BYTES = 8192
-
+# the time of a level one; BatchNorm eval on (N, 64, 256), 16 bytes ahead, 1.35x.  Such a sweep uses
+# ordinary stores, which leave the store queue at once: as fast as level streaming in a loop over
+# cached data, up to a fifth slower from memory.  (Staging each block in cache and streaming it out
+# helped within a run but not across runs: the end of one run's output still lands just ahead of the
+# start of the next run's input.)
 cdef size_t alias_window = 256
 
 
 def set_alias_window(size_t nbytes):
-    """Stage streamed sweeps whose output lands less than ``nbytes`` ahead of an input modulo 4 KiB
-    (0: never; 4096: whenever not level).  For measurements and tests; returns the previous value."""
+    """Sweeps whose output lands less than ``nbytes`` ahead of an input modulo 4 KiB do not stream
+    (0: any may; 4096: only level ones).  For measurements and tests; returns the previous value."""
     global alias_window
     previous = alias_window
     alias_window = nbytes
@@ -500,27 +498,12 @@ cdef inline bint _lands_ahead(const void* y, const void* p) noexcept nogil:
     return p != NULL and 0 < d < alias_window
 
 
-cdef inline floating* _stage(char* buf, floating* y) noexcept nogil:
-    """The place in ``buf`` (STAGE_BYTES + 4 KiB) half a page from ``y`` modulo 4 KiB, and so from the
-    inputs ``y`` lands just ahead of: the stores to the stage and the copy out alias nothing."""
-    return <floating*>(buf + ((<size_t>y + 2048 - <size_t>buf) & 4095))
-
-
 cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* hi,
                         const floating* scale, const floating* shift, bint stream) noexcept nogil:
     """One channel's run: ``y = (x - hi[0]) * scale[0] + shift[0]``."""
-    cdef char buf[STAGE_BYTES + 4096]
-    cdef Py_ssize_t k, m, step = STAGE_BYTES // sizeof(floating)
-    cdef floating* t
     if stream and _lands_ahead(y, x):
-        k = 0
-        while k < n:
-            m = min(n - k, step)
-            t = _stage(buf, y + k)
-            _sweep(x + k, t, m, hi, scale, shift, False)
-            fastnorm_stream_copy(t, y + k, m * sizeof(floating))
-            k += step
-    elif floating is float:
+        stream = False  # see _lands_ahead
+    if floating is float:
         if stream:
             fastnorm_sweep_stream_f32(x, y, n, hi, scale, shift, 0)
         else:
@@ -535,18 +518,9 @@ cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floa
 cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
                                floating shift, const floating* w, const floating* b, bint stream) noexcept nogil:
     """``y = ((x - hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
-    cdef char buf[STAGE_BYTES + 4096]
-    cdef Py_ssize_t k, m, step = STAGE_BYTES // sizeof(floating)
-    cdef floating* t
     if stream and (_lands_ahead(y, x) or _lands_ahead(y, w) or _lands_ahead(y, b)):
-        k = 0
-        while k < n:
-            m = min(n - k, step)
-            t = _stage(buf, y + k)
-            _sweep_affine(x + k, t, m, hi, scale, shift, w + k, NULL if b == NULL else b + k, False)
-            fastnorm_stream_copy(t, y + k, m * sizeof(floating))
-            k += step
-    elif floating is float:
+        stream = False  # see _lands_ahead
+    if floating is float:
         if stream:
             fastnorm_sweep_affine_stream_f32(x, y, n, hi, scale, shift, w, b)
         else:
@@ -561,18 +535,9 @@ cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, flo
 cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
                              const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
-    cdef char buf[STAGE_BYTES + 4096]
-    cdef Py_ssize_t k, m, step = STAGE_BYTES // sizeof(floating) // ncols
-    cdef floating* t
-    if stream and step > 0 and _lands_ahead(y, x):
-        k = 0
-        while k < rows:
-            m = min(rows - k, step)
-            t = _stage(buf, y + k * ncols)
-            _sweep_rows(x + k * ncols, t, m, ncols, p, plen, False)
-            fastnorm_stream_copy(t, y + k * ncols, m * ncols * sizeof(floating))
-            k += step
-    elif stream:
+    if stream and _lands_ahead(y, x):
+        stream = False  # see _lands_ahead
+    if stream:
         if floating is float:
             fastnorm_sweep_stream_f32(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
         else:
@@ -1148,18 +1113,9 @@ cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx
                              floating alpha, floating beta, floating gamma, const floating* w,
                              bint stream) noexcept nogil:
     """dx = (w * dy) * alpha + beta * (x - hi) + gamma; w is per element, or NULL."""
-    cdef char buf[STAGE_BYTES + 4096]
-    cdef Py_ssize_t k, m, step = STAGE_BYTES // sizeof(floating)
-    cdef floating* t
     if stream and (_lands_ahead(dx, x) or _lands_ahead(dx, dy) or _lands_ahead(dx, w)):
-        k = 0
-        while k < n:
-            m = min(n - k, step)
-            t = _stage(buf, dx + k)
-            _grad_sweep(x + k, dy + k, t, m, hi, alpha, beta, gamma, NULL if w == NULL else w + k, False)
-            fastnorm_stream_copy(t, dx + k, m * sizeof(floating))
-            k += step
-    elif floating is float:
+        stream = False  # see _lands_ahead
+    if floating is float:
         if stream:
             fastnorm_grad_sweep_stream_f32(x, dy, dx, n, hi, alpha, beta, gamma, w)
         elif w != NULL:
@@ -1214,13 +1170,13 @@ cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py
         P2[j] *= rstd
 
 
-cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t r, Py_ssize_t K, double M,
+cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ssize_t K, double M,
                                  double lo, double rstd, bint training, const double* P1,
                                  const double* P2, double* beta, double* gamma) noexcept nogil:
-    """beta and gamma of row r (the terms of dx that depend on the row's sums); ``lo`` is the part of
-    the mean below the data's precision."""
+    """beta and gamma of a row whose K sub-runs are the channels from ``first`` on (the terms of dx that
+    depend on the row's sums); ``lo`` is the part of the mean below the data's precision."""
     cdef double A = 0.0, B = 0.0, w
-    cdef Py_ssize_t j, first = (r % a.groups) * K
+    cdef Py_ssize_t j
     beta[0] = 0.0
     gamma[0] = 0.0
     if not training:
@@ -1260,7 +1216,7 @@ cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, P
     values are known (N * S, or more when the row is spread over several processes)."""
     cdef Py_ssize_t K = S // a.sub
     cdef double beta, gamma
-    _grad_row_coefficients(a, r, K, count, mean[r] - <double><floating>mean[r], rstd[r], training,
+    _grad_row_coefficients(a, (r % a.groups) * K, K, count, mean[r] - <double><floating>mean[r], rstd[r], training,
                            P1 + r * K, P2 + r * K, &beta, &gamma)
     _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma, stream)
 
@@ -1278,11 +1234,13 @@ cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssiz
 
 cdef void _grad_batch(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
-                      bint training, double* P1, double* P2, bint stream) noexcept nogil:
+                      bint training, double* P1, double* P2) noexcept nogil:
     """_grad_row for rows r0 <= r < r1 (at most BATCH_ROWS) of an [1, R, S] buffer, one step for all the
     rows at a time, as _norm_batch: the same operations, so the same bits.  The runs' sums and sweeps
     are one C loop each: a call per run from here cost more than its 16 or 64 values (InstanceNorm
-    backward, 1 thread: (32, 256, 4, 4) 347 -> 254 us, (32, 256, 8, 8) 588 -> 376 us)."""
+    backward, 1 thread: (32, 256, 4, 4) 347 -> 254 us, (32, 256, 8, 8) 588 -> 376 us).  Cached stores
+    even for outputs that others stream: streaming runs this short one by one was slower ((1024, 256,
+    4, 4): 8.4 against 6.6 ms)."""
     cdef double beta[BATCH_ROWS]
     cdef double gamma[BATCH_ROWS]
     cdef floating hi_v[BATCH_ROWS]
@@ -1297,17 +1255,11 @@ cdef void _grad_batch(const floating* x, const floating* dy, floating* dx, Py_ss
     else:
         fastnorm_grad_run_sums_f64(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
                                    P1 + r0 * K, P2 + r0 * K)
+    first = (r0 % a.groups) * K  # the channel of the row's first sub-run
     for r in range(r0, r1):
-        _grad_row_coefficients(a, r, K, S, mean[r] - <double><floating>mean[r], rstd[r], training, P1 + r * K,
+        _grad_row_coefficients(a, first, K, S, mean[r] - <double><floating>mean[r], rstd[r], training, P1 + r * K,
                                P2 + r * K, &beta[r - r0], &gamma[r - r0])
-    if stream:
-        for r in range(r0, r1):
-            _grad_sweep_span(x, dy, dx, 1, R, S, a, r, 0, 0, S, mean[r], rstd[r], beta[r - r0], gamma[r - r0],
-                             stream)
-        return
-    # the values _grad_sweep_span passes to each run's sweep
-    first = (r0 % a.groups) * K
-    for r in range(r0, r1):
+        # the values _grad_sweep_span passes to each run's sweep
         hi_v[r - r0] = <floating>mean[r]
         beta_v[r - r0] = <floating>beta[r - r0]
         gamma_v[r - r0] = <floating>gamma[r - r0]
@@ -1340,13 +1292,10 @@ cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssiz
     if rows:
         if nthreads <= 1 or batches < 2:
             for t in range(batches):
-                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2,
-                            stream)
+                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2)
         else:
             for t in prange(batches, schedule="static", num_threads=nthreads):
-                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2,
-                            stream)
-        _fence_streams(stream, nthreads)
+                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2)
         return 0
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
