@@ -101,7 +101,7 @@ def test_nan_stays_in_its_channel(rng, statistics_path):
 
 
 @pytest.mark.parametrize("shape, axis", [((8, 64, 40, 40), 1), ((2, 3, 200, 200), 1), ((6000, 24), 1),
-                                         ((8, 40, 40, 3), -1)])
+                                         ((8, 40, 40, 3), -1), ((64, 64, 5, 5), 1), ((2, 4, 4, 2048), -1)])
 def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_path):
     x = (1e3 + rng.normal(size=shape)).astype(np.float32)
     results = []

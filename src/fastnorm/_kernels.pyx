@@ -97,13 +97,14 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
                                       double hi, double alpha, double beta, double gamma, const double* w)
     void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
-                                       const double* mean, double* s_dy, double* s_dyx)
+                                       Py_ssize_t ld, const double* mean, double* s_dy, double* s_dyx)
     void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
-                                       Py_ssize_t ncols, const double* mean, double* s_dy, double* s_dyx)
+                                       Py_ssize_t ncols, Py_ssize_t ld, const double* mean, double* s_dy,
+                                       double* s_dyx)
     void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
-                                      Py_ssize_t ncols, const float* p)
+                                      Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
     void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
-                                      Py_ssize_t ncols, const double* p)
+                                      Py_ssize_t ncols, Py_ssize_t ld, const double* p, Py_ssize_t plen)
     void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
                                         float alpha, float beta, float gamma, const float* w)
     void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
@@ -386,17 +387,18 @@ cdef inline void _store_moments(Moments m, Py_ssize_t c, double* mean, double* v
 
 
 cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                                double* bmean, double* bm2) noexcept nogil:
-    """Per-column moments of rows ``r0 <= r < r1`` of an ``[M, C]`` buffer, shifted by row ``r0``."""
+                                Py_ssize_t c0, Py_ssize_t c1, double* bmean, double* bm2) noexcept nogil:
+    """Moments of columns ``c0 <= c < c1`` over rows ``r0 <= r < r1`` of an ``[M, C]`` buffer, shifted by
+    row ``r0``, into bmean[c], bm2[c]."""
     cdef const floating* base = x + r0 * C
     cdef Py_ssize_t c
     cdef double dm
     cdef double n = <double>(r1 - r0)
     if floating is float:
-        fastnorm_column_sums_f32(base, r1 - r0, C, C, base, bmean, bm2)
+        fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bm2 + c0)
     else:
-        fastnorm_column_sums_f64(base, r1 - r0, C, C, base, bmean, bm2)
-    for c in range(C):
+        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bm2 + c0)
+    for c in range(c0, c1):
         dm = bmean[c] / n
         bm2[c] = bm2[c] - bmean[c] * dm
         if bm2[c] < 0.0:
@@ -409,12 +411,28 @@ cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:
     return max(<Py_ssize_t>64, 16384 // C)
 
 
+cdef Py_ssize_t _column_blocks(Py_ssize_t nblocks, Py_ssize_t C, int nthreads) noexcept nogil:
+    """Column blocks per row block of the channels-last passes: the columns are split too when the row
+    blocks are fewer than the threads need (a batch of 8 or 64 rows by columns: BatchNorm on small maps
+    went by one thread).  A column's sums do not depend on the split, so the bits do not either."""
+    if nthreads <= 1 or nblocks >= 2 * nthreads:
+        return 1
+    return max(<Py_ssize_t>1, min(C // 512, (2 * nthreads + nblocks - 1) // nblocks))
+
+
+cdef inline Py_ssize_t _column_width(Py_ssize_t C, Py_ssize_t ncb) noexcept nogil:
+    """Columns per block: C split in ncb, rounded up to whole cache lines."""
+    return (((C + ncb - 1) // ncb) + 15) // 16 * 16
+
+
 cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
                      int nthreads) noexcept nogil:
     """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1); -1: out of memory."""
     cdef Py_ssize_t rb = _rows_per_block(C)
     cdef Py_ssize_t nblocks = (M + rb - 1) // rb
-    cdef Py_ssize_t blk, c
+    cdef Py_ssize_t ncb = _column_blocks(nblocks, C, nthreads)
+    cdef Py_ssize_t cw = _column_width(C, ncb)
+    cdef Py_ssize_t blk, c, t
     cdef double* partial = <double*>_alloc(nblocks * 2 * C * sizeof(double))
     cdef double* bmean
     cdef double* bm2
@@ -423,12 +441,13 @@ cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean
         return -1
     if nthreads <= 1:  # no thread team for one thread
         for blk in range(nblocks):
-            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
+            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C, 0, C,
                                   partial + 2 * C * blk, partial + 2 * C * blk + C)
     else:
-        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C,
-                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
+        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
+            _column_block_moments(x, (t // ncb) * rb, min(M, (t // ncb + 1) * rb), C, min(C, (t % ncb) * cw),
+                                  min(C, (t % ncb + 1) * cw), partial + 2 * C * (t // ncb),
+                                  partial + 2 * C * (t // ncb) + C)
     # Chan merges of the row blocks, in order; every column of a block has the same count, so the
     # weights are computed once per block and the column loop vectorizes.
     na = <double>min(M, rb)
@@ -649,12 +668,13 @@ cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t
     cdef Py_ssize_t ntasks = (full + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t k, j, task, r0
     cdef floating* tiled
-    tiled = NULL if stream or M < rep else <floating*>_alloc(3 * L * sizeof(floating))
+    tiled = NULL if stream or M < rep or C >= 256 else <floating*>_alloc(3 * L * sizeof(floating))
     if tiled == NULL:
         # Streaming stores reach memory bandwidth with the per-channel values as they are (tiling them
-        # would only crowd L1); a few rows are not worth tiling; and without memory for the tile, the
-        # untiled sweep gives the same bits.
-        if nthreads <= 1 or not stream:
+        # would only crowd L1); a few rows, or rows of 256 values or more, are not worth tiling (BatchNorm
+        # by columns, [64, 12544]: tiling copied 600 KB); and without memory for the tile, the untiled
+        # sweep gives the same bits.
+        if nthreads <= 1:
             _sweep_rows(x, y, M, C, p, C, stream)
         else:
             rows_per_task = max(<Py_ssize_t>1, 65536 // C)
@@ -1419,8 +1439,10 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
     P1, P2 receive the per-column sum(dy), sum(dy * xhat)."""
     cdef Py_ssize_t rb = _rows_per_block(C)
     cdef Py_ssize_t nblocks = (M + rb - 1) // rb
+    cdef Py_ssize_t ncb = _column_blocks(nblocks, C, nthreads)
+    cdef Py_ssize_t cw = _column_width(C, ncb)
     cdef Py_ssize_t G = C // group
-    cdef Py_ssize_t blk, c, g, i
+    cdef Py_ssize_t blk, c, g, i, t
     cdef double A, B, w, beta, gamma
     cdef double* partial = <double*>_alloc((2 * nblocks * C + C) * sizeof(double))
     cdef double* colmean = partial + 2 * nblocks * C
@@ -1433,13 +1455,11 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
     for c in range(C):
         colmean[c] = mean[c // group]
     if nthreads <= 1:  # no thread team for one thread
-        for blk in range(nblocks):
-            fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
-                                      partial + 2 * C * blk, partial + 2 * C * blk + C)
+        for t in range(nblocks):
+            _grad_column_tile(x, dy, t, M, C, rb, C, 1, colmean, partial)
     else:
-        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-            fastnorm_grad_column_sums(x + blk * rb * C, dy + blk * rb * C, min(rb, M - blk * rb), C, colmean,
-                                      partial + 2 * C * blk, partial + 2 * C * blk + C)
+        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
+            _grad_column_tile(x, dy, t, M, C, rb, cw, ncb, colmean, partial)
     for c in range(C):
         P1[c] = 0.0
         P2[c] = 0.0
@@ -1468,33 +1488,45 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
             p[2 * C + c] = <floating>beta
             p[3 * C + c] = <floating>gamma
     if nthreads <= 1:  # no thread team for one thread
-        for blk in range(nblocks):
-            fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
-                                     min(rb, M - blk * rb), C, p)
+        for t in range(nblocks):
+            _grad_sweep_tile(x, dy, dx, t, M, C, rb, C, 1, p)
     else:
-        for blk in prange(nblocks, schedule="static", num_threads=nthreads):
-            fastnorm_grad_sweep_rows(x + blk * rb * C, dy + blk * rb * C, dx + blk * rb * C,
-                                     min(rb, M - blk * rb), C, p)
+        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
+            _grad_sweep_tile(x, dy, dx, t, M, C, rb, cw, ncb, p)
     free(p)
     free(partial)
     return 0
 
 
-cdef inline void fastnorm_grad_column_sums(const floating* x, const floating* dy, Py_ssize_t rows,
-                                           Py_ssize_t ncols, const double* mean, double* s_dy,
-                                           double* s_dyx) noexcept nogil:
+cdef inline void _grad_column_tile(const floating* x, const floating* dy, Py_ssize_t t, Py_ssize_t M,
+                                   Py_ssize_t C, Py_ssize_t rb, Py_ssize_t cw, Py_ssize_t ncb,
+                                   const double* colmean, double* partial) noexcept nogil:
+    """Tile ``t`` of _grad_mc's column sums: rows of block t // ncb, columns of block t % ncb."""
+    cdef Py_ssize_t blk = t // ncb, c0 = (t % ncb) * cw
+    cdef Py_ssize_t r0 = blk * rb, rows = min(rb, M - blk * rb), ncols = min(cw, C - c0)
+    cdef double* s_dy = partial + 2 * C * blk + c0
+    if ncols <= 0:  # the last column blocks of a rounded-up width
+        return
     if floating is float:
-        fastnorm_grad_column_sums_f32(x, dy, rows, ncols, mean, s_dy, s_dyx)
+        fastnorm_grad_column_sums_f32(x + r0 * C + c0, dy + r0 * C + c0, rows, ncols, C, colmean + c0, s_dy,
+                                      s_dy + C)
     else:
-        fastnorm_grad_column_sums_f64(x, dy, rows, ncols, mean, s_dy, s_dyx)
+        fastnorm_grad_column_sums_f64(x + r0 * C + c0, dy + r0 * C + c0, rows, ncols, C, colmean + c0, s_dy,
+                                      s_dy + C)
 
 
-cdef inline void fastnorm_grad_sweep_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t rows,
-                                          Py_ssize_t ncols, const floating* p) noexcept nogil:
+cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, Py_ssize_t t, Py_ssize_t M,
+                                  Py_ssize_t C, Py_ssize_t rb, Py_ssize_t cw, Py_ssize_t ncb,
+                                  const floating* p) noexcept nogil:
+    """Tile ``t`` of _grad_mc's dx sweep (the tiles of _grad_column_tile)."""
+    cdef Py_ssize_t blk = t // ncb, c0 = (t % ncb) * cw
+    cdef Py_ssize_t off = blk * rb * C + c0, rows = min(rb, M - blk * rb), ncols = min(cw, C - c0)
+    if ncols <= 0:
+        return
     if floating is float:
-        fastnorm_grad_sweep_rows_f32(x, dy, dx, rows, ncols, p)
+        fastnorm_grad_sweep_rows_f32(x + off, dy + off, dx + off, rows, ncols, C, p + c0, C)
     else:
-        fastnorm_grad_sweep_rows_f64(x, dy, dx, rows, ncols, p)
+        fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, C, p + c0, C)
 
 
 def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,

@@ -186,11 +186,11 @@
 /* Channels last, [rows, ncols]: column sums of dy and dy * (x - mean[c]) added to s_dy, s_dyx. */
 #define FASTNORM_GRAD_COLUMN_SUMS(NAME, T)                                                    \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t ncols, \
-                                     const double *restrict mean, double *restrict s_dy,      \
+                                     ptrdiff_t ld, const double *restrict mean, double *restrict s_dy, \
                                      double *restrict s_dyx)                                  \
     {                                                                                         \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                \
-            const T *xr = x + r * ncols, *gr = dy + r * ncols;                                \
+            const T *xr = x + r * ld, *gr = dy + r * ld;                                      \
             for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
                 double g = (double)gr[c];                                                     \
                 s_dy[c] += g;                                                                 \
@@ -199,16 +199,17 @@
         }                                                                                     \
     }
 
-/* Channels last: dx = alpha[c] * dy + beta[c] * (x - hi[c]) + gamma[c]; p holds hi, alpha, beta, gamma. */
+/* Channels last: dx = alpha[c] * dy + beta[c] * (x - hi[c]) + gamma[c] on rows ld apart; p holds hi,
+ * alpha, beta, gamma as four arrays plen apart. */
 #define FASTNORM_GRAD_SWEEP_ROWS(NAME, T)                                                     \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t ncols, \
-                                     const T *p)                                              \
+                                     ptrdiff_t ld, const T *p, ptrdiff_t plen)                \
     {                                                                                         \
-        const T *restrict hi = p, *restrict alpha = p + ncols, *restrict beta = p + 2 * ncols; \
-        const T *restrict gamma = p + 3 * ncols;                                              \
+        const T *restrict hi = p, *restrict alpha = p + plen, *restrict beta = p + 2 * plen;  \
+        const T *restrict gamma = p + 3 * plen;                                               \
         for (ptrdiff_t r = 0; r < rows; r++) {                                                \
-            const T *xr = x + r * ncols, *gr = dy + r * ncols;                                \
-            T *o = dx + r * ncols;                                                            \
+            const T *xr = x + r * ld, *gr = dy + r * ld;                                      \
+            T *o = dx + r * ld;                                                               \
             for (ptrdiff_t c = 0; c < ncols; c++)                                             \
                 o[c] = alpha[c] * gr[c] + beta[c] * (xr[c] - hi[c]) + gamma[c];               \
         }                                                                                     \
