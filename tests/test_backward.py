@@ -274,3 +274,25 @@ def test_row_kernels_give_the_same_bits_in_batches_rows_and_pieces(rng, dtype, N
     for other in results[1:]:
         for a, c in zip(results[0], other):
             assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("shape", [(64, 2048), (16, 512, 1, 1)])
+def test_group_norm_backward_with_one_value_per_channel(rng, shape):
+    # GroupNorm on (N, C) or 1x1 maps: every channel's run is one value.  Without a weight, each group is
+    # a LayerNorm row of C / G values; with one, the bits are the same for any thread count.
+    x = (3 + rng.normal(size=shape)).astype(np.float32)
+    g = rng.normal(size=shape).astype(np.float32)
+    N, C, G = shape[0], shape[1], 32
+    _, mean, rstd = fastnorm.group_norm(x, G, return_stats=True)
+    dx, dw, db = fastnorm.group_norm_backward(g, x, G, mean, rstd)
+    expected, _, _ = reference.row_norm_backward(g.reshape(N * G, -1), x.reshape(N * G, -1), C // G)
+    np.testing.assert_allclose(dx.reshape(N * G, -1), expected, atol=1e-5)
+    np.testing.assert_allclose(db, g.reshape(N, C).astype(np.float64).sum(axis=0), rtol=1e-9, atol=1e-9)
+    w = rng.normal(size=C).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        with fastnorm.threads(n):
+            results.append(fastnorm.group_norm_backward(g, x, G, mean, rstd, w))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)

@@ -82,7 +82,8 @@ def test_layer_norm_nan_stays_in_its_row(rng):
 # --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape, groups", [((4, 6, 5, 5), 3), ((2, 8, 17), 2), ((1, 4, 3), 4), ((3, 6), 2),
-                                           ((2, 4, 3, 2, 2), 1), ((2, 32, 8, 8), 32), ((1, 4, 300, 300), 2)])
+                                           ((2, 4, 3, 2, 2), 1), ((2, 32, 8, 8), 32), ((1, 4, 300, 300), 2),
+                                           ((64, 2048), 32), ((8, 512, 1, 1), 16)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -748,8 +748,15 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
             _sweep_affine(xrun + start, yrun + start, length, hi, scale, shift,
                           <const floating*>a.weight.data + start, b, stream)
         return
-    j = pos // a.sub
     first = (r % a.groups) * (S // a.sub)
+    if a.sub == 1:
+        # One value per channel (GroupNorm on (N, C) or 1x1 maps): the loop below, without its per-run
+        # steps, which cost 6 ns a value ((256, 512), 32 groups: 1650 -> 230 us with the row path).
+        for i in range(pos, end):
+            s = inv * _at(a.weight, first + i, 1.0)
+            yrun[i] = (xrun[i] - hi) * <floating>s + <floating>(_at(a.bias, first + i, 0.0) - rem * s)
+        return
+    j = pos // a.sub
     while pos < end:
         stop = min(end, (j + 1) * a.sub)
         c = first + j

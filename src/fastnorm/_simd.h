@@ -216,7 +216,7 @@
     }
 
 FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f32_generic, float)
-FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f64, double)
+FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f64_loop, double)
 FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f32_generic, float)
 FASTNORM_GRAD_ROW_ELEM(fastnorm_grad_row_elem_f64, double)
 FASTNORM_GRAD_SWEEP(fastnorm_grad_sweep_f32, float)
@@ -599,8 +599,8 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_sums_f32
     *s_dyx = b - (mean - (double)hi_s) * a;
 }
 
-static inline void fastnorm_grad_sums_f32(const float *x, const float *dy, ptrdiff_t n, double mean, double *s_dy,
-                                          double *s_dyx)
+static inline void fastnorm_grad_sums_f32_loop(const float *x, const float *dy, ptrdiff_t n, double mean,
+                                               double *s_dy, double *s_dyx)
 {
     if (fastnorm_avx2_fma)
         fastnorm_grad_sums_f32_avx2(x, dy, n, mean, s_dy, s_dyx);
@@ -652,8 +652,23 @@ static int fastnorm_select_isa(int on)
 #define fastnorm_shifted_sums_f32 fastnorm_shifted_sums_f32_generic
 #define fastnorm_column_sums_f32 fastnorm_column_sums_f32_generic
 #define fastnorm_grad_row_elem_f32 fastnorm_grad_row_elem_f32_generic
-#define fastnorm_grad_sums_f32 fastnorm_grad_sums_f32_generic
+#define fastnorm_grad_sums_f32_loop fastnorm_grad_sums_f32_generic
 #endif
+/* sum(dy) and sum(dy * (x - mean)) of a run, for every path of the kernels.  A lone value (GroupNorm with
+ * one value per channel) is summed here: a call per value cost more than the value (16 ns). */
+#define FASTNORM_GRAD_SUMS_OF_RUN(NAME, T, LOOP)                                              \
+    static inline void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double *s_dy, double *s_dyx) \
+    {                                                                                         \
+        if (n == 1) {                                                                         \
+            double hi = (double)(T)mean, a = (double)dy[0];                                   \
+            *s_dy = a;                                                                        \
+            *s_dyx = a * ((double)x[0] - hi) - (mean - hi) * a;                               \
+            return;                                                                           \
+        }                                                                                     \
+        LOOP(x, dy, n, mean, s_dy, s_dyx);                                                    \
+    }
+FASTNORM_GRAD_SUMS_OF_RUN(fastnorm_grad_sums_f32, float, fastnorm_grad_sums_f32_loop)
+FASTNORM_GRAD_SUMS_OF_RUN(fastnorm_grad_sums_f64, double, fastnorm_grad_sums_f64_loop)
 /* P1[q] = sum(dy), P2[q] = rstd[r] * sum(dy * (x - mean[r])) for run q = r * K + j of rows of K runs of len
  * values: each run summed by fastnorm_grad_sums_* as a lone run is (the same bits), without a call from
  * the kernels per run. */

@@ -521,8 +521,10 @@ def _group_norm_layout(x, num_groups, channel_axis):
 
 
 def _group_norm_channels_last(x, axis, moved):
-    """Whether GroupNorm runs on channels-last memory ([N, S, C]; for S == 1 the layouts coincide)."""
-    return moved or axis == x.ndim - 1 or x.size == x.shape[0] * x.shape[axis]
+    """Whether GroupNorm runs on channels-last memory ([N, S, C]).  With one value per channel (S == 1)
+    the layouts coincide and the rows of [N * G, C / G] go faster (a column pass of one row per sample
+    paid a merge per column: (64, 2048) took 870 us, as rows 70 us)."""
+    return (moved or axis == x.ndim - 1) and x.size != x.shape[0] * x.shape[axis]
 
 
 def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
