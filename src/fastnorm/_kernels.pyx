@@ -1243,8 +1243,8 @@ cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, P
     values are known (N * S, or more when the row is spread over several processes)."""
     cdef Py_ssize_t K = S // a.sub
     cdef double beta, gamma
-    _grad_row_coefficients(a, (r % a.groups) * K, K, count, mean[r] - <double><floating>mean[r], rstd[r], training,
-                           P1 + r * K, P2 + r * K, &beta, &gamma)
+    _grad_row_coefficients(a, (r % a.groups) * K, K, count, mean[r] - <double><floating>mean[r], rstd[r],
+                           training, P1 + r * K, P2 + r * K, &beta, &gamma)
     _grad_sweep_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], beta, gamma, stream)
 
 
@@ -1389,6 +1389,23 @@ cdef enum:
     ELEM_PARTIAL_BYTES = 1 << 20  # in order), at most this much memory of column sums in all
 
 
+cdef enum:
+    MERGE_COLUMNS = 4096
+
+
+cdef void _merge_chunks(const double* partial, Py_ssize_t nchunks, Py_ssize_t D, Py_ssize_t d0, Py_ssize_t d1,
+                        double* grad_w, double* grad_b) noexcept nogil:
+    """Columns d0 <= d < d1 of the chunks' column sums, added in chunk order."""
+    cdef Py_ssize_t k, d
+    for d in range(d0, d1):
+        grad_b[d] = 0.0
+        grad_w[d] = 0.0
+    for k in range(nchunks):
+        for d in range(d0, d1):
+            grad_b[d] += partial[2 * k * D + d]
+            grad_w[d] += partial[(2 * k + 1) * D + d]
+
+
 cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
                     const floating* w, const double* mean, const double* rstd, bint training, bint rms,
                     double* grad_w, double* grad_b, int nthreads) noexcept nogil:
@@ -1419,23 +1436,6 @@ cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssiz
             _merge_chunks(partial, nchunks, D, k * MERGE_COLUMNS, min(D, (k + 1) * MERGE_COLUMNS), grad_w, grad_b)
     free(partial)
     return 0
-
-
-cdef enum:
-    MERGE_COLUMNS = 4096
-
-
-cdef void _merge_chunks(const double* partial, Py_ssize_t nchunks, Py_ssize_t D, Py_ssize_t d0, Py_ssize_t d1,
-                        double* grad_w, double* grad_b) noexcept nogil:
-    """Columns d0 <= d < d1 of the chunks' column sums, added in chunk order."""
-    cdef Py_ssize_t k, d
-    for d in range(d0, d1):
-        grad_b[d] = 0.0
-        grad_w[d] = 0.0
-    for k in range(nchunks):
-        for d in range(d0, d1):
-            grad_b[d] += partial[2 * k * D + d]
-            grad_w[d] += partial[(2 * k + 1) * D + d]
 
 
 cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
