@@ -537,8 +537,8 @@ cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floa
 cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
                                floating shift, const floating* w, const floating* b, bint stream) noexcept nogil:
     """``y = ((x - hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
-    if stream and (_lands_ahead(y, x) or _lands_ahead(y, w) or _lands_ahead(y, b)):
-        stream = False  # see _lands_ahead
+    if stream and _lands_ahead(y, x):  # not w, b: measured, they made no difference, and rows of
+        stream = False                  # LayerNorm would then stream or not by turns (see _lands_ahead)
     if floating is float:
         if stream:
             fastnorm_sweep_affine_stream_f32(x, y, n, hi, scale, shift, w, b)
@@ -1140,8 +1140,8 @@ cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx
                              floating alpha, floating beta, floating gamma, const floating* w,
                              bint stream) noexcept nogil:
     """dx = (w * dy) * alpha + beta * (x - hi) + gamma; w is per element, or NULL."""
-    if stream and (_lands_ahead(dx, x) or _lands_ahead(dx, dy) or _lands_ahead(dx, w)):
-        stream = False  # see _lands_ahead
+    if stream and (_lands_ahead(dx, x) or _lands_ahead(dx, dy)):  # not w, as in _sweep_affine
+        stream = False
     if floating is float:
         if stream:
             fastnorm_grad_sweep_stream_f32(x, dy, dx, n, hi, alpha, beta, gamma, w)
