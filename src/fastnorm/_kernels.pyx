@@ -794,8 +794,11 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
     """Rows per batch for _norm_batch / _grad_batch, or 0 where rows go one at a time: long rows, runs of
     several samples (N > 1), or too few rows to share among the threads.  Batches of rows of up to 512
     values: InstanceNorm (32, 256, 8, 8) 470 -> 300 us, LayerNorm (4096, 128) 280 -> 210 us, 1 thread."""
-    cdef Py_ssize_t rows = min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S)
-    if N != 1 or rows < 8:  # long rows: a row's own work hides its chain of divisions
+    cdef Py_ssize_t rows
+    if N != 1 or S < 1:
+        return 0
+    rows = min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S)
+    if rows < 8:  # long rows: a row's own work hides its chain of divisions
         return 0
     if nthreads > 1:
         if R < 4 * nthreads and S * R >= BATCH_VALUES:
@@ -1226,6 +1229,12 @@ cdef void _grad_sweep_span(const floating* x, const floating* dy, floating* dx, 
     cdef Py_ssize_t pos = start, end = start + length, stop
     cdef Py_ssize_t j = pos // a.sub, first = (r % a.groups) * (S // a.sub)
     cdef floating hi = <floating>mean
+    cdef floating b = <floating>beta, g = <floating>gamma
+    if a.sub == 1:  # one value per channel: the sweep below without a call per value, as _sweep_span
+        for j in range(pos, end):
+            dx[off + j] = (dy[off + j] * <floating>(rstd * _at(a.weight, first + j, 1.0))
+                           + b * (x[off + j] - hi) + g)
+        return
     while pos < end:
         stop = min(end, (j + 1) * a.sub)
         _grad_sweep(x + off + pos, dy + off + pos, dx + off + pos, stop - pos, hi,
@@ -1385,8 +1394,7 @@ cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, 
 
 
 cdef enum:
-    ELEM_CHUNKS = 32              # row chunks of the elementwise backward (their column sums are merged
-    ELEM_PARTIAL_BYTES = 1 << 20  # in order), at most this much memory of column sums in all
+    ELEM_CHUNKS = 32   # row chunks of the elementwise backward (their column sums are merged in order)
 
 
 cdef enum:
@@ -1411,9 +1419,10 @@ cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssiz
                     double* grad_w, double* grad_b, int nthreads) noexcept nogil:
     # Few long rows get few chunks: each chunk's column sums are 16 bytes a column, zeroed, updated by
     # every row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows
-    # (LayerNorm backward on (56, 14336): 990 -> 600 us, 1 thread; 670 -> 440 us, 2 threads).
+    # (LayerNorm backward on (56, 14336): 990 -> 600 us, 1 thread; 670 -> 440 us, 2 threads).  The
+    # chunks' sums are kept to an eighth of the bytes the call moves (3 R D values), at least 2 chunks.
     cdef Py_ssize_t nchunks = max(min(R, <Py_ssize_t>2), min(min(R, <Py_ssize_t>ELEM_CHUNKS),
-                                                     ELEM_PARTIAL_BYTES // (16 * D)))
+                                                     3 * R * <Py_ssize_t>sizeof(floating) // (16 * 8)))
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k
     cdef double* partial = <double*>_alloc(2 * nchunks * D * sizeof(double))
