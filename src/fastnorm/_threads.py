@@ -89,8 +89,13 @@ def threads(n: int) -> ContextManager[None]:
     return thread_setting(_local, "n", check_count(n, "n"))
 
 
-def threads_for(size: int) -> int:
-    """Threads for a kernel call over ``size`` elements."""
+def threads_for(size: int, run: int = 64) -> int:
+    """Threads for a kernel call over ``size`` elements normalized in contiguous runs of ``run`` values.
+
+    A value of a short run costs more (the run's own steps are shared by fewer values): runs shorter than
+    64 values count up to 8 times, so that GroupNorm on (8, 256, 3, 3) gets two threads (20 -> 12 us)."""
+    if run < 64:
+        size *= min(8, 64 // max(1, run))
     if size < 2 * _ELEMENTS_PER_THREAD:
         return 1
     return max(1, min(get_num_threads(), size // _ELEMENTS_PER_THREAD))

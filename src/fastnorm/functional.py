@@ -317,7 +317,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
 
     buf, N, C, S, moved = _channel_view(x, axis)
     result = _result_buffer(out, buf, axis, moved)
-    nthreads = threads_for(x.size)
+    nthreads = threads_for(x.size, S if S > 1 else 64)
     if training:
         if S == 1:
             mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
@@ -386,7 +386,7 @@ def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stat
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 0, False)
-    stats = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size), per_element=True,
+    stats = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
                            rms=rms, stats=return_stats)
     y = _finish(result, out, 0, False, dtype)
     if not return_stats:
@@ -494,7 +494,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     result = _result_buffer(out, buf, axis, moved)
-    nthreads = threads_for(x.size)
+    nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
         stats = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps, nthreads)
     else:
@@ -584,7 +584,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[NDArray] = None,
                           return_stats)
     buf = _contiguous(x)
     result = _result_buffer(out, buf, 1, False)
-    nthreads = threads_for(x.size)
+    nthreads = threads_for(x.size, S)
     if use_input_stats:
         stats = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C,
                                stats=return_stats or update)
@@ -674,7 +674,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     buf, N, C, S, moved = _channel_view(x, axis)
     gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
     dx = np.empty_like(buf)
-    nthreads = threads_for(x.size)
+    nthreads = threads_for(x.size, S if S > 1 else 64)
     if S == 1:
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean, invstd, w, bool(training), nthreads)
     elif _by_columns(N, S):  # short runs: by columns, as the forward
@@ -698,7 +698,7 @@ def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms
     buf, gbuf = _contiguous(x), _contiguous(g)
     dx = np.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, x.size // D, D, mean, rstd, w, True,
-                                        threads_for(x.size), per_element=True, rms=rms)
+                                        threads_for(x.size, D), per_element=True, rms=rms)
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
 
 
@@ -739,7 +739,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: in
     buf, _, _, _, moved = _channel_view(x, axis)
     gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
     dx = np.empty_like(buf)
-    nthreads = threads_for(x.size)
+    nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean, rstd, w, True, nthreads)
     else:
@@ -768,7 +768,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     dx = np.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean),
                                         np.ascontiguousarray(rstd), w, bool(use_input_stats),
-                                        threads_for(x.size), groups=C)
+                                        threads_for(x.size, x.size // (N * C)), groups=C)
     return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))
 
