@@ -1,0 +1,121 @@
+"""Same-process A/B of fastnorm at a baseline revision against the working tree.
+
+    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 10]
+
+Builds REV in a temporary git worktree, imports that build as a second package next to the working
+tree's (built in place: ``python setup.py build_ext --inplace``), and times both on the same arrays in
+alternating blocks, the order flipped every round. Unless ``--hot``, a 64 MiB write before each call
+evicts the data, as other work does between layers. Prints each build's median and base/new.
+
+The two builds must see the same arrays and the same cache state: an A/B where something touched one
+build's input just before it ran showed 1.1-1.4x for whichever build was second. An A/A run (REV = HEAD
+on a clean tree) shows the noise floor.
+"""
+import argparse
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_baseline(rev, where):
+    """The package at ``rev``, built, as ``fastnorm_base`` under ``where``."""
+    tree = os.path.join(where, "tree")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, rev], check=True,
+                   stdout=subprocess.DEVNULL)
+    try:
+        built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if built.returncode:
+            sys.exit(f"building {rev} failed:\n{built.stderr}")
+        shutil.copytree(os.path.join(tree, "src", "fastnorm"), os.path.join(where, "fastnorm_base"))
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True)
+    sys.path.insert(0, where)
+    return importlib.import_module("fastnorm_base")
+
+
+def cases():
+    """(name, shape, channel axis, call(F, x, g, w, b) -> callable)."""
+    def train(F, x, g, w, b, axis=1):
+        return lambda: F.batch_norm(x, None, None, w, b, True, channel_axis=axis)
+
+    def bn_backward(F, x, g, w, b):
+        _, mean, rstd = F.batch_norm(x, None, None, w, b, True, return_stats=True)
+        return lambda: F.batch_norm_backward(g, x, mean, rstd, w)
+
+    def ln_backward(F, x, g, w, b):
+        D = x.shape[-1]
+        _, mean, rstd = F.layer_norm(x, D, w, b, return_stats=True)
+        return lambda: F.layer_norm_backward(g, x, D, mean, rstd, w, b)
+
+    yield "batch_norm train NCHW", (32, 64, 56, 56), 1, train
+    yield "batch_norm train NHWC", (32, 56, 56, 64), -1, lambda F, x, g, w, b: train(F, x, g, w, b, -1)
+    yield "batch_norm eval NCHW", (32, 64, 56, 56), 1, lambda F, x, g, w, b: (
+        lambda: F.batch_norm(x, np.zeros_like(w), np.ones_like(w), w, b))
+    yield "layer_norm", (4096, 768), -1, lambda F, x, g, w, b: lambda: F.layer_norm(x, x.shape[-1], w, b)
+    yield "layer_norm", (8, 197, 384), -1, lambda F, x, g, w, b: lambda: F.layer_norm(x, x.shape[-1], w, b)
+    yield "group_norm G=32", (8, 256, 32, 32), 1, lambda F, x, g, w, b: lambda: F.group_norm(x, 32, w, b)
+    yield "instance_norm", (8, 64, 64, 64), 1, lambda F, x, g, w, b: lambda: F.instance_norm(x, None, None, w, b)
+    yield "instance_norm", (32, 256, 8, 8), 1, lambda F, x, g, w, b: lambda: F.instance_norm(x, None, None, w, b)
+    yield "rms_norm", (4096, 4096), -1, lambda F, x, g, w, b: lambda: F.rms_norm(x, x.shape[-1], w)
+    yield "batch_norm backward", (32, 64, 56, 56), 1, bn_backward
+    yield "layer_norm backward", (4096, 768), -1, ln_backward
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rev", help="the baseline revision (e.g. HEAD, HEAD~3, a commit)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--filter", default="", help="only cases whose name contains this")
+    parser.add_argument("--hot", action="store_true", help="no cache eviction between calls")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    import fastnorm
+    with tempfile.TemporaryDirectory() as where:
+        base = build_baseline(args.rev, where)
+        junk = np.ones(16 << 20, np.float32)
+
+        def block(f, calls=5):
+            times = []
+            for _ in range(calls):
+                if not args.hot:
+                    np.add(junk, 1, out=junk)
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            return np.median(times)
+
+        print(f"base {args.rev} against the working tree; {'hot' if args.hot else 'evicted'} caches")
+        rng = np.random.default_rng(0)
+        for name, shape, axis, make in cases():
+            if args.filter not in name:
+                continue
+            x = rng.standard_normal(shape, dtype=np.float32)
+            g = rng.standard_normal(shape, dtype=np.float32)
+            C = shape[axis]
+            w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+            old, new = make(base.functional, x, g, w, b), make(fastnorm.functional, x, g, w, b)
+            for n in args.threads:
+                with base.threads(n), fastnorm.threads(n):
+                    old(), new()
+                    t_old, t_new = [], []
+                    for k in range(args.rounds):
+                        for f, times in ((old, t_old), (new, t_new))[:: 1 if k % 2 else -1]:
+                            times.append(block(f))
+                a, c = np.median(t_old), np.median(t_new)
+                print(f"{name + ' ' + str(shape):44}{n:>3} thr  base {a * 1e3:8.3f} ms  new {c * 1e3:8.3f} ms"
+                      f"  base/new {a / c:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
