@@ -420,18 +420,48 @@ cdef Py_ssize_t _column_blocks(Py_ssize_t nblocks, Py_ssize_t C, int nthreads) n
     return max(<Py_ssize_t>1, min(C // 512, (2 * nthreads + nblocks - 1) // nblocks))
 
 
-cdef inline Py_ssize_t _column_width(Py_ssize_t C, Py_ssize_t ncb) noexcept nogil:
-    """Columns per block: C split in ncb, rounded up to whole cache lines."""
-    return (((C + ncb - 1) // ncb) + 15) // 16 * 16
+cdef struct Tiles:
+    # The tiles of a channels-last pass over [M, C]: row blocks of ``rb`` rows (fixed by the shape: the
+    # bits depend on them), each split into ``ncb`` column blocks of ``cw`` columns (for the threads).
+    Py_ssize_t M, C, rb, nblocks, ncb, cw
+
+
+cdef inline Tiles _tiles(Py_ssize_t M, Py_ssize_t C, int nthreads) noexcept nogil:
+    cdef Tiles g
+    g.M = M
+    g.C = C
+    g.rb = _rows_per_block(C)
+    g.nblocks = (M + g.rb - 1) // g.rb
+    g.ncb = _column_blocks(g.nblocks, C, nthreads)
+    g.cw = ((C + g.ncb - 1) // g.ncb + 15) // 16 * 16  # rounded up to whole cache lines
+    return g
+
+
+cdef inline bint _tile(const Tiles* g, Py_ssize_t t, Py_ssize_t* blk, Py_ssize_t* r0, Py_ssize_t* rows,
+                       Py_ssize_t* c0, Py_ssize_t* ncols) noexcept nogil:
+    """Tile ``t`` (0 <= t < nblocks * ncb): row block t // ncb, column block t % ncb.  False for an empty
+    one (the last column blocks of a rounded-up width)."""
+    blk[0] = t // g.ncb
+    r0[0] = blk[0] * g.rb
+    rows[0] = min(g.rb, g.M - r0[0])
+    c0[0] = (t % g.ncb) * g.cw
+    ncols[0] = min(g.cw, g.C - c0[0])
+    return ncols[0] > 0
+
+
+cdef void _moments_tile(const floating* x, const Tiles* g, Py_ssize_t t, double* partial) noexcept nogil:
+    """Tile ``t`` of _moments_mc: its columns' moments over its rows, into row block ``blk``'s partials."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols
+    if _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        _column_block_moments(x, r0, r0 + rows, g.C, c0, c0 + ncols, partial + 2 * g.C * blk,
+                              partial + 2 * g.C * blk + g.C)
 
 
 cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
                      int nthreads) noexcept nogil:
     """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1); -1: out of memory."""
-    cdef Py_ssize_t rb = _rows_per_block(C)
-    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
-    cdef Py_ssize_t ncb = _column_blocks(nblocks, C, nthreads)
-    cdef Py_ssize_t cw = _column_width(C, ncb)
+    cdef Tiles g = _tiles(M, C, nthreads)
+    cdef Py_ssize_t rb = g.rb, nblocks = g.nblocks
     cdef Py_ssize_t blk, c, t
     cdef double* partial = <double*>_alloc(nblocks * 2 * C * sizeof(double))
     cdef double* bmean
@@ -440,14 +470,11 @@ cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean
     if partial == NULL:
         return -1
     if nthreads <= 1:  # no thread team for one thread
-        for blk in range(nblocks):
-            _column_block_moments(x, blk * rb, min(M, (blk + 1) * rb), C, 0, C,
-                                  partial + 2 * C * blk, partial + 2 * C * blk + C)
+        for t in range(nblocks * g.ncb):
+            _moments_tile(x, &g, t, partial)
     else:
-        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
-            _column_block_moments(x, (t // ncb) * rb, min(M, (t // ncb + 1) * rb), C, min(C, (t % ncb) * cw),
-                                  min(C, (t % ncb + 1) * cw), partial + 2 * C * (t // ncb),
-                                  partial + 2 * C * (t // ncb) + C)
+        for t in prange(nblocks * g.ncb, schedule="static", num_threads=nthreads):
+            _moments_tile(x, &g, t, partial)
     # Chan merges of the row blocks, in order; every column of a block has the same count, so the
     # weights are computed once per block and the column loop vectorizes.
     na = <double>min(M, rb)
@@ -1453,10 +1480,8 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
     mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
     P1, P2 receive the per-column sum(dy), sum(dy * xhat)."""
-    cdef Py_ssize_t rb = _rows_per_block(C)
-    cdef Py_ssize_t nblocks = (M + rb - 1) // rb
-    cdef Py_ssize_t ncb = _column_blocks(nblocks, C, nthreads)
-    cdef Py_ssize_t cw = _column_width(C, ncb)
+    cdef Tiles tiles = _tiles(M, C, nthreads)
+    cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
     cdef Py_ssize_t blk, c, g, i, t
     cdef double A, B, w, beta, gamma
@@ -1471,11 +1496,11 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
     for c in range(C):
         colmean[c] = mean[c // group]
     if nthreads <= 1:  # no thread team for one thread
-        for t in range(nblocks):
-            _grad_column_tile(x, dy, t, M, C, rb, C, 1, colmean, partial)
+        for t in range(nblocks * tiles.ncb):
+            _grad_column_tile(x, dy, &tiles, t, colmean, partial)
     else:
-        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
-            _grad_column_tile(x, dy, t, M, C, rb, cw, ncb, colmean, partial)
+        for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
+            _grad_column_tile(x, dy, &tiles, t, colmean, partial)
     for c in range(C):
         P1[c] = 0.0
         P2[c] = 0.0
@@ -1504,45 +1529,43 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
             p[2 * C + c] = <floating>beta
             p[3 * C + c] = <floating>gamma
     if nthreads <= 1:  # no thread team for one thread
-        for t in range(nblocks):
-            _grad_sweep_tile(x, dy, dx, t, M, C, rb, C, 1, p)
+        for t in range(nblocks * tiles.ncb):
+            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
     else:
-        for t in prange(nblocks * ncb, schedule="static", num_threads=nthreads):
-            _grad_sweep_tile(x, dy, dx, t, M, C, rb, cw, ncb, p)
+        for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
+            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
     free(p)
     free(partial)
     return 0
 
 
-cdef inline void _grad_column_tile(const floating* x, const floating* dy, Py_ssize_t t, Py_ssize_t M,
-                                   Py_ssize_t C, Py_ssize_t rb, Py_ssize_t cw, Py_ssize_t ncb,
+cdef inline void _grad_column_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
                                    const double* colmean, double* partial) noexcept nogil:
-    """Tile ``t`` of _grad_mc's column sums: rows of block t // ncb, columns of block t % ncb."""
-    cdef Py_ssize_t blk = t // ncb, c0 = (t % ncb) * cw
-    cdef Py_ssize_t r0 = blk * rb, rows = min(rb, M - blk * rb), ncols = min(cw, C - c0)
-    cdef double* s_dy = partial + 2 * C * blk + c0
-    if ncols <= 0:  # the last column blocks of a rounded-up width
+    """Tile ``t`` of _grad_mc's column sums, into row block ``blk``'s partials."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols
+    cdef double* s_dy
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return
+    s_dy = partial + 2 * g.C * blk + c0
     if floating is float:
-        fastnorm_grad_column_sums_f32(x + r0 * C + c0, dy + r0 * C + c0, rows, ncols, C, colmean + c0, s_dy,
-                                      s_dy + C)
+        fastnorm_grad_column_sums_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                      s_dy, s_dy + g.C)
     else:
-        fastnorm_grad_column_sums_f64(x + r0 * C + c0, dy + r0 * C + c0, rows, ncols, C, colmean + c0, s_dy,
-                                      s_dy + C)
+        fastnorm_grad_column_sums_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                      s_dy, s_dy + g.C)
 
 
-cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, Py_ssize_t t, Py_ssize_t M,
-                                  Py_ssize_t C, Py_ssize_t rb, Py_ssize_t cw, Py_ssize_t ncb,
-                                  const floating* p) noexcept nogil:
-    """Tile ``t`` of _grad_mc's dx sweep (the tiles of _grad_column_tile)."""
-    cdef Py_ssize_t blk = t // ncb, c0 = (t % ncb) * cw
-    cdef Py_ssize_t off = blk * rb * C + c0, rows = min(rb, M - blk * rb), ncols = min(cw, C - c0)
-    if ncols <= 0:
+cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
+                                  Py_ssize_t t, const floating* p) noexcept nogil:
+    """Tile ``t`` of _grad_mc's dx sweep."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols, off
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return
+    off = r0 * g.C + c0
     if floating is float:
-        fastnorm_grad_sweep_rows_f32(x + off, dy + off, dx + off, rows, ncols, C, p + c0, C)
+        fastnorm_grad_sweep_rows_f32(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
     else:
-        fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, C, p + c0, C)
+        fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
 
 
 def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
