@@ -62,7 +62,7 @@ extensions = [
         "fastnorm._kernels",
         ["src/fastnorm/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastnorm"],
-        depends=["src/fastnorm/_simd.h"],
+        depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

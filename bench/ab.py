@@ -1,6 +1,6 @@
 """Same-process A/B of fastnorm at a baseline revision against the working tree.
 
-    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 10]
+    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 10] [--shape 448,3584 ...]
 
 Builds REV in a temporary git worktree, imports that build as a second package next to the working
 tree's (built in place: ``python setup.py build_ext --inplace``), and times both on the same arrays in
@@ -77,10 +77,13 @@ def main():
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--hot", action="store_true", help="no cache eviction between calls")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--shape", nargs="+", default=[],
+                        help="run the filtered cases on these shapes instead (comma-separated dims)")
     args = parser.parse_args()
 
     sys.path.insert(0, os.path.join(ROOT, "src"))
     import fastnorm
+    shapes = [tuple(int(d) for d in s.split(",")) for s in args.shape]
     with tempfile.TemporaryDirectory() as where:
         base = build_baseline(args.rev, where)
         junk = np.ones(16 << 20, np.float32)
@@ -97,24 +100,25 @@ def main():
 
         print(f"base {args.rev} against the working tree; {'hot' if args.hot else 'evicted'} caches")
         rng = np.random.default_rng(0)
-        for name, shape, axis, make in cases():
+        for name, case_shape, axis, make in cases():
             if args.filter not in name:
                 continue
-            x = rng.standard_normal(shape, dtype=np.float32)
-            g = rng.standard_normal(shape, dtype=np.float32)
-            C = shape[axis]
-            w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
-            old, new = make(base.functional, x, g, w, b), make(fastnorm.functional, x, g, w, b)
-            for n in args.threads:
-                with base.threads(n), fastnorm.threads(n):
-                    old(), new()
-                    t_old, t_new = [], []
-                    for k in range(args.rounds):
-                        for f, times in ((old, t_old), (new, t_new))[:: 1 if k % 2 else -1]:
-                            times.append(block(f))
-                a, c = np.median(t_old), np.median(t_new)
-                print(f"{name + ' ' + str(shape):44}{n:>3} thr  base {a * 1e3:8.3f} ms  new {c * 1e3:8.3f} ms"
-                      f"  base/new {a / c:5.2f}")
+            for shape in shapes or [case_shape]:
+                x = rng.standard_normal(shape, dtype=np.float32)
+                g = rng.standard_normal(shape, dtype=np.float32)
+                C = shape[axis]
+                w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+                old, new = make(base.functional, x, g, w, b), make(fastnorm.functional, x, g, w, b)
+                for n in args.threads:
+                    with base.threads(n), fastnorm.threads(n):
+                        old(), new()
+                        t_old, t_new = [], []
+                        for k in range(args.rounds):
+                            for f, times in ((old, t_old), (new, t_new))[:: 1 if k % 2 else -1]:
+                                times.append(block(f))
+                    a, c = np.median(t_old), np.median(t_new)
+                    print(f"{name + ' ' + str(shape):44}{n:>3} thr  base {a * 1e3:8.3f} ms  new {c * 1e3:8.3f} ms"
+                          f"  base/new {a / c:5.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
 from . import functional
 from ._threads import get_num_threads, set_num_threads, threads
+from ._kernels import set_output_cache
 from .deploy import fold_batch_norm, load, save
 from .distributed import SyncBatchNorm, calibrate_batch_norms
 from .statistics import Moments
@@ -19,7 +20,7 @@ __all__ = [
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward",
     "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
-    "functional", "get_num_threads", "set_num_threads", "threads", "show_config",
+    "functional", "get_num_threads", "set_num_threads", "threads", "set_output_cache", "show_config",
 ]
 
 
@@ -45,6 +46,8 @@ def show_config(print_out=True):
         "openmp": _kernels.openmp_enabled(),
         "threads": get_num_threads(),
         "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
+        "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"
+                 " held for reuse (set_output_cache)",
     }
     if print_out:
         for key, value in config.items():

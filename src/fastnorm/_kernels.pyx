@@ -250,6 +250,78 @@ cdef inline double _at(Vec v, Py_ssize_t i, double default) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Output memory: large results come from a cache of freed output buffers (see _buffers.h)
+# ---------------------------------------------------------------------------------------------------------
+
+cdef extern from "_buffers.h":
+    object fastnorm_buffer_handler_capsule()
+    size_t fastnorm_cache_set_limit(size_t limit)
+    size_t fastnorm_cache_held()
+    size_t fastnorm_cache_limit
+    size_t FASTNORM_CACHE_MIN
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+cdef object _output_handler = fastnorm_buffer_handler_capsule()
+
+
+cdef cnp.ndarray _empty(int ndim, cnp.npy_intp* dims, int typenum):
+    """A new C-contiguous array; one of at least FASTNORM_CACHE_MIN bytes takes its memory from the cache."""
+    cdef size_t nbytes = cnp.PyArray_DescrFromType(typenum).itemsize
+    cdef int i
+    for i in range(ndim):
+        nbytes *= <size_t>dims[i]
+    if nbytes < FASTNORM_CACHE_MIN:
+        return cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+    previous = PyDataMem_SetHandler(_output_handler)
+    try:
+        return cnp.PyArray_EMPTY(ndim, dims, typenum, 0)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def empty(object shape, object dtype):
+    """``np.empty(shape, dtype)`` for a result array (see ``set_output_cache``)."""
+    cdef object descr = np.dtype(dtype)
+    cdef tuple dims = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    cdef cnp.npy_intp c_dims[32]
+    cdef int i
+    if len(dims) > 32 or descr.kind != "f":
+        return np.empty(dims, descr)
+    for i in range(len(dims)):
+        c_dims[i] = dims[i]
+    return _empty(len(dims), c_dims, descr.num)
+
+
+def empty_like(cnp.ndarray a):
+    """A new C-contiguous array of ``a``'s shape and dtype (see ``set_output_cache``)."""
+    return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a))
+
+
+def set_output_cache(size_t nbytes):
+    """Keep at most ``nbytes`` of freed result arrays' memory for reuse by new results; returns the previous
+    limit (256 MiB at import).
+
+    Results of 1 MiB or more (outputs and gradients) take their memory from this cache, and give it back
+    to it when they are freed: a loop that computes the same shapes every step then writes to memory that
+    is already mapped, instead of page-faulting fresh memory at every call (BatchNorm2d on
+    (32, 64, 56, 56) in a training loop, 1 thread: 8.5 -> 3.9 ms).  ``set_output_cache(0)`` returns what
+    the cache holds to the system and keeps nothing from then on.
+    """
+    return fastnorm_cache_set_limit(nbytes)
+
+
+def output_cache_limit():
+    return fastnorm_cache_limit
+
+
+def output_cache_bytes():
+    """Bytes of freed result buffers held for reuse now."""
+    return fastnorm_cache_held()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Scratch memory.  Kernels allocate their scratch without the GIL; one that cannot returns -1 through its
 # callers, and the entry point raises MemoryError (before any running statistics are touched, which the
 # Python layer updates from the entry point's results).
@@ -1825,7 +1897,7 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
         S *= dims[i]
     if N * S == 0 or not cache._refresh((mean, var, weight, bias), C, eps):
         return None
-    out = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+    out = _empty(ndim, dims, t)
     cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)

@@ -122,7 +122,7 @@ class SyncBatchNorm(_BatchNorm):
         nthreads = threads_for(x.size)
         local = np.stack(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S else np.zeros((2, C))
         sum_dy, sum_dyx = self._allgather_sum(local, np.add)
-        dx = np.empty_like(buf)
+        dx = _kernels.empty_like(buf)
         if N * S:
             w = None if self.weight is None else np.ascontiguousarray(self.weight)
             _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, np.ascontiguousarray(sum_dy),

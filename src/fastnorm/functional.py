@@ -195,7 +195,7 @@ def _result_buffer(out, buf, axis, moved):
             or target.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
         ):
             return target
-    return np.empty(buf.shape, buf.dtype)
+    return _kernels.empty_like(buf)
 
 
 def _finish(result, out, axis, moved, dtype):
@@ -214,7 +214,7 @@ def _finish(result, out, axis, moved, dtype):
 def _empty_result(x, out, dtype):
     if out is not None:
         return out
-    return np.empty(x.shape, dtype=dtype)
+    return _kernels.empty(x.shape, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -673,7 +673,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
     buf, N, C, S, moved = _channel_view(x, axis)
     gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
-    dx = np.empty_like(buf)
+    dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S if S > 1 else 64)
     if S == 1:
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean, invstd, w, bool(training), nthreads)
@@ -696,7 +696,7 @@ def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms
     if x.size == 0:
         return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
     buf, gbuf = _contiguous(x), _contiguous(g)
-    dx = np.empty_like(buf)
+    dx = _kernels.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, x.size // D, D, mean, rstd, w, True,
                                         threads_for(x.size, D), per_element=True, rms=rms)
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
@@ -738,7 +738,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: in
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
-    dx = np.empty_like(buf)
+    dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean, rstd, w, True, nthreads)
@@ -765,7 +765,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     if x.size == 0:
         return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
     buf, gbuf = _contiguous(x), _contiguous(g)
-    dx = np.empty_like(buf)
+    dx = _kernels.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean),
                                         np.ascontiguousarray(rstd), w, bool(use_input_stats),
                                         threads_for(x.size, x.size // (N * C)), groups=C)
@@ -899,7 +899,7 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
                 N, S = 1, x.size
             else:
                 N, S = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
-            result = np.empty_like(buf)
+            result = _kernels.empty_like(buf)
             _kernels.normalize(buf, result, N, C, S, vec["mean"], vec["variance"], vec.get("scale"),
                                vec.get("offset"), eps, threads_for(x.size))
             return result.astype(dtype, copy=False)
