@@ -1,6 +1,6 @@
 """Same-process A/B of fastnorm at a baseline revision against the working tree.
 
-    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 10] [--shape 448,3584 ...]
+    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 20] [--shape 448,3584 ...]
 
 Builds REV in a temporary git worktree, imports that build as a second package next to the working
 tree's (built in place: ``python setup.py build_ext --inplace``), and times both on the same arrays in
@@ -8,8 +8,11 @@ alternating blocks, the order flipped every round. Unless ``--hot``, a 64 MiB wr
 evicts the data, as other work does between layers. Prints each build's median and base/new.
 
 The two builds must see the same arrays and the same cache state: an A/B where something touched one
-build's input just before it ran showed 1.1-1.4x for whichever build was second. An A/A run (REV = HEAD
-on a clean tree) shows the noise floor.
+build's input just before it ran showed 1.1-1.4x for whichever build was second. Each round puts the
+inputs at a new random place: with x, dy and the output at fixed addresses, one build's output could sit
+at an unlucky distance from its inputs modulo 4 KiB for the whole run (LayerNorm backward (4096, 768):
+up to 1.15x slower at some distances), and an A/A run showed 0.91x. An A/A run (REV = HEAD on a clean
+tree) shows the noise floor.
 """
 import argparse
 import importlib
@@ -76,7 +79,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--hot", action="store_true", help="no cache eviction between calls")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shape", nargs="+", default=[],
                         help="run the filtered cases on these shapes instead (comma-separated dims)")
     args = parser.parse_args()
@@ -104,16 +107,21 @@ def main():
             if args.filter not in name:
                 continue
             for shape in shapes or [case_shape]:
-                x = rng.standard_normal(shape, dtype=np.float32)
-                g = rng.standard_normal(shape, dtype=np.float32)
+                size = int(np.prod(shape))
+                x = rng.standard_normal(size + 1024, dtype=np.float32)
+                g = rng.standard_normal(size + 1024, dtype=np.float32)
                 C = shape[axis]
                 w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
-                old, new = make(base.functional, x, g, w, b), make(fastnorm.functional, x, g, w, b)
                 for n in args.threads:
                     with base.threads(n), fastnorm.threads(n):
-                        old(), new()
                         t_old, t_new = [], []
                         for k in range(args.rounds):
+                            # Inputs at a new place every round: where x, dy and the output fall relative
+                            # to one another modulo 4 KiB moves a call's time by up to 10%.
+                            ox, og = rng.integers(0, 1024, 2)
+                            xk, gk = x[ox:ox + size].reshape(shape), g[og:og + size].reshape(shape)
+                            old, new = make(base.functional, xk, gk, w, b), make(fastnorm.functional, xk, gk, w, b)
+                            old(), new()
                             for f, times in ((old, t_old), (new, t_new))[:: 1 if k % 2 else -1]:
                                 times.append(block(f))
                     a, c = np.median(t_old), np.median(t_new)
