@@ -281,6 +281,11 @@ cdef cnp.ndarray _empty(int ndim, cnp.npy_intp* dims, int typenum):
         PyDataMem_SetHandler(previous)
 
 
+cdef cnp.ndarray _empty_doubles(cnp.npy_intp n):
+    """A new float64 vector of ``n`` values (per-row statistics, per-run sums), as ``_empty``."""
+    return _empty(1, &n, cnp.NPY_DOUBLE)
+
+
 def empty(object shape, object dtype):
     """``np.empty(shape, dtype)`` for a result array (see ``set_output_cache``)."""
     cdef object descr = np.dtype(dtype)
@@ -982,8 +987,8 @@ cdef inline bint _is_f64(cnp.ndarray x):
 def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthreads):
     """Per-channel (mean, biased variance) as float64 arrays of an ``[N, C, S]`` buffer (``S == 1``: the
     columns of ``[N, C]``)."""
-    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
-    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray mean = _empty_doubles(C)
+    cdef cnp.ndarray var = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
@@ -1069,7 +1074,7 @@ def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssi
 cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
     """(mean, var, rstd): rstd computed exactly as the sweeps computed it."""
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(mean)
-    cdef cnp.ndarray rstd = np.empty(n, dtype=np.float64)
+    cdef cnp.ndarray rstd = _empty_doubles(n)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
@@ -1102,8 +1107,8 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
     ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
     rstd being the inverse standard deviation (or root mean square) the sweep used; None without ``stats``.
     """
-    cdef cnp.ndarray mean = np.empty(R, dtype=np.float64) if stats else None
-    cdef cnp.ndarray var = np.empty(R, dtype=np.float64) if stats else None
+    cdef cnp.ndarray mean = _empty_doubles(R) if stats else None
+    cdef cnp.ndarray var = _empty_doubles(R) if stats else None
     cdef double* scratch = NULL if stats else <double*>_alloc(2 * R * sizeof(double))
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
@@ -1129,8 +1134,8 @@ def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object 
              double eps, int nthreads):
     """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
     statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)."""
-    cdef cnp.ndarray mean = np.empty(C, dtype=np.float64)
-    cdef cnp.ndarray var = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray mean = _empty_doubles(C)
+    cdef cnp.ndarray var = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
@@ -1199,8 +1204,8 @@ cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
 def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
                   object weight, object bias, double eps, int nthreads):
     """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)."""
-    cdef cnp.ndarray mean = np.empty(N * G, dtype=np.float64)
-    cdef cnp.ndarray var = np.empty(N * G, dtype=np.float64)
+    cdef cnp.ndarray mean = _empty_doubles(N * G)
+    cdef cnp.ndarray var = _empty_doubles(N * G)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
@@ -1651,8 +1656,8 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
     """
     cdef RowAffine a = _row_affine(weight, None, R, S, sub, groups, per_element, rms)
     cdef Py_ssize_t nsums = S if per_element else R * (S // a.sub)
-    cdef cnp.ndarray P1 = np.empty(nsums, dtype=np.float64)
-    cdef cnp.ndarray P2 = np.empty(nsums, dtype=np.float64)
+    cdef cnp.ndarray P1 = _empty_doubles(nsums)
+    cdef cnp.ndarray P2 = _empty_doubles(nsums)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* po = cnp.PyArray_DATA(dx)
@@ -1711,8 +1716,8 @@ def grad_sums(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssiz
               cnp.ndarray rstd, int nthreads):
     """Per-channel (sum(dy), sum(dy * xhat)) of an ``[N, C, S]`` buffer, float64: the part of a
     BatchNorm backward that several processes add up before :func:`grad_apply`."""
-    cdef cnp.ndarray P1 = np.empty(C, dtype=np.float64)
-    cdef cnp.ndarray P2 = np.empty(C, dtype=np.float64)
+    cdef cnp.ndarray P1 = _empty_doubles(C)
+    cdef cnp.ndarray P2 = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
@@ -1756,8 +1761,8 @@ def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_
     """Channels-last backward of N samples of ``[M, C]`` (BatchNorm: N = 1, G = C; GroupNorm: G groups
     per sample); ``mean``, ``rstd``: float64 per (sample, group).  Returns per (sample, column)
     (sum_dy, sum_dy_xhat) as float64 ``[N * C]``."""
-    cdef cnp.ndarray P1 = np.empty(N * C, dtype=np.float64)
-    cdef cnp.ndarray P2 = np.empty(N * C, dtype=np.float64)
+    cdef cnp.ndarray P1 = _empty_doubles(N * C)
+    cdef cnp.ndarray P2 = _empty_doubles(N * C)
     cdef char* px = <char*>cnp.PyArray_DATA(x)
     cdef char* pg = <char*>cnp.PyArray_DATA(dy)
     cdef char* po = <char*>cnp.PyArray_DATA(dx)
