@@ -9,8 +9,11 @@
  * FASTNORM_CACHE_MIN bytes are kept here instead, up to a limit, and the next array of about that size
  * reuses one: a loop that allocates the same shapes every step writes to mapped pages.
  *
- * Every block comes from malloc and goes back to free, so realloc works unchanged.  The handler is set
- * only around fastnorm's own np.empty calls; the arrays remember it and return their memory here. */
+ * Every block starts with a header of FASTNORM_HEADER bytes that records its capacity: NumPy passes free
+ * the size of the array, which is less than the block's when a block was reused for a smaller array, and
+ * the cache counts what it really holds.  The handler is set only around fastnorm's own np.empty calls;
+ * the arrays remember it and return their memory here.  The lock matters only without a GIL: NumPy
+ * allocates and frees array data with it held. */
 #ifndef FASTNORM_BUFFERS_H
 #define FASTNORM_BUFFERS_H
 
@@ -27,6 +30,11 @@
 #define FASTNORM_CACHE_MIN ((size_t)1 << 20)
 #define FASTNORM_CACHE_SLOTS 32
 #define FASTNORM_HUGE_MIN ((size_t)4 << 20) /* NumPy's own threshold for asking for huge pages */
+#define FASTNORM_HEADER 64                  /* keeps the data on a cache line boundary */
+
+/* Whether blocks of FASTNORM_HUGE_MIN bytes or more ask for transparent huge pages, as NumPy's own
+ * allocator does unless told not to (set from NumPy's setting at import). */
+static int fastnorm_madvise_huge = 1;
 
 typedef struct {
     void *ptr;
@@ -54,12 +62,33 @@ static int fastnorm_cache_trim(size_t incoming, void **out)
     return k;
 }
 
+static inline size_t *fastnorm_capacity(void *data) { return (size_t *)((char *)data - FASTNORM_HEADER); }
+
+/* A new block of `size` usable bytes (its data pointer), not from the cache. */
+static void *fastnorm_new_block(size_t size)
+{
+    void *raw = NULL;
+    if (size > SIZE_MAX - FASTNORM_HEADER || posix_memalign(&raw, FASTNORM_HEADER, size + FASTNORM_HEADER))
+        return NULL;
+    void *p = (char *)raw + FASTNORM_HEADER;
+    *fastnorm_capacity(p) = size;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (fastnorm_madvise_huge && size >= FASTNORM_HUGE_MIN) {
+        uintptr_t start = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+        madvise((void *)start, size - (start - (uintptr_t)p), MADV_HUGEPAGE);
+    }
+#endif
+    return p;
+}
+
+static void fastnorm_free_block(void *p) { free((char *)p - FASTNORM_HEADER); }
+
 static void *fastnorm_buffer_malloc(void *ctx, size_t size)
 {
     (void)ctx;
-    if (size < FASTNORM_CACHE_MIN)
-        return malloc(size ? size : 1);
     void *p = NULL;
+    if (size < FASTNORM_CACHE_MIN)
+        return fastnorm_new_block(size);
     PyThread_acquire_lock(fastnorm_cache_lock, WAIT_LOCK);
     /* the smallest block that holds `size` and wastes at most an eighth of it */
     int best = -1;
@@ -75,16 +104,7 @@ static void *fastnorm_buffer_malloc(void *ctx, size_t size)
         memmove(fastnorm_cache + best, fastnorm_cache + best + 1, (fastnorm_cache_count - best) * sizeof(fastnorm_block));
     }
     PyThread_release_lock(fastnorm_cache_lock);
-    if (p)
-        return p;
-    p = malloc(size);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (p && size >= FASTNORM_HUGE_MIN) {
-        uintptr_t start = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-        madvise((void *)start, size - (start - (uintptr_t)p), MADV_HUGEPAGE);
-    }
-#endif
-    return p;
+    return p ? p : fastnorm_new_block(size);
 }
 
 static void *fastnorm_buffer_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -97,23 +117,32 @@ static void *fastnorm_buffer_calloc(void *ctx, size_t nelem, size_t elsize)
     return p;
 }
 
+/* A new block with the old one's data (realloc would not keep the header's alignment). */
 static void *fastnorm_buffer_realloc(void *ctx, void *ptr, size_t size)
 {
     (void)ctx;
-    return realloc(ptr, size ? size : 1);
+    if (!ptr)
+        return fastnorm_new_block(size);
+    void *p = fastnorm_new_block(size);
+    if (!p)
+        return NULL;
+    size_t old = *fastnorm_capacity(ptr);
+    memcpy(p, ptr, old < size ? old : size);
+    fastnorm_free_block(ptr);
+    return p;
 }
 
-/* `size` is what the array was asked for (NumPy passes it back); a block reused for a slightly smaller
- * array is recorded at that smaller size. */
-static void fastnorm_buffer_free(void *ctx, void *ptr, size_t size)
+static void fastnorm_buffer_free(void *ctx, void *ptr, size_t size_of_array)
 {
     (void)ctx;
+    (void)size_of_array;
     void *dropped[FASTNORM_CACHE_SLOTS];
     int n = 0;
     if (!ptr)
         return;
+    size_t size = *fastnorm_capacity(ptr);
     if (size < FASTNORM_CACHE_MIN) {
-        free(ptr);
+        fastnorm_free_block(ptr);
         return;
     }
     PyThread_acquire_lock(fastnorm_cache_lock, WAIT_LOCK);
@@ -127,11 +156,12 @@ static void fastnorm_buffer_free(void *ctx, void *ptr, size_t size)
     }
     PyThread_release_lock(fastnorm_cache_lock);
     for (int k = 0; k < n; k++)
-        free(dropped[k]);
-    free(ptr);
+        fastnorm_free_block(dropped[k]);
+    if (ptr)
+        fastnorm_free_block(ptr);
 }
 
-/* Sets the most bytes the cache keeps (0: none, and it lets go of what it holds); returns the old limit. */
+/* Sets the most bytes the cache keeps (0: none, and it frees what it holds); returns the old limit. */
 static size_t fastnorm_cache_set_limit(size_t limit)
 {
     void *dropped[FASTNORM_CACHE_SLOTS];
@@ -141,7 +171,7 @@ static size_t fastnorm_cache_set_limit(size_t limit)
     int n = fastnorm_cache_trim(0, dropped);
     PyThread_release_lock(fastnorm_cache_lock);
     for (int k = 0; k < n; k++)
-        free(dropped[k]);
+        fastnorm_free_block(dropped[k]);
     return previous;
 }
 
