@@ -339,6 +339,7 @@ def set_output_cache(size_t nbytes):
 
 
 def output_cache_limit():
+    """The most bytes of freed result buffers the cache keeps (``set_output_cache``)."""
     return fastnorm_cache_limit
 
 
