@@ -26,6 +26,9 @@
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+#ifdef _WIN32
+#include <malloc.h>
+#endif
 
 #define FASTNORM_CACHE_MIN ((size_t)1 << 20)
 #define FASTNORM_CACHE_SLOTS 32
@@ -68,8 +71,15 @@ static inline size_t *fastnorm_capacity(void *data) { return (size_t *)((char *)
 static void *fastnorm_new_block(size_t size)
 {
     void *raw = NULL;
-    if (size > SIZE_MAX - FASTNORM_HEADER || posix_memalign(&raw, FASTNORM_HEADER, size + FASTNORM_HEADER))
+    if (size > SIZE_MAX - FASTNORM_HEADER)
         return NULL;
+#ifdef _WIN32
+    if (!(raw = _aligned_malloc(size + FASTNORM_HEADER, FASTNORM_HEADER)))
+        return NULL;
+#else
+    if (posix_memalign(&raw, FASTNORM_HEADER, size + FASTNORM_HEADER))
+        return NULL;
+#endif
     void *p = (char *)raw + FASTNORM_HEADER;
     *fastnorm_capacity(p) = size;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -81,7 +91,14 @@ static void *fastnorm_new_block(size_t size)
     return p;
 }
 
-static void fastnorm_free_block(void *p) { free((char *)p - FASTNORM_HEADER); }
+static void fastnorm_free_block(void *p)
+{
+#ifdef _WIN32
+    _aligned_free((char *)p - FASTNORM_HEADER);
+#else
+    free((char *)p - FASTNORM_HEADER);
+#endif
+}
 
 static void *fastnorm_buffer_malloc(void *ctx, size_t size)
 {
