@@ -50,18 +50,24 @@ static size_t fastnorm_cache_bytes = 0;
 static size_t fastnorm_cache_limit = (size_t)256 << 20;
 static PyThread_type_lock fastnorm_cache_lock = NULL;
 
+/* Takes block i out of the cache (lock held); returns it. */
+static void *fastnorm_cache_take(int i)
+{
+    void *p = fastnorm_cache[i].ptr;
+    fastnorm_cache_bytes -= fastnorm_cache[i].size;
+    fastnorm_cache_count--;
+    memmove(fastnorm_cache + i, fastnorm_cache + i + 1, (fastnorm_cache_count - i) * sizeof(fastnorm_block));
+    return p;
+}
+
 /* Drops the oldest blocks until `incoming` more bytes fit in the limit and a slot is free; returns how
  * many it moved to `out` (the caller frees them after releasing the lock). */
 static int fastnorm_cache_trim(size_t incoming, void **out)
 {
     int k = 0;
     while (fastnorm_cache_count > 0 &&
-           (fastnorm_cache_count == FASTNORM_CACHE_SLOTS || fastnorm_cache_bytes + incoming > fastnorm_cache_limit)) {
-        out[k++] = fastnorm_cache[0].ptr;
-        fastnorm_cache_bytes -= fastnorm_cache[0].size;
-        fastnorm_cache_count--;
-        memmove(fastnorm_cache, fastnorm_cache + 1, fastnorm_cache_count * sizeof(fastnorm_block));
-    }
+           (fastnorm_cache_count == FASTNORM_CACHE_SLOTS || fastnorm_cache_bytes + incoming > fastnorm_cache_limit))
+        out[k++] = fastnorm_cache_take(0);
     return k;
 }
 
@@ -114,12 +120,8 @@ static void *fastnorm_buffer_malloc(void *ctx, size_t size)
         if (s >= size && s - size <= size / 8 && (best < 0 || s < fastnorm_cache[best].size))
             best = i;
     }
-    if (best >= 0) {
-        p = fastnorm_cache[best].ptr;
-        fastnorm_cache_bytes -= fastnorm_cache[best].size;
-        fastnorm_cache_count--;
-        memmove(fastnorm_cache + best, fastnorm_cache + best + 1, (fastnorm_cache_count - best) * sizeof(fastnorm_block));
-    }
+    if (best >= 0)
+        p = fastnorm_cache_take(best);
     PyThread_release_lock(fastnorm_cache_lock);
     return p ? p : fastnorm_new_block(size);
 }
@@ -138,14 +140,12 @@ static void *fastnorm_buffer_calloc(void *ctx, size_t nelem, size_t elsize)
 static void *fastnorm_buffer_realloc(void *ctx, void *ptr, size_t size)
 {
     (void)ctx;
-    if (!ptr)
-        return fastnorm_new_block(size);
     void *p = fastnorm_new_block(size);
-    if (!p)
-        return NULL;
-    size_t old = *fastnorm_capacity(ptr);
-    memcpy(p, ptr, old < size ? old : size);
-    fastnorm_free_block(ptr);
+    if (p && ptr) {
+        size_t old = *fastnorm_capacity(ptr);
+        memcpy(p, ptr, old < size ? old : size);
+        fastnorm_free_block(ptr);
+    }
     return p;
 }
 
