@@ -63,7 +63,9 @@ extensions = [
         ["src/fastnorm/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastnorm"],
         depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # The C API of the oldest NumPy that pyproject admits (numpy>=1.25): a build against NumPy 2
+        # otherwise targets an older API whose table lacks PyDataMem_SetHandler, and the import fails.
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
