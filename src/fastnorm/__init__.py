@@ -1,5 +1,6 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
 from . import functional
+from ._version import __version__
 from ._threads import get_num_threads, set_num_threads, threads
 from ._kernels import set_output_cache
 from .deploy import fold_batch_norm, load, save
@@ -11,7 +12,6 @@ from .functional import (batch_norm, batch_norm_backward, batch_normalization, g
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                      InstanceNorm3d, LayerNorm, RMSNorm, no_grad)
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
