@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def compiler_accepts(flag):
@@ -57,6 +58,26 @@ elif compiler_accepts("-fopenmp-simd"):
 if sys.platform == "win32":
     compile_args, link_args = (["/O2", "/openmp"] if openmp else ["/O2"]), []
 
+
+
+class build_ext_checked(build_ext):
+    """Say plainly what is missing before the compiler's own errors would."""
+
+    def run(self):
+        if sys.platform != "win32" and not compiler_accepts("-O0"):
+            cc = os.environ.get("CC", "cc")
+            raise SystemExit(
+                f"fastnorm: no working C compiler ({cc!r}) was found, and building from source needs one. "
+                "Install gcc or clang (Debian/Ubuntu: apt-get install gcc), or install a wheel "
+                "(pip install --only-binary=:all: fastnorm)."
+            )
+        if not openmp:
+            why = "FASTNORM_NO_OPENMP is set" if os.environ.get("FASTNORM_NO_OPENMP") else "the compiler does not accept -fopenmp"
+            sys.stderr.write(f"fastnorm: building WITHOUT OpenMP ({why}): the kernels will run on one thread; "
+                             "fastnorm.show_config() reports openmp: False.\n")
+        super().run()
+
+
 extensions = [
     Extension(
         "fastnorm._kernels",
@@ -72,6 +93,7 @@ extensions = [
 ]
 
 setup(
+    cmdclass={"build_ext": build_ext_checked},
     ext_modules=cythonize(
         extensions,
         compiler_directives={
