@@ -46,7 +46,7 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     >>> import numpy as np, fastnorm
     >>> bn = fastnorm.BatchNorm1d(2, dtype=np.float64).eval()
     >>> bn.running_mean[:] = [1.0, -1.0]; bn.running_var[:] = [4.0, 0.25]
-    >>> w, b = fastnorm.fold_batch_norm(np.eye(2), None, bn)
+    >>> w, b = fastnorm.fold_batch_norm(np.eye(2), None, bn, layout="linear")
     >>> x = np.array([[3.0, 5.0]])
     >>> bool(np.allclose(x @ w.T + b, bn(x @ np.eye(2).T), atol=1e-6))
     True

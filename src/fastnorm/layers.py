@@ -405,7 +405,7 @@ class LayerNorm(_Layer):
     --------
     >>> import numpy as np, fastnorm
     >>> ln = fastnorm.LayerNorm(4)
-    >>> ln(np.array([[1, 2, 3, 4]], np.float32)).round(3).tolist()
+    >>> ln(np.array([[1, 2, 3, 4]], np.float32)).astype(float).round(3).tolist()
     [[-1.342, -0.447, 0.447, 1.342]]
     """
 
