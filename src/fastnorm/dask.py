@@ -4,7 +4,6 @@ Needs dask (``pip install fastnorm[dask]``); the rest of fastnorm never imports 
 """
 from __future__ import annotations
 
-import itertools
 from typing import Sequence, Union
 
 import numpy as np
@@ -16,6 +15,14 @@ from .statistics import Moments
 __all__ = ["moments", "apply"]
 
 
+_STATS = np.dtype([("mean", np.float64), ("var", np.float64)])
+
+
+def _flatten(parts):
+    """The partials of a reduction step in block order (dask nests them one list per reduced axis)."""
+    return [q for p in parts for q in _flatten(p)] if isinstance(parts, list) else [parts]
+
+
 def _tree_merge(parts):
     """Pairwise merges, level by level: a tree of depth log2(len(parts)) in a fixed order."""
     while len(parts) > 1:
@@ -25,12 +32,30 @@ def _tree_merge(parts):
 
 def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, split_every: int = 8):
     """Mean and biased variance of a dask array over ``axes``, exact: each chunk's (count, mean, M2) by
-    fastnorm's kernels, merged with Chan's formula in a tree of ``split_every`` partials per task.
+    fastnorm's kernels, merged with Chan's formula in a tree of ``split_every`` partials per task
+    (``dask.array.reduction``).
+
+    Parameters
+    ----------
+    array : dask.array.Array
+        Any real dtype; computed in float64 statistics.
+    axes : int or sequence of int
+        The axes to reduce.
+    keepdims : bool
+        Keep the reduced axes as size 1.
+    split_every : int
+        Partials merged per task (at least 2).
 
     Returns
     -------
     mean, variance : dask.array.Array
-        float64, of the kept shape (with the reduced axes kept as 1 with ``keepdims``).
+        float64, of the kept shape (with the reduced axes kept as 1 with ``keepdims``).  The merges follow
+        the block order, so the result does not depend on the scheduler.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``split_every`` not an integer of at least 2; ``axes`` out of range or repeated.
 
     Examples
     --------
@@ -40,7 +65,6 @@ def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, s
     >>> mean.compute().tolist(), var.compute().tolist()
     ([5.0, 6.0], [11.666666666666666, 11.666666666666666])
     """
-    import dask
     import dask.array as da
 
     from ._threads import check_count
@@ -48,35 +72,25 @@ def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, s
     if check_count(split_every, "split_every") < 2:
         raise ValueError(f"split_every: expected at least 2 partials per merge, got {split_every}")
     axes = F._normalize_axes(axes, array.ndim)
-    kept = [a for a in range(array.ndim) if a not in axes]
-    blocks = array.to_delayed()
-    chunk_moments = dask.delayed(Moments.of, pure=True)
-    merge = dask.delayed(lambda *parts: _tree_merge(list(parts)), pure=True)
-    means, variances = [], []
-    numblocks = array.numblocks
-    for kept_index in itertools.product(*(range(numblocks[a]) for a in kept)):
-        index = dict(zip(kept, kept_index))
-        parts = []
-        for reduced_index in itertools.product(*(range(numblocks[a]) for a in axes)):
-            index.update(zip(axes, reduced_index))
-            parts.append(chunk_moments(blocks[tuple(index[a] for a in range(array.ndim))], axes, True))
-        while len(parts) > 1:  # a tree of tasks, split_every partials each
-            parts = [merge(*parts[k:k + split_every]) for k in range(0, len(parts), split_every)]
-        shape = tuple(1 if a in axes else array.chunks[a][index[a]] for a in range(array.ndim))
-        total = parts[0]
-        means.append(da.from_delayed(dask.delayed(lambda m: m.mean)(total), shape, dtype=np.float64))
-        variances.append(da.from_delayed(dask.delayed(lambda m: m.var())(total), shape, dtype=np.float64))
-    grid = [numblocks[a] if a in kept else 1 for a in range(array.ndim)]
 
-    def assemble(pieces):
-        nested = np.empty(len(pieces), dtype=object)
-        nested[:] = pieces  # object slots: not an array built from the pieces' values
-        return da.block(nested.reshape(grid).tolist())
+    def chunk(x, axis, keepdims, computing_meta=False):
+        if computing_meta:  # dask asks what a chunk's result looks like: the partials are no arrays
+            return np.empty((0,) * x.ndim, _STATS)
+        return Moments.of(x, axis, keepdims=True)
 
-    mean, var = assemble(means), assemble(variances)
-    if not keepdims:
-        mean, var = mean.squeeze(axis=tuple(axes)), var.squeeze(axis=tuple(axes))
-    return mean, var
+    def combine(parts, axis, keepdims):
+        return _tree_merge(_flatten(parts))
+
+    def aggregate(parts, axis, keepdims):
+        total = combine(parts, axis, keepdims)
+        stats = np.empty(total.shape, _STATS)
+        stats["mean"], stats["var"] = total.mean, total.var()
+        return stats if keepdims else stats.squeeze(axis)
+
+    stats = da.reduction(array, chunk, aggregate, axis=axes, keepdims=keepdims, combine=combine,
+                         concatenate=False, split_every=split_every, dtype=_STATS,
+                         meta=np.empty((0,) * (array.ndim if keepdims else array.ndim - len(axes)), _STATS))
+    return stats["mean"], stats["var"]
 
 
 def _whole_axes(layer, ndim):
