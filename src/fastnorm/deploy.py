@@ -29,7 +29,7 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     Parameters
     ----------
     weight : array_like
-        ``layout="conv"``: (out_channels, in_channels / groups, *kernel); ``layout="linear"``:
+        ``layout="conv"``: ``(out_channels, in_channels / groups, *kernel)``; ``layout="linear"``:
         (out_features, in_features). The output channels are the first axis, as in PyTorch.
     bias : array_like of shape (out_channels,) or None
         None is a zero bias.

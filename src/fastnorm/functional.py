@@ -409,7 +409,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 
     Parameters
     ----------
-    input : ndarray, shape (..., *normalized_shape)
+    input : ndarray, shape ``(..., *normalized_shape)``
         float16, float32 or float64.
     normalized_shape : int or tuple of int
         The trailing dimensions to normalize over.
