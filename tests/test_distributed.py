@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import collective_scenarios
 import fastnorm
 import reference
 
@@ -67,45 +68,56 @@ def test_moments_serialize_and_validate(rng, tmp_path):
 # --------------------------------------------------------------------------------------------------------
 
 class ThreadComm:
-    """mpi4py's allgather between threads of one process, one handle per rank."""
+    """mpi4py's buffer Allgather between threads of one process, one handle per rank.  A rank left waiting
+    for the others fails after ``timeout`` seconds (BrokenBarrierError) instead of hanging."""
 
     def __init__(self, shared, rank):
         self.shared, self.rank = shared, rank
 
     @classmethod
-    def world(cls, size):
-        shared = {"slots": [None] * size, "barrier": threading.Barrier(size)}
+    def world(cls, size, timeout=20):
+        shared = {"slots": [None] * size, "barrier": threading.Barrier(size, timeout=timeout), "calls": 0}
         return [cls(shared, rank) for rank in range(size)]
 
-    def allgather(self, value):
-        self.shared["slots"][self.rank] = value
+    def Get_size(self):
+        return len(self.shared["slots"])
+
+    def Allgather(self, sendbuf, recvbuf):
+        self.shared["slots"][self.rank] = np.array(sendbuf, copy=True)
         self.shared["barrier"].wait()
-        result = list(self.shared["slots"])
+        recvbuf[...] = np.stack(self.shared["slots"]).reshape(recvbuf.shape)
+        if self.rank == 0:
+            self.shared["calls"] += 1
         self.shared["barrier"].wait()
-        return result
 
 
-def _run_ranks(comms, work):
-    results, errors = [None] * len(comms), []
+def _outcomes(comms, work):
+    """``work(rank, comm)`` on one thread per rank: each rank's result, or the exception it raised."""
+    outcomes = [None] * len(comms)
 
     def target(rank):
         try:
-            results[rank] = work(rank, comms[rank])
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-            comms[rank].shared["barrier"].abort()
+            outcomes[rank] = work(rank, comms[rank])
+        except BaseException as exc:  # compared by the caller
+            outcomes[rank] = exc
 
-    pool = [threading.Thread(target=target, args=(r,)) for r in range(len(comms))]
+    pool = [threading.Thread(target=target, args=(r,), daemon=True) for r in range(len(comms))]
     for t in pool:
         t.start()
     for t in pool:
-        t.join(timeout=120)
-    if errors:
-        raise errors[0]
-    return results
+        t.join()
+    return outcomes
 
 
-@pytest.mark.parametrize("sizes", [(4, 4), (5, 2, 1), (6, 0, 3), (0, 7)], ids=str)
+def _run_ranks(comms, work):
+    outcomes = _outcomes(comms, work)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (5, 2, 1), (6, 0, 3), (0, 7), (1, 0, 1), (0, 0, 0)], ids=str)
 @pytest.mark.parametrize("shape, channel_axis", [((3, 5, 4), 1), ((3, 4, 4, 5), -1), ((3, 5), 1)], ids=str)
 def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(rng, sizes, shape, channel_axis):
     C = shape[channel_axis]
@@ -142,33 +154,50 @@ def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(rng, sizes, shape,
         np.testing.assert_allclose(layer.running_var, whole.running_var, rtol=1e-12)
         np.testing.assert_allclose(layer.grad_weight, whole.grad_weight, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(layer.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
-        assert layer.num_batches_tracked == 2
+        assert layer.num_batches_tracked == whole.num_batches_tracked == (2 if total else 0)
     for layer, _ in results[1:]:  # identical on every rank, to the bit
         np.testing.assert_array_equal(layer.running_mean, results[0][0].running_mean)
         np.testing.assert_array_equal(layer.running_var, results[0][0].running_var)
 
 
-def test_sync_batch_norm_eval_needs_no_communication(rng):
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_sync_batch_norm_eval_needs_no_communication(rng, track_running_stats):
     class NoComm:
-        def allgather(self, value):
+        def Allgather(self, sendbuf, recvbuf):
             raise AssertionError("eval mode communicated")
 
-    layer = fastnorm.SyncBatchNorm(3, comm=NoComm()).eval()
-    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
-    np.testing.assert_allclose(layer(x), fastnorm.BatchNorm1d(3).eval()(x))
+    layer = fastnorm.SyncBatchNorm(3, track_running_stats=track_running_stats, comm=NoComm()).eval()
+    plain = fastnorm.BatchNorm1d(3, track_running_stats=track_running_stats).eval()
+    x, g = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
+    np.testing.assert_allclose(layer(x), plain(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.backward(g), plain.backward(g), rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="no forward"):
+        fastnorm.SyncBatchNorm(3, comm=NoComm()).eval().backward(g)
 
 
-def test_sync_batch_norm_with_one_value_in_all_is_an_error():
+def test_a_training_step_is_one_exchange_of_buffers(rng):
+    """One buffer Allgather for the forward and one for the backward (the fake has no pickling allgather)."""
     comms = ThreadComm.world(2)
 
     def work(rank, comm):
-        layer = fastnorm.SyncBatchNorm(2, comm=comm)
-        with pytest.raises(ValueError, match="expected more than 1 value per channel when training"):
-            layer(np.ones((rank, 2), np.float32))
-        return layer.running_mean.copy()
+        layer = fastnorm.SyncBatchNorm(3, comm=comm)
+        layer.backward(np.ones_like(layer(rng.normal(size=(4, 3)).astype(np.float32))))
 
-    for running_mean in _run_ranks(comms, work):
-        np.testing.assert_array_equal(running_mean, 0)
+    _run_ranks(comms, work)
+    assert comms[0].shared["calls"] == 2
+
+
+def test_error_messages_sent_to_the_others_are_bounded():
+    def work(rank, comm):
+        layer = fastnorm.SyncBatchNorm(3, comm=comm)
+        if rank == 0:
+            with pytest.raises(ValueError, match="^" + "x" * 10000 + "$"):
+                layer(collective_scenarios._Unreadable(ValueError("x" * 10000)))
+        else:
+            with pytest.raises(ValueError, match=r"^x{4084} \(raised on process 0\)$"):
+                layer(np.ones((2, 3), np.float32))
+
+    _run_ranks(ThreadComm.world(2), work)
 
 
 def test_convert(rng):
@@ -289,3 +318,13 @@ def test_dask_guards(rng):
             fdask.moments(x, 0, split_every=bad)
     mean, var = fdask.moments(da.from_array(np.zeros((0, 3)), chunks=(1, 3)), 0)
     assert np.isnan(mean.compute()).all() and np.isnan(var.compute()).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Failure modes of the collective calls (tests/collective_scenarios.py; tests/mpi runs them under mpiexec)
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("scenario", collective_scenarios.SCENARIOS, ids=lambda f: f.__name__)
+def test_collective_call_ends_on_every_process(scenario, size):
+    _run_ranks(ThreadComm.world(size), lambda rank, comm: scenario(comm, rank, size))

@@ -6,6 +6,7 @@ only when a SyncBatchNorm without an explicit communicator first needs one (``pi
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import numpy as np
@@ -20,6 +21,60 @@ from .statistics import Moments
 __all__ = ["SyncBatchNorm", "calibrate_batch_norms"]
 
 
+# The types an error on one process is raised as on the others; any other is a RuntimeError naming it.
+_ERROR_TYPES = {cls.__name__: cls for cls in (ValueError, TypeError, RuntimeError, MemoryError)}
+_MESSAGE_BYTES = 4096  # at most, of an error message sent to the other processes
+
+
+def _allgather(comm, width, local):
+    """All-gather this process's share of a collective step with mpi4py's buffer ``Allgather`` (no pickling).
+
+    ``local()`` runs the process's part (its checks and partial sums) and returns ``(values, context)``:
+    a float64 vector of ``width`` values to send and whatever the rest of the step needs.  Returns
+    ``(rows, context)``, ``rows`` the ``(processes, width)`` values of every process in rank order.
+
+    Whatever ``local()`` raises is sent in the same exchange in place of the values (a status leads each
+    row), so the step ends on every process: a process whose ``local()`` raised raises that error, and the
+    others raise one of the same type with the message of the first process that failed and its rank.
+    Only then is there a second exchange, of the messages.
+    """
+    send = np.zeros(width + 1)  # [status, values]: status 0, or 1 + the length of the error message
+    error = context = None
+    try:
+        values, context = local()
+        send[1:] = values
+    except BaseException as exc:  # a KeyboardInterrupt too: the others must not be left waiting
+        error = exc
+        message = f"{type(exc).__name__}: {exc}".encode()[:_MESSAGE_BYTES]
+        send[0] = 1 + len(message)
+    rows = np.empty((comm.Get_size(), width + 1))
+    comm.Allgather(send, rows)
+    status = rows[:, 0]
+    if not status.any():
+        return rows[:, 1:], context
+    mine = np.zeros(max(int(status.max()) - 1, 1), np.uint8)
+    if error is not None:
+        mine[:len(message)] = np.frombuffer(message, np.uint8)
+    texts = np.empty((len(status), mine.size), np.uint8)
+    comm.Allgather(mine, texts)
+    if error is not None:
+        raise error
+    first = int(np.flatnonzero(status)[0])
+    name, _, text = texts[first, :int(status[first]) - 1].tobytes().decode(errors="replace").partition(": ")
+    if name not in _ERROR_TYPES:
+        name, text = "RuntimeError", f"{name}: {text}"
+    raise _ERROR_TYPES[name](f"{text} (raised on process {first})")
+
+
+def _moments_to_row(moments):
+    return np.concatenate([moments.count, moments.mean, moments.m2])
+
+
+def _merged_moments(rows):
+    """The moments of every process (rows of ``_moments_to_row``), merged in rank order."""
+    return functools.reduce(Moments.merge, (Moments(*np.split(row, 3)) for row in rows))
+
+
 class SyncBatchNorm(_BatchNorm):
     """BatchNorm over a batch split across MPI processes, as ``torch.nn.SyncBatchNorm``.
 
@@ -28,17 +83,49 @@ class SyncBatchNorm(_BatchNorm):
     its slice with them; the running statistics are updated identically on every process.  Backward
     all-gathers the per-channel ``sum(dy)`` and ``sum(dy * xhat)`` the same way; ``grad_weight`` and
     ``grad_bias`` are then the gradients of the whole batch, equal on every process (no further
-    all-reduce is needed for them).  Slices may differ in size and may be empty.  Evaluation mode uses
-    the running statistics and does not communicate.
+    all-reduce is needed for them).  Each step is one buffer ``Allgather`` of ``3 * C + 1`` (forward) or
+    ``2 * C + 1`` (backward) float64 values per process.
 
-    Every process must call forward (and backward) collectively, in the same order.
+    Slices may differ in size and may be empty; a batch empty on every process gives an empty output and
+    updates nothing, as :class:`BatchNorm2d` on an empty batch.  Evaluation mode never communicates: it
+    uses the running statistics, or the local batch's statistics with ``track_running_stats=False`` (as
+    PyTorch), and so does the backward of an evaluation-mode forward.
+
+    Every process must call a training-mode forward (and its backward), :meth:`calibrate` and
+    :func:`calibrate_batch_norms` collectively, in the same order, with the layer configured the same.
+    Such a call ends on every process, failing or not: when the checks or the computation fail on one
+    process (an input with the wrong number of channels or dtype, a ``grad_output`` of the wrong shape, a
+    backward with no training-mode forward kept), the error travels in the same exchange, every process
+    raises it and none changes its state.  A backward with no forward kept communicates when the layer
+    is in training mode, so that it fails together with the processes waiting in their backward.
 
     Parameters
     ----------
     num_features, eps, momentum, affine, track_running_stats, dtype, channel_axis, bessel
         As :class:`fastnorm.BatchNorm2d`; any input of 2 to 5 dimensions.
     comm : mpi4py communicator, keyword-only, optional
-        Default: ``MPI.COMM_WORLD``.  Anything with mpi4py's ``allgather(obj)`` works.
+        Default: ``MPI.COMM_WORLD``.  Anything with mpi4py's ``Get_size()`` and buffer
+        ``Allgather(sendbuf, recvbuf)`` of NumPy arrays works.
+
+    Raises
+    ------
+    ValueError, TypeError, RuntimeError
+        On every process, when a collective call fails on any: the failing process raises its own error;
+        the others raise one of the same type, with that message and "(raised on process r)".  One value
+        per channel in the whole batch is the usual ``ValueError`` ("expected more than 1 value per
+        channel when training"), on every process.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> from mpi4py import MPI
+    >>> bn = fastnorm.SyncBatchNorm(3, comm=MPI.COMM_SELF)   # COMM_WORLD under mpiexec
+    >>> y = bn(np.random.default_rng(0).normal(5.0, 2.0, (8, 3, 4)).astype(np.float32))
+    >>> bool(abs(y.mean()) < 1e-5), bn.num_batches_tracked
+    (True, 1)
+    >>> dx = bn.backward(np.ones_like(y))
+    >>> bn.grad_bias
+    array([32., 32., 32.], dtype=float32)
     """
 
     _input_ndims = (2, 3, 4, 5)
@@ -62,17 +149,36 @@ class SyncBatchNorm(_BatchNorm):
             self.comm = MPI.COMM_WORLD
         return self.comm
 
-    def _allgather_sum(self, local, merge):
-        """Fold the all-gathered values of every process, in rank order."""
-        parts = self.communicator.allgather(local)
-        total = parts[0]
-        for part in parts[1:]:
-            total = merge(total, part)
-        return total
-
     def forward(self, x: ArrayLike, *, out=None) -> NDArray:
-        if not (self.training or self.running_mean is None):
+        """Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in
+        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication)."""
+        if not self.training:
             return super().forward(x, out=out)
+        rows, step = _allgather(self.communicator, 3 * self.num_features, lambda: self._forward_local(x, out))
+        local, saved, buf, result, N, S, axis, moved, w, b, dtype, nthreads = step
+        total = _merged_moments(rows)
+        count = float(total.count[0])
+        if count == 1:  # known to every process alike
+            raise ValueError("input: expected more than 1 value per channel when training, got 1 over all "
+                             "processes")
+        if self._recorder is not None:  # calibrate_batch_norms: merged across processes at the end
+            self._recorder[0] = local if self._recorder[0] is None else self._recorder[0] + local
+            self._recorder[1] += 1
+        mean, var = total.mean, total.var()  # NaN for a batch empty on every process
+        if N * S:
+            _kernels.normalize(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads)
+        y = F._finish(result, out, axis, moved, dtype)
+        if self.track_running_stats and count > 0:
+            factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
+            F._update_running(self.running_mean, self.running_var, mean, var, factor,
+                              count / (count - 1) if self.bessel else 1.0)
+            self.num_batches_tracked += 1
+        self._keep(saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)
+        return y
+
+    def _forward_local(self, x, out):
+        """This process's share of a training forward: the checks, the moments of its slice, and the
+        memory the normalization writes (taken before the exchange, so that little can fail after it)."""
         x = x if isinstance(x, np.ndarray) else np.asarray(x)
         self._check_input(x)
         x, dtype = F._as_input(x, "input")
@@ -90,48 +196,49 @@ class SyncBatchNorm(_BatchNorm):
             local = Moments(N * S, mean, var * (N * S))
         else:
             local = Moments.empty(C)
-        if self._recorder is not None:  # calibrate_batch_norms: merged across processes at the end
-            self._recorder[0] = local if self._recorder[0] is None else self._recorder[0] + local
-            self._recorder[1] += 1
-        total = self._allgather_sum(local, Moments.merge)
-        count = float(total.count[0])
-        if count <= 1:
-            raise ValueError("input: expected more than 1 value per channel when training, got "
-                             f"{count:g} over all processes")
-        mean, var = total.mean, total.m2 / count
         saved = self._input_to_keep(x, out)
         result = F._result_buffer(out, buf, axis, moved)
-        if N * S:
-            _kernels.normalize(buf, result, N, C, S, mean, var, w, b, self.eps, nthreads)
-        y = F._finish(result, out, axis, moved, dtype)
-        if self.training and self.track_running_stats:
-            factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
-            F._update_running(self.running_mean, self.running_var, mean, var, factor,
-                              count / (count - 1) if self.bessel else 1.0)
-            self.num_batches_tracked += 1
-        self._keep(saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)
-        return y
+        return _moments_to_row(local), (local, saved, buf, result, N, S, axis, moved, w, b, dtype, nthreads)
+
+    def backward(self, grad_output: ArrayLike) -> NDArray:
+        """As :meth:`BatchNorm2d.backward`; after a training-mode forward, a collective call (see above)."""
+        if self._saved is None and self.training:
+            # The other processes may be waiting in the exchange of their backward: fail there with them.
+            fail = super(SyncBatchNorm, self).backward  # raises: there is no forward
+            _allgather(self.communicator, 2 * self.num_features, lambda: fail(grad_output))
+        return super().backward(grad_output)
 
     def _backward(self, grad_output, x, mean, invstd, batch_stats, count=None):
-        if count is None:  # evaluation mode: a local BatchNorm
+        if count is None:  # after an evaluation-mode forward: a local BatchNorm
             return super()._backward(grad_output, x, mean, invstd, batch_stats)
-        x, g, dtype = F._grad_inputs(grad_output, x)
-        axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
-        buf, N, C, S, moved = F._channel_view(x, axis)
-        gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
-        nthreads = threads_for(x.size)
-        local = np.stack(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S else np.zeros((2, C))
-        sum_dy, sum_dyx = self._allgather_sum(local, np.add)
-        dx = _kernels.empty_like(buf)
+
+        def local():
+            x_, g, dtype = F._grad_inputs(grad_output, x)
+            axis = F._check_axis(self.channel_axis, x_.ndim, "channel_axis")
+            buf, N, C, S, moved = F._channel_view(x_, axis)
+            gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
+            nthreads = threads_for(x_.size)
+            sums = np.concatenate(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
+                else np.zeros(2 * C)
+            dx = _kernels.empty_like(buf)
+            return sums, (buf, gbuf, dx, N, C, S, axis, moved, dtype, nthreads)
+
+        rows, (buf, gbuf, dx, N, C, S, axis, moved, dtype, nthreads) = _allgather(
+            self.communicator, 2 * self.num_features, local)
+        sum_dy, sum_dyx = np.split(rows.sum(axis=0), 2)
         if N * S:
             w = None if self.weight is None else np.ascontiguousarray(self.weight)
-            _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, np.ascontiguousarray(sum_dy),
-                                np.ascontiguousarray(sum_dyx), count, nthreads)
+            _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
         return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
-    def _set_population_stats(self, moments, calls):
+    def _population_stats(self, local):
         # Exact statistics of the inputs of every process (calibrate, calibrate_batch_norms).
-        super()._set_population_stats(self._allgather_sum(moments, Moments.merge), calls)
+        def share():
+            moments, calls = local()
+            return _moments_to_row(moments), calls
+
+        rows, calls = _allgather(self.communicator, 3 * self.num_features, share)
+        return super()._population_stats(lambda: (_merged_moments(rows), calls))
 
     @classmethod
     def convert(cls, layers, comm=None):
@@ -155,13 +262,28 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
     each records the exact moments of every input it sees; at the end each layer's running mean and
     variance are set to the mean and (unbiased, or biased with ``bessel=False``) variance over all those
     inputs, instead of an exponential average, and ``num_batches_tracked`` to the number of batches.
-    The layers return to their modes afterwards.
+    The layers return to their modes afterwards.  Either every layer is set or, when the call raises,
+    none is.
+
+    With SyncBatchNorm layers the call is collective: every process calls it with its own batches (as
+    many on each, since each forward is collective) and the statistics are those of the inputs of every
+    process.  A failure of the final step on any process (a layer that received no input) raises on every
+    process, as a failing SyncBatchNorm call does; an error raised by ``forward``'s own code is not seen by
+    the other processes.
 
     Parameters
     ----------
     layers : iterable or dict of BatchNorm layers
     forward : callable
     batches : iterable
+
+    Raises
+    ------
+    TypeError
+        A layer that is not a BatchNorm with running statistics.
+    ValueError
+        A layer that received no input, or no more than one value per channel (with ``bessel=False``:
+        none) in all.
     """
     layers = list(layers.values()) if isinstance(layers, dict) else list(layers)
     for k, layer in enumerate(layers):
@@ -182,7 +304,22 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
             del layer._recorder
             layer.train(mode)
             layer.running_mean[...], layer.running_var[...], layer.num_batches_tracked = rm, rv, n
+    # Every layer's statistics before any is set.  A SyncBatchNorm exchanges its moments whatever failed
+    # before it, carrying that error, so that the other processes fail too instead of waiting for it.
+    error, stats = None, []
     for k, (layer, (moments, calls)) in enumerate(zip(layers, recorded)):
-        if moments is None:
-            raise ValueError(f"layers[{k}]: received no input during the calibration pass")
-        layer._set_population_stats(moments, calls)
+        def local(k=k, moments=moments, calls=calls):
+            if error is not None:
+                raise error
+            if moments is None:
+                raise ValueError(f"layers[{k}]: received no input during the calibration pass")
+            return moments, calls
+
+        try:
+            stats.append(layer._population_stats(local))
+        except Exception as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    for layer, (mean, var, calls) in zip(layers, stats):
+        layer._set_running_stats(mean, var, calls)

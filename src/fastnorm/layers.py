@@ -292,6 +292,10 @@ class _BatchNorm(_NormBase):
 
         See :func:`fastnorm.calibrate_batch_norms` for the layers of a whole model.
         """
+        self._set_running_stats(*self._population_stats(lambda: self._moments_of_batches(batches)))
+        return self
+
+    def _moments_of_batches(self, batches):
         if self.running_mean is None:
             raise ValueError("calibrate: the layer keeps no running statistics (track_running_stats=False)")
         total, calls = None, 0
@@ -303,14 +307,19 @@ class _BatchNorm(_NormBase):
             calls += 1
         if total is None:
             raise ValueError("batches: expected at least one batch")
-        self._set_population_stats(total, calls)
-        return self
+        return total, calls
 
-    def _set_population_stats(self, moments, calls):
+    def _population_stats(self, local):
+        """The running mean, variance and batch count that ``local()``, the ``(Moments, calls)`` of the
+        inputs seen here, gives (SyncBatchNorm merges the moments of every process first)."""
+        moments, calls = local()
         if float(moments.count.min()) <= (1 if self.bessel else 0):
             raise ValueError("batches: expected more than 1 value per channel in all")
-        self.running_mean[...] = moments.mean
-        self.running_var[...] = moments.var(unbiased=self.bessel)
+        return moments.mean, moments.var(unbiased=self.bessel), calls
+
+    def _set_running_stats(self, mean, var, calls):
+        self.running_mean[...] = mean
+        self.running_var[...] = var
         self.num_batches_tracked = calls
 
     def _backward(self, grad_output, x, mean, invstd, batch_stats):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from mpi_watchdog import watchdog  # noqa: F401 (autouse)
 
 MPI = pytest.importorskip("mpi4py.MPI")
 comm = MPI.COMM_WORLD
