@@ -187,6 +187,46 @@ def test_a_training_step_is_one_exchange_of_buffers(rng):
     assert comms[0].shared["calls"] == 2
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), size=st.integers(1, 4))
+def test_an_exchange_raises_the_first_failure_on_every_process(data, size):
+    """The exchange under every collective call: any set of failing processes, any error type and message
+    (long, non-ASCII, empty): each failing process raises its own error, the others the first one's."""
+    from fastnorm.distributed import _allgather
+
+    message = st.text(max_size=12) | st.text(min_size=1, max_size=3).map(lambda t: t * 2000)
+    errors = data.draw(st.lists(st.none() | st.builds(lambda cls, m: cls(m), st.sampled_from(
+        [ValueError, TypeError, MemoryError, OSError, KeyError]), message), min_size=size, max_size=size))
+
+    def work(rank, comm):
+        def local():
+            if errors[rank] is not None:
+                raise errors[rank]
+            return np.full(2, rank), rank
+
+        return _allgather(comm, 2, local)
+
+    outcomes = _outcomes(ThreadComm.world(size), work)
+    failed = [rank for rank, error in enumerate(errors) if error is not None]
+    for rank, outcome in enumerate(outcomes):
+        if not failed:
+            rows, context = outcome
+            np.testing.assert_array_equal(rows, np.repeat(np.arange(size), 2).reshape(size, 2))
+            assert context == rank
+        elif errors[rank] is not None:
+            assert outcome is errors[rank]
+        else:
+            first = errors[failed[0]]
+            rebuilt = type(first) in (ValueError, TypeError, MemoryError)
+            assert type(outcome) is (type(first) if rebuilt else RuntimeError)
+            text = str(first) if rebuilt else f"{type(first).__name__}: {first}"
+            assert str(outcome).endswith(f" (raised on process {failed[0]})")
+            if len(str(first)) < 1000:
+                assert str(outcome) == f"{text} (raised on process {failed[0]})"
+            else:  # cut to _MESSAGE_BYTES, a split character replaced
+                assert text.startswith(str(outcome)[:900])
+
+
 def test_error_messages_sent_to_the_others_are_bounded():
     def work(rank, comm):
         layer = fastnorm.SyncBatchNorm(3, comm=comm)
