@@ -1,10 +1,12 @@
 """Same-process A/B of fastnorm at a baseline revision against the working tree.
 
-    python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 20] [--shape 448,3584 ...]
+    PYTHONPATH=src python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 20]
+        [--shape 448,3584 ...]
 
-Builds REV in a temporary git worktree, imports that build as a second package next to the working
-tree's (built in place: ``python setup.py build_ext --inplace``), and times both on the same arrays in
-alternating blocks, the order flipped every round. Unless ``--hot``, a 64 MiB write before each call
+Builds REV in a temporary git worktree, imports that build as a second package, ``fastnorm_base``, next to
+the ``fastnorm`` that Python imports (the working tree's, built in place with ``python setup.py
+build_ext --inplace``, under ``PYTHONPATH=src``; the installed one without it), and times both on the same
+arrays in alternating blocks, the order flipped every round. Unless ``--hot``, a 64 MiB write before each call
 evicts the data, as other work does between layers. Prints each build's median and base/new.
 
 The two builds must see the same arrays and the same cache state: an A/B where something touched one
@@ -15,7 +17,7 @@ up to 1.15x slower at some distances), and an A/A run showed 0.91x. An A/A run (
 tree) shows the noise floor.
 """
 import argparse
-import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -41,8 +43,13 @@ def build_baseline(rev, where):
         shutil.copytree(os.path.join(tree, "src", "fastnorm"), os.path.join(where, "fastnorm_base"))
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True)
-    sys.path.insert(0, where)
-    return importlib.import_module("fastnorm_base")
+    package = os.path.join(where, "fastnorm_base")
+    spec = importlib.util.spec_from_file_location("fastnorm_base", os.path.join(package, "__init__.py"),
+                                                  submodule_search_locations=[package])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastnorm_base"] = module  # before running it: its relative imports look it up
+    spec.loader.exec_module(module)
+    return module
 
 
 def cases():
@@ -84,7 +91,6 @@ def main():
                         help="run the filtered cases on these shapes instead (comma-separated dims)")
     args = parser.parse_args()
 
-    sys.path.insert(0, os.path.join(ROOT, "src"))
     import fastnorm
     shapes = [tuple(int(d) for d in s.split(",")) for s in args.shape]
     with tempfile.TemporaryDirectory() as where:
@@ -101,7 +107,8 @@ def main():
                 times.append(time.perf_counter() - t0)
             return np.median(times)
 
-        print(f"base {args.rev} against the working tree; {'hot' if args.hot else 'evicted'} caches")
+        print(f"base {args.rev} against {os.path.dirname(fastnorm.__file__)}; "
+              f"{'hot' if args.hot else 'evicted'} caches")
         rng = np.random.default_rng(0)
         for name, case_shape, axis, make in cases():
             if args.filter not in name:

@@ -1,11 +1,15 @@
 """``python -m fastnorm bench``: fastnorm against a NumPy baseline and PyTorch, per case and thread count.
 
-Each case times fastnorm, the NumPy baseline and PyTorch (when installed) interleaved in the same process,
-and reports medians, ratios, the bandwidth fastnorm reaches (bytes of x read plus y written, once each)
-and its fraction of the machine's copy bandwidth (a memcpy of the largest input by as many threads,
-measured in the same run).
+The report is a list of sections (``SECTIONS``), each a function that prints its table row by row as it
+measures and returns its rows.  In the table of kernel cases, each case times fastnorm, the NumPy
+baseline, PyTorch (when installed) and a copy of the bytes the call must move, interleaved in the same
+rounds with the same threads and the same cache state, and reports each one's median with its p25-p75
+spread, the ratios, fastnorm's bandwidth and its fraction of the copy's speed.
 """
+import os
+import sys
 import time
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -21,17 +25,67 @@ except ImportError:  # the PyTorch column is left out
 BATCH_NORM_SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (1, 64, 112, 112), (256, 512)]
 
 
-def _median_times(functions, repeat):
-    """Median seconds per call of each function, calls interleaved so that drift hits all alike."""
+class Calls(NamedTuple):
+    """One case's callables on the same data, and the bytes each call must move at least."""
+    fastnorm: Callable[[], object]
+    numpy: Callable[[], object]
+    torch: Optional[Callable[[], object]]
+    moved: int  # x read and y written once each; a backward also reads dy
+
+
+class Case(NamedTuple):
+    name: str
+    shape: tuple
+    build: Callable[[], Calls]  # allocates the data: call it when the case is about to run
+
+    @property
+    def id(self):
+        """The name, short and without spaces: ``batch_norm-train-NCHW-32x64x56x56``."""
+        words = self.name.replace(", ", "x").replace("(", "").replace(")", "").split()
+        return "-".join(words)
+
+
+def _print(line):
+    print(line, flush=True)  # each row as it is measured, also when stdout is a pipe
+
+
+_junk = []
+
+
+def _evict():
+    """Write twice the last-level cache, so that the next call starts with its data in memory only."""
+    if not _junk:
+        _junk.append(np.ones(_kernels.last_level_cache_bytes() // 2, np.float32))
+    np.add(_junk[0], 1, out=_junk[0])
+
+
+def time_interleaved(functions, repeat, evict=True):
+    """(p25, median, p75) seconds per call of each function.
+
+    ``repeat`` rounds each call every function once, the order rotating from round to round, so that a
+    drift of the machine's speed hits all of them alike.  With ``evict`` the caches are evicted before
+    every call (as in a network, where other layers run in between), so all start from the same state.
+    """
     for f in functions:
-        f()
+        f()  # first-call costs: lazy initialisation, first-touch page faults of reused buffers
     samples = [[] for _ in functions]
-    for _ in range(repeat):
-        for f, s in zip(functions, samples):
+    for r in range(repeat):
+        for k in range(len(functions)):
+            i = (r + k) % len(functions)
+            if evict:
+                _evict()
             t0 = time.perf_counter()
-            f()
-            s.append(time.perf_counter() - t0)
-    return [float(np.median(s)) for s in samples]
+            functions[i]()
+            samples[i].append(time.perf_counter() - t0)
+    return [tuple(float(v) for v in np.percentile(s, [25, 50, 75])) for s in samples]
+
+
+def copy_of(moved, nthreads):
+    """A copy moving ``moved`` bytes (half read, half written) by ``nthreads`` threads, storing as the
+    kernels store their output: the floor of a call that must move as many."""
+    src = np.ones(max(1, moved // 8), np.uint32)
+    dst = np.empty_like(src)
+    return lambda: _kernels.parallel_copy(src, dst, nthreads)
 
 
 def _numpy_batch_norm(x, axis, weight, bias, eps, mean=None, var=None):
@@ -45,18 +99,19 @@ def _numpy_batch_norm(x, axis, weight, bias, eps, mean=None, var=None):
 
 
 def batch_norm_cases():
-    """(name, shape, channel_axis, training) for every bench case of BatchNorm."""
+    """A Case for every bench case of BatchNorm."""
     for shape in BATCH_NORM_SHAPES:
         layouts = [("NCHW", 1), ("NHWC", -1)] if len(shape) == 4 else [("NC", 1)]
         for layout, axis in layouts:
             for training in (True, False):
                 mode = "train" if training else "eval"
                 dims = shape if axis == 1 else (shape[0], *shape[2:], shape[1])
-                yield f"batch_norm {mode} {layout} {dims}", dims, axis, training
+                yield Case(f"batch_norm {mode} {layout} {dims}", dims,
+                           lambda dims=dims, axis=axis, training=training: make_batch_norm_case(dims, axis, training))
 
 
 def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
-    """Callables (fastnorm, numpy, torch or None) for one case, on the same data."""
+    """Calls of one case, on the same data."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
     C = shape[axis]
@@ -84,10 +139,9 @@ def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
             with torch.no_grad():
                 torch.nn.functional.batch_norm(xt, rmt, rvt, wt, bt, training, 0.1, 1e-5)
 
-    return x, ours, baseline, theirs
+    return Calls(ours, baseline, theirs, 2 * x.nbytes)
 
 
-# (name, shape, fastnorm call, numpy baseline, torch call) for the rest of the family.
 def _numpy_rows(x, axes, rms=False):
     if rms:
         return x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + 1e-6)
@@ -95,7 +149,7 @@ def _numpy_rows(x, axes, rms=False):
 
 
 def family_cases():
-    """(name, shape, make) where make(x) returns (fastnorm, numpy, torch or None) callables."""
+    """A Case for every bench case of the rest of the family and of the backward passes."""
     def layer_norm(x):
         D = x.shape[-1]
         w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
@@ -173,13 +227,19 @@ def family_cases():
         return ours, base, _torch_backward(lambda xt, wt, bt: torch.nn.functional.layer_norm(
             xt, (D,), wt, bt), x, g, w, b)
 
-    yield "layer_norm (4096, 768)", (4096, 768), layer_norm
-    yield "layer_norm (8, 197, 384)", (8, 197, 384), layer_norm
-    yield "group_norm G=32 (8, 256, 32, 32)", (8, 256, 32, 32), group_norm
-    yield "instance_norm (8, 64, 64, 64)", (8, 64, 64, 64), instance_norm
-    yield "rms_norm (4096, 4096)", (4096, 4096), rms_norm
-    yield "batch_norm backward (32, 64, 56, 56)", (32, 64, 56, 56), batch_norm_backward
-    yield "layer_norm backward (4096, 768)", (4096, 768), layer_norm_backward
+    def case(name, shape, make, passes=2):  # passes: arrays of x's size the call reads or writes
+        def build():
+            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            return Calls(*make(x), passes * x.nbytes)
+        return Case(f"{name} {shape}", shape, build)
+
+    yield case("layer_norm", (4096, 768), layer_norm)
+    yield case("layer_norm", (8, 197, 384), layer_norm)
+    yield case("group_norm G=32", (8, 256, 32, 32), group_norm)
+    yield case("instance_norm", (8, 64, 64, 64), instance_norm)
+    yield case("rms_norm", (4096, 4096), rms_norm)
+    yield case("batch_norm backward", (32, 64, 56, 56), batch_norm_backward, passes=3)
+    yield case("layer_norm backward", (4096, 768), layer_norm_backward, passes=3)
 
 
 def _torch_backward(forward, x, g, w, b):
@@ -194,14 +254,9 @@ def _torch_backward(forward, x, g, w, b):
 
 
 def all_cases():
-    """(name, x, fastnorm, numpy, torch or None) for every bench case, built lazily."""
-    for name, shape, axis, training in batch_norm_cases():
-        yield name, lambda shape=shape, axis=axis, training=training: make_batch_norm_case(shape, axis, training)
-    for name, shape, make in family_cases():
-        def build(shape=shape, make=make):
-            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-            return (x,) + make(x)
-        yield name, build
+    """Every Case of the kernel table (their data is allocated by ``build``)."""
+    yield from batch_norm_cases()
+    yield from family_cases()
 
 
 def latency_cases():
@@ -225,7 +280,7 @@ def latency_cases():
     yield "RMSNorm", *pair(L.RMSNorm(768), nn and nn.RMSNorm(768)), (1, 768)
 
 
-def run_latency(repeat=7, number=2000, print_fn=print):
+def run_latency(repeat=7, number=2000, print_fn=_print):
     """Microseconds per eval-mode layer call on tiny inputs, fastnorm under no_grad() vs PyTorch modules
     under torch.no_grad(), one thread each."""
     import timeit
@@ -254,7 +309,7 @@ def run_latency(repeat=7, number=2000, print_fn=print):
     return rows
 
 
-def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=print):
+def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=_print):
     """Calls per second of one eval-mode BatchNorm2d shared by 1 and by 2 Python threads, each call on
     its own input with one kernel thread (the GIL is released in the kernels)."""
     import threading
@@ -284,58 +339,164 @@ def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=prin
     print_fn(f"\none eval BatchNorm2d shared by Python threads, input {shape}, 1 kernel thread per call:")
     print_fn(f"  1 thread: {rates[1]:.0f} calls/s   2 threads: {rates[2]:.0f} calls/s   "
              f"scaling {rates[2] / rates[1]:.2f}x")
-    return rates
+    return [dict(python_threads=n, shape=shape, calls_per_s=rate) for n, rate in rates.items()]
 
 
-def copy_bandwidth(nbytes, repeat, nthreads=1):
-    """GB/s (bytes read + bytes written) of a copy of ``nbytes`` by ``nthreads`` threads (memcpy of one
-    slice each; with one thread, what ``np.copyto`` does)."""
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    (seconds,) = _median_times([lambda: _kernels.parallel_copy(src, dst, nthreads)], repeat)
-    return 2 * src.nbytes / seconds / 1e9
+class Settings(NamedTuple):
+    thread_counts: list
+    repeat: int = 15
+    name_filter: str = ""  # a section runs what matches: cases by their name, other sections by theirs
+    evict: bool = True
+    print_fn: Callable[[str], None] = _print
 
 
-def run(thread_counts=None, repeat=15, name_filter="", print_fn=print):
-    """Print the bench table; returns its rows as dicts."""
+def measure_case(case, nthreads, repeat, evict=True):
+    """One row of the kernel table: the p25, median and p75 seconds of fastnorm, the NumPy baseline,
+    PyTorch (when installed) and the copy of the same bytes, timed in the same rounds on ``nthreads``."""
+    calls = case.build()
+    named = {"fastnorm": calls.fastnorm, "numpy": calls.numpy, "torch": calls.torch,
+             "copy": copy_of(calls.moved, nthreads)}
+    named = {k: f for k, f in named.items() if f is not None}
+    row = dict(case=case.name, shape=list(case.shape), threads=nthreads, moved_bytes=calls.moved)
+    for k, (p25, median, p75) in zip(named, time_interleaved(list(named.values()), repeat, evict)):
+        row.update({f"{k}_s": median, f"{k}_p25_s": p25, f"{k}_p75_s": p75})
+    ours, copy = row["fastnorm_s"], row["copy_s"]
+    row["gbps"] = calls.moved / ours / 1e9
+    # The floor of the bytes is the faster of the copy and fastnorm itself: a call faster than the copy
+    # is at the floor (100%), and flagged, rather than shown above it.
+    row["faster_than_copy"] = ours < copy
+    row["copy_fraction"] = min(copy, ours) / ours
+    return row
+
+
+def _table_line(row, width):
+    ours = row["fastnorm_s"]
+    line = f"{row['case']:<{width}}{row['threads']:>3}"
+    for k in ("fastnorm", "numpy", "torch"):
+        if f"{k}_s" in row:
+            median = row[f"{k}_s"]
+            spread = f"±{(row[f'{k}_p75_s'] - row[f'{k}_p25_s']) / 2 / median:.0%}"
+            line += f"{median * 1e3:>9.3f}ms{spread:>6}"
+            if k != "fastnorm":
+                line += f"{median / ours:>7.2f}x"
+    return line + f"{row['gbps']:>7.1f}{row['copy_fraction']:>8.0%}" + ("*" if row["faster_than_copy"] else "")
+
+
+def run_cases(settings):
+    """The kernel table: each case whose name contains the filter, at each thread count."""
+    cases = [case for case in all_cases() if settings.name_filter in case.name]
+    if not cases:
+        return []
+    out = settings.print_fn
+    width = max(len(case.name) for case in cases) + 2
+    header = (f"{'case':<{width}}{'thr':>3}{'fastnorm':>17}{'numpy':>17}{'x numpy':>8}"
+              + (f"{'torch':>17}{'x torch':>8}" if torch is not None else "") + f"{'GB/s':>7}{'of copy':>9}")
+    rows = []
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        for n in settings.thread_counts:
+            if torch is not None:
+                torch.set_num_threads(n)
+            out(f"\nthreads={n}")
+            out(header)
+            with threads(n):
+                for case in cases:
+                    rows.append(measure_case(case, n, settings.repeat, settings.evict))
+                    out(_table_line(rows[-1], width))
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+    if any(row["faster_than_copy"] for row in rows):
+        out("* faster than the copy of its bytes (within the spread, or where the copy stored otherwise): "
+            "the call is at the floor")
+    return rows
+
+
+def run_latency_section(settings):
+    return run_latency(print_fn=settings.print_fn) if settings.name_filter in "latency" else []
+
+
+def run_shared_layer_section(settings):
+    return run_shared_layer_throughput(print_fn=settings.print_fn) if settings.name_filter in "shared layer" else []
+
+
+# (name, function(settings) -> rows): the report's sections, in order.  Each prints its table as it
+# measures and runs only what matches the filter (an empty filter matches everything).
+SECTIONS = [
+    ("kernels", run_cases),
+    ("latency", run_latency_section),
+    ("shared layer", run_shared_layer_section),
+]
+
+
+def setup(settings):
+    """What the figures depend on: versions, build, machine and the bench's own settings."""
+    from . import show_config
+
+    facts = show_config(print_out=False)
+    facts.update(torch=torch.__version__ if torch is not None else None, cpus=os.cpu_count(),
+                 thread_counts=list(settings.thread_counts), repeat=settings.repeat,
+                 caches="evicted before every call" if settings.evict else "hot",
+                 argv=sys.argv[1:])
+    return facts
+
+
+def run(thread_counts=None, repeat=15, name_filter="", evict=True, print_fn=_print):
+    """Print every section as it is measured; returns the report: ``setup`` and each section's rows."""
     if thread_counts is None:
         thread_counts = sorted({1, get_num_threads()})
-    rows = []
-    largest = max(int(np.prod(s)) for s in BATCH_NORM_SHAPES) * 4
-    header = (f"{'case':<44}{'thr':>4}{'fastnorm':>11}{'numpy':>11}{'x numpy':>9}"
-              + (f"{'torch':>11}{'x torch':>9}" if torch is not None else "") + f"{'GB/s':>8}{'of copy':>9}")
-    print_fn(f"fastnorm bench: float32, median of {repeat} calls; 'x' columns = their time / fastnorm's")
-    simd = "AVX2+FMA" if _kernels.fast_isa() else "generic"
-    print_fn(f"statistics passes: {simd}; PyTorch: {torch.__version__ if torch is not None else 'not installed'}")
-    if torch is None:
-        print_fn("(PyTorch is not installed: its columns are left out)")
-    for n in thread_counts:
-        if torch is not None:
-            torch.set_num_threads(n)
-        with threads(n):
-            copy = copy_bandwidth(largest, repeat, n)
-            print_fn(f"\nthreads={n}: copy bandwidth {copy:.1f} GB/s (read + write; memcpy, {n} thread"
-                     f"{'s' if n > 1 else ''})")
-            print_fn(header)
-            for name, build in all_cases():
-                if name_filter not in name:
-                    continue
-                x, ours, baseline, theirs = build()
-                funcs = [ours, baseline] + ([theirs] if theirs is not None else [])
-                times = _median_times(funcs, repeat)
-                # bytes each element moves at least: x read, y written; backward also reads dy
-                gbps = (3 if "backward" in name else 2) * x.nbytes / times[0] / 1e9
-                line = (f"{name:<44}{n:>4}{times[0] * 1e3:>9.3f}ms{times[1] * 1e3:>9.3f}ms"
-                        f"{times[1] / times[0]:>8.2f}x")
-                row = dict(case=name, threads=n, fastnorm_s=times[0], numpy_s=times[1], gbps=gbps,
-                           copy_fraction=gbps / copy)
-                if theirs is not None:
-                    line += f"{times[2] * 1e3:>9.3f}ms{times[2] / times[0]:>8.2f}x"
-                    row["torch_s"] = times[2]
-                line += f"{gbps:>8.1f}{gbps / copy:>8.0%}"
-                print_fn(line)
-                rows.append(row)
-    if not name_filter or name_filter == "latency":
-        run_latency(print_fn=print_fn)
-        run_shared_layer_throughput(print_fn=print_fn)
-    return rows
+    settings = Settings(list(thread_counts), repeat, name_filter, evict, print_fn)
+    report = dict(setup=setup(settings), sections={})
+    print_fn(f"fastnorm bench: float32, median of {repeat} calls ± half their p25-p75 range; "
+             f"'x' columns = their median / fastnorm's; caches {report['setup']['caches']}")
+    print_fn("'of copy': time of a copy of the bytes the call must move (x read and y written; a backward "
+             "also reads dy), by as many threads in the same rounds, over fastnorm's time")
+    print_fn(f"statistics passes: {'AVX2+FMA' if _kernels.fast_isa() else 'generic'}; "
+             f"PyTorch: {torch.__version__ if torch is not None else 'not installed (its columns are left out)'}")
+    for name, section in SECTIONS:
+        rows = section(settings)
+        if rows:
+            report["sections"][name] = rows
+    return report
+
+
+def plot(report, path):
+    """Save a figure of the kernel table: each case's time relative to fastnorm's (NumPy, PyTorch and the
+    copy of the same bytes), one panel per thread count, bars at the median, whiskers p25 to p75."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    rows = report["sections"].get("kernels", [])
+    counts = sorted({row["threads"] for row in rows}) or [1]
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    others = [k for k in ("numpy", "torch", "copy") if any(f"{k}_s" in row for row in rows)]
+    labels = {"numpy": "NumPy", "torch": "PyTorch", "copy": "copy of the same bytes"}
+    fig, axes = plt.subplots(1, len(counts), figsize=(4 + 4 * len(counts), 1.5 + 0.18 * len(cases) * len(others)),
+                             sharey=True, squeeze=False)
+    height = 0.8 / max(1, len(others))
+    for ax, n in zip(axes[0], counts):
+        by_case = {row["case"]: row for row in rows if row["threads"] == n}
+        for j, k in enumerate(others):
+            bars = [(i, by_case[case]) for i, case in enumerate(cases) if f"{k}_s" in by_case.get(case, {})]
+            ratio = [row[f"{k}_s"] / row["fastnorm_s"] for _, row in bars]
+            spread = [[r - row[f"{k}_p25_s"] / row["fastnorm_s"] for r, (_, row) in zip(ratio, bars)],
+                      [row[f"{k}_p75_s"] / row["fastnorm_s"] - r for r, (_, row) in zip(ratio, bars)]]
+            ax.barh([i + (j - (len(others) - 1) / 2) * height for i, _ in bars], ratio, height, xerr=spread,
+                    label=labels[k], error_kw=dict(linewidth=0.8))
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{n} thread{'s' if n > 1 else ''}")
+        ax.set_xlabel("time / fastnorm's time")
+    axes[0][0].set_yticks(range(len(cases)), cases)
+    axes[0][0].set_ylim(len(cases) - 0.5, -0.5)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(others), frameon=False)
+    fig.suptitle(f"fastnorm {report['setup']['fastnorm']}: median of {report['setup']['repeat']} calls "
+                 f"(whiskers p25-p75), caches {report['setup']['caches']}")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.98))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
