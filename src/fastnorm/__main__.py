@@ -31,7 +31,8 @@ def _positive(text):
 def _writable(path):
     """A path the command can write at the end: checked now, so that a typo fails before the measuring."""
     where = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(where) or not os.access(path if os.path.exists(path) else where, os.W_OK):
+    target = path if os.path.exists(path) else where
+    if os.path.isdir(path) or not os.path.isdir(where) or not os.access(target, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {path!r}")
     return path
 
