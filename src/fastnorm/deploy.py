@@ -70,12 +70,14 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     b = np.zeros(C) if bias is None else np.asarray(_array(bias, "bias"), dtype=np.float64)
     if b.shape != (C,):
         raise ValueError(f"bias: expected shape ({C},), got {b.shape}")
-    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    stats = {k: None if getattr(bn, k) is None else np.asarray(_array(getattr(bn, k), f"bn.{k}"), np.float64)
+             for k in ("running_mean", "running_var", "weight", "bias")}
+    scale = 1.0 / np.sqrt(stats["running_var"] + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean.astype(np.float64) * scale
+        scale = scale * stats["weight"]
+    shift = -stats["running_mean"] * scale
     if bn.bias is not None:
-        shift = shift + bn.bias
+        shift = shift + stats["bias"]
     folded_w = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))
     folded_b = b * scale + shift
     dtype = w.dtype.newbyteorder("=")

@@ -187,7 +187,9 @@ class SyncBatchNorm(_BatchNorm):
         C = x.shape[axis]
         if C != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
-        _, _, w, b = F._channel_params(x, C, None, None, self.weight, self.bias)
+        tracking = self.training and self.track_running_stats
+        _, _, w, b = F._channel_params(x, C, self.running_mean if tracking else None,
+                                       self.running_var if tracking else None, self.weight, self.bias)
         if out is not None:
             F._check_out(out, x.shape, dtype)
         buf, N, C, S, moved = F._channel_view(x, axis)

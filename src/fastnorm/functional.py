@@ -569,13 +569,14 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, rms):
     x, g, dtype = _grad_inputs(grad_output, input)
     shape = _check_normalized_shape(normalized_shape, x)
     lead = x.shape[:x.ndim - len(shape)]
     mean = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
     rstd = _stat_vector(rstd, "rstd", lead)
     w = _elementwise_vector(weight, "weight", shape, x)
+    _elementwise_vector(bias, "bias", shape, x)  # only its presence matters; checked as the forward's
     D = math.prod(shape)
     if x.size == 0:
         return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
@@ -595,7 +596,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     shape).  Returns ``(grad_input, grad_weight, grad_bias)``; grad_weight is None without ``weight``,
     grad_bias None without ``bias`` (pass the forward's bias, or any array of its shape).
     """
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, False)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
@@ -603,7 +604,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
                       weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of :func:`rms_norm`: ``(grad_input, grad_weight, None)``; ``rstd`` is what
     ``rms_norm(..., return_stats=True)`` returned.  grad_weight is None without ``weight``."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, True)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True)
     return dx, (dw if weight is not None else None), None
 
 

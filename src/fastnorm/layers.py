@@ -104,8 +104,8 @@ class _Layer:
         dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
-        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype).reshape(weight.shape)
-        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype).reshape(bias.shape)
+        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype.newbyteorder("=")).reshape(weight.shape)
+        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype.newbyteorder("=")).reshape(bias.shape)
         return dx
 
     def _state(self):
