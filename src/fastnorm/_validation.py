@@ -36,7 +36,12 @@ def _refuse_masked(value, name):
 def _array(value, name):
     """``value`` as an ndarray; a masked array is refused (its mask would be silently dropped)."""
     _refuse_masked(value, name)
-    return value if type(value) is np.ndarray else np.asarray(value)
+    if type(value) is np.ndarray:
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RecursionError) as error:  # ragged or self-containing sequences
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{name}: {error}") from None
 
 
 def _plain_copy(a, dtype):
