@@ -44,6 +44,7 @@ BIASLESS = [
      (2, 3, 3, 3)),
     (lambda: fastnorm.InstanceNorm3d(3, affine=True, bias=False), "InstanceNorm3d", (3,), {"affine": True},
      (2, 3, 2, 2, 2)),
+    (lambda: fastnorm.LayerNorm(4, bias=False), "LayerNorm", (4,), {}, (2, 5, 4)),
 ]
 BIASLESS_IDS = [b[1] for b in BIASLESS]
 

@@ -253,7 +253,7 @@ def test_instance_norm_failure_leaves_running_stats_untouched():
 def test_layer_state_dicts_and_repr():
     ln = fastnorm.LayerNorm((4, 5), bias=False)
     assert list(ln.state_dict()) == ["weight"] and ln.bias is None
-    assert repr(ln) == "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True)"
+    assert repr(ln) == "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True, bias=False)"
     gn = fastnorm.GroupNorm(2, 4)
     gn.load_state_dict({"weight": np.full(4, 2.0), "bias": np.ones(4)})
     assert gn.weight.dtype == np.float32 and np.all(gn.weight == 2)

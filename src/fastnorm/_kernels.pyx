@@ -1979,10 +1979,10 @@ def is_plain(object x):
     return _plain_values(x)
 
 
-def is_vector(object a, Py_ssize_t n, int dtype_num=-1):
-    """Whether ``a`` is a plain C-contiguous 1-D array of ``n`` values (of type ``dtype_num`` when given),
+def is_vector(object a, Py_ssize_t n, cnp.ndarray like=None):
+    """Whether ``a`` is a plain C-contiguous 1-D array of ``n`` values (of ``like``'s dtype when given),
     usable by the kernels as is."""
-    return _is_vector(a, n) and (dtype_num < 0 or cnp.PyArray_TYPE(<cnp.ndarray>a) == dtype_num)
+    return _is_vector(a, n) and (like is None or cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.PyArray_TYPE(like))
 
 
 def is_c_contiguous(cnp.ndarray x):

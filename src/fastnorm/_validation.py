@@ -155,7 +155,7 @@ def _elementwise_vector(v, name, shape, x):
     if v is None:
         return None
     size = math.prod(shape)
-    if len(shape) == 1 and _kernels.is_vector(v, size, x.dtype.num):
+    if len(shape) == 1 and _kernels.is_vector(v, size, x):
         return v
     a = _array(v, name)
     if a.dtype.kind != "f":
@@ -163,7 +163,7 @@ def _elementwise_vector(v, name, shape, x):
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got shape {a.shape}")
     a = a.reshape(size)
-    return a if _kernels.is_vector(a, size, x.dtype.num) else _plain_copy(a, x.dtype)
+    return a if _kernels.is_vector(a, size, x) else _plain_copy(a, x.dtype)
 
 
 def _stat_vector(v, name, shape):

@@ -332,9 +332,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``:
     ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape`` dimensions.
 
-    ``eps=None`` is the machine epsilon of the dtype the input is computed in (float32 for float16 input), as
-    in PyTorch.  With ``return_stats``,
-    returns ``(y, rstd)``, rstd the float64 inverse root mean square of each row.
+    ``eps=None`` is the machine epsilon of the dtype the input is computed in (float32 for float16 input),
+    as in PyTorch.  With ``return_stats``, returns ``(y, rstd)``, rstd the float64 inverse root mean square
+    of each row.
 
     Examples
     --------

@@ -75,6 +75,7 @@ class _Layer:
     statistics, never a normalized copy) and ``backward`` turns it into gradients."""
 
     _optional_state = ()
+    _has_bias = True  # with affine parameters, whether one is a bias (PyTorch's bias=False)
     _saved = None
     grad_weight = None
     grad_bias = None
@@ -104,7 +105,9 @@ class _Layer:
         dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
-        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype.newbyteorder("=")).reshape(weight.shape)
+        # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
+        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype.newbyteorder("=")).reshape(
+            weight.shape)
         self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype.newbyteorder("=")).reshape(bias.shape)
         return dx
 
@@ -467,8 +470,9 @@ class LayerNorm(_Layer):
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
 
     def __repr__(self):
+        bias = "" if self._has_bias or not self.elementwise_affine else ", bias=False"
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine})")
+                f"elementwise_affine={self.elementwise_affine}{bias})")
 
 
 class RMSNorm(_Layer):
