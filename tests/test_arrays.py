@@ -186,8 +186,11 @@ def batch_norm_layer_eval(a):
 @entry(input=(6, C), grad_output=(6, C), **_BUFFERS, written=("running_mean", "running_var"))
 def sync_batch_norm_train(a):
     class OneProcess:
-        def allgather(self, obj):
-            return [obj]
+        def Get_size(self):
+            return 1
+
+        def Allgather(self, sendbuf, recvbuf):
+            recvbuf[...] = sendbuf
     return _train_and_backward(_with_buffers(fastnorm.SyncBatchNorm(C, comm=OneProcess()), a), a)
 
 
