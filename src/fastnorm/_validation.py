@@ -51,7 +51,8 @@ def _plain_copy(a, dtype):
 
 def _as_input(x, name):
     """Return (array to compute on, result dtype): a plain float32/float64 array as is, anything else as a
-    plain copy (float16 computed in float32); the result dtype is the input's, in native byte order."""
+    plain view or copy (float16 computed in float32); the result dtype is the input's, in native byte
+    order."""
     if _kernels.is_plain(x):
         return x, x.dtype
     a = _array(x, name)
