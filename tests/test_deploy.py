@@ -147,7 +147,7 @@ def test_state_dict_of_a_torch_model_with_prefix(rng):
         np.testing.assert_allclose(bn(conv_out.numpy()), model[1](conv_out).numpy(), atol=1e-5)
         flat = torch.relu(model[1](conv_out)).flatten(1)
         np.testing.assert_allclose(ln(flat.numpy()), model[4](flat).numpy(), atol=1e-5)
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(RuntimeError, match="Missing key"):
         fastnorm.BatchNorm2d(4).load_state_dict(model.state_dict(), prefix="0.")
 
 

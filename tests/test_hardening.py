@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastnorm
+import memory
 import reference
 
 # --------------------------------------------------------------------------------------------------------
@@ -67,25 +68,35 @@ def _expected_error(op, x):
 
 @st.composite
 def arrays(draw):
+    """(x, seed): float32/float64 arrays of every shape, memory order and stride, some of them in the other
+    byte order or misaligned (with the same layout)."""
     ndim = draw(st.integers(2, 5))
     shape = tuple(draw(st.lists(st.sampled_from([0, 1, 1, 2, 3, 5]), min_size=ndim, max_size=ndim)))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     view = draw(st.sampled_from(["contiguous", "strided", "negative", "transposed", "fortran"]))
+    kind = draw(st.sampled_from(["native", "native", "swapped", "misaligned"]))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     offset = draw(st.sampled_from([0.0, 1e3]))
+
+    def stored(values):
+        return memory.in_memory(values.astype(dtype), kind)
+
     if view == "strided":
-        base = rng.normal(size=(shape[0] * 2,) + shape[1:]) + offset
-        x = base.astype(dtype)[::2]
+        x = stored(rng.normal(size=(shape[0] * 2,) + shape[1:]) + offset)[::2]
     elif view == "negative":
-        x = (rng.normal(size=shape) + offset).astype(dtype)[::-1]
+        x = stored(rng.normal(size=shape) + offset)[::-1]
     elif view == "transposed":
-        x = (rng.normal(size=shape[::-1]) + offset).astype(dtype).T
+        x = stored(rng.normal(size=shape[::-1]) + offset).T
     elif view == "fortran":
-        x = np.asfortranarray((rng.normal(size=shape) + offset).astype(dtype))
+        x = memory.in_memory(np.asfortranarray((rng.normal(size=shape) + offset).astype(dtype)), kind)
     else:
-        x = (rng.normal(size=shape) + offset).astype(dtype)
+        x = stored(rng.normal(size=shape) + offset)
     return x, seed
+
+
+def _memory_kind(x):
+    return "swapped" if not x.dtype.isnative else "misaligned" if not x.flags.aligned else "native"
 
 
 OPS = ["batch_norm_train", "batch_norm_eval", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
@@ -113,13 +124,13 @@ def test_every_op_matches_the_reference(data, op, nthreads, in_place):
         state = rng.bit_generator.state
         y, expected = _run(op, x, params)
         np.testing.assert_array_equal(x, snapshot)  # the input is never written
-        assert y.shape == x.shape and y.dtype == x.dtype
+        assert y.shape == x.shape and y.dtype == x.dtype.newbyteorder("=")
         scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
-        tol = (2e-4 if x.dtype == np.float32 else 1e-9) * scale
+        tol = (2e-4 if x.dtype.itemsize == 4 else 1e-9) * scale
         np.testing.assert_allclose(y, expected, rtol=0, atol=tol)
         if in_place:
             rng.bit_generator.state = state  # the same parameters again
-            target = x.copy(order="K")
+            target = memory.in_memory(x.copy(order="K"), _memory_kind(x))
             result = _run(op, target, params, out=target)[0]
             assert result is target
             np.testing.assert_array_equal(target, y)
@@ -134,7 +145,7 @@ def test_moments_match_numpy(data, keepdims, pick):
     with np.errstate(all="ignore"):
         expected_mean = x.astype(np.float64).mean(axis=axes, keepdims=keepdims)
         expected_var = x.astype(np.float64).var(axis=axes, keepdims=keepdims)
-    tol = 1e-4 if x.dtype == np.float32 else 1e-10
+    tol = 1e-4 if x.dtype.itemsize == 4 else 1e-10
     np.testing.assert_allclose(mean, expected_mean, rtol=tol, atol=tol * 1e3)
     np.testing.assert_allclose(var, expected_var, rtol=tol, atol=tol)
 

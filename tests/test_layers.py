@@ -99,7 +99,7 @@ def test_load_state_dict_checks_before_assigning():
         bn.load_state_dict({"weight": np.full(3, 5.0), "bias": np.zeros(3), "running_mean": np.zeros(3),
                             "running_var": np.ones(4)})
     assert np.all(bn.weight == 1)
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(RuntimeError, match="Missing key"):
         bn.load_state_dict({"weight": np.ones(3)})
     result = bn.load_state_dict({"weight": np.full(3, 2.0)}, strict=False)
     assert "bias" in result.missing_keys and np.all(bn.weight == 2)

@@ -229,7 +229,9 @@ BAD = [
     (lambda: fastnorm.GroupNorm(2, 6)(np.ones((2, 4, 3), np.float32)), ValueError, "input: expected 6 channels"),
     (lambda: fastnorm.InstanceNorm2d(3)(np.ones((2, 3, 4), np.float32)[None, None]), ValueError, "input: expected 3D or 4D"),
     (lambda: fastnorm.InstanceNorm1d(3, affine=True)(np.ones((2, 4, 5))), ValueError, "input: expected 3 channels"),
-    (lambda: fastnorm.LayerNorm(0), ValueError, "normalized_shape"),
+    (lambda: fastnorm.LayerNorm(-1), ValueError, "normalized_shape"),
+    (lambda: fastnorm.RMSNorm(()), ValueError, "normalized_shape: expected at least one dimension"),
+    (lambda: fastnorm.layer_norm(np.ones(3), ()), ValueError, "normalized_shape: expected at least one dimension"),
 ]
 
 
@@ -251,7 +253,7 @@ def test_instance_norm_failure_leaves_running_stats_untouched():
 def test_layer_state_dicts_and_repr():
     ln = fastnorm.LayerNorm((4, 5), bias=False)
     assert list(ln.state_dict()) == ["weight"] and ln.bias is None
-    assert repr(ln) == "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True)"
+    assert repr(ln) == "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True, bias=False)"
     gn = fastnorm.GroupNorm(2, 4)
     gn.load_state_dict({"weight": np.full(4, 2.0), "bias": np.ones(4)})
     assert gn.weight.dtype == np.float32 and np.all(gn.weight == 2)

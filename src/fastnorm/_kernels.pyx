@@ -148,6 +148,25 @@ def set_fast_isa(bint on):
 set_fast_isa(True)
 
 
+cdef inline bint _plain_values(object a):
+    """What the kernels assume of every array they read or write: a plain ndarray (a subclass such as
+    ``numpy.ma.MaskedArray`` means more than its memory) of float32 or float64 in the machine's byte
+    order, aligned to its item size.  ``fastnorm._validation`` brings every other array argument to this
+    form or rejects it; the predicates below are the fast path of that module."""
+    cdef int t
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return (t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a)
+
+
+cdef inline bint _is_vector(object a, Py_ssize_t n):
+    """A plain C-contiguous 1-D array of n values: a per-channel or per-element vector the kernels read
+    as is."""
+    return (_plain_values(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
+            and cnp.PyArray_DIMS(<cnp.ndarray>a)[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
     cdef char* pa = <char*>cnp.PyArray_DATA(a)
     cdef char* pb = <char*>cnp.PyArray_DATA(b)
@@ -166,17 +185,17 @@ def update_running(object running_mean, object running_var, object mean, object 
     cdef double* pm
     cdef double* pv
     cdef double nm, nv
-    if not (cnp.PyArray_Check(running_mean) and cnp.PyArray_Check(running_var) and cnp.PyArray_Check(mean)
-            and cnp.PyArray_Check(var)):
+    if not cnp.PyArray_Check(running_mean):
+        return False
+    C = cnp.PyArray_SIZE(<cnp.ndarray>running_mean)
+    # A buffer in the other byte order or misaligned is left to NumPy, which updates it in its own form.
+    if not (_is_vector(running_mean, C) and _is_vector(running_var, C) and _is_vector(mean, C)
+            and _is_vector(var, C)):
         return False
     rm, rv, m, v = running_mean, running_var, mean, var
-    C = cnp.PyArray_SIZE(rm)
     if (cnp.PyArray_TYPE(rm) != cnp.PyArray_TYPE(rv) or cnp.PyArray_TYPE(m) != cnp.NPY_DOUBLE
-            or cnp.PyArray_TYPE(v) != cnp.NPY_DOUBLE or cnp.PyArray_SIZE(rv) != C or cnp.PyArray_SIZE(m) != C
-            or cnp.PyArray_SIZE(v) != C or _overlap(rm, rv) or _overlap(rm, m) or _overlap(rm, v)
-            or _overlap(rv, m) or _overlap(rv, v)
-            or not (cnp.PyArray_IS_C_CONTIGUOUS(rm) and cnp.PyArray_IS_C_CONTIGUOUS(rv)
-                    and cnp.PyArray_IS_C_CONTIGUOUS(m) and cnp.PyArray_IS_C_CONTIGUOUS(v))):
+            or cnp.PyArray_TYPE(v) != cnp.NPY_DOUBLE or _overlap(rm, rv) or _overlap(rm, m) or _overlap(rm, v)
+            or _overlap(rv, m) or _overlap(rv, v)):
         return False
     pm = <double*>cnp.PyArray_DATA(m)
     pv = <double*>cnp.PyArray_DATA(v)
@@ -1830,15 +1849,6 @@ def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_
 # Eval mode of a layer: per-channel factors folded once, reused while the parameters are unchanged
 # ---------------------------------------------------------------------------------------------------------
 
-cdef inline bint _is_vector(object a, Py_ssize_t C):
-    cdef cnp.ndarray arr
-    if not cnp.PyArray_Check(a):
-        return False
-    arr = <cnp.ndarray>a
-    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE))
-
-
 cdef class EvalCache:
     """The folded factors (mean_hi, scale, shift per channel) of an eval-mode BatchNorm layer.
 
@@ -1918,12 +1928,12 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     cdef int t, ndim, axis, i
     cdef Py_ssize_t N = 1, C, S = 1
     cdef cnp.npy_intp* dims
-    if not cnp.PyArray_Check(x):
+    if not _plain_values(x) or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
         return None
     arr = <cnp.ndarray>x
     t = cnp.PyArray_TYPE(arr)
     ndim = cnp.PyArray_NDIM(arr)
-    if (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or ndim < 2:
+    if ndim < 2:
         return None
     axis = channel_axis + ndim if channel_axis < 0 else channel_axis  # C's % keeps the sign
     if axis < 0 or axis >= ndim or mean is None or var is None:
@@ -1975,33 +1985,16 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
 # Fast checks for the Python layer's common case (a call on a tiny input must cost microseconds)
 # ---------------------------------------------------------------------------------------------------------
 
-def float_kind(object x):
-    """2 for a float32/float64 ndarray, 1 for a float16 ndarray, 0 for anything else."""
-    cdef int t
-    if not cnp.PyArray_Check(x):
-        return 0
-    t = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE:
-        return 2
-    return 1 if t == cnp.NPY_FLOAT16 else 0
+def is_plain(object x):
+    """Whether the kernels can read ``x`` as it is, given a C-contiguous view or copy of it (see
+    ``_plain_values``): the fast path of ``fastnorm._validation``."""
+    return _plain_values(x)
 
 
-def is_channel_vector(object a, Py_ssize_t C):
-    """True for a C-contiguous 1-D float32/float64 ndarray of length C: usable by the kernels as is."""
-    cdef cnp.ndarray arr
-    if not cnp.PyArray_Check(a):
-        return False
-    arr = <cnp.ndarray>a
-    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C
-            and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE))
-
-
-def is_vector_like(object v, cnp.ndarray x, Py_ssize_t n):
-    """True for a C-contiguous 1-D ndarray of length n and x's dtype: usable per element as is."""
-    return (cnp.PyArray_Check(v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
-            and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
-            and cnp.PyArray_TYPE(<cnp.ndarray>v) == cnp.PyArray_TYPE(x))
+def is_vector(object a, Py_ssize_t n, cnp.ndarray like=None):
+    """Whether ``a`` is a plain C-contiguous 1-D array of ``n`` values (of ``like``'s dtype when given),
+    usable by the kernels as is."""
+    return _is_vector(a, n) and (like is None or cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.PyArray_TYPE(like))
 
 
 def is_c_contiguous(cnp.ndarray x):

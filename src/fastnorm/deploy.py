@@ -9,6 +9,7 @@ import numpy as np
 
 from . import distributed as _distributed
 from . import layers as _layers
+from ._validation import _array
 
 __all__ = ["fold_batch_norm", "save", "load"]
 
@@ -24,7 +25,7 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     ``bn(conv(x)) == folded_conv(x)`` with ``scale = bn.weight / sqrt(bn.running_var + bn.eps)``,
     ``weight' = weight * scale`` along the output channels and
     ``bias' = (bias - bn.running_mean) * scale + bn.bias`` (what ``torch.nn.utils.fusion`` does).
-    Computed in float64 and returned in the weight's dtype.
+    Computed in float64 and returned in the weight's dtype (in native byte order).
 
     Parameters
     ----------
@@ -57,7 +58,7 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
         raise TypeError(f"bn: expected a fastnorm BatchNorm layer, got {type(bn).__name__}")
     if bn.running_mean is None:
         raise ValueError("bn: expected running statistics (track_running_stats=True) to fold")
-    w = np.asarray(weight)
+    w = _array(weight, "weight")
     if w.dtype.kind != "f":
         raise TypeError(f"weight: expected a floating-point array, got dtype {w.dtype}")
     expected_ndim = "at least 3" if layout == "conv" else "2"
@@ -66,18 +67,21 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     C = bn.num_features
     if w.shape[0] != C:
         raise ValueError(f"weight: expected {C} output channels (bn.num_features) on axis 0, got shape {w.shape}")
-    b = np.zeros(C) if bias is None else np.asarray(bias, dtype=np.float64)
+    b = np.zeros(C) if bias is None else np.asarray(_array(bias, "bias"), dtype=np.float64)
     if b.shape != (C,):
         raise ValueError(f"bias: expected shape ({C},), got {b.shape}")
-    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    stats = {k: None if getattr(bn, k) is None else np.asarray(_array(getattr(bn, k), f"bn.{k}"), np.float64)
+             for k in ("running_mean", "running_var", "weight", "bias")}
+    scale = 1.0 / np.sqrt(stats["running_var"] + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean.astype(np.float64) * scale
+        scale = scale * stats["weight"]
+    shift = -stats["running_mean"] * scale
     if bn.bias is not None:
-        shift = shift + bn.bias
+        shift = shift + stats["bias"]
     folded_w = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))
     folded_b = b * scale + shift
-    return folded_w.astype(w.dtype), folded_b.astype(w.dtype)
+    dtype = w.dtype.newbyteorder("=")
+    return folded_w.astype(dtype), folded_b.astype(dtype)
 
 
 def save(path: Union[str, os.PathLike], layers) -> None:

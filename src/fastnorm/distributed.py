@@ -131,8 +131,8 @@ class SyncBatchNorm(_BatchNorm):
     _input_ndims = (2, 3, 4, 5)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 comm=None, dtype=np.float32, channel_axis=1, bessel=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype,
+                 comm=None, bias=True, dtype=np.float32, channel_axis=1, bessel=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel)
         self.comm = comm
 
@@ -182,11 +182,14 @@ class SyncBatchNorm(_BatchNorm):
         x = x if isinstance(x, np.ndarray) else np.asarray(x)
         self._check_input(x)
         x, dtype = F._as_input(x, "input")
+        F._check_eps(self.eps, training=True)
         axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
         if C != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
-        _, _, w, b = F._channel_params(x, C, None, None, self.weight, self.bias)
+        tracking = self.training and self.track_running_stats
+        _, _, w, b = F._channel_params(x, C, self.running_mean if tracking else None,
+                                       self.running_var if tracking else None, self.weight, self.bias)
         if out is not None:
             F._check_out(out, x.shape, dtype)
         buf, N, C, S, moved = F._channel_view(x, axis)
@@ -221,13 +224,13 @@ class SyncBatchNorm(_BatchNorm):
             sums = np.concatenate(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
                 else np.zeros(2 * C)
             dx = _kernels.empty_like(buf)
-            return sums, (buf, gbuf, dx, N, C, S, axis, moved, dtype, nthreads)
+            w = F._channel_vector(self.weight, "weight", C, x_.dtype)
+            return sums, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads)
 
-        rows, (buf, gbuf, dx, N, C, S, axis, moved, dtype, nthreads) = _allgather(
+        rows, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads) = _allgather(
             self.communicator, 2 * self.num_features, local)
         sum_dy, sum_dyx = np.split(rows.sum(axis=0), 2)
         if N * S:
-            w = None if self.weight is None else np.ascontiguousarray(self.weight)
             _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
         return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
@@ -289,6 +292,8 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
     for k, layer in enumerate(layers):
         if not isinstance(layer, _BatchNorm) or layer.running_mean is None:
             raise TypeError(f"layers[{k}]: expected a BatchNorm layer with running statistics")
+        if any(other is layer for other in layers[:k]):
+            raise ValueError(f"layers[{k}]: the same layer is listed twice")
     modes = [layer.training for layer in layers]
     for layer in layers:
         layer._recorder = [None, 0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,6 +14,9 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from ._threads import check_count, threads_for
+from ._validation import (_array, _as_input, _channel_vector, _check_axis, _check_buffer, _check_eps,
+                          _check_momentum, _check_out, _elementwise_vector, _kernel_writes, _normalized_shape,
+                          _stat_vector)
 
 Shape = Union[int, Sequence[int]]
 Grads = Tuple[NDArray, Optional[NDArray], Optional[NDArray]]
@@ -22,74 +24,6 @@ Grads = Tuple[NDArray, Optional[NDArray], Optional[NDArray]]
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
            "instance_norm_backward", "rms_norm_backward"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Validation helpers (shared by every normalization)
-# ---------------------------------------------------------------------------------------------------------
-
-def _as_input(x, name):
-    """Return (array to compute on, result dtype): float32/float64 as is, float16 computed in float32."""
-    if _kernels.float_kind(x) == 2:
-        return x, x.dtype
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    dtype = x.dtype
-    if dtype == np.float32 or dtype == np.float64:
-        return x, dtype
-    if dtype == np.float16:
-        return x.astype(np.float32), dtype
-    raise TypeError(f"{name}: expected a floating-point array (float16, float32 or float64), got dtype {dtype}")
-
-
-def _check_eps(eps, name="eps"):
-    if type(eps) is float and 0.0 <= eps < math.inf:
-        return eps
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"{name}: expected a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (eps >= 0.0 and math.isfinite(eps)):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {eps}")
-    return eps
-
-
-def _check_momentum(momentum, allow_none=True):
-    if momentum is None and allow_none:
-        return None
-    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
-        raise TypeError(f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}")
-    momentum = float(momentum)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
-    return momentum
-
-
-def _check_axis(axis, ndim, name):
-    if isinstance(axis, bool):
-        raise TypeError(f"{name}: expected an integer axis, got {axis!r}")
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer axis, got {axis!r}") from None
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
-    return axis % ndim
-
-
-def _channel_vector(v, name, C, dtype):
-    """A per-channel parameter as a contiguous float32/float64 vector of length C (or None)."""
-    if v is None or _kernels.is_channel_vector(v, C):
-        return v
-    a = v if isinstance(v, np.ndarray) else np.asarray(v)
-    if a.dtype.kind != "f":
-        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
-    if a.shape != (C,):
-        raise ValueError(f"{name}: expected shape ({C},) to match the {C} channels of the input, got shape {a.shape}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        a = a.astype(dtype)
-    elif not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    return a
 
 
 def _channel_params(x, C, running_mean, running_var, weight, bias):
@@ -101,62 +35,18 @@ def _channel_params(x, C, running_mean, running_var, weight, bias):
     return rm, rv, _channel_vector(weight, "weight", C, x.dtype), _channel_vector(bias, "bias", C, x.dtype)
 
 
-def _check_buffer(v, name):
-    """A running statistic that training updates in place must be a writable ndarray (its shape and
-    dtype are checked by _channel_vector)."""
-    if not isinstance(v, np.ndarray):
-        raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
-    if not v.flags.writeable:
-        raise ValueError(f"{name}: the array is read-only, so it cannot be updated in training mode")
-    return v
-
-
 def _check_normalized_shape(normalized_shape, x):
     """normalized_shape as a tuple that must equal the input's trailing dimensions."""
-    if (type(normalized_shape) is tuple and len(normalized_shape) <= x.ndim
+    if (type(normalized_shape) is tuple and 0 < len(normalized_shape) <= x.ndim
             and x.shape[x.ndim - len(normalized_shape):] == normalized_shape
             and (type(normalized_shape[0]) is int if len(normalized_shape) == 1
                  else all(type(d) is int for d in normalized_shape))):
         return normalized_shape
-    if isinstance(normalized_shape, numbers.Integral):
-        shape = (operator.index(normalized_shape),)
-    else:
-        try:
-            shape = tuple(operator.index(d) for d in normalized_shape)
-        except TypeError:
-            raise TypeError("normalized_shape: expected an integer or a sequence of integers, "
-                            f"got {normalized_shape!r}") from None
+    shape = _normalized_shape(normalized_shape)
     if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
         raise ValueError(f"normalized_shape: expected the input's trailing dimensions to be {shape}, "
                          f"got input of shape {x.shape}")
     return shape
-
-
-def _elementwise_vector(v, name, shape, x):
-    """A per-element parameter of ``shape`` as a contiguous vector of x's dtype (or None)."""
-    if v is None:
-        return None
-    size = math.prod(shape)
-    if len(shape) == 1 and _kernels.is_vector_like(v, x, size):
-        return v
-    dtype = x.dtype
-    a = v if isinstance(v, np.ndarray) else np.asarray(v)
-    if a.dtype.kind != "f":
-        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got shape {a.shape}")
-    return np.ascontiguousarray(a.reshape(size), dtype=dtype)
-
-
-def _check_out(out, shape, dtype):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected an ndarray, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape} (the input's), got {out.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"out: expected dtype {dtype} (the input's), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out: the array is read-only")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,9 +78,9 @@ def _channel_view(x, axis):
 def _result_buffer(out, buf, axis, moved):
     """The array the kernel writes: ``out`` itself where its memory has the kernel's layout and dtype and
     does not partly overlap the input; otherwise a new array (copied into ``out`` by ``_finish``)."""
-    if out is not None and out.dtype == buf.dtype:
+    if out is not None:
         target = np.moveaxis(out, axis, -1) if moved else out
-        if target.flags.c_contiguous and (
+        if _kernel_writes(target, buf) and (
             not np.may_share_memory(target, buf)
             or target.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
         ):
@@ -289,8 +179,8 @@ def batch_norm(input: ArrayLike, running_mean: Optional[NDArray] = None, running
         raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
     axis = _check_axis(channel_axis, x.ndim, "channel_axis")
     C = x.shape[axis]
-    eps = _check_eps(eps)
     training = bool(training)
+    eps = _check_eps(eps, training=training)
     rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     update = training and rm is not None
     if update:
@@ -372,8 +262,8 @@ def _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stat
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
-    if rms and eps is None:
-        eps = float(np.finfo(dtype).eps)
+    if rms and eps is None:  # the compute dtype's, as PyTorch (float32's for float16 input)
+        eps = float(np.finfo(x.dtype).eps)
     eps = _check_eps(eps)
     if out is not None:
         _check_out(out, x.shape, dtype)
@@ -442,8 +332,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``:
     ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape`` dimensions.
 
-    ``eps=None`` is the machine epsilon of the input's dtype, as in PyTorch.  With ``return_stats``,
-    returns ``(y, rstd)``, rstd the float64 inverse root mean square of each row.
+    ``eps=None`` is the machine epsilon of the dtype the input is computed in (float32 for float16 input),
+    as in PyTorch.  With ``return_stats``, returns ``(y, rstd)``, rstd the float64 inverse root mean square
+    of each row.
 
     Examples
     --------
@@ -621,13 +512,6 @@ def _grad_inputs(grad_output, input):
     return x, g, dtype
 
 
-def _stat_vector(v, name, shape):
-    a = np.asarray(v, dtype=np.float64)
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    return np.ascontiguousarray(a).reshape(-1)
-
-
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
                         channel_axis: int = 1) -> Grads:
@@ -685,13 +569,14 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, rms):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, rms):
     x, g, dtype = _grad_inputs(grad_output, input)
     shape = _check_normalized_shape(normalized_shape, x)
     lead = x.shape[:x.ndim - len(shape)]
     mean = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
     rstd = _stat_vector(rstd, "rstd", lead)
     w = _elementwise_vector(weight, "weight", shape, x)
+    _elementwise_vector(bias, "bias", shape, x)  # only its presence matters; checked as the forward's
     D = math.prod(shape)
     if x.size == 0:
         return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
@@ -711,7 +596,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     shape).  Returns ``(grad_input, grad_weight, grad_bias)``; grad_weight is None without ``weight``,
     grad_bias None without ``bias`` (pass the forward's bias, or any array of its shape).
     """
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, False)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
@@ -719,7 +604,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
                       weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of :func:`rms_norm`: ``(grad_input, grad_weight, None)``; ``rstd`` is what
     ``rms_norm(..., return_stats=True)`` returned.  grad_weight is None without ``weight``."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, True)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True)
     return dx, (dw if weight is not None else None), None
 
 
@@ -878,7 +763,7 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
             if pname in ("mean", "variance"):
                 raise TypeError(f"{pname}: required, got None")
             continue
-        a = np.asarray(value)
+        a = _array(value, pname)
         if a.dtype.kind not in "fiu":
             raise TypeError(f"{pname}: expected real numbers, got dtype {a.dtype}")
         params[pname] = a.astype(np.float64)

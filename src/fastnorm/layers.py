@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import numbers
-import operator
 import threading
 import warnings
 from typing import ContextManager, Mapping, Optional
@@ -19,6 +18,7 @@ import numpy as np
 from . import _kernels
 from . import functional as F
 from ._threads import check_count, thread_setting, threads_for
+from ._validation import _array, _check_axis, _check_eps, _check_momentum, _normalized_shape
 from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
@@ -53,6 +53,15 @@ def _from_config(config):
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
+def _state_array(value, name):
+    """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
+    exact for every torch float type, including bfloat16 and float8, which NumPy lacks."""
+    if hasattr(value, "detach") and hasattr(value, "is_floating_point"):
+        value = value.detach().cpu()
+        value = (value.double() if value.is_floating_point() else value).numpy()
+    return _array(value, name)
+
+
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -66,6 +75,7 @@ class _Layer:
     statistics, never a normalized copy) and ``backward`` turns it into gradients."""
 
     _optional_state = ()
+    _has_bias = True  # with affine parameters, whether one is a bias (PyTorch's bias=False)
     _saved = None
     grad_weight = None
     grad_bias = None
@@ -95,8 +105,10 @@ class _Layer:
         dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
-        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype).reshape(weight.shape)
-        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype).reshape(bias.shape)
+        # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
+        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype.newbyteorder("=")).reshape(
+            weight.shape)
+        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype.newbyteorder("=")).reshape(bias.shape)
         return dx
 
     def _state(self):
@@ -135,35 +147,49 @@ class _Layer:
     def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True, prefix: str = ""):
         """Load parameters and buffers from a mapping of PyTorch's keys to array-likes.
 
-        Values may be ndarrays, PyTorch tensors or anything ``np.asarray`` takes.  ``prefix`` selects the
-        entries of one module in a whole model's state dict (``prefix="features.1."``); others are
-        ignored.  Everything is checked before anything is assigned, so a failed load leaves the layer
-        as it was.
+        Values may be ndarrays, PyTorch tensors of any dtype (bfloat16 included) or anything ``np.asarray``
+        takes; they are converted to the layer's dtype.  ``prefix`` selects the entries of one module in a
+        whole model's state dict (``prefix="features.1."``); others are ignored.  Everything is checked
+        before anything is assigned, so a failed load leaves the layer as it was.
 
         Returns
         -------
         LoadResult
-            ``(missing_keys, unexpected_keys)``, as PyTorch's.
+            ``(missing_keys, unexpected_keys)`` (with the prefix), as PyTorch's.
+
+        Raises
+        ------
+        RuntimeError
+            With ``strict``, keys missing or unexpected, listed as PyTorch lists them.
+        ValueError, TypeError
+            A value of the wrong shape or type (a masked array, a negative ``num_batches_tracked``).
         """
         if prefix:
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         expected = {k: v for k, v in self._state().items() if v is not None}
-        missing = [k for k in expected if k not in state_dict and k not in self._optional_state]
-        unexpected = [k for k in state_dict if k not in expected]
+        missing = [prefix + k for k in expected if k not in state_dict and k not in self._optional_state]
+        unexpected = [prefix + k for k in state_dict if k not in expected]
         if strict and (missing or unexpected):
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            errors = [f"{kind} key(s) in state_dict: " + ", ".join(f'"{k}"' for k in keys) + ". "
+                      for kind, keys in (("Missing", missing), ("Unexpected", unexpected)) if keys]
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
         new = {}
         for key, current in expected.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(state_dict[key])
+            name = f"state_dict[{prefix + key!r}]"
+            value = _state_array(state_dict[key], name)
             if value.shape != np.shape(current):
-                raise ValueError(f"state_dict[{key!r}]: expected shape {np.shape(current)}, got {value.shape}")
-            if np.ndim(current) == 0:
+                raise ValueError(f"{name}: expected shape {np.shape(current)}, got {value.shape}")
+            if np.ndim(current) == 0:  # num_batches_tracked: truncated to an integer, as PyTorch's copy_
+                if value.dtype.kind not in "fiu":
+                    raise TypeError(f"{name}: expected an integer, got dtype {value.dtype}")
+                if not (np.isfinite(value) and value > -1):
+                    raise ValueError(f"{name}: expected an integer >= 0, got {value}")
                 new[key] = int(value)
             else:
                 if value.dtype.kind not in "fiu":
-                    raise TypeError(f"state_dict[{key!r}]: expected real numbers, got dtype {value.dtype}")
+                    raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
                 new[key] = value.astype(self.dtype, copy=True)
         for key, value in new.items():
             setattr(self, key, value)
@@ -175,11 +201,12 @@ class _NormBase(_Layer):
     _input_ndims = ()
     _optional_state = ("num_batches_tracked",)
 
-    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype, bias=True):
         self.num_features = check_count(num_features, "num_features")
-        self.eps = F._check_eps(eps)
-        self.momentum = F._check_momentum(momentum)
+        self.eps = _check_eps(eps)
+        self.momentum = _check_momentum(momentum)
         self.affine = bool(affine)
+        self._has_bias = self.affine and bool(bias)
         self.track_running_stats = bool(track_running_stats)
         self.dtype = _check_dtype(dtype)
         self.training = True
@@ -189,7 +216,8 @@ class _NormBase(_Layer):
 
     def _config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
-                "affine": self.affine, "track_running_stats": self.track_running_stats, "dtype": self.dtype.name}
+                "affine": self.affine, "bias": self._has_bias, "track_running_stats": self.track_running_stats,
+                "dtype": self.dtype.name}
 
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batch tracked."""
@@ -203,7 +231,8 @@ class _NormBase(_Layer):
         self.reset_running_stats()
         if self.affine:
             self.weight = np.ones(self.num_features, self.dtype)
-            self.bias = np.zeros(self.num_features, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(self.num_features, self.dtype)
 
     def _state(self):
         return {"weight": self.weight, "bias": self.bias, "running_mean": self.running_mean,
@@ -217,21 +246,22 @@ class _NormBase(_Layer):
             raise ValueError(f"input: expected {expected} input, got {x.ndim}D input of shape {x.shape}")
 
     def __repr__(self):
+        bias = "" if self._has_bias or not self.affine else ", bias=False"
         return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats})")
+                f"affine={self.affine}{bias}, track_running_stats={self.track_running_stats})")
 
 
 class _BatchNorm(_NormBase):
     _recorder = None  # [Moments, calls] while calibrate_batch_norms runs
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 dtype=np.float32, channel_axis=1, bessel=True):
+                 bias=True, dtype=np.float32, channel_axis=1, bessel=True):
         if not isinstance(channel_axis, numbers.Integral):
             raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
         self.bessel = bool(bessel)
         self._eval_cache = _kernels.EvalCache()
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -251,24 +281,20 @@ class _BatchNorm(_NormBase):
             if y is not None:
                 self._keep(x, None, None, False)
                 return y
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
+        x = _array(x, "input")
         self._check_input(x)
         if self._recorder is not None:
             moments = self._moments_of(x)
             self._recorder[0] = moments if self._recorder[0] is None else self._recorder[0] + moments
             self._recorder[1] += 1
         tracking = self.training and self.track_running_stats
-        factor = self.momentum
-        if tracking and factor is None:
-            factor = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
         saved = self._input_to_keep(x, out)
         result = F.batch_norm(x, self.running_mean if keep_buffers else None,
                               self.running_var if keep_buffers else None, self.weight, self.bias,
-                              use_batch_stats, 0.0 if factor is None else factor, self.eps,
-                              channel_axis=self.channel_axis, out=out, bessel=self.bessel,
+                              use_batch_stats, self.momentum, self.eps, channel_axis=self.channel_axis, out=out,
+                              bessel=self.bessel, num_batches_tracked=self.num_batches_tracked,
                               return_stats=use_batch_stats)
         if tracking and x.size > 0:
             self.num_batches_tracked += 1
@@ -280,7 +306,7 @@ class _BatchNorm(_NormBase):
 
     def _moments_of(self, x):
         """Exact per-channel moments of an input of this layer."""
-        axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
+        axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         if x.shape[axis] != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
         return Moments.of(x, tuple(a for a in range(x.ndim) if a != axis))
@@ -300,7 +326,7 @@ class _BatchNorm(_NormBase):
             raise ValueError("calibrate: the layer keeps no running statistics (track_running_stats=False)")
         total, calls = None, 0
         for x in batches:
-            x = x if isinstance(x, np.ndarray) else np.asarray(x)
+            x = _array(x, "batches")
             self._check_input(x)
             moments = self._moments_of(x)
             total = moments if total is None else total + moments
@@ -347,6 +373,8 @@ class BatchNorm1d(_BatchNorm):
     track_running_stats : bool
         Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them evaluation mode
         uses the batch statistics.
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias (False: a weight only, as PyTorch's ``bias=False``).
     dtype : float32 or float64, keyword-only
         dtype of the parameters and buffers.
     channel_axis : int, keyword-only
@@ -382,19 +410,6 @@ class BatchNorm3d(_BatchNorm):
     _input_ndims = (5,)
 
 
-def _shape_tuple(normalized_shape):
-    if isinstance(normalized_shape, numbers.Integral):
-        normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(operator.index(d) for d in normalized_shape)
-    except TypeError:
-        raise TypeError("normalized_shape: expected an integer or a sequence of integers, "
-                        f"got {normalized_shape!r}") from None
-    if any(d < 1 for d in shape):
-        raise ValueError(f"normalized_shape: expected positive dimensions, got {shape}")
-    return shape
-
-
 class LayerNorm(_Layer):
     """Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
 
@@ -419,8 +434,8 @@ class LayerNorm(_Layer):
     """
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *, dtype=np.float32):
-        self.normalized_shape = _shape_tuple(normalized_shape)
-        self.eps = F._check_eps(eps)
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
         self._has_bias = self.elementwise_affine and bool(bias)
@@ -455,8 +470,9 @@ class LayerNorm(_Layer):
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
 
     def __repr__(self):
+        bias = "" if self._has_bias or not self.elementwise_affine else ", bias=False"
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine})")
+                f"elementwise_affine={self.elementwise_affine}{bias})")
 
 
 class RMSNorm(_Layer):
@@ -467,15 +483,16 @@ class RMSNorm(_Layer):
     normalized_shape : int or tuple of int
         The trailing dimensions of the input to normalize over.
     eps : float or None
-        None: the machine epsilon of the input's dtype.
+        None: the machine epsilon of the dtype the input is computed in (float32 for float16 input), as
+        PyTorch.
     elementwise_affine : bool
         Learnable ``weight`` (ones) of shape ``normalized_shape``.
     dtype : float32 or float64, keyword-only
     """
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *, dtype=np.float32):
-        self.normalized_shape = _shape_tuple(normalized_shape)
-        self.eps = None if eps is None else F._check_eps(eps)
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = None if eps is None else _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
         self.training = True
@@ -522,19 +539,23 @@ class GroupNorm(_Layer):
         Added to the variance before the square root.
     affine : bool
         Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1 (channels last).
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32, channel_axis=1):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True, dtype=np.float32,
+                 channel_axis=1):
         self.num_groups = check_count(num_groups, "num_groups")
         self.num_channels = check_count(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, "
                              f"got {self.num_groups}")
-        self.eps = F._check_eps(eps)
+        self.eps = _check_eps(eps)
         self.affine = bool(affine)
+        self._has_bias = self.affine and bool(bias)
         self.dtype = _check_dtype(dtype)
         if channel_axis not in (1, -1):
             raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
@@ -545,20 +566,21 @@ class GroupNorm(_Layer):
 
     def _config(self):
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
-                "affine": self.affine, "dtype": self.dtype.name, "channel_axis": self.channel_axis}
+                "affine": self.affine, "bias": self._has_bias, "dtype": self.dtype.name,
+                "channel_axis": self.channel_axis}
 
     def reset_parameters(self):
         """Weight to 1, bias to 0."""
         if self.affine:
             self.weight = np.ones(self.num_channels, self.dtype)
-            self.bias = np.zeros(self.num_channels, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(self.num_channels, self.dtype)
 
     def _state(self):
         return {"weight": self.weight, "bias": self.bias}
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
+        x = _array(x, "input")
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
@@ -576,19 +598,19 @@ class GroupNorm(_Layer):
                                      channel_axis=self.channel_axis)
 
     def __repr__(self):
-        return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
+        bias = "" if self._has_bias or not self.affine else ", bias=False"
+        return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}{bias})"
 
 
 class _InstanceNorm(_NormBase):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, *,
-                 dtype=np.float32):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+                 bias=True, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
         """Normalize each (sample, channel) with its own statistics, or with the running statistics in
         evaluation mode when they are tracked.  Unbatched input (C, ...) is accepted."""
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
+        x = _array(x, "input")
         self._check_input(x)
         unbatched = x.ndim == self._input_ndims[0]
         given_out = out
@@ -613,7 +635,7 @@ class _InstanceNorm(_NormBase):
         return given_out if given_out is not None else (y[0] if unbatched else y)
 
     def _backward(self, grad_output, x, mean, rstd, use_input_stats, unbatched):
-        grad_output = np.asarray(grad_output)
+        grad_output = _array(grad_output, "grad_output")
         if unbatched:
             grad_output = grad_output[np.newaxis]
         dx, grad_weight, grad_bias = F.instance_norm_backward(grad_output, x, mean, rstd, self.weight,
@@ -637,6 +659,8 @@ class InstanceNorm1d(_InstanceNorm):
         Learnable per-channel ``weight`` and ``bias`` (default False).
     track_running_stats : bool
         Keep running statistics, used in evaluation mode (default False).
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
     """
     _input_ndims = (2, 3)

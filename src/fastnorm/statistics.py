@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import functional as F
+from ._validation import _array
 
 __all__ = ["Moments"]
 
@@ -35,10 +36,10 @@ class Moments:
     __slots__ = ("count", "mean", "m2")
 
     def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike):
-        mean = np.asarray(mean, dtype=np.float64)
-        self.count = np.broadcast_to(np.asarray(count, dtype=np.float64), mean.shape).copy()
+        mean = np.asarray(_array(mean, "mean"), dtype=np.float64)
+        self.count = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean.shape).copy()
         self.mean = mean.copy()
-        self.m2 = np.broadcast_to(np.asarray(m2, dtype=np.float64), mean.shape).copy()
+        self.m2 = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean.shape).copy()
         if np.any(self.count < 0):
             raise ValueError("count: expected counts >= 0")
 

@@ -1,0 +1,207 @@
+"""Argument checks shared by the functions and the layers, and the one statement of what the kernels
+may assume about an array.
+
+The kernels read and write raw memory.  An array handed to them is *plain*: an ndarray (not a subclass:
+a ``numpy.ma.MaskedArray`` means more than its memory), float32 or float64 in the machine's byte order,
+aligned to its item size, C-contiguous where it is passed as a buffer (``functional`` copies other
+strides), writable where it is written.  ``_kernels.is_plain`` and ``_kernels.is_vector`` test exactly
+that (the same C predicate serves the eval cache and the running-statistics update), and are the fast
+path of every check below.  Every other array argument is brought to that form or rejected here, with
+an error naming the argument:
+
+* a masked array: ``TypeError`` (masks are not supported: pass ``a.filled(value)`` or the data);
+* another byte order (``'>f4'`` on a little-endian machine) or misaligned memory (``np.frombuffer(raw,
+  np.float32, offset=1)``): read through a plain copy; results are in native byte order;
+* an ``out=`` of that kind: the result is computed into a plain array and copied into it;
+* a running statistic of that kind (updated in place in training): updated by NumPy, in its own byte
+  order.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from . import _kernels
+
+
+def _refuse_masked(value, name):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                        f"{name}.filled(value) or the unmasked data")
+
+
+def _array(value, name):
+    """``value`` as an ndarray; a masked array is refused (its mask would be silently dropped)."""
+    _refuse_masked(value, name)
+    if type(value) is np.ndarray:
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RecursionError) as error:  # ragged or self-containing sequences
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{name}: {error}") from None
+
+
+def _plain_copy(a, dtype):
+    """A new C-contiguous array of ``a``'s values in ``dtype`` (native byte order, aligned)."""
+    return np.array(a, dtype=np.dtype(dtype).newbyteorder("="), order="C")
+
+
+def _as_input(x, name):
+    """Return (array to compute on, result dtype): a plain float32/float64 array as is, anything else as a
+    plain view or copy (float16 computed in float32); the result dtype is the input's, in native byte
+    order."""
+    if _kernels.is_plain(x):
+        return x, x.dtype
+    a = _array(x, name)
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
+        raise TypeError(f"{name}: expected a floating-point array (float16, float32 or float64), got dtype {a.dtype}")
+    dtype = a.dtype.newbyteorder("=")
+    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    if a.dtype != compute or not a.flags.aligned:
+        a = a.astype(compute)  # a new array: native, aligned
+    return a, dtype
+
+
+def _real(value, name, expected):
+    """``value`` as a float in ``expected`` terms: a TypeError for a non-number, a ValueError for one no
+    float can hold (10**400) or that is not finite."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected {expected}, got an integer too large for a float") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return value
+
+
+def _check_eps(eps, name="eps", training=False):
+    """A finite eps >= 0; > 0 when ``training`` (a batch may have zero variance), as PyTorch's batch_norm
+    ("eps must be positive during training")."""
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{name}: expected a real number, got {type(eps).__name__}")
+    eps = _real(eps, name, "a finite number >= 0")
+    if eps < 0.0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {eps}")
+    if training and eps == 0.0:
+        raise ValueError(f"{name}: expected a positive number in training (batch_norm eps must be positive "
+                         f"during training), got {eps}")
+    return eps
+
+
+def _check_momentum(momentum, allow_none=True):
+    if momentum is None and allow_none:
+        return None
+    expected = "a number in [0, 1]" + (" or None" if allow_none else "")
+    momentum = _real(momentum, "momentum", expected)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: expected {expected}, got {momentum}")
+    return momentum
+
+
+def _check_axis(axis, ndim, name):
+    if isinstance(axis, bool):
+        raise TypeError(f"{name}: expected an integer axis, got {axis!r}")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer axis, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
+    return axis % ndim
+
+
+def _normalized_shape(normalized_shape):
+    """``normalized_shape`` as a non-empty tuple of integers >= 0 (PyTorch accepts zero-size dimensions
+    and rejects an empty shape)."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (operator.index(normalized_shape),)
+    else:
+        try:
+            if isinstance(normalized_shape, bool) or any(isinstance(d, bool) for d in normalized_shape):
+                raise TypeError
+            shape = tuple(operator.index(d) for d in normalized_shape)
+        except TypeError:
+            raise TypeError("normalized_shape: expected an integer or a sequence of integers, "
+                            f"got {normalized_shape!r}") from None
+    if not shape:
+        raise ValueError("normalized_shape: expected at least one dimension, got ()")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"normalized_shape: expected dimensions >= 0, got {shape}")
+    return shape
+
+
+def _channel_vector(v, name, C, dtype):
+    """A per-channel parameter as a plain vector of length C (float32/float64; other float types in
+    ``dtype``), or None."""
+    if v is None or _kernels.is_vector(v, C):
+        return v
+    a = _array(v, name)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},) to match the {C} channels of the input, got shape {a.shape}")
+    native = a.dtype.newbyteorder("=")
+    return a if _kernels.is_vector(a, C) else _plain_copy(a, native if native in (np.float32, np.float64) else dtype)
+
+
+def _elementwise_vector(v, name, shape, x):
+    """A per-element parameter of ``shape`` as a plain vector of x's dtype (or None)."""
+    if v is None:
+        return None
+    size = math.prod(shape)
+    if len(shape) == 1 and _kernels.is_vector(v, size, x):
+        return v
+    a = _array(v, name)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got shape {a.shape}")
+    a = a.reshape(size)
+    return a if _kernels.is_vector(a, size, x) else _plain_copy(a, x.dtype)
+
+
+def _stat_vector(v, name, shape):
+    """Statistics given to a backward function (a forward's ``return_stats``) as a plain float64 vector."""
+    a = np.asarray(_array(v, name), dtype=np.float64)
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    a = a.reshape(-1)
+    return a if _kernels.is_vector(a, a.size) else _plain_copy(a, np.float64)
+
+
+def _check_buffer(v, name):
+    """A running statistic that training updates in place: a writable ndarray (its shape and dtype are
+    checked by _channel_vector).  Another byte order or misaligned memory is fine: the update is then
+    NumPy's, in the buffer's own form."""
+    _refuse_masked(v, name)
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
+    if not v.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only, so it cannot be updated in training mode")
+    return v
+
+
+def _check_out(out, shape, dtype):
+    """``out=``: an ndarray of the result's shape and dtype (either byte order), writable."""
+    _refuse_masked(out, "out")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected an ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape} (the input's), got {out.shape}")
+    if out.dtype.newbyteorder("=") != dtype:
+        raise TypeError(f"out: expected dtype {dtype} (the input's), got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out: the array is read-only")
+
+
+def _kernel_writes(target, buf):
+    """Whether the kernel may write its result straight into ``target`` (a checked ``out``, or its
+    channels-last view) when reading ``buf``; otherwise it writes a new array, then copied."""
+    return target.dtype == buf.dtype and target.flags.c_contiguous and target.flags.aligned
