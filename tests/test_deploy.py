@@ -1,11 +1,19 @@
 """Inference pipelines: folding, the eval cache, state dicts, save/load, pickling, threads, zero copy."""
 import copy
+import io
+import json
+import os
 import pickle
+import re
+import struct
 import threading
 import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnorm
 import reference
@@ -294,3 +302,267 @@ def test_eval_call_allocates_only_its_output(rng):
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             assert y.nbytes <= peak < y.nbytes + 64 * 1024, (type(layer).__name__, peak)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files: any name round-trips; damaged or crafted files raise ValueError before allocating what they claim
+# --------------------------------------------------------------------------------------------------------
+
+def _file_bytes(layers):
+    buffer = io.BytesIO()
+    fastnorm.save(buffer, layers)
+    return buffer.getvalue()
+
+
+def _archive(document, arrays=()):
+    """An .npz archive with ``document`` as its description (JSON text, or an object to encode)."""
+    text = document if isinstance(document, str) else json.dumps(document)
+    buffer = io.BytesIO()
+    np.savez(buffer, __fastnorm__=np.array(text), **dict(arrays))
+    return buffer.getvalue()
+
+
+def _load_bounded(data):
+    """load() of the bytes ``data``: the layers, or the ValueError it raised; never another exception,
+    and never an allocation much larger than the file."""
+    tracemalloc.start()
+    try:
+        return fastnorm.load(io.BytesIO(data))
+    except ValueError as e:
+        return e
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 4 * len(data) + (1 << 20), (peak, len(data))
+
+
+def _bn_document(cls="BatchNorm2d", **config):
+    config = dict({"num_features": 4, "eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True,
+                   "dtype": "float32", "channel_axis": 1, "bessel": True}, **config)
+    return {"format": 1, "single": False, "layers": {"bn": {"class": cls, "config": config,
+                                                             "training": False}}}
+
+
+def _bn_arrays(C=4, dtype=np.float32):
+    return {"bn.weight": np.ones(C, dtype), "bn.bias": np.zeros(C, dtype), "bn.running_mean": np.zeros(C, dtype),
+            "bn.running_var": np.ones(C, dtype), "bn.num_batches_tracked": np.array(3)}
+
+
+@pytest.mark.parametrize("name", ["model.bin", "model", "model.npz", "weights.v2.npz.tmp"])
+def test_save_writes_exactly_the_path_given_and_load_reads_it_back(rng, tmp_path, name):
+    layers = _all_layers(rng)
+    fastnorm.save(tmp_path / name, layers)
+    assert os.listdir(tmp_path) == [name]
+    loaded = fastnorm.load(str(tmp_path / name))
+    for key in layers:
+        _same_layer(layers[key], loaded[key])
+    buffer = io.BytesIO()  # and to and from a file object
+    fastnorm.save(buffer, layers["bn"])
+    buffer.seek(0)
+    _same_layer(fastnorm.load(buffer), layers["bn"])
+
+
+def test_a_save_that_fails_leaves_the_file_as_it_was(rng, tmp_path):
+    path = tmp_path / "model.bin"
+    fastnorm.save(path, _all_layers(rng))
+    before = path.read_bytes()
+    bad = fastnorm.BatchNorm2d(4)
+    bad.weight = np.ones(5, np.float32)
+    with pytest.raises(ValueError):
+        fastnorm.save(path, {"bn": bad})
+    with pytest.raises(TypeError, match="names that are strings"):
+        fastnorm.save(path, {1: fastnorm.LayerNorm(3)})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.bin"]
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda layer: setattr(layer, "weight", np.ones(5, np.float32)), "'weight' is float32 of shape \\(5,\\)"),
+    (lambda layer: setattr(layer, "running_var", np.ones(4)), "'running_var' is float64"),
+    (lambda layer: setattr(layer, "bias", None), "missing \\['bias'\\]"),
+    (lambda layer: setattr(layer, "num_features", 5), "'weight' is float32 of shape \\(4,\\)"),
+], ids=["weight-shape", "buffer-dtype", "no-bias", "num-features"])
+def test_save_refuses_a_layer_whose_state_contradicts_its_config(tmp_path, spoil, message):
+    layer = fastnorm.BatchNorm2d(4)
+    spoil(layer)
+    with pytest.raises(ValueError, match="layers: layer 'bn' \\(BatchNorm2d\\): .*" + message):
+        fastnorm.save(tmp_path / "m.bin", {"bn": layer})
+    ln = fastnorm.LayerNorm(3, elementwise_affine=False)
+    ln.weight = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="unexpected \\['weight'\\]"):
+        fastnorm.save(tmp_path / "m.bin", ln)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("size", [2 ** 28, 2 ** 40, 10 ** 30])
+def test_a_size_the_arrays_do_not_have_is_refused_before_anything_is_allocated(size):
+    for arrays, message in (({}, "missing"), (_bn_arrays(), "of shape \\(4,\\); its configuration gives")):
+        data = _archive(_bn_document(num_features=size), arrays)
+        error = _load_bounded(data)
+        assert isinstance(error, ValueError) and re.search(message, str(error)), error
+    # A header that claims more data than the member holds is refused before the data is read.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (size,)})
+    buffer = io.BytesIO(_archive(_bn_document(num_features=size), {}))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        for key in _bn_arrays():
+            archive.writestr(key + ".npy", header.getvalue() + bytes(16))
+    error = _load_bounded(buffer.getvalue())
+    assert isinstance(error, ValueError) and re.search("member 'bn.*.npy': its header gives", str(error)), error
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "not a readable .npz archive"),
+    (b"PK\x03\x04" + b"\x00" * 100, "not a readable .npz archive"),
+    (_archive(_bn_document(), _bn_arrays())[:-30], "not a readable .npz archive"),
+    (_archive(_bn_document(), _bn_arrays())[:300], "not a readable .npz archive"),
+    (_archive("not json"), "not valid JSON"),
+    (_archive('{"format": 1, "format": 1, "single": true, "layers": {}}'), "duplicate keys"),
+    (_archive(_nested(100000)), "nested too deeply"),
+    (_archive('{"format": 1, "single": false, "layers": {"a": %s}}' % _nested(50000)), "nested too deeply"),
+    (_archive([1, 2]), "the description: expected the keys"),
+    (_archive({"format": 1, "single": False}), "expected the keys \\['format', 'single', 'layers'\\]"),
+    (_archive({"format": 2, "single": False, "layers": {}}), "unsupported fastnorm file format 2"),
+    (_archive({"format": True, "single": False, "layers": {}}), "unsupported fastnorm file format True"),
+    (_archive({"format": 1, "single": True, "layers": {}}), "'single' \\(True\\) and 'layers' disagree"),
+    (_archive({"format": 1, "single": False, "layers": []}), "'layers' disagree"),
+    (_archive(dict(_bn_document(), layers={"bn": [1]}), _bn_arrays()), "layer 'bn': expected the keys"),
+    (_archive(dict(_bn_document(), layers={"bn": {"class": "Linear", "config": {}, "training": True}})),
+     "class 'Linear'"),
+    (_archive(dict(_bn_document(), layers={"bn": {"class": ["BatchNorm2d"], "config": {}, "training": 1}})),
+     "class \\['BatchNorm2d'\\]"),
+    (_archive(_bn_document(), dict(_bn_arrays(), **{"bn.extra": np.ones(4, np.float32)})),
+     "unexpected \\['extra'\\]"),
+    (_archive(_bn_document(), dict(_bn_arrays(), other=np.ones(1))), "array 'other' belongs to no layer"),
+    (_archive(_bn_document(), dict(_bn_arrays(), **{"bn.weight": np.ones(4)})), "'weight' is float64"),
+    (_archive(_bn_document(), dict(_bn_arrays(), **{"bn.weight": np.ones(4, bool)})), "'weight' is bool"),
+    (_archive(_bn_document(), dict(_bn_arrays(), **{"bn.weight": np.array(list("abcd"))})), "'weight' is <U1"),
+    (_archive(_bn_document(), dict(_bn_arrays(), **{"bn.num_batches_tracked": np.ones(3, np.int64)})),
+     "'num_batches_tracked' is int64 of shape \\(3,\\)"),
+    (_archive(_bn_document(num_features="4"), _bn_arrays()), "'weight' is float32 of shape \\(4,\\)"),
+    (_archive(_bn_document(num_features=True), _bn_arrays(1)), "num_features: expected a positive integer"),
+    (_archive(_bn_document(num_features=-1, affine=False, track_running_stats=False)),
+     "num_features: expected a positive integer"),
+    (_archive(_bn_document(eps="x"), _bn_arrays()), "eps: expected a real number"),
+    (_archive(_bn_document(eps=10 ** 400), _bn_arrays()), "config"),
+    (_archive(_bn_document(momentum=[0.1]), _bn_arrays()), "config: expected an object of numbers"),
+    (_archive(_bn_document(momentum={"a": 1}), _bn_arrays()), "config: expected an object of numbers"),
+    (_archive(_bn_document(dtype="object"), _bn_arrays()), "dtype: expected float32 or float64"),
+    (_archive(_bn_document(dtype="no such dtype"), _bn_arrays()), "config: data type .no such dtype. not understood"),
+    (_archive(_bn_document(channel_axis="1"), _bn_arrays()), "channel_axis"),
+    (_archive(_bn_document("SyncBatchNorm", comm="COMM_WORLD"), _bn_arrays()), "unknown arguments \\['comm'\\]"),
+    (_archive(_bn_document(kernel_size=3), _bn_arrays()), "kernel_size"),
+], ids=lambda v: "file" if isinstance(v, bytes) else v[:30])
+def test_every_malformed_file_raises_a_value_error_naming_what_is_wrong(data, message):
+    error = _load_bounded(data)
+    assert isinstance(error, ValueError), error
+    assert re.search(message, str(error)), str(error)
+    assert str(error).startswith("path: <_io.BytesIO")
+
+
+def test_compressed_and_misdeclared_members_are_refused(tmp_path):
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, __fastnorm__=np.array(json.dumps(_bn_document())), **_bn_arrays())
+    assert "compressed or encrypted" in str(_load_bounded(buffer.getvalue()))
+    data = _archive(_bn_document(), _bn_arrays())
+    error = _load_bounded(data.replace(b"'descr': '<f4'", b"'descr': '|O8'", 1))  # an object array
+    assert isinstance(error, ValueError) and "bn.weight.npy" in str(error), error
+    central = data.index(b"PK\x01\x02")  # the first member's sizes in the zip directory: 2 GiB
+    claimed = data[:central + 20] + struct.pack("<II", 1 << 31, 1 << 31) + data[central + 28:]
+    error = _load_bounded(claimed)
+    assert isinstance(error, ValueError) and "claim more bytes than the file's" in str(error), error
+    np.savez(tmp_path / "plain.npz", a=np.ones(3))
+    with pytest.raises(ValueError, match="not a file written by fastnorm.save"):
+        fastnorm.load(tmp_path / "plain.npz")
+    with pytest.raises(FileNotFoundError):
+        fastnorm.load(tmp_path / "absent.bin")
+
+
+def test_big_endian_arrays_in_a_file_load_as_native():
+    arrays = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in _bn_arrays().items()}
+    arrays["bn.running_mean"][:] = [1.0, 2.0, 3.0, 4.0]
+    layer = _load_bounded(_archive(_bn_document(), arrays))["bn"]
+    assert layer.running_mean.dtype == np.float32 and layer.running_mean.dtype.isnative
+    assert layer.running_mean.tolist() == [1.0, 2.0, 3.0, 4.0] and layer.num_batches_tracked == 3
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+                     | st.sampled_from([1, -1, 0, 2 ** 28, 2 ** 63, 10 ** 30, "float32", "float64", "BatchNorm2d",
+                                        "LayerNorm", "GroupNorm", "format", "layers", "config"]),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=8)
+
+
+def _paths(value, path=()):
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from _paths(item, path + (key,))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    value = copy.deepcopy(value)
+    target = value
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return value
+
+
+def _mutated(data, blob, cut, within=None):
+    """``blob`` with a few bytes changed (in its first ``within`` bytes if given, else anywhere or in the
+    zip directory at its end), maybe cut short, maybe with bytes appended."""
+    blob = bytearray(blob)
+    start = 0 if within else data.draw(st.sampled_from([0, max(0, len(blob) - 400)]))
+    end = min(within or len(blob), len(blob))
+    for at, byte in data.draw(st.lists(st.tuples(st.integers(start, end - 1), st.integers(0, 255)), max_size=4)):
+        blob[at] = byte
+    if cut:
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    return bytes(blob) + data.draw(st.binary(max_size=8))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_files_raise_only_value_error_and_allocate_little(data):
+    layers = {"bn": fastnorm.BatchNorm2d(3), "ln": fastnorm.LayerNorm((2, 3)), "gn": fastnorm.GroupNorm(2, 4),
+              "rms": fastnorm.RMSNorm(3), "inorm": fastnorm.InstanceNorm1d(2, affine=True)}
+    valid = _file_bytes(layers)
+    kind = data.draw(st.sampled_from(["archive", "member", "document", "arrays"]))
+    if kind == "archive":  # damage the zip structure: changed bytes, a cut, appended garbage
+        blob = _mutated(data, valid, cut=data.draw(st.booleans()))
+    elif kind == "member":  # damage one .npy member (its header, its data), with the zip kept valid
+        source = zipfile.ZipFile(io.BytesIO(valid))
+        victim = data.draw(st.sampled_from(source.namelist()))
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name in source.namelist():
+                member = source.read(name)
+                archive.writestr(name, _mutated(data, member, cut=True, within=128) if name == victim else member)
+        blob = buffer.getvalue()
+    else:
+        with np.load(io.BytesIO(valid)) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        document = json.loads(str(arrays.pop("__fastnorm__")))
+        if kind == "document":  # any part of the description replaced by any JSON value
+            path = data.draw(st.sampled_from(list(_paths(document))))
+            document = _replace(document, path, data.draw(_JSON))
+        else:  # an array dropped, added, or of another shape or dtype
+            key = data.draw(st.sampled_from(sorted(arrays)))
+            shape = tuple(data.draw(st.lists(st.integers(0, 5), max_size=3)))
+            dtype = data.draw(st.sampled_from(["f4", "f8", ">f4", "i8", "u1", "?", "c8", "U3"]))
+            action = data.draw(st.sampled_from(["drop", "replace", "add"]))
+            if action == "drop":
+                del arrays[key]
+            else:
+                arrays[key if action == "replace" else data.draw(st.sampled_from(["bn.extra", "x", "ln.", ".w"]))] = \
+                    np.zeros(shape, dtype)
+        blob = _archive(document, arrays)
+    result = _load_bounded(blob)
+    if not isinstance(result, ValueError):
+        assert isinstance(result, dict) and set(result) <= set(layers)

@@ -1,9 +1,15 @@
-"""Inference pipelines: folding BatchNorm into the layer before it, saving and loading layers as .npz."""
+"""Inference pipelines: folding BatchNorm into the layer before it, saving and loading layers (.npz format)."""
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Union
+import secrets
+import struct
+import tokenize
+import zipfile
+import zlib
+from typing import BinaryIO, Union
 
 import numpy as np
 
@@ -84,17 +90,46 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     return folded_w.astype(dtype), folded_b.astype(dtype)
 
 
-def save(path: Union[str, os.PathLike], layers) -> None:
-    """Save a layer, or a mapping of names to layers, to a ``.npz`` file.
+def save(path: Union[str, os.PathLike, BinaryIO], layers) -> None:
+    """Save a layer, or a mapping of names to layers, to a file in NumPy's ``.npz`` format.
 
     The file holds each layer's parameters and buffers (PyTorch's state-dict keys, under
     ``"<name>.<key>"``) and a JSON description of its class, constructor arguments and mode: no pickled
-    code, so :func:`load` reads it with ``allow_pickle=False``.
+    code, so :func:`load` reads it without running anything from the file.  The file is written under
+    exactly ``path`` (no ``.npz`` is appended), through a temporary file beside it that replaces ``path``
+    only once complete: a save that fails leaves ``path`` as it was.
+
+    Parameters
+    ----------
+    path : str, path-like or binary file object
+    layers : fastnorm layer, or mapping of str to fastnorm layers
+        Names may not contain ``"."``.
+
+    Raises
+    ------
+    TypeError
+        Something other than a fastnorm layer, or a name that is not a string.
+    ValueError
+        A name with ``"."``, or a layer whose parameters or buffers contradict its configuration (a
+        ``weight`` of another shape or dtype than ``num_features`` and ``dtype`` give, a buffer its
+        configuration does not have): :func:`load` would refuse the file.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastnorm
+    >>> bn = fastnorm.BatchNorm1d(3).eval()
+    >>> bn.running_mean[:] = [1.0, 2.0, 3.0]
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.bin")
+    >>> fastnorm.save(path, {"bn": bn})
+    >>> fastnorm.load(path)["bn"].running_mean.tolist()
+    [1.0, 2.0, 3.0]
     """
     single = isinstance(layers, _layers._Layer)
     named = {"": layers} if single else dict(layers)
     arrays, meta = {}, {}
     for name, layer in named.items():
+        if not isinstance(name, str):
+            raise TypeError(f"layers: expected names that are strings, got {name!r}")
         if not isinstance(layer, _layers._Layer) or type(layer).__name__ not in _LAYER_CLASSES:
             raise TypeError(f"layers[{name!r}]: expected a fastnorm layer, got {type(layer).__name__}")
         if "." in name or name == _META_KEY:
@@ -102,27 +137,234 @@ def save(path: Union[str, os.PathLike], layers) -> None:
         meta[name] = {"class": type(layer).__name__, "config": layer._config(), "training": layer.training}
         for key, value in layer.state_dict().items():
             arrays[f"{name}.{key}"] = value
-    document = {"format": _FORMAT, "single": single, "layers": meta}
-    np.savez(path, **{_META_KEY: np.array(json.dumps(document))}, **arrays)
+    text = json.dumps({"format": _FORMAT, "single": single, "layers": meta})
+    try:
+        _parse(text, arrays)  # what load would refuse, save refuses
+    except ValueError as e:
+        raise ValueError(f"layers: {e}") from None
+    arrays[_META_KEY] = np.array(text)
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
+    path = os.fspath(path)
+    partial = f"{path}.{secrets.token_hex(6)}.partial"
+    try:
+        with open(partial, "xb") as f:  # np.savez(path) would append ".npz" to a path without it
+            np.savez(f, **arrays)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
-def load(path: Union[str, os.PathLike]):
-    """Load what :func:`save` wrote: a layer, or a dict of names to layers."""
-    with np.load(path, allow_pickle=False) as data:
-        if _META_KEY not in data.files:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a file written by fastnorm.save")
-        document = json.loads(str(data[_META_KEY]))
-        if document.get("format") != _FORMAT:
-            raise ValueError(f"path: unsupported fastnorm file format {document.get('format')!r}")
-        loaded = {}
-        for name, entry in document["layers"].items():
-            cls = _LAYER_CLASSES.get(entry["class"])
-            if cls is None:
-                raise ValueError(f"path: unknown layer class {entry['class']!r}")
-            layer = cls(**_layers._from_config(entry["config"]))
-            state = {f[len(name) + 1:]: data[f] for f in data.files if f.startswith(name + ".")}
-            layer.load_state_dict(state)
-            layer.train(entry["training"])
-            loaded[name] = layer
-    return loaded[""] if document["single"] else loaded
+def load(path: Union[str, os.PathLike, BinaryIO]):
+    """Load what :func:`save` wrote: a layer, or a dict of names to layers.
 
+    Everything in the file is checked before anything of a size it states is allocated: each array's
+    header against the bytes the archive holds for it, each configuration against the arrays (a
+    ``num_features`` of 2**28 without arrays of that size is refused before a layer is built).  Loading
+    allocates little more than the file's size.
+
+    Parameters
+    ----------
+    path : str, path-like or binary file object
+
+    Returns
+    -------
+    layer or dict of str to layers
+        As given to :func:`save`, each in the mode (training or evaluation) it was in.
+
+    Raises
+    ------
+    ValueError
+        The file is not one :func:`save` writes, or is damaged: not a zip archive, truncated, compressed
+        or encrypted members, an array whose header disagrees with its data, an unknown format, a
+        description that is not the JSON :func:`save` writes (wrong or missing keys, unknown layer
+        classes, configuration values of the wrong type or out of range), arrays missing, unexpected or
+        of another shape or dtype than the configuration gives.  The message names what is wrong.
+    OSError
+        The file cannot be opened.
+
+    Examples
+    --------
+    >>> import io, fastnorm
+    >>> buffer = io.BytesIO()
+    >>> fastnorm.save(buffer, fastnorm.LayerNorm(4, eps=1e-3))
+    >>> _ = buffer.seek(0)
+    >>> fastnorm.load(buffer)
+    LayerNorm((4,), eps=0.001, elementwise_affine=True)
+    """
+    if hasattr(path, "read"):
+        return _load(path, f"path: {path!r}")
+    with open(path, "rb") as f:
+        return _load(f, f"path: {os.fspath(path)!r}")
+
+
+def _load(f, where):
+    try:
+        arrays = _read_archive(f)
+        meta = arrays.pop(_META_KEY, None)
+        if meta is None or meta.shape != () or meta.dtype.kind != "U":
+            raise ValueError("not a file written by fastnorm.save (no description)")
+        layers, single = _parse(str(meta[()]), arrays)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    except _DAMAGED as e:
+        raise ValueError(f"{where}: not a readable .npz archive ({type(e).__name__}: {e})") from e
+    return layers[""] if single else layers
+
+
+# Exceptions with which zipfile and NumPy's .npy reader report a damaged archive (besides ValueError; the
+# reader retries a header that does not parse with a tokenizer for files of Python 2).
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
+            OverflowError, struct.error, zlib.error, tokenize.TokenError, SyntaxError)
+
+
+def _read_archive(f):
+    """The arrays of the ``.npz`` archive in the binary file ``f``, by name, in native byte order.
+
+    Each member's header is checked against the bytes the archive holds for it before its data is read,
+    and the members together may not hold more than the file: a header that claims a terabyte is
+    refused, not allocated.
+    """
+    f.seek(0, os.SEEK_END)
+    file_size = f.tell()
+    f.seek(0)
+    arrays, total = {}, 0
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            member = f"member {info.filename!r}"
+            if not info.filename.endswith(".npy") or info.filename[:-4] in arrays:
+                raise ValueError(f"{member}: expected one .npy array per name")
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                raise ValueError(f"{member}: compressed or encrypted; fastnorm.save writes plain members")
+            total += info.file_size
+            if total > file_size:
+                raise ValueError(f"{member}: the members claim more bytes than the file's {file_size}")
+            try:
+                arrays[info.filename[:-4]] = _read_member(archive, info)
+            except ValueError as e:
+                raise ValueError(f"{member}: {e}") from e
+    return arrays
+
+
+def _read_member(archive, info):
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        if dtype.kind not in "biufcU" or dtype.fields is not None or dtype.subdtype is not None:
+            raise ValueError(f"unsupported dtype {dtype}")
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if f.tell() + nbytes != info.file_size:
+            raise ValueError(f"its header gives {nbytes} bytes of data ({dtype}, shape {shape}); "
+                             f"the member holds {info.file_size - f.tell()}")
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise ValueError("truncated")
+    array = np.frombuffer(data, dtype, count).reshape(shape, order="F" if fortran else "C")
+    return array.astype(dtype.newbyteorder("="))
+
+
+def _parse(text, arrays):
+    """The layers a description (JSON) and its arrays (``"<name>.<key>"``) give, and whether it is of
+    one layer; ValueError naming what is wrong otherwise.
+
+    Each configuration is tried on a stand-in layer whose vectors have one value, and the arrays'
+    shapes are checked against the configuration's sizes, before the layer itself is built: building
+    allocates no more than the arrays hold.
+    """
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError("the description is nested too deeply to be fastnorm's") from None
+    except ValueError as e:
+        raise ValueError(f"the description is not valid JSON ({e})") from None
+    version, single, entries = _fields(document, ("format", "single", "layers"), "the description")
+    if type(version) is not int or version != _FORMAT:
+        raise ValueError(f"unsupported fastnorm file format {version!r}")
+    if type(single) is not bool or not isinstance(entries, dict) or (single and list(entries) != [""]):
+        raise ValueError(f"the description's 'single' ({single!r}) and 'layers' disagree")
+    state = {name: {} for name in entries}
+    for key, value in arrays.items():
+        name, _, field = key.partition(".")
+        if name not in state or not field:
+            raise ValueError(f"array {key!r} belongs to no layer of the description")
+        state[name][field] = value
+    layers = {}
+    for name, entry in entries.items():
+        where = f"layer {name!r}"
+        cls_name, config, training = _fields(entry, ("class", "config", "training"), where)
+        cls = _LAYER_CLASSES.get(cls_name) if isinstance(cls_name, str) else None
+        if cls is None or "." in name or type(training) is not bool:
+            raise ValueError(f"{where}: expected a name without '.', a fastnorm layer class and a training "
+                             f"flag, got class {cls_name!r}, training {training!r}")
+        layers[name] = _build(cls, config, state[name], f"{where} ({cls_name})").train(training)
+    return layers, single
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate keys in {keys}")
+    return dict(pairs)
+
+
+def _fields(value, names, where):
+    if not isinstance(value, dict) or set(value) != set(names):
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(f"{where}: expected the keys {list(names)}, got {keys}")
+    return [value[n] for n in names]
+
+
+def _build(cls, config, state, where):
+    """A ``cls`` of ``config`` holding ``state`` (key -> array), after checking they agree."""
+    if not isinstance(config, dict) or not all(
+            v is None or isinstance(v, (bool, int, float, str))
+            or (isinstance(v, list) and all(type(d) is int for d in v)) for v in config.values()):
+        raise ValueError(f"{where}: config: expected an object of numbers, strings and lists of integers, "
+                         f"got {config!r:.200}")
+    try:
+        kwargs = _layers._from_config(config)
+        sizes, small = _sizes(cls, kwargs)
+        stand_in = cls(**{**kwargs, **small})
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"{where}: config: {e}") from None
+    unknown = sorted(set(config) - set(stand_in._config()))
+    if unknown:
+        raise ValueError(f"{where}: config: unknown arguments {unknown}")
+    expected = stand_in.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: its configuration gives the arrays {sorted(expected)}: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for key, value in state.items():
+        shape, dtype = (sizes if expected[key].ndim else ()), expected[key].dtype
+        if value.shape != shape or value.dtype.kind != dtype.kind or value.dtype.itemsize != dtype.itemsize:
+            raise ValueError(f"{where}: array {key!r} is {value.dtype} of shape {value.shape}; its "
+                             f"configuration gives {dtype} of shape {shape}")
+    try:
+        layer = cls(**kwargs)
+        layer.load_state_dict(state)
+    except (TypeError, ValueError, OverflowError, KeyError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    return layer
+
+
+def _sizes(cls, kwargs):
+    """The shape of a layer's parameter and buffer vectors given its constructor arguments, and the
+    arguments of a stand-in of the same configuration whose vectors have one value."""
+    if issubclass(cls, _layers._NormBase):
+        return (kwargs.get("num_features"),), {"num_features": 1}
+    if issubclass(cls, _layers.GroupNorm):
+        return (kwargs.get("num_channels"),), {"num_groups": 1, "num_channels": 1}
+    shape = kwargs.get("normalized_shape")
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    return shape, {"normalized_shape": (1,) * len(shape)}
