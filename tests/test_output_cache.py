@@ -1,5 +1,9 @@
 """The cache of freed result memory (fastnorm.set_output_cache): results are ordinary arrays, large ones
-reuse freed memory, the limit holds, and NumPy's own allocations are left alone."""
+reuse freed memory, the limit holds (by default the peak of the results alive at once), an allocation
+never fails for the memory the cache holds, and NumPy's own allocations are left alone."""
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -131,3 +135,103 @@ def test_results_made_and_freed_on_several_threads():
         t.join()
     assert errors == []
     assert _kernels.output_cache_bytes() <= _kernels.output_cache_limit()
+
+
+def test_by_default_the_cache_keeps_no_more_than_the_results_took_at_their_peak():
+    assert fastnorm.set_output_cache(None) == 256 * MIB  # the fixture's; None: follow the process
+    small = [F.layer_norm(big((64, 1024), seed=k), 1024) for k in range(8)]  # 256 KiB each: never cached
+    del small
+    assert _kernels.output_cache_limit() == 0 and _kernels.output_cache_bytes() == 0
+    y = F.layer_norm(big((512, 1024)), 1024)  # 2 MiB
+    del y
+    assert _kernels.output_cache_limit() == 2 * MIB and _kernels.output_cache_bytes() == 2 * MIB
+    y = F.layer_norm(big((1024, 1024)), 1024)  # 4 MiB, one at a time: the peak is 4 MiB
+    del y
+    assert _kernels.output_cache_limit() == 4 * MIB and _kernels.output_cache_bytes() == 4 * MIB
+    pair = [F.layer_norm(big((1024, 1024), seed=k), 1024) for k in range(2)]  # 8 MiB alive at once
+    del pair
+    assert _kernels.output_cache_limit() == 8 * MIB and _kernels.output_cache_bytes() == 8 * MIB
+    assert fastnorm.set_output_cache(None) is None  # counts the peak again from now: nothing is alive
+    assert _kernels.output_cache_limit() == 0 and _kernels.output_cache_bytes() == 0
+
+
+def test_a_loop_reuses_its_blocks_under_the_default():
+    fastnorm.set_output_cache(None)
+    bn = fastnorm.BatchNorm2d(64)
+    x = big((8, 64, 32, 32))  # 2 MiB results
+    addresses = set()
+    for _ in range(6):
+        y = bn(x)
+        dx = bn.backward(y)
+        addresses |= {address(y), address(dx)}
+    assert len(addresses) <= 3  # y and dx of a step, and the next step's y before the last one is freed
+    assert _kernels.output_cache_bytes() <= _kernels.output_cache_limit() <= 3 * 2 * MIB
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (2 ** 64, ValueError), (1.5, TypeError),
+                                          (True, TypeError), ("x", TypeError), (np.float64(1e6), TypeError)])
+def test_set_output_cache_refuses_what_is_not_a_number_of_bytes(value, error):
+    with pytest.raises(error, match="nbytes: expected a number of bytes"):
+        fastnorm.set_output_cache(value)
+    assert _kernels.output_cache_limit() == 256 * MIB  # unchanged
+    assert fastnorm.set_output_cache(np.int64(MIB)) == 256 * MIB
+
+
+@pytest.mark.parametrize("setting, warns, expected", [
+    ("18446744073709551616", True, None), ("-1", True, None), ("lots", True, None), ("1.5", True, None),
+    ("", False, None), ("auto", False, None), (" 1048576 ", False, MIB), ("0", False, 0),
+])
+def test_junk_in_fastnorm_output_cache_warns_and_leaves_the_default(setting, warns, expected):
+    code = "import fastnorm; print(fastnorm.set_output_cache(None))"
+    env = dict(os.environ, FASTNORM_OUTPUT_CACHE=setting)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(expected)]
+    assert ("RuntimeWarning: FASTNORM_OUTPUT_CACHE=" in run.stderr) == warns, run.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="needs an address-space limit (Linux; the sanitizer's shadow memory does not fit one)")
+def test_an_allocation_that_fails_while_the_cache_holds_memory_frees_it_and_succeeds():
+    code = """if True:
+    import resource
+    import numpy as np
+    import fastnorm, fastnorm.functional as F
+    from fastnorm import _kernels
+    MIB = 1 << 20
+    fastnorm.set_output_cache(512 * MIB)
+    x = np.ones((12 * 1024, 1024), np.float32)           # 48 MiB
+    large = np.ones((40 * 1024, 1024), np.float32)       # 160 MiB
+    expected = F.layer_norm(large[:2], 1024)
+
+    def fill():                                          # 192 MiB of idle blocks in the cache
+        results = [F.layer_norm(x, 1024) for _ in range(4)]
+        del results
+        assert _kernels.output_cache_bytes() == 192 * MIB
+
+    fill()
+    status = open("/proc/self/status").read()
+    mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + 64 * MIB, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    z = np.empty(160 * MIB, np.uint8)                    # NumPy's own allocation: frees the cache
+    assert _kernels.output_cache_bytes() == 0
+    del z
+    fill()
+    y = F.layer_norm(large, 1024)                        # fastnorm's: frees the cache
+    assert _kernels.output_cache_bytes() == 0
+    np.testing.assert_array_equal(y[:2], expected)
+    print("ok")
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["ok"], run.stderr
+
+
+def test_numpy_allocations_of_the_importing_thread_go_through_numpy_allocator_wrapped():
+    a = np.arange(10.0)  # NumPy's own functions, NumPy's own allocator behind the wrapper
+    assert get_handler_name(a) == "fastnorm_retrying_default_allocator" == get_handler_name()
+    names = []
+    worker = threading.Thread(target=lambda: names.append(get_handler_name(np.ones(3))))
+    worker.start()
+    worker.join()
+    assert names == ["default_allocator"]  # a thread's own context: NumPy's allocator as it is

@@ -25,8 +25,11 @@ passes raw contiguous buffers.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy, memset
+
+import operator
+import sys
 
 import numpy as np
 
@@ -288,18 +291,55 @@ cdef extern from "_buffers.h":
     object fastnorm_buffer_handler_capsule()
     size_t fastnorm_cache_set_limit(size_t limit)
     size_t fastnorm_cache_held()
-    size_t fastnorm_cache_limit
+    size_t fastnorm_cache_limit()
+    void* fastnorm_malloc(size_t size) nogil
     size_t FASTNORM_CACHE_MIN
+    size_t FASTNORM_CACHE_AUTO
     int fastnorm_madvise_huge
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
+    object PyDataMem_GetHandler()
+
+cdef extern from "_buffers.h":
+    object fastnorm_retrying_handler_capsule(object numpy_handler)
 
 cdef object _output_handler = fastnorm_buffer_handler_capsule()
 
 
+def _wrap_numpy_allocator():
+    """NumPy's own allocations in the importing context (a thread, and the asyncio tasks it starts) go
+    through NumPy's default allocator wrapped to free the cache and retry when it fails (see _buffers.h).
+    Another handler, someone else's choice, is left alone."""
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name
+    if get_handler_name() == "default_allocator":
+        PyDataMem_SetHandler(fastnorm_retrying_handler_capsule(PyDataMem_GetHandler()))
+
+
+_wrap_numpy_allocator()
+
+
+def _cache_setting(nbytes):
+    """``set_output_cache``'s argument as the C setting; TypeError or ValueError naming it otherwise."""
+    if nbytes is None:
+        return FASTNORM_CACHE_AUTO
+    if isinstance(nbytes, bool):
+        raise TypeError(f"nbytes: expected a number of bytes (int) or None, got {nbytes!r}")
+    try:
+        nbytes = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"nbytes: expected a number of bytes (int) or None, got {nbytes!r}") from None
+    if not 0 <= nbytes <= sys.maxsize:
+        raise ValueError(f"nbytes: expected a number of bytes from 0 to {sys.maxsize}, got {nbytes}")
+    return nbytes
+
+
 def _configure_output_cache():
-    """Huge pages as NumPy asks for them; the cache's size from FASTNORM_OUTPUT_CACHE (bytes) if set."""
+    """Huge pages as NumPy asks for them; the cache's size from FASTNORM_OUTPUT_CACHE if set (bytes, or
+    "auto"); a value that is neither warns and leaves the default."""
     import os
     import warnings
     global fastnorm_madvise_huge
@@ -308,12 +348,13 @@ def _configure_output_cache():
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import _get_madvise_hugepage
     fastnorm_madvise_huge = bool(_get_madvise_hugepage())
-    setting = os.environ.get("FASTNORM_OUTPUT_CACHE")
-    if setting is not None:
+    setting = os.environ.get("FASTNORM_OUTPUT_CACHE", "").strip()
+    if setting and setting.lower() != "auto":
         try:
-            fastnorm_cache_set_limit(max(0, int(setting)))
-        except ValueError:
-            warnings.warn(f"FASTNORM_OUTPUT_CACHE={setting!r} is not a number of bytes; ignored")
+            fastnorm_cache_set_limit(_cache_setting(int(setting)))
+        except ValueError as e:
+            warnings.warn(f"FASTNORM_OUTPUT_CACHE={setting!r} is not a number of bytes from 0 to {sys.maxsize} "
+                          f"or 'auto' ({e}); the default (auto) is used", RuntimeWarning)
 
 
 _configure_output_cache()
@@ -357,21 +398,49 @@ def empty_like(cnp.ndarray a):
     return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a))
 
 
-def set_output_cache(size_t nbytes):
-    """Keep at most ``nbytes`` of freed result arrays' memory for reuse by new results; returns the previous
-    limit (256 MiB, or the environment variable ``FASTNORM_OUTPUT_CACHE`` in bytes, at import).
+def set_output_cache(nbytes=None):
+    """Set how much memory of freed results the cache keeps for new results; returns the previous setting.
 
     float32 and float64 results of 1 MiB or more (outputs, gradients, statistics) take their memory from
-    this cache, and give it back to it when they are freed: a loop that computes the same shapes every
-    step then writes to memory that is already mapped, instead of page-faulting fresh memory.
-    ``set_output_cache(0)`` frees what the cache holds and keeps nothing from then on.
+    this cache and give it back when they are freed: a loop that computes the same shapes every step
+    then writes to memory that is already mapped, instead of page-faulting fresh memory.  An allocation
+    of fastnorm that fails while the cache holds memory frees it all and tries again.
+
+    Parameters
+    ----------
+    nbytes : int or None
+        None (the default at import): the cache keeps at most as many bytes as the process's results of
+        1 MiB or more took at their peak, all alive at once, counted from this call on, and at most
+        256 MiB, so a process that never holds large results keeps nothing.  An int: at most that many
+        bytes, whatever the process does; 0 frees what the cache holds and keeps nothing from then on.
+        The environment variable ``FASTNORM_OUTPUT_CACHE`` (bytes, or ``auto``) sets it at import.
+
+    Returns
+    -------
+    int or None
+        The previous setting, to restore it with.
+
+    Raises
+    ------
+    TypeError
+        ``nbytes`` is not an int or None (a bool or a float is refused).
+    ValueError
+        ``nbytes`` is negative or above ``sys.maxsize``.
+
+    Examples
+    --------
+    >>> import fastnorm
+    >>> previous = fastnorm.set_output_cache(64 << 20)  # keep up to 64 MiB
+    >>> fastnorm.set_output_cache(previous) == 64 << 20
+    True
     """
-    return fastnorm_cache_set_limit(nbytes)
+    previous = fastnorm_cache_set_limit(_cache_setting(nbytes))
+    return None if previous == FASTNORM_CACHE_AUTO else previous
 
 
 def output_cache_limit():
-    """The most bytes of freed result buffers the cache keeps (``set_output_cache``)."""
-    return fastnorm_cache_limit
+    """The most bytes of freed result buffers the cache keeps now (``set_output_cache``)."""
+    return fastnorm_cache_limit()
 
 
 def output_cache_bytes():
@@ -403,7 +472,7 @@ cdef void* _alloc(size_t nbytes) noexcept nogil:
         return NULL
     if allocations_before_failure > 0:
         allocations_before_failure -= 1
-    return malloc(nbytes if nbytes > 0 else 1)
+    return fastnorm_malloc(nbytes if nbytes > 0 else 1)
 
 
 cdef int _out_of_memory() except -1:
