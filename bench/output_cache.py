@@ -1,13 +1,18 @@
-"""The training loop that motivated the cache of freed results, under each cache setting.
+"""The training loop that motivated the cache of freed results, under each cache setting; and what the
+cache holds in an inference server's worker.
 
     python bench/output_cache.py [--rounds 5] [--steps 30] [--settings auto 0 268435456]
 
-A step is BatchNorm2d(64) forward, ReLU (NumPy), ReLU's backward (NumPy) and the BatchNorm backward on
-(32, 64, 56, 56) float32 at 1 thread. Each setting of FASTNORM_OUTPUT_CACHE runs in a fresh process (what
-the C allocator hands out depends on what the process did before, which is part of what is measured),
-the settings in turn, their order rotated every round. Prints each setting's median forward, backward and
-step times over all rounds, their ratio to the first setting's, the memory the cache held after the loop,
-and the process's peak resident memory.
+A training step is BatchNorm2d(64) forward, ReLU (NumPy), ReLU's backward (NumPy) and the BatchNorm
+backward on (32, 64, 56, 56) float32 at 1 thread. Each setting of FASTNORM_OUTPUT_CACHE runs in a fresh
+process (what the C allocator hands out depends on what the process did before, which is part of what is
+measured), the settings in turn, their order rotated every round. Prints each setting's median forward,
+backward and step times over all rounds and their ratio to the first setting's (with the spread of the
+per-process medians), how many distinct blocks the results of all steps used (the same blocks, the same
+pages: a setting under which the loop reuses as many runs as fast), the memory the cache held after the
+loop, and the process's peak resident memory.
+The server: the same process then serves 200 eval-mode requests of (N, 64, 56, 56), N from 1 to 32 at
+random, one at a time, each result dropped after use; prints what the cache holds afterwards.
 """
 import argparse
 import json
@@ -29,7 +34,7 @@ def child(steps, warmup=5):
     x = rng.standard_normal(shape, dtype=np.float32)
     dr = rng.standard_normal(shape, dtype=np.float32)
     bn = fastnorm.BatchNorm2d(64)
-    times = []
+    times, blocks = [], set()
     with fastnorm.threads(1):
         for step in range(warmup + steps):
             t0 = time.perf_counter()
@@ -42,8 +47,13 @@ def child(steps, warmup=5):
             t3 = time.perf_counter()
             if step >= warmup:
                 times.append((t1 - t0, t3 - t2, t3 - t0))
+            blocks |= {y.__array_interface__["data"][0], dx.__array_interface__["data"][0]}
     del y, r, g, dx
-    print(json.dumps({"times": times, "held": _kernels.output_cache_bytes(), "limit": _kernels.output_cache_limit(),
+    held = _kernels.output_cache_bytes()
+    bn.eval()
+    for n in rng.integers(1, 33, 200):
+        bn(x[:n]).sum()
+    print(json.dumps({"times": times, "blocks": len(blocks), "held": held, "served": _kernels.output_cache_bytes(),
                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
@@ -66,15 +76,20 @@ def main():
             results[setting].append(json.loads(out))
     base = None
     print(f"{'FASTNORM_OUTPUT_CACHE':>22} {'forward ms':>11} {'backward ms':>12} {'step ms':>8}  "
-          f"{'step / first':>12}  {'held after, MiB':>15}  {'peak RSS, MiB':>13}")
+          f"{'forward / first':>19} {'backward / first':>19}  {'blocks':>6} {'held, MiB':>9} {'served':>7} {'peak RSS':>8}")
     for setting, runs in results.items():
-        times = np.array([t for run in runs for t in run["times"]]) * 1e3
-        med = np.median(times, axis=0)
-        base = med if base is None else base
+        per_run = np.array([np.median(run["times"], axis=0) for run in runs]) * 1e3  # (rounds, 3)
+        med = np.median(per_run, axis=0)
+        base = per_run if base is None else base
+        ratio = per_run / base  # round by round: the processes ran next to each other
+        lo, hi = np.percentile(ratio, [25, 75], axis=0)
+        mid = np.median(ratio, axis=0)
         held = max(run["held"] for run in runs) / 2 ** 20
+        served = max(run["served"] for run in runs) / 2 ** 20
         rss = np.median([run["peak_rss"] for run in runs]) / 2 ** 20
-        print(f"{setting:>22} {med[0]:11.2f} {med[1]:12.2f} {med[2]:8.2f}  {med[2] / base[2]:12.2f}  {held:15.1f}  "
-              f"{rss:13.0f}")
+        blocks = "/".join(sorted({str(run["blocks"]) for run in runs}))
+        print(f"{setting:>22} {med[0]:11.2f} {med[1]:12.2f} {med[2]:8.2f}  {mid[0]:5.2f} ({lo[0]:.2f}-{hi[0]:.2f})"
+              f"    {mid[1]:5.2f} ({lo[1]:.2f}-{hi[1]:.2f})  {blocks:>6} {held:9.1f} {served:7.1f} {rss:8.0f}")
 
 
 if __name__ == "__main__":
