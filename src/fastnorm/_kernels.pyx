@@ -289,6 +289,7 @@ cdef inline double _at(Vec v, Py_ssize_t i, double default) noexcept nogil:
 
 cdef extern from "_buffers.h":
     object fastnorm_buffer_handler_capsule()
+    object fastnorm_retrying_handler_capsule(object numpy_handler)
     size_t fastnorm_cache_set_limit(size_t limit)
     size_t fastnorm_cache_held()
     size_t fastnorm_cache_limit()
@@ -300,9 +301,6 @@ cdef extern from "_buffers.h":
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
     object PyDataMem_GetHandler()
-
-cdef extern from "_buffers.h":
-    object fastnorm_retrying_handler_capsule(object numpy_handler)
 
 cdef object _output_handler = fastnorm_buffer_handler_capsule()
 
