@@ -139,6 +139,7 @@ def test_results_made_and_freed_on_several_threads():
 
 def test_by_default_the_cache_keeps_no_more_than_the_results_took_at_their_peak():
     assert fastnorm.set_output_cache(None) == 256 * MIB  # the fixture's; None: follow the process
+    assert _kernels.output_cache_auto() and "auto" in fastnorm.show_config(print_out=False)["cache"]
     small = [F.layer_norm(big((64, 1024), seed=k), 1024) for k in range(8)]  # 256 KiB each: never cached
     del small
     assert _kernels.output_cache_limit() == 0 and _kernels.output_cache_bytes() == 0

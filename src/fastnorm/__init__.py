@@ -47,7 +47,8 @@ def show_config(print_out=True):
         "threads": get_num_threads(),
         "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
         "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"
-                 " held for reuse (set_output_cache)",
+                 " held for reuse (set_output_cache" + (": auto, the peak of large results, at most 256 MiB)"
+                                                        if _kernels.output_cache_auto() else ")"),
     }
     if print_out:
         for key, value in config.items():

@@ -296,6 +296,7 @@ cdef extern from "_buffers.h":
     void* fastnorm_malloc(size_t size) nogil
     size_t FASTNORM_CACHE_MIN
     size_t FASTNORM_CACHE_AUTO
+    size_t fastnorm_cache_setting
     int fastnorm_madvise_huge
 
 cdef extern from "numpy/arrayobject.h":
@@ -439,6 +440,11 @@ def set_output_cache(nbytes=None):
 def output_cache_limit():
     """The most bytes of freed result buffers the cache keeps now (``set_output_cache``)."""
     return fastnorm_cache_limit()
+
+
+def output_cache_auto():
+    """Whether the cache's limit follows the peak of live results (``set_output_cache(None)``)."""
+    return fastnorm_cache_setting == FASTNORM_CACHE_AUTO
 
 
 def output_cache_bytes():
