@@ -1,114 +1,334 @@
-"""The slow twin: plain float64 NumPy implementations, short enough to trust by reading."""
+"""The slow twin of ``fastnorm.functional``: for every public function, a plain float64 NumPy function of
+the same name and parameters, written from the definitions and short enough to trust by reading.
+
+Forwards return float64 results (``out`` when given, filled in its dtype) and update running statistics
+in place, as the ops do; backwards return float64 gradients.  Shapes the ops reject raise ValueError here
+too, and non-floating input TypeError, so a test can check that both raise or neither.
+
+The definitions, over the n values a statistic is taken of (a channel of the batch, a row, a group)::
+
+    mean = sum(x) / n        var = sum((x - mean)**2) / n   (biased)        rstd = 1 / sqrt(var + eps)
+    xhat = (x - mean) * rstd                                 y = xhat * weight + bias
+
+and, with dy the gradient of the output, g = weight * dy and the means over the same n values::
+
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))        statistics of the input (training)
+    dx = rstd * g                                            frozen statistics (evaluation)
+    dweight = sum(dy * xhat)      dbias = sum(dy)            over every value the parameter scales
+
+The first dx follows from d(xhat_j)/d(x_i) = rstd * (delta_ij - 1/n - xhat_i * xhat_j / n), eps
+included (Ioffe & Szegedy 2015, "Batch Normalization", section 3).  RMSNorm has no mean: xhat = x * rstd,
+rstd = 1 / sqrt(mean(x**2) + eps), dx = rstd * (g - xhat * mean(g * xhat)).
+"""
+import math
+import numbers
+
 import numpy as np
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks (what the ops reject, written plainly) and shared steps
+# ---------------------------------------------------------------------------------------------------------
+
+def _require(condition, message):
+    if not condition:
+        raise ValueError(message)
+
+
+def _input(x, name="input", min_ndim=0):
+    """x as float64 (TypeError unless floating point), with its dtype."""
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    _require(a.ndim >= min_ndim, f"{name}: expected at least {min_ndim} dimensions, got shape {a.shape}")
+    return a.astype(np.float64), a.dtype
+
+
+def _grad_input(grad_output, input, min_ndim=0):
+    x, _ = _input(input, min_ndim=min_ndim)
+    dy, _ = _input(grad_output, "grad_output")
+    _require(dy.shape == x.shape, f"grad_output: expected shape {x.shape}, got {dy.shape}")
+    return dy, x
+
+
+def _axis(axis, ndim, name="channel_axis"):
+    _require(-ndim <= axis < ndim, f"{name}: axis {axis} out of range for {ndim} dimensions")
+    return axis % ndim
+
+
+def _vector(v, name, shape):
+    """A parameter or statistic as a float64 copy of the given shape (None stays None)."""
+    if v is None:
+        return None
+    a = np.array(v, dtype=np.float64)
+    _require(a.shape == shape, f"{name}: expected shape {shape}, got {a.shape}")
+    return a
+
+
+def _running(running_mean, running_var, C, needed):
+    rm, rv = _vector(running_mean, "running_mean", (C,)), _vector(running_var, "running_var", (C,))
+    _require((rm is None) == (rv is None), "running_mean, running_var: expected both or neither")
+    _require(rm is not None or not needed, "running_mean, running_var: required without batch statistics")
+    return rm, rv
+
+
+def _update(running_mean, running_var, rm, rv, mean, unbiased_var, factor):
+    """running = (1 - factor) * running + factor * batch, in place (the PyTorch convention)."""
+    running_mean[...] = (1 - factor) * rm + factor * mean
+    running_var[...] = (1 - factor) * rv + factor * unbiased_var
+
+
+def _affine(xhat, weight, bias, shape):
+    """xhat * weight + bias, the parameters reshaped to ``shape`` to broadcast."""
+    y = xhat if weight is None else xhat * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def _result(y, out, return_stats, *stats):
+    if out is not None:
+        out[...] = y
+        y = out
+    return (y, *stats) if return_stats else y
 
 
 def _channel_shape(ndim, axis):
     shape = [1] * ndim
     shape[axis] = -1
-    return shape
+    return tuple(shape)
 
 
-def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, channel_axis=1, bessel=True):
-    """Returns (y, new_running_mean, new_running_var), all float64."""
-    x = np.asarray(x, dtype=np.float64)
-    axis = channel_axis % x.ndim
-    reduce = tuple(a for a in range(x.ndim) if a != axis)
-    shape = _channel_shape(x.ndim, axis)
-    new_rm = new_rv = None
+def _trailing(x, normalized_shape):
+    """The axes and shape of ``normalized_shape``, which must be x's trailing dimensions."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    _require(len(shape) <= x.ndim and x.shape[x.ndim - len(shape):] == shape,
+             f"normalized_shape: expected the input's trailing dimensions to be {shape}, got {x.shape}")
+    return tuple(range(x.ndim - len(shape), x.ndim)), shape
+
+
+def _groups(x, num_groups, channel_axis):
+    """x with channels moved to axis 1, seen as (N, G, C / G, S), and the channel axis."""
+    axis = _axis(channel_axis, x.ndim)
+    _require(axis in (1, x.ndim - 1), f"channel_axis: expected 1 or -1, got {channel_axis}")
+    xc = np.moveaxis(x, axis, 1)
+    N, C = xc.shape[:2]
+    _require(num_groups >= 1 and C % num_groups == 0, f"num_groups: expected a divisor of {C}, got {num_groups}")
+    return xc.reshape(N, num_groups, C // num_groups, math.prod(xc.shape[2:])), axis
+
+
+def _backward(dy, x, mean, rstd, weight, axes, training, centered=True):
+    """(dx, xhat) of y = (x - mean) * rstd * weight, the statistics over ``axes`` (module docstring)."""
+    xhat = (x - mean) * rstd
+    g = dy if weight is None else dy * weight
+    if not training:
+        return rstd * g, xhat
+    through_mean = g.mean(axis=axes, keepdims=True) if centered else 0.0
+    return rstd * (g - through_mean - xhat * (g * xhat).mean(axis=axes, keepdims=True)), xhat
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forwards
+# ---------------------------------------------------------------------------------------------------------
+
+def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None,
+               return_stats=False):
+    """Batch normalization: Ioffe & Szegedy 2015, Algorithm 1; torch.nn.functional.batch_norm.
+
+    Each channel is normalized over all the other axes (n values): with the batch's mean and biased
+    variance when ``training``, with the running ones otherwise.  Training updates the running statistics
+    (when given and the batch is not empty) with the batch mean and the unbiased variance var * n / (n - 1)
+    (the biased one with ``bessel=False``); ``momentum=None`` is the cumulative average, factor
+    1 / (num_batches_tracked + 1).  ``return_stats`` adds the (C,) mean and rstd used.
+    """
+    x, _ = _input(input, min_ndim=2)
+    axis = _axis(channel_axis, x.ndim)
+    C, shape = x.shape[axis], _channel_shape(x.ndim, axis)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    rm, rv = _running(running_mean, running_var, C, needed=not training)
+    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
+    n = x.size // C if C else 0
     if training:
-        mean = x.mean(axis=reduce)
-        var = x.var(axis=reduce)
-        if running_mean is not None:
-            n = x.size // x.shape[axis]
-            unbiased = var * n / (n - 1) if bessel else var
-            new_rm = (1 - momentum) * np.float64(running_mean) + momentum * mean
-            new_rv = (1 - momentum) * np.float64(running_var) + momentum * unbiased
+        _require(x.size == 0 or n > 1, f"input: expected more than 1 value per channel, got shape {x.shape}")
+        mean, var = x.mean(axis=others), x.var(axis=others)
+        if rm is not None and x.size:
+            factor = 1 / (num_batches_tracked + 1) if momentum is None else momentum
+            _update(running_mean, running_var, rm, rv, mean, var * n / (n - 1) if bessel else var, factor)
     else:
-        mean = np.asarray(running_mean, np.float64)
-        var = np.asarray(running_var, np.float64)
-    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64).reshape(shape)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64).reshape(shape)
-    return y, new_rm, new_rv
+        mean, var = rm, rv
+    rstd = 1 / np.sqrt(var + eps)
+    y = _affine((x - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
+    return _result(y, out, return_stats, mean, rstd)
 
 
-def moments(x, axes):
-    x = np.asarray(x, dtype=np.float64)
-    return x.mean(axis=axes), x.var(axis=axes)
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
+
+    Each row of the trailing ``normalized_shape`` values is normalized with its mean and biased variance;
+    weight and bias are elementwise (of ``normalized_shape``).  ``return_stats`` adds mean and rstd of
+    the leading shape.
+    """
+    x, _ = _input(input)
+    axes, shape = _trailing(x, normalized_shape)
+    weight, bias = _vector(weight, "weight", shape), _vector(bias, "bias", shape)
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    rstd = 1 / np.sqrt(var + eps)
+    lead = x.shape[:x.ndim - len(shape)]
+    return _result(_affine((x - mean) * rstd, weight, bias, shape), out, return_stats,
+                   mean.reshape(lead), rstd.reshape(lead))
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    x = np.asarray(x, dtype=np.float64)
-    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
-    y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64)
-    return y
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+    """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
+
+    y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
+    is the machine epsilon of the input's dtype.  ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).
+    """
+    x, dtype = _input(input)
+    axes, shape = _trailing(x, normalized_shape)
+    weight = _vector(weight, "weight", shape)
+    eps = float(np.finfo(dtype).eps) if eps is None else eps
+    rstd = 1 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    lead = x.shape[:x.ndim - len(shape)]
+    return _result(_affine(x * rstd, weight, None, shape), out, return_stats, rstd.reshape(lead))
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
-    x = np.asarray(x, dtype=np.float64)
-    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
-    y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64)
-    return y
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
+               return_stats=False):
+    """Group normalization: Wu & He 2018; torch.nn.functional.group_norm.
+
+    The C channels (axis 1, or the last axis with ``channel_axis=-1``) form ``num_groups`` groups of
+    C / G; each (sample, group) is normalized over its channels' values with its mean and biased variance.
+    Weight and bias are per channel.  ``return_stats`` adds mean and rstd of shape (N, G).
+    """
+    x, _ = _input(input, min_ndim=2)
+    grouped, axis = _groups(x, num_groups, channel_axis)
+    C = x.shape[axis]
+    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
+    mean, var = grouped.mean(axis=(2, 3), keepdims=True), grouped.var(axis=(2, 3), keepdims=True)
+    rstd = 1 / np.sqrt(var + eps)
+    xhat = np.moveaxis(((grouped - mean) * rstd).reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
+    y = _affine(xhat, weight, bias, _channel_shape(x.ndim, axis))
+    return _result(y, out, return_stats, mean.reshape(mean.shape[:2]), rstd.reshape(rstd.shape[:2]))
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
-    """Channels first: x of shape (N, C, ...)."""
-    x = np.asarray(x, dtype=np.float64)
-    N, C = x.shape[:2]
-    g = x.reshape(N, num_groups, -1)
-    y = ((g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + eps)).reshape(x.shape)
-    shape = (1, C) + (1,) * (x.ndim - 2)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64).reshape(shape)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64).reshape(shape)
-    return y
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False):
+    """Instance normalization: Ulyanov, Vedaldi & Lempitsky 2016; torch.nn.functional.instance_norm.
 
-
-def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5):
-    """Returns (y, new_running_mean, new_running_var)."""
-    x = np.asarray(x, dtype=np.float64)
-    axes = tuple(range(2, x.ndim))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    new_rm = new_rv = None
+    Each (sample, channel) of (N, C, spatial...) is normalized over its S spatial values with its mean and
+    biased variance (``use_input_stats``), or every sample with the running statistics.  With input
+    statistics the running ones (when given and the batch is not empty) are updated with the batch means
+    of the instance means and of the unbiased instance variances var * S / (S - 1).  ``return_stats``
+    adds the mean and rstd used: (N, C) with input statistics, (C,) without.
+    """
+    x, _ = _input(input, min_ndim=3)
+    N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    rm, rv = _running(running_mean, running_var, C, needed=not use_input_stats)
+    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
     if use_input_stats:
-        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
-        if running_mean is not None:
-            S = x[0, 0].size
-            new_rm = (1 - momentum) * np.float64(running_mean) + momentum * mean.reshape(x.shape[:2]).mean(0)
-            unbiased = var.reshape(x.shape[:2]) * S / (S - 1)
-            new_rv = (1 - momentum) * np.float64(running_var) + momentum * unbiased.mean(0)
+        _require(x.size == 0 or S > 1, f"input: expected more than 1 spatial value, got shape {x.shape}")
+        spatial = tuple(range(2, x.ndim))
+        mean, var = x.mean(axis=spatial), x.var(axis=spatial)  # (N, C)
+        if rm is not None and x.size:
+            _update(running_mean, running_var, rm, rv, mean.mean(axis=0), (var * S / (S - 1)).mean(axis=0),
+                    momentum)
     else:
-        mean = np.asarray(running_mean, np.float64).reshape(shape)
-        var = np.asarray(running_var, np.float64).reshape(shape)
-    y = (x - mean) / np.sqrt(var + eps)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64).reshape(shape)
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64).reshape(shape)
-    return y, new_rm, new_rv
+        mean, var = rm, rv  # (C,)
+    rstd = 1 / np.sqrt(var + eps)
+    spread = (1,) * (x.ndim - 2)  # (N, C) or (C,) broadcast against (N, C, spatial...)
+    xhat = (x - mean.reshape(mean.shape + spread)) * rstd.reshape(rstd.shape + spread)
+    return _result(_affine(xhat, weight, bias, (C,) + spread), out, return_stats, mean, rstd)
 
 
-def row_norm_backward(g, x, D, weight=None, rms=False, eps=1e-5):
-    """Gradients of LayerNorm (or RMSNorm) over the last D values, in float64: (dx, dweight, dbias)."""
-    x = x.astype(np.float64).reshape(-1, D)
-    g = g.astype(np.float64).reshape(-1, D)
-    w = np.ones(D) if weight is None else weight.astype(np.float64)
-    centered = x if rms else x - x.mean(axis=1, keepdims=True)
-    rstd = 1.0 / np.sqrt((centered ** 2).mean(axis=1, keepdims=True) + eps)
-    xhat = centered * rstd
-    gw = g * w
-    inner = gw - (xhat * gw).mean(axis=1, keepdims=True) * xhat
-    if not rms:
-        inner -= gw.mean(axis=1, keepdims=True)
-    return rstd * inner, (g * xhat).sum(axis=0), g.sum(axis=0)
+def moments(x, axes, keepdims=False):
+    """Mean and biased variance over ``axes``, as tf.nn.moments: sum(x) / n, sum((x - mean)**2) / n."""
+    x, _ = _input(x, "x")
+    axes = (axes,) if isinstance(axes, numbers.Integral) else tuple(axes)
+    return x.mean(axis=axes, keepdims=keepdims), x.var(axis=axes, keepdims=keepdims)
+
+
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+    """tf.nn.batch_normalization: (x - mean) / sqrt(variance + variance_epsilon) * scale + offset, every
+    argument broadcast against x; offset and scale may be None."""
+    x, _ = _input(x, "x")
+    y = (x - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(variance, np.float64) + variance_epsilon)
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64)
+    if offset is not None:
+        y = y + np.asarray(offset, np.float64)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backwards: (grad_input, grad_weight, grad_bias) from the forward's input and statistics
+# ---------------------------------------------------------------------------------------------------------
+
+def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1):
+    """Gradients of :func:`batch_norm` (module docstring, the values of a channel): dx, and the (C,)
+    sums dweight = sum(dy * xhat), dbias = sum(dy) (returned with or without ``weight``).
+    ``training=False``: the statistics were the running ones, so dx = rstd * weight * dy."""
+    dy, x = _grad_input(grad_output, input, min_ndim=2)
+    axis = _axis(channel_axis, x.ndim)
+    C, shape = x.shape[axis], _channel_shape(x.ndim, axis)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    mean, rstd = _vector(mean, "mean", (C,)), _vector(invstd, "invstd", (C,))
+    weight = _vector(weight, "weight", (C,))
+    dx, xhat = _backward(dy, x, mean.reshape(shape), rstd.reshape(shape),
+                         None if weight is None else weight.reshape(shape), others, training)
+    return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
+
+
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, centered):
+    dy, x = _grad_input(grad_output, input)
+    axes, shape = _trailing(x, normalized_shape)
+    lead = x.shape[:x.ndim - len(shape)]
+    rstd = _vector(rstd, "rstd", lead).reshape(lead + (1,) * len(shape))
+    mean = _vector(mean, "mean", lead).reshape(rstd.shape) if centered else 0.0
+    dx, xhat = _backward(dy, x, mean, rstd, _vector(weight, "weight", shape), axes, True, centered)
+    outer = tuple(range(len(lead)))
+    return dx, (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None):
+    """Gradients of :func:`layer_norm` (module docstring, the values of a row): dx, and dweight, dbias of
+    ``normalized_shape`` summed over the rows (None without ``weight``, ``bias``)."""
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, True)
+    return dx, (None if weight is None else dw), (None if bias is None else db)
+
+
+def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None):
+    """Gradients of :func:`rms_norm`: dx = rstd * (g - xhat * mean(g * xhat)) per row, xhat = x * rstd;
+    dweight = sum(dy * xhat) over the rows (None without ``weight``); no bias."""
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, False)
+    return dx, (None if weight is None else dw), None
+
+
+def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1):
+    """Gradients of :func:`group_norm` (module docstring, the values of a (sample, group)): dx, and the
+    (C,) sums dweight = sum(dy * xhat), dbias = sum(dy) over samples and spatial values."""
+    dy, x = _grad_input(grad_output, input, min_ndim=2)
+    grouped, axis = _groups(x, num_groups, channel_axis)
+    dy_grouped, _ = _groups(dy, num_groups, channel_axis)
+    N, G, K, _ = grouped.shape
+    mean, rstd = (_vector(v, name, (N, G)).reshape(N, G, 1, 1) for v, name in ((mean, "mean"), (rstd, "rstd")))
+    weight = _vector(weight, "weight", (G * K,))
+    dx, xhat = _backward(dy_grouped, grouped, mean, rstd, None if weight is None else weight.reshape(1, G, K, 1),
+                         (2, 3), True)
+    dx = np.moveaxis(dx.reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
+    return dx, (dy_grouped * xhat).sum(axis=(0, 3)).reshape(-1), dy_grouped.sum(axis=(0, 3)).reshape(-1)
+
+
+def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True):
+    """Gradients of :func:`instance_norm` (module docstring, the spatial values of a (sample, channel)):
+    dx, and the (C,) sums dweight = sum(dy * xhat), dbias = sum(dy).  mean and rstd are (N, C) with
+    ``use_input_stats``; without, the running (C,) ones, frozen: dx = rstd * weight * dy."""
+    dy, x = _grad_input(grad_output, input, min_ndim=3)
+    N, C = x.shape[:2]
+    stats = (N, C) if use_input_stats else (C,)
+    spread = (1,) * (x.ndim - 2)
+    mean, rstd = (_vector(v, name, stats).reshape(stats + spread) for v, name in ((mean, "mean"), (rstd, "rstd")))
+    weight = _vector(weight, "weight", (C,))
+    spatial = tuple(range(2, x.ndim))
+    dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
+                         use_input_stats)
+    return dx, (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)

@@ -1,4 +1,5 @@
-"""Gradients: finite differences in float64, PyTorch autograd in float32 and float64."""
+"""Gradients: finite differences in float64; the float64 twins (tests/reference.py) in float32 and float64;
+PyTorch autograd where it is installed."""
 import numpy as np
 import pytest
 
@@ -83,6 +84,63 @@ def test_gradients_match_finite_differences(rng, name, make, shape, channels_las
     assert y.shape == x.shape
 
 
+def _twin_gradients(layer, x, g):
+    """(y, dx, dweight, dbias) of the layer in its mode, by the float64 twins of its functional forward
+    (with return_stats) and backward.  Call it before the layer, whose training updates its buffers."""
+    w, b = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    if isinstance(layer, fastnorm.LayerNorm):
+        y, mean, rstd = reference.layer_norm(x, layer.normalized_shape, w, b, layer.eps, return_stats=True)
+        return (y, *reference.layer_norm_backward(g, x, layer.normalized_shape, mean, rstd, w, b))
+    if isinstance(layer, fastnorm.RMSNorm):
+        y, rstd = reference.rms_norm(x, layer.normalized_shape, w, layer.eps, return_stats=True)
+        return (y, *reference.rms_norm_backward(g, x, layer.normalized_shape, rstd, w))
+    if isinstance(layer, fastnorm.GroupNorm):
+        axis = layer.channel_axis
+        y, mean, rstd = reference.group_norm(x, layer.num_groups, w, b, layer.eps, channel_axis=axis, return_stats=True)
+        return (y, *reference.group_norm_backward(g, x, layer.num_groups, mean, rstd, w, channel_axis=axis))
+    rm, rv = (None, None) if layer.running_mean is None else (layer.running_mean.copy(), layer.running_var.copy())
+    batch_stats = layer.training or rm is None
+    if isinstance(layer, (fastnorm.BatchNorm1d, fastnorm.BatchNorm2d, fastnorm.BatchNorm3d)):
+        axis = layer.channel_axis
+        y, mean, rstd = reference.batch_norm(x, rm, rv, w, b, batch_stats, 0.1, layer.eps, channel_axis=axis,
+                                             return_stats=True)
+        return (y, *reference.batch_norm_backward(g, x, mean, rstd, w, batch_stats, channel_axis=axis))
+    unbatched = x.ndim == 2  # InstanceNorm1d of (C, L)
+    xb, gb = (x[None], g[None]) if unbatched else (x, g)
+    y, mean, rstd = reference.instance_norm(xb, rm, rv, w, b, batch_stats, 0.1, layer.eps, return_stats=True)
+    dx, dw, db = reference.instance_norm_backward(gb, xb, mean, rstd, w, batch_stats)
+    return (y[0], dx[0], dw, db) if unbatched else (y, dx, dw, db)
+
+
+@pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_match_the_twins(rng, name, make, shape, channels_last, affine, dtype, mode):
+    layer = make(affine, dtype)
+    _randomize(layer, rng)
+    if getattr(layer, "running_mean", None) is not None:
+        layer.running_mean[...] = rng.normal(size=layer.running_mean.shape)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.running_var.shape)
+    if mode == "eval":
+        layer.eval()
+    x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    y_ref, dx_ref, dw_ref, db_ref = _twin_gradients(layer, x, g)
+    y = layer(x)
+    dx = layer.backward(g)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    if affine:
+        np.testing.assert_allclose(layer.grad_weight, dw_ref, **tol)
+        if getattr(layer, "bias", None) is not None:
+            np.testing.assert_allclose(layer.grad_bias, db_ref, **tol)
+    else:
+        assert layer.grad_weight is None and layer.grad_bias is None
+
+
 def _torch_twin(name, affine, dtype):
     td = torch.float32 if dtype == np.float32 else torch.float64
     kind = name.split("-")[0]
@@ -132,7 +190,6 @@ def test_gradients_match_torch_autograd(rng, name, make, shape, channels_last, a
             np.testing.assert_allclose(ours.grad_bias, theirs.bias.grad.numpy(), **tol)
 
 
-@requires_torch
 @pytest.mark.parametrize("offset", [1e4])
 def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, statistics_path):
     x = (offset + rng.normal(size=(8, 4, 6, 6))).astype(np.float32)
@@ -140,10 +197,8 @@ def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, stati
     layer = fastnorm.BatchNorm2d(4)
     layer(x)
     dx = layer.backward(g)
-    twin = torch.nn.BatchNorm2d(4, dtype=torch.float64)
-    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
-    twin(xt).backward(torch.from_numpy(g.astype(np.float64)))
-    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-5)
+    _, mean, rstd = reference.batch_norm(x, training=True, return_stats=True)
+    np.testing.assert_allclose(dx, reference.batch_norm_backward(g, x, mean, rstd)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("rms", [False, True])
@@ -153,13 +208,15 @@ def test_row_norm_backward_matches_float64(rng, offset, rms, statistics_path):
     x = (offset + rng.normal(size=(37, D))).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     w = rng.normal(size=D).astype(np.float32)
-    if rms:
-        _, rstd = fastnorm.rms_norm(x, D, w, eps=1e-5, return_stats=True)
-        dx, dw, _ = fastnorm.rms_norm_backward(g, x, D, rstd, w)
-    else:
-        _, mean, rstd = fastnorm.layer_norm(x, D, w, np.zeros(D, np.float32), return_stats=True)
-        dx, dw, db = fastnorm.layer_norm_backward(g, x, D, mean, rstd, w, w)
-    dx_ref, dw_ref, db_ref = reference.row_norm_backward(g, x, D, w, rms=rms)
+
+    def gradients(ops):  # fastnorm or its twins, from the statistics of their own forward
+        if rms:
+            _, rstd = ops.rms_norm(x, D, w, eps=1e-5, return_stats=True)
+            return ops.rms_norm_backward(g, x, D, rstd, w)
+        _, mean, rstd = ops.layer_norm(x, D, w, np.zeros(D, np.float32), return_stats=True)
+        return ops.layer_norm_backward(g, x, D, mean, rstd, w, w)
+
+    (dx, dw, db), (dx_ref, dw_ref, db_ref) = gradients(fastnorm), gradients(reference)
     scale = np.abs(dx_ref).max()
     assert np.abs(dx - dx_ref).max() <= 1e-5 * scale
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
@@ -285,7 +342,9 @@ def test_group_norm_backward_with_one_value_per_channel(rng, shape):
     N, C, G = shape[0], shape[1], 32
     _, mean, rstd = fastnorm.group_norm(x, G, return_stats=True)
     dx, dw, db = fastnorm.group_norm_backward(g, x, G, mean, rstd)
-    expected, _, _ = reference.row_norm_backward(g.reshape(N * G, -1), x.reshape(N * G, -1), C // G)
+    rows_x, rows_g = x.reshape(N * G, C // G), g.reshape(N * G, C // G)
+    _, row_mean, row_rstd = reference.layer_norm(rows_x, C // G, return_stats=True)
+    expected = reference.layer_norm_backward(rows_g, rows_x, C // G, row_mean, row_rstd)[0]
     np.testing.assert_allclose(dx.reshape(N * G, -1), expected, atol=1e-5)
     np.testing.assert_allclose(db, g.reshape(N, C).astype(np.float64).sum(axis=0), rtol=1e-9, atol=1e-9)
     w = rng.normal(size=C).astype(np.float32)

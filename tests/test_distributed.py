@@ -284,7 +284,7 @@ def test_calibrate_batch_norms_of_a_model(rng):
     np.testing.assert_allclose(first.running_mean, everything.mean(0), rtol=1e-12)
     np.testing.assert_allclose(first.running_var, everything.var(0, ddof=1), rtol=1e-12)
     # The second layer saw the first one's training-mode outputs, batch by batch.
-    seen = np.concatenate([np.maximum(reference.batch_norm(b, training=True)[0] * first.weight + first.bias, 0) @ w
+    seen = np.concatenate([np.maximum(reference.batch_norm(b, training=True) * first.weight + first.bias, 0) @ w
                            for b in batches])
     np.testing.assert_allclose(second.running_mean, seen.mean(0), rtol=1e-9, atol=1e-12)
     assert first.training and not second.training and first.num_batches_tracked == 5

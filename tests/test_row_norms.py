@@ -138,12 +138,13 @@ def test_instance_norm_matches_reference(rng, shape, dtype, affine):
     w = rng.normal(size=C).astype(dtype) if affine else None
     b = rng.normal(size=C).astype(dtype) if affine else None
     rm, rv = rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
-    y_ref, rm_ref, rv_ref = reference.instance_norm(x, rm, rv, w, b, True, 0.1)
+    rm_ref, rv_ref = rm.astype(np.float64), rv.astype(np.float64)
+    y_ref = reference.instance_norm(x, rm_ref, rv_ref, w, b, True, 0.1)
     y = fastnorm.instance_norm(x, rm, rv, w, b, True, 0.1)
     np.testing.assert_allclose(y, y_ref, atol=_atol(dtype, 10))
     np.testing.assert_allclose(rm, rm_ref, rtol=1e-6)
     np.testing.assert_allclose(rv, rv_ref, rtol=1e-6)
-    y_ref, _, _ = reference.instance_norm(x, rm, rv, w, b, False)
+    y_ref = reference.instance_norm(x, rm, rv, w, b, False)
     np.testing.assert_allclose(fastnorm.instance_norm(x, rm, rv, w, b, False), y_ref, atol=_atol(dtype, 10))
 
 
@@ -151,7 +152,7 @@ def test_instance_norm_layers_accept_unbatched_input(rng):
     x = rng.normal(size=(3, 10)).astype(np.float32)
     y = fastnorm.InstanceNorm1d(3)(x)
     assert y.shape == (3, 10)
-    np.testing.assert_allclose(y, reference.instance_norm(x[None])[0][0], atol=1e-5)
+    np.testing.assert_allclose(y, reference.instance_norm(x[None])[0], atol=1e-5)
     assert fastnorm.InstanceNorm2d(3)(rng.normal(size=(3, 4, 4))).shape == (3, 4, 4)
 
 
@@ -160,13 +161,13 @@ def test_instance_norm_tracks_running_stats_and_uses_them_in_eval(rng):
     rm, rv = np.zeros(3), np.ones(3)
     for _ in range(3):
         x = rng.normal(size=(4, 3, 5, 5)) * 2 + 1
-        _, rm, rv = reference.instance_norm(x, rm, rv, None, None, True, 0.1)
+        reference.instance_norm(x, rm, rv, None, None, True, 0.1)
         layer(x)
     np.testing.assert_allclose(layer.running_mean, rm, rtol=1e-12)
     np.testing.assert_allclose(layer.running_var, rv, rtol=1e-12)
     layer.eval()
     x = rng.normal(size=(2, 3, 5, 5))
-    np.testing.assert_allclose(layer(x), reference.instance_norm(x, rm, rv, None, None, False)[0], atol=1e-12)
+    np.testing.assert_allclose(layer(x), reference.instance_norm(x, rm, rv, None, None, False), atol=1e-12)
     assert list(layer.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
 
@@ -371,4 +372,4 @@ def test_short_rows_match_the_reference(rng, shape, statistics_path):
     assert np.abs(fastnorm.rms_norm(x, D, w, eps=1e-6) - reference.rms_norm(x, (D,), w, eps=1e-6)).max() <= tol
     if D > 1:  # InstanceNorm needs more than one value per instance
         images = x.reshape(-1, 4, D) if shape[0] % 4 == 0 else x[None]
-        np.testing.assert_allclose(fastnorm.instance_norm(images), reference.instance_norm(images)[0], atol=2e-5)
+        np.testing.assert_allclose(fastnorm.instance_norm(images), reference.instance_norm(images), atol=2e-5)
