@@ -115,17 +115,18 @@ def _input(draw, min_ndim, max_ndim=4):
     return _Array(shape, dtype, "data", layout, draw(st.sampled_from([0.0, 100.0])))
 
 
-def _vector(draw, shape, kind="normal", dtype=None, optional=True):
+def _vector(draw, shape, kind="normal", optional=True):
     """A parameter or statistic of ``shape`` (now and then one longer), or None when optional."""
     if optional and draw(st.booleans()):
         return None
     wrong = tuple(shape[:-1]) + (shape[-1] + 1,) if shape else (2,)
-    dtype = dtype or draw(st.sampled_from([np.float32, np.float64]))
-    return _Array(_sometimes(draw, tuple(shape), wrong), dtype, kind)
+    return _Array(_sometimes(draw, tuple(shape), wrong), draw(st.sampled_from([np.float32, np.float64])), kind)
 
 
 def _out(draw, x):
-    return _Array(x.shape, x.dtype, "sentinel", draw(st.sampled_from(["c", "fortran"]))) if draw(st.booleans()) else None
+    if draw(st.booleans()):
+        return None
+    return _Array(x.shape, x.dtype, "sentinel", draw(st.sampled_from(["c", "fortran"])))
 
 
 def _channel_axis(draw, x, choices=None):
