@@ -98,9 +98,9 @@ def _channel_shape(ndim, axis):
 
 
 def _trailing(x, normalized_shape):
-    """The axes and shape of ``normalized_shape``, which must be x's trailing dimensions."""
+    """The axes and shape of ``normalized_shape``, which must be x's trailing dimensions (at least one)."""
     shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-    _require(len(shape) <= x.ndim and x.shape[x.ndim - len(shape):] == shape,
+    _require(0 < len(shape) <= x.ndim and x.shape[x.ndim - len(shape):] == shape,
              f"normalized_shape: expected the input's trailing dimensions to be {shape}, got {x.shape}")
     return tuple(range(x.ndim - len(shape), x.ndim)), shape
 
