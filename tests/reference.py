@@ -181,12 +181,14 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
-    is the machine epsilon of the input's dtype.  ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).
+    is the machine epsilon of the dtype the input is computed in (float32 for float16 input, as PyTorch).
+    ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).
     """
     x, dtype = _input(input)
     axes, shape = _trailing(x, normalized_shape)
     weight = _vector(weight, "weight", shape)
-    eps = float(np.finfo(dtype).eps) if eps is None else eps
+    if eps is None:
+        eps = float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
     rstd = 1 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
     lead = x.shape[:x.ndim - len(shape)]
     return _result(_affine(x * rstd, weight, None, shape), out, return_stats, rstd.reshape(lead))
@@ -278,9 +280,10 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, centered):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered):
     dy, x = _grad_input(grad_output, input)
     axes, shape = _trailing(x, normalized_shape)
+    _vector(bias, "bias", shape)  # only says whether there is a bias, but checked as the op does
     lead = x.shape[:x.ndim - len(shape)]
     rstd = _vector(rstd, "rstd", lead).reshape(lead + (1,) * len(shape))
     mean = _vector(mean, "mean", lead).reshape(rstd.shape) if centered else 0.0
@@ -292,14 +295,14 @@ def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, cen
 def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None):
     """Gradients of :func:`layer_norm` (module docstring, the values of a row): dx, and dweight, dbias of
     ``normalized_shape`` summed over the rows (None without ``weight``, ``bias``)."""
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, True)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True)
     return dx, (None if weight is None else dw), (None if bias is None else db)
 
 
 def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None):
     """Gradients of :func:`rms_norm`: dx = rstd * (g - xhat * mean(g * xhat)) per row, xhat = x * rstd;
     dweight = sum(dy * xhat) over the rows (None without ``weight``); no bias."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, False)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False)
     return dx, (None if weight is None else dw), None
 
 
