@@ -112,3 +112,21 @@ def row_norm_backward(g, x, D, weight=None, rms=False, eps=1e-5):
     if not rms:
         inner -= gw.mean(axis=1, keepdims=True)
     return rstd * inner, (g * xhat).sum(axis=0), g.sum(axis=0)
+
+
+def exact_standard_scaler(x):
+    """Per-column mean and biased variance of a 2-d array in exact rational arithmetic, each rounded once
+    to float64, and the standardized data ``(x - mean) / sqrt(var)`` computed from the exact mean (in two
+    parts: ``x - hi`` is exact, ``lo`` the rest) to within a few float64 ulps."""
+    from fractions import Fraction
+
+    x = np.asarray(x, np.float64)
+    mean, lo, var = [], [], []
+    for col in x.T:
+        values = [Fraction(v) for v in col.tolist()]  # exact: a float is a fraction with a power-of-2 denominator
+        m = sum(values) / len(values)
+        mean.append(float(m))
+        lo.append(float(m - Fraction(mean[-1])))
+        var.append(float(sum((v - m) ** 2 for v in values) / len(values)))
+    mean, lo, var = np.array(mean), np.array(lo), np.array(var)
+    return mean, var, ((x - mean) - lo) / np.sqrt(var)
