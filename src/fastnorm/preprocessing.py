@@ -18,6 +18,8 @@ from .statistics import Moments
 
 __all__ = ["StandardScaler"]
 
+Array = NDArray[Any]
+
 _FLOATS = (np.float64, np.float32, np.float16)
 
 try:
@@ -33,12 +35,12 @@ try:
             return estimator._validate_data(X, **kwargs)
         _FINITE = "force_all_finite"
 
-    def _check_input(estimator: Any, X: Any, reset: Optional[bool]) -> NDArray:
+    def _check_input(estimator: Any, data: Any, reset: Optional[bool]) -> Array:
         """X as a 2-d float array (NaN allowed, infinities not); ``reset=None``: no feature checks."""
         options = {"dtype": _FLOATS, _FINITE: "allow-nan"}
         if reset is None:
-            return check_array(X, **options)
-        return validate_data(estimator, X, reset=reset, **options)
+            return np.asarray(check_array(data, **options))
+        return np.asarray(validate_data(estimator, data, reset=reset, **options))
 
 except ImportError:  # without scikit-learn: the few parts of it that a StandardScaler uses
 
@@ -73,7 +75,7 @@ except ImportError:  # without scikit-learn: the few parts of it that a Standard
             return self.fit(X, y, **fit_params).transform(X)  # type: ignore[attr-defined]
 
     class OneToOneFeatureMixin:  # type: ignore[no-redef]
-        def get_feature_names_out(self, input_features: Any = None) -> NDArray:
+        def get_feature_names_out(self, input_features: Any = None) -> Array:
             check_is_fitted(self, "n_features_in_")
             n = self.n_features_in_  # type: ignore[attr-defined]
             names = [f"x{i}" for i in range(n)] if input_features is None else list(input_features)
@@ -86,9 +88,9 @@ except ImportError:  # without scikit-learn: the few parts of it that a Standard
             raise NotFittedError(f"This {type(estimator).__name__} instance is not fitted yet: call 'fit' "
                                  "with appropriate arguments before using this estimator.")
 
-    def _check_input(estimator: Any, X: Any, reset: Optional[bool]) -> NDArray:
+    def _check_input(estimator: Any, data: Any, reset: Optional[bool]) -> Array:
         """X as a 2-d float array (NaN allowed, infinities not); ``reset=None``: no feature checks."""
-        X = np.asarray(X)
+        X = np.asarray(data)
         if X.ndim != 2:
             raise ValueError(f"X: expected a 2-d array (n_samples, n_features), got shape {X.shape}")
         if X.dtype.kind in "biu":
@@ -113,7 +115,7 @@ def _check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def _check_sample_weight(sample_weight: Any, n: int) -> NDArray:
+def _check_sample_weight(sample_weight: Any, n: int) -> Array:
     w = np.asarray(sample_weight)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"sample_weight: expected real numbers, got dtype {w.dtype}")
@@ -127,7 +129,7 @@ def _check_sample_weight(sample_weight: Any, n: int) -> NDArray:
     return w
 
 
-def _masked_moments(X: NDArray, w: Optional[NDArray]) -> Moments:
+def _masked_moments(X: Array, w: Optional[Array]) -> Moments:
     """Weighted moments of the columns of X leaving NaN out: the path for sample weights and for columns
     that hold NaN, which the kernels' unweighted sums do not skip.  Float64, two passes, corrected (Chan,
     Golub and LeVeque): the sums of the deviations from the first mean refine it and the sum of their
@@ -146,7 +148,7 @@ def _masked_moments(X: NDArray, w: Optional[NDArray]) -> Moments:
         return Moments(count, mean + s1 / count, np.maximum(m2, 0.0))
 
 
-def _moments(X: NDArray, w: Optional[NDArray]) -> Moments:
+def _moments(X: Array, w: Optional[Array]) -> Moments:
     """Moments of the columns of X, NaN left out."""
     if w is not None:
         return _masked_moments(X, w)
@@ -158,7 +160,7 @@ def _moments(X: NDArray, w: Optional[NDArray]) -> Moments:
     return m
 
 
-def _scale(var: NDArray, mean: NDArray, count: Any) -> NDArray:
+def _scale(var: Array, mean: Array, count: Any) -> Array:
     """Standard deviation, 1 for a feature that scikit-learn deems constant: one whose variance is
     within the error bound of the two-pass algorithm (Chan, Golub and LeVeque), as its
     ``_is_constant_feature`` rule, so that both give the same ``scale_``."""
@@ -311,9 +313,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         integral = w is None and np.array_equal(count, np.round(count))
         count = count.astype(np.int64) if integral else count
         self.n_samples_seen_ = count[0] if count.min() == count.max() else count
+        var = moments.var()
         self.mean_ = moments.mean if with_mean or with_std else None
-        self.var_ = moments.var() if with_std else None
-        self.scale_ = _scale(self.var_, self.mean_, self.n_samples_seen_) if with_std else None
+        self.var_ = var if with_std else None
+        self.scale_ = _scale(var, moments.mean, self.n_samples_seen_) if with_std else None
         return self
 
     def _moments_seen(self, n_features: int) -> Moments:
@@ -323,7 +326,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         m2 = 0.0 if self.var_ is None else self.var_ * count
         return Moments(count, np.broadcast_to(mean, (n_features,)), m2)
 
-    def transform(self, X: ArrayLike, copy: Optional[bool] = None) -> NDArray:
+    def transform(self, X: ArrayLike, copy: Optional[bool] = None) -> Array:
         """Standardize: ``(X - mean_) / scale_`` (without ``with_mean``, no centering; without
         ``with_std``, no scaling).
 
@@ -353,7 +356,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         mean, scale = self._affine(X.shape[1])
         return F.batch_normalization(X, mean, 1.0, None, None if scale is None else 1.0 / scale, 0.0)
 
-    def inverse_transform(self, X: ArrayLike, copy: Optional[bool] = None) -> NDArray:
+    def inverse_transform(self, X: ArrayLike, copy: Optional[bool] = None) -> Array:
         """Undo :meth:`transform`: ``X * scale_ + mean_``.
 
         Parameters, result and errors as :meth:`transform`.
@@ -374,9 +377,9 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         mean, scale = self._affine(X.shape[1])
         return F.batch_normalization(X, 0.0, 1.0, mean, scale, 0.0)
 
-    def _affine(self, n_features: int) -> Tuple[NDArray, Optional[NDArray]]:
+    def _affine(self, n_features: int) -> Tuple[Array, Optional[Array]]:
         """(mean to subtract, scale to divide by or None)."""
-        mean = self.mean_ if self.with_mean else np.zeros(n_features)
+        mean = self.mean_ if self.with_mean and self.mean_ is not None else np.zeros(n_features)
         return mean, (self.scale_ if self.with_std else None)
 
     def _more_tags(self) -> Dict[str, Any]:  # scikit-learn < 1.6
