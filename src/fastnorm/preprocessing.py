@@ -132,8 +132,8 @@ def _check_sample_weight(sample_weight: Any, n: int) -> Array:
 def _masked_moments(X: Array, w: Optional[Array]) -> Moments:
     """Weighted moments of the columns of X leaving NaN out: the path for sample weights and for columns
     that hold NaN, which the kernels' unweighted sums do not skip.  Float64, two passes, corrected (Chan,
-    Golub and LeVeque): the sums of the deviations from the first mean refine it and the sum of their
-    squares.  Sums by ``einsum``, not BLAS, whose threads would change the bits."""
+    Golub and LeVeque): the sum of the deviations from the first mean refines that mean and corrects the
+    sum of their squares.  Sums by ``einsum``, not BLAS, whose threads would change the bits."""
     X = X.astype(np.float64)  # a copy: the NaN are zeroed below
     nan = np.isnan(X)
     X[nan] = 0.0
