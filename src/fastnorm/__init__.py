@@ -1,4 +1,7 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
+import types
+from typing import TYPE_CHECKING
+
 from . import functional
 from ._version import __version__
 from ._threads import get_num_threads, set_num_threads, threads
@@ -20,8 +23,22 @@ __all__ = [
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward",
     "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
-    "functional", "get_num_threads", "set_num_threads", "threads", "set_output_cache", "show_config",
+    "functional", "preprocessing", "get_num_threads", "set_num_threads", "threads", "set_output_cache",
+    "show_config",
 ]
+
+if TYPE_CHECKING:
+    from . import preprocessing
+
+
+def __getattr__(name: str) -> types.ModuleType:
+    # fastnorm.preprocessing is imported on first use: it imports scikit-learn where that is installed,
+    # which takes seconds, and most users of fastnorm never need it.
+    if name == "preprocessing":
+        import importlib
+
+        return importlib.import_module(".preprocessing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def show_config(print_out=True):
