@@ -75,7 +75,7 @@ def test_modes_reset_and_repr():
     bn.num_batches_tracked = 7
     bn.reset_running_stats()
     assert np.all(bn.running_mean == 0) and np.all(bn.running_var == 1) and bn.num_batches_tracked == 0
-    assert repr(bn) == "BatchNorm2d(5, eps=1e-05, momentum=0.1, affine=False, track_running_stats=True)"
+    assert repr(bn) == "BatchNorm2d(5, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=True)"
 
 
 def test_state_dict_round_trip(rng):

@@ -258,11 +258,11 @@ def test_layer_state_dicts_and_repr():
     gn = fastnorm.GroupNorm(2, 4)
     gn.load_state_dict({"weight": np.full(4, 2.0), "bias": np.ones(4)})
     assert gn.weight.dtype == np.float32 and np.all(gn.weight == 2)
-    assert repr(gn) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
+    assert repr(gn) == "GroupNorm(2, 4, eps=1e-05, affine=True, bias=True)"
     rms = fastnorm.RMSNorm(8)
     assert list(rms.state_dict()) == ["weight"]
     assert repr(fastnorm.InstanceNorm2d(3)) == \
-        "InstanceNorm2d(3, eps=1e-05, momentum=0.1, affine=False, track_running_stats=False)"
+        "InstanceNorm2d(3, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False)"
 
 
 @settings(max_examples=50, deadline=None)

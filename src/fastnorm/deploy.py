@@ -1,4 +1,5 @@
-"""Inference pipelines: folding BatchNorm into the layer before it, saving and loading layers (.npz format)."""
+"""Inference pipelines: folding BatchNorm into the layer before it, saving and loading layers (.npz and
+safetensors formats)."""
 from __future__ import annotations
 
 import json
@@ -9,12 +10,13 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 
 from . import distributed as _distributed
 from . import layers as _layers
+from ._safetensors import SafetensorsFile
 from ._validation import _array
 
 __all__ = ["fold_batch_norm", "save", "load"]
@@ -90,29 +92,40 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     return folded_w.astype(dtype), folded_b.astype(dtype)
 
 
-def save(path: Union[str, os.PathLike, BinaryIO], layers) -> None:
-    """Save a layer, or a mapping of names to layers, to a file in NumPy's ``.npz`` format.
+def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[str] = None) -> None:
+    """Save a layer, or a mapping of names to layers, to a file in NumPy's ``.npz`` format or in the
+    safetensors format.
 
-    The file holds each layer's parameters and buffers (PyTorch's state-dict keys, under
-    ``"<name>.<key>"``) and a JSON description of its class, constructor arguments and mode: no pickled
-    code, so :func:`load` reads it without running anything from the file.  The file is written under
-    exactly ``path`` (no ``.npz`` is appended), through a temporary file beside it that replaces ``path``
-    only once complete: a save that fails leaves ``path`` as it was.
+    The file holds each layer's parameters and buffers, under PyTorch's state-dict keys
+    (``"<name>.<key>"``; for a single layer saved as safetensors, the bare keys, as PyTorch's
+    ``state_dict()`` of one module), and a JSON description of each layer's class, constructor arguments
+    and mode (the ``"__fastnorm__"`` member of the ``.npz`` archive, or entry of the safetensors
+    metadata): no pickled code, so :func:`load` reads it without running anything from the file.  A
+    safetensors file loads into PyTorch as well: ``model.load_state_dict(safetensors.torch.load_file(path))``
+    for a model whose modules have the names given here.  The file is written under exactly ``path`` (no
+    suffix is appended), through a temporary file beside it that replaces ``path`` only once complete: a
+    save that fails leaves ``path`` as it was.
 
     Parameters
     ----------
     path : str, path-like or binary file object
     layers : fastnorm layer, or mapping of str to fastnorm layers
         Names may not contain ``"."``.
+    format : {None, "npz", "safetensors"}, keyword-only
+        None: safetensors for a path ending in ``.safetensors`` (in any case), ``.npz`` otherwise (a file
+        object included).  Writing safetensors needs the ``safetensors`` package
+        (``pip install "fastnorm[safetensors]"``).
 
     Raises
     ------
     TypeError
         Something other than a fastnorm layer, or a name that is not a string.
     ValueError
-        A name with ``"."``, or a layer whose parameters or buffers contradict its configuration (a
-        ``weight`` of another shape or dtype than ``num_features`` and ``dtype`` give, a buffer its
-        configuration does not have): :func:`load` would refuse the file.
+        A name with ``"."``, an unknown ``format``, or a layer whose parameters or buffers contradict its
+        configuration (a ``weight`` of another shape or dtype than ``num_features`` and ``dtype`` give, a
+        buffer its configuration does not have): :func:`load` would refuse the file.
+    ImportError
+        ``format="safetensors"`` without the ``safetensors`` package.
 
     Examples
     --------
@@ -124,6 +137,8 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers) -> None:
     >>> fastnorm.load(path)["bn"].running_mean.tolist()
     [1.0, 2.0, 3.0]
     """
+    format = _format(path, format)
+    save_safetensors = _safetensors_save() if format == "safetensors" else None
     single = isinstance(layers, _layers._Layer)
     named = {"": layers} if single else dict(layers)
     arrays, meta = {}, {}
@@ -142,32 +157,66 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers) -> None:
         _parse(text, arrays)  # what load would refuse, save refuses
     except ValueError as e:
         raise ValueError(f"layers: {e}") from None
-    arrays[_META_KEY] = np.array(text)
+    if format == "safetensors":
+        # A single layer's keys bare ("weight"), as PyTorch's state_dict() of one module; the data
+        # contiguous and little-endian, as the format stores it.
+        tensors = {(key[1:] if single else key): np.asarray(value, value.dtype.newbyteorder("<"), order="C")
+                   for key, value in arrays.items()}
+
+        def write(f):
+            f.write(save_safetensors(tensors, {_META_KEY: text}))
+    else:
+        arrays[_META_KEY] = np.array(text)
+
+        def write(f):
+            np.savez(f, **arrays)
     if hasattr(path, "write"):
-        np.savez(path, **arrays)
+        write(path)
         return
     path = os.fspath(path)
     partial = f"{path}.{secrets.token_hex(6)}.partial"
     try:
         with open(partial, "xb") as f:  # np.savez(path) would append ".npz" to a path without it
-            np.savez(f, **arrays)
+            write(f)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
-def load(path: Union[str, os.PathLike, BinaryIO]):
+def _format(path, format):
+    """The file format of a save or load: ``format``, or the one ``path``'s suffix names."""
+    if format is None:
+        name = "" if hasattr(path, "read") or hasattr(path, "write") else os.fsdecode(path)
+        return "safetensors" if name.lower().endswith(".safetensors") else "npz"
+    if format not in ("npz", "safetensors"):
+        raise ValueError(f"format: expected 'npz', 'safetensors' or None, got {format!r}")
+    return format
+
+
+def _safetensors_save():
+    try:
+        from safetensors.numpy import save
+    except ImportError:
+        raise ImportError("format='safetensors': writing safetensors needs the safetensors package "
+                          "(pip install 'fastnorm[safetensors]')") from None
+    return save
+
+
+def load(path: Union[str, os.PathLike, BinaryIO], *, format: Optional[str] = None):
     """Load what :func:`save` wrote: a layer, or a dict of names to layers.
 
     Everything in the file is checked before anything of a size it states is allocated: each array's
-    header against the bytes the archive holds for it, each configuration against the arrays (a
+    header against the bytes the file holds for it, each configuration against the arrays (a
     ``num_features`` of 2**28 without arrays of that size is refused before a layer is built).  Loading
-    allocates little more than the file's size.
+    allocates little more than the file's size.  Reading safetensors needs no package.
 
     Parameters
     ----------
     path : str, path-like or binary file object
+    format : {None, "npz", "safetensors"}, keyword-only
+        None: safetensors for a path ending in ``.safetensors`` (in any case), ``.npz`` otherwise (a file
+        object included).
 
     Returns
     -------
@@ -177,11 +226,13 @@ def load(path: Union[str, os.PathLike, BinaryIO]):
     Raises
     ------
     ValueError
-        The file is not one :func:`save` writes, or is damaged: not a zip archive, truncated, compressed
-        or encrypted members, an array whose header disagrees with its data, an unknown format, a
-        description that is not the JSON :func:`save` writes (wrong or missing keys, unknown layer
-        classes, configuration values of the wrong type or out of range), arrays missing, unexpected or
-        of another shape or dtype than the configuration gives.  The message names what is wrong.
+        An unknown ``format``, or a file that is not one :func:`save` writes, or is damaged: not a zip
+        archive or safetensors file, truncated, compressed or encrypted members, an array whose header
+        disagrees with its data, a safetensors header longer than the file or whose offsets leave holes,
+        overlap or run past the data, an unknown format, a description that is not the JSON :func:`save`
+        writes (wrong or missing keys, unknown layer classes, configuration values of the wrong type or
+        out of range), arrays missing, unexpected or of another shape or dtype than the configuration
+        gives.  The message names what is wrong.
     OSError
         The file cannot be opened.
 
@@ -192,25 +243,38 @@ def load(path: Union[str, os.PathLike, BinaryIO]):
     >>> fastnorm.save(buffer, fastnorm.LayerNorm(4, eps=1e-3))
     >>> _ = buffer.seek(0)
     >>> fastnorm.load(buffer)
-    LayerNorm((4,), eps=0.001, elementwise_affine=True)
+    LayerNorm((4,), eps=0.001, elementwise_affine=True, bias=True)
     """
+    format = _format(path, format)
     if hasattr(path, "read"):
-        return _load(path, f"path: {path!r}")
+        return _load(path, f"path: {path!r}", format)
     with open(path, "rb") as f:
-        return _load(f, f"path: {os.fspath(path)!r}")
+        return _load(f, f"path: {os.fspath(path)!r}", format)
 
 
-def _load(f, where):
+def _load(f, where, format):
     try:
-        arrays = _read_archive(f)
-        meta = arrays.pop(_META_KEY, None)
-        if meta is None or meta.shape != () or meta.dtype.kind != "U":
-            raise ValueError("not a file written by fastnorm.save (no description)")
-        layers, single = _parse(str(meta[()]), arrays)
+        if format == "safetensors":
+            tensors = SafetensorsFile(f, widen=False)
+            text = tensors.metadata.get(_META_KEY)
+            if text is None:
+                raise ValueError(f"not a file written by fastnorm.save (no {_META_KEY!r} in its metadata; "
+                                 "layer.load_state_dict reads a PyTorch state dict)")
+            single, entries = _document(text)
+            # A single layer's keys are bare ("weight"), as in PyTorch; the description names it "".
+            arrays = {"." * single + key: tensors[key] for key in tensors}
+        else:
+            arrays = _read_archive(f)
+            meta = arrays.pop(_META_KEY, None)
+            if meta is None or meta.shape != () or meta.dtype.kind != "U":
+                raise ValueError("not a file written by fastnorm.save (no description)")
+            single, entries = _document(str(meta[()]))
+        layers = _layers_of(entries, arrays)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
     except _DAMAGED as e:
-        raise ValueError(f"{where}: not a readable .npz archive ({type(e).__name__}: {e})") from e
+        kind = "safetensors file" if format == "safetensors" else ".npz archive"
+        raise ValueError(f"{where}: not a readable {kind} ({type(e).__name__}: {e})") from e
     return layers[""] if single else layers
 
 
@@ -275,12 +339,13 @@ def _read_member(archive, info):
 
 def _parse(text, arrays):
     """The layers a description (JSON) and its arrays (``"<name>.<key>"``) give, and whether it is of
-    one layer; ValueError naming what is wrong otherwise.
+    one layer; ValueError naming what is wrong otherwise."""
+    single, entries = _document(text)
+    return _layers_of(entries, arrays), single
 
-    Each configuration is tried on a stand-in layer whose vectors have one value, and the arrays'
-    shapes are checked against the configuration's sizes, before the layer itself is built: building
-    allocates no more than the arrays hold.
-    """
+
+def _document(text):
+    """Whether a description (JSON) is of one layer, and its entries (name -> class, config, mode)."""
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
@@ -292,6 +357,16 @@ def _parse(text, arrays):
         raise ValueError(f"unsupported fastnorm file format {version!r}")
     if type(single) is not bool or not isinstance(entries, dict) or (single and list(entries) != [""]):
         raise ValueError(f"the description's 'single' ({single!r}) and 'layers' disagree")
+    return single, entries
+
+
+def _layers_of(entries, arrays):
+    """The layers of a description's entries holding the arrays (``"<name>.<key>"``).
+
+    Each configuration is tried on a stand-in layer whose vectors have one value, and the arrays'
+    shapes are checked against the configuration's sizes, before the layer itself is built: building
+    allocates no more than the arrays hold.
+    """
     state = {name: {} for name in entries}
     for key, value in arrays.items():
         name, _, field = key.partition(".")
@@ -307,7 +382,7 @@ def _parse(text, arrays):
             raise ValueError(f"{where}: expected a name without '.', a fastnorm layer class and a training "
                              f"flag, got class {cls_name!r}, training {training!r}")
         layers[name] = _build(cls, config, state[name], f"{where} ({cls_name})").train(training)
-    return layers, single
+    return layers
 
 
 def _no_duplicate_keys(pairs):

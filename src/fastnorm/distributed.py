@@ -245,12 +245,43 @@ class SyncBatchNorm(_BatchNorm):
 
     @classmethod
     def convert(cls, layers, comm=None):
-        """SyncBatchNorm twins of BatchNorm layers: a layer, or a dict or list of layers (other layers are
-        returned as they are), with the same configuration, parameters, buffers and mode."""
-        if isinstance(layers, dict):
-            return {name: cls.convert(layer, comm) for name, layer in layers.items()}
-        if isinstance(layers, (list, tuple)):
-            return type(layers)(cls.convert(layer, comm) for layer in layers)
+        """SyncBatchNorm twins of BatchNorm layers, with the same configuration, parameters, buffers and
+        mode (as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``).
+
+        Parameters
+        ----------
+        layers : layer, or dict, list or tuple of layers (nested)
+            Other layers and values are returned as they are.
+        comm : mpi4py communicator, optional
+            The twins' ``comm``.
+
+        Returns
+        -------
+        SyncBatchNorm, or dict, list or tuple of the same structure
+
+        Raises
+        ------
+        ValueError
+            A dict, list or tuple that contains itself.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> fastnorm.SyncBatchNorm.convert({"bn": fastnorm.BatchNorm2d(4).eval(), "ln": fastnorm.LayerNorm(4)})
+        {'bn': SyncBatchNorm(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True), 'ln': LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)}
+        """
+        return cls._convert(layers, comm, ())
+
+    @classmethod
+    def _convert(cls, layers, comm, enclosing):
+        if isinstance(layers, (dict, list, tuple)):
+            if any(layers is outer for outer in enclosing):
+                raise ValueError(f"layers: a {type(layers).__name__} that contains itself; expected a tree of "
+                                 "layers")
+            enclosing += (layers,)
+            if isinstance(layers, dict):
+                return {name: cls._convert(layer, comm, enclosing) for name, layer in layers.items()}
+            return type(layers)(cls._convert(layer, comm, enclosing) for layer in layers)
         if not isinstance(layers, (BatchNorm1d, BatchNorm2d, BatchNorm3d)):
             return layers
         twin = cls(comm=comm, **layers._config())

@@ -6,10 +6,12 @@ Parameters and running statistics are plain ndarrays (length C vectors); the lay
 from __future__ import annotations
 
 import collections
+import inspect
 import numbers
+import os
 import threading
 import warnings
-from typing import ContextManager, Mapping, Optional
+from typing import BinaryIO, ContextManager, Mapping, Optional, Union
 
 from numpy.typing import ArrayLike, NDArray
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from . import _kernels
 from . import functional as F
+from ._safetensors import SafetensorsFile
 from ._threads import check_count, thread_setting, threads_for
 from ._validation import _array, _check_axis, _check_eps, _check_momentum, _normalized_shape
 from .statistics import Moments
@@ -49,6 +52,12 @@ def _from_config(config):
     """Constructor arguments from a JSON config (lists back to tuples, dtype names to dtypes)."""
     return {k: tuple(v) if isinstance(v, list) else (np.dtype(v) if k == "dtype" else v)
             for k, v in config.items()}
+
+
+def _config_value(key, value):
+    """A constructor argument as ``_config`` records it (dtypes by name)."""
+    return np.dtype(value).name if key == "dtype" else value
+
 
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
@@ -114,6 +123,17 @@ class _Layer:
     def _state(self):
         raise NotImplementedError
 
+    def _torch_repr(self):
+        """The arguments PyTorch's repr of the same layer shows (its ``extra_repr``)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        # PyTorch's repr, then fastnorm's own arguments where they differ from the constructor's default.
+        config, defaults = self._config(), inspect.signature(type(self)).parameters
+        extras = [f"{key}={config[key]}" for key in ("channel_axis", "bessel", "dtype")
+                  if key in config and config[key] != _config_value(key, defaults[key].default)]
+        return f"{type(self).__name__}({', '.join([self._torch_repr(), *extras])})"
+
     def __getstate__(self):
         # Pickles and copies carry parameters and buffers, not what the last forward kept for backward.
         state = self.__dict__.copy()
@@ -144,13 +164,27 @@ class _Layer:
                 state[key] = np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True, prefix: str = ""):
-        """Load parameters and buffers from a mapping of PyTorch's keys to array-likes.
+    def load_state_dict(self, state_dict: Union[Mapping[str, ArrayLike], str, "os.PathLike[str]", BinaryIO],
+                        strict: bool = True, prefix: str = ""):
+        """Load parameters and buffers from a mapping of PyTorch's keys to array-likes, or from a
+        safetensors file (``safetensors.torch.save_file(model.state_dict(), path)``).
 
         Values may be ndarrays, PyTorch tensors of any dtype (bfloat16 included) or anything ``np.asarray``
         takes; they are converted to the layer's dtype.  ``prefix`` selects the entries of one module in a
         whole model's state dict (``prefix="features.1."``); others are ignored.  Everything is checked
         before anything is assigned, so a failed load leaves the layer as it was.
+
+        A safetensors file is read without the ``safetensors`` package: its header is checked in full,
+        then only this layer's tensors are read (BF16 and F8_E5M2 exactly, as float32 and float16).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like, or str, path-like or binary file object
+            A state dict, or the safetensors file of one (whatever its name).
+        strict : bool
+            Missing or unexpected keys (among those with the prefix) raise.
+        prefix : str
+            The module's name in the model, with its trailing ``"."``.
 
         Returns
         -------
@@ -162,23 +196,41 @@ class _Layer:
         RuntimeError
             With ``strict``, keys missing or unexpected, listed as PyTorch lists them.
         ValueError, TypeError
-            A value of the wrong shape or type (a masked array, a negative ``num_batches_tracked``).
+            A value of the wrong shape or type (a masked array, a negative ``num_batches_tracked``), a
+            ``state_dict`` that is neither a mapping nor a file, or a safetensors file that is damaged or
+            crafted (ValueError; its message names the file and what is wrong).
+        OSError
+            The file cannot be opened.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> ln = fastnorm.LayerNorm(3)
+        >>> ln.load_state_dict({"2.weight": np.full(3, 2.0), "2.bias": np.zeros(3)}, prefix="2.")
+        LoadResult(missing_keys=[], unexpected_keys=[])
+        >>> ln.weight
+        array([2., 2., 2.], dtype=float32)
         """
-        if prefix:
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if isinstance(state_dict, (str, os.PathLike)) or hasattr(state_dict, "read"):
+            return self._load_safetensors(state_dict, strict, prefix)
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a mapping of keys to arrays or a safetensors file, got "
+                            f"{type(state_dict).__name__}")
+        # The keys with the prefix, without it; a value is read (from a file: loaded) only when it is used.
+        keys = {k[len(prefix):]: k for k in state_dict if isinstance(k, str) and k.startswith(prefix)}
         expected = {k: v for k, v in self._state().items() if v is not None}
-        missing = [prefix + k for k in expected if k not in state_dict and k not in self._optional_state]
-        unexpected = [prefix + k for k in state_dict if k not in expected]
+        missing = [prefix + k for k in expected if k not in keys and k not in self._optional_state]
+        unexpected = [prefix + k for k in keys if k not in expected]
         if strict and (missing or unexpected):
             errors = [f"{kind} key(s) in state_dict: " + ", ".join(f'"{k}"' for k in keys) + ". "
                       for kind, keys in (("Missing", missing), ("Unexpected", unexpected)) if keys]
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
         new = {}
         for key, current in expected.items():
-            if key not in state_dict:
+            if key not in keys:
                 continue
             name = f"state_dict[{prefix + key!r}]"
-            value = _state_array(state_dict[key], name)
+            value = _state_array(state_dict[keys[key]], name)
             if value.shape != np.shape(current):
                 raise ValueError(f"{name}: expected shape {np.shape(current)}, got {value.shape}")
             if np.ndim(current) == 0:  # num_batches_tracked: truncated to an integer, as PyTorch's copy_
@@ -194,6 +246,16 @@ class _Layer:
         for key, value in new.items():
             setattr(self, key, value)
         return LoadResult(missing, unexpected)
+
+    def _load_safetensors(self, file, strict, prefix):
+        where = f"state_dict: {file!r}" if hasattr(file, "read") else f"state_dict: {os.fspath(file)!r}"
+        try:
+            if hasattr(file, "read"):
+                return self.load_state_dict(SafetensorsFile(file), strict, prefix)
+            with open(file, "rb") as f:
+                return self.load_state_dict(SafetensorsFile(f), strict, prefix)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
 
 
 class _NormBase(_Layer):
@@ -245,10 +307,9 @@ class _NormBase(_Layer):
             expected = " or ".join(f"{n}D" for n in self._input_ndims)
             raise ValueError(f"input: expected {expected} input, got {x.ndim}D input of shape {x.shape}")
 
-    def __repr__(self):
-        bias = "" if self._has_bias or not self.affine else ", bias=False"
-        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}{bias}, track_running_stats={self.track_running_stats})")
+    def _torch_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self._has_bias}, track_running_stats={self.track_running_stats}")
 
 
 class _BatchNorm(_NormBase):
@@ -469,10 +530,9 @@ class LayerNorm(_Layer):
     def _backward(self, grad_output, x, mean, rstd):
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
 
-    def __repr__(self):
-        bias = "" if self._has_bias or not self.elementwise_affine else ", bias=False"
-        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}{bias})")
+    def _torch_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self._has_bias}")
 
 
 class RMSNorm(_Layer):
@@ -522,8 +582,8 @@ class RMSNorm(_Layer):
     def _backward(self, grad_output, x, rstd):
         return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight)
 
-    def __repr__(self):
-        return f"RMSNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
+    def _torch_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
 class GroupNorm(_Layer):
@@ -597,9 +657,8 @@ class GroupNorm(_Layer):
         return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
                                      channel_axis=self.channel_axis)
 
-    def __repr__(self):
-        bias = "" if self._has_bias or not self.affine else ", bias=False"
-        return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}{bias})"
+    def _torch_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self._has_bias}"
 
 
 class _InstanceNorm(_NormBase):
