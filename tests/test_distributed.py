@@ -252,6 +252,21 @@ def test_convert(rng):
     assert sync.num_batches_tracked == 1
 
 
+def test_convert_refuses_a_container_that_contains_itself():
+    comm = ThreadComm.world(1)[0]
+    looped = [fastnorm.BatchNorm1d(3)]
+    looped.append(looped)
+    with pytest.raises(ValueError, match="layers: a list that contains itself"):
+        fastnorm.SyncBatchNorm.convert(looped, comm=comm)
+    model = {"bn": fastnorm.BatchNorm1d(3), "blocks": [{}]}
+    model["blocks"][0]["up"] = model
+    with pytest.raises(ValueError, match="layers: a dict that contains itself"):
+        fastnorm.SyncBatchNorm.convert(model, comm=comm)
+    shared = [fastnorm.BatchNorm1d(3)]  # the same list twice is a tree's leaves, not a loop
+    twins = fastnorm.SyncBatchNorm.convert((shared, shared), comm=comm)
+    assert isinstance(twins, tuple) and all(type(t[0]) is fastnorm.SyncBatchNorm for t in twins)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Exact population statistics
 # --------------------------------------------------------------------------------------------------------

@@ -249,3 +249,54 @@ def test_calibrate_batch_norms_refuses_a_layer_listed_twice():
     with pytest.raises(ValueError, match=r"layers\[2\]: the same layer is listed twice"):
         fastnorm.calibrate_batch_norms([bn, fastnorm.BatchNorm1d(3), bn], bn, [np.ones((4, 3), np.float32)])
     assert bn.training and bn.num_batches_tracked == 0 and bn._recorder is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# repr: PyTorch's, then fastnorm's own arguments where they differ from the defaults
+# --------------------------------------------------------------------------------------------------------
+
+# (class name, positional arguments, keyword arguments PyTorch has too)
+CONFIGURATIONS = [
+    ("BatchNorm2d", (64,), {}),
+    ("BatchNorm1d", (3,), {"eps": 1e-3, "momentum": None, "affine": False}),
+    ("BatchNorm3d", (5,), {"track_running_stats": False, "bias": False}),
+    ("SyncBatchNorm", (7,), {"momentum": 0.25}),
+    ("LayerNorm", ((4, 5),), {"eps": 1e-6, "bias": False}),
+    ("LayerNorm", (8,), {"elementwise_affine": False}),
+    ("GroupNorm", (2, 4), {}),
+    ("GroupNorm", (4, 8), {"affine": False, "eps": 0.5}),
+    ("InstanceNorm1d", (3,), {}),
+    ("InstanceNorm2d", (3,), {"affine": True, "track_running_stats": True, "bias": False}),
+    ("InstanceNorm3d", (3,), {"momentum": 0.5}),
+    ("RMSNorm", (8,), {}),
+    ("RMSNorm", ((2, 3),), {"eps": 1e-6, "elementwise_affine": False}),
+]
+
+
+@requires_torch
+@pytest.mark.skipif(torch is not None and "bias=" not in repr(torch.nn.BatchNorm1d(1)),
+                    reason="this PyTorch's repr does not show bias (PyTorch 2.13's does)")
+@pytest.mark.parametrize("name, args, kwargs", CONFIGURATIONS, ids=[c[0] for c in CONFIGURATIONS])
+def test_repr_is_pytorchs(name, args, kwargs):
+    assert repr(getattr(fastnorm, name)(*args, **kwargs)) == repr(getattr(torch.nn, name)(*args, **kwargs))
+
+
+@pytest.mark.parametrize("layer, expected", [
+    (fastnorm.BatchNorm2d(64),
+     "BatchNorm2d(64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"),
+    (fastnorm.BatchNorm1d(3, momentum=None, channel_axis=-1, bessel=False, dtype=np.float64),
+     "BatchNorm1d(3, eps=1e-05, momentum=None, affine=True, bias=True, track_running_stats=True, "
+     "channel_axis=-1, bessel=False, dtype=float64)"),
+    (fastnorm.BatchNorm2d(4, channel_axis=1, bessel=True, dtype=np.float32),  # the defaults, given: not shown
+     "BatchNorm2d(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"),
+    (fastnorm.SyncBatchNorm(2, dtype="float64", comm=object()),
+     "SyncBatchNorm(2, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True, dtype=float64)"),
+    (fastnorm.GroupNorm(2, 4, channel_axis=-1, affine=False),
+     "GroupNorm(2, 4, eps=1e-05, affine=False, bias=False, channel_axis=-1)"),
+    (fastnorm.LayerNorm((4,), dtype=np.float64), "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True, dtype=float64)"),
+    (fastnorm.RMSNorm(3, eps=1e-3, dtype=np.float64), "RMSNorm((3,), eps=0.001, elementwise_affine=True, dtype=float64)"),
+    (fastnorm.InstanceNorm1d(3, dtype=np.float64),
+     "InstanceNorm1d(3, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False, dtype=float64)"),
+], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_repr_shows_fastnorms_own_arguments_that_differ_from_the_defaults(layer, expected):
+    assert repr(layer) == expected

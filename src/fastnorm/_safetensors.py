@@ -7,6 +7,8 @@ unsigned); N bytes of JSON, ``{name: {"dtype", "shape", "data_offsets": [begin, 
 offsets (relative to the end of the header) must cover exactly, without holes or overlaps.  What the
 safetensors library refuses is refused here too (tests/test_safetensors.py holds the two side by side),
 with a ``ValueError`` that names what is wrong; nothing is allocated for a size the file does not hold.
+Refused here and not by the library: duplicate keys and keys other than the three in a tensor's entry
+(the library keeps the last and ignores the others).
 
 Reading here rather than with ``safetensors.safe_open``: NumPy has no bfloat16, the dtype PyTorch models
 are most often saved in, and loading should not need the package.
@@ -24,7 +26,8 @@ MAX_HEADER = 100_000_000  # the safetensors library's limit on the header's leng
 _MAX_SIZE = 1 << 64  # shapes and offsets are 64-bit unsigned in the format
 
 # Bits per element of each dtype the format names; those NumPy has, as NumPy dtypes.
-_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
+_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+         "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
          "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "C64": 64,
          "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 _NUMPY = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
@@ -68,7 +71,8 @@ class SafetensorsFile(Mapping[str, NDArray[Any]]):
                              f"limit of {MAX_HEADER}")
         self._start = 8 + n
         header = _json_object(f.read(n))
-        metadata = header.pop("__metadata__", {})
+        metadata = header.pop("__metadata__", None)
+        metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise ValueError(f"'__metadata__': expected an object of strings, got {metadata!r:.200}")
         self.metadata: Dict[str, str] = metadata
@@ -142,7 +146,7 @@ def _tensor_info(key: str, info: Any) -> Tuple[str, Tuple[int, ...], int, int]:
         got = sorted(info) if isinstance(info, dict) else type(info).__name__
         raise ValueError(f"{where}: expected the keys ['data_offsets', 'dtype', 'shape'], got {got}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in _BITS:
+    if not isinstance(dtype, str) or dtype not in _BITS:
         raise ValueError(f"{where}: unknown dtype {dtype!r:.40}")
     if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _MAX_SIZE for d in shape):
         raise ValueError(f"{where}: shape: expected a list of sizes, got {shape!r:.200}")
