@@ -262,7 +262,7 @@ def _load(f, where, format):
                                  "layer.load_state_dict reads a PyTorch state dict)")
             single, entries = _document(text)
             # A single layer's keys are bare ("weight"), as in PyTorch; the description names it "".
-            arrays = {"." * single + key: tensors[key] for key in tensors}
+            arrays = {("." if single else "") + key: tensors[key] for key in tensors}
         else:
             arrays = _read_archive(f)
             meta = arrays.pop(_META_KEY, None)

@@ -217,20 +217,20 @@ class _Layer:
             raise TypeError(f"state_dict: expected a mapping of keys to arrays or a safetensors file, got "
                             f"{type(state_dict).__name__}")
         # The keys with the prefix, without it; a value is read (from a file: loaded) only when it is used.
-        keys = {k[len(prefix):]: k for k in state_dict if isinstance(k, str) and k.startswith(prefix)}
+        given = {k[len(prefix):]: k for k in state_dict if isinstance(k, str) and k.startswith(prefix)}
         expected = {k: v for k, v in self._state().items() if v is not None}
-        missing = [prefix + k for k in expected if k not in keys and k not in self._optional_state]
-        unexpected = [prefix + k for k in keys if k not in expected]
+        missing = [prefix + k for k in expected if k not in given and k not in self._optional_state]
+        unexpected = [prefix + k for k in given if k not in expected]
         if strict and (missing or unexpected):
             errors = [f"{kind} key(s) in state_dict: " + ", ".join(f'"{k}"' for k in keys) + ". "
                       for kind, keys in (("Missing", missing), ("Unexpected", unexpected)) if keys]
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
         new = {}
         for key, current in expected.items():
-            if key not in keys:
+            if key not in given:
                 continue
             name = f"state_dict[{prefix + key!r}]"
-            value = _state_array(state_dict[keys[key]], name)
+            value = _state_array(state_dict[given[key]], name)
             if value.shape != np.shape(current):
                 raise ValueError(f"{name}: expected shape {np.shape(current)}, got {value.shape}")
             if np.ndim(current) == 0:  # num_batches_tracked: truncated to an integer, as PyTorch's copy_
