@@ -293,8 +293,10 @@ def test_repr_is_pytorchs(name, args, kwargs):
      "SyncBatchNorm(2, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True, dtype=float64)"),
     (fastnorm.GroupNorm(2, 4, channel_axis=-1, affine=False),
      "GroupNorm(2, 4, eps=1e-05, affine=False, bias=False, channel_axis=-1)"),
-    (fastnorm.LayerNorm((4,), dtype=np.float64), "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True, dtype=float64)"),
-    (fastnorm.RMSNorm(3, eps=1e-3, dtype=np.float64), "RMSNorm((3,), eps=0.001, elementwise_affine=True, dtype=float64)"),
+    (fastnorm.LayerNorm((4,), dtype=np.float64),
+     "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True, dtype=float64)"),
+    (fastnorm.RMSNorm(3, eps=1e-3, dtype=np.float64),
+     "RMSNorm((3,), eps=0.001, elementwise_affine=True, dtype=float64)"),
     (fastnorm.InstanceNorm1d(3, dtype=np.float64),
      "InstanceNorm1d(3, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False, dtype=float64)"),
 ], ids=lambda v: v if isinstance(v, str) else type(v).__name__)

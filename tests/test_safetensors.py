@@ -218,6 +218,15 @@ def test_bfloat16_and_float8_bits_widen_exactly(tmp_path):
             assert same_bits[~np.isnan(expected)].all()
 
 
+def test_bfloat16_bits_are_the_top_half_of_float32s():
+    bits = np.array([0x3F80, 0xC000, 0x7F80, 0xFF80, 0x0001, 0x8000, 0x4049], "<u2")  # without PyTorch
+    expected = np.array([1.0, -2.0, np.inf, -np.inf, 2.0 ** -133, -0.0, 3.140625], np.float32)
+    ln = fastnorm.LayerNorm(7, elementwise_affine=True, bias=False, dtype=np.float64)
+    ln.load_state_dict(io.BytesIO(_file({"weight": bits})))
+    np.testing.assert_array_equal(ln.weight, expected)
+    assert np.signbit(ln.weight[5])
+
+
 class _CountingFile(io.BytesIO):
     def __init__(self, data):
         super().__init__(data)
@@ -254,7 +263,7 @@ def test_load_state_dict_errors_name_the_file_and_change_nothing(tmp_path):
                                                    "expected shape (4,), got (5,)")):
         bn.load_state_dict(path)
     path.write_bytes(_file(_bn_tensors(""))[:-3])
-    with pytest.raises(ValueError, match="state_dict: .*: the tensors. data ends at byte 72; the file holds 69 bytes of data"):
+    with pytest.raises(ValueError, match="state_dict: .*: the tensors. data ends at byte 72; the file holds 69 bytes"):
         bn.load_state_dict(path)
     for key, value in before.items():
         np.testing.assert_array_equal(bn.state_dict()[key], value)
@@ -302,16 +311,20 @@ def _with_header(header, data=bytes(16)):
     (_with_header({"w": dict(_ONE["w"], shape=[2 ** 64, 0])}), "shape: expected a list of sizes"),
     (_with_header({"w": dict(_ONE["w"], shape=[2 ** 40, 2 ** 40, 0], data_offsets=[0, 0])}, b""),
      "shape \\[1099511627776, 1099511627776, 0\\] overflows 64 bits"),
-    (_with_header({"w": dict(_ONE["w"], shape=[5])}), "F32 of shape \\(5,\\) is 20 bytes; its data_offsets \\[0, 16\\] hold 16"),
+    (_with_header({"w": dict(_ONE["w"], shape=[5])}),
+     "F32 of shape \\(5,\\) is 20 bytes; its data_offsets \\[0, 16\\] hold 16"),
     (_with_header({"w": dict(_ONE["w"], dtype="F64")}), "F64 of shape \\(4,\\) is 32 bytes"),
-    (_with_header({"w": dict(_ONE["w"], dtype="F4", shape=[3], data_offsets=[0, 1])}, b"\x00"), "F4 of shape \\(3,\\) is 1.5 bytes"),
+    (_with_header({"w": dict(_ONE["w"], dtype="F4", shape=[3], data_offsets=[0, 1])}, b"\x00"),
+     "F4 of shape \\(3,\\) is 1.5 bytes"),
     (_with_header({"w": dict(_ONE["w"], data_offsets=[16, 0])}), "data_offsets: expected \\[begin, end\\]"),
     (_with_header({"w": dict(_ONE["w"], data_offsets=[0, 16, 32])}), "data_offsets: expected"),
     (_with_header({"w": dict(_ONE["w"], data_offsets=[-16, 0])}), "data_offsets: expected"),
     (_with_header({"w": dict(_ONE["w"], shape=[2 ** 40], data_offsets=[0, 2 ** 42])}),
      "the tensors' data ends at byte 4398046511104; the file holds 16"),
-    (_with_header({"w": dict(_ONE["w"], data_offsets=[8, 24])}, bytes(24)), "tensor 'w': its data begins at byte 8 of the data; the tensor before it ends at byte 0"),
-    (_with_header({**_ONE, "v": dict(_ONE["w"], data_offsets=[8, 24])}, bytes(24)), "tensor 'v': its data begins at byte 8 .* ends at byte 16"),
+    (_with_header({"w": dict(_ONE["w"], data_offsets=[8, 24])}, bytes(24)),
+     "tensor 'w': its data begins at byte 8 of the data; the tensor before it ends at byte 0"),
+    (_with_header({**_ONE, "v": dict(_ONE["w"], data_offsets=[8, 24])}, bytes(24)),
+     "tensor 'v': its data begins at byte 8 .* ends at byte 16"),
     (_with_header({**_ONE, "__metadata__": {"a": 1}}), "'__metadata__': expected an object of strings"),
     (_with_header({**_ONE, "__metadata__": ["a"]}), "'__metadata__': expected an object of strings"),
 ], ids=lambda v: v[:25].hex() if isinstance(v, bytes) else v[:30])
@@ -384,7 +397,8 @@ def test_fuzzed_safetensors_files_are_read_as_the_library_reads_them_or_refused(
     blob = bytes(blob)
     ours = _bounded(_read, blob)
     try:
-        theirs = {name: (view["dtype"], view["shape"], bytes(view["data"])) for name, view in safetensors.deserialize(blob)}
+        theirs = {name: (view["dtype"], view["shape"], bytes(view["data"]))
+                  for name, view in safetensors.deserialize(blob)}
     except Exception:  # noqa: BLE001 - the library's own error types
         theirs = None
     if kind == "valid":

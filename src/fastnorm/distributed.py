@@ -268,7 +268,8 @@ class SyncBatchNorm(_BatchNorm):
         --------
         >>> import fastnorm
         >>> fastnorm.SyncBatchNorm.convert({"bn": fastnorm.BatchNorm2d(4).eval(), "ln": fastnorm.LayerNorm(4)})
-        {'bn': SyncBatchNorm(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True), 'ln': LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)}
+        {'bn': SyncBatchNorm(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True),
+         'ln': LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)}
         """
         return cls._convert(layers, comm, ())
 
