@@ -40,16 +40,34 @@ def compiler_accepts(flag):
         return result.returncode == 0
 
 
+def compiler_is_gcc():
+    """Whether the compiler is gcc (clang and icx define __GNUC__ too, and use LLVM's OpenMP ABI)."""
+    cc = os.environ.get("CC", "cc")
+    probe = subprocess.run(cc.split() + ["-dM", "-E", "-"], input="", capture_output=True, text=True)
+    return probe.returncode == 0 and "__GNUC__" in probe.stdout and not any(
+        name in probe.stdout for name in ("__clang__", "__INTEL_LLVM_COMPILER", "__INTEL_COMPILER"))
+
+
 openmp = not os.environ.get("FASTNORM_NO_OPENMP") and compiler_accepts("-fopenmp")
 # -ffp-contract=off: results must not depend on where the compiler chose to fuse a multiply-add,
 # so that every code path (fused per channel, split across threads) rounds identically.
 compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno"] + os.environ.get("FASTNORM_CFLAGS", "").split()
 link_args = []
+# The C API of the oldest NumPy that pyproject admits (numpy>=1.25): a build against NumPy 2 otherwise
+# targets an older API whose table lacks PyDataMem_SetHandler, and the import fails.
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")]
 if os.environ.get("FASTNORM_SANITIZE"):
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
     compile_args += sanitize + ["-O1", "-g"]
     link_args += sanitize
-if openmp:
+# With gcc the parallel loops run on fastnorm's own pool (src/fastnorm/_pool.h implements the part of
+# libgomp's ABI they call), so libgomp is not linked; other compilers link their OpenMP runtime.
+own_runtime = openmp and sys.platform != "win32" and compiler_is_gcc()
+if own_runtime:
+    compile_args += ["-fopenmp", "-pthread"]
+    link_args.append("-pthread")
+    macros.append(("FASTNORM_OWN_RUNTIME", "1"))
+elif openmp:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
 elif compiler_accepts("-fopenmp-simd"):
@@ -83,10 +101,8 @@ extensions = [
         "fastnorm._kernels",
         ["src/fastnorm/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastnorm"],
-        depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h"],
-        # The C API of the oldest NumPy that pyproject admits (numpy>=1.25): a build against NumPy 2
-        # otherwise targets an older API whose table lacks PyDataMem_SetHandler, and the import fails.
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")],
+        depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h", "src/fastnorm/_pool.h"],
+        define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

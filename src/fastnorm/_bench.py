@@ -1,7 +1,9 @@
 """``python -m fastnorm bench``: fastnorm against a NumPy baseline and PyTorch, per case and thread count.
 
 The report is a list of sections (``SECTIONS``), each a function that prints its table row by row as it
-measures and returns its rows.  In the table of kernel cases, each case times fastnorm, the NumPy
+measures and returns its rows: the kernel cases, the latency of tiny eval calls, one layer shared by
+Python threads, and fastnorm between the matmuls of a pipeline step (``run_pipeline``, also
+``bench/pipeline.py``).  In the table of kernel cases, each case times fastnorm, the NumPy
 baseline, PyTorch (when installed) and a copy of the bytes the call must move, interleaved in the same
 rounds with the same threads and the same cache state, and reports each one's median with its p25-p75
 spread, the ratios, fastnorm's bandwidth and its fraction of the copy's speed.
@@ -342,6 +344,127 @@ def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=_pri
     return [dict(python_threads=n, shape=shape, calls_per_s=rate) for n, rate in rates.items()]
 
 
+def _onnx_matmul(W, nthreads):
+    """An ONNX Runtime session computing ``x @ W`` (W an initializer), or None without onnx/onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, W.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, W.shape[1]])],
+        [numpy_helper.from_array(W, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = onnxruntime.SessionOptions()
+    if nthreads is not None:
+        options.intra_op_num_threads = nthreads
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x})[0]
+
+
+def pipeline_steps(shape=(2048, 1024), nthreads=None, seed=0):
+    """(name, matmul) pairs for the pipeline step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2``: the
+    matmuls by NumPy, PyTorch and ONNX Runtime (those installed), each with ``nthreads`` threads (None:
+    the library's default), plus the two layers and their input for timing them alone."""
+    from .layers import BatchNorm1d, LayerNorm
+
+    rng = np.random.default_rng(seed)
+    M, D = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    W1, W2 = (rng.standard_normal((D, D), dtype=np.float32) / np.float32(D ** 0.5) for _ in range(2))
+    bn, ln = BatchNorm1d(D).eval(), LayerNorm(D)
+    bn.running_mean[:] = rng.standard_normal(D, dtype=np.float32)
+    bn.running_var[:] = rng.uniform(0.5, 2, D).astype(np.float32)
+    matmuls = [("numpy", lambda a, W: a @ W)]
+    if torch is not None:
+        Wt = {id(W): torch.from_numpy(W) for W in (W1, W2)}
+        matmuls.append(("torch", lambda a, W: torch.mm(torch.from_numpy(a), Wt[id(W)]).numpy()))
+    ort = [_onnx_matmul(W, nthreads) for W in (W1, W2)]
+    if ort[0] is not None:
+        sessions = {id(W1): ort[0], id(W2): ort[1]}
+        matmuls.append(("onnxruntime", lambda a, W: sessions[id(W)](a)))
+    return x, (W1, W2), (bn, ln), matmuls
+
+
+def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
+    """Time the step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2`` (BatchNorm1d in eval mode, LayerNorm,
+    float32) with fastnorm at ``nthreads`` threads (None: its default) and at 1 thread, the matmuls by
+    NumPy, PyTorch and ONNX Runtime where installed, and the two fastnorm calls alone.
+
+    One block of rounds per matmul library (a pipeline uses one; the idle threads of the others sleep
+    before it starts): each round runs the step at both thread counts and fastnorm alone at both, in
+    an order drawn anew each round; medians of ``repeat`` rounds.  "alone" times the two calls back to
+    back after an untimed pair.  With ``nthreads`` given, the matmul libraries get as many threads
+    (NumPy's BLAS through threadpoolctl, where installed); otherwise each keeps its default.  Returns the
+    rows: one per (library, "step" or "alone", fastnorm's thread count), with the median seconds."""
+    import contextlib
+
+    from .layers import no_grad
+
+    n = get_num_threads() if nthreads is None else nthreads
+    blas = contextlib.nullcontext()
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if nthreads is not None:
+        if torch is not None:
+            torch.set_num_threads(nthreads)
+        try:
+            from threadpoolctl import threadpool_limits
+            blas = threadpool_limits(nthreads, user_api="blas")
+        except ImportError:
+            pass
+    order = np.random.default_rng(0)
+    medians = {}
+    with blas, no_grad():
+        x, (W1, W2), (bn, ln), matmuls = pipeline_steps(shape, nthreads)
+
+        def step(matmul, k):
+            def run():
+                with threads(k):
+                    matmul(ln(bn(matmul(x, W1))), W2)
+            return run
+
+        def alone(h, k):
+            def run():
+                with threads(k):
+                    ln(bn(h))
+                    t0 = time.perf_counter()
+                    ln(bn(h))
+                    return time.perf_counter() - t0
+            return run
+
+        for name, matmul in matmuls:
+            h = matmul(x, W1)
+            variants = [((name, "step", k), step(matmul, k)) for k in (n, 1)]
+            variants += [((name, "alone", k), alone(h, k)) for k in (n, 1)]
+            samples = {key: [] for key, _ in variants}
+            time.sleep(0.5)  # the threads of the library before go idle
+            for _, f in variants:
+                f()
+            for _ in range(repeat):
+                for i in order.permutation(len(variants)):
+                    key, f = variants[i]
+                    t0 = time.perf_counter()
+                    t = f()
+                    samples[key].append(time.perf_counter() - t0 if t is None else t)
+            medians.update({key: float(np.median(s)) for key, s in samples.items()})
+    if torch is not None:
+        torch.set_num_threads(torch_threads)
+    print_fn(f"\npipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on {shape} float32 (BatchNorm1d eval, "
+             f"LayerNorm), medians of {repeat} rounds; alone: the two fastnorm calls back to back")
+    print_fn(f"{'matmuls by':<13}{f'step {n} thr':>12}{'step 1 thr':>12}{'saved':>9}"
+             f"{f'alone {n} thr':>13}{'alone 1 thr':>13}{'gain':>8}  saved >= gain / 2")
+    for name, _ in matmuls:
+        a, b = medians[(name, "step", n)], medians[(name, "step", 1)]
+        c, d = medians[(name, "alone", n)], medians[(name, "alone", 1)]
+        print_fn(f"{name:<13}{a * 1e3:>10.2f}ms{b * 1e3:>10.2f}ms{(b - a) * 1e3:>7.2f}ms{c * 1e3:>11.3f}ms"
+                 f"{d * 1e3:>11.3f}ms{d / c:>7.2f}x  {'yes' if b - a >= (d - c) / 2 else 'no'}")
+    return [dict(matmul=name, part=part, threads=k, median_s=median) for (name, part, k), median in medians.items()]
+
+
 class Settings(NamedTuple):
     thread_counts: list
     repeat: int = 15
@@ -420,12 +543,17 @@ def run_shared_layer_section(settings):
     return run_shared_layer_throughput(print_fn=settings.print_fn) if settings.name_filter in "shared layer" else []
 
 
+def run_pipeline_section(settings):
+    return run_pipeline(repeat=settings.repeat, print_fn=settings.print_fn) if settings.name_filter in "pipeline" else []
+
+
 # (name, function(settings) -> rows): the report's sections, in order.  Each prints its table as it
 # measures and runs only what matches the filter (an empty filter matches everything).
 SECTIONS = [
     ("kernels", run_cases),
     ("latency", run_latency_section),
     ("shared layer", run_shared_layer_section),
+    ("pipeline", run_pipeline_section),
 ]
 
 

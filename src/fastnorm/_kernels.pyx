@@ -38,16 +38,22 @@ cnp.import_array()
 cdef extern from *:
     """
     #ifdef _OPENMP
-    #include <omp.h>
     static int fastnorm_openmp_enabled(void) { return 1; }
-    static int fastnorm_omp_max_threads(void) { return omp_get_max_threads(); }
     #else
     static int fastnorm_openmp_enabled(void) { return 0; }
-    static int fastnorm_omp_max_threads(void) { return 1; }
     #endif
     """
     int fastnorm_openmp_enabled() nogil
-    int fastnorm_omp_max_threads() nogil
+
+cdef extern from "_pool.h" nogil:
+    int fastnorm_get_num_threads()
+    void fastnorm_set_num_threads(int n)
+    void fastnorm_set_thread_cap(int n)
+    int fastnorm_own_runtime()
+    void fastnorm_pool_init()
+    void fastnorm_set_spin_ns(long ns)
+
+fastnorm_pool_init()
 
 cdef extern from "_simd.h" nogil:
     int fastnorm_select_isa(int on)
@@ -259,9 +265,25 @@ def openmp_enabled():
     return bool(fastnorm_openmp_enabled())
 
 
-def omp_max_threads():
-    """``omp_get_max_threads()`` at call time (1 without OpenMP); honours OMP_NUM_THREADS and threadpoolctl."""
-    return fastnorm_omp_max_threads()
+def get_num_threads():
+    """The process's thread count (what set_num_threads and threadpoolctl set)."""
+    return fastnorm_get_num_threads()
+
+
+def set_num_threads(int n, int cap):
+    """Set the thread count to ``n``, at most ``cap``, and keep ``cap`` for threadpoolctl's settings."""
+    fastnorm_set_thread_cap(cap)
+    fastnorm_set_num_threads(n)
+
+
+def own_runtime():
+    """True when the parallel loops run on fastnorm's own pool (_pool.h), not an OpenMP runtime."""
+    return bool(fastnorm_own_runtime())
+
+
+def set_spin(double seconds):
+    """How long an idle worker of fastnorm's pool waits for the next region before it sleeps."""
+    fastnorm_set_spin_ns(<long>(seconds * 1e9))
 
 
 cdef inline Vec _vec(object a):

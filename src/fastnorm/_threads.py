@@ -1,16 +1,24 @@
 """How many threads a kernel call uses.
 
-One place decides: a per-thread override from :func:`threads`, else the value given to
-:func:`set_num_threads`, else ``omp_get_max_threads()`` read at call time, so ``OMP_NUM_THREADS`` and
-threadpoolctl's limits on the OpenMP runtime govern fastnorm too.  Small workloads run on one thread:
-starting a thread team costs more than it saves.
+One place decides: the innermost :func:`threads` setting of the calling context, else the process's count.
+The process's count lives in the extension, where :func:`set_num_threads` and threadpoolctl's
+``threadpool_limits`` both set it; it starts at ``OMP_NUM_THREADS`` when that is set, else the number of
+CPUs the process may use.  Every count is bounded by that number of CPUs (CPU affinity and cgroup quota):
+more threads than cores only wait for one another.  Small workloads run on one thread: waking a worker
+costs more than it saves.
+
+The parallel loops run on fastnorm's own pool where the extension was built with gcc (see ``_pool.h``):
+its idle workers spin for 50 microseconds, then sleep, so the cores go back to the libraries that run
+between fastnorm's calls, and a child of ``fork()`` starts its own workers.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import operator
-import threading
-from typing import ContextManager, Iterator, Optional
+import os
+from typing import Iterator, Optional
 
 from . import _kernels
 
@@ -19,8 +27,8 @@ __all__ = ["get_num_threads", "set_num_threads", "threads"]
 # Elements below which a second thread does not pay for its start-up (a few microseconds).
 _ELEMENTS_PER_THREAD = 1 << 15
 
-_local = threading.local()
-_process_default = None
+# The innermost threads() setting of the context (a Python thread, an asyncio task), or None.
+_context_count: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fastnorm_threads", default=None)
 
 
 def check_count(value, name):
@@ -36,49 +44,133 @@ def check_count(value, name):
     return value
 
 
+def _cgroup_cpus() -> Optional[int]:
+    """The CPUs a cgroup CPU quota allows (rounded up), or None without a quota."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "max 100000" or "200000 100000"
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except (OSError, ValueError):
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its CPU affinity, and a cgroup CPU quota where there is one."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13: the affinity, or -X cpu_count / PYTHON_CPU_COUNT
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:
+        n = os.cpu_count()
+    quota = _cgroup_cpus()
+    return max(1, min(n or 1, quota or n or 1))
+
+
+def _cap() -> int:
+    return available_cpus() if _kernels.openmp_enabled() else 1
+
+
+def _default_count() -> int:
+    """``OMP_NUM_THREADS`` (its first entry) where it is set to a positive count, else the CPUs available."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else available_cpus()
+
+
 def get_num_threads() -> int:
     """Number of threads the kernels use for large inputs.
 
     Returns
     -------
     int
-        The innermost :func:`threads` setting of the calling thread, else the value given to
-        :func:`set_num_threads`, else OpenMP's default (``OMP_NUM_THREADS`` or the CPU count); 1 when
-        fastnorm was built without OpenMP.
+        The innermost :func:`threads` setting of the calling context, else the process's count: the value
+        given to :func:`set_num_threads` or by threadpoolctl's ``threadpool_limits``, else
+        ``OMP_NUM_THREADS``, else the number of CPUs the process may use (CPU affinity, cgroup quota); 1
+        when fastnorm was built without OpenMP.
+
+    Examples
+    --------
+    >>> import fastnorm
+    >>> with fastnorm.threads(1):
+    ...     fastnorm.get_num_threads()
+    1
     """
-    n = getattr(_local, "n", None)
-    if n is None:
-        n = _process_default
-    if n is None:
-        n = _kernels.omp_max_threads()
-    return n
+    n = _context_count.get()
+    return _kernels.get_num_threads() if n is None else n
 
 
 def set_num_threads(n: Optional[int]) -> None:
-    """Set the number of threads the kernels use, for every Python thread of the process.
+    """Set the process's thread count: the kernels' count in every Python thread outside :func:`threads`.
+
+    It is the setting that threadpoolctl controls: ``with threadpoolctl.threadpool_limits(1):`` applies
+    to fastnorm (it appears there with ``user_api="openmp"``, ``internal_api="fastnorm"``) and restores
+    this value on exit.
 
     Parameters
     ----------
     n : int or None
-        A positive count, or None to return to OpenMP's default.
+        A positive count, or None to return to the default (``OMP_NUM_THREADS``, else the number of CPUs
+        the process may use).  A count above the number of CPUs available to the process (CPU affinity,
+        cgroup quota, read at this call) is lowered to it: no more OS threads start than there are CPUs.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an integer.
+    ValueError
+        ``n`` is below 1.
+
+    Examples
+    --------
+    >>> import fastnorm
+    >>> fastnorm.set_num_threads(1)
+    >>> fastnorm.get_num_threads()
+    1
+    >>> fastnorm.set_num_threads(10**6)  # bounded by the CPUs available
+    >>> fastnorm.get_num_threads() <= len(__import__("os").sched_getaffinity(0))
+    True
+    >>> fastnorm.set_num_threads(None)
     """
-    global _process_default
-    _process_default = None if n is None else check_count(n, "n")
+    n = _default_count() if n is None else check_count(n, "n")
+    cap = _cap()
+    _kernels.set_num_threads(min(n, cap), cap)
 
 
 @contextlib.contextmanager
-def thread_setting(local, name, value, default=None) -> Iterator[None]:
-    """Set ``local.<name>`` to ``value`` for the calling Python thread, restoring it on exit."""
-    previous = getattr(local, name, default)
-    setattr(local, name, value)
+def context_setting(var: contextvars.ContextVar, value) -> Iterator[None]:
+    """Set ``var`` to ``value`` in the current context (a Python thread, an asyncio task) until exit."""
+    token = var.set(value)
     try:
         yield
     finally:
-        setattr(local, name, previous)
+        var.reset(token)
 
 
-def threads(n: int) -> ContextManager[None]:
-    """Context manager: use ``n`` threads in kernel calls made by the calling Python thread.
+def threads(n: int) -> contextlib.AbstractContextManager[None]:
+    """Context manager: use ``n`` threads in kernel calls made in the current context.
+
+    The setting belongs to the calling Python thread, or to the asyncio task (each task runs in a copy of
+    its creator's context, so a setting made inside one task does not reach another).  It takes
+    precedence over :func:`set_num_threads` and threadpoolctl.
+
+    Parameters
+    ----------
+    n : int
+        A positive count; above the number of CPUs available to the process it is lowered to that.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an integer.
+    ValueError
+        ``n`` is below 1.
 
     Examples
     --------
@@ -86,7 +178,7 @@ def threads(n: int) -> ContextManager[None]:
     >>> with fastnorm.threads(1):
     ...     y = fastnorm.batch_norm(np.ones((2, 3, 4), np.float32), training=True)
     """
-    return thread_setting(_local, "n", check_count(n, "n"))
+    return context_setting(_context_count, min(check_count(n, "n"), _cap()))
 
 
 def threads_for(size: int, run: int = 64) -> int:
@@ -99,3 +191,34 @@ def threads_for(size: int, run: int = 64) -> int:
     if size < 2 * _ELEMENTS_PER_THREAD:
         return 1
     return max(1, min(get_num_threads(), size // _ELEMENTS_PER_THREAD))
+
+
+def _register_with_threadpoolctl() -> None:
+    """Make threadpoolctl list and limit fastnorm's thread count (where threadpoolctl is installed)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+
+    class FastnormController(threadpoolctl.LibController):
+        user_api = "openmp"  # what fastnorm's threads were, and what limits on OpenMP mean to cover
+        internal_api = "fastnorm"
+        filename_prefixes = ("_kernels",)
+        check_symbols = ("fastnorm_get_num_threads", "fastnorm_set_num_threads")
+
+        def get_num_threads(self):
+            return self.dynlib.fastnorm_get_num_threads()
+
+        def set_num_threads(self, num_threads):
+            self.dynlib.fastnorm_set_num_threads(num_threads)
+
+        def get_version(self):
+            from . import __version__
+            return __version__
+
+    if hasattr(threadpoolctl, "register"):  # threadpoolctl >= 3.3
+        threadpoolctl.register(FastnormController)
+
+
+set_num_threads(None)
+_register_with_threadpoolctl()

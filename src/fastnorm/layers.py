@@ -6,10 +6,10 @@ Parameters and running statistics are plain ndarrays (length C vectors); the lay
 from __future__ import annotations
 
 import collections
+import contextvars
 import inspect
 import numbers
 import os
-import threading
 import warnings
 from typing import BinaryIO, ContextManager, Mapping, Optional, Union
 
@@ -20,19 +20,23 @@ import numpy as np
 from . import _kernels
 from . import functional as F
 from ._safetensors import SafetensorsFile
-from ._threads import check_count, thread_setting, threads_for
+from ._threads import check_count, context_setting, threads_for
 from ._validation import _array, _check_axis, _check_eps, _check_momentum, _normalized_shape
 from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
            "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "no_grad"]
 
-_grad_mode = threading.local()
+# Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
+_grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
 
 
 def no_grad() -> ContextManager[None]:
-    """Within it, layer calls made by this Python thread keep nothing for ``backward`` (as
+    """Within it, layer calls made in the current context keep nothing for ``backward`` (as
     ``torch.no_grad``): for inference, and for calls on one layer from several threads.
+
+    The setting belongs to the calling Python thread, or to the asyncio task: each task runs in a copy of
+    its creator's context, so ``no_grad()`` inside one task does not reach a task running beside it.
 
     Examples
     --------
@@ -41,11 +45,11 @@ def no_grad() -> ContextManager[None]:
     >>> with fastnorm.no_grad():
     ...     y = ln(np.ones((2, 4), np.float32))
     """
-    return thread_setting(_grad_mode, "off", True, default=False)
+    return context_setting(_grad_off, True)
 
 
 def _keeps_grad():
-    return not getattr(_grad_mode, "off", False)
+    return not _grad_off.get()
 
 
 def _from_config(config):
