@@ -23,3 +23,13 @@ def statistics_path(request):
     _kernels.set_fast_isa(request.param == "fast")
     yield request.param
     _kernels.set_fast_isa(True)
+
+
+@pytest.fixture
+def uncapped_threads(monkeypatch):
+    """Lets threads(n) reach 4 even on a machine with fewer CPUs (counts are bounded by the CPUs
+    available), so that the tests of bitwise determinism see the work split for 3 and 4 threads too."""
+    from fastnorm import _threads
+
+    cpus = _threads.available_cpus()
+    monkeypatch.setattr(_threads, "available_cpus", lambda: max(4, cpus))

@@ -247,7 +247,7 @@ def _ln_grads(x, g):
 
 
 @pytest.mark.parametrize("grads", [_bn_grads, _gn_grads, _in_grads, _ln_grads])
-def test_backward_is_bitwise_identical_for_any_thread_count(rng, grads):
+def test_backward_is_bitwise_identical_for_any_thread_count(rng, grads, uncapped_threads):
     # rows in batches: (32, 8, 300) and (2000, 8, 6); BatchNorm by columns split among threads: (64, 64, 25)
     for shape in [(2, 8, 70000), (32, 8, 700), (32, 8, 300), (2000, 8, 6), (64, 64, 25)]:
         x = rng.normal(size=shape).astype(np.float32)
@@ -334,7 +334,7 @@ def test_row_kernels_give_the_same_bits_in_batches_rows_and_pieces(rng, dtype, N
 
 
 @pytest.mark.parametrize("shape", [(64, 2048), (16, 512, 1, 1)])
-def test_group_norm_backward_with_one_value_per_channel(rng, shape):
+def test_group_norm_backward_with_one_value_per_channel(rng, shape, uncapped_threads):
     # GroupNorm on (N, C) or 1x1 maps: every channel's run is one value.  Without a weight, each group is
     # a LayerNorm row of C / G values; with one, the bits are the same for any thread count.
     x = (3 + rng.normal(size=shape)).astype(np.float32)

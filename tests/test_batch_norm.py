@@ -102,7 +102,7 @@ def test_nan_stays_in_its_channel(rng, statistics_path):
 
 @pytest.mark.parametrize("shape, axis", [((8, 64, 40, 40), 1), ((2, 3, 200, 200), 1), ((6000, 24), 1),
                                          ((8, 40, 40, 3), -1), ((64, 64, 5, 5), 1), ((2, 4, 4, 2048), -1)])
-def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_path):
+def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_path, uncapped_threads):
     x = (1e3 + rng.normal(size=shape)).astype(np.float32)
     results = []
     for n in (1, 2, 3):
@@ -394,7 +394,7 @@ def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
 
 
 @pytest.mark.parametrize("shape", [(64, 5, 3), (20, 7, 2, 2), (100, 3, 7, 7), (9, 4, 3, 3, 1)])
-def test_short_runs_by_columns_match_the_reference_and_the_run_path(rng, shape, statistics_path):
+def test_short_runs_by_columns_match_the_reference_and_the_run_path(rng, shape, statistics_path, uncapped_threads):
     # Channels-first data with short runs (S < 64, S <= N) goes by the columns of [N, C * S]; the
     # results are those of the reference and, within rounding, of the per-run path.
     from fastnorm import _kernels

@@ -180,6 +180,7 @@ def copy_of_bench(tmp_path):
 @pytest.mark.parametrize("script, args", [
     ("floor.py", ["--filter", SMALL, "--rounds", "1"]),
     ("dask_moments.py", ["1000"]),
+    ("pipeline.py", ["--repeat", "1", "--shape", "64,32"]),
 ])
 def test_bench_scripts_run_on_the_package_python_imports(tmp_path, script, args):
     if script == "floor.py" and _bench.torch is None:
@@ -190,7 +191,8 @@ def test_bench_scripts_run_on_the_package_python_imports(tmp_path, script, args)
     done = subprocess.run([sys.executable, str(bench / script)] + args, capture_output=True, text=True,
                           env=package_env(), timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (SMALL if script == "floor.py" else "fastnorm.dask.moments") in done.stdout
+    expected = {"floor.py": SMALL, "dask_moments.py": "fastnorm.dask.moments", "pipeline.py": "pipeline step"}
+    assert expected[script] in done.stdout
 
 
 @pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not beside the tests")
@@ -211,3 +213,14 @@ def test_pytest_benchmark_cases_record_threads_and_bandwidth_and_fit_a_terminal(
         assert np.isclose(info["gbps"], info["moved_bytes"] / b["stats"]["median"] / 1e9)
     table = [line for line in done.stdout.splitlines() if "eval-NC-256x512" in line or line.startswith("Name")]
     assert table and max(len(line) for line in table) <= 100
+
+
+def test_pipeline_bench_times_every_variant():
+    lines = []
+    rows = _bench.run_pipeline(nthreads=2, repeat=2, shape=(64, 32), print_fn=lines.append)
+    names = ["numpy"] + (["torch"] if _bench.torch is not None else [])
+    medians = {(r["matmul"], r["part"], r["threads"]): r["median_s"] for r in rows}
+    assert {name for name, _, _ in medians} >= set(names)
+    assert all(medians[(name, part, n)] > 0 for name in names for part in ("step", "alone") for n in (1, 2))
+    assert lines[0].lstrip().startswith("pipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on (64, 32)")
+    assert any(line.startswith("numpy") for line in lines)

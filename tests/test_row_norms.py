@@ -200,7 +200,7 @@ def test_out_aliasing_float16_and_non_contiguous(rng, name):
 
 
 @pytest.mark.parametrize("name", list(CALLS))
-def test_bitwise_identical_for_any_thread_count(rng, name, statistics_path):
+def test_bitwise_identical_for_any_thread_count(rng, name, statistics_path, uncapped_threads):
     call = CALLS[name]
     for shape in [(2, 4, 100000), (64, 8, 300), (2000, 8, 6)]:  # rows in batches: the last two
         x = (1e3 + rng.normal(size=shape)).astype(np.float32)

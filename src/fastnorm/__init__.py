@@ -42,7 +42,7 @@ def __getattr__(name: str) -> types.ModuleType:
 
 
 def show_config(print_out=True):
-    """Describe the build: version, OpenMP, thread count, SIMD dispatch.
+    """Describe the build: version, OpenMP, thread count and pool, SIMD dispatch.
 
     Returns
     -------
@@ -62,6 +62,8 @@ def show_config(print_out=True):
         "machine": platform.machine(),
         "openmp": _kernels.openmp_enabled(),
         "threads": get_num_threads(),
+        "pool": ("fastnorm's own (idle workers spin 50 us, then sleep; fork-safe)" if _kernels.own_runtime()
+                 else "the compiler's OpenMP runtime" if _kernels.openmp_enabled() else "none"),
         "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
         "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"
                  " held for reuse (set_output_cache" + (": auto, the peak of large results, at most 256 MiB)"

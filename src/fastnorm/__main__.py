@@ -47,7 +47,8 @@ def main(argv=None):
     bench.add_argument("--repeat", type=_positive, default=15,
                        help="timed calls per case (median and p25-p75 reported)")
     bench.add_argument("--filter", default="",
-                       help="only cases whose name contains this text (and sections named so: latency, shared)")
+                       help="only cases whose name contains this text (and sections named so: latency, shared, "
+                            "pipeline)")
     bench.add_argument("--hot", action="store_true",
                        help="leave the caches as the previous call left them (default: evicted before each call)")
     bench.add_argument("--json", type=_writable, metavar="FILE",

@@ -20,8 +20,6 @@
 #ifndef FASTNORM_POOL_H
 #define FASTNORM_POOL_H
 
-#include <stdatomic.h>
-
 #include "_simd.h" /* fastnorm_store_fence */
 
 #if defined(_WIN32)
@@ -30,19 +28,20 @@
 #define FASTNORM_EXPORT __attribute__((visibility("default")))
 #endif
 
-/* The process's thread count, at most the cap (the CPUs the process may use, set at import). */
-static atomic_int fastnorm_thread_count = 1;
-static atomic_int fastnorm_thread_cap = 1;
+/* The process's thread count, at most the cap (the CPUs the process may use, set from Python).  Each is
+ * read and written whole: a call racing with a change sees the old count or the new one. */
+static volatile int fastnorm_thread_count = 1;
+static volatile int fastnorm_thread_cap = 1;
 
-FASTNORM_EXPORT int fastnorm_get_num_threads(void) { return atomic_load(&fastnorm_thread_count); }
+FASTNORM_EXPORT int fastnorm_get_num_threads(void) { return fastnorm_thread_count; }
 
 FASTNORM_EXPORT void fastnorm_set_num_threads(int n)
 {
-    int cap = atomic_load(&fastnorm_thread_cap);
-    atomic_store(&fastnorm_thread_count, n < 1 ? 1 : (n > cap ? cap : n));
+    int cap = fastnorm_thread_cap;
+    fastnorm_thread_count = n < 1 ? 1 : (n > cap ? cap : n);
 }
 
-static void fastnorm_set_thread_cap(int n) { atomic_store(&fastnorm_thread_cap, n < 1 ? 1 : n); }
+static void fastnorm_set_thread_cap(int n) { fastnorm_thread_cap = n < 1 ? 1 : n; }
 
 #ifndef FASTNORM_OWN_RUNTIME
 static int fastnorm_own_runtime(void) { return 0; }
@@ -51,6 +50,7 @@ static void fastnorm_set_spin_ns(long ns) { (void)ns; }
 #else
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <time.h>
@@ -132,6 +132,9 @@ static int fastnorm_spin_until_assigned(fastnorm_worker *w)
 static void *fastnorm_worker_main(void *arg)
 {
     fastnorm_worker *w = (fastnorm_worker *)arg;
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "fastnorm"); /* what top -H and /proc/<pid>/task/<tid>/comm show */
+#endif
     for (;;) {
         if (!fastnorm_spin_until_assigned(w)) {
             /* seq_cst on both sides (sleeping here, state in the caller): one of the two sees the other */

@@ -44,16 +44,18 @@ def check_count(value, name):
     return value
 
 
-def _cgroup_cpus() -> Optional[int]:
-    """The CPUs a cgroup CPU quota allows (rounded up), or None without a quota."""
+def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """The CPUs that the cgroup's CPU quota allows (rounded up), or None without a quota."""
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "max 100000" or "200000 100000"
+        with open(os.path.join(root, "cpu.max")) as f:  # cgroup v2: "max 100000" or "200000 100000"
             quota, period = f.read().split()[:2]
     except (OSError, ValueError):
         try:  # cgroup v1
-            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
-                quota, period = f.read().strip(), g.read().strip()
-        except (OSError, ValueError):
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
             return None
     try:
         quota_us, period_us = int(quota), int(period)
