@@ -68,7 +68,6 @@ def test_a_forked_child_finishes_every_call_with_the_parents_bits(uncapped_threa
     fastnorm.set_num_threads(2)
     try:
         expected = _results()  # the parent's workers run
-        assert fastnorm.get_num_threads() == 2
 
         def child():
             same = all(np.array_equal(a, b) for a, b in zip(_results(), expected))
@@ -129,8 +128,8 @@ def test_fork_while_another_thread_runs_kernels(uncapped_threads):
 
 @linux_only
 def test_counts_are_bounded_by_the_cpus_available():
-    cpus = _threads.available_cpus()
-    x = np.ones((cpus * 8, 1 << 15), np.float32)  # work for every thread asked for
+    cpus = _threads._cap()  # the CPUs available (1 in a build without OpenMP)
+    x = np.ones((2 * cpus, 1 << 15), np.float32)  # work for every thread asked for
     fastnorm.set_num_threads(10**6)
     try:
         assert fastnorm.get_num_threads() == cpus
@@ -211,26 +210,30 @@ def test_idle_workers_give_their_cores_back(uncapped_threads):
 
 def test_threadpoolctl_and_set_num_threads_act_on_one_setting(uncapped_threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    two, three = min(2, _threads._cap()), min(3, _threads._cap())  # 1 in a build without OpenMP
+
+    def listed():
+        ours = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "fastnorm"]
+        assert len(ours) == 1 and ours[0]["user_api"] == "openmp" and ours[0]["version"] == fastnorm.__version__
+        return ours[0]["num_threads"]
+
     fastnorm.set_num_threads(2)
     try:
-        ours = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "fastnorm"]
-        assert len(ours) == 1 and ours[0]["user_api"] == "openmp" and ours[0]["num_threads"] == 2
-        assert ours[0]["version"] == fastnorm.__version__
+        assert listed() == two
         with threadpoolctl.threadpool_limits(1):
-            assert fastnorm.get_num_threads() == 1
+            assert fastnorm.get_num_threads() == 1 == listed()
             assert _threads.threads_for(1 << 24) == 1
             with fastnorm.threads(2):  # the innermost setting of the context wins
-                assert fastnorm.get_num_threads() == 2
-        assert fastnorm.get_num_threads() == 2
+                assert fastnorm.get_num_threads() == two
+        assert fastnorm.get_num_threads() == two
         with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
             assert fastnorm.get_num_threads() == 1
-        with threadpoolctl.threadpool_limits(limits=10**6):
+        with threadpoolctl.threadpool_limits(limits=10**6):  # bounded as set_num_threads is
             assert fastnorm.get_num_threads() == _threads._cap()
         with threadpoolctl.threadpool_limits(1):
             fastnorm.set_num_threads(3)
-            assert threadpoolctl.threadpool_info()[-1]["num_threads"] == 3 or any(
-                i["num_threads"] == 3 for i in threadpoolctl.threadpool_info() if i["internal_api"] == "fastnorm")
-        assert fastnorm.get_num_threads() == 2  # threadpool_limits restores what it found
+            assert listed() == three
+        assert fastnorm.get_num_threads() == two  # threadpool_limits restores what it found
     finally:
         fastnorm.set_num_threads(None)
 
@@ -264,7 +267,7 @@ def test_no_grad_and_threads_stay_in_their_asyncio_task(uncapped_threads):
         fastnorm.set_num_threads(None)
     assert inner == 1
     assert dx.shape == x.shape  # the forward kept its input: no_grad() of the other task did not reach it
-    assert n == 2
+    assert n == min(2, _threads._cap())
 
 
 def test_no_grad_and_threads_belong_to_their_python_thread(uncapped_threads):
