@@ -1,7 +1,8 @@
 """Build the Cython kernels with optimization and, where the compiler has it, OpenMP.
 
 Without OpenMP the extension still builds and runs single-threaded; ``fastnorm.show_config()``
-reports which build is installed.  Environment variables:
+reports which build is installed.  With gcc, the OpenMP loops run on fastnorm's own thread pool
+(``src/fastnorm/_pool.h``) and libgomp is not linked; other compilers link their OpenMP runtime.  Environment variables:
 
 * ``FASTNORM_NO_OPENMP=1``: the single-threaded build.
 * ``FASTNORM_SANITIZE=1``: build with AddressSanitizer and UndefinedBehaviorSanitizer (gcc or clang);

@@ -53,6 +53,7 @@ static void fastnorm_set_spin_ns(long ns) { (void)ns; }
 #include <stdatomic.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* How long an idle worker waits for the next region before it sleeps.  Back-to-back calls come within
@@ -163,8 +164,12 @@ static unsigned fastnorm_start_workers(unsigned want)
     while (fastnorm_pool.started < want) {
         fastnorm_worker *w = fastnorm_pool.workers[fastnorm_pool.started];
         if (w == NULL) {
-            w = (fastnorm_worker *)calloc(1, sizeof(fastnorm_worker));
-            if (w == NULL || pthread_cond_init(&w->wake, NULL) != 0) {
+            /* a cache line or more of its own: the caller writes a worker's state while others spin on theirs */
+            w = (fastnorm_worker *)aligned_alloc(64, (sizeof(fastnorm_worker) + 63) / 64 * 64);
+            if (w == NULL)
+                break;
+            memset(w, 0, sizeof(fastnorm_worker));
+            if (pthread_cond_init(&w->wake, NULL) != 0) {
                 free(w);
                 break;
             }
