@@ -10,9 +10,9 @@
  *  - neighbours: libgomp's idle workers spin for up to milliseconds (GOMP_SPINCOUNT), and the BLAS
  *    threads of the matmul that runs next lose their cores to them.  These spin FASTNORM_SPIN_NS, enough
  *    to keep back-to-back calls fast, then sleep.
- *  - a late worker never holds a region up: the thread numbers of a region are claimed, and the caller
- *    runs those that no worker took in time (a static schedule's block is the same whoever runs it, and
- *    so are the bits).
+ *  - a late worker never holds a region up: a region's static blocks are claimed one at a time, and the
+ *    caller runs those that no worker took in time (a block is the same whoever runs it, and so are the
+ *    bits: the kernels' results never depend on how their loops are split).
  * Other compilers (clang, MSVC) run the loops on their own OpenMP runtime (LLVM's and Intel's survive
  * fork).  Either way the thread count is kept here: fastnorm_set_num_threads is what set_num_threads and
  * threadpoolctl call.
@@ -60,6 +60,10 @@ static void fastnorm_set_spin_ns(long ns) { (void)ns; }
  * tens of microseconds of each other; a matmul between them takes milliseconds. */
 #define FASTNORM_SPIN_NS 50000
 #define FASTNORM_MAX_WORKERS 1023
+/* A region of n threads is cut into n * FASTNORM_BLOCKS_PER_THREAD thread numbers (static blocks), claimed
+ * one at a time: when a thread loses its core to another process, the others take its share of the
+ * blocks, and the region waits only for the block it is in. */
+#define FASTNORM_BLOCKS_PER_THREAD 4
 
 enum { FASTNORM_IDLE, FASTNORM_ASSIGNED, FASTNORM_RUNNING, FASTNORM_DONE };
 
@@ -209,7 +213,7 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
         int locked = 0;
         fastnorm_pool.fn = fn;
         fastnorm_pool.data = data;
-        fastnorm_pool.team = n;
+        fastnorm_pool.team = n * FASTNORM_BLOCKS_PER_THREAD;
         atomic_store_explicit(&fastnorm_pool.next, 0, memory_order_relaxed);
         for (j = 0; j < k; j++)
             atomic_store(&fastnorm_pool.workers[j]->state, FASTNORM_ASSIGNED);
@@ -223,7 +227,7 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
         }
         if (locked)
             pthread_mutex_unlock(&fastnorm_pool.sleep_lock);
-        fastnorm_run_claimed(fn, data, n);
+        fastnorm_run_claimed(fn, data, fastnorm_pool.team);
         /* A worker that has not started yet is told not to; one that has is waited for. */
         for (j = 0; j < k; j++) {
             fastnorm_worker *w = fastnorm_pool.workers[j];
@@ -242,14 +246,8 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
         pthread_mutex_unlock(&fastnorm_pool.busy);
         return;
     }
-    /* One thread, or the pool is busy with another Python thread's region: every block here. */
-    for (unsigned id = 0; id < n; id++) {
-        fastnorm_thread_num = id;
-        fastnorm_team_size = n;
-        fn(data);
-    }
-    fastnorm_thread_num = 0;
-    fastnorm_team_size = 1;
+    /* One thread, or the pool is busy with another Python thread's region: the whole loop here. */
+    fn(data);
 }
 #pragma GCC visibility pop
 
