@@ -2,7 +2,8 @@
 
 Without OpenMP the extension still builds and runs single-threaded; ``fastnorm.show_config()``
 reports which build is installed.  With gcc, the OpenMP loops run on fastnorm's own thread pool
-(``src/fastnorm/_pool.h``) and libgomp is not linked; other compilers link their OpenMP runtime.  Environment variables:
+(``src/fastnorm/_pool.h``) and libgomp is not linked; other compilers link their OpenMP runtime.
+Environment variables:
 
 * ``FASTNORM_NO_OPENMP=1``: the single-threaded build.
 * ``FASTNORM_SANITIZE=1``: build with AddressSanitizer and UndefinedBehaviorSanitizer (gcc or clang);
