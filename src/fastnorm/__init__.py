@@ -62,7 +62,7 @@ def show_config(print_out=True):
         "machine": platform.machine(),
         "openmp": _kernels.openmp_enabled(),
         "threads": get_num_threads(),
-        "pool": ("fastnorm's own (idle workers spin 50 us, then sleep; fork-safe)" if _kernels.own_runtime()
+        "pool": ("fastnorm's own (idle workers spin 100 us, then sleep; fork-safe)" if _kernels.own_runtime()
                  else "the compiler's OpenMP runtime" if _kernels.openmp_enabled() else "none"),
         "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
         "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"

@@ -8,7 +8,7 @@ more threads than cores only wait for one another.  Small workloads run on one t
 costs more than it saves.
 
 The parallel loops run on fastnorm's own pool where the extension was built with gcc (see ``_pool.h``):
-its idle workers spin for 50 microseconds, then sleep, so the cores go back to the libraries that run
+its idle workers spin for 100 microseconds, then sleep, so the cores go back to the libraries that run
 between fastnorm's calls, and a child of ``fork()`` starts its own workers.
 """
 from __future__ import annotations
