@@ -33,3 +33,6 @@ def uncapped_threads(monkeypatch):
 
     cpus = _threads.available_cpus()
     monkeypatch.setattr(_threads, "available_cpus", lambda: max(4, cpus))
+    yield
+    monkeypatch.undo()
+    _threads.set_num_threads(None)  # the process's count and bound as they were
