@@ -17,8 +17,12 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
+napoleon_custom_sections = [("Shape", "params_style")]  # a layer's input and output shapes, as PyTorch's docs
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"  # the docstrings say what the annotations cannot
+autodoc_type_aliases = {"ArrayLike": "numpy.typing.ArrayLike", "NDArray": "numpy.typing.NDArray",
+                        "DTypeLike": "numpy.typing.DTypeLike"}
 autodoc_mock_imports = ["mpi4py"]
 myst_heading_anchors = 3
 html_theme = "alabaster"

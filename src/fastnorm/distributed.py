@@ -7,18 +7,40 @@ only when a SyncBatchNorm without an explicit communicator first needs one (``pi
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple, TypeVar, Union, cast, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
 from ._threads import threads_for
-from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, no_grad
+from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
+                     BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
 from .statistics import Moments
 
-__all__ = ["SyncBatchNorm", "calibrate_batch_norms"]
+__all__ = ["SyncBatchNorm", "calibrate_batch_norms", "Communicator"]
+
+_Context = TypeVar("_Context")
+_Tree = TypeVar("_Tree")
+_Key = TypeVar("_Key")
+_Batch = TypeVar("_Batch")
+
+
+class Communicator(Protocol):
+    """What :class:`SyncBatchNorm` needs of a communicator: mpi4py's ``Comm`` has it.
+
+    ``Allgather(sendbuf, recvbuf)`` gathers every process's float64 or uint8 ``sendbuf`` (a 1-D ndarray)
+    into the rows of ``recvbuf`` (an ndarray of shape ``(processes, sendbuf.size)``), in rank order.
+    """
+
+    def Get_size(self) -> int:
+        """The number of processes."""
+        ...
+
+    def Allgather(self, sendbuf: Any, recvbuf: Any, /) -> None:
+        """Gather every process's ``sendbuf`` into the rows of ``recvbuf``."""
+        ...
 
 
 # The types an error on one process is raised as on the others; any other is a RuntimeError naming it.
@@ -26,7 +48,8 @@ _ERROR_TYPES = {cls.__name__: cls for cls in (ValueError, TypeError, RuntimeErro
 _MESSAGE_BYTES = 4096  # at most, of an error message sent to the other processes
 
 
-def _allgather(comm, width, local):
+def _allgather(comm: Communicator, width: int, local: Callable[[], Tuple[ArrayLike, _Context]]
+               ) -> Tuple[NDArray[np.float64], _Context]:
     """All-gather this process's share of a collective step with mpi4py's buffer ``Allgather`` (no pickling).
 
     ``local()`` runs the process's part (its checks and partial sums) and returns ``(values, context)``:
@@ -39,7 +62,9 @@ def _allgather(comm, width, local):
     Only then is there a second exchange, of the messages.
     """
     send = np.zeros(width + 1)  # [status, values]: status 0, or 1 + the length of the error message
-    error = context = None
+    error: Optional[BaseException] = None
+    context: Optional[_Context] = None
+    message = b""
     try:
         values, context = local()
         send[1:] = values
@@ -51,7 +76,7 @@ def _allgather(comm, width, local):
     comm.Allgather(send, rows)
     status = rows[:, 0]
     if not status.any():
-        return rows[:, 1:], context
+        return rows[:, 1:], cast(_Context, context)  # local() returned on this process too
     mine = np.zeros(max(int(status.max()) - 1, 1), np.uint8)
     if error is not None:
         mine[:len(message)] = np.frombuffer(message, np.uint8)
@@ -66,17 +91,28 @@ def _allgather(comm, width, local):
     raise _ERROR_TYPES[name](f"{text} (raised on process {first})")
 
 
-def _moments_to_row(moments):
+def _moments_to_row(moments: Moments) -> NDArray[np.float64]:
     return np.concatenate([moments.count, moments.mean, moments.m2])
 
 
-def _merged_moments(rows):
+def _merged_moments(rows: NDArray[np.float64]) -> Moments:
     """The moments of every process (rows of ``_moments_to_row``), merged in rank order."""
     return functools.reduce(Moments.merge, (Moments(*np.split(row, 3)) for row in rows))
 
 
+# What a training forward's local part hands to the rest of the step: this process's moments, the input
+# kept for backward, the buffer, the result, N, S, the channel axis, whether the buffer is the channels-last
+# memory, weight, bias, the result dtype and the thread count.
+_ForwardStep = Tuple[Moments, Any, NDArray[Any], NDArray[Any], int, int, int, bool, Optional[NDArray[Any]],
+                     Optional[NDArray[Any]], "np.dtype[Any]", int]
+# The same for a training backward: x's buffer, grad_output's, dx, weight, N, C, S, the channel axis, moved,
+# the result dtype and the thread count.
+_BackwardStep = Tuple[NDArray[Any], NDArray[Any], NDArray[Any], Optional[NDArray[Any]], int, int, int, int, bool,
+                      "np.dtype[Any]", int]
+
+
 class SyncBatchNorm(_BatchNorm):
-    """BatchNorm over a batch split across MPI processes, as ``torch.nn.SyncBatchNorm``.
+    __doc__ = _fill(r"""Batch normalization over a batch split across MPI processes, as ``torch.nn.SyncBatchNorm``.
 
     In training mode each process computes the moments of its slice, the processes all-gather them and
     merge them in rank order (so every process holds the same global statistics), and each normalizes
@@ -98,14 +134,27 @@ class SyncBatchNorm(_BatchNorm):
     backward with no training-mode forward kept), the error travels in the same exchange, every process
     raises it and none changes its state.  A backward with no forward kept communicates when the layer
     is in training mode, so that it fails together with the processes waiting in their backward.
+""" + _BATCH_NORM_PARAMETERS + r"""
+    comm : Communicator, keyword-only, optional
+        An mpi4py communicator (default: ``MPI.COMM_WORLD``, mpi4py imported when first needed), or
+        anything with its ``Get_size()`` and buffer ``Allgather(sendbuf, recvbuf)`` of NumPy arrays
+        (:class:`fastnorm.distributed.Communicator`).
+    channel_axis : int, keyword-only
+        1 (channels first, the default) or -1 (channels last).
+    bessel : bool, keyword-only
+        Update the running variance with the unbiased (True, PyTorch) or biased (False, ONNX/Keras) batch
+        variance of the whole batch.
 
-    Parameters
-    ----------
-    num_features, eps, momentum, affine, track_running_stats, dtype, channel_axis, bessel
-        As :class:`fastnorm.BatchNorm2d`; any input of 2 to 5 dimensions.
-    comm : mpi4py communicator, keyword-only, optional
-        Default: ``MPI.COMM_WORLD``.  Anything with mpi4py's ``Get_size()`` and buffer
-        ``Allgather(sendbuf, recvbuf)`` of NumPy arrays works.
+    Shape
+    -----
+    input : (N, C, \*), 2 to 5 dimensions
+        This process's slice of the batch (N may differ between processes, and be 0); float16, float32
+        or float64.  ``channel_axis=-1``: (N, \*, C).
+    output : the input's shape and dtype
+""" + _BATCH_NORM_ATTRIBUTES + """
+    comm : Communicator or None
+        The communicator given, or the default once used; None in a copy or unpickled layer (a
+        communicator belongs to its process) until it is used.
 
     Raises
     ------
@@ -115,6 +164,10 @@ class SyncBatchNorm(_BatchNorm):
         per channel in the whole batch is the usual ``ValueError`` ("expected more than 1 value per
         channel when training"), on every process.
 
+    Notes
+    -----""" + _BATCH_NORM_MATH + """  The mean and variance here are those of the
+    whole batch, over every process.
+""" + _references("batch", "torch.nn.SyncBatchNorm") + """
     Examples
     --------
     >>> import numpy as np, fastnorm
@@ -126,32 +179,64 @@ class SyncBatchNorm(_BatchNorm):
     >>> dx = bn.backward(np.ones_like(y))
     >>> bn.grad_bias
     array([32., 32., 32.], dtype=float32)
-    """
+""")
 
     _input_ndims = (2, 3, 4, 5)
+    comm: Optional[Communicator]
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 comm=None, bias=True, dtype=np.float32, channel_axis=1, bessel=True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, comm: Optional[Communicator] = None, bias: bool = True,
+                 dtype: DTypeLike = np.float32, channel_axis: int = 1, bessel: bool = True) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel)
         self.comm = comm
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
         state["comm"] = None  # a communicator belongs to its process
         return state
 
     @property
-    def communicator(self):
+    def communicator(self) -> Communicator:
+        """``comm``, or ``MPI.COMM_WORLD`` (then kept in ``comm``) when it is None."""
         if self.comm is None:
             from mpi4py import MPI
 
             self.comm = MPI.COMM_WORLD
         return self.comm
 
-    def forward(self, x: ArrayLike, *, out=None) -> NDArray:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         """Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in
-        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication)."""
+        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be
+            empty on some processes.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized slice, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every
+            process when any process's fail (see the class's Raises).
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> from mpi4py import MPI
+        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)
+        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)
+        array([[-1., -1.],
+               [ 1.,  1.]], dtype=float32)
+        """
         if not self.training:
             return super().forward(x, out=out)
         rows, step = _allgather(self.communicator, 3 * self.num_features, lambda: self._forward_local(x, out))
@@ -168,7 +253,8 @@ class SyncBatchNorm(_BatchNorm):
         if N * S:
             _kernels.normalize(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads)
         y = F._finish(result, out, axis, moved, dtype)
-        if self.track_running_stats and count > 0:
+        if (self.track_running_stats and count > 0 and self.running_mean is not None
+                and self.running_var is not None and self.num_batches_tracked is not None):
             factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
             F._update_running(self.running_mean, self.running_var, mean, var, factor,
                               count / (count - 1) if self.bessel else 1.0)
@@ -176,12 +262,13 @@ class SyncBatchNorm(_BatchNorm):
         self._keep(saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)
         return y
 
-    def _forward_local(self, x, out):
+    def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]]
+                       ) -> Tuple[NDArray[np.float64], _ForwardStep]:
         """This process's share of a training forward: the checks, the moments of its slice, and the
         memory the normalization writes (taken before the exchange, so that little can fail after it)."""
-        x = x if isinstance(x, np.ndarray) else np.asarray(x)
-        self._check_input(x)
-        x, dtype = F._as_input(x, "input")
+        given = input if isinstance(input, np.ndarray) else np.asarray(input)
+        self._check_input(given)
+        x, dtype = F._as_input(given, "input")
         F._check_eps(self.eps, training=True)
         axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
@@ -203,19 +290,53 @@ class SyncBatchNorm(_BatchNorm):
         result = F._result_buffer(out, buf, axis, moved)
         return _moments_to_row(local), (local, saved, buf, result, N, S, axis, moved, w, b, dtype, nthreads)
 
-    def backward(self, grad_output: ArrayLike) -> NDArray:
-        """As :meth:`BatchNorm2d.backward`; after a training-mode forward, a collective call (see above)."""
+    def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
+        """As :meth:`BatchNorm2d.backward`; after a training-mode forward, a collective call (see above).
+
+        Parameters
+        ----------
+        grad_output : array_like
+            The gradient of the loss with respect to this process's output: its shape, floating point.
+
+        Returns
+        -------
+        ndarray
+            The gradient with respect to this process's input.  ``grad_weight`` and ``grad_bias`` are
+            those of the whole batch, the same on every process.
+
+        Raises
+        ------
+        RuntimeError
+            No forward to differentiate (on every process when the layer is in training mode).
+        ValueError, TypeError
+            ``grad_output`` of another shape, or not floating point; after a training-mode forward on
+            every process when any process's fails.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> from mpi4py import MPI
+        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)
+        >>> y = bn(np.array([[1., 2.], [3., 6.]], np.float32))
+        >>> dx = bn.backward(np.array([[1., 0.], [0., 2.]], np.float32))
+        >>> bn.grad_bias
+        array([1., 2.], dtype=float32)
+        """
         if self._saved is None and self.training:
             # The other processes may be waiting in the exchange of their backward: fail there with them.
-            fail = super(SyncBatchNorm, self).backward  # raises: there is no forward
-            _allgather(self.communicator, 2 * self.num_features, lambda: fail(grad_output))
+            def fail() -> Tuple[NDArray[np.float64], None]:
+                _BatchNorm.backward(self, grad_output)  # raises: there is no forward
+                return np.zeros(2 * self.num_features), None
+
+            _allgather(self.communicator, 2 * self.num_features, fail)
         return super().backward(grad_output)
 
-    def _backward(self, grad_output, x, mean, invstd, batch_stats, count=None):
-        if count is None:  # after an evaluation-mode forward: a local BatchNorm
-            return super()._backward(grad_output, x, mean, invstd, batch_stats)
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        if len(saved) == 4:  # after an evaluation-mode forward: a local BatchNorm
+            return super()._backward(grad_output, *saved)
+        x, mean, invstd, _, count = saved
 
-        def local():
+        def local() -> Tuple[NDArray[np.float64], _BackwardStep]:
             x_, g, dtype = F._grad_inputs(grad_output, x)
             axis = F._check_axis(self.channel_axis, x_.ndim, "channel_axis")
             buf, N, C, S, moved = F._channel_view(x_, axis)
@@ -234,30 +355,49 @@ class SyncBatchNorm(_BatchNorm):
             _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
         return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
-    def _population_stats(self, local):
+    def _population_stats(self, local: Callable[[], Tuple[Moments, int]]
+                          ) -> Tuple[NDArray[Any], NDArray[Any], int]:
         # Exact statistics of the inputs of every process (calibrate, calibrate_batch_norms).
-        def share():
+        def share() -> Tuple[NDArray[np.float64], int]:
             moments, calls = local()
             return _moments_to_row(moments), calls
 
         rows, calls = _allgather(self.communicator, 3 * self.num_features, share)
         return super()._population_stats(lambda: (_merged_moments(rows), calls))
 
+    @overload
     @classmethod
-    def convert(cls, layers, comm=None):
+    def convert(cls, layers: _BatchNorm, comm: Optional[Communicator] = None) -> SyncBatchNorm: ...
+    @overload
+    @classmethod
+    def convert(cls, layers: Dict[_Key, Any], comm: Optional[Communicator] = None) -> Dict[_Key, Any]: ...
+    @overload
+    @classmethod
+    def convert(cls, layers: List[Any], comm: Optional[Communicator] = None) -> List[Any]: ...
+    @overload
+    @classmethod
+    def convert(cls, layers: Tuple[Any, ...], comm: Optional[Communicator] = None) -> Tuple[Any, ...]: ...
+    @overload
+    @classmethod
+    def convert(cls, layers: _Tree, comm: Optional[Communicator] = None) -> _Tree: ...
+
+    @classmethod
+    def convert(cls, layers: Any, comm: Optional[Communicator] = None) -> Any:
         """SyncBatchNorm twins of BatchNorm layers, with the same configuration, parameters, buffers and
         mode (as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``).
 
         Parameters
         ----------
         layers : layer, or dict, list or tuple of layers (nested)
-            Other layers and values are returned as they are.
-        comm : mpi4py communicator, optional
+            BatchNorm1d, BatchNorm2d and BatchNorm3d layers are converted; other layers and values are
+            returned as they are.
+        comm : Communicator, optional
             The twins' ``comm``.
 
         Returns
         -------
         SyncBatchNorm, or dict, list or tuple of the same structure
+            New containers; the layers not converted are the same objects.
 
         Raises
         ------
@@ -274,7 +414,7 @@ class SyncBatchNorm(_BatchNorm):
         return cls._convert(layers, comm, ())
 
     @classmethod
-    def _convert(cls, layers, comm, enclosing):
+    def _convert(cls, layers: Any, comm: Optional[Communicator], enclosing: Tuple[Any, ...]) -> Any:
         if isinstance(layers, (dict, list, tuple)):
             if any(layers is outer for outer in enclosing):
                 raise ValueError(f"layers: a {type(layers).__name__} that contains itself; expected a tree of "
@@ -290,7 +430,8 @@ class SyncBatchNorm(_BatchNorm):
         return twin.train(layers.training)
 
 
-def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
+def calibrate_batch_norms(layers: Union[Mapping[str, _BatchNorm], Iterable[_BatchNorm]],
+                          forward: Callable[[_Batch], object], batches: Iterable[_Batch]) -> None:
     """Exact population statistics ("precise BN") for the BatchNorm layers of a model.
 
     ``forward(batch)`` runs the model on one batch.  During the pass the layers run in training mode and
@@ -298,7 +439,7 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
     variance are set to the mean and (unbiased, or biased with ``bessel=False``) variance over all those
     inputs, instead of an exponential average, and ``num_batches_tracked`` to the number of batches.
     The layers return to their modes afterwards.  Either every layer is set or, when the call raises,
-    none is.
+    none is.  Nothing is kept for ``backward`` (the pass runs under :func:`fastnorm.no_grad`).
 
     With SyncBatchNorm layers the call is collective: every process calls it with its own batches (as
     many on each, since each forward is collective) and the statistics are those of the inputs of every
@@ -308,44 +449,70 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
 
     Parameters
     ----------
-    layers : iterable or dict of BatchNorm layers
+    layers : mapping or iterable of BatchNorm layers
+        BatchNorm1d, BatchNorm2d, BatchNorm3d or SyncBatchNorm layers with running statistics, each
+        listed once (a mapping's values are the layers).
     forward : callable
+        ``forward(batch)`` runs the model on one batch; what it returns is ignored.
     batches : iterable
+        The calibration batches, each passed to ``forward``.
 
     Raises
     ------
     TypeError
         A layer that is not a BatchNorm with running statistics.
     ValueError
-        A layer that received no input, or no more than one value per channel (with ``bessel=False``:
-        none) in all.
+        A layer listed twice, a layer that received no input, or no more than one value per channel
+        (with ``bessel=False``: none) in all.
+
+    Notes
+    -----
+    The running statistics become the population statistics of the calibration data, as in "precise BN"
+    (Wu, Y. and Johnson, J. (2021). Rethinking "batch" in BatchNorm. https://arxiv.org/abs/2105.07576),
+    merged exactly with Chan, Golub and LeVeque's formula, in float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> bn = fastnorm.BatchNorm1d(1, dtype=np.float64)
+    >>> fastnorm.calibrate_batch_norms([bn], bn, [np.array([[1.], [2.], [3.]]), np.array([[4.], [5.]])])
+    >>> bn.running_mean, bn.running_var, bn.num_batches_tracked    # of 1, 2, 3, 4, 5 (unbiased variance)
+    (array([3.]), array([2.5]), 2)
     """
-    layers = list(layers.values()) if isinstance(layers, dict) else list(layers)
-    for k, layer in enumerate(layers):
+    listed = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
+    for k, layer in enumerate(listed):
         if not isinstance(layer, _BatchNorm) or layer.running_mean is None:
             raise TypeError(f"layers[{k}]: expected a BatchNorm layer with running statistics")
-        if any(other is layer for other in layers[:k]):
+        if any(other is layer for other in listed[:k]):
             raise ValueError(f"layers[{k}]: the same layer is listed twice")
-    modes = [layer.training for layer in layers]
-    for layer in layers:
+    modes = [layer.training for layer in listed]
+    for layer in listed:
         layer._recorder = [None, 0]
         layer.train(True)
-    saved = [(layer.running_mean.copy(), layer.running_var.copy(), layer.num_batches_tracked) for layer in layers]
+    saved = []
+    for layer in listed:
+        rm, rv = _running_stats(layer)
+        saved.append((rm.copy(), rv.copy(), layer.num_batches_tracked))
     try:
         with no_grad():
             for batch in batches:
                 forward(batch)
-        recorded = [layer._recorder for layer in layers]
+        recorded = [layer._recorder for layer in listed]
     finally:
-        for layer, mode, (rm, rv, n) in zip(layers, modes, saved):
+        for layer, mode, (rm, rv, n) in zip(listed, modes, saved):
             del layer._recorder
             layer.train(mode)
-            layer.running_mean[...], layer.running_var[...], layer.num_batches_tracked = rm, rv, n
+            running_mean, running_var = _running_stats(layer)
+            running_mean[...], running_var[...], layer.num_batches_tracked = rm, rv, n
     # Every layer's statistics before any is set.  A SyncBatchNorm exchanges its moments whatever failed
     # before it, carrying that error, so that the other processes fail too instead of waiting for it.
-    error, stats = None, []
-    for k, (layer, (moments, calls)) in enumerate(zip(layers, recorded)):
-        def local(k=k, moments=moments, calls=calls):
+    error: Optional[Exception] = None
+    stats = []
+    for k, (layer, record) in enumerate(zip(listed, recorded)):
+        assert record is not None  # set above for every layer
+        moments, calls = record
+
+        def local(k: int = k, moments: Optional[Moments] = moments, calls: int = calls) -> Tuple[Moments, int]:
             if error is not None:
                 raise error
             if moments is None:
@@ -358,5 +525,5 @@ def calibrate_batch_norms(layers, forward: Callable, batches: Iterable) -> None:
             error = error or exc
     if error is not None:
         raise error
-    for layer, (mean, var, calls) in zip(layers, stats):
+    for layer, (mean, var, calls) in zip(listed, stats):
         layer._set_running_stats(mean, var, calls)

@@ -11,11 +11,11 @@ import inspect
 import numbers
 import os
 import warnings
-from typing import BinaryIO, ContextManager, Mapping, Optional, Union
-
-from numpy.typing import ArrayLike, NDArray
+from typing import (Any, BinaryIO, Callable, ContextManager, Dict, Iterable, List, Mapping, NamedTuple, Optional,
+                    Tuple, TypeVar, Union)
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
@@ -30,11 +30,28 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"
 # Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
 _grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
 
+_LayerT = TypeVar("_LayerT", bound="_Layer")
+_BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")
+# What backward computes: (grad_input, grad_weight, grad_bias), a parameter's gradient None without it.
+_Grads = Tuple[NDArray[Any], Optional[NDArray[Any]], Optional[NDArray[Any]]]
+# A state dict, or a safetensors file of one: a path or a binary file object.
+StateDictSource = Union[Mapping[str, ArrayLike], str, "os.PathLike[str]", BinaryIO]
+
 
 def no_grad() -> ContextManager[None]:
-    """Within it, layer calls made in the current context keep nothing for ``backward`` (as
-    ``torch.no_grad``): for inference, and for calls on one layer from several threads.
+    """Context manager: layer calls made in the current context keep nothing for ``backward``.
 
+    As ``torch.no_grad``: for inference (no reference to the input is kept), and for calls on one layer
+    from several threads (a forward does not replace what another thread's forward kept).  A
+    ``backward`` after a forward run inside it raises ``RuntimeError``.
+
+    Returns
+    -------
+    context manager
+        Restores the previous mode on exit; nests.
+
+    Notes
+    -----
     The setting belongs to the calling Python thread, or to the asyncio task: each task runs in a copy of
     its creator's context, so ``no_grad()`` inside one task does not reach a task running beside it.
 
@@ -44,38 +61,48 @@ def no_grad() -> ContextManager[None]:
     >>> ln = fastnorm.LayerNorm(4)
     >>> with fastnorm.no_grad():
     ...     y = ln(np.ones((2, 4), np.float32))
+    >>> ln.backward(np.ones((2, 4), np.float32))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: LayerNorm.backward: no forward to differentiate; ...
     """
     return context_setting(_grad_off, True)
 
 
-def _keeps_grad():
+def _keeps_grad() -> bool:
     return not _grad_off.get()
 
 
-def _from_config(config):
+def _from_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """Constructor arguments from a JSON config (lists back to tuples, dtype names to dtypes)."""
     return {k: tuple(v) if isinstance(v, list) else (np.dtype(v) if k == "dtype" else v)
             for k, v in config.items()}
 
 
-def _config_value(key, value):
+def _config_value(key: str, value: Any) -> Any:
     """A constructor argument as ``_config`` records it (dtypes by name)."""
     return np.dtype(value).name if key == "dtype" else value
 
 
-LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+class LoadResult(NamedTuple):
+    """What :meth:`load_state_dict` returns, as PyTorch's ``_IncompatibleKeys``."""
+
+    missing_keys: List[str]
+    """Keys the layer has and the state dict lacks (with the prefix)."""
+    unexpected_keys: List[str]
+    """Keys with the prefix that the layer does not have."""
 
 
-def _state_array(value, name):
+def _state_array(value: object, name: str) -> NDArray[Any]:
     """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
     exact for every torch float type, including bfloat16 and float8, which NumPy lacks."""
     if hasattr(value, "detach") and hasattr(value, "is_floating_point"):
-        value = value.detach().cpu()
-        value = (value.double() if value.is_floating_point() else value).numpy()
+        tensor: Any = value.detach().cpu()
+        value = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
     return _array(value, name)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
@@ -87,30 +114,85 @@ class _Layer:
     PyTorch's order; a forward keeps what ``_backward`` needs (the input, by reference, and per-row
     statistics, never a normalized copy) and ``backward`` turns it into gradients."""
 
-    _optional_state = ()
+    _optional_state: Tuple[str, ...] = ()
     _has_bias = True  # with affine parameters, whether one is a bias (PyTorch's bias=False)
-    _saved = None
-    grad_weight = None
-    grad_bias = None
+    _saved: Optional[Tuple[Any, ...]] = None
+    training: bool
+    dtype: np.dtype[Any]
+    grad_weight: Optional[NDArray[Any]] = None
+    grad_bias: Optional[NDArray[Any]] = None
 
     @staticmethod
-    def _input_to_keep(x, out):
+    def _input_to_keep(x: Any, out: Optional[NDArray[Any]]) -> Any:
         """Before a forward: the input backward will need (a copy when the forward overwrites it)."""
         if out is not None and _keeps_grad() and np.may_share_memory(out, x):
             return np.array(x, copy=True)
         return x
 
-    def _keep(self, x, *stats):
+    def _keep(self, x: Any, *stats: Any) -> None:
         if _keeps_grad():
             self._saved = (x,) + stats
 
-    def backward(self, grad_output: ArrayLike) -> NDArray:
-        """Gradient of the loss with respect to the last forward's input, given ``grad_output`` (the
-        gradient with respect to its output).  Stores ``grad_weight`` and ``grad_bias`` (None for a
-        parameter the layer does not have).
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        raise NotImplementedError
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        raise NotImplementedError
+
+    def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
+        r"""Gradient of the loss with respect to the last forward's input.
 
         The statistics are those of the last forward, in the mode it ran in: the batch's in training
-        mode, the running ones (frozen) in evaluation mode.
+        mode (their dependence on the input included), the running ones (constants) in evaluation mode.
+        Stores ``grad_weight`` and ``grad_bias``, of the parameters' shape and dtype (None for a
+        parameter the layer does not have).  The input is the one the forward kept, by reference: modify
+        it in place between the two calls and the gradient is of the modified values.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            The gradient of the loss with respect to the last forward's output: its shape, floating point
+            (converted to the input's dtype).
+
+        Returns
+        -------
+        ndarray
+            The gradient with respect to the input: a new array of the input's shape and dtype.
+
+        Raises
+        ------
+        RuntimeError
+            No forward to differentiate: none yet, or the last one ran under :func:`no_grad`.
+        ValueError
+            ``grad_output`` of another shape than the output.
+        TypeError
+            ``grad_output`` that is not floating point, or a masked array.
+
+        Notes
+        -----
+        With :math:`\hat x = (x - \mu)\,r` normalized over the :math:`m` values of a group (a channel of
+        a batch, a row, a sample's group), :math:`r = 1 / \sqrt{\sigma^2 + \epsilon}` and
+        :math:`g = \gamma\, \partial L / \partial y`,
+
+        .. math::
+
+            \frac{\partial L}{\partial x} = r \left(g - \frac{1}{m} \sum g
+                - \frac{\hat x}{m} \sum g\, \hat x\right),\qquad
+            \frac{\partial L}{\partial \gamma} = \sum \frac{\partial L}{\partial y}\,\hat x,\qquad
+            \frac{\partial L}{\partial \beta} = \sum \frac{\partial L}{\partial y},
+
+        the parameter sums over every value a parameter multiplies (RMSNorm: no mean and no
+        :math:`\sum g` term; evaluation-mode BatchNorm: :math:`r g` alone).  The sums are taken in
+        float64.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.BatchNorm1d(2)
+        >>> y = bn(np.array([[1., 2.], [3., 6.]], np.float32))
+        >>> dx = bn.backward(np.array([[1., 0.], [0., 2.]], np.float32))
+        >>> dx.shape, bn.grad_bias, bn.grad_weight.round(4)    # sum(dy), sum(dy * xhat) per channel
+        ((2, 2), array([1., 2.], dtype=float32), array([-1.,  2.], dtype=float32))
         """
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward: no forward to differentiate; call the layer "
@@ -119,57 +201,108 @@ class _Layer:
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
         # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
-        self.grad_weight = None if weight is None else grad_weight.astype(weight.dtype.newbyteorder("=")).reshape(
-            weight.shape)
-        self.grad_bias = None if bias is None else grad_bias.astype(bias.dtype.newbyteorder("=")).reshape(bias.shape)
+        self.grad_weight = None if weight is None or grad_weight is None else grad_weight.astype(
+            weight.dtype.newbyteorder("=")).reshape(weight.shape)
+        self.grad_bias = None if bias is None or grad_bias is None else grad_bias.astype(
+            bias.dtype.newbyteorder("=")).reshape(bias.shape)
         return dx
 
-    def _state(self):
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         raise NotImplementedError
 
-    def _torch_repr(self):
+    def _config(self) -> Dict[str, Any]:
+        """The constructor arguments, as JSON values (what :func:`fastnorm.save` records)."""
+        raise NotImplementedError
+
+    def _torch_repr(self) -> str:
         """The arguments PyTorch's repr of the same layer shows (its ``extra_repr``)."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         # PyTorch's repr, then fastnorm's own arguments where they differ from the constructor's default.
         config, defaults = self._config(), inspect.signature(type(self)).parameters
         extras = [f"{key}={config[key]}" for key in ("channel_axis", "bessel", "dtype")
                   if key in config and config[key] != _config_value(key, defaults[key].default)]
         return f"{type(self).__name__}({', '.join([self._torch_repr(), *extras])})"
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         # Pickles and copies carry parameters and buffers, not what the last forward kept for backward.
         state = self.__dict__.copy()
         state.pop("_saved", None)
         state.pop("_eval_cache", None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def train(self, mode: bool = True):
-        """Set training mode (``mode=True``) or evaluation mode; returns the layer."""
+    def train(self: _LayerT, mode: bool = True) -> _LayerT:
+        """Set training mode, or evaluation mode with ``mode=False``, as ``torch.nn.Module.train``.
+
+        Parameters
+        ----------
+        mode : bool
+            True: training mode (batch statistics, running statistics updated); False: evaluation mode.
+
+        Returns
+        -------
+        layer
+            The layer itself.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> fastnorm.BatchNorm2d(4).train(False).training
+        False
+        """
         self.training = bool(mode)
         return self
 
-    def eval(self):
-        """Set evaluation mode; returns the layer."""
+    def eval(self: _LayerT) -> _LayerT:
+        """Set evaluation mode: ``train(False)``.
+
+        Returns
+        -------
+        layer
+            The layer itself.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> bn = fastnorm.BatchNorm2d(4).eval()
+        >>> bn.training
+        False
+        """
         return self.train(False)
 
-    def __call__(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """``layer(x)`` is ``layer.forward(x)``."""
         return self.forward(x, out=out)
 
-    def state_dict(self) -> "collections.OrderedDict[str, NDArray]":
-        """Copies of the parameters and buffers, under PyTorch's keys."""
-        state = collections.OrderedDict()
+    def state_dict(self) -> collections.OrderedDict[str, NDArray[Any]]:
+        """Copies of the parameters and buffers, under PyTorch's keys and in PyTorch's order.
+
+        Returns
+        -------
+        OrderedDict of str to ndarray
+            ``weight`` and ``bias`` (those the layer has), then for BatchNorm and InstanceNorm with
+            ``track_running_stats`` ``running_mean``, ``running_var`` (the layer's dtype) and
+            ``num_batches_tracked`` (0-d int64), as ``torch.nn`` names them.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> list(fastnorm.BatchNorm1d(3).state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+        >>> dict(fastnorm.RMSNorm(2).state_dict())
+        {'weight': array([1., 1.], dtype=float32)}
+        """
+        state: collections.OrderedDict[str, NDArray[Any]] = collections.OrderedDict()
         for key, value in self._state().items():
             if value is not None:
                 state[key] = np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state_dict: Union[Mapping[str, ArrayLike], str, "os.PathLike[str]", BinaryIO],
-                        strict: bool = True, prefix: str = ""):
+    def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:
         """Load parameters and buffers from a mapping of PyTorch's keys to array-likes, or from a
         safetensors file (``safetensors.torch.save_file(model.state_dict(), path)``).
 
@@ -215,9 +348,11 @@ class _Layer:
         >>> ln.weight
         array([2., 2., 2.], dtype=float32)
         """
-        if isinstance(state_dict, (str, os.PathLike)) or hasattr(state_dict, "read"):
+        if isinstance(state_dict, (str, os.PathLike)):
             return self._load_safetensors(state_dict, strict, prefix)
         if not isinstance(state_dict, Mapping):
+            if hasattr(state_dict, "read"):
+                return self._load_safetensors(state_dict, strict, prefix)
             raise TypeError(f"state_dict: expected a mapping of keys to arrays or a safetensors file, got "
                             f"{type(state_dict).__name__}")
         # The keys with the prefix, without it; a value is read (from a file: loaded) only when it is used.
@@ -229,7 +364,7 @@ class _Layer:
             errors = [f"{kind} key(s) in state_dict: " + ", ".join(f'"{k}"' for k in keys) + ". "
                       for kind, keys in (("Missing", missing), ("Unexpected", unexpected)) if keys]
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
-        new = {}
+        new: Dict[str, Any] = {}
         for key, current in expected.items():
             if key not in given:
                 continue
@@ -251,23 +386,108 @@ class _Layer:
             setattr(self, key, value)
         return LoadResult(missing, unexpected)
 
-    def _load_safetensors(self, file, strict, prefix):
-        where = f"state_dict: {file!r}" if hasattr(file, "read") else f"state_dict: {os.fspath(file)!r}"
-        try:
-            if hasattr(file, "read"):
+    def _load_safetensors(self, file: Union[str, os.PathLike[str], BinaryIO], strict: bool,
+                          prefix: str) -> LoadResult:
+        if not isinstance(file, (str, os.PathLike)):
+            try:
                 return self.load_state_dict(SafetensorsFile(file), strict, prefix)
+            except ValueError as e:
+                raise ValueError(f"state_dict: {file!r}: {e}") from e
+        try:
             with open(file, "rb") as f:
                 return self.load_state_dict(SafetensorsFile(f), strict, prefix)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+            raise ValueError(f"state_dict: {os.fspath(file)!r}: {e}") from e
+
+
+# The sections the docstrings of the per-channel layers share.
+_BATCH_NORM_MATH = r"""
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    per channel, the mean and biased variance over the batch and the spatial dimensions (every axis but
+    the channels').  In training mode each forward also updates, per channel,
+    ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and the same for ``running_var``
+    with the unbiased variance (``bessel=False``: the biased one); ``momentum=None`` averages all the
+    batches (``momentum = 1 / (num_batches_tracked + 1)``).  Evaluation mode normalizes with the
+    running statistics.  The statistics are computed in float64 whatever the dtype."""
+
+_BATCH_NORM_PARAMETERS = """
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float
+        Added to the variance before the square root; > 0.
+    momentum : float in [0, 1] or None
+        Weight of the new batch in the running statistics (PyTorch's convention; Keras' ``momentum`` is
+        ``1 - momentum``).  None: cumulative average over ``num_batches_tracked`` batches.
+    affine : bool
+        Learnable ``weight`` (initially 1) and ``bias`` (initially 0).
+    track_running_stats : bool
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them evaluation mode
+        uses the batch statistics.
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias (False: a weight only, as PyTorch's ``bias=False``).
+    dtype : float32 or float64, keyword-only
+        dtype of the parameters and buffers."""
+
+_BATCH_NORM_ATTRIBUTES = """
+    Attributes
+    ----------
+    weight : ndarray of shape (C,) or None
+        Learnable scale :math:`\\gamma` (None without ``affine``).
+    bias : ndarray of shape (C,) or None
+        Learnable shift :math:`\\beta` (None without ``affine`` or with ``bias=False``).
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics (None without ``track_running_stats``).
+    num_batches_tracked : int or None
+        Training-mode forwards on non-empty batches since the last reset (None without
+        ``track_running_stats``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Training mode (the default) or evaluation mode."""
+
+_REFERENCES = {
+    "batch": ("Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by "
+              "reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167"),
+    "layer": "Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450",
+    "group": "Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494",
+    "instance": ("Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing "
+                 "ingredient for fast stylization. https://arxiv.org/abs/1607.08022"),
+    "rms": ("Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS. "
+            "https://arxiv.org/abs/1910.07467"),
+}
+
+
+def _fill(template: str, **values: str) -> str:
+    """``template`` with each ``{key}`` replaced (``str.format`` would read the braces of the math)."""
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _references(kind: str, torch_name: str) -> str:
+    """A docstring's References section: the paper, and the PyTorch class whose semantics the layer has."""
+    return (f"\n    References\n    ----------\n    {_REFERENCES[kind]}\n\n"
+            f"    PyTorch: https://pytorch.org/docs/stable/generated/{torch_name}.html\n")
 
 
 class _NormBase(_Layer):
     """Per-channel parameters and running statistics, as PyTorch's ``_NormBase``."""
-    _input_ndims = ()
+    _input_ndims: Tuple[int, ...] = ()
     _optional_state = ("num_batches_tracked",)
+    weight: Optional[NDArray[Any]]
+    bias: Optional[NDArray[Any]]
+    running_mean: Optional[NDArray[Any]]
+    running_var: Optional[NDArray[Any]]
+    num_batches_tracked: Optional[int]
+    eps: float
 
-    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype, bias=True):
+    def __init__(self, num_features: int, eps: float, momentum: Optional[float], affine: bool,
+                 track_running_stats: bool, dtype: DTypeLike, bias: bool = True) -> None:
         self.num_features = check_count(num_features, "num_features")
         self.eps = _check_eps(eps)
         self.momentum = _check_momentum(momentum)
@@ -280,47 +500,78 @@ class _NormBase(_Layer):
         self.running_mean = self.running_var = self.num_batches_tracked = None
         self.reset_parameters()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "bias": self._has_bias, "track_running_stats": self.track_running_stats,
                 "dtype": self.dtype.name}
 
-    def reset_running_stats(self):
-        """Running mean 0, running variance 1, no batch tracked."""
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batch tracked (with ``track_running_stats``).
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.BatchNorm1d(2)
+        >>> y = bn(np.array([[1., 2.], [3., 6.]], np.float32))
+        >>> bn.reset_running_stats()
+        >>> bn.running_mean, bn.num_batches_tracked
+        (array([0., 0.], dtype=float32), 0)
+        """
         if self.track_running_stats:
             self.running_mean = np.zeros(self.num_features, self.dtype)
             self.running_var = np.ones(self.num_features, self.dtype)
             self.num_batches_tracked = 0
 
-    def reset_parameters(self):
-        """Reset the running statistics, weight to 1 and bias to 0."""
+    def reset_parameters(self) -> None:
+        """Reset the running statistics (:meth:`reset_running_stats`), the weight to 1 and the bias to 0.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> bn = fastnorm.BatchNorm1d(2)
+        >>> bn.weight[:] = 3.0
+        >>> bn.reset_parameters()
+        >>> bn.weight
+        array([1., 1.], dtype=float32)
+        """
         self.reset_running_stats()
         if self.affine:
             self.weight = np.ones(self.num_features, self.dtype)
             if self._has_bias:
                 self.bias = np.zeros(self.num_features, self.dtype)
 
-    def _state(self):
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias, "running_mean": self.running_mean,
                 "running_var": self.running_var,
                 "num_batches_tracked": None if self.num_batches_tracked is None
                 else np.array(self.num_batches_tracked, dtype=np.int64)}
 
-    def _check_input(self, x):
+    def _check_input(self, x: NDArray[Any]) -> None:
         if x.ndim not in self._input_ndims:
             expected = " or ".join(f"{n}D" for n in self._input_ndims)
             raise ValueError(f"input: expected {expected} input, got {x.ndim}D input of shape {x.shape}")
 
-    def _torch_repr(self):
+    def _torch_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"bias={self._has_bias}, track_running_stats={self.track_running_stats}")
 
 
-class _BatchNorm(_NormBase):
-    _recorder = None  # [Moments, calls] while calibrate_batch_norms runs
+def _running_stats(layer: _NormBase) -> Tuple[NDArray[Any], NDArray[Any]]:
+    """The running mean and variance of a layer that tracks them."""
+    if layer.running_mean is None or layer.running_var is None:
+        raise ValueError("the layer keeps no running statistics (track_running_stats=False)")
+    return layer.running_mean, layer.running_var
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 bias=True, dtype=np.float32, channel_axis=1, bessel=True):
+
+class _BatchNorm(_NormBase):
+    _recorder: Optional[List[Any]] = None  # [Moments or None, calls] while calibrate_batch_norms runs
+    channel_axis: int
+    bessel: bool
+    _eval_cache: _kernels.EvalCache
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
+                 channel_axis: int = 1, bessel: bool = True) -> None:
         if not isinstance(channel_axis, numbers.Integral):
             raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
@@ -328,16 +579,51 @@ class _BatchNorm(_NormBase):
         self._eval_cache = _kernels.EvalCache()
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self._eval_cache = _kernels.EvalCache()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), channel_axis=self.channel_axis, bessel=self.bessel)
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
-        """Normalize ``x``: batch statistics in training mode (updating the running statistics), running
-        statistics in evaluation mode (batch statistics when ``track_running_stats`` is False)."""
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """Normalize ``x`` per channel.
+
+        Training mode: with the batch's statistics, updating the running statistics (with
+        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without
+        ``track_running_stats``).  Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of the layer's input shape (see Shape), C channels on
+            ``channel_axis``; any memory order.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` of another number of dimensions or channels; training with a single value per channel;
+            ``out`` of another shape, or read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.BatchNorm1d(2)
+        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)
+        array([[-1., -1.],
+               [ 1.,  1.]], dtype=float32)
+        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances
+        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))
+        """
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
@@ -361,37 +647,64 @@ class _BatchNorm(_NormBase):
                               use_batch_stats, self.momentum, self.eps, channel_axis=self.channel_axis, out=out,
                               bessel=self.bessel, num_batches_tracked=self.num_batches_tracked,
                               return_stats=use_batch_stats)
-        if tracking and x.size > 0:
+        if tracking and x.size > 0 and self.num_batches_tracked is not None:
             self.num_batches_tracked += 1
-        if not use_batch_stats:  # eval: the running statistics, read at backward time
+        if not isinstance(result, tuple):  # eval: the running statistics, read at backward time
             self._keep(saved, None, None, False)
             return result
         self._keep(saved, result[1], result[2], True)
         return result[0]
 
-    def _moments_of(self, x):
+    def _moments_of(self, x: NDArray[Any]) -> Moments:
         """Exact per-channel moments of an input of this layer."""
         axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         if x.shape[axis] != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
         return Moments.of(x, tuple(a for a in range(x.ndim) if a != axis))
 
-    def calibrate(self, batches):
-        """Exact population statistics ("precise BN"): set the running mean and variance to the mean and
-        (unbiased, or biased with ``bessel=False``) variance over all the values of all ``batches``
-        (inputs of this layer), instead of an exponential average.  Returns the layer.
+    def calibrate(self: _BatchNormT, batches: Iterable[ArrayLike]) -> _BatchNormT:
+        """Exact population statistics ("precise BN") of this layer's inputs.
 
-        See :func:`fastnorm.calibrate_batch_norms` for the layers of a whole model.
+        Sets the running mean and variance to the mean and variance (unbiased, or biased with
+        ``bessel=False``) over all the values of all ``batches``, instead of an exponential average, and
+        ``num_batches_tracked`` to the number of batches.  The statistics are exact (Chan's merge of
+        float64 moments): the order and split of the batches do not matter.  See
+        :func:`fastnorm.calibrate_batch_norms` for the layers of a whole model.
+
+        Parameters
+        ----------
+        batches : iterable of array_like
+            Inputs of this layer (the shapes :meth:`forward` takes).
+
+        Returns
+        -------
+        layer
+            The layer itself.  A call that raises leaves it as it was.
+
+        Raises
+        ------
+        ValueError
+            No batch, one value per channel in all (``bessel=False``: none), a batch of another number
+            of dimensions or channels, or a layer without running statistics.
+        TypeError
+            A batch that is not floating point.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.BatchNorm1d(1, dtype=np.float64).calibrate([np.array([[1.], [2.]]), np.array([[6.]])])
+        >>> bn.running_mean, bn.running_var, bn.num_batches_tracked
+        (array([3.]), array([7.]), 2)
         """
         self._set_running_stats(*self._population_stats(lambda: self._moments_of_batches(batches)))
         return self
 
-    def _moments_of_batches(self, batches):
+    def _moments_of_batches(self, batches: Iterable[ArrayLike]) -> Tuple[Moments, int]:
         if self.running_mean is None:
             raise ValueError("calibrate: the layer keeps no running statistics (track_running_stats=False)")
         total, calls = None, 0
-        for x in batches:
-            x = _array(x, "batches")
+        for batch in batches:
+            x = _array(batch, "batches")
             self._check_input(x)
             moments = self._moments_of(x)
             total = moments if total is None else total + moments
@@ -400,7 +713,8 @@ class _BatchNorm(_NormBase):
             raise ValueError("batches: expected at least one batch")
         return total, calls
 
-    def _population_stats(self, local):
+    def _population_stats(self, local: Callable[[], Tuple[Moments, int]]
+                          ) -> Tuple[NDArray[Any], NDArray[Any], int]:
         """The running mean, variance and batch count that ``local()``, the ``(Moments, calls)`` of the
         inputs seen here, gives (SyncBatchNorm merges the moments of every process first)."""
         moments, calls = local()
@@ -408,88 +722,143 @@ class _BatchNorm(_NormBase):
             raise ValueError("batches: expected more than 1 value per channel in all")
         return moments.mean, moments.var(unbiased=self.bessel), calls
 
-    def _set_running_stats(self, mean, var, calls):
-        self.running_mean[...] = mean
-        self.running_var[...] = var
+    def _set_running_stats(self, mean: NDArray[Any], var: NDArray[Any], calls: int) -> None:
+        running_mean, running_var = _running_stats(self)
+        running_mean[...] = mean
+        running_var[...] = var
         self.num_batches_tracked = calls
 
-    def _backward(self, grad_output, x, mean, invstd, batch_stats):
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, invstd, batch_stats = saved[:4]
         if not batch_stats:
-            mean = self.running_mean
-            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            mean, running_var = _running_stats(self)
+            invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
         return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
                                      channel_axis=self.channel_axis)
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch normalization over ``(N, C)`` or ``(N, C, L)`` input, as ``torch.nn.BatchNorm1d``.
-
-    Parameters
-    ----------
-    num_features : int
-        C, the number of channels.
-    eps : float
-        Added to the variance before the square root.
-    momentum : float or None
-        Weight of the new batch in the running statistics (PyTorch's convention; Keras' ``momentum`` is
-        ``1 - momentum``).  None: cumulative average over ``num_batches_tracked`` batches.
-    affine : bool
-        Learnable ``weight`` (1) and ``bias`` (0).
-    track_running_stats : bool
-        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them evaluation mode
-        uses the batch statistics.
-    bias : bool, keyword-only
-        With ``affine``, whether there is a bias (False: a weight only, as PyTorch's ``bias=False``).
-    dtype : float32 or float64, keyword-only
-        dtype of the parameters and buffers.
+_BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.BatchNorm{dims}``.
+""" + _BATCH_NORM_PARAMETERS + """
     channel_axis : int, keyword-only
-        1 (channels first, the default) or -1 (channels last).
+        1 (channels first, the default) or -1 (channels last: {last} input).
     bessel : bool, keyword-only
         Update the running variance with the unbiased (True, PyTorch) or biased (False, ONNX/Keras) batch
         variance.
 
+    Shape
+    -----
+    input : {shape}
+        float16, float32 or float64 (computed in float32 or float64; the parameters' dtype need not
+        match).
+    output : the input's shape and dtype
+""" + _BATCH_NORM_ATTRIBUTES + """
+
+    Notes
+    -----""" + _BATCH_NORM_MATH + "\n" + _references("batch", "torch.nn.BatchNorm{dims}") + """
     Examples
     --------
     >>> import numpy as np, fastnorm
-    >>> bn = fastnorm.BatchNorm1d(3)
-    >>> y = bn(np.random.default_rng(0).normal(5.0, 2.0, (64, 3)).astype(np.float32))
+    >>> bn = fastnorm.BatchNorm{dims}(3)
+    >>> y = bn(np.random.default_rng(0).normal(5.0, 2.0, {example}).astype(np.float32))
     >>> bool(abs(y.mean()) < 1e-5), bn.num_batches_tracked
     (True, 1)
-    """
+    >>> bn.eval()
+    BatchNorm{dims}(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+"""
+
+
+class BatchNorm1d(_BatchNorm):
+    __doc__ = _fill(_BATCH_NORM_DOC, dims="1d", shape="(N, C) or (N, C, L)", last="(N, L, C)",
+                                     example="(64, 3)")
     _input_ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch normalization over ``(N, C, H, W)`` input, as ``torch.nn.BatchNorm2d``.
-
-    ``channel_axis=-1`` takes ``(N, H, W, C)`` input.  Arguments as :class:`BatchNorm1d`.
-    """
+    __doc__ = _fill(_BATCH_NORM_DOC, dims="2d", shape="(N, C, H, W)", last="(N, H, W, C)", example="(8, 3, 4, 4)")
     _input_ndims = (4,)
 
 
 class BatchNorm3d(_BatchNorm):
-    """Batch normalization over ``(N, C, D, H, W)`` input, as ``torch.nn.BatchNorm3d``.
-
-    ``channel_axis=-1`` takes ``(N, D, H, W, C)`` input.  Arguments as :class:`BatchNorm1d`.
-    """
+    __doc__ = _fill(_BATCH_NORM_DOC, dims="3d", shape="(N, C, D, H, W)", last="(N, D, H, W, C)",
+                                     example="(4, 3, 2, 4, 4)")
     _input_ndims = (5,)
 
 
+_ROWS_FORWARD = """{summary}
+
+        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` of another shape, or
+            read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)
+        {example}
+        """
+
+_ROWS_SHAPE = """
+    Shape
+    -----
+    input : (*, *normalized_shape)
+        float16, float32 or float64, any number of leading dimensions.
+    output : the input's shape and dtype
+"""
+
+
 class LayerNorm(_Layer):
-    """Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
+    r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
 
     Parameters
     ----------
     normalized_shape : int or tuple of int
         The trailing dimensions of the input to normalize over.
     eps : float
-        Added to the variance before the square root.
+        Added to the variance before the square root; >= 0.
     elementwise_affine : bool
         Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
     bias : bool
         With ``elementwise_affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
+        dtype of the parameters.
+    """ + _ROWS_SHAPE + r"""
+    Attributes
+    ----------
+    weight, bias : ndarray of shape normalized_shape, or None
+        Learnable :math:`\gamma` and :math:`\beta` (None without ``elementwise_affine``; bias None with
+        ``bias=False``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: LayerNorm computes the same in both modes.
 
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    the mean and biased variance over the last ``len(normalized_shape)`` dimensions of each sample, in
+    float64.
+    """ + _references("layer", "torch.nn.LayerNorm") + """
     Examples
     --------
     >>> import numpy as np, fastnorm
@@ -498,8 +867,12 @@ class LayerNorm(_Layer):
     [[-1.342, -0.447, 0.447, 1.342]]
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *, dtype=np.float32):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+    weight: Optional[NDArray[Any]]
+    bias: Optional[NDArray[Any]]
+
+    def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
         self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
@@ -508,21 +881,31 @@ class LayerNorm(_Layer):
         self.weight = self.bias = None
         self.reset_parameters()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "bias": self._has_bias, "dtype": self.dtype.name}
 
-    def reset_parameters(self):
-        """Weight to 1, bias to 0."""
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> ln = fastnorm.LayerNorm(2)
+        >>> ln.bias[:] = 5.0
+        >>> ln.reset_parameters()
+        >>> ln.bias
+        array([0., 0.], dtype=float32)
+        """
         if self.elementwise_affine:
             self.weight = np.ones(self.normalized_shape, self.dtype)
             if self._has_bias:
                 self.bias = np.zeros(self.normalized_shape, self.dtype)
 
-    def _state(self):
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         if not _keeps_grad():
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
         saved = self._input_to_keep(x, out)
@@ -531,31 +914,66 @@ class LayerNorm(_Layer):
         self._keep(saved, mean, rstd)
         return y
 
-    def _backward(self, grad_output, x, mean, rstd):
+    forward.__doc__ = _fill(_ROWS_FORWARD, 
+        summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
+        example="array([[-1.,  1.]], dtype=float32)")
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, rstd = saved
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
 
-    def _torch_repr(self):
+    def _torch_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
                 f"bias={self._has_bias}")
 
 
 class RMSNorm(_Layer):
-    """Root-mean-square normalization, as ``torch.nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight``.
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.RMSNorm``.
 
     Parameters
     ----------
     normalized_shape : int or tuple of int
         The trailing dimensions of the input to normalize over.
     eps : float or None
-        None: the machine epsilon of the dtype the input is computed in (float32 for float16 input), as
-        PyTorch.
+        Added to the mean square before the square root.  None: the machine epsilon of the dtype the
+        input is computed in (float32 for float16 input), as PyTorch.
     elementwise_affine : bool
         Learnable ``weight`` (ones) of shape ``normalized_shape``.
     dtype : float32 or float64, keyword-only
+        dtype of the weight.
+    """ + _ROWS_SHAPE + r"""
+    Attributes
+    ----------
+    weight : ndarray of shape normalized_shape, or None
+        Learnable :math:`\gamma` (None without ``elementwise_affine``).  RMSNorm has no bias.
+    grad_weight : ndarray or None
+        The weight's gradient from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: RMSNorm computes the same in both modes.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x}{\sqrt{\frac{1}{n} \sum x^2 + \epsilon}} \cdot \gamma
+
+    over the :math:`n` values of the last ``len(normalized_shape)`` dimensions of each sample, in
+    float64.  No mean is subtracted.
+    """ + _references("rms", "torch.nn.RMSNorm") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> rms = fastnorm.RMSNorm(2, eps=0.0)
+    >>> rms(np.array([[3., 4.]], np.float32)).round(4)    # x / sqrt(mean(x**2)), sqrt(12.5) = 3.5355
+    array([[0.8485, 1.1314]], dtype=float32)
     """
 
-    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *, dtype=np.float32):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+    weight: Optional[NDArray[Any]]
+
+    def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
+                 elementwise_affine: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
         self.eps = None if eps is None else _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
@@ -563,19 +981,29 @@ class RMSNorm(_Layer):
         self.weight = None
         self.reset_parameters()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "dtype": self.dtype.name}
 
-    def reset_parameters(self):
-        """Weight to 1."""
+    def reset_parameters(self) -> None:
+        """Weight to 1.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> rms = fastnorm.RMSNorm(2)
+        >>> rms.weight[:] = 5.0
+        >>> rms.reset_parameters()
+        >>> rms.weight
+        array([1., 1.], dtype=float32)
+        """
         if self.elementwise_affine:
             self.weight = np.ones(self.normalized_shape, self.dtype)
 
-    def _state(self):
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight}
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         if not _keeps_grad():
             return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
         saved = self._input_to_keep(x, out)
@@ -583,35 +1011,81 @@ class RMSNorm(_Layer):
         self._keep(saved, rstd)
         return y
 
-    def _backward(self, grad_output, x, rstd):
+    forward.__doc__ = _fill(_ROWS_FORWARD, 
+        summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
+        cls="RMSNorm", example="array([[0.8485, 1.1314]], dtype=float32)")
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, rstd = saved
         return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight)
 
-    def _torch_repr(self):
+    def _torch_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
 class GroupNorm(_Layer):
-    """Group normalization, as ``torch.nn.GroupNorm``.
+    r"""Group normalization, as ``torch.nn.GroupNorm``: the channels of each sample are split into
+    ``num_groups`` groups, each normalized over its channels and spatial dimensions.
 
     Parameters
     ----------
     num_groups : int
-        Groups the channels are split into; must divide ``num_channels``.
+        G, the groups the channels are split into; must divide ``num_channels``.
     num_channels : int
-        C.
+        C, the number of channels.
     eps : float
-        Added to the variance before the square root.
+        Added to the variance before the square root; >= 0.
     affine : bool
         Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
     bias : bool, keyword-only
         With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
+        dtype of the parameters.
     channel_axis : int, keyword-only
-        1 (channels first, the default) or -1 (channels last).
+        1 (channels first, the default) or -1 (channels last: (N, \*, C) input).
+
+    Shape
+    -----
+    input : (N, C, \*)
+        float16, float32 or float64, any number of spatial dimensions (none included).
+    output : the input's shape and dtype
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+        Learnable per-channel :math:`\gamma` and :math:`\beta` (None without ``affine``; bias None with
+        ``bias=False``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: GroupNorm computes the same in both modes.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    the mean and biased variance over the ``C / G`` channels and the spatial dimensions of each (sample,
+    group), in float64; :math:`\gamma` and :math:`\beta` per channel.
+    """ + _references("group", "torch.nn.GroupNorm") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> gn = fastnorm.GroupNorm(2, 4)
+    >>> y = gn(np.arange(16, dtype=np.float32).reshape(2, 4, 2))
+    >>> y[0].round(4)    # channels 0-1 are one group, 2-3 the other
+    array([[-1.3416, -0.4472],
+           [ 0.4472,  1.3416],
+           [-1.3416, -0.4472],
+           [ 0.4472,  1.3416]], dtype=float32)
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True, dtype=np.float32,
-                 channel_axis=1):
+    weight: Optional[NDArray[Any]]
+    bias: Optional[NDArray[Any]]
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 bias: bool = True, dtype: DTypeLike = np.float32, channel_axis: int = 1) -> None:
         self.num_groups = check_count(num_groups, "num_groups")
         self.num_channels = check_count(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
@@ -628,22 +1102,63 @@ class GroupNorm(_Layer):
         self.weight = self.bias = None
         self.reset_parameters()
 
-    def _config(self):
+    def _config(self) -> Dict[str, Any]:
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
                 "affine": self.affine, "bias": self._has_bias, "dtype": self.dtype.name,
                 "channel_axis": self.channel_axis}
 
-    def reset_parameters(self):
-        """Weight to 1, bias to 0."""
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> gn = fastnorm.GroupNorm(1, 2)
+        >>> gn.weight[:] = 5.0
+        >>> gn.reset_parameters()
+        >>> gn.weight
+        array([1., 1.], dtype=float32)
+        """
         if self.affine:
             self.weight = np.ones(self.num_channels, self.dtype)
             if self._has_bias:
                 self.bias = np.zeros(self.num_channels, self.dtype)
 
-    def _state(self):
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """Normalize each (sample, group) with its own statistics.
+
+        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory
+            order.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,
+            or read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)
+        array([[-1.,  1.]], dtype=float32)
+        """
         x = _array(x, "input")
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
@@ -657,22 +1172,56 @@ class GroupNorm(_Layer):
         self._keep(saved, mean, rstd)
         return y
 
-    def _backward(self, grad_output, x, mean, rstd):
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, rstd = saved
         return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
                                      channel_axis=self.channel_axis)
 
-    def _torch_repr(self):
+    def _torch_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self._has_bias}"
 
 
 class _InstanceNorm(_NormBase):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, *,
-                 bias=True, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, *, bias: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray] = None) -> NDArray:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         """Normalize each (sample, channel) with its own statistics, or with the running statistics in
-        evaluation mode when they are tracked.  Unbatched input (C, ...) is accepted."""
+        evaluation mode when they are tracked.
+
+        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory
+            order.  Without ``affine`` and ``track_running_stats`` another number of channels than
+            ``num_features`` is normalized with a warning, as PyTorch.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` of another number of dimensions, or of channels with ``affine`` or
+            ``track_running_stats``; a single spatial value when normalizing with the instance's own
+            statistics; ``out`` of another shape, or read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32)).round(4)  # (C, L)
+        array([[-1.,  1.],
+               [-1.,  1.]], dtype=float32)
+        """
         x = _array(x, "input")
         self._check_input(x)
         unbatched = x.ndim == self._input_ndims[0]
@@ -697,43 +1246,88 @@ class _InstanceNorm(_NormBase):
         self._keep(saved, mean, rstd, use_input_stats, unbatched)
         return given_out if given_out is not None else (y[0] if unbatched else y)
 
-    def _backward(self, grad_output, x, mean, rstd, use_input_stats, unbatched):
-        grad_output = _array(grad_output, "grad_output")
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, rstd, use_input_stats, unbatched = saved
+        g = _array(grad_output, "grad_output")
         if unbatched:
-            grad_output = grad_output[np.newaxis]
-        dx, grad_weight, grad_bias = F.instance_norm_backward(grad_output, x, mean, rstd, self.weight,
-                                                              use_input_stats)
+            g = g[np.newaxis]
+        dx, grad_weight, grad_bias = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats)
         return (dx[0] if unbatched else dx), grad_weight, grad_bias
 
 
-class InstanceNorm1d(_InstanceNorm):
-    """Instance normalization over ``(N, C, L)`` or unbatched ``(C, L)`` input, as
-    ``torch.nn.InstanceNorm1d``.
+_INSTANCE_NORM_DOC = r"""Instance normalization over {shape} or unbatched {unbatched} input, as
+    ``torch.nn.InstanceNorm{dims}``.
 
     Parameters
     ----------
     num_features : int
-        C.
+        C, the number of channels.
     eps : float
-        Added to the variance before the square root.
-    momentum : float or None
-        Weight of the new batch in the running statistics (None: not updated, as in PyTorch).
+        Added to the variance before the square root; >= 0.
+    momentum : float in [0, 1] or None
+        Weight of the new batch in the running statistics (None: they are not updated, as in PyTorch).
     affine : bool
-        Learnable per-channel ``weight`` and ``bias`` (default False).
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros); default False.
     track_running_stats : bool
-        Keep running statistics, used in evaluation mode (default False).
+        Keep running statistics, used in evaluation mode; default False.
     bias : bool, keyword-only
         With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
-    """
+        dtype of the parameters and buffers.
+
+    Shape
+    -----
+    input : {shape} or {unbatched}
+        float16, float32 or float64.
+    output : the input's shape and dtype
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+        Learnable :math:`\gamma` and :math:`\beta` (None without ``affine``; bias None with ``bias=False``).
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics (None without ``track_running_stats``).
+    num_batches_tracked : int or None
+        0 with ``track_running_stats`` (None without): kept for PyTorch's state dict, which has it;
+        InstanceNorm does not count batches, as PyTorch's does not.
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Training mode (the default) or evaluation mode.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    the mean and biased variance over the spatial dimensions of each (sample, channel), in float64.  With
+    ``track_running_stats``, training mode updates the running statistics with the batch's average of the
+    instance means and unbiased variances, and evaluation mode normalizes with them.
+""" + _references("instance", "torch.nn.InstanceNorm{dims}") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> inorm = fastnorm.InstanceNorm{dims}(3)
+    >>> y = inorm(np.random.default_rng(0).normal(5.0, 2.0, {example}).astype(np.float32))
+    >>> bool(np.abs(y.mean(axis={axes})).max() < 1e-5)    # each (sample, channel) centred
+    True
+"""
+
+
+class InstanceNorm1d(_InstanceNorm):
+    __doc__ = _fill(_INSTANCE_NORM_DOC, dims="1d", shape="(N, C, L)", unbatched="(C, L)", example="(2, 3, 8)",
+                                        axes="2")
     _input_ndims = (2, 3)
 
 
 class InstanceNorm2d(_InstanceNorm):
-    """Instance normalization over ``(N, C, H, W)`` or ``(C, H, W)``; see :class:`InstanceNorm1d`."""
+    __doc__ = _fill(_INSTANCE_NORM_DOC, dims="2d", shape="(N, C, H, W)", unbatched="(C, H, W)",
+                                        example="(2, 3, 4, 4)", axes="(2, 3)")
     _input_ndims = (3, 4)
 
 
 class InstanceNorm3d(_InstanceNorm):
-    """Instance normalization over ``(N, C, D, H, W)`` or ``(C, D, H, W)``; see :class:`InstanceNorm1d`."""
+    __doc__ = _fill(_INSTANCE_NORM_DOC, dims="3d", shape="(N, C, D, H, W)", unbatched="(C, D, H, W)",
+                                        example="(2, 3, 2, 4, 4)", axes="(2, 3, 4)")
     _input_ndims = (4, 5)
