@@ -209,6 +209,16 @@ def test_save_and_load_errors(tmp_path):
         fastnorm.load(tmp_path / "other.npz")
 
 
+def test_a_path_of_another_type_is_a_type_error_and_bytes_paths_work(tmp_path):
+    for call in (lambda: fastnorm.save(3, fastnorm.LayerNorm(2)), lambda: fastnorm.load(3)):
+        with pytest.raises(TypeError, match="path: expected a str, path-like or binary file object, got int"):
+            call()
+    path = os.fsencode(tmp_path / "ln.safetensors")
+    fastnorm.save(path, fastnorm.LayerNorm(2, eps=1e-3))
+    assert os.listdir(tmp_path) == ["ln.safetensors"]
+    assert fastnorm.load(path).eps == 1e-3
+
+
 @pytest.mark.parametrize("clone", [lambda layer: pickle.loads(pickle.dumps(layer)), copy.deepcopy],
                          ids=["pickle", "deepcopy"])
 def test_pickle_and_deepcopy(rng, clone):

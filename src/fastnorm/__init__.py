@@ -1,6 +1,6 @@
 """fastnorm: the normalization layers of deep learning for NumPy arrays, on Cython + OpenMP kernels."""
 import types
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Dict
 
 from . import functional
 from ._version import __version__
@@ -41,13 +41,32 @@ def __getattr__(name: str) -> types.ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def show_config(print_out=True):
-    """Describe the build: version, OpenMP, thread count and pool, SIMD dispatch.
+def show_config(print_out: bool = True) -> Dict[str, Any]:
+    """Describe the build: version, OpenMP, thread count and pool, SIMD dispatch, output cache.
+
+    Parameters
+    ----------
+    print_out : bool
+        Also print the facts, one per line (as ``numpy.show_config``); ``python -m fastnorm info``
+        prints the same.
 
     Returns
     -------
-    dict
-        The same facts as printed.
+    dict of str
+        ``fastnorm``, ``numpy``, ``python`` (versions), ``machine``, ``openmp`` (bool: whether the
+        kernels were compiled with OpenMP; without it they run on one thread), ``threads`` (what
+        :func:`get_num_threads` returns), ``pool`` (what runs the parallel loops: fastnorm's own pool,
+        the compiler's OpenMP runtime, or none), ``simd`` (the statistics passes in use) and ``cache``
+        (the output cache's use and limit, in MiB).
+
+    Examples
+    --------
+    >>> import fastnorm
+    >>> config = fastnorm.show_config(print_out=False)
+    >>> sorted(config)
+    ['cache', 'fastnorm', 'machine', 'numpy', 'openmp', 'pool', 'python', 'simd', 'threads']
+    >>> config["fastnorm"] == fastnorm.__version__
+    True
     """
     import platform
 
@@ -55,7 +74,7 @@ def show_config(print_out=True):
 
     from . import _kernels
 
-    config = {
+    config: Dict[str, Any] = {
         "fastnorm": __version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

@@ -3,11 +3,12 @@ import argparse
 import json
 import os
 import sys
+from typing import List, Optional, Sequence
 
 from ._version import __version__
 
 
-def _thread_counts(text):
+def _thread_counts(text: str) -> List[int]:
     """'1,2' -> [1, 2]: positive integers, comma-separated."""
     try:
         counts = [int(t) for t in text.split(",")]
@@ -18,7 +19,7 @@ def _thread_counts(text):
     return counts
 
 
-def _positive(text):
+def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -28,7 +29,7 @@ def _positive(text):
     return value
 
 
-def _writable(path):
+def _writable(path: str) -> str:
     """A path the command can write at the end: checked now, so that a typo fails before the measuring."""
     where = os.path.dirname(os.path.abspath(path))
     target = path if os.path.exists(path) else where
@@ -37,7 +38,8 @@ def _writable(path):
     return path
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``) names; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fastnorm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastnorm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,23 +8,38 @@ baseline, PyTorch (when installed) and a copy of the bytes the call must move, i
 rounds with the same threads and the same cache state, and reports each one's median with its p25-p75
 spread, the ratios, fastnorm's bandwidth and its fraction of the copy's speed.
 """
+import functools
+import importlib
 import os
 import sys
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
 from ._threads import get_num_threads, threads
+from .layers import _Layer
 
-try:
-    import torch
-except ImportError:  # the PyTorch column is left out
-    torch = None
+
+def _optional_module(name: str) -> Any:
+    """The module, or None where it is not installed (typed Any: its stubs may be missing too)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+torch = _optional_module("torch")  # None: the PyTorch column is left out
 
 BATCH_NORM_SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (1, 64, 112, 112), (256, 512)]
+
+
+_Call = Callable[[], object]
+_Implementations = Tuple[_Call, _Call, Optional[_Call]]  # fastnorm, NumPy, PyTorch (None: not installed)
+_Row = Dict[str, Any]  # a row of a report's section, as the JSON report holds it
 
 
 class Calls(NamedTuple):
@@ -37,31 +52,31 @@ class Calls(NamedTuple):
 
 class Case(NamedTuple):
     name: str
-    shape: tuple
+    shape: Tuple[int, ...]
     build: Callable[[], Calls]  # allocates the data: call it when the case is about to run
 
     @property
-    def id(self):
+    def id(self) -> str:
         """The name, short and without spaces: ``batch_norm-train-NCHW-32x64x56x56``."""
         words = self.name.replace(", ", "x").replace("(", "").replace(")", "").split()
         return "-".join(words)
 
 
-def _print(line):
+def _print(line: str) -> None:
     print(line, flush=True)  # each row as it is measured, also when stdout is a pipe
 
 
-_junk = []
+_junk: List[NDArray[np.float32]] = []
 
 
-def _evict():
+def _evict() -> None:
     """Write twice the last-level cache, so that the next call starts with its data in memory only."""
     if not _junk:
         _junk.append(np.ones(_kernels.last_level_cache_bytes() // 2, np.float32))
     np.add(_junk[0], 1, out=_junk[0])
 
 
-def time_interleaved(functions, repeat, evict=True):
+def time_interleaved(functions: Sequence[_Call], repeat: int, evict: bool = True) -> List[Tuple[float, float, float]]:
     """(p25, median, p75) seconds per call of each function.
 
     ``repeat`` rounds each call every function once, the order rotating from round to round, so that a
@@ -70,7 +85,7 @@ def time_interleaved(functions, repeat, evict=True):
     """
     for f in functions:
         f()  # first-call costs: lazy initialisation, first-touch page faults of reused buffers
-    samples = [[] for _ in functions]
+    samples: List[List[float]] = [[] for _ in functions]
     for r in range(repeat):
         for k in range(len(functions)):
             i = (r + k) % len(functions)
@@ -79,10 +94,11 @@ def time_interleaved(functions, repeat, evict=True):
             t0 = time.perf_counter()
             functions[i]()
             samples[i].append(time.perf_counter() - t0)
-    return [tuple(float(v) for v in np.percentile(s, [25, 50, 75])) for s in samples]
+    quartiles = [np.percentile(s, [25, 50, 75]) for s in samples]
+    return [(float(p25), float(median), float(p75)) for p25, median, p75 in quartiles]
 
 
-def copy_of(moved, nthreads):
+def copy_of(moved: int, nthreads: int) -> Callable[[], None]:
     """A copy moving ``moved`` bytes (half read, half written) by ``nthreads`` threads, storing as the
     kernels store their output: the floor of a call that must move as many."""
     src = np.ones(max(1, moved // 8), np.uint32)
@@ -90,17 +106,19 @@ def copy_of(moved, nthreads):
     return lambda: _kernels.parallel_copy(src, dst, nthreads)
 
 
-def _numpy_batch_norm(x, axis, weight, bias, eps, mean=None, var=None):
+def _numpy_batch_norm(x: NDArray[Any], axis: int, weight: NDArray[Any], bias: NDArray[Any], eps: float,
+                      mean: Optional[NDArray[Any]] = None, var: Optional[NDArray[Any]] = None) -> NDArray[Any]:
     reduce = tuple(a for a in range(x.ndim) if a != axis)
     shape = [1] * x.ndim
     shape[axis] = -1
-    if mean is None:
+    if mean is None or var is None:
         mean, var = x.mean(axis=reduce), x.var(axis=reduce)
     scale = (weight / np.sqrt(var + eps)).reshape(shape)
-    return (x - mean.reshape(shape)) * scale + bias.reshape(shape)
+    y: NDArray[Any] = (x - mean.reshape(shape)) * scale + bias.reshape(shape)
+    return y
 
 
-def batch_norm_cases():
+def batch_norm_cases() -> Iterator[Case]:
     """A Case for every bench case of BatchNorm."""
     for shape in BATCH_NORM_SHAPES:
         layouts = [("NCHW", 1), ("NHWC", -1)] if len(shape) == 4 else [("NC", 1)]
@@ -109,10 +127,11 @@ def batch_norm_cases():
                 mode = "train" if training else "eval"
                 dims = shape if axis == 1 else (shape[0], *shape[2:], shape[1])
                 yield Case(f"batch_norm {mode} {layout} {dims}", dims,
-                           lambda dims=dims, axis=axis, training=training: make_batch_norm_case(dims, axis, training))
+                           functools.partial(make_batch_norm_case, dims, axis, training))
 
 
-def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
+def make_batch_norm_case(shape: Tuple[int, ...], axis: int, training: bool, dtype: DTypeLike = np.float32,
+                         seed: int = 0) -> Calls:
     """Calls of one case, on the same data."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -122,13 +141,13 @@ def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
     ax = axis % x.ndim
 
     # Each implementation allocates its output, as a user's ``y = bn(x)`` does.
-    def ours():
+    def ours() -> None:
         F.batch_norm(x, rm, rv, weight, bias, training, 0.1, 1e-5, channel_axis=axis)
 
-    def baseline():
+    def baseline() -> None:
         _numpy_batch_norm(x, ax, weight, bias, 1e-5, None if training else rm, None if training else rv)
 
-    theirs = None
+    theirs: Optional[_Call] = None
     if torch is not None:
         if axis == 1:
             xt = torch.from_numpy(x)
@@ -137,66 +156,71 @@ def make_batch_norm_case(shape, axis, training, dtype=np.float32, seed=0):
         rmt, rvt = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
         wt, bt = torch.from_numpy(weight), torch.from_numpy(bias)
 
-        def theirs():
+        def run_torch() -> None:
             with torch.no_grad():
                 torch.nn.functional.batch_norm(xt, rmt, rvt, wt, bt, training, 0.1, 1e-5)
+
+        theirs = run_torch
 
     return Calls(ours, baseline, theirs, 2 * x.nbytes)
 
 
-def _numpy_rows(x, axes, rms=False):
+def _numpy_rows(x: NDArray[Any], axes: Union[int, Tuple[int, ...]], rms: bool = False) -> NDArray[Any]:
+    y: NDArray[Any]
     if rms:
-        return x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + 1e-6)
-    return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+        y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + 1e-6)
+    else:
+        y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+    return y
 
 
-def family_cases():
+def family_cases() -> Iterator[Case]:
     """A Case for every bench case of the rest of the family and of the backward passes."""
-    def layer_norm(x):
+    def layer_norm(x: NDArray[np.float32]) -> _Implementations:
         D = x.shape[-1]
         w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
         ours = lambda: F.layer_norm(x, D, w, b)
         base = lambda: _numpy_rows(x, -1) * w + b
-        theirs = None
+        theirs: Optional[_Call] = None
         if torch is not None:
             xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
             theirs = lambda: torch.nn.functional.layer_norm(xt, (D,), wt, bt)
         return ours, base, theirs
 
-    def rms_norm(x):
+    def rms_norm(x: NDArray[np.float32]) -> _Implementations:
         D = x.shape[-1]
         w = np.ones(D, x.dtype)
         ours = lambda: F.rms_norm(x, D, w, 1e-6)
         base = lambda: _numpy_rows(x, -1, rms=True) * w
-        theirs = None
+        theirs: Optional[_Call] = None
         if torch is not None:
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
             theirs = lambda: torch.nn.functional.rms_norm(xt, (D,), wt, 1e-6)
         return ours, base, theirs
 
-    def group_norm(x, groups=32):
+    def group_norm(x: NDArray[np.float32], groups: int = 32) -> _Implementations:
         N, C = x.shape[:2]
         w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
         ours = lambda: F.group_norm(x, groups, w, b)
         base = lambda: _numpy_rows(x.reshape(N, groups, -1), -1).reshape(x.shape) * w[:, None, None] + b[:, None, None]
-        theirs = None
+        theirs: Optional[_Call] = None
         if torch is not None:
             xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
             theirs = lambda: torch.nn.functional.group_norm(xt, groups, wt, bt)
         return ours, base, theirs
 
-    def instance_norm(x):
+    def instance_norm(x: NDArray[np.float32]) -> _Implementations:
         C = x.shape[1]
         w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
         ours = lambda: F.instance_norm(x, None, None, w, b)
         base = lambda: _numpy_rows(x, (2, 3)) * w[:, None, None] + b[:, None, None]
-        theirs = None
+        theirs: Optional[_Call] = None
         if torch is not None:
             xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
             theirs = lambda: torch.nn.functional.instance_norm(xt, None, None, wt, bt)
         return ours, base, theirs
 
-    def batch_norm_backward(x):
+    def batch_norm_backward(x: NDArray[np.float32]) -> _Implementations:
         C = x.shape[1]
         g = np.random.default_rng(1).standard_normal(x.shape, dtype=np.float32)
         w, b = np.ones(C, x.dtype), np.zeros(C, x.dtype)
@@ -204,23 +228,24 @@ def family_cases():
         ours = lambda: F.batch_norm_backward(g, x, mean, invstd, w)
         axes = (0, 2, 3)
 
-        def base():
+        def base() -> NDArray[Any]:
             xhat = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
             db, dw = g.sum(axis=axes), (g * xhat).sum(axis=axes)
             n = x.size // C
-            return (w / np.sqrt(x.var(axis=axes) + 1e-5))[:, None, None] * (
+            dx: NDArray[Any] = (w / np.sqrt(x.var(axis=axes) + 1e-5))[:, None, None] * (
                 g - (db / n)[:, None, None] - xhat * (dw / n)[:, None, None])
+            return dx
         return ours, base, _torch_backward(lambda xt, wt, bt: torch.nn.functional.batch_norm(
             xt, None, None, wt, bt, True), x, g, w, b)
 
-    def layer_norm_backward(x):
+    def layer_norm_backward(x: NDArray[np.float32]) -> _Implementations:
         D = x.shape[-1]
         g = np.random.default_rng(1).standard_normal(x.shape, dtype=np.float32)
         w, b = np.ones(D, x.dtype), np.zeros(D, x.dtype)
         _, mean, rstd = F.layer_norm(x, D, w, b, return_stats=True)
         ours = lambda: F.layer_norm_backward(g, x, D, mean, rstd, w, b)
 
-        def base():
+        def base() -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
             xhat = _numpy_rows(x, -1)
             wg = g * w
             r = 1 / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
@@ -229,8 +254,9 @@ def family_cases():
         return ours, base, _torch_backward(lambda xt, wt, bt: torch.nn.functional.layer_norm(
             xt, (D,), wt, bt), x, g, w, b)
 
-    def case(name, shape, make, passes=2):  # passes: arrays of x's size the call reads or writes
-        def build():
+    def case(name: str, shape: Tuple[int, ...], make: Callable[[NDArray[np.float32]], _Implementations],
+             passes: int = 2) -> Case:  # passes: arrays of x's size the call reads or writes
+        def build() -> Calls:
             x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
             return Calls(*make(x), passes * x.nbytes)
         return Case(f"{name} {shape}", shape, build)
@@ -244,7 +270,8 @@ def family_cases():
     yield case("layer_norm backward", (4096, 768), layer_norm_backward, passes=3)
 
 
-def _torch_backward(forward, x, g, w, b):
+def _torch_backward(forward: Callable[[Any, Any, Any], Any], x: NDArray[Any], g: NDArray[Any], w: NDArray[Any],
+                    b: NDArray[Any]) -> Optional[_Call]:
     """PyTorch autograd of ``forward`` (the graph built once; each call runs the backward only)."""
     if torch is None:
         return None
@@ -255,17 +282,17 @@ def _torch_backward(forward, x, g, w, b):
     return lambda: torch.autograd.grad(yt, (xt, wt, bt), gt, retain_graph=True)
 
 
-def all_cases():
+def all_cases() -> Iterator[Case]:
     """Every Case of the kernel table (their data is allocated by ``build``)."""
     yield from batch_norm_cases()
     yield from family_cases()
 
 
-def latency_cases():
+def latency_cases() -> Iterator[Tuple[str, _Layer, Any, Tuple[int, ...]]]:
     """(name, fastnorm layer, torch module or None, shape) of the tiny eval-mode calls of a CPU service."""
     from . import layers as L
 
-    def pair(ours, theirs):
+    def pair(ours: _Layer, theirs: Any) -> Tuple[_Layer, Any]:
         ours.eval()
         if theirs is not None:
             theirs.eval()
@@ -282,7 +309,7 @@ def latency_cases():
     yield "RMSNorm", *pair(L.RMSNorm(768), nn and nn.RMSNorm(768)), (1, 768)
 
 
-def run_latency(repeat=7, number=2000, print_fn=_print):
+def run_latency(repeat: int = 7, number: int = 2000, print_fn: Callable[[str], None] = _print) -> List[_Row]:
     """Microseconds per eval-mode layer call on tiny inputs, fastnorm under no_grad() vs PyTorch modules
     under torch.no_grad(), one thread each."""
     import timeit
@@ -299,7 +326,7 @@ def run_latency(repeat=7, number=2000, print_fn=_print):
             x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
             t_ours = min(timeit.repeat(lambda: ours(x), number=number, repeat=repeat)) / number * 1e6
             line = f"{name:<16}{str(shape):<16}{t_ours:>8.2f}us"
-            row = dict(layer=name, shape=shape, fastnorm_us=t_ours)
+            row: _Row = dict(layer=name, shape=shape, fastnorm_us=t_ours)
             if theirs is not None:
                 xt = torch.from_numpy(x)
                 with torch.no_grad():
@@ -311,7 +338,8 @@ def run_latency(repeat=7, number=2000, print_fn=_print):
     return rows
 
 
-def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=_print):
+def run_shared_layer_throughput(calls: int = 200, shape: Tuple[int, ...] = (8, 256, 14, 14),
+                                print_fn: Callable[[str], None] = _print) -> List[_Row]:
     """Calls per second of one eval-mode BatchNorm2d shared by 1 and by 2 Python threads, each call on
     its own input with one kernel thread (the GIL is released in the kernels)."""
     import threading
@@ -321,7 +349,7 @@ def run_shared_layer_throughput(calls=200, shape=(8, 256, 14, 14), print_fn=_pri
     layer = BatchNorm2d(shape[1]).eval()
     inputs = [np.random.default_rng(k).standard_normal(shape, dtype=np.float32) for k in range(2)]
 
-    def work(x):
+    def work(x: NDArray[np.float32]) -> None:
         with threads(1), no_grad():
             for _ in range(calls):
                 layer(x)
@@ -466,21 +494,21 @@ def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
 
 
 class Settings(NamedTuple):
-    thread_counts: list
+    thread_counts: List[int]
     repeat: int = 15
     name_filter: str = ""  # a section runs what matches: cases by their name, other sections by theirs
     evict: bool = True
     print_fn: Callable[[str], None] = _print
 
 
-def measure_case(case, nthreads, repeat, evict=True):
+def measure_case(case: Case, nthreads: int, repeat: int, evict: bool = True) -> _Row:
     """One row of the kernel table: the p25, median and p75 seconds of fastnorm, the NumPy baseline,
     PyTorch (when installed) and the copy of the same bytes, timed in the same rounds on ``nthreads``."""
     calls = case.build()
-    named = {"fastnorm": calls.fastnorm, "numpy": calls.numpy, "torch": calls.torch,
+    given = {"fastnorm": calls.fastnorm, "numpy": calls.numpy, "torch": calls.torch,
              "copy": copy_of(calls.moved, nthreads)}
-    named = {k: f for k, f in named.items() if f is not None}
-    row = dict(case=case.name, shape=list(case.shape), threads=nthreads, moved_bytes=calls.moved)
+    named = {k: f for k, f in given.items() if f is not None}
+    row: _Row = dict(case=case.name, shape=list(case.shape), threads=nthreads, moved_bytes=calls.moved)
     for k, (p25, median, p75) in zip(named, time_interleaved(list(named.values()), repeat, evict)):
         row.update({f"{k}_s": median, f"{k}_p25_s": p25, f"{k}_p75_s": p75})
     ours, copy = row["fastnorm_s"], row["copy_s"]
@@ -492,7 +520,7 @@ def measure_case(case, nthreads, repeat, evict=True):
     return row
 
 
-def _table_line(row, width):
+def _table_line(row: Mapping[str, Any], width: int) -> str:
     ours = row["fastnorm_s"]
     line = f"{row['case']:<{width}}{row['threads']:>3}"
     for k in ("fastnorm", "numpy", "torch"):
@@ -505,7 +533,7 @@ def _table_line(row, width):
     return line + f"{row['gbps']:>7.1f}{row['copy_fraction']:>8.0%}" + ("*" if row["faster_than_copy"] else "")
 
 
-def run_cases(settings):
+def run_cases(settings: Settings) -> List[_Row]:
     """The kernel table: each case whose name contains the filter, at each thread count."""
     cases = [case for case in all_cases() if settings.name_filter in case.name]
     if not cases:
@@ -535,11 +563,11 @@ def run_cases(settings):
     return rows
 
 
-def run_latency_section(settings):
+def run_latency_section(settings: Settings) -> List[_Row]:
     return run_latency(print_fn=settings.print_fn) if settings.name_filter in "latency" else []
 
 
-def run_shared_layer_section(settings):
+def run_shared_layer_section(settings: Settings) -> List[_Row]:
     return run_shared_layer_throughput(print_fn=settings.print_fn) if settings.name_filter in "shared layer" else []
 
 
@@ -549,7 +577,7 @@ def run_pipeline_section(settings):
 
 # (name, function(settings) -> rows): the report's sections, in order.  Each prints its table as it
 # measures and runs only what matches the filter (an empty filter matches everything).
-SECTIONS = [
+SECTIONS: List[Tuple[str, Callable[[Settings], List[_Row]]]] = [
     ("kernels", run_cases),
     ("latency", run_latency_section),
     ("shared layer", run_shared_layer_section),
@@ -557,7 +585,7 @@ SECTIONS = [
 ]
 
 
-def setup(settings):
+def setup(settings: Settings) -> Dict[str, Any]:
     """What the figures depend on: versions, build, machine and the bench's own settings."""
     from . import show_config
 
@@ -569,12 +597,13 @@ def setup(settings):
     return facts
 
 
-def run(thread_counts=None, repeat=15, name_filter="", evict=True, print_fn=_print):
+def run(thread_counts: Optional[Sequence[int]] = None, repeat: int = 15, name_filter: str = "", evict: bool = True,
+        print_fn: Callable[[str], None] = _print) -> Dict[str, Any]:
     """Print every section as it is measured; returns the report: ``setup`` and each section's rows."""
     if thread_counts is None:
         thread_counts = sorted({1, get_num_threads()})
     settings = Settings(list(thread_counts), repeat, name_filter, evict, print_fn)
-    report = dict(setup=setup(settings), sections={})
+    report: Dict[str, Any] = dict(setup=setup(settings), sections={})
     print_fn(f"fastnorm bench: float32, median of {repeat} calls ± half their p25-p75 range; "
              f"'x' columns = their median / fastnorm's; caches {report['setup']['caches']}")
     print_fn("'of copy': time of a copy of the bytes the call must move (x read and y written; a backward "
@@ -588,7 +617,7 @@ def run(thread_counts=None, repeat=15, name_filter="", evict=True, print_fn=_pri
     return report
 
 
-def plot(report, path):
+def plot(report: Mapping[str, Any], path: str) -> None:
     """Save a figure of the kernel table: each case's time relative to fastnorm's (NumPy, PyTorch and the
     copy of the same bytes), one panel per thread count, bars at the median, whiskers p25 to p75."""
     import matplotlib

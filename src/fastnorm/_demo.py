@@ -9,13 +9,18 @@ mode (running statistics) on held-out data reaches the accuracy training reached
 import contextlib
 import sys
 import time
+from typing import Any, Dict, Iterator, List, TextIO, Tuple, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import BatchNorm1d, no_grad, threads
 
+Array = NDArray[Any]
 
-def spiral(n_per_class, classes=3, noise=0.2, seed=0):
+
+def spiral(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 0
+           ) -> Tuple[NDArray[np.float32], NDArray[np.int_]]:
     """Points on `classes` interleaved spiral arms, with labels."""
     rng = np.random.default_rng(seed)
     t = np.tile(np.linspace(0.0, 1.0, n_per_class), classes)
@@ -29,73 +34,83 @@ def spiral(n_per_class, classes=3, noise=0.2, seed=0):
 
 
 class Linear:
-    def __init__(self, fan_in, fan_out, rng):
+    def __init__(self, fan_in: int, fan_out: int, rng: np.random.Generator) -> None:
         self.weight = (rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         self.bias = np.zeros(fan_out, np.float32)
+        self.x = self.grad_weight = self.grad_bias = np.zeros(0, np.float32)
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         self.x = x
-        return x @ self.weight + self.bias
+        y: Array = x @ self.weight + self.bias
+        return y
 
-    def backward(self, grad):
+    def backward(self, grad: Array) -> Array:
         self.grad_weight = self.x.T @ grad
         self.grad_bias = grad.sum(axis=0)
-        return grad @ self.weight.T
+        dx: Array = grad @ self.weight.T
+        return dx
+
+
+class ReLU:
+    def __init__(self) -> None:
+        self.mask = np.zeros(0, bool)
+
+    def __call__(self, x: Array) -> Array:
+        self.mask = x > 0
+        y: Array = x * self.mask
+        return y
+
+    def backward(self, grad: Array) -> Array:
+        dx: Array = grad * self.mask
+        return dx
 
 
 class MLP:
-    def __init__(self, hidden=64, classes=3, seed=0):
+    def __init__(self, hidden: int = 64, classes: int = 3, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.layers = [Linear(2, hidden, rng), BatchNorm1d(hidden), "relu",
-                       Linear(hidden, hidden, rng), BatchNorm1d(hidden), "relu",
-                       Linear(hidden, classes, rng)]
+        self.layers: List[Union[Linear, BatchNorm1d, ReLU]] = [
+            Linear(2, hidden, rng), BatchNorm1d(hidden), ReLU(),
+            Linear(hidden, hidden, rng), BatchNorm1d(hidden), ReLU(),
+            Linear(hidden, classes, rng)]
 
     @property
-    def norms(self):
+    def norms(self) -> List[BatchNorm1d]:
         return [layer for layer in self.layers if isinstance(layer, BatchNorm1d)]
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> None:
         for norm in self.norms:
             norm.train(mode)
 
-    def __call__(self, x):
-        self.masks = []
+    def __call__(self, x: Array) -> Array:
         for layer in self.layers:
-            if layer == "relu":
-                mask = x > 0
-                self.masks.append(mask)
-                x = x * mask
-            else:
-                x = layer(x)
+            x = layer(x)
         return x
 
-    def backward(self, grad):
-        masks = list(self.masks)
+    def backward(self, grad: Array) -> None:
         for layer in reversed(self.layers):
-            grad = grad * masks.pop() if layer == "relu" else layer.backward(grad)
+            grad = layer.backward(grad)
 
-    def parameters(self):
+    def parameters(self) -> Iterator[Tuple[Array, Array]]:
         """(array, gradient) pairs of every trainable parameter."""
         for layer in self.layers:
-            if isinstance(layer, Linear):
-                yield layer.weight, layer.grad_weight
-                yield layer.bias, layer.grad_bias
-            elif isinstance(layer, BatchNorm1d):
-                yield layer.weight, layer.grad_weight
-                yield layer.bias, layer.grad_bias
+            if isinstance(layer, (Linear, BatchNorm1d)):
+                for param, grad in ((layer.weight, layer.grad_weight), (layer.bias, layer.grad_bias)):
+                    if param is None or grad is None:
+                        raise RuntimeError("parameters: call backward first")
+                    yield param, grad
 
-    def norm_inputs(self, x):
+    def norm_inputs(self, x: Array) -> List[Array]:
         """The input of each BatchNorm layer for x, in eval mode."""
         inputs = []
         with no_grad():
             for layer in self.layers:
                 if isinstance(layer, BatchNorm1d):
                     inputs.append(x)
-                x = x * (x > 0) if layer == "relu" else layer(x)
+                x = layer(x)
         return inputs
 
 
-def cross_entropy(logits, labels):
+def cross_entropy(logits: Array, labels: Array) -> Tuple[float, Array]:
     """Mean loss and its gradient with respect to the logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted)
@@ -106,19 +121,19 @@ def cross_entropy(logits, labels):
     return float(loss), grad / labels.size
 
 
-def accuracy(model, x, labels):
+def accuracy(model: MLP, x: Array, labels: Array) -> float:
     model.train(False)
     with no_grad():
         predicted = model(x).argmax(axis=1)
     return float((predicted == labels).mean())
 
 
-def _bar(done, total, width=30):
+def _bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / total)
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def one_thread():
+def one_thread() -> contextlib.ExitStack:
     """fastnorm, and NumPy's BLAS where threadpoolctl is installed, on one thread: the arrays are (128, 64),
     and threads would wait for each other longer than they compute (the demo took 25 s instead of 1.4 s
     with two threads each on a busy 2-core machine)."""
@@ -132,16 +147,17 @@ def one_thread():
     return stack
 
 
-def run(epochs=40, batch=128, lr=0.05, momentum=0.9, out=sys.stdout):
+def run(epochs: int = 40, batch: int = 128, lr: float = 0.05, momentum: float = 0.9,
+        out: TextIO = sys.stdout) -> Dict[str, float]:
     with one_thread():
         return _train(epochs, batch, lr, momentum, out)
 
 
-def _train(epochs, batch, lr, momentum, out):
+def _train(epochs: int, batch: int, lr: float, momentum: float, out: TextIO) -> Dict[str, float]:
     x_train, y_train = spiral(1500, seed=0)
     x_test, y_test = spiral(500, seed=1)
     model = MLP()
-    velocity = {}
+    velocity: Dict[int, Array] = {}
     steps = (x_train.shape[0] + batch - 1) // batch
     start = time.perf_counter()
     print(f"fastnorm demo: 3-layer MLP with BatchNorm1d on a 3-class spiral "

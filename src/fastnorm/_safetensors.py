@@ -56,6 +56,14 @@ class SafetensorsFile(Mapping[str, NDArray[Any]]):
     ------
     ValueError
         The file is not a safetensors file, or is damaged; the message says what is wrong.
+
+    Examples
+    --------
+    >>> import io, json, numpy as np
+    >>> header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    >>> tensors = SafetensorsFile(io.BytesIO(len(header).to_bytes(8, "little") + header + np.ones(2, "<f4").tobytes()))
+    >>> list(tensors), tensors.dtype("w"), tensors["w"]
+    (['w'], 'F32', array([1., 1.], dtype=float32))
     """
 
     def __init__(self, f: BinaryIO, *, widen: bool = True) -> None:

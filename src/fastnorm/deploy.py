@@ -10,30 +10,40 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from typing import BinaryIO, Optional, Union
+from typing import (IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Literal, Mapping, Optional, Sequence,
+                    Tuple, Type, Union)
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import distributed as _distributed
 from . import layers as _layers
 from ._safetensors import SafetensorsFile
 from ._validation import _array
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's from Python 3.13
+
 __all__ = ["fold_batch_norm", "save", "load"]
 
 _FORMAT = 1
 _META_KEY = "__fastnorm__"
-_LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__ if name != "no_grad"}
+_LAYER_CLASSES: Dict[str, Type[_layers._Layer]] = {
+    name: getattr(_layers, name) for name in _layers.__all__ if name != "no_grad"}
 _LAYER_CLASSES["SyncBatchNorm"] = _distributed.SyncBatchNorm
 
+_Path = Union[str, "os.PathLike[str]"]
+_Format = Optional[Literal["npz", "safetensors"]]
+# What save takes and load gives back: a layer, or layers by name.
+_Layers = Union[_layers._Layer, Mapping[str, _layers._Layer]]
 
-def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
-    """The weight and bias of a convolution or linear layer followed by an eval-mode BatchNorm, as one layer.
 
-    ``bn(conv(x)) == folded_conv(x)`` with ``scale = bn.weight / sqrt(bn.running_var + bn.eps)``,
-    ``weight' = weight * scale`` along the output channels and
-    ``bias' = (bias - bn.running_mean) * scale + bn.bias`` (what ``torch.nn.utils.fusion`` does).
-    Computed in float64 and returned in the weight's dtype (in native byte order).
+def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._BatchNorm, *,
+                    layout: Literal["conv", "linear"] = "conv") -> Tuple[NDArray[Any], NDArray[Any]]:
+    r"""The weight and bias of a convolution or linear layer followed by an eval-mode BatchNorm, as one layer.
+
+    ``bn(conv(x)) == folded_conv(x)`` for ``bn`` in evaluation mode (its running statistics).  Computed in
+    float64 and returned in the weight's dtype (in native byte order); the inputs are not modified.
 
     Parameters
     ----------
@@ -45,10 +55,35 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     bn : BatchNorm1d, BatchNorm2d or BatchNorm3d
         With running statistics (``track_running_stats=True``); its out_channels must match.
     layout : {"conv", "linear"}
+        Where the output channels are: both layouts have them first, as PyTorch's ``Conv*d`` and
+        ``Linear``; "linear" requires a 2-D weight, "conv" at least 3-D.
 
     Returns
     -------
-    weight, bias : ndarray
+    weight : ndarray
+        The folded weight, of ``weight``'s shape and dtype.
+    bias : ndarray of shape (out_channels,)
+        The folded bias, of ``weight``'s dtype.
+
+    Raises
+    ------
+    TypeError
+        ``bn`` not a fastnorm BatchNorm layer, or ``weight`` not floating point.
+    ValueError
+        An unknown ``layout``; a ``bn`` without running statistics; a weight of the wrong number of
+        dimensions, or whose first axis is not ``bn.num_features`` long; a bias not of shape
+        ``(out_channels,)``.
+
+    Notes
+    -----
+    With :math:`s = \gamma / \sqrt{\sigma^2_{running} + \epsilon}` per output channel,
+
+    .. math::
+
+        W' = W \cdot s, \qquad b' = (b - \mu_{running}) \cdot s + \beta
+
+    (:math:`\gamma = 1`, :math:`\beta = 0` without them), as PyTorch's ``fuse_conv_bn_weights`` and
+    ``fuse_linear_bn_weights`` in ``torch.nn.utils.fusion``.
 
     Examples
     --------
@@ -75,24 +110,27 @@ def fold_batch_norm(weight, bias, bn, *, layout: str = "conv"):
     C = bn.num_features
     if w.shape[0] != C:
         raise ValueError(f"weight: expected {C} output channels (bn.num_features) on axis 0, got shape {w.shape}")
-    b = np.zeros(C) if bias is None else np.asarray(_array(bias, "bias"), dtype=np.float64)
+    b = np.zeros(C) if bias is None else _float64(bias, "bias")
     if b.shape != (C,):
         raise ValueError(f"bias: expected shape ({C},), got {b.shape}")
-    stats = {k: None if getattr(bn, k) is None else np.asarray(_array(getattr(bn, k), f"bn.{k}"), np.float64)
-             for k in ("running_mean", "running_var", "weight", "bias")}
-    scale = 1.0 / np.sqrt(stats["running_var"] + bn.eps)
+    running_mean, running_var = _layers._running_stats(bn)
+    scale = 1.0 / np.sqrt(_float64(running_var, "bn.running_var") + bn.eps)
     if bn.weight is not None:
-        scale = scale * stats["weight"]
-    shift = -stats["running_mean"] * scale
+        scale = scale * _float64(bn.weight, "bn.weight")
+    shift = -_float64(running_mean, "bn.running_mean") * scale
     if bn.bias is not None:
-        shift = shift + stats["bias"]
+        shift = shift + _float64(bn.bias, "bn.bias")
     folded_w = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))
     folded_b = b * scale + shift
     dtype = w.dtype.newbyteorder("=")
     return folded_w.astype(dtype), folded_b.astype(dtype)
 
 
-def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[str] = None) -> None:
+def _float64(value: ArrayLike, name: str) -> NDArray[np.float64]:
+    return np.asarray(_array(value, name), dtype=np.float64)
+
+
+def save(path: Union[_Path, BinaryIO], layers: _Layers, *, format: _Format = None) -> None:
     """Save a layer, or a mapping of names to layers, to a file in NumPy's ``.npz`` format or in the
     safetensors format.
 
@@ -109,6 +147,8 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[st
     Parameters
     ----------
     path : str, path-like or binary file object
+        Where to write: a path (written as described above), or a writable binary file object (written
+        at its position, and not closed).
     layers : fastnorm layer, or mapping of str to fastnorm layers
         Names may not contain ``"."``.
     format : {None, "npz", "safetensors"}, keyword-only
@@ -120,12 +160,16 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[st
     ------
     TypeError
         Something other than a fastnorm layer, or a name that is not a string.
+    OSError
+        The file cannot be written (``path`` is then left as it was).
     ValueError
         A name with ``"."``, an unknown ``format``, or a layer whose parameters or buffers contradict its
         configuration (a ``weight`` of another shape or dtype than ``num_features`` and ``dtype`` give, a
         buffer its configuration does not have): :func:`load` would refuse the file.
     ImportError
         ``format="safetensors"`` without the ``safetensors`` package.
+    TypeError
+        A ``path`` that is neither a path nor a file object.
 
     Examples
     --------
@@ -139,9 +183,10 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[st
     """
     format = _format(path, format)
     save_safetensors = _safetensors_save() if format == "safetensors" else None
+    named: Dict[Any, Any] = {"": layers} if isinstance(layers, _layers._Layer) else dict(layers)
     single = isinstance(layers, _layers._Layer)
-    named = {"": layers} if single else dict(layers)
-    arrays, meta = {}, {}
+    arrays: Dict[str, NDArray[Any]] = {}
+    meta: Dict[str, Any] = {}
     for name, layer in named.items():
         if not isinstance(name, str):
             raise TypeError(f"layers: expected names that are strings, got {name!r}")
@@ -157,53 +202,63 @@ def save(path: Union[str, os.PathLike, BinaryIO], layers, *, format: Optional[st
         _parse(text, arrays)  # what load would refuse, save refuses
     except ValueError as e:
         raise ValueError(f"layers: {e}") from None
-    if format == "safetensors":
+    if save_safetensors is not None:
         # A single layer's keys bare ("weight"), as PyTorch's state_dict() of one module; the data
         # contiguous and little-endian, as the format stores it.
         tensors = {(key[1:] if single else key): np.asarray(value, value.dtype.newbyteorder("<"), order="C")
                    for key, value in arrays.items()}
+        writer = save_safetensors
 
-        def write(f):
-            f.write(save_safetensors(tensors, {_META_KEY: text}))
+        def write(f: IO[bytes]) -> None:
+            f.write(writer(tensors, {_META_KEY: text}))
     else:
-        arrays[_META_KEY] = np.array(text)
+        # savez's keyword arguments are the members and its own options alike: a plain mapping.
+        members: Dict[str, Any] = {**arrays, _META_KEY: np.array(text)}
 
-        def write(f):
-            np.savez(f, **arrays)
-    if hasattr(path, "write"):
+        def write(f: IO[bytes]) -> None:
+            np.savez(f, **members)
+    if not _is_path(path):
         write(path)
         return
-    path = os.fspath(path)
-    partial = f"{path}.{secrets.token_hex(6)}.partial"
+    target = os.fsdecode(path)
+    partial = f"{target}.{secrets.token_hex(6)}.partial"
     try:
         with open(partial, "xb") as f:  # np.savez(path) would append ".npz" to a path without it
             write(f)
-        os.replace(partial, path)
+        os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
-def _format(path, format):
+def _format(path: object, format: object) -> Literal["npz", "safetensors"]:
     """The file format of a save or load: ``format``, or the one ``path``'s suffix names."""
+    if not (_is_path(path) or hasattr(path, "read") or hasattr(path, "write")):
+        raise TypeError(f"path: expected a str, path-like or binary file object, got {type(path).__name__}")
     if format is None:
-        name = "" if hasattr(path, "read") or hasattr(path, "write") else os.fsdecode(path)
+        name = os.fsdecode(path) if _is_path(path) else ""
         return "safetensors" if name.lower().endswith(".safetensors") else "npz"
-    if format not in ("npz", "safetensors"):
-        raise ValueError(f"format: expected 'npz', 'safetensors' or None, got {format!r}")
-    return format
+    if format == "npz" or format == "safetensors":
+        return format
+    raise ValueError(f"format: expected 'npz', 'safetensors' or None, got {format!r}")
 
 
-def _safetensors_save():
+def _is_path(path: object) -> TypeIs[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]:
+    return isinstance(path, (str, bytes, os.PathLike))
+
+
+def _safetensors_save() -> Callable[[Dict[str, NDArray[Any]], Dict[str, str]], bytes]:
     try:
         from safetensors.numpy import save
     except ImportError:
         raise ImportError("format='safetensors': writing safetensors needs the safetensors package "
                           "(pip install 'fastnorm[safetensors]')") from None
-    return save
+    writer: Callable[[Dict[str, NDArray[Any]], Dict[str, str]], bytes] = save  # typed with or without its stubs
+    return writer
 
 
-def load(path: Union[str, os.PathLike, BinaryIO], *, format: Optional[str] = None):
+def load(path: Union[_Path, BinaryIO], *, format: _Format = None
+         ) -> Union[_layers._Layer, Dict[str, _layers._Layer]]:
     """Load what :func:`save` wrote: a layer, or a dict of names to layers.
 
     Everything in the file is checked before anything of a size it states is allocated: each array's
@@ -214,6 +269,7 @@ def load(path: Union[str, os.PathLike, BinaryIO], *, format: Optional[str] = Non
     Parameters
     ----------
     path : str, path-like or binary file object
+        The file (a file object: seekable, read from its start).
     format : {None, "npz", "safetensors"}, keyword-only
         None: safetensors for a path ending in ``.safetensors`` (in any case), ``.npz`` otherwise (a file
         object included).
@@ -233,6 +289,8 @@ def load(path: Union[str, os.PathLike, BinaryIO], *, format: Optional[str] = Non
         writes (wrong or missing keys, unknown layer classes, configuration values of the wrong type or
         out of range), arrays missing, unexpected or of another shape or dtype than the configuration
         gives.  The message names what is wrong.
+    TypeError
+        A ``path`` that is neither a path nor a file object.
     OSError
         The file cannot be opened.
 
@@ -245,14 +303,14 @@ def load(path: Union[str, os.PathLike, BinaryIO], *, format: Optional[str] = Non
     >>> fastnorm.load(buffer)
     LayerNorm((4,), eps=0.001, elementwise_affine=True, bias=True)
     """
-    format = _format(path, format)
-    if hasattr(path, "read"):
-        return _load(path, f"path: {path!r}", format)
+    kind = _format(path, format)
+    if not _is_path(path):
+        return _load(path, f"path: {path!r}", kind)
     with open(path, "rb") as f:
-        return _load(f, f"path: {os.fspath(path)!r}", format)
+        return _load(f, f"path: {os.fspath(path)!r}", kind)
 
 
-def _load(f, where, format):
+def _load(f: BinaryIO, where: str, format: str) -> Union[_layers._Layer, Dict[str, _layers._Layer]]:
     try:
         if format == "safetensors":
             tensors = SafetensorsFile(f, widen=False)
@@ -262,7 +320,7 @@ def _load(f, where, format):
                                  "layer.load_state_dict reads a PyTorch state dict)")
             single, entries = _document(text)
             # A single layer's keys are bare ("weight"), as in PyTorch; the description names it "".
-            arrays = {("." if single else "") + key: tensors[key] for key in tensors}
+            arrays: Dict[str, NDArray[Any]] = {("." if single else "") + key: tensors[key] for key in tensors}
         else:
             arrays = _read_archive(f)
             meta = arrays.pop(_META_KEY, None)
@@ -284,7 +342,7 @@ _DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImpl
             OverflowError, struct.error, zlib.error, tokenize.TokenError, SyntaxError)
 
 
-def _read_archive(f):
+def _read_archive(f: BinaryIO) -> Dict[str, NDArray[Any]]:
     """The arrays of the ``.npz`` archive in the binary file ``f``, by name, in native byte order.
 
     Each member's header is checked against the bytes the archive holds for it before its data is read,
@@ -294,7 +352,8 @@ def _read_archive(f):
     f.seek(0, os.SEEK_END)
     file_size = f.tell()
     f.seek(0)
-    arrays, total = {}, 0
+    arrays: Dict[str, NDArray[Any]] = {}
+    total = 0
     with zipfile.ZipFile(f) as archive:
         for info in archive.infolist():
             member = f"member {info.filename!r}"
@@ -312,7 +371,7 @@ def _read_archive(f):
     return arrays
 
 
-def _read_member(archive, info):
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> NDArray[Any]:
     with archive.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -337,14 +396,14 @@ def _read_member(archive, info):
     return array.astype(dtype.newbyteorder("="))
 
 
-def _parse(text, arrays):
+def _parse(text: str, arrays: Mapping[str, NDArray[Any]]) -> Tuple[Dict[str, _layers._Layer], bool]:
     """The layers a description (JSON) and its arrays (``"<name>.<key>"``) give, and whether it is of
     one layer; ValueError naming what is wrong otherwise."""
     single, entries = _document(text)
     return _layers_of(entries, arrays), single
 
 
-def _document(text):
+def _document(text: str) -> Tuple[bool, Dict[str, Any]]:
     """Whether a description (JSON) is of one layer, and its entries (name -> class, config, mode)."""
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
@@ -360,14 +419,14 @@ def _document(text):
     return single, entries
 
 
-def _layers_of(entries, arrays):
+def _layers_of(entries: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -> Dict[str, _layers._Layer]:
     """The layers of a description's entries holding the arrays (``"<name>.<key>"``).
 
     Each configuration is tried on a stand-in layer whose vectors have one value, and the arrays'
     shapes are checked against the configuration's sizes, before the layer itself is built: building
     allocates no more than the arrays hold.
     """
-    state = {name: {} for name in entries}
+    state: Dict[str, Dict[str, NDArray[Any]]] = {name: {} for name in entries}
     for key, value in arrays.items():
         name, _, field = key.partition(".")
         if name not in state or not field:
@@ -385,21 +444,22 @@ def _layers_of(entries, arrays):
     return layers
 
 
-def _no_duplicate_keys(pairs):
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate keys in {keys}")
     return dict(pairs)
 
 
-def _fields(value, names, where):
+def _fields(value: object, names: Sequence[str], where: str) -> List[Any]:
     if not isinstance(value, dict) or set(value) != set(names):
         keys = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise ValueError(f"{where}: expected the keys {list(names)}, got {keys}")
     return [value[n] for n in names]
 
 
-def _build(cls, config, state, where):
+def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArray[Any]],
+           where: str) -> _layers._Layer:
     """A ``cls`` of ``config`` holding ``state`` (key -> array), after checking they agree."""
     if not isinstance(config, dict) or not all(
             v is None or isinstance(v, (bool, int, float, str))
@@ -433,7 +493,7 @@ def _build(cls, config, state, where):
     return layer
 
 
-def _sizes(cls, kwargs):
+def _sizes(cls: Type[_layers._Layer], kwargs: Mapping[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The shape of a layer's parameter and buffer vectors given its constructor arguments, and the
     arguments of a stand-in of the same configuration whose vectors have one value."""
     if issubclass(cls, _layers._NormBase):

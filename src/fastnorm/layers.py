@@ -825,7 +825,7 @@ _ROWS_SHAPE = """
 
 
 class LayerNorm(_Layer):
-    r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
+    __doc__ = r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
 
     Parameters
     ----------
@@ -928,7 +928,7 @@ class LayerNorm(_Layer):
 
 
 class RMSNorm(_Layer):
-    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
+    __doc__ = r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.RMSNorm``.
 
     Parameters
@@ -1024,7 +1024,7 @@ class RMSNorm(_Layer):
 
 
 class GroupNorm(_Layer):
-    r"""Group normalization, as ``torch.nn.GroupNorm``: the channels of each sample are split into
+    __doc__ = r"""Group normalization, as ``torch.nn.GroupNorm``: the channels of each sample are split into
     ``num_groups`` groups, each normalized over its channels and spatial dimensions.
 
     Parameters
