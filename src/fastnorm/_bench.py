@@ -111,10 +111,9 @@ def _numpy_batch_norm(x: NDArray[Any], axis: int, weight: NDArray[Any], bias: ND
     reduce = tuple(a for a in range(x.ndim) if a != axis)
     shape = [1] * x.ndim
     shape[axis] = -1
-    if mean is None or var is None:
-        mean, var = x.mean(axis=reduce), x.var(axis=reduce)
-    scale = (weight / np.sqrt(var + eps)).reshape(shape)
-    y: NDArray[Any] = (x - mean.reshape(shape)) * scale + bias.reshape(shape)
+    m, v = (x.mean(axis=reduce), x.var(axis=reduce)) if mean is None or var is None else (mean, var)
+    scale = (weight / np.sqrt(v + eps)).reshape(shape)
+    y: NDArray[Any] = (x - m.reshape(shape)) * scale + bias.reshape(shape)
     return y
 
 
@@ -327,7 +326,7 @@ def run_latency(repeat: int = 7, number: int = 2000, print_fn: Callable[[str], N
             t_ours = min(timeit.repeat(lambda: ours(x), number=number, repeat=repeat)) / number * 1e6
             line = f"{name:<16}{str(shape):<16}{t_ours:>8.2f}us"
             row: _Row = dict(layer=name, shape=shape, fastnorm_us=t_ours)
-            if theirs is not None:
+            if theirs is not None and torch is not None:
                 xt = torch.from_numpy(x)
                 with torch.no_grad():
                     t_theirs = min(timeit.repeat(lambda: theirs(xt), number=number, repeat=repeat)) / number * 1e6

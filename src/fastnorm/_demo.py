@@ -165,6 +165,7 @@ def _train(epochs: int, batch: int, lr: float, momentum: float, out: TextIO) -> 
     print("'stats gap': max over BatchNorm channels of |running - exact| / exact std, "
           "exact = statistics of the whole training set", file=out)
     rng = np.random.default_rng(2)
+    batch_acc = gap = 0.0
     for epoch in range(1, epochs + 1):
         model.train(True)
         # Cosine decay: the weights settle, and the running statistics can follow them.

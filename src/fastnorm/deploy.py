@@ -238,8 +238,10 @@ def _format(path: object, format: object) -> Literal["npz", "safetensors"]:
     if format is None:
         name = os.fsdecode(path) if _is_path(path) else ""
         return "safetensors" if name.lower().endswith(".safetensors") else "npz"
-    if format == "npz" or format == "safetensors":
-        return format
+    if format == "npz":
+        return "npz"
+    if format == "safetensors":
+        return "safetensors"
     raise ValueError(f"format: expected 'npz', 'safetensors' or None, got {format!r}")
 
 

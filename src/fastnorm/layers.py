@@ -93,12 +93,12 @@ class LoadResult(NamedTuple):
     """Keys with the prefix that the layer does not have."""
 
 
-def _state_array(value: object, name: str) -> NDArray[Any]:
+def _state_array(value: Any, name: str) -> NDArray[Any]:
     """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
     exact for every torch float type, including bfloat16 and float8, which NumPy lacks."""
     if hasattr(value, "detach") and hasattr(value, "is_floating_point"):
-        tensor: Any = value.detach().cpu()
-        value = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
+        value = value.detach().cpu()
+        value = (value.double() if value.is_floating_point() else value).numpy()
     return _array(value, name)
 
 
