@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._threads import threads_for
+from ._validation import _as_input, _channel_vector, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
                      BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
 from .statistics import Moments
@@ -268,9 +269,9 @@ class SyncBatchNorm(_BatchNorm):
         memory the normalization writes (taken before the exchange, so that little can fail after it)."""
         given = input if isinstance(input, np.ndarray) else np.asarray(input)
         self._check_input(given)
-        x, dtype = F._as_input(given, "input")
-        F._check_eps(self.eps, training=True)
-        axis = F._check_axis(self.channel_axis, x.ndim, "channel_axis")
+        x, dtype = _as_input(given, "input")
+        _check_eps(self.eps, training=True)
+        axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
         if C != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
@@ -278,7 +279,7 @@ class SyncBatchNorm(_BatchNorm):
         _, _, w, b = F._channel_params(x, C, self.running_mean if tracking else None,
                                        self.running_var if tracking else None, self.weight, self.bias)
         if out is not None:
-            F._check_out(out, x.shape, dtype)
+            _check_out(out, x.shape, dtype)
         buf, N, C, S, moved = F._channel_view(x, axis)
         nthreads = threads_for(x.size)
         if N * S:
@@ -338,14 +339,14 @@ class SyncBatchNorm(_BatchNorm):
 
         def local() -> Tuple[NDArray[np.float64], _BackwardStep]:
             x_, g, dtype = F._grad_inputs(grad_output, x)
-            axis = F._check_axis(self.channel_axis, x_.ndim, "channel_axis")
+            axis = _check_axis(self.channel_axis, x_.ndim, "channel_axis")
             buf, N, C, S, moved = F._channel_view(x_, axis)
             gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
             nthreads = threads_for(x_.size)
             sums = np.concatenate(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
                 else np.zeros(2 * C)
             dx = _kernels.empty_like(buf)
-            w = F._channel_vector(self.weight, "weight", C, x_.dtype)
+            w = _channel_vector(self.weight, "weight", C, x_.dtype)
             return sums, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads)
 
         rows, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads) = _allgather(
