@@ -7,7 +7,8 @@ only when a SyncBatchNorm without an explicit communicator first needs one (``pi
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple, TypeVar, Union, cast, overload
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple, TypeVar, Union, cast,
+                    overload)
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
