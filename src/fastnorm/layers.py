@@ -419,7 +419,7 @@ _BATCH_NORM_PARAMETERS = """
     num_features : int
         C, the number of channels.
     eps : float
-        Added to the variance before the square root; > 0.
+        Added to the variance before the square root; >= 0, and > 0 to train (as PyTorch).
     momentum : float in [0, 1] or None
         Weight of the new batch in the running statistics (PyTorch's convention; Keras' ``momentum`` is
         ``1 - momentum``).  None: cumulative average over ``num_batches_tracked`` batches.
@@ -611,8 +611,8 @@ class _BatchNorm(_NormBase):
         TypeError
             ``x`` not floating point, or a masked array; ``out`` of another dtype.
         ValueError
-            ``x`` of another number of dimensions or channels; training with a single value per channel;
-            ``out`` of another shape, or read-only.
+            ``x`` of another number of dimensions or channels; training with a single value per channel
+            or with ``eps=0``; ``out`` of another shape, or read-only.
 
         Examples
         --------
