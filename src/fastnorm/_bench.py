@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._threads import get_num_threads, threads
-from .layers import _Layer
+from .layers import BatchNorm1d, LayerNorm, _Layer, _running_stats
 
 
 def _optional_module(name: str) -> Any:
@@ -371,7 +371,12 @@ def run_shared_layer_throughput(calls: int = 200, shape: Tuple[int, ...] = (8, 2
     return [dict(python_threads=n, shape=shape, calls_per_s=rate) for n, rate in rates.items()]
 
 
-def _onnx_matmul(W, nthreads):
+_Matmul = Callable[[NDArray[np.float32], NDArray[np.float32]], NDArray[Any]]
+_PipelineKey = Tuple[str, str, int]  # (matmul library, "step" or "alone", fastnorm's thread count)
+
+
+def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int]
+                 ) -> Optional[Callable[[NDArray[np.float32]], NDArray[Any]]]:
     """An ONNX Runtime session computing ``x @ W`` (W an initializer), or None without onnx/onnxruntime."""
     try:
         import onnx
@@ -390,34 +395,39 @@ def _onnx_matmul(W, nthreads):
     if nthreads is not None:
         options.intra_op_num_threads = nthreads
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x})[0]
+
+    def matmul(x: NDArray[np.float32]) -> NDArray[Any]:
+        return np.asarray(session.run(None, {"x": x})[0])
+    return matmul
 
 
-def pipeline_steps(shape=(2048, 1024), nthreads=None, seed=0):
+def pipeline_steps(shape: Tuple[int, int] = (2048, 1024), nthreads: Optional[int] = None, seed: int = 0
+                   ) -> Tuple[NDArray[np.float32], Tuple[NDArray[np.float32], NDArray[np.float32]],
+                              Tuple[BatchNorm1d, LayerNorm], List[Tuple[str, _Matmul]]]:
     """(name, matmul) pairs for the pipeline step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2``: the
     matmuls by NumPy, PyTorch and ONNX Runtime (those installed), each with ``nthreads`` threads (None:
     the library's default), plus the two layers and their input for timing them alone."""
-    from .layers import BatchNorm1d, LayerNorm
-
     rng = np.random.default_rng(seed)
     M, D = shape
     x = rng.standard_normal(shape, dtype=np.float32)
     W1, W2 = (rng.standard_normal((D, D), dtype=np.float32) / np.float32(D ** 0.5) for _ in range(2))
     bn, ln = BatchNorm1d(D).eval(), LayerNorm(D)
-    bn.running_mean[:] = rng.standard_normal(D, dtype=np.float32)
-    bn.running_var[:] = rng.uniform(0.5, 2, D).astype(np.float32)
-    matmuls = [("numpy", lambda a, W: a @ W)]
+    running_mean, running_var = _running_stats(bn)
+    running_mean[:] = rng.standard_normal(D, dtype=np.float32)
+    running_var[:] = rng.uniform(0.5, 2, D).astype(np.float32)
+    matmuls: List[Tuple[str, _Matmul]] = [("numpy", lambda a, W: a @ W)]
     if torch is not None:
         Wt = {id(W): torch.from_numpy(W) for W in (W1, W2)}
         matmuls.append(("torch", lambda a, W: torch.mm(torch.from_numpy(a), Wt[id(W)]).numpy()))
-    ort = [_onnx_matmul(W, nthreads) for W in (W1, W2)]
-    if ort[0] is not None:
-        sessions = {id(W1): ort[0], id(W2): ort[1]}
+    ort1, ort2 = (_onnx_matmul(W, nthreads) for W in (W1, W2))
+    if ort1 is not None and ort2 is not None:
+        sessions = {id(W1): ort1, id(W2): ort2}
         matmuls.append(("onnxruntime", lambda a, W: sessions[id(W)](a)))
     return x, (W1, W2), (bn, ln), matmuls
 
 
-def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
+def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[int, int] = (2048, 1024),
+                 print_fn: Callable[[str], None] = _print) -> List[_Row]:
     """Time the step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2`` (BatchNorm1d in eval mode, LayerNorm,
     float32) with fastnorm at ``nthreads`` threads (None: its default) and at 1 thread, the matmuls by
     NumPy, PyTorch and ONNX Runtime where installed, and the two fastnorm calls alone.
@@ -433,7 +443,7 @@ def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
     from .layers import no_grad
 
     n = get_num_threads() if nthreads is None else nthreads
-    blas = contextlib.nullcontext()
+    blas: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     torch_threads = torch.get_num_threads() if torch is not None else None
     if nthreads is not None:
         if torch is not None:
@@ -444,18 +454,18 @@ def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
         except ImportError:
             pass
     order = np.random.default_rng(0)
-    medians = {}
+    medians: Dict[_PipelineKey, float] = {}
     with blas, no_grad():
         x, (W1, W2), (bn, ln), matmuls = pipeline_steps(shape, nthreads)
 
-        def step(matmul, k):
-            def run():
+        def step(matmul: _Matmul, k: int) -> Callable[[], Optional[float]]:
+            def run() -> None:
                 with threads(k):
                     matmul(ln(bn(matmul(x, W1))), W2)
             return run
 
-        def alone(h, k):
-            def run():
+        def alone(h: NDArray[np.float32], k: int) -> Callable[[], Optional[float]]:
+            def run() -> float:
                 with threads(k):
                     ln(bn(h))
                     t0 = time.perf_counter()
@@ -467,7 +477,7 @@ def run_pipeline(nthreads=None, repeat=41, shape=(2048, 1024), print_fn=_print):
             h = matmul(x, W1)
             variants = [((name, "step", k), step(matmul, k)) for k in (n, 1)]
             variants += [((name, "alone", k), alone(h, k)) for k in (n, 1)]
-            samples = {key: [] for key, _ in variants}
+            samples: Dict[_PipelineKey, List[float]] = {key: [] for key, _ in variants}
             time.sleep(0.5)  # the threads of the library before go idle
             for _, f in variants:
                 f()
@@ -570,7 +580,7 @@ def run_shared_layer_section(settings: Settings) -> List[_Row]:
     return run_shared_layer_throughput(print_fn=settings.print_fn) if settings.name_filter in "shared layer" else []
 
 
-def run_pipeline_section(settings):
+def run_pipeline_section(settings: Settings) -> List[_Row]:
     return run_pipeline(repeat=settings.repeat, print_fn=settings.print_fn) if settings.name_filter in "pipeline" else []
 
 
