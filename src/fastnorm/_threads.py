@@ -18,7 +18,7 @@ import contextvars
 import math
 import operator
 import os
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, SupportsIndex, TypeVar
 
 from . import _kernels
 
@@ -27,11 +27,13 @@ __all__ = ["get_num_threads", "set_num_threads", "threads"]
 # Elements below which a second thread does not pay for its start-up (a few microseconds).
 _ELEMENTS_PER_THREAD = 1 << 15
 
+_T = TypeVar("_T")
+
 # The innermost threads() setting of the context (a Python thread, an asyncio task), or None.
 _context_count: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fastnorm_threads", default=None)
 
 
-def check_count(value, name):
+def check_count(value: SupportsIndex, name: str) -> int:
     """``value`` as a positive int; otherwise an error naming the argument."""
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected a positive integer, got {value!r}")
@@ -108,7 +110,7 @@ def get_num_threads() -> int:
     return _kernels.get_num_threads() if n is None else n
 
 
-def set_num_threads(n: Optional[int]) -> None:
+def set_num_threads(n: Optional[SupportsIndex]) -> None:
     """Set the process's thread count: the kernels' count in every Python thread outside :func:`threads`.
 
     It is the setting that threadpoolctl controls: ``with threadpoolctl.threadpool_limits(1):`` applies
@@ -146,7 +148,7 @@ def set_num_threads(n: Optional[int]) -> None:
 
 
 @contextlib.contextmanager
-def context_setting(var: contextvars.ContextVar, value) -> Iterator[None]:
+def context_setting(var: contextvars.ContextVar[_T], value: _T) -> Iterator[None]:
     """Set ``var`` to ``value`` in the current context (a Python thread, an asyncio task) until exit."""
     token = var.set(value)
     try:
@@ -155,7 +157,7 @@ def context_setting(var: contextvars.ContextVar, value) -> Iterator[None]:
         var.reset(token)
 
 
-def threads(n: int) -> contextlib.AbstractContextManager[None]:
+def threads(n: SupportsIndex) -> contextlib.AbstractContextManager[None]:
     """Context manager: use ``n`` threads in kernel calls made in the current context.
 
     The setting belongs to the calling Python thread, or to the asyncio task (each task runs in a copy of
@@ -202,20 +204,20 @@ def _register_with_threadpoolctl() -> None:
     except ImportError:
         return
 
-    class FastnormController(threadpoolctl.LibController):
+    class FastnormController(threadpoolctl.LibController):  # type: ignore[misc]  # threadpoolctl is untyped
         user_api = "openmp"  # what fastnorm's threads were, and what limits on OpenMP mean to cover
         internal_api = "fastnorm"
         filename_prefixes = ("_kernels",)
         check_symbols = ("fastnorm_get_num_threads", "fastnorm_set_num_threads")
 
-        def get_num_threads(self):
-            return self.dynlib.fastnorm_get_num_threads()
+        def get_num_threads(self) -> int:
+            return int(self.dynlib.fastnorm_get_num_threads())
 
-        def set_num_threads(self, num_threads):
+        def set_num_threads(self, num_threads: int) -> None:
             self.dynlib.fastnorm_set_num_threads(num_threads)
 
-        def get_version(self):
-            from . import __version__
+        def get_version(self) -> str:
+            from ._version import __version__
             return __version__
 
     if hasattr(threadpoolctl, "register"):  # threadpoolctl >= 3.3

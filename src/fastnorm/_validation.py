@@ -21,19 +21,27 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Iterable
+from typing import Any, Literal, Optional, SupportsIndex, Tuple, overload
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from . import _kernels
 
+FloatArray = NDArray[np.floating[Any]]
+"""An ndarray of float16, float32 or float64 (a result has its input's dtype)."""
+Stats = NDArray[np.float64]
+"""Statistics (means, inverse standard deviations) and parameter gradients: always float64."""
 
-def _refuse_masked(value, name):
+
+def _refuse_masked(value: object, name: str) -> None:
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
                         f"{name}.filled(value) or the unmasked data")
 
 
-def _array(value, name):
+def _array(value: object, name: str) -> NDArray[Any]:
     """``value`` as an ndarray; a masked array is refused (its mask would be silently dropped)."""
     _refuse_masked(value, name)
     if type(value) is np.ndarray:
@@ -44,12 +52,12 @@ def _array(value, name):
         raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{name}: {error}") from None
 
 
-def _plain_copy(a, dtype):
+def _plain_copy(a: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
     """A new C-contiguous array of ``a``'s values in ``dtype`` (native byte order, aligned)."""
     return np.array(a, dtype=np.dtype(dtype).newbyteorder("="), order="C")
 
 
-def _as_input(x, name):
+def _as_input(x: object, name: str) -> Tuple[FloatArray, np.dtype[Any]]:
     """Return (array to compute on, result dtype): a plain float32/float64 array as is, anything else as a
     plain view or copy (float16 computed in float32); the result dtype is the input's, in native byte
     order."""
@@ -65,7 +73,7 @@ def _as_input(x, name):
     return a, dtype
 
 
-def _real(value, name, expected):
+def _real(value: object, name: str, expected: str) -> float:
     """``value`` as a float in ``expected`` terms: a TypeError for a non-number, a ValueError for one no
     float can hold (10**400) or that is not finite."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -79,7 +87,7 @@ def _real(value, name, expected):
     return value
 
 
-def _check_eps(eps, name="eps", training=False):
+def _check_eps(eps: object, name: str = "eps", training: bool = False) -> float:
     """A finite eps >= 0; > 0 when ``training`` (a batch may have zero variance), as PyTorch's batch_norm
     ("eps must be positive during training")."""
     if type(eps) is float and 0.0 < eps < math.inf:
@@ -95,7 +103,11 @@ def _check_eps(eps, name="eps", training=False):
     return eps
 
 
-def _check_momentum(momentum, allow_none=True):
+@overload
+def _check_momentum(momentum: object, allow_none: Literal[False]) -> float: ...
+@overload
+def _check_momentum(momentum: object, allow_none: bool = True) -> Optional[float]: ...
+def _check_momentum(momentum: object, allow_none: bool = True) -> Optional[float]:
     if momentum is None and allow_none:
         return None
     expected = "a number in [0, 1]" + (" or None" if allow_none else "")
@@ -105,7 +117,7 @@ def _check_momentum(momentum, allow_none=True):
     return momentum
 
 
-def _check_axis(axis, ndim, name):
+def _check_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
     if isinstance(axis, bool):
         raise TypeError(f"{name}: expected an integer axis, got {axis!r}")
     try:
@@ -117,14 +129,16 @@ def _check_axis(axis, ndim, name):
     return axis % ndim
 
 
-def _normalized_shape(normalized_shape):
+def _normalized_shape(normalized_shape: object) -> Tuple[int, ...]:
     """``normalized_shape`` as a non-empty tuple of integers >= 0 (PyTorch accepts zero-size dimensions
     and rejects an empty shape)."""
+    shape: Tuple[int, ...]
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape = (operator.index(normalized_shape),)
     else:
         try:
-            if isinstance(normalized_shape, bool) or any(isinstance(d, bool) for d in normalized_shape):
+            if not isinstance(normalized_shape, Iterable) or isinstance(normalized_shape, bool) \
+                    or any(isinstance(d, bool) for d in normalized_shape):
                 raise TypeError
             shape = tuple(operator.index(d) for d in normalized_shape)
         except TypeError:
@@ -137,7 +151,7 @@ def _normalized_shape(normalized_shape):
     return shape
 
 
-def _channel_vector(v, name, C, dtype):
+def _channel_vector(v: object, name: str, C: int, dtype: DTypeLike) -> Optional[FloatArray]:
     """A per-channel parameter as a plain vector of length C (float32/float64; other float types in
     ``dtype``), or None."""
     if v is None or _kernels.is_vector(v, C):
@@ -151,7 +165,7 @@ def _channel_vector(v, name, C, dtype):
     return a if _kernels.is_vector(a, C) else _plain_copy(a, native if native in (np.float32, np.float64) else dtype)
 
 
-def _elementwise_vector(v, name, shape, x):
+def _elementwise_vector(v: object, name: str, shape: Tuple[int, ...], x: FloatArray) -> Optional[FloatArray]:
     """A per-element parameter of ``shape`` as a plain vector of x's dtype (or None)."""
     if v is None:
         return None
@@ -167,7 +181,7 @@ def _elementwise_vector(v, name, shape, x):
     return a if _kernels.is_vector(a, size, x) else _plain_copy(a, x.dtype)
 
 
-def _stat_vector(v, name, shape):
+def _stat_vector(v: object, name: str, shape: Tuple[int, ...]) -> Stats:
     """Statistics given to a backward function (a forward's ``return_stats``) as a plain float64 vector."""
     a = np.asarray(_array(v, name), dtype=np.float64)
     if a.shape != shape:
@@ -176,7 +190,7 @@ def _stat_vector(v, name, shape):
     return a if _kernels.is_vector(a, a.size) else _plain_copy(a, np.float64)
 
 
-def _check_buffer(v, name):
+def _check_buffer(v: object, name: str) -> FloatArray:
     """A running statistic that training updates in place: a writable ndarray (its shape and dtype are
     checked by _channel_vector).  Another byte order or misaligned memory is fine: the update is then
     NumPy's, in the buffer's own form."""
@@ -188,7 +202,7 @@ def _check_buffer(v, name):
     return v
 
 
-def _check_out(out, shape, dtype):
+def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> None:
     """``out=``: an ndarray of the result's shape and dtype (either byte order), writable."""
     _refuse_masked(out, "out")
     if not isinstance(out, np.ndarray):
@@ -201,7 +215,7 @@ def _check_out(out, shape, dtype):
         raise ValueError("out: the array is read-only")
 
 
-def _kernel_writes(target, buf):
+def _kernel_writes(target: NDArray[Any], buf: FloatArray) -> bool:
     """Whether the kernel may write its result straight into ``target`` (a checked ``out``, or its
     channels-last view) when reading ``buf``; otherwise it writes a new array, then copied."""
     return target.dtype == buf.dtype and target.flags.c_contiguous and target.flags.aligned

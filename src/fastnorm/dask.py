@@ -4,58 +4,70 @@ Needs dask (``pip install fastnorm[dask]``); the rest of fastnorm never imports 
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Any, List, Sequence, SupportsIndex, Tuple, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import functional as F
 from . import layers as L
 from .statistics import Moments
 
-__all__ = ["moments", "apply"]
+if TYPE_CHECKING:
+    import dask.array as da
 
+__all__ = ["moments", "apply"]
 
 _STATS = np.dtype([("mean", np.float64), ("var", np.float64)])
 
 
-def _flatten(parts):
+def _flatten(parts: Any) -> List[Moments]:
     """The partials of a reduction step in block order (dask nests them one list per reduced axis)."""
     return [q for p in parts for q in _flatten(p)] if isinstance(parts, list) else [parts]
 
 
-def _tree_merge(parts):
+def _tree_merge(parts: List[Moments]) -> Moments:
     """Pairwise merges, level by level: a tree of depth log2(len(parts)) in a fixed order."""
     while len(parts) > 1:
         parts = [parts[k] if k + 1 == len(parts) else parts[k] + parts[k + 1] for k in range(0, len(parts), 2)]
     return parts[0]
 
 
-def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, split_every: int = 8):
-    """Mean and biased variance of a dask array over ``axes``, exact: each chunk's (count, mean, M2) by
+def moments(array: da.Array, axes: Union[SupportsIndex, Sequence[SupportsIndex]], keepdims: bool = False, *,
+            split_every: int = 8) -> Tuple[da.Array, da.Array]:
+    r"""Mean and biased variance of a dask array over ``axes``, exact: each chunk's (count, mean, M2) by
     fastnorm's kernels, merged with Chan's formula in a tree of ``split_every`` partials per task
     (``dask.array.reduction``).
 
     Parameters
     ----------
     array : dask.array.Array
-        Any real dtype; computed in float64 statistics.
+        float16, float32 or float64 values (the chunks go through :meth:`fastnorm.Moments.of`).
     axes : int or sequence of int
         The axes to reduce.
     keepdims : bool
         Keep the reduced axes as size 1.
-    split_every : int
+    split_every : int, keyword-only
         Partials merged per task (at least 2).
 
     Returns
     -------
     mean, variance : dask.array.Array
-        float64, of the kept shape (with the reduced axes kept as 1 with ``keepdims``).  The merges follow
-        the block order, so the result does not depend on the scheduler.
+        float64, of the kept shape (with the reduced axes kept as 1 with ``keepdims``); the variance in
+        the array's units squared.  The merges follow the block order, so the result does not depend on
+        the scheduler.
 
     Raises
     ------
-    TypeError, ValueError
-        ``split_every`` not an integer of at least 2; ``axes`` out of range or repeated.
+    TypeError
+        ``split_every`` or ``axes`` not integers; at compute time, chunks that are not floating point.
+    ValueError
+        ``split_every`` below 2; ``axes`` out of range or repeated.
+
+    Notes
+    -----
+    The statistics of :func:`fastnorm.moments` (``tf.nn.moments``), the chunks' partials merged as in
+    :class:`fastnorm.Moments` (Chan, Golub and LeVeque).
 
     Examples
     --------
@@ -71,29 +83,30 @@ def moments(array, axes: Union[int, Sequence[int]], keepdims: bool = False, *, s
 
     if check_count(split_every, "split_every") < 2:
         raise ValueError(f"split_every: expected at least 2 partials per merge, got {split_every}")
-    axes = F._normalize_axes(axes, array.ndim)
+    reduced = F._normalize_axes(axes, array.ndim)
 
-    def chunk(x, axis, keepdims, computing_meta=False):
+    def chunk(x: NDArray[Any], axis: Tuple[int, ...], keepdims: bool,
+              computing_meta: bool = False) -> Union[Moments, NDArray[Any]]:
         if computing_meta:  # dask asks what a chunk's result looks like: the partials are no arrays
             return np.empty((0,) * x.ndim, _STATS)
         return Moments.of(x, axis, keepdims=True)
 
-    def combine(parts, axis, keepdims):
+    def combine(parts: Any, axis: Tuple[int, ...], keepdims: bool) -> Moments:
         return _tree_merge(_flatten(parts))
 
-    def aggregate(parts, axis, keepdims):
+    def aggregate(parts: Any, axis: Tuple[int, ...], keepdims: bool) -> NDArray[Any]:
         total = combine(parts, axis, keepdims)
         stats = np.empty(total.shape, _STATS)
         stats["mean"], stats["var"] = total.mean, total.var()
         return stats if keepdims else stats.squeeze(axis)
 
-    stats = da.reduction(array, chunk, aggregate, axis=axes, keepdims=keepdims, combine=combine,
+    stats = da.reduction(array, chunk, aggregate, axis=reduced, keepdims=keepdims, combine=combine,
                          concatenate=False, split_every=split_every, dtype=_STATS,
-                         meta=np.empty((0,) * (array.ndim if keepdims else array.ndim - len(axes)), _STATS))
+                         meta=np.empty((0,) * (array.ndim if keepdims else array.ndim - len(reduced)), _STATS))
     return stats["mean"], stats["var"]
 
 
-def _whole_axes(layer, ndim):
+def _whole_axes(layer: L._Layer, ndim: int) -> Tuple[int, ...]:
     """Axes an eval-mode layer needs in one chunk (its statistics or parameters span them)."""
     if isinstance(layer, (L.LayerNorm, L.RMSNorm)):
         return tuple(range(ndim - len(layer.normalized_shape), ndim))
@@ -106,11 +119,42 @@ def _whole_axes(layer, ndim):
     raise TypeError(f"layer: expected a fastnorm layer, got {type(layer).__name__}")
 
 
-def apply(layer, array):
-    """``layer(array)`` block by block for a dask array, in evaluation mode (``layer.eval()`` first for
-    BatchNorm and InstanceNorm with running statistics).  The axes a block must hold whole (the channel
-    axis for BatchNorm; the normalized axes of LayerNorm, RMSNorm, GroupNorm and InstanceNorm) are
-    rechunked to one chunk; the others keep their chunks.
+def apply(layer: L._Layer, array: da.Array) -> da.Array:
+    """``layer(array)`` block by block for a dask array, in evaluation mode.
+
+    The axes a block must hold whole (the channel axis for BatchNorm; the normalized axes of LayerNorm,
+    RMSNorm, GroupNorm and InstanceNorm) are rechunked to one chunk; the others keep their chunks.  No
+    block keeps anything for a backward pass (the blocks run under :func:`fastnorm.no_grad`).
+
+    Parameters
+    ----------
+    layer : fastnorm layer
+        BatchNorm and InstanceNorm with running statistics in evaluation mode (``layer.eval()``);
+        LayerNorm, RMSNorm, GroupNorm and InstanceNorm without running statistics in either mode.
+    array : dask.array.Array
+        An input of the layer (the shapes and dtypes ``layer(x)`` accepts).
+
+    Returns
+    -------
+    dask.array.Array
+        ``layer(array)``, lazily: of the array's shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        ``layer`` is not a fastnorm normalization layer.
+    ValueError
+        A BatchNorm in training mode or without running statistics; an InstanceNorm in training mode
+        with running statistics (each block would update them).  The layer's own input errors come at
+        compute time.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, fastnorm, fastnorm.dask
+    >>> x = da.from_array(np.arange(24.0).reshape(4, 6), chunks=(2, 3))
+    >>> y = fastnorm.dask.apply(fastnorm.LayerNorm(6), x)
+    >>> y.chunks, bool(np.allclose(y.compute(), fastnorm.LayerNorm(6)(x.compute())))
+    (((2, 2), (6,)), True)
     """
     if isinstance(layer, L._BatchNorm) and (layer.training or layer.running_mean is None):
         raise ValueError("layer: expected an eval-mode BatchNorm with running statistics (call layer.eval()): "
@@ -121,7 +165,7 @@ def apply(layer, array):
     whole = _whole_axes(layer, array.ndim)
     array = array.rechunk({a: -1 for a in whole})
 
-    def block(x):
+    def block(x: NDArray[Any]) -> NDArray[Any]:
         with L.no_grad():
             return layer(x)
 

@@ -219,6 +219,14 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
     - ``copy=False`` does not transform in place: fastnorm never writes to a caller's array.
     - Negative sample weights raise ``ValueError``.
 
+    References
+    ----------
+    .. [1] scikit-learn, ``sklearn.preprocessing.StandardScaler``: the definitions of ``mean_``,
+       ``var_``, ``scale_`` and the transform followed here.
+    .. [2] T. F. Chan, G. H. Golub and R. J. LeVeque, "Algorithms for computing the sample variance:
+       analysis and recommendations", *The American Statistician* 37(3), 242-247, 1983: the merge of
+       ``partial_fit`` and the constant-feature bound.
+
     Examples
     --------
     >>> import numpy as np
@@ -263,6 +271,14 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         ValueError
             ``X`` not 2-d, empty or holding an infinity; ``sample_weight`` of the wrong shape or negative.
             A call that raises leaves the scaler as it was.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastnorm.preprocessing import StandardScaler
+        >>> scaler = StandardScaler().fit(np.array([[1., 10.], [3., 30.]]), sample_weight=[3., 1.])
+        >>> scaler.mean_.tolist(), float(scaler.n_samples_seen_)
+        ([1.5, 15.0], 4.0)
         """
         return self._fit(X, sample_weight, reset=True)
 
@@ -350,6 +366,15 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
             ``X`` not 2-d, holding an infinity, or with other features than ``fit`` saw.
         NotFittedError
             Before ``fit``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastnorm.preprocessing import StandardScaler
+        >>> X = np.array([[1., 10.], [3., 30.]], dtype=np.float32)
+        >>> Z = StandardScaler(with_std=False).fit(X).transform(X)
+        >>> Z.dtype, Z.tolist()
+        (dtype('float32'), [[-1.0, -10.0], [1.0, 10.0]])
         """
         check_is_fitted(self)
         X = _check_input(self, X, reset=False)

@@ -3,25 +3,67 @@ merged exactly with Chan's formula, so that statistics can be taken where the da
 processes, machines, chunks of an out-of-core array) and combined afterwards."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Union
+from typing import Dict, Mapping, Sequence, SupportsIndex, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import functional as F
-from ._validation import _array
+from ._validation import _array, _as_input
 
 __all__ = ["Moments"]
 
 
 class Moments:
-    """Per-channel ``count``, ``mean`` and ``m2`` (sum of squared deviations from the mean), float64
+    r"""Per-channel ``count``, ``mean`` and ``m2`` (sum of squared deviations from the mean), float64
     arrays of one shape.
 
     ``Moments.of(x, axes)`` computes them with fastnorm's kernels (blocked shifted sums in double,
     merged with Chan's formula); ``a.merge(b)`` or ``a + b`` merges two partials exactly (up to
     rounding) and associatively: any split of a data set, merged in any order, gives the statistics of
     the whole.
+
+    Parameters
+    ----------
+    count : array_like
+        Number of observations per channel (>= 0; a float, so that weighted counts fit); broadcast to the
+        shape of ``mean``.
+    mean : array_like
+        Mean per channel (NaN where the count is 0); its shape is the shape of the moments.
+    m2 : array_like
+        Sum of squared deviations from the mean per channel, ``count * variance``; broadcast to the shape
+        of ``mean``.
+
+    Attributes
+    ----------
+    count, mean, m2 : ndarray of float64
+        Copies of the arguments, of one shape (:attr:`shape`).
+
+    Raises
+    ------
+    TypeError
+        An argument that is a masked array or not numeric.
+    ValueError
+        A negative count, or ``count`` or ``m2`` that does not broadcast to the shape of ``mean``.
+
+    Notes
+    -----
+    Two partials :math:`(n_a, \bar x_a, M_{2,a})` and :math:`(n_b, \bar x_b, M_{2,b})` merge as
+
+    .. math::
+
+        n = n_a + n_b, \quad \delta = \bar x_b - \bar x_a, \quad
+        \bar x = \bar x_a + \delta \frac{n_b}{n}, \quad
+        M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}
+
+    (Chan, Golub and LeVeque [1]_), which keeps full accuracy for data far from zero, where
+    :math:`E[x^2] - E[x]^2` loses every digit.  The variance is :math:`M_2 / n`, or
+    :math:`M_2 / (n - 1)` unbiased.
+
+    References
+    ----------
+    .. [1] T. F. Chan, G. H. Golub and R. J. LeVeque, "Algorithms for computing the sample variance:
+       analysis and recommendations", *The American Statistician* 37(3), 242-247, 1983.
 
     Examples
     --------
@@ -31,38 +73,121 @@ class Moments:
     >>> parts = fastnorm.Moments.of(x[:300], 0) + fastnorm.Moments.of(x[300:], 0)
     >>> bool(np.allclose(parts.mean, whole.mean, rtol=1e-12) and np.allclose(parts.var(), x.var(0)))
     True
+    >>> fastnorm.Moments([2.0], [1.5], [0.5]).var(unbiased=True).tolist()
+    [0.5]
     """
 
     __slots__ = ("count", "mean", "m2")
 
-    def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike):
-        mean = np.asarray(_array(mean, "mean"), dtype=np.float64)
-        self.count = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean.shape).copy()
-        self.mean = mean.copy()
-        self.m2 = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean.shape).copy()
+    count: NDArray[np.float64]
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+
+    def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike) -> None:
+        mean_ = np.asarray(_array(mean, "mean"), dtype=np.float64)
+        self.count = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean_.shape).copy()
+        self.mean = mean_.copy()
+        self.m2 = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean_.shape).copy()
         if np.any(self.count < 0):
             raise ValueError("count: expected counts >= 0")
 
     @classmethod
-    def of(cls, x: ArrayLike, axes: Union[int, Sequence[int]], keepdims: bool = False) -> "Moments":
-        """The moments of ``x`` over ``axes`` (kept axes are the channels)."""
-        x, _ = F._as_input(x, "x")
-        count, mean, var = F.moments64(x, axes, keepdims)
+    def of(cls, x: ArrayLike, axes: Union[SupportsIndex, Sequence[SupportsIndex]],
+           keepdims: bool = False) -> Moments:
+        """The moments of ``x`` over ``axes``; the kept axes are the channels.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64 values.
+        axes : int or sequence of int
+            The axes to reduce (the observations); the others index the channels.
+        keepdims : bool
+            Keep the reduced axes with length 1 in the shape of the moments.
+
+        Returns
+        -------
+        Moments
+            Of the kept shape: the count of values reduced, their mean and ``m2``, from one pass of
+            blocked shifted sums in double precision (see :func:`fastnorm.moments`).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or ``axes`` not integers.
+        ValueError
+            An axis out of range or repeated.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> m = fastnorm.Moments.of(np.array([[1., 2.], [3., 6.]]), axes=0)
+        >>> m.count.tolist(), m.mean.tolist(), m.m2.tolist()
+        ([2.0, 2.0], [2.0, 4.0], [2.0, 8.0])
+        """
+        a, _ = _as_input(x, "x")
+        count, mean, var = F.moments64(a, axes, keepdims)
         if count == 0:
             return cls.empty(mean.shape)
         return cls(count, mean, var * count)
 
     @classmethod
-    def empty(cls, shape) -> "Moments":
-        """No observation yet (mean NaN, as the mean of nothing): the identity of :meth:`merge`."""
+    def empty(cls, shape: Union[SupportsIndex, Sequence[SupportsIndex]]) -> Moments:
+        """No observation yet: count 0, mean NaN (the mean of nothing), m2 0; the identity of :meth:`merge`.
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+            The shape of the moments (the channels).
+
+        Returns
+        -------
+        Moments
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> m = fastnorm.Moments.of(np.array([[1., 2.], [3., 6.]]), axes=0)
+        >>> fastnorm.Moments.empty(2) + m == m
+        True
+        """
         return cls(np.zeros(shape), np.full(shape, np.nan), np.zeros(shape))
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
+        """The shape of the moments (of ``count``, ``mean`` and ``m2``)."""
         return self.mean.shape
 
-    def merge(self, other: "Moments") -> "Moments":
-        """The moments of both sets of observations (Chan, Golub and LeVeque's formula)."""
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets of observations (Chan, Golub and LeVeque's formula, see the Notes of
+        :class:`Moments`); ``a + b`` is ``a.merge(b)``.
+
+        Parameters
+        ----------
+        other : Moments
+            Of the same shape.
+
+        Returns
+        -------
+        Moments
+            A new object; neither operand changes.
+
+        Raises
+        ------
+        TypeError
+            ``other`` is not a Moments.
+        ValueError
+            ``other`` has another shape.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> a = fastnorm.Moments.of(np.array([1., 2.]), 0)
+        >>> b = fastnorm.Moments.of(np.array([3., 6.]), 0)
+        >>> m = a.merge(b)
+        >>> float(m.count), float(m.mean), float(m.var())
+        (4.0, 3.0, 3.5)
+        """
         if not isinstance(other, Moments):
             raise TypeError(f"other: expected Moments, got {type(other).__name__}")
         if other.shape != self.shape:
@@ -79,24 +204,70 @@ class Moments:
 
     __add__ = merge
 
-    def var(self, unbiased: bool = False) -> NDArray:
-        """Variance: ``m2 / count``, or ``m2 / (count - 1)`` with ``unbiased``; NaN where undefined."""
+    def var(self, unbiased: bool = False) -> NDArray[np.float64]:
+        """Variance per channel: ``m2 / count``, or ``m2 / (count - 1)`` with ``unbiased``.
+
+        Parameters
+        ----------
+        unbiased : bool
+            Divide by ``count - 1`` (Bessel's correction) instead of ``count``.
+
+        Returns
+        -------
+        ndarray of float64
+            Of :attr:`shape`; NaN where the count is 0 (1 or less with ``unbiased``).
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> m = fastnorm.Moments.of(np.array([1., 2., 3., 6.]), 0)
+        >>> float(m.var()), float(m.var(unbiased=True))
+        (3.5, 4.666666666666667)
+        """
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > unbiased, self.m2 / (self.count - unbiased), np.nan)
 
-    def to_arrays(self) -> Dict[str, NDArray]:
-        """``{"count", "mean", "m2"}``: plain arrays to send, save or all-gather."""
+    def to_arrays(self) -> Dict[str, NDArray[np.float64]]:
+        """The moments as plain arrays to send, save or all-gather.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``{"count": ..., "mean": ..., "m2": ...}``, float64 copies.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> m = fastnorm.Moments.of(np.array([1., 2., 3., 6.]), 0)
+        >>> fastnorm.Moments.from_arrays(m.to_arrays()) == m
+        True
+        """
         return {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Moments":
-        """Inverse of :meth:`to_arrays` (any mapping with those keys, e.g. an ``np.load`` result)."""
+    def from_arrays(cls, arrays: Mapping[str, ArrayLike]) -> Moments:
+        """Inverse of :meth:`to_arrays`.
+
+        Parameters
+        ----------
+        arrays : mapping
+            Any mapping with the keys ``"count"``, ``"mean"`` and ``"m2"`` (a dict, an ``np.load`` result).
+
+        Returns
+        -------
+        Moments
+
+        Raises
+        ------
+        KeyError
+            A key is missing.
+        """
         return cls(arrays["count"], arrays["mean"], arrays["m2"])
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (isinstance(other, Moments) and np.array_equal(self.count, other.count)
                 and np.array_equal(self.mean, other.mean, equal_nan=True)
                 and np.array_equal(self.m2, other.m2, equal_nan=True))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Moments(shape={self.shape}, count={self.count.max() if self.count.size else 0:g})"
