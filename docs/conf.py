@@ -19,10 +19,10 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_custom_sections = [("Shape", "params_style")]  # a layer's input and output shapes, as PyTorch's docs
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented"  # the docstrings say what the annotations cannot
-autodoc_type_aliases = {"ArrayLike": "numpy.typing.ArrayLike", "NDArray": "numpy.typing.NDArray",
-                        "DTypeLike": "numpy.typing.DTypeLike"}
+# The docstrings state every type in numpydoc form; annotations in the signatures would repeat them, and an
+# overloaded function (``return_stats``, ``SyncBatchNorm.convert``) would be shown once per overload with
+# every annotation spelled out (Sphinx 9 also prints aliases nested in them as ``TypeAliasForwardRef(...)``).
+autodoc_typehints = "none"
 autodoc_mock_imports = ["mpi4py"]
 myst_heading_anchors = 3
 html_theme = "alabaster"

@@ -204,14 +204,16 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         \qquad
         \mathrm{running} \leftarrow (1 - m)\,\mathrm{running} + m\,\mathrm{batch}
 
-    as defined by Ioffe and Szegedy [1]_ and implemented by PyTorch's ``batch_norm`` (ONNX
+    as defined by Ioffe and Szegedy (2015) and implemented by PyTorch's ``batch_norm`` (ONNX
     BatchNormalization with ``bessel=False``).  The statistics are computed in one pass in double
     precision (blocked shifted sums merged with Chan's formula), so data far from zero keeps its accuracy.
 
     References
     ----------
-    .. [1] S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
-       Internal Covariate Shift", ICML 2015, arXiv:1502.03167.
+    Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by reducing
+    internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.batch_norm.html
 
     Examples
     --------
@@ -400,11 +402,13 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma + \beta
 
-    as defined by Ba, Kiros and Hinton [1]_ and by PyTorch's ``layer_norm`` (ONNX LayerNormalization).
+    as defined by Ba, Kiros and Hinton (2016) and by PyTorch's ``layer_norm`` (ONNX LayerNormalization).
 
     References
     ----------
-    .. [1] J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", arXiv:1607.06450, 2016.
+    Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.layer_norm.html
 
     Examples
     --------
@@ -475,12 +479,14 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \, \gamma
 
-    as defined by Zhang and Sennrich [1]_ and by PyTorch's ``rms_norm``.
+    as defined by Zhang and Sennrich (2019) and by PyTorch's ``rms_norm``.
 
     References
     ----------
-    .. [1] B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019,
-       arXiv:1910.07467.
+    Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+    https://arxiv.org/abs/1910.07467
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.rms_norm.html
 
     Examples
     --------
@@ -558,11 +564,13 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma_c + \beta_c
 
-    as defined by Wu and He [1]_ and by PyTorch's ``group_norm``.
+    as defined by Wu and He (2018) and by PyTorch's ``group_norm``.
 
     References
     ----------
-    .. [1] Y. Wu and K. He, "Group Normalization", ECCV 2018, arXiv:1803.08494.
+    Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.group_norm.html
 
     Examples
     --------
@@ -693,12 +701,14 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma_c + \beta_c
 
-    as defined by Ulyanov, Vedaldi and Lempitsky [1]_ and by PyTorch's ``instance_norm``.
+    as defined by Ulyanov, Vedaldi and Lempitsky (2016) and by PyTorch's ``instance_norm``.
 
     References
     ----------
-    .. [1] D. Ulyanov, A. Vedaldi and V. Lempitsky, "Instance Normalization: The Missing Ingredient for
-       Fast Stylization", arXiv:1607.08022, 2016.
+    Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing ingredient for
+    fast stylization. https://arxiv.org/abs/1607.08022
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.instance_norm.html
 
     Examples
     --------
@@ -835,13 +845,13 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         \overline{g \hat x} \right) \text{ (training)}, \qquad
         \frac{\partial L}{\partial x} = \sigma^{-1} g \text{ (frozen statistics)}
 
-    the derivative of Ioffe and Szegedy's transform [1]_, as PyTorch's ``batch_norm`` backward
+    the derivative of Ioffe and Szegedy's (2015) transform, as PyTorch's ``batch_norm`` backward
     computes it.
 
     References
     ----------
-    .. [1] S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
-       Internal Covariate Shift", ICML 2015, arXiv:1502.03167.
+    Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by reducing
+    internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
 
     Examples
     --------
@@ -960,12 +970,12 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
         \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
         \overline{g \hat x} \right)
 
-    the derivative of the transform of Ba, Kiros and Hinton [1]_, as PyTorch's ``layer_norm`` backward
+    the derivative of the transform of Ba, Kiros and Hinton (2016), as PyTorch's ``layer_norm`` backward
     computes it.
 
     References
     ----------
-    .. [1] J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", arXiv:1607.06450, 2016.
+    Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450
 
     Examples
     --------
@@ -1030,12 +1040,12 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
 
     .. math:: \frac{\partial L}{\partial x} = r \left( g - \hat x \, \overline{g \hat x} \right)
 
-    the derivative of Zhang and Sennrich's transform [1]_.
+    the derivative of Zhang and Sennrich's (2019) transform.
 
     References
     ----------
-    .. [1] B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019,
-       arXiv:1910.07467.
+    Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+    https://arxiv.org/abs/1910.07467
 
     Examples
     --------
@@ -1090,11 +1100,11 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     Notes
     -----
     The formula of :func:`layer_norm_backward`, the means taken over the :math:`(C / G) \cdot S` values of
-    each (sample, group) and :math:`\gamma` indexed by channel; Wu and He's transform [1]_.
+    each (sample, group) and :math:`\gamma` indexed by channel; Wu and He's (2018) transform.
 
     References
     ----------
-    .. [1] Y. Wu and K. He, "Group Normalization", ECCV 2018, arXiv:1803.08494.
+    Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
 
     Examples
     --------
@@ -1164,12 +1174,12 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     Notes
     -----
     The formulas of :func:`batch_norm_backward`, the means taken over the spatial values of each
-    (sample, channel); Ulyanov, Vedaldi and Lempitsky's transform [1]_.
+    (sample, channel); Ulyanov, Vedaldi and Lempitsky's (2016) transform.
 
     References
     ----------
-    .. [1] D. Ulyanov, A. Vedaldi and V. Lempitsky, "Instance Normalization: The Missing Ingredient for
-       Fast Stylization", arXiv:1607.08022, 2016.
+    Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing ingredient for
+    fast stylization. https://arxiv.org/abs/1607.08022
 
     Examples
     --------
@@ -1244,14 +1254,16 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool = False) -> Tuple[FloatArr
     -----
     :math:`\mu = \frac{1}{n} \sum x`, :math:`\sigma^2 = \frac{1}{n} \sum (x - \mu)^2`, as TensorFlow's
     ``tf.nn.moments``.  Computed in one pass with blocked shifted sums in double precision merged with
-    Chan, Golub and LeVeque's formula [1]_: the float32 mean of data at 1e4 +- 1 is within one float32
+    Chan, Golub and LeVeque's (1983) formula: the float32 mean of data at 1e4 +- 1 is within one float32
     ulp of the exact value, where :math:`E[x^2] - E[x]^2` loses every digit of the variance.  The
     merge order is fixed by the shape, so the bits do not depend on the thread count.
 
     References
     ----------
-    .. [1] T. F. Chan, G. H. Golub and R. J. LeVeque, "Algorithms for computing the sample variance:
-       analysis and recommendations", *The American Statistician* 37(3), 242-247, 1983.
+    Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the sample variance:
+    analysis and recommendations. The American Statistician 37(3), 242-247.
+
+    TensorFlow: https://www.tensorflow.org/api_docs/python/tf/nn/moments
 
     Examples
     --------
@@ -1331,6 +1343,10 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
     as TensorFlow's ``tf.nn.batch_normalization``.  When the parameters vary along at most one axis of
     ``x`` (the usual per-channel case, e.g. the ``keepdims`` output of :func:`moments`) the fused kernel
     runs; other broadcasts are computed in float64 with NumPy.
+
+    References
+    ----------
+    TensorFlow: https://www.tensorflow.org/api_docs/python/tf/nn/batch_normalization
 
     Examples
     --------

@@ -221,11 +221,12 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
 
     References
     ----------
-    .. [1] scikit-learn, ``sklearn.preprocessing.StandardScaler``: the definitions of ``mean_``,
-       ``var_``, ``scale_`` and the transform followed here.
-    .. [2] T. F. Chan, G. H. Golub and R. J. LeVeque, "Algorithms for computing the sample variance:
-       analysis and recommendations", *The American Statistician* 37(3), 242-247, 1983: the merge of
-       ``partial_fit`` and the constant-feature bound.
+    scikit-learn: https://scikit-learn.org/stable/modules/generated/sklearn.preprocessing.StandardScaler.html
+    (the definitions of ``mean_``, ``var_``, ``scale_`` and the transform followed here)
+
+    Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the sample variance:
+    analysis and recommendations. The American Statistician 37(3), 242-247 (the merge of ``partial_fit``
+    and the constant-feature bound).
 
     Examples
     --------
@@ -287,12 +288,27 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         """Add the samples of ``X`` to the statistics (Chan's merge of the moments seen so far with the
         moments of ``X``): chunks fitted one after the other give the statistics of all of them.
 
-        Parameters and errors as :meth:`fit`; ``X`` must have the features of the first call.
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            Real numbers, with the features of the first call; NaN is left out of the statistics.
+        y : None
+            Ignored.
+        sample_weight : array_like of shape (n_samples,) or scalar, optional
+            Weight of each sample (finite, >= 0).
 
         Returns
         -------
         StandardScaler
             ``self``, fitted.
+
+        Raises
+        ------
+        TypeError
+            As :meth:`fit`.
+        ValueError
+            As :meth:`fit`, and ``X`` with other features than the first call's.  A call that raises
+            leaves the scaler as it was.
 
         Examples
         --------
@@ -384,7 +400,26 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
     def inverse_transform(self, X: ArrayLike, copy: Optional[bool] = None) -> Array:
         """Undo :meth:`transform`: ``X * scale_ + mean_``.
 
-        Parameters, result and errors as :meth:`transform`.
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            Standardized values (feature names are not checked: this is a transform's output).
+        copy : bool, optional
+            Accepted for compatibility: the result is always a new array.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            float32 (float16) for float32 (float16) ``X``, float64 otherwise.
+
+        Raises
+        ------
+        TypeError
+            Sparse or non-numeric ``X``.
+        ValueError
+            ``X`` not 2-d, holding an infinity, or with another number of features than ``fit`` saw.
+        NotFittedError
+            Before ``fit``.
 
         Examples
         --------

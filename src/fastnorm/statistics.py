@@ -56,14 +56,14 @@ class Moments:
         \bar x = \bar x_a + \delta \frac{n_b}{n}, \quad
         M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}
 
-    (Chan, Golub and LeVeque [1]_), which keeps full accuracy for data far from zero, where
+    (Chan, Golub and LeVeque), which keeps full accuracy for data far from zero, where
     :math:`E[x^2] - E[x]^2` loses every digit.  The variance is :math:`M_2 / n`, or
     :math:`M_2 / (n - 1)` unbiased.
 
     References
     ----------
-    .. [1] T. F. Chan, G. H. Golub and R. J. LeVeque, "Algorithms for computing the sample variance:
-       analysis and recommendations", *The American Statistician* 37(3), 242-247, 1983.
+    Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the sample variance:
+    analysis and recommendations. The American Statistician 37(3), 242-247.
 
     Examples
     --------
