@@ -18,7 +18,7 @@ import contextvars
 import math
 import operator
 import os
-from typing import Any, Iterator, Optional, SupportsIndex, TypeVar
+from typing import Iterator, Optional, SupportsIndex, TypeVar
 
 from . import _kernels
 

@@ -759,8 +759,11 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     return y, mean, rstd
 
 
+_Running = Optional[Tuple[FloatArray, FloatArray]]  # (running_mean, running_var), or None
+
+
 def _running_roles(use_batch_stats: bool, running_mean: object, running_var: object, rm: _Vector, rv: _Vector,
-                   required: str) -> Tuple[Optional[Tuple[FloatArray, FloatArray]], Optional[Tuple[FloatArray, FloatArray]]]:
+                   required: str) -> Tuple[_Running, _Running]:
     """``(buffers, frozen)``: the running statistics that a call with batch statistics updates in place
     (None where there are none), or the checked ones (``rm``, ``rv``) that a call without normalizes
     with (required then: ``required`` says when)."""
