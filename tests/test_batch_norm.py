@@ -364,9 +364,9 @@ def test_show_config_reports_the_statistics_path(capsys, statistics_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "overlapping"])
 def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
-    # The running statistics are updated in one kernel loop for plain buffers and by NumPy otherwise;
-    # both give the bits of (1 - m) * running + m * batch in float64, the unbiased variance for the latter.
-    from fastnorm import _kernels
+    # The running statistics are updated in one kernel loop for plain buffers and through NumPy's copy
+    # otherwise; both give the bits of (1 - m) * running + m * batch in float64, the unbiased variance
+    # for the latter.
     from fastnorm.functional import _update_running
 
     C, factor, scale = 37, 0.3, 10 / 9
@@ -382,7 +382,6 @@ def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
         shared = values[:C + 5].copy()  # running_var starts inside running_mean's memory
         return shared[:C], shared[5:]
 
-    assert _kernels.update_running(*buffers(), mean, var, factor, scale) == (layout == "contiguous")
     rm, rv = buffers()
     expected_mean = ((1 - factor) * rm.astype(np.float64) + factor * mean).astype(dtype)
     expected_var = ((1 - factor) * rv.astype(np.float64) + factor * (var * scale)).astype(dtype)

@@ -539,25 +539,30 @@ def test_outputs_just_ahead_of_their_inputs_get_the_same_bits(rng, ahead):
 
 
 def _oom_cases(rng):
-    """(name, make, call): ``make()`` gives a fresh (layer or None, x), ``call(layer, x)`` the call whose
-    kernels allocate scratch memory, at sizes and thread counts that reach each allocating path."""
+    """(name, make, call): ``make()`` gives a fresh (layer, a dict of running statistics, or None; x),
+    ``call(layer, x)`` the call whose kernels allocate memory, at sizes and thread counts that reach each
+    allocating path; the calls with ``out=x`` write into their own input."""
     def after_forward(make_layer, x):
         def make():
             layer = make_layer()
             layer(x)
-            return layer, x
+            return layer, x.copy()
         return make
 
-    layers = [("BatchNorm2d, few channels", lambda: fastnorm.BatchNorm2d(2), (4, 2, 128, 128), True),
-              ("BatchNorm2d, channels last", lambda: fastnorm.BatchNorm2d(16, channel_axis=-1), (8, 32, 32, 16),
-               True),
-              ("GroupNorm, channels last", lambda: fastnorm.GroupNorm(4, 16, channel_axis=-1), (8, 32, 32, 16),
-               True),
-              ("LayerNorm", lambda: fastnorm.LayerNorm(256), (512, 256), False)]  # its forward needs no scratch
-    for name, make_layer, shape, forward in layers:  # few channels: fewer than 4 per thread
+    layers = [("BatchNorm2d, few channels", lambda: fastnorm.BatchNorm2d(2), (4, 2, 128, 128)),
+              ("BatchNorm2d, channels last", lambda: fastnorm.BatchNorm2d(16, channel_axis=-1), (8, 32, 32, 16)),
+              ("BatchNorm1d, by columns", lambda: fastnorm.BatchNorm1d(16), (64, 16, 8)),
+              ("GroupNorm, channels last", lambda: fastnorm.GroupNorm(4, 16, channel_axis=-1), (8, 32, 32, 16)),
+              ("GroupNorm", lambda: fastnorm.GroupNorm(2, 4), (2, 4, 64, 64)),
+              ("InstanceNorm2d, tracking", lambda: fastnorm.InstanceNorm2d(2, track_running_stats=True),
+               (1, 2, 128, 128)),
+              ("LayerNorm", lambda: fastnorm.LayerNorm(256), (512, 256)),
+              ("RMSNorm", lambda: fastnorm.RMSNorm(256), (512, 256))]
+    for name, make_layer, shape in layers:  # few channels: fewer than 4 per thread
         x = rng.normal(size=shape).astype(np.float32)
-        if forward:
-            yield f"{name}, forward", lambda make_layer=make_layer, x=x: (make_layer(), x), lambda layer, x: layer(x)
+        fresh = lambda make_layer=make_layer, x=x: (make_layer(), x.copy())
+        yield f"{name}, forward", fresh, lambda layer, x: layer(x)
+        yield f"{name}, forward in place", fresh, lambda layer, x: layer(x, out=x)
         yield (f"{name}, backward", after_forward(make_layer, x),
                lambda layer, x: (layer.backward(np.ones_like(x)), layer.grad_weight, layer.grad_bias))
 
@@ -567,50 +572,92 @@ def _oom_cases(rng):
     def eval_layer():
         layer = fastnorm.BatchNorm2d(16, channel_axis=-1)
         layer.running_mean[:] = running_mean
-        return layer.eval(), x
+        return layer.eval(), x.copy()
 
+    def with_running(shape, C):
+        data = rng.normal(size=shape).astype(np.float32)
+        return lambda: ({"running_mean": running_mean[:C].copy(), "running_var": np.ones(C, np.float32)},
+                        data.copy())
+
+    short_runs = rng.normal(size=(64, 16, 3)).astype(np.float32)
     yield "BatchNorm2d eval", eval_layer, lambda layer, x: layer(x)
-    yield "batch_norm eval", lambda: (None, x), lambda _, x: fastnorm.batch_norm(
+    yield "BatchNorm2d eval, in place", eval_layer, lambda layer, x: layer(x, out=x)
+    yield "batch_norm eval", lambda: (None, x.copy()), lambda _, x: fastnorm.batch_norm(
         x, running_mean, np.ones(16, np.float32), channel_axis=-1)
-    yield "layer_norm", lambda: (None, x), lambda _, x: fastnorm.layer_norm(x, 16)
-    yield "moments", lambda: (None, x), lambda _, x: fastnorm.moments(x, (0, 1, 2))
+    yield "batch_norm eval, short runs, in place", lambda: (None, short_runs.copy()), (
+        lambda _, x: fastnorm.batch_norm(x, running_mean, np.ones(16, np.float32), out=x))
+    for shape, C, axis in (((4, 2, 64, 64), 2, 1), ((64, 16, 8), 16, 1), ((8, 32, 16), 16, -1)):
+        yield (f"batch_norm {shape} training, in place", with_running(shape, C),
+               lambda r, x, axis=axis: fastnorm.batch_norm(x, r["running_mean"], r["running_var"], training=True,
+                                                          out=x, channel_axis=axis))
+    yield ("instance_norm training, in place", with_running((2, 2, 64, 64), 2),
+           lambda r, x: fastnorm.instance_norm(x, r["running_mean"], r["running_var"], out=x))
+    yield "group_norm channels last, in place", lambda: (None, x.copy()), (
+        lambda _, x: fastnorm.group_norm(x, 4, channel_axis=-1, out=x, return_stats=True))
+    yield "layer_norm", lambda: (None, x.copy()), lambda _, x: fastnorm.layer_norm(x, 16)
+    yield "layer_norm, in place", lambda: (None, x.copy()), lambda _, x: fastnorm.layer_norm(x, 16, out=x)
+    yield "moments", lambda: (None, x.copy()), lambda _, x: fastnorm.moments(x, (0, 1, 2))
+    yield "moments channels last", lambda: (None, x.copy()), lambda _, x: fastnorm.moments(x, (0, 1, 2, 3))
 
 
-@pytest.mark.parametrize("case", range(11))
+OOM_CASES = [name for name, _, _ in _oom_cases(np.random.default_rng(0))]
+
+
+def _state_of(layer):
+    """The running statistics, parameters and gradients of a layer, or the arrays of a dict."""
+    if layer is None:
+        return {}
+    if isinstance(layer, dict):
+        return {key: np.array(v) for key, v in layer.items()}
+    return dict({key: np.array(v) for key, v in layer.state_dict().items()},
+                grads=(layer.grad_weight, layer.grad_bias), saved=layer._saved)
+
+
+def _assert_state(state, expected, name):
+    for key, value in expected.items():
+        if key in ("grads", "saved"):  # the same objects
+            assert all(a is b for a, b in zip(state[key] or (), value or ())), (name, key)
+        else:
+            assert np.array_equal(state[key], value), (name, key)
+
+
+@pytest.mark.parametrize("case", range(len(OOM_CASES)), ids=OOM_CASES)
 def test_out_of_memory_raises_and_leaves_the_state_alone(rng, case):
-    """Each scratch allocation of a call fails in turn: the call raises MemoryError, the input and the
-    layer's state (running statistics, parameters) are unchanged, and once memory is there the call gives
-    the usual result."""
+    """Each allocation of a call (scratch memory, results) fails in turn: the call raises MemoryError, the
+    input (also when it is the call's out=) and the layer's state (running statistics, parameters,
+    gradients, what backward keeps) are unchanged, and once memory is there the call gives the usual
+    result."""
     from fastnorm import _kernels
 
     name, make, call = list(_oom_cases(rng))[case]
     with fastnorm.threads(2):
-        expected = call(*make())
+        layer, x = make()
+        expected = _copied(call(layer, x))
         failures = 0
-        for k in range(50):
+        for k in range(60):
             layer, x = make()
             x_before = x.copy()
-            state_before = {} if layer is None else {key: np.array(v) for key, v in layer.state_dict().items()}
-            grads_before = None if layer is None else (layer.grad_weight, layer.grad_bias)
+            state_before = _state_of(layer)
             previous = _kernels.fail_allocations_after(k)
             try:
                 result = call(layer, x)
             except MemoryError as error:
                 failures += 1
                 assert "out of memory" in str(error)
-                assert np.array_equal(x, x_before)
-                for key, value in state_before.items():
-                    assert np.array_equal(layer.state_dict()[key], value), (name, key)
-                if layer is not None:
-                    assert layer.grad_weight is grads_before[0] and layer.grad_bias is grads_before[1]
+                assert np.array_equal(x, x_before), name
+                _assert_state(_state_of(layer), state_before, name)
                 _kernels.fail_allocations_after(-1)
                 _assert_same_results(expected, call(layer, x))  # the same objects work once memory is there
                 continue
             finally:
                 _kernels.fail_allocations_after(previous)
             break
-        assert failures > 0, f"{name}: no scratch allocation to fail"
+        assert failures > 0, f"{name}: no allocation to fail"
         _assert_same_results(expected, result)
+
+
+def _copied(result):
+    return tuple(None if a is None else np.copy(a) for a in result) if isinstance(result, tuple) else np.copy(result)
 
 
 def _assert_same_results(expected, result):

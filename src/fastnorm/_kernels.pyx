@@ -22,9 +22,12 @@ Nothing here knows about layers, momentum or modes: the Python layer validates, 
 passes raw contiguous buffers.
 """
 
+cimport cython
 cimport numpy as cnp
+from cpython.dict cimport PyDict_Update
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.float cimport DBL_EPSILON, DBL_MAX, FLT_EPSILON, FLT_MAX
+from libc.math cimport fabs, frexp, ldexp, sqrt
 from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy, memset
 
@@ -66,6 +69,9 @@ cdef extern from "_simd.h" nogil:
                                   const float* base, double* s1, double* s2)
     void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                   const double* base, double* s1, double* s2)
+    Py_ssize_t fastnorm_first_modified(const double* X, Py_ssize_t G, double inv, const double* mean,
+                                       const double* rstd, double tol, double per_mean, double top, double eps,
+                                       const double* eps_r2, int rms)
     void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale, float shift)
     void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale, double shift)
     void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
@@ -76,26 +82,26 @@ cdef extern from "_simd.h" nogil:
                                    float shift, const float* w, const float* b)
     void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
                                    double shift, const double* w, const double* b)
-    void fastnorm_grad_sums_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double* s_dy,
-                                double* s_dyx)
-    void fastnorm_grad_sums_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double* s_dy,
-                                double* s_dyx)
+    void fastnorm_grad_sums_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
+    void fastnorm_grad_sums_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double rstd,
+                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
     void fastnorm_grad_row_elem_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
-                                    const float* w, double* s_wdy, double* s_wdyx, double* col_dy,
-                                    double* col_dyx)
+                                    const float* w, double* s_wdy, double* s_wdyx, double* s_xhat,
+                                    double* s_xhat2, double* col_dy, double* col_dyx)
     void fastnorm_grad_row_elem_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
                                     double rstd, const double* w, double* s_wdy, double* s_wdyx,
-                                    double* col_dy, double* col_dyx)
+                                    double* s_xhat, double* s_xhat2, double* col_dy, double* col_dyx)
     void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
                                  float alpha, float beta, float gamma)
     void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double hi,
                                  double alpha, double beta, double gamma)
     void fastnorm_grad_run_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t K,
                                     Py_ssize_t length, const double* mean, const double* rstd, double* P1,
-                                    double* P2)
+                                    double* P2, double* X)
     void fastnorm_grad_run_sums_f64(const double* x, const double* dy, Py_ssize_t rows, Py_ssize_t K,
                                     Py_ssize_t length, const double* mean, const double* rstd, double* P1,
-                                    double* P2)
+                                    double* P2, double* X)
     void fastnorm_grad_sweep_runs_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
                                       Py_ssize_t K, Py_ssize_t length, const float* hi, const float* alpha,
                                       const float* beta, const float* gamma)
@@ -107,10 +113,11 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
                                       double hi, double alpha, double beta, double gamma, const double* w)
     void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
-                                       Py_ssize_t ld, const double* mean, double* s_dy, double* s_dyx)
+                                       Py_ssize_t ld, const double* mean, const double* rstd, double* s_dy,
+                                       double* s_dyx, double* s_xhat, double* s_xhat2)
     void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
-                                       Py_ssize_t ncols, Py_ssize_t ld, const double* mean, double* s_dy,
-                                       double* s_dyx)
+                                       Py_ssize_t ncols, Py_ssize_t ld, const double* mean, const double* rstd,
+                                       double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
     void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
                                       Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
     void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
@@ -140,7 +147,8 @@ cdef enum:
 cdef struct Moments:
     double count
     double mean
-    double m2       # sum of squared deviations from the mean
+    double var      # biased variance: the sum of squared deviations (M2) itself overflows first, e.g.
+                    # 2e308 for the two values +-1e154, whose variance 1e308 is a double
 
 # A per-channel parameter vector: float32 or float64, contiguous, or absent (NULL).
 cdef struct Vec:
@@ -182,47 +190,149 @@ cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
-def update_running(object running_mean, object running_var, object mean, object var, double factor,
-                   double var_scale):
-    """``running = (1 - factor) * running + factor * batch`` in float64, for the mean and for
-    ``var * var_scale`` (the Bessel correction): the operations of the NumPy expression, in one loop.
-    Returns False, doing nothing, unless the buffers are non-overlapping C-contiguous float32/float64
-    vectors and ``mean``, ``var`` float64 ones of the same length (the caller's general path handles the
-    rest)."""
-    cdef cnp.ndarray rm, rv, m, v
-    cdef Py_ssize_t c, C
-    cdef double* pm
-    cdef double* pv
-    cdef double nm, nv
-    if not cnp.PyArray_Check(running_mean):
+cdef bint _plain_running(object rm, object rv):
+    """Running statistics that the update writes in one loop: non-overlapping plain vectors (see
+    _plain_values) of one dtype and length.  Others (the other byte order, misaligned, strided) are
+    read and written through NumPy, in their own form."""
+    if not cnp.PyArray_Check(rm):
         return False
-    C = cnp.PyArray_SIZE(<cnp.ndarray>running_mean)
-    # A buffer in the other byte order or misaligned is left to NumPy, which updates it in its own form.
-    if not (_is_vector(running_mean, C) and _is_vector(running_var, C) and _is_vector(mean, C)
-            and _is_vector(var, C)):
-        return False
-    rm, rv, m, v = running_mean, running_var, mean, var
-    if (cnp.PyArray_TYPE(rm) != cnp.PyArray_TYPE(rv) or cnp.PyArray_TYPE(m) != cnp.NPY_DOUBLE
-            or cnp.PyArray_TYPE(v) != cnp.NPY_DOUBLE or _overlap(rm, rv) or _overlap(rm, m) or _overlap(rm, v)
-            or _overlap(rv, m) or _overlap(rv, v)):
-        return False
-    pm = <double*>cnp.PyArray_DATA(m)
-    pv = <double*>cnp.PyArray_DATA(v)
-    if cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT:
-        for c in range(C):
-            nm = (1.0 - factor) * (<float*>cnp.PyArray_DATA(rm))[c] + factor * pm[c]
-            nv = (1.0 - factor) * (<float*>cnp.PyArray_DATA(rv))[c] + factor * (pv[c] * var_scale)
-            (<float*>cnp.PyArray_DATA(rm))[c] = <float>nm
-            (<float*>cnp.PyArray_DATA(rv))[c] = <float>nv
-    elif cnp.PyArray_TYPE(rm) == cnp.NPY_DOUBLE:
-        for c in range(C):
-            nm = (1.0 - factor) * (<double*>cnp.PyArray_DATA(rm))[c] + factor * pm[c]
-            nv = (1.0 - factor) * (<double*>cnp.PyArray_DATA(rv))[c] + factor * (pv[c] * var_scale)
-            (<double*>cnp.PyArray_DATA(rm))[c] = nm
-            (<double*>cnp.PyArray_DATA(rv))[c] = nv
-    else:
-        return False
-    return True
+    cdef Py_ssize_t C = cnp.PyArray_SIZE(<cnp.ndarray>rm)
+    return (_is_vector(rm, C) and _is_vector(rv, C)
+            and cnp.PyArray_TYPE(<cnp.ndarray>rm) == cnp.PyArray_TYPE(<cnp.ndarray>rv)
+            and not _overlap(<cnp.ndarray>rm, <cnp.ndarray>rv))
+
+
+@cython.auto_pickle(False)  # applied once, by the call it was made for
+cdef class Commit:
+    """What a call changes besides its kernel's output, applied by the kernel call itself once that
+    output is written.
+
+    Python runs signal handlers (KeyboardInterrupt) between bytecodes: anywhere in Python code, never
+    inside a kernel call.  So a call prepares everything beforehand (checks, the memory of the new running
+    values) and its kernel call, after its sweep, copies the result into ``out=`` where it could not write
+    there directly, updates the running statistics, and sets a layer's attributes (its batch count, what
+    backward keeps).  A call interrupted or failing before its kernel runs has changed nothing; once the
+    kernel has run, all of it is applied.
+
+    ``Commit(namespace, values)``: ``namespace.update(values)`` is part of the application (a layer's
+    ``__dict__`` and its new attribute values).
+    """
+    cdef object target
+    cdef tuple copies
+    cdef object running_mean, running_var
+    cdef cnp.ndarray old_mean, old_var, new_mean, new_var   # float64, for running buffers of other kinds
+    cdef bint plain
+    cdef double factor, var_scale
+    cdef dict namespace, values
+    cdef object stats_shape
+    cdef bint rms
+    cdef tuple kept                 # the statistics to keep: given, or (mean, rstd) of the call
+    cdef readonly bint applied
+
+    @property
+    def stats(self):
+        """The statistics a layer keeps for backward: (mean, rstd), or (rstd,) for RMSNorm, of
+        ``stats_shape``; None before it is applied."""
+        if self.kept is None or self.stats_shape is None:
+            return self.kept
+        mean, rstd = self.kept
+        rstd = rstd.reshape(self.stats_shape)
+        return (rstd,) if self.rms else (mean.reshape(self.stats_shape), rstd)
+
+    def __init__(self, dict namespace=None, dict values=None):
+        self.namespace = namespace
+        self.values = values
+
+    def prepare(self, object target=None, tuple running=None, object stats_shape=None, bint rms=False,
+                tuple stats=None, tuple copies=None):
+        """``target``: ``out=`` in the kernel's layout, where the kernel writes elsewhere (copied with
+        casting).  ``running``: ``(running_mean, running_var, factor, var_scale)``, updated in float64
+        with ``(1 - factor) * running + factor * batch``, the batch's being its mean and ``var *
+        var_scale`` (averaged over the samples when the statistics are per sample and channel).
+        ``stats_shape``: keep the call's statistics (see ``stats``) in this shape; ``stats``: the
+        statistics to keep where they are known beforehand (frozen ones).  ``copies``: ``(destination,
+        source)`` arrays, copied with casting."""
+        self.target = target
+        self.copies = copies
+        self.stats_shape = stats_shape
+        self.rms = rms
+        if stats is not None:
+            self.kept = stats
+            self.stats_shape = None
+        if running is None:
+            return
+        self.running_mean, self.running_var, self.factor, self.var_scale = running
+        self.plain = _plain_running(self.running_mean, self.running_var)
+        if not self.plain:  # read now, written with casting by NumPy's C copy at the end
+            self.old_mean = np.array(self.running_mean, dtype=np.float64).reshape(-1)
+            self.old_var = np.array(self.running_var, dtype=np.float64).reshape(-1)
+            self.new_mean = np.empty_like(self.old_mean)
+            self.new_var = np.empty_like(self.old_var)
+
+    def apply(self, object result=None, object mean=None, object var=None, object rstd=None):
+        """Apply it where no kernel runs (an empty input): ``result`` the output, mean, var and rstd the
+        batch statistics (float64, per channel or per sample and channel)."""
+        self._apply(result, mean, var, rstd)
+
+    cdef int _apply(self, object result, object mean, object var, object rstd) except -1:
+        cdef Py_ssize_t c, n, C, N
+        cdef double* pm
+        cdef double* pv
+        cdef double am, av, nm, nv, f
+        if self.target is not None:
+            cnp.PyArray_CopyInto(<cnp.ndarray>self.target, <cnp.ndarray>result)
+        if self.copies is not None:
+            for destination, source in self.copies:
+                cnp.PyArray_CopyInto(<cnp.ndarray>destination, <cnp.ndarray>source)
+        if self.running_mean is not None and mean is not None:
+            mean = np.ascontiguousarray(mean, dtype=np.float64)  # as they are, from the kernels
+            var = np.ascontiguousarray(var, dtype=np.float64)
+            C = cnp.PyArray_SIZE(<cnp.ndarray>self.running_mean)
+            N = cnp.PyArray_SIZE(<cnp.ndarray>mean) // C
+            pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
+            pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>var)
+            f = self.factor
+            for c in range(C):
+                am = pm[c]
+                av = pv[c] * self.var_scale
+                for n in range(1, N):  # NumPy's mean over the samples: in order, then one division
+                    am = am + pm[n * C + c]
+                    av = av + pv[n * C + c] * self.var_scale
+                if N > 1:
+                    am = am / N
+                    av = av / N
+                if self.plain:
+                    if cnp.PyArray_TYPE(<cnp.ndarray>self.running_mean) == cnp.NPY_FLOAT:
+                        nm = (1.0 - f) * (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] + f * am
+                        nv = (1.0 - f) * (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] + f * av
+                        (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] = <float>nm
+                        (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] = <float>nv
+                    else:
+                        nm = (1.0 - f) * (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] + f * am
+                        nv = (1.0 - f) * (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] + f * av
+                        (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] = nm
+                        (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] = nv
+                else:
+                    (<double*>cnp.PyArray_DATA(self.new_mean))[c] = (
+                        (1.0 - f) * (<double*>cnp.PyArray_DATA(self.old_mean))[c] + f * am)
+                    (<double*>cnp.PyArray_DATA(self.new_var))[c] = (
+                        (1.0 - f) * (<double*>cnp.PyArray_DATA(self.old_var))[c] + f * av)
+            if not self.plain:  # one after the other: where they overlap, the variance lands last
+                cnp.PyArray_CopyInto(<cnp.ndarray>self.running_mean, self.new_mean)
+                cnp.PyArray_CopyInto(<cnp.ndarray>self.running_var, self.new_var)
+        if self.stats_shape is not None and rstd is not None:
+            self.kept = (mean, rstd)
+        if self.namespace is not None:
+            PyDict_Update(self.namespace, self.values)
+            self.namespace = self.values = None  # the values may hold this commit (a layer's saved stats)
+        self.applied = True
+        return 0
+
+
+cdef inline int _apply(object commit, object result, object mean, object var, object rstd) except -1:
+    if commit is not None:
+        (<Commit>commit)._apply(result, mean, var, rstd)
+    return 0
 
 
 def parallel_copy(cnp.ndarray src, cnp.ndarray dst, int nthreads):
@@ -385,6 +495,8 @@ cdef cnp.ndarray _empty(int ndim, cnp.npy_intp* dims, int typenum):
     """A new C-contiguous array; one of at least FASTNORM_CACHE_MIN bytes takes its memory from the cache."""
     cdef size_t nbytes = cnp.PyArray_DescrFromType(typenum).itemsize
     cdef int i
+    if _allocation_fails():
+        _out_of_memory()
     for i in range(ndim):
         nbytes *= <size_t>dims[i]
     if nbytes < FASTNORM_CACHE_MIN:
@@ -484,20 +596,27 @@ cdef Py_ssize_t allocations_before_failure = -1
 
 
 def fail_allocations_after(Py_ssize_t n):
-    """Make every scratch allocation after the next ``n`` fail (-1: none fails); returns the previous
-    setting.  For tests of the out-of-memory paths."""
+    """Make every allocation of the kernels (scratch memory, result arrays) after the next ``n`` fail
+    (-1: none fails); returns the previous setting.  For tests of the out-of-memory paths."""
     global allocations_before_failure
     previous = allocations_before_failure
     allocations_before_failure = n
     return previous
 
 
-cdef void* _alloc(size_t nbytes) noexcept nogil:
+cdef bint _allocation_fails() noexcept nogil:
+    """The test hook of fail_allocations_after: counts an allocation, True for one that must fail."""
     global allocations_before_failure
     if allocations_before_failure == 0:
-        return NULL
+        return True
     if allocations_before_failure > 0:
         allocations_before_failure -= 1
+    return False
+
+
+cdef void* _alloc(size_t nbytes) noexcept nogil:
+    if _allocation_fails():
+        return NULL
     return fastnorm_malloc(nbytes if nbytes > 0 else 1)
 
 
@@ -514,6 +633,8 @@ cdef inline Moments _run_moments(const floating* x, Py_ssize_t n) noexcept nogil
 
     Shifted sums in double precision: with the shift being one of the values, ``M2 = S2 - S1**2 / n``
     loses at most a factor ``n`` of double precision even in the worst case, and typically nothing.
+    float64 data beyond about 1e150 overflow the sum of squares: such a block is summed again scaled by
+    a power of two (exact), the only cost of the check being a comparison per block.
     """
     cdef double shift = x[0]
     cdef double t1, t2, dm
@@ -522,29 +643,77 @@ cdef inline Moments _run_moments(const floating* x, Py_ssize_t n) noexcept nogil
         fastnorm_shifted_sums_f32(x, n, shift, &t1, &t2)
     else:
         fastnorm_shifted_sums_f64(x, n, shift, &t1, &t2)
+        if not t2 <= DBL_MAX:  # overflow (or a NaN or an infinity in the data, which the redo keeps)
+            return _scaled_moments(x, n, 1)
     dm = t1 / n
     m.count = <double>n
     m.mean = shift + dm
-    m.m2 = t2 - t1 * dm
-    if m.m2 < 0.0:
-        m.m2 = 0.0
+    m.var = (t2 - t1 * dm) / n
+    if m.var < 0.0:
+        m.var = 0.0
+    return m
+
+
+cdef inline int _scale_exponent(double big) noexcept nogil:
+    """k such that values up to ``big`` scaled by 2**-k sum and square without overflow in a block or
+    a merge (at most 2**500 after scaling, their squares' sum over 2**13 values below 2**1014); 0 when
+    no scaling is needed or ``big`` is not finite."""
+    cdef int e
+    if not big <= DBL_MAX:
+        return 0
+    frexp(big, &e)
+    return e - 500 if e > 500 else 0
+
+
+cdef Moments _scaled_moments(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """The moments of ``n`` float64 values ``stride`` apart, scaled by 2**-k before the shift and the
+    squares (their plain sums overflowed): the shifted sums of _run_moments, scaled back at the end."""
+    cdef double big = 0.0, s, shift, d, t1 = 0.0, t2 = 0.0, dm
+    cdef Py_ssize_t i
+    cdef int k
+    cdef Moments m
+    for i in range(n):
+        big = max(big, fabs(x[i * stride]))
+    k = _scale_exponent(big)
+    s = ldexp(1.0, -k)
+    shift = x[0] * s
+    for i in range(n):
+        d = x[i * stride] * s - shift
+        t1 = t1 + d
+        t2 = t2 + d * d
+    dm = t1 / n
+    m.count = <double>n
+    m.mean = x[0] + ldexp(dm, k)
+    m.var = max(0.0, (t2 - t1 * dm) / n)
+    m.var = ldexp(m.var, 2 * k)  # inf where the variance itself is beyond the doubles
     return m
 
 
 cdef inline void _merge(Moments* a, Moments b) noexcept nogil:
-    """Chan's formula: fold the moments ``b`` into ``a``."""
-    cdef double n, delta, w
+    """Chan's formula: fold the moments ``b`` into ``a``.  In terms of variances, and the squared
+    difference of the means taken as ``(delta * wa) * (delta * wb)``: no intermediate overflows unless
+    the variance does."""
+    cdef double n, delta, wa, wb
     if b.count == 0.0:
         return
     if a.count == 0.0:
         a[0] = b
         return
     n = a.count + b.count
-    w = b.count / n
+    wb = b.count / n
+    wa = a.count / n
     delta = b.mean - a.mean
-    a.mean = a.mean + delta * w
-    a.m2 = a.m2 + b.m2 + delta * delta * (a.count * w)
+    a.var = a.var * wa + b.var * wb + (delta * wa) * (delta * wb)
+    a.mean = _merged_mean(a.mean, b.mean, delta, wa, wb)
     a.count = n
+
+
+cdef inline double _merged_mean(double ma, double mb, double delta, double wa, double wb) noexcept nogil:
+    """The mean of two merged sets: ``ma + delta * wb`` (exactly ``ma`` when the means are equal), or
+    ``ma * wa + mb * wb`` where the difference of the means overflows (means near +-1.8e308)."""
+    if delta - delta == 0.0:
+        return ma + delta * wb
+    return ma * wa + mb * wb
 
 
 cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssize_t runlen,
@@ -558,7 +727,7 @@ cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssi
     cdef const floating* p
     acc.count = 0.0
     acc.mean = 0.0
-    acc.m2 = 0.0
+    acc.var = 0.0
     for r in range(nruns):
         p = x + r * stride
         for b in range(0, runlen, 2048):  # BLOCK
@@ -608,26 +777,34 @@ cdef int _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t 
 
 cdef inline void _store_moments(Moments m, Py_ssize_t c, double* mean, double* var) noexcept nogil:
     mean[c] = m.mean
-    var[c] = m.m2 / m.count
+    var[c] = m.var
 
 
 cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C,
-                                Py_ssize_t c0, Py_ssize_t c1, double* bmean, double* bm2) noexcept nogil:
+                                Py_ssize_t c0, Py_ssize_t c1, double* bmean, double* bvar) noexcept nogil:
     """Moments of columns ``c0 <= c < c1`` over rows ``r0 <= r < r1`` of an ``[M, C]`` buffer, shifted by
-    row ``r0``, into bmean[c], bm2[c]."""
+    row ``r0``, into bmean[c], bvar[c]; a float64 column whose sum of squares overflowed is summed again
+    scaled, as in _run_moments."""
     cdef const floating* base = x + r0 * C
     cdef Py_ssize_t c
     cdef double dm
     cdef double n = <double>(r1 - r0)
+    cdef Moments m
     if floating is float:
-        fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bm2 + c0)
+        fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
     else:
-        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bm2 + c0)
+        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
     for c in range(c0, c1):
+        if floating is double:
+            if not bvar[c] <= DBL_MAX:
+                m = _scaled_moments(base + c, r1 - r0, C)
+                bmean[c] = m.mean
+                bvar[c] = m.var
+                continue
         dm = bmean[c] / n
-        bm2[c] = bm2[c] - bmean[c] * dm
-        if bm2[c] < 0.0:
-            bm2[c] = 0.0
+        bvar[c] = (bvar[c] - bmean[c] * dm) / n
+        if bvar[c] < 0.0:
+            bvar[c] = 0.0
         bmean[c] = <double>base[c] + dm
 
 
@@ -682,45 +859,45 @@ cdef void _moments_tile(const floating* x, const Tiles* g, Py_ssize_t t, double*
                               partial + 2 * g.C * blk + g.C)
 
 
-cdef int _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
-                     int nthreads) noexcept nogil:
-    """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1); -1: out of memory."""
+cdef inline Py_ssize_t _moments_mc_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    """The doubles of scratch memory _moments_mc needs."""
+    return (M + _rows_per_block(C) - 1) // _rows_per_block(C) * 2 * C
+
+
+cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
+                      int nthreads, double* partial) noexcept nogil:
+    """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1), with the caller's scratch
+    memory (_moments_mc_scratch doubles): a caller sweeping several samples allocates before its first
+    write."""
     cdef Tiles g = _tiles(M, C, nthreads)
     cdef Py_ssize_t rb = g.rb, nblocks = g.nblocks
     cdef Py_ssize_t blk, c, t
-    cdef double* partial = <double*>_alloc(nblocks * 2 * C * sizeof(double))
     cdef double* bmean
-    cdef double* bm2
-    cdef double na, nb, w, f, delta
-    if partial == NULL:
-        return -1
+    cdef double* bvar
+    cdef double na, nb, wa, wb, delta
     if nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * g.ncb):
             _moments_tile(x, &g, t, partial)
     else:
         for t in prange(nblocks * g.ncb, schedule="static", num_threads=nthreads):
             _moments_tile(x, &g, t, partial)
-    # Chan merges of the row blocks, in order; every column of a block has the same count, so the
-    # weights are computed once per block and the column loop vectorizes.
+    # Chan merges of the row blocks, in order (as _merge); every column of a block has the same count, so
+    # the weights are computed once per block and the column loop vectorizes.
     na = <double>min(M, rb)
     for c in range(C):
         mean[c] = partial[c]
         var[c] = partial[C + c]
     for blk in range(1, nblocks):
         nb = <double>(min(M, (blk + 1) * rb) - blk * rb)
-        w = nb / (na + nb)
-        f = na * w
+        wb = nb / (na + nb)
+        wa = na / (na + nb)
         bmean = partial + 2 * C * blk
-        bm2 = bmean + C
+        bvar = bmean + C
         for c in range(C):
             delta = bmean[c] - mean[c]
-            mean[c] = mean[c] + delta * w
-            var[c] = var[c] + bm2[c] + delta * delta * f
+            var[c] = var[c] * wa + bvar[c] * wb + (delta * wa) * (delta * wb)
+            mean[c] = _merged_mean(mean[c], bmean[c], delta, wa, wb)
         na = na + nb
-    for c in range(C):
-        var[c] = var[c] / na
-    free(partial)
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -972,12 +1149,26 @@ cdef enum:
 
 cdef inline void _center_and_scale(double mean, double var, double eps, bint rms, double* center,
                                    double* inv) noexcept nogil:
+    """The center and the inverse scale of a group.  Branch-free but for rms, so that a loop of it over
+    rows vectorizes (a short row's time is its chain of division and square root); float64 RMSNorm data
+    beyond 1e154 then need _rms_in_range."""
     if rms:
         center[0] = 0.0
         inv[0] = 1.0 / sqrt(var + mean * mean + eps)
     else:
         center[0] = mean
         inv[0] = 1.0 / sqrt(var + eps)
+
+
+cdef inline void _rms_in_range(double mean, double var, double eps, double* inv) noexcept nogil:
+    """RMSNorm's ``1 / sqrt(var + mean**2 + eps)`` again, scaled by a power of two, where ``mean**2``
+    overflowed (float64 data beyond 1e154) although the root mean square does not."""
+    cdef int k
+    if var + mean * mean <= DBL_MAX:
+        return
+    k = _scale_exponent(max(fabs(mean), sqrt(var)))
+    mean = ldexp(mean, -k)
+    inv[0] = ldexp(1.0 / sqrt(ldexp(var, -2 * k) + mean * mean + ldexp(eps, -2 * k)), -k)
 
 
 cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py_ssize_t length,
@@ -1033,6 +1224,8 @@ cdef void _norm_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, 
     cdef Py_ssize_t n
     _store_moments(_strided_moments(x + r * S, N, S, R * S), r, mean, var)
     _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+    if floating is double and a.rms:
+        _rms_in_range(mean[r], var[r], eps, &inv)
     for n in range(N):
         _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, 0, S, r, S, center, inv, a, stream)
 
@@ -1072,6 +1265,9 @@ cdef void _norm_batch(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t 
         _store_moments(_run_moments(x + r * S, S), r, mean, var)
     for r in range(r0, r1):
         _center_and_scale(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
+    if floating is double and a.rms:
+        for r in range(r0, r1):
+            _rms_in_range(mean[r], var[r], eps, &inv[r - r0])
     for r in range(r0, r1):
         _sweep_span(x + r * S, y + r * S, 0, S, r, S, center[r - r0], inv[r - r0], a, stream)
 
@@ -1083,6 +1279,8 @@ cdef void _norm_piece(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n
     its own: the locals whose address is taken must be private to the thread.)"""
     cdef double center, inv
     _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+    if floating is double and a.rms:
+        _rms_in_range(mean[r], var[r], eps, &inv)
     _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, start, min(<Py_ssize_t>PIECE, S - start), r, S,
                 center, inv, a, stream)
 
@@ -1141,13 +1339,18 @@ def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthread
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef bint f64 = _is_f64(x)
-    cdef int status
+    cdef int status = 0
+    cdef double* partial
     with nogil:
         if S == 1:
-            if f64:
-                status = _moments_mc(<const double*>px, N, C, pm, pv, nthreads)
+            partial = <double*>_alloc(_moments_mc_scratch(N, C) * sizeof(double))
+            if partial == NULL:
+                status = -1
+            elif f64:
+                _moments_mc(<const double*>px, N, C, pm, pv, nthreads, partial)
             else:
-                status = _moments_mc(<const float*>px, N, C, pm, pv, nthreads)
+                _moments_mc(<const float*>px, N, C, pm, pv, nthreads, partial)
+            free(partial)
         elif f64:
             status = _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
         else:
@@ -1202,9 +1405,10 @@ cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
 
 
 def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-              object mean, object var, object weight, object bias, double eps, int nthreads):
+              object mean, object var, object weight, object bias, double eps, int nthreads,
+              object commit=None):
     """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of an ``[N, C, S]`` buffer
-    (``S == 1`` is the channels-last ``[N, C]`` case)."""
+    (``S == 1`` is the channels-last ``[N, C]`` case); then applies ``commit`` (a :class:`Commit`)."""
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
@@ -1217,19 +1421,28 @@ def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssi
             status = _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
     if status < 0:
         _out_of_memory()
+    _apply(commit, out, mean, var, None)
 
 
-cdef tuple _with_rstd(cnp.ndarray mean, cnp.ndarray var, double eps, bint rms):
-    """(mean, var, rstd): rstd computed exactly as the sweeps computed it."""
+cdef tuple _statistics(Py_ssize_t n):
+    """Empty (mean, var, rstd) float64 vectors for a training call: allocated before it writes."""
+    return _empty_doubles(n), _empty_doubles(n), _empty_doubles(n)
+
+
+cdef tuple _with_rstd(tuple stats, double eps, bint rms):
+    """The (mean, var, rstd) of a training call, rstd filled exactly as the sweeps computed it."""
+    cdef cnp.ndarray mean = stats[0], var = stats[1], rstd = stats[2]
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(mean)
-    cdef cnp.ndarray rstd = _empty_doubles(n)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
     cdef double center
     for i in range(n):
         _center_and_scale(pm[i], pv[i], eps, rms, &center, &pr[i])
-    return mean, var, rstd
+    if rms:
+        for i in range(n):
+            _rms_in_range(pm[i], pv[i], eps, &pr[i])
+    return stats
 
 
 cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sub,
@@ -1247,21 +1460,22 @@ cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t 
 
 def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
           object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
-          bint per_element=False, bint rms=False, bint stats=True):
+          bint per_element=False, bint rms=False, bint stats=True, object commit=None):
     """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
     ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
     ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
     rstd being the inverse standard deviation (or root mean square) the sweep used; None without ``stats``.
+    Then applies ``commit`` (a :class:`Commit`) with these statistics.
     """
-    cdef cnp.ndarray mean = _empty_doubles(R) if stats else None
-    cdef cnp.ndarray var = _empty_doubles(R) if stats else None
+    stats = stats or commit is not None
+    cdef tuple result = _statistics(R) if stats else None
     cdef double* scratch = NULL if stats else <double*>_alloc(2 * R * sizeof(double))
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean) if stats else scratch
-    cdef double* pv = <double*>cnp.PyArray_DATA(var) if stats else scratch + R
+    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>result[0]) if stats else scratch
+    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>result[1]) if stats else scratch + R
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
     cdef int status
@@ -1275,36 +1489,44 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
     free(scratch)
     if status < 0:
         _out_of_memory()
-    return _with_rstd(mean, var, eps, rms) if stats else None
+    if not stats:
+        return None
+    _with_rstd(result, eps, rms)
+    _apply(commit, out, result[0], result[1], result[2])
+    return result
 
 
 def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
-             double eps, int nthreads):
+             double eps, int nthreads, object commit=None):
     """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
-    statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)."""
-    cdef cnp.ndarray mean = _empty_doubles(C)
-    cdef cnp.ndarray var = _empty_doubles(C)
+    statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)
+    after applying ``commit`` (a :class:`Commit`) with them."""
+    cdef tuple stats = _statistics(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
-    cdef Vec vw = _vec(weight), vb = _vec(bias), vm = _vec(mean), vv = _vec(var)
+    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
+    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
+    cdef Vec vw = _vec(weight), vb = _vec(bias), vm = _vec(stats[0]), vv = _vec(stats[1])
     cdef bint f64 = _is_f64(x)
-    cdef int status
+    cdef int status = -1
+    cdef double* partial
     with nogil:
-        if f64:
-            status = _moments_mc(<const double*>px, M, C, pm, pv, nthreads)
-            if status == 0:
+        partial = <double*>_alloc(_moments_mc_scratch(M, C) * sizeof(double))
+        if partial != NULL:
+            if f64:
+                _moments_mc(<const double*>px, M, C, pm, pv, nthreads, partial)
                 status = _fold_and_normalize(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps,
                                              nthreads)
-        else:
-            status = _moments_mc(<const float*>px, M, C, pm, pv, nthreads)
-            if status == 0:
+            else:
+                _moments_mc(<const float*>px, M, C, pm, pv, nthreads, partial)
                 status = _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps,
                                              nthreads)
+        free(partial)
     if status < 0:
         _out_of_memory()
-    return _with_rstd(mean, var, eps, False)
+    _with_rstd(stats, eps, False)
+    _apply(commit, out, stats[0], stats[1], stats[2])
+    return stats
 
 
 cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
@@ -1314,25 +1536,27 @@ cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
     cdef Py_ssize_t K = C // G
     cdef Py_ssize_t n, g, c
-    cdef double* cmean = <double*>_alloc(2 * C * sizeof(double))
+    # All the scratch memory before the first sample is written (out= may be the input)
+    cdef double* cmean = <double*>_alloc((2 * C + _moments_mc_scratch(S, C)) * sizeof(double))
     cdef double* cvar = cmean + C
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     cdef Moments m, col
     cdef double center, inv, s, rem
     cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
-    cdef int status = 0 if cmean != NULL and p != NULL else -1
-    for n in range(N if status == 0 else 0):
-        if _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads) < 0:
-            status = -1
-            break
+    if cmean == NULL or p == NULL:
+        free(cmean)
+        free(p)
+        return -1
+    for n in range(N):
+        _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads, cmean + 2 * C)
         for g in range(G):
             m.count = 0.0
             m.mean = 0.0
-            m.m2 = 0.0
+            m.var = 0.0
             for c in range(g * K, (g + 1) * K):
                 col.count = <double>S
                 col.mean = cmean[c]
-                col.m2 = cvar[c] * S
+                col.var = cvar[c]
                 _merge(&m, col)
             _store_moments(m, n * G + g, mean, var)
             _center_and_scale(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
@@ -1346,18 +1570,18 @@ cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
     _fence_streams(stream, nthreads)
     free(p)
     free(cmean)
-    return status
+    return 0
 
 
 def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
-                  object weight, object bias, double eps, int nthreads):
-    """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)."""
-    cdef cnp.ndarray mean = _empty_doubles(N * G)
-    cdef cnp.ndarray var = _empty_doubles(N * G)
+                  object weight, object bias, double eps, int nthreads, object commit=None):
+    """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)
+    after applying ``commit`` (a :class:`Commit`) with them."""
+    cdef tuple stats = _statistics(N * G)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
+    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
     cdef Vec vw = _vec(weight), vb = _vec(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
@@ -1368,7 +1592,9 @@ def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py
             status = _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
     if status < 0:
         _out_of_memory()
-    return _with_rstd(mean, var, eps, False)
+    _with_rstd(stats, eps, False)
+    _apply(commit, out, stats[0], stats[1], stats[2])
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1383,12 +1609,13 @@ def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py
 # The sweep is written dx = alpha * dy + beta * (x - hi) + gamma, with hi the mean rounded to the data's
 # type (x - hi is exact near the mean, as in the forward sweep) and the rest of the mean in gamma.
 
-cdef inline void _grad_sums(const floating* x, const floating* dy, Py_ssize_t n, double mean,
-                            double* s_dy, double* s_dyx) noexcept nogil:
+cdef inline void _grad_sums(const floating* x, const floating* dy, Py_ssize_t n, double mean, double rstd,
+                            double* s) noexcept nogil:
+    """s[0..3] = sum(dy), sum(dy * (x - mean)), and the check sums sum(xhat), sum(xhat**2)."""
     if floating is float:
-        fastnorm_grad_sums_f32(x, dy, n, mean, s_dy, s_dyx)
+        fastnorm_grad_sums_f32(x, dy, n, mean, rstd, s, s + 1, s + 2, s + 3)
     else:
-        fastnorm_grad_sums_f64(x, dy, n, mean, s_dy, s_dyx)
+        fastnorm_grad_sums_f64(x, dy, n, mean, rstd, s, s + 1, s + 2, s + 3)
 
 
 cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating hi,
@@ -1414,27 +1641,29 @@ cdef inline void _grad_sweep(const floating* x, const floating* dy, floating* dx
 
 
 cdef inline void _grad_piece(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R,
-                             Py_ssize_t S, Py_ssize_t sub, Py_ssize_t r, Py_ssize_t t, double mean,
-                             double* s_dy, double* s_dyx) noexcept nogil:
-    """Sums of piece ``t`` of row ``r`` in canonical order (run n, sub-run j, piece k within it)."""
+                             Py_ssize_t S, Py_ssize_t sub, Py_ssize_t r, Py_ssize_t t, double mean, double rstd,
+                             double* s) noexcept nogil:
+    """Sums (as _grad_sums) of piece ``t`` of row ``r`` in canonical order (run n, sub-run j, piece k
+    within it)."""
     cdef Py_ssize_t per_sub = (sub + PIECE - 1) // PIECE
     cdef Py_ssize_t K = S // sub
     cdef Py_ssize_t n = t // (K * per_sub)
     cdef Py_ssize_t j = (t // per_sub) % K
     cdef Py_ssize_t start = j * sub + (t % per_sub) * PIECE
     cdef Py_ssize_t off = (n * R + r) * S + start
-    _grad_sums(x + off, dy + off, min(<Py_ssize_t>PIECE, (j + 1) * sub - start), mean, s_dy, s_dyx)
+    _grad_sums(x + off, dy + off, min(<Py_ssize_t>PIECE, (j + 1) * sub - start), mean, rstd, s)
 
 
 cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
                          Py_ssize_t sub, Py_ssize_t r, double mean, double rstd, double* P1,
-                         double* P2) noexcept nogil:
-    """Per sub-run j of row r, summed over its runs: P1[j] = sum(dy), P2[j] = sum(dy * xhat).  The pieces
-    in the canonical order of _grad_piece (run n, sub-run j, piece k), walked without its divisions:
-    a short row's time went to them."""
+                         double* P2, double* X) noexcept nogil:
+    """Per sub-run j of row r, summed over its runs: P1[j] = sum(dy), P2[j] = sum(dy * xhat); and the row's
+    check sums X[0] = sum(xhat), X[1] = sum(xhat**2).  The pieces in the canonical order of _grad_piece
+    (run n, sub-run j, piece k), walked without its divisions: a short row's time went to them."""
     cdef Py_ssize_t K = S // sub
     cdef Py_ssize_t n, j, start, off
-    cdef double a, b
+    cdef double sums[4]
+    cdef double x1 = 0.0, x2 = 0.0
     for j in range(K):
         P1[j] = 0.0
         P2[j] = 0.0
@@ -1444,12 +1673,17 @@ cdef void _grad_row_sums(const floating* x, const floating* dy, Py_ssize_t N, Py
             start = j * sub
             while start < (j + 1) * sub:
                 _grad_sums(x + off + start, dy + off + start, min(<Py_ssize_t>PIECE, (j + 1) * sub - start), mean,
-                           &a, &b)
-                P1[j] += a
-                P2[j] += b
+                           rstd, sums)
+                P1[j] += sums[0]
+                P2[j] += sums[1]
+                x1 += sums[2]
+                x2 += sums[3]
                 start += PIECE
     for j in range(K):
         P2[j] *= rstd
+    if X != NULL:
+        X[0] = x1
+        X[1] = x2
 
 
 cdef void _grad_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ssize_t K, double M,
@@ -1511,18 +1745,18 @@ cdef void _grad_row_sweep(const floating* x, const floating* dy, floating* dx, P
 
 cdef void _grad_row(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                     Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean, const double* rstd,
-                    bint training, double* P1, double* P2, bint stream) noexcept nogil:
+                    bint training, double* P1, double* P2, double* X, bint stream) noexcept nogil:
     """Row r: its sums, then its dx while its runs are in cache."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t n
-    _grad_row_sums(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K)
+    _grad_row_sums(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], P1 + r * K, P2 + r * K, X + 2 * r)
     for n in range(N):
         _grad_row_sweep(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, P1, P2, N * S, stream)
 
 
 cdef void _grad_batch(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
-                      bint training, double* P1, double* P2) noexcept nogil:
+                      bint training, double* P1, double* P2, double* X) noexcept nogil:
     """_grad_row for rows r0 <= r < r1 (at most BATCH_ROWS) of an [1, R, S] buffer, one step for all the
     rows at a time, as _norm_batch: the same operations, so the same bits.  The runs' sums and sweeps
     are one C loop each: a call per run from here cost more than its 16 or 64 values (InstanceNorm
@@ -1539,10 +1773,10 @@ cdef void _grad_batch(const floating* x, const floating* dy, floating* dx, Py_ss
     cdef Py_ssize_t r, j, first
     if floating is float:
         fastnorm_grad_run_sums_f32(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
-                                   P1 + r0 * K, P2 + r0 * K)
+                                   P1 + r0 * K, P2 + r0 * K, X + 2 * r0)
     else:
         fastnorm_grad_run_sums_f64(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
-                                   P1 + r0 * K, P2 + r0 * K)
+                                   P1 + r0 * K, P2 + r0 * K, X + 2 * r0)
     first = (r0 % a.groups) * K  # the channel of the row's first sub-run
     for r in range(r0, r1):
         _grad_row_coefficients(a, first, K, S, mean[r] - <double><floating>mean[r], rstd[r], training, P1 + r * K,
@@ -1566,8 +1800,9 @@ cdef void _grad_batch(const floating* x, const floating* dy, floating* dx, Py_ss
 
 cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
                     Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
-                    double* P1, double* P2, int nthreads) noexcept nogil:
-    """Backward of _norm_rows with a per-channel affine; P1, P2: [R, S // sub] sums per sub-run."""
+                    double* P1, double* P2, double* X, int nthreads) noexcept nogil:
+    """Backward of _norm_rows with a per-channel affine; P1, P2: [R, S // sub] sums per sub-run; X: the
+    rows' check sums, [R, 2]."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t per_sub = (a.sub + PIECE - 1) // PIECE
     cdef Py_ssize_t per_row = N * K * per_sub
@@ -1580,35 +1815,39 @@ cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssiz
     if rows:
         if nthreads <= 1 or batches < 2:
             for t in range(batches):
-                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2)
+                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2, X)
         else:
             for t in prange(batches, schedule="static", num_threads=nthreads):
-                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2)
+                _grad_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, P1, P2, X)
         return 0
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
             for r in range(R):
-                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, stream)
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, X, stream)
         else:
             for r in prange(R, schedule="static", num_threads=nthreads):
-                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, stream)
+                _grad_row(x, dy, dx, N, R, S, a, r, mean, rstd, training, P1, P2, X, stream)
         _fence_streams(stream, nthreads)
         return 0
     # Few rows: the pieces' sums in parallel, folded in the canonical order of _grad_row_sums.
-    partial = <double*>_alloc(2 * R * per_row * sizeof(double))
+    partial = <double*>_alloc(4 * R * per_row * sizeof(double))
     if partial == NULL:
         return -1
     for t in prange(R * per_row, schedule="static", num_threads=nthreads):
-        _grad_piece(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row],
-                    partial + 2 * t, partial + 2 * t + 1)
+        _grad_piece(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row], rstd[t // per_row],
+                    partial + 4 * t)
     for r in range(R):
         for j in range(K):
             P1[r * K + j] = 0.0
             P2[r * K + j] = 0.0
+        X[2 * r] = 0.0
+        X[2 * r + 1] = 0.0
         for t in range(per_row):
             j = (t // per_sub) % K
-            P1[r * K + j] += partial[2 * (r * per_row + t)]
-            P2[r * K + j] += partial[2 * (r * per_row + t) + 1]
+            P1[r * K + j] += partial[4 * (r * per_row + t)]
+            P2[r * K + j] += partial[4 * (r * per_row + t) + 1]
+            X[2 * r] += partial[4 * (r * per_row + t) + 2]
+            X[2 * r + 1] += partial[4 * (r * per_row + t) + 3]
         for j in range(K):
             P2[r * K + j] *= rstd[r]
     free(partial)
@@ -1622,8 +1861,10 @@ cdef int _grad_rows(const floating* x, const floating* dy, floating* dx, Py_ssiz
 
 cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
                            Py_ssize_t D, const floating* w, const double* mean, const double* rstd,
-                           bint training, bint rms, double* col_dy, double* col_dyx, bint stream) noexcept nogil:
-    """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dyx."""
+                           bint training, bint rms, double* col_dy, double* col_dyx, double* X,
+                           bint stream) noexcept nogil:
+    """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dyx, the
+    rows' check sums into X[2 r], X[2 r + 1]."""
     cdef Py_ssize_t r, d
     cdef double A, B, beta, gamma
     cdef floating hi
@@ -1632,9 +1873,11 @@ cdef void _grad_elem_chunk(const floating* x, const floating* dy, floating* dx, 
         col_dyx[d] = 0.0
     for r in range(r0, r1):
         if floating is float:
-            fastnorm_grad_row_elem_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, col_dy, col_dyx)
+            fastnorm_grad_row_elem_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, X + 2 * r,
+                                       X + 2 * r + 1, col_dy, col_dyx)
         else:
-            fastnorm_grad_row_elem_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, col_dy, col_dyx)
+            fastnorm_grad_row_elem_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, X + 2 * r,
+                                       X + 2 * r + 1, col_dy, col_dyx)
         hi = <floating>mean[r]
         beta = 0.0
         gamma = 0.0
@@ -1668,7 +1911,7 @@ cdef void _merge_chunks(const double* partial, Py_ssize_t nchunks, Py_ssize_t D,
 
 cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
                     const floating* w, const double* mean, const double* rstd, bint training, bint rms,
-                    double* grad_w, double* grad_b, int nthreads) noexcept nogil:
+                    double* grad_w, double* grad_b, double* X, int nthreads) noexcept nogil:
     # Few long rows get few chunks: each chunk's column sums are 16 bytes a column, zeroed, updated by
     # every row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows
     # (LayerNorm backward on (56, 14336): 990 -> 600 us, 1 thread; 670 -> 440 us, 2 threads).  The
@@ -1684,11 +1927,11 @@ cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssiz
     if nthreads <= 1:  # no thread team for one thread
         for k in range(nchunks):
             _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D, stream)
+                             partial + 2 * k * D, partial + (2 * k + 1) * D, X, stream)
     else:
         for k in prange(nchunks, schedule="static", num_threads=nthreads):
             _grad_elem_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D, stream)
+                             partial + 2 * k * D, partial + (2 * k + 1) * D, X, stream)
     _fence_streams(stream, nthreads)
     if nthreads <= 1 or D < 2 * MERGE_COLUMNS:
         _merge_chunks(partial, nchunks, D, 0, D, grad_w, grad_b)
@@ -1699,40 +1942,48 @@ cdef int _grad_elem(const floating* x, const floating* dy, floating* dx, Py_ssiz
     return 0
 
 
-cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
-                  const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
-                  double* P1, double* P2, int nthreads) noexcept nogil:
+cdef inline Py_ssize_t _grad_mc_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    """The bytes of scratch memory _grad_mc needs (the same for every thread count)."""
+    return (4 * ((M + _rows_per_block(C) - 1) // _rows_per_block(C)) * C + 6 * C) * sizeof(double)
+
+
+cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
+                   const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
+                   double* P1, double* P2, double* X, int nthreads, void* scratch) noexcept nogil:
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
     mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
-    P1, P2 receive the per-column sum(dy), sum(dy * xhat)."""
+    P1, P2 receive the per-column sum(dy), sum(dy * xhat), X[2 g], X[2 g + 1] the groups' check sums;
+    ``scratch``: _grad_mc_scratch bytes."""
     cdef Tiles tiles = _tiles(M, C, nthreads)
     cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
     cdef Py_ssize_t blk, c, g, i, t
     cdef double A, B, w, beta, gamma
-    cdef double* partial = <double*>_alloc((2 * nblocks * C + C) * sizeof(double))
-    cdef double* colmean = partial + 2 * nblocks * C
-    cdef floating* p = <floating*>_alloc(4 * C * sizeof(floating))
-    if partial == NULL or p == NULL:
-        free(partial)
-        free(p)
-        return -1
-    memset(partial, 0, 2 * nblocks * C * sizeof(double))  # the column sums accumulate into it
+    cdef double* partial = <double*>scratch  # per row block: sum(dy), sum(dy (x - mean)), sum(xhat), sum(xhat**2)
+    cdef double* colmean = partial + 4 * nblocks * C
+    cdef double* colrstd = colmean + C
+    cdef floating* p = <floating*>(colrstd + C)  # 4 * C values
+    memset(partial, 0, 4 * nblocks * C * sizeof(double))  # the column sums accumulate into it
     for c in range(C):
         colmean[c] = mean[c // group]
+        colrstd[c] = rstd[c // group]
     if nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * tiles.ncb):
-            _grad_column_tile(x, dy, &tiles, t, colmean, partial)
+            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
     else:
         for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
-            _grad_column_tile(x, dy, &tiles, t, colmean, partial)
+            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
     for c in range(C):
         P1[c] = 0.0
         P2[c] = 0.0
+    for g in range(2 * G):
+        X[g] = 0.0
     for blk in range(nblocks):
         for c in range(C):
-            P1[c] += partial[2 * C * blk + c]
-            P2[c] += partial[2 * C * blk + C + c]
+            P1[c] += partial[4 * C * blk + c]
+            P2[c] += partial[4 * C * blk + C + c]
+            X[2 * (c // group)] += partial[4 * C * blk + 2 * C + c]
+            X[2 * (c // group) + 1] += partial[4 * C * blk + 3 * C + c]
     for g in range(G):
         A = 0.0
         B = 0.0
@@ -1759,25 +2010,22 @@ cdef int _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_
     else:
         for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
             _grad_sweep_tile(x, dy, dx, &tiles, t, p)
-    free(p)
-    free(partial)
-    return 0
 
 
 cdef inline void _grad_column_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
-                                   const double* colmean, double* partial) noexcept nogil:
+                                   const double* colmean, const double* colrstd, double* partial) noexcept nogil:
     """Tile ``t`` of _grad_mc's column sums, into row block ``blk``'s partials."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols
     cdef double* s_dy
     if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return
-    s_dy = partial + 2 * g.C * blk + c0
+    s_dy = partial + 4 * g.C * blk + c0
     if floating is float:
         fastnorm_grad_column_sums_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      s_dy, s_dy + g.C)
+                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
     else:
         fastnorm_grad_column_sums_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      s_dy, s_dy + g.C)
+                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
 
 
 cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
@@ -1793,17 +2041,119 @@ cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floatin
         fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
 
 
+cdef Py_ssize_t _first_modified(const double* X, Py_ssize_t G, double count, const double* mean,
+                                const double* rstd, double eps, const double* eps_r2, bint rms, bint f64, double* m1,
+                                double* q) noexcept nogil:
+    """The first of G normalization groups whose check sums cannot come from the input the statistics
+    were computed from, or -1; m1 and q are then its mean and variance in units of the forward's.
+
+    X[2 g], X[2 g + 1] are sum(xhat) and sum(xhat**2) over the group's ``count`` values, xhat = (x -
+    mean) * rstd with the statistics given.  For the forward's input, m1 = sum(xhat) / count is 0 and q =
+    sum(xhat**2) / count - m1**2 is var * rstd**2 = 1 - eps * rstd**2 (``eps_r2[g]`` where given: the
+    rescaled backward's, whose rstd is not the forward's) (RMSNorm, uncentered: mean(x**2) *
+    rstd**2, the same), up to rounding: the backward forms the terms in the data's type and sums them in
+    blocks of 64 (within 2**10 units of that precision) and in double across blocks, as the forward
+    (count / 16 + 2**14 units of double precision, the forward's variance included).  The forward's mean
+    and the differences of its blocks' means carry a rounding of double at |mean| per block merge: data
+    far from 0 against their spread (|mean| * rstd large) are judged by as much less closely.  A group
+    modified after its forward (x += y, x *= 2, a value overwritten) moves m1 or q by far more.  A group
+    with a non-finite statistic or sum, or an rstd beyond the data's type, is not judged (NaN compares
+    false).
+    """
+    cdef double unit = DBL_EPSILON / 2 if f64 else FLT_EPSILON / 2
+    cdef double tol = 1024.0 * unit + (count / 16.0 + 16384.0) * (DBL_EPSILON / 2)
+    cdef double per_mean = 4.0 * (count / 2048.0 + 2.0) * DBL_EPSILON
+    cdef double inv = 1.0 / count, top = DBL_MAX if f64 else FLT_MAX
+    cdef Py_ssize_t g = fastnorm_first_modified(X, G, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms)
+    if g >= 0:
+        m1[0] = 0.0 if rms else X[2 * g] * inv
+        q[0] = X[2 * g + 1] * inv - m1[0] * m1[0]
+    return g
+
+
+cdef int _check_unmodified(const double* X, Py_ssize_t G, double count, const double* mean, const double* rstd,
+                           object check, bint rms, bint f64) except -1:
+    """Raise RuntimeError (PyTorch's words) when a group of a training backward's input no longer has
+    the statistics given for it: modified in place after its forward, or not the input they came from.
+    ``check``: the forward's eps, or eps * rstd**2 per group (an array)."""
+    cdef double m1, q, eps = 0.0
+    cdef const double* eps_r2 = NULL
+    if isinstance(check, np.ndarray):
+        eps_r2 = <const double*>cnp.PyArray_DATA(<cnp.ndarray>check)
+    else:
+        eps = check
+    cdef Py_ssize_t g = _first_modified(X, G, count, mean, rstd, eps, eps_r2, rms, f64, &m1, &q)
+    if g < 0:
+        return 0
+    change = ("" if rms else f"mean moved by {m1:.3g} standard deviations, ") + (
+        f"{'mean square' if rms else 'variance'} "
+        f"{q / (1.0 - (eps_r2[g] if eps_r2 != NULL else eps * rstd[g] * rstd[g])):.3g} times the forward's")
+    raise RuntimeError(
+        "input: one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: normalization group {g} no longer has the statistics its forward computed ({change}); "
+        "backward needs the forward's input as it was")
+
+
+cdef object _rescale_exponents(cnp.ndarray x, cnp.ndarray rstd, bint training):
+    """Per-group exponents ``e`` (0.5 <= rstd * 2**-e < 1) for a float64 training backward whose rstd is
+    beyond 2**+-400 (data beyond about 1e120 or, with eps=0, below 1e-120): rstd squared enters the
+    gradient's coefficients and would under- or overflow.  None (the common case) when no group's is."""
+    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(rstd)
+    cdef bint found = False
+    if not training or not _is_f64(x):
+        return None
+    for i in range(n):
+        if 0.0 < pr[i] <= DBL_MAX and not (RESCALE_BELOW <= pr[i] <= 1.0 / RESCALE_BELOW):
+            found = True
+            break
+    if not found:
+        return None
+    e = np.frexp(rstd)[1]
+    e[(rstd >= RESCALE_BELOW) & (rstd <= 1.0 / RESCALE_BELOW) | ~np.isfinite(rstd)] = 0
+    return e
+
+
+# rstd below this (or above its inverse) takes the rescaled backward
+cdef double RESCALE_BELOW = 2.0 ** -400
+
+
+cdef object _rescaled(object kernel, cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, tuple dims, tuple shape,
+                      tuple group_shape, cnp.ndarray mean, cnp.ndarray rstd, object e, dict kwargs):
+    """The backward ``kernel`` on x scaled by 2**e per group (exact: a power of two), with the statistics
+    of the scaled data: xhat and the parameter gradients are unchanged, dx is 2**e times the scaled
+    data's.  A copy of x, for the rare groups that need it (see _rescale_exponents)."""
+    g = e.reshape(group_shape)
+    scaled = np.ldexp(x.reshape(shape), g).reshape(-1)
+    if kwargs.get("check") is not None and not isinstance(kwargs["check"], np.ndarray):
+        kwargs["check"] = kwargs["check"] * rstd * rstd  # eps * rstd**2 per group: what the scaling keeps
+    sums = kernel(scaled, dy, dx, *dims, np.ldexp(mean, e), np.ldexp(rstd, -e), **kwargs)
+    view = dx.reshape(shape)
+    np.ldexp(view, g, out=view)
+    return sums
+
+
 def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
              cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
-             Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False):
+             Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False, object check=None):
     """Backward of :func:`train` (``training``) or of a normalization with frozen statistics.
 
     ``mean``, ``rstd``: float64 per row.  Returns (sum_dy, sum_dy_xhat) as float64: per row and sub-run,
     ``[R, S // sub]``, for a per-channel affine; per element of the row, ``[S]``, summed over the rows,
-    with ``per_element`` (then ``weight`` has the data's dtype).
+    with ``per_element`` (then ``weight`` has the data's dtype).  ``check``: the forward's eps (or eps *
+    rstd**2 per row, an array), to raise RuntimeError where x no longer has the statistics (see
+    _first_modified); None: no check.
     """
     cdef RowAffine a = _row_affine(weight, None, R, S, sub, groups, per_element, rms)
     cdef Py_ssize_t nsums = S if per_element else R * (S // a.sub)
+    e = _rescale_exponents(x, rstd, training)
+    if e is not None:
+        return _rescaled(backward, x, dy, dx, (N, R, S), (N, R, S), (1, R, 1), mean, rstd, e,
+                         dict(weight=weight, training=True, nthreads=nthreads, sub=sub, groups=groups,
+                              per_element=per_element, rms=rms, check=check))
+    cdef double* X = <double*>_alloc(2 * R * sizeof(double))  # the rows' check sums
+    if X == NULL:
+        _out_of_memory()
     cdef cnp.ndarray P1 = _empty_doubles(nsums)
     cdef cnp.ndarray P2 = _empty_doubles(nsums)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -1819,18 +2169,23 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
         if per_element:
             if f64:
                 status = _grad_elem(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, nthreads)
+                           pm, pr, training, rms, p2, p1, X, nthreads)
             else:
                 status = _grad_elem(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, nthreads)
+                           pm, pr, training, rms, p2, p1, X, nthreads)
         elif f64:
             status = _grad_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       nthreads)
+                       X, nthreads)
         else:
             status = _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       nthreads)
-    if status < 0:
-        _out_of_memory()
+                       X, nthreads)
+    try:
+        if status < 0:
+            _out_of_memory()
+        if training and check is not None:
+            _check_unmodified(X, R, N * S, pm, pr, check, rms, f64)
+    finally:
+        free(X)
     return P1, P2
 
 
@@ -1840,10 +2195,10 @@ cdef void _grad_sums_rows(const floating* x, const floating* dy, Py_ssize_t N, P
     cdef Py_ssize_t r
     if nthreads <= 1:  # no thread team for one thread
         for r in range(C):
-            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r)
+            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r, NULL)
     else:
         for r in prange(C, schedule="static", num_threads=nthreads):
-            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r)
+            _grad_row_sums(x, dy, N, C, S, S, r, mean[r], rstd[r], P1 + r, P2 + r, NULL)
 
 
 cdef void _grad_apply_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t C,
@@ -1905,10 +2260,15 @@ def grad_apply(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_s
 
 
 def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M, Py_ssize_t C,
-                Py_ssize_t G, cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads):
+                Py_ssize_t G, cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
+                object check=None):
     """Channels-last backward of N samples of ``[M, C]`` (BatchNorm: N = 1, G = C; GroupNorm: G groups
     per sample); ``mean``, ``rstd``: float64 per (sample, group).  Returns per (sample, column)
-    (sum_dy, sum_dy_xhat) as float64 ``[N * C]``."""
+    (sum_dy, sum_dy_xhat) as float64 ``[N * C]``.  ``check``: as :func:`backward`'s."""
+    e = _rescale_exponents(x, rstd, training)
+    if e is not None:
+        return _rescaled(backward_mc, x, dy, dx, (N, M, C, G), (N, M, G, C // G), (N, 1, G, 1), mean, rstd, e,
+                         dict(weight=weight, training=True, nthreads=nthreads, check=check))
     cdef cnp.ndarray P1 = _empty_doubles(N * C)
     cdef cnp.ndarray P2 = _empty_doubles(N * C)
     cdef char* px = <char*>cnp.PyArray_DATA(x)
@@ -1922,21 +2282,27 @@ def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_
     cdef bint f64 = _is_f64(x)
     cdef Py_ssize_t n
     cdef Py_ssize_t item = 8 if f64 else 4
-    cdef int status = 0
+    # once, before the first sample: the kernel's scratch and the groups' check sums
+    cdef void* scratch = _alloc(_grad_mc_scratch(M, C) + 2 * N * G * sizeof(double))
+    cdef double* X
+    if scratch == NULL:
+        _out_of_memory()
+    X = <double*>(<char*>scratch + _grad_mc_scratch(M, C))
     with nogil:
         for n in range(N):
             if f64:
-                status = _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
+                _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
                          <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, nthreads)
+                         p1 + n * C, p2 + n * C, X + 2 * n * G, nthreads, scratch)
             else:
-                status = _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
+                _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
                          <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, nthreads)
-            if status < 0:
-                break
-    if status < 0:
-        _out_of_memory()
+                         p1 + n * C, p2 + n * C, X + 2 * n * G, nthreads, scratch)
+    try:
+        if training and check is not None:
+            _check_unmodified(X, N * G, M * (C // G), pm, pr, check, False, f64)
+    finally:
+        free(scratch)
     return P1, P2
 
 

@@ -112,52 +112,74 @@
  * With xhat = (x - mean) * rstd, the gradients need, per normalization group, sum(dy) and sum(dy * xhat);
  * these are taken in double as sum(dy) and sum(dy * (x - mean)), rstd applied once at the end. */
 
-/* Sums of dy and dy * (x - mean) over n contiguous values.  The terms are formed and summed in T over
- * blocks of FASTNORM_GRAD_BLOCK values (a few terms per SIMD lane, so within a few ulps), and the blocks
- * in double; x - hi, with hi the mean rounded to T, is exact near the mean, and the rest of the mean
- * enters once at the end. */
+/* Sums of dy and dy * (x - mean) over n contiguous values, and the check sums of xhat = (x - mean) * rstd
+ * and xhat**2 (the backward reads x anyway: they tell whether x still has the statistics the forward
+ * computed, see the kernels' _check_unmodified).  The terms are formed and summed in T over blocks of
+ * FASTNORM_GRAD_BLOCK values (a few terms per SIMD lane, so within a few ulps), and the blocks in double;
+ * x - hi, with hi the mean rounded to T, is exact near the mean, and the rest of the mean (lo) enters once
+ * at the end.  The check terms are (x - hi) * rstd, which cannot overflow where the data's squares
+ * would (float32 at 1e20). */
 #define FASTNORM_GRAD_BLOCK 64
 #define FASTNORM_GRAD_SUMS(NAME, T)                                                           \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean,       \
-                                     double *s_dy, double *s_dyx)                             \
+    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, \
+                                     double *s_dy, double *s_dyx, double *s_xhat, double *s_xhat2) \
     {                                                                                         \
-        T hi = (T)mean;                                                                       \
-        double a = 0.0, b = 0.0;                                                              \
+        T hi = (T)mean, r = (T)rstd;                                                          \
+        double a = 0.0, b = 0.0, c = 0.0, d = 0.0;                                            \
         /* the last block may be short: a short row is one vector loop, not a scalar chain */ \
         for (ptrdiff_t i = 0; i < n; i += FASTNORM_GRAD_BLOCK) {                              \
             ptrdiff_t end = n - i < FASTNORM_GRAD_BLOCK ? n : i + FASTNORM_GRAD_BLOCK;        \
-            T ba = 0, bb = 0;                                                                 \
-            _Pragma("omp simd reduction(+:ba,bb)")                                            \
+            T ba = 0, bb = 0, bc = 0, bd = 0;                                                 \
+            _Pragma("omp simd reduction(+:ba,bb,bc,bd)")                                      \
             for (ptrdiff_t k = i; k < end; k++) {                                             \
+                T xc = x[k] - hi, t = xc * r;                                                 \
                 ba += dy[k];                                                                  \
-                bb += dy[k] * (x[k] - hi);                                                    \
+                bb += dy[k] * xc;                                                             \
+                bc += t;                                                                      \
+                bd += t * t;                                                                  \
             }                                                                                 \
             a += (double)ba;                                                                  \
             b += (double)bb;                                                                  \
+            c += (double)bc;                                                                  \
+            d += (double)bd;                                                                  \
         }                                                                                     \
         *s_dy = a;                                                                            \
         *s_dyx = b - (mean - (double)hi) * a;                                                 \
+        fastnorm_xhat_sums(c, d, (double)n, (mean - (double)hi) * (double)r, s_xhat, s_xhat2); \
     }
 
-/* A row with an elementwise weight (LayerNorm, RMSNorm): the row's sums of w*dy and w*dy*(x - mean), and
- * the column sums of dy and dy*xhat added to col_dy, col_dyx (the weight and bias gradients). */
+/* Sum(xhat) and sum(xhat**2) from the sums c, d of t = (x - hi) * r, xhat = t - lo_r (lo_r: the part of
+ * the mean below the data's precision, times r). */
+static inline void fastnorm_xhat_sums(double c, double d, double n, double lo_r, double *s1, double *s2)
+{
+    *s1 = c - n * lo_r;
+    *s2 = d - 2.0 * lo_r * c + n * (lo_r * lo_r);
+}
+
+/* A row with an elementwise weight (LayerNorm, RMSNorm): the row's sums of w*dy and w*dy*(x - mean), its
+ * check sums of xhat and xhat**2 (see FASTNORM_GRAD_SUMS), and the column sums of dy and dy*xhat added to
+ * col_dy, col_dyx (the weight and bias gradients). */
 #define FASTNORM_GRAD_ROW_ELEM(NAME, T)                                                       \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, \
-                                     const T *w, double *s_wdy, double *s_wdyx,               \
-                                     double *restrict col_dy, double *restrict col_dyx)       \
+                                     const T *w, double *s_wdy, double *s_wdyx, double *s_xhat, \
+                                     double *s_xhat2, double *restrict col_dy, double *restrict col_dyx) \
     {                                                                                         \
-        double a = 0.0, b = 0.0;                                                              \
-        _Pragma("omp simd reduction(+:a,b)")                                                  \
+        double a = 0.0, b = 0.0, c = 0.0, e = 0.0;                                            \
+        _Pragma("omp simd reduction(+:a,b,c,e)")                                              \
         for (ptrdiff_t i = 0; i < n; i++) {                                                   \
             double g = (double)dy[i], d = (double)x[i] - mean;                                \
-            double wg = w ? (double)w[i] * g : g;                                             \
+            double wg = w ? (double)w[i] * g : g, xh = d * rstd;                              \
             a += wg;                                                                          \
             b += wg * d;                                                                      \
+            c += xh;                                                                          \
+            e += xh * xh;                                                                     \
             col_dy[i] += g;                                                                   \
-            col_dyx[i] += g * (d * rstd);                                                     \
+            col_dyx[i] += g * xh;                                                             \
         }                                                                                     \
         *s_wdy = a;                                                                           \
         *s_wdyx = b;                                                                          \
+        *s_xhat = c;                                                                          \
+        *s_xhat2 = e;                                                                         \
     }
 
 /* dx = alpha * dy + beta * (x - hi) + gamma over n contiguous values. */
@@ -183,18 +205,39 @@
         }                                                                                     \
     }
 
-/* Channels last, [rows, ncols]: column sums of dy and dy * (x - mean[c]) added to s_dy, s_dyx. */
+/* Channels last, [rows, ncols]: column sums of dy, dy * (x - mean[c]), xhat and xhat**2 (xhat =
+ * (x - mean[c]) * rstd[c], the check sums of FASTNORM_GRAD_SUMS) added to s_dy, s_dyx, s_xhat, s_xhat2.
+ * Four rows per update of the accumulators, as FASTNORM_COLUMN_SUMS: their loads and stores bound it. */
 #define FASTNORM_GRAD_COLUMN_SUMS(NAME, T)                                                    \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t ncols, \
-                                     ptrdiff_t ld, const double *restrict mean, double *restrict s_dy, \
-                                     double *restrict s_dyx)                                  \
+                                     ptrdiff_t ld, const double *restrict mean, const double *restrict rstd, \
+                                     double *restrict s_dy, double *restrict s_dyx,           \
+                                     double *restrict s_xhat, double *restrict s_xhat2)       \
     {                                                                                         \
-        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+        ptrdiff_t r = 0;                                                                      \
+        for (; r + 4 <= rows; r += 4) {                                                       \
+            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;            \
+            const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;           \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
+                double m = mean[c], rs = rstd[c];                                             \
+                double d0 = (double)x0[c] - m, d1 = (double)x1[c] - m;                        \
+                double d2 = (double)x2[c] - m, d3 = (double)x3[c] - m;                        \
+                double e0 = (double)g0[c], e1 = (double)g1[c], e2 = (double)g2[c], e3 = (double)g3[c]; \
+                double h0 = d0 * rs, h1 = d1 * rs, h2 = d2 * rs, h3 = d3 * rs;                \
+                s_dy[c] += (e0 + e1) + (e2 + e3);                                             \
+                s_dyx[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);                        \
+                s_xhat[c] += (h0 + h1) + (h2 + h3);                                           \
+                s_xhat2[c] += (h0 * h0 + h1 * h1) + (h2 * h2 + h3 * h3);                      \
+            }                                                                                 \
+        }                                                                                     \
+        for (; r < rows; r++) {                                                               \
             const T *xr = x + r * ld, *gr = dy + r * ld;                                      \
             for (ptrdiff_t c = 0; c < ncols; c++) {                                           \
-                double g = (double)gr[c];                                                     \
+                double g = (double)gr[c], d = (double)xr[c] - mean[c], xh = d * rstd[c];      \
                 s_dy[c] += g;                                                                 \
-                s_dyx[c] += g * ((double)xr[c] - mean[c]);                                    \
+                s_dyx[c] += g * d;                                                            \
+                s_xhat[c] += xh;                                                              \
+                s_xhat2[c] += xh * xh;                                                        \
             }                                                                                 \
         }                                                                                     \
     }
@@ -214,6 +257,35 @@
                 o[c] = alpha[c] * gr[c] + beta[c] * (xr[c] - hi[c]) + gamma[c];               \
         }                                                                                     \
     }
+
+/* The check of the kernels' _first_modified for group g: X[2 g], X[2 g + 1] the sums of xhat, xhat**2 over
+ * count = 1 / inv values; branch-free. */
+static inline int fastnorm_group_modified(const double *X, ptrdiff_t g, double inv, const double *mean,
+                                          const double *rstd, double tol, double per_mean, double top, double eps,
+                                          const double *eps_r2, int rms)
+{
+    double r = rstd[g], drift = tol + per_mean * __builtin_fabs(mean[g]) * r;
+    double a = rms ? 0.0 : X[2 * g] * inv, b = X[2 * g + 1] * inv - a * a;
+    double lower = 1.0 - (eps_r2 ? eps_r2[g] : eps * r * r) - drift;
+    return (0.0 < r) & (r <= top) & ((__builtin_fabs(a) > drift) | (b > 1.0 + drift) | (b < lower));
+}
+
+/* The first of G groups that fails it, or -1: a vector pass over all of them first (a backward of many
+ * short rows has a group per row). */
+FASTNORM_CLONES static ptrdiff_t fastnorm_first_modified(const double *X, ptrdiff_t G, double inv,
+                                                         const double *mean, const double *rstd, double tol,
+                                                         double per_mean, double top, double eps,
+                                                         const double *eps_r2, int rms)
+{
+    int bad = 0;
+    _Pragma("omp simd reduction(|:bad)")
+    for (ptrdiff_t g = 0; g < G; g++)
+        bad |= fastnorm_group_modified(X, g, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms);
+    for (ptrdiff_t g = 0; bad && g < G; g++)
+        if (fastnorm_group_modified(X, g, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms))
+            return g;
+    return -1;
+}
 
 FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f32_generic, float)
 FASTNORM_GRAD_SUMS(fastnorm_grad_sums_f64_loop, double)
@@ -532,6 +604,15 @@ __attribute__((target("avx2,fma"))) static inline void fastnorm_add_to_doubles(d
     _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
 }
 
+/* The four fastnorm_hsum4 of a, b, c, d, as the four lanes of one vector: the same additions in the same
+ * order, so the same bits, without a trip through memory for each. */
+__attribute__((target("avx2,fma"))) static inline __m256d fastnorm_hsum4x4(__m256d a, __m256d b, __m256d c,
+                                                                          __m256d d)
+{
+    __m256d ab = _mm256_hadd_pd(a, b), cd = _mm256_hadd_pd(c, d); /* a0+a1, b0+b1, a2+a3, b2+b3 */
+    return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
+}
+
 /* The 8 float lanes of v widened to double and added pairwise into 4 lanes. */
 __attribute__((target("avx2,fma"))) static inline __m256d fastnorm_widen_pairs(__m256 v)
 {
@@ -540,20 +621,21 @@ __attribute__((target("avx2,fma"))) static inline __m256d fastnorm_widen_pairs(_
 
 /* FASTNORM_GRAD_ROW_ELEM for float32.  The terms are formed in float, as the generic loop's are in double:
  * xc = (x - hi) - lo with hi + lo the mean (x - hi is exact near the mean), xhat = xc * rstd.  The row sums
- * run in float over blocks of 64 values (8 terms per lane) and in double across blocks, as
- * FASTNORM_GRAD_SUMS; the column sums (the weight and bias gradients, over every row) stay in double. */
+ * (and the check sums of xhat, xhat**2) run in float over blocks of 64 values (8 terms per lane) and in
+ * double across blocks, as FASTNORM_GRAD_SUMS; the column sums (the weight and bias gradients, over every
+ * row) stay in double. */
 __attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_row_elem_f32_avx2(
     const float *x, const float *dy, ptrdiff_t n, double mean, double rstd, const float *w, double *s_wdy,
-    double *s_wdyx, double *restrict col_dy, double *restrict col_dyx)
+    double *s_wdyx, double *s_xhat, double *s_xhat2, double *restrict col_dy, double *restrict col_dyx)
 {
     float hi_s = (float)mean;
     __m256 hi = _mm256_set1_ps(hi_s), lo = _mm256_set1_ps((float)(mean - (double)hi_s));
     __m256 rs = _mm256_set1_ps((float)rstd), one = _mm256_set1_ps(1.0f);
-    double a = 0.0, b = 0.0;
+    __m256d sums = _mm256_setzero_pd();  /* a, b, c, e below */
     ptrdiff_t i = 0;
     while (i + 8 <= n) {
         ptrdiff_t end = i + 64 <= n ? i + 64 : n - n % 8;
-        __m256 fa = _mm256_setzero_ps(), fb = fa;
+        __m256 fa = _mm256_setzero_ps(), fb = fa, fc = fa, fe = fa;
         for (; i < end; i += 8) {
             if (!(i & 15)) {
                 FASTNORM_PREFETCH(x + i);
@@ -562,79 +644,103 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_row_elem
             __m256 g = _mm256_loadu_ps(dy + i);
             __m256 xc = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), hi), lo);
             __m256 wg = _mm256_mul_ps(w ? _mm256_loadu_ps(w + i) : one, g);
+            __m256 xh = _mm256_mul_ps(xc, rs);
             fa = _mm256_add_ps(fa, wg);
             fb = _mm256_fmadd_ps(wg, xc, fb);
+            fc = _mm256_add_ps(fc, xh);
+            fe = _mm256_fmadd_ps(xh, xh, fe);
             fastnorm_add_to_doubles(col_dy + i, g);
-            fastnorm_add_to_doubles(col_dyx + i, _mm256_mul_ps(g, _mm256_mul_ps(xc, rs)));
+            fastnorm_add_to_doubles(col_dyx + i, _mm256_mul_ps(g, xh));
         }
-        a += fastnorm_hsum4(fastnorm_widen_pairs(fa));
-        b += fastnorm_hsum4(fastnorm_widen_pairs(fb));
+        sums = _mm256_add_pd(sums, fastnorm_hsum4x4(fastnorm_widen_pairs(fa), fastnorm_widen_pairs(fb),
+                                                    fastnorm_widen_pairs(fc), fastnorm_widen_pairs(fe)));
     }
+    double t[4];
+    _mm256_storeu_pd(t, sums);
+    double a = t[0], b = t[1], c = t[2], e = t[3];
     for (; i < n; i++) {
         double g = (double)dy[i], d = (double)x[i] - mean;
-        double wg = w ? (double)w[i] * g : g;
+        double wg = w ? (double)w[i] * g : g, xh = d * rstd;
         a += wg;
         b += wg * d;
+        c += xh;
+        e += xh * xh;
         col_dy[i] += g;
-        col_dyx[i] += g * (d * rstd);
+        col_dyx[i] += g * xh;
     }
     *s_wdy = a;
     *s_wdyx = b;
+    *s_xhat = c;
+    *s_xhat2 = e;
 }
 
 /* FASTNORM_GRAD_SUMS for float32: the same float blocks of 64 values, but each block's 8 lanes are added
  * to 8 double lanes instead of being summed across (the generic loop's reduction ends every block with a
  * chain of scalar additions), and x, dy are prefetched. */
 __attribute__((target("avx2,fma"), noinline)) static void fastnorm_grad_sums_f32_avx2(
-    const float *x, const float *dy, ptrdiff_t n, double mean, double *s_dy, double *s_dyx)
+    const float *x, const float *dy, ptrdiff_t n, double mean, double rstd, double *s_dy, double *s_dyx,
+    double *s_xhat, double *s_xhat2)
 {
-    float hi_s = (float)mean;
-    __m256 hi = _mm256_set1_ps(hi_s);
-    __m256d a_lo = _mm256_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo;
+    float hi_s = (float)mean, r_s = (float)rstd;
+    __m256 hi = _mm256_set1_ps(hi_s), r = _mm256_set1_ps(r_s);
+    __m256d a_lo = _mm256_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo, c_acc = a_lo, d_acc = a_lo;
     ptrdiff_t vn = n - n % 8, i = 0;
     while (i < vn) {
         ptrdiff_t end = i + 64 <= vn ? i + 64 : vn;
-        __m256 fa = _mm256_setzero_ps(), fb = fa;
+        __m256 fa = _mm256_setzero_ps(), fb = fa, fc = fa, fd = fa;
         for (; i < end; i += 8) {
             if (!(i & 15)) {
                 FASTNORM_PREFETCH(x + i);
                 FASTNORM_PREFETCH(dy + i);
             }
             __m256 g = _mm256_loadu_ps(dy + i);
+            __m256 xc = _mm256_sub_ps(_mm256_loadu_ps(x + i), hi);
+            __m256 t = _mm256_mul_ps(xc, r);
             fa = _mm256_add_ps(fa, g);
-            fb = _mm256_fmadd_ps(g, _mm256_sub_ps(_mm256_loadu_ps(x + i), hi), fb);
+            fb = _mm256_fmadd_ps(g, xc, fb);
+            fc = _mm256_add_ps(fc, t);
+            fd = _mm256_fmadd_ps(t, t, fd);
         }
         a_lo = _mm256_add_pd(a_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(fa)));
         a_hi = _mm256_add_pd(a_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(fa, 1)));
         b_lo = _mm256_add_pd(b_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(fb)));
         b_hi = _mm256_add_pd(b_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(fb, 1)));
+        c_acc = _mm256_add_pd(c_acc, fastnorm_widen_pairs(fc));
+        d_acc = _mm256_add_pd(d_acc, fastnorm_widen_pairs(fd));
     }
     double a = fastnorm_hsum4(_mm256_add_pd(a_lo, a_hi)), b = fastnorm_hsum4(_mm256_add_pd(b_lo, b_hi));
+    double c = fastnorm_hsum4(c_acc), d = fastnorm_hsum4(d_acc);
     for (; i < n; i++) {
+        double t = ((double)x[i] - (double)hi_s) * (double)r_s;
         a += (double)dy[i];
         b += (double)dy[i] * ((double)x[i] - (double)hi_s);
+        c += t;
+        d += t * t;
     }
     *s_dy = a;
     *s_dyx = b - (mean - (double)hi_s) * a;
+    fastnorm_xhat_sums(c, d, (double)n, (mean - (double)hi_s) * (double)r_s, s_xhat, s_xhat2);
 }
 
 static inline void fastnorm_grad_sums_f32_loop(const float *x, const float *dy, ptrdiff_t n, double mean,
-                                               double *s_dy, double *s_dyx)
+                                               double rstd, double *s_dy, double *s_dyx, double *s_xhat,
+                                               double *s_xhat2)
 {
     if (fastnorm_avx2_fma)
-        fastnorm_grad_sums_f32_avx2(x, dy, n, mean, s_dy, s_dyx);
+        fastnorm_grad_sums_f32_avx2(x, dy, n, mean, rstd, s_dy, s_dyx, s_xhat, s_xhat2);
     else
-        fastnorm_grad_sums_f32_generic(x, dy, n, mean, s_dy, s_dyx);
+        fastnorm_grad_sums_f32_generic(x, dy, n, mean, rstd, s_dy, s_dyx, s_xhat, s_xhat2);
 }
 
 static inline void fastnorm_grad_row_elem_f32(const float *x, const float *dy, ptrdiff_t n, double mean,
                                               double rstd, const float *w, double *s_wdy, double *s_wdyx,
-                                              double *col_dy, double *col_dyx)
+                                              double *s_xhat, double *s_xhat2, double *col_dy, double *col_dyx)
 {
     if (fastnorm_avx2_fma)
-        fastnorm_grad_row_elem_f32_avx2(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, col_dy, col_dyx);
+        fastnorm_grad_row_elem_f32_avx2(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, s_xhat, s_xhat2, col_dy, col_dyx);
     else
-        fastnorm_grad_row_elem_f32_generic(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, col_dy, col_dyx);
+        fastnorm_grad_row_elem_f32_generic(x, dy, n, mean, rstd, w, s_wdy, s_wdyx, s_xhat, s_xhat2, col_dy,
+                                           col_dyx);
 }
 
 /* Enables the AVX2+FMA passes where the CPU has both (on = 0 forces the generic ones, for measurements
@@ -673,36 +779,44 @@ static int fastnorm_select_isa(int on)
 #define fastnorm_grad_row_elem_f32 fastnorm_grad_row_elem_f32_generic
 #define fastnorm_grad_sums_f32_loop fastnorm_grad_sums_f32_generic
 #endif
-/* sum(dy) and sum(dy * (x - mean)) of a run, for every path of the kernels.  A lone value (GroupNorm with
- * one value per channel) is summed here: a call per value cost more than the value (16 ns). */
+/* sum(dy), sum(dy * (x - mean)) and the check sums of a run, for every path of the kernels.  A lone value
+ * (GroupNorm with one value per channel) is summed here: a call per value cost more than the value
+ * (16 ns). */
 #define FASTNORM_GRAD_SUMS_OF_RUN(NAME, T, LOOP)                                              \
-    static inline void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double *s_dy, double *s_dyx) \
+    static inline void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, double *s_dy, \
+                            double *s_dyx, double *s_xhat, double *s_xhat2)                   \
     {                                                                                         \
         if (n == 1) {                                                                         \
-            double hi = (double)(T)mean, a = (double)dy[0];                                   \
+            double hi = (double)(T)mean, a = (double)dy[0], t = ((double)x[0] - hi) * (double)(T)rstd; \
             *s_dy = a;                                                                        \
             *s_dyx = a * ((double)x[0] - hi) - (mean - hi) * a;                               \
+            fastnorm_xhat_sums(t, t * t, 1.0, (mean - hi) * (double)(T)rstd, s_xhat, s_xhat2); \
             return;                                                                           \
         }                                                                                     \
-        LOOP(x, dy, n, mean, s_dy, s_dyx);                                                    \
+        LOOP(x, dy, n, mean, rstd, s_dy, s_dyx, s_xhat, s_xhat2);                             \
     }
 FASTNORM_GRAD_SUMS_OF_RUN(fastnorm_grad_sums_f32, float, fastnorm_grad_sums_f32_loop)
 FASTNORM_GRAD_SUMS_OF_RUN(fastnorm_grad_sums_f64, double, fastnorm_grad_sums_f64_loop)
 /* P1[q] = sum(dy), P2[q] = rstd[r] * sum(dy * (x - mean[r])) for run q = r * K + j of rows of K runs of len
- * values: each run summed by fastnorm_grad_sums_* as a lone run is (the same bits), without a call from
- * the kernels per run. */
+ * values, and per row the check sums X[2 r] = sum(xhat), X[2 r + 1] = sum(xhat**2) over its runs: each run
+ * summed by fastnorm_grad_sums_* as a lone run is (the same bits), without a call from the kernels per run. */
 #define FASTNORM_GRAD_RUN_SUMS(NAME, T, SUMS)                                                 \
     static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t len, const double *mean, \
-                     const double *rstd, double *P1, double *P2)                              \
+                     const double *rstd, double *P1, double *P2, double *X)                   \
     {                                                                                         \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                  \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                \
+            X[2 * r] = 0.0;                                                                   \
+            X[2 * r + 1] = 0.0;                                                               \
             for (ptrdiff_t j = 0; j < K; j++) {                                               \
                 ptrdiff_t q = r * K + j;                                                      \
-                double a, b;                                                                  \
-                SUMS(x + q * len, dy + q * len, len, mean[r], &a, &b);                        \
+                double a, b, c, d;                                                            \
+                SUMS(x + q * len, dy + q * len, len, mean[r], rstd[r], &a, &b, &c, &d);       \
                 P1[q] = 0.0 + a;                                                              \
                 P2[q] = (0.0 + b) * rstd[r];                                                  \
+                X[2 * r] += c;                                                                \
+                X[2 * r + 1] += d;                                                            \
             }                                                                                 \
+        }                                                                                     \
     }
 FASTNORM_GRAD_RUN_SUMS(fastnorm_grad_run_sums_f32, float, fastnorm_grad_sums_f32)
 FASTNORM_GRAD_RUN_SUMS(fastnorm_grad_run_sums_f64, double, fastnorm_grad_sums_f64)

@@ -93,13 +93,18 @@ def _allgather(comm: Communicator, width: int, local: Callable[[], Tuple[ArrayLi
     raise _ERROR_TYPES[name](f"{text} (raised on process {first})")
 
 
+_MOMENT_KEYS = ("count", "mean", "var")  # Moments.to_arrays: the variance, finite where m2 may not be
+
+
 def _moments_to_row(moments: Moments) -> NDArray[np.float64]:
-    return np.concatenate([moments.count, moments.mean, moments.m2])
+    arrays = moments.to_arrays()
+    return np.concatenate([arrays[key] for key in _MOMENT_KEYS])
 
 
 def _merged_moments(rows: NDArray[np.float64]) -> Moments:
     """The moments of every process (rows of ``_moments_to_row``), merged in rank order."""
-    return functools.reduce(Moments.merge, (Moments(*np.split(row, 3)) for row in rows))
+    return functools.reduce(Moments.merge, (Moments.from_arrays(dict(zip(_MOMENT_KEYS, np.split(row, 3))))
+                                            for row in rows))
 
 
 # What a training forward's local part hands to the rest of the step: this process's moments, the input
@@ -248,21 +253,29 @@ class SyncBatchNorm(_BatchNorm):
         if count == 1:  # known to every process alike
             raise ValueError("input: expected more than 1 value per channel when training, got 1 over all "
                              "processes")
-        if self._recorder is not None:  # calibrate_batch_norms: merged across processes at the end
-            self._recorder[0] = local if self._recorder[0] is None else self._recorder[0] + local
-            self._recorder[1] += 1
         mean, var = total.mean, total.var()  # NaN for a batch empty on every process
-        if N * S:
-            _kernels.normalize(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads)
-        y = F._finish(result, out, axis, moved, dtype)
+        # What the call changes besides its output, applied by the kernel call that writes it (see
+        # _kernels.Commit): an interrupt or a failure leaves all of it or none.
+        state: Dict[str, Any] = {}
+        running = None
+        if self._recorder is not None:  # calibrate_batch_norms: merged across processes at the end
+            state["_recorder"] = [local if self._recorder[0] is None else self._recorder[0] + local,
+                                  self._recorder[1] + 1]
         if (self.track_running_stats and count > 0 and self.running_mean is not None
                 and self.running_var is not None and self.num_batches_tracked is not None):
             factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
-            F._update_running(self.running_mean, self.running_var, mean, var, factor,
-                              count / (count - 1) if self.bessel else 1.0)
-            self.num_batches_tracked += 1
-        self._keep(saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)
-        return y
+            running = (self.running_mean, self.running_var, factor, count / (count - 1) if self.bessel else 1.0)
+            state["num_batches_tracked"] = self.num_batches_tracked + 1
+        commit = self._commit(state, (saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)) or _kernels.Commit()
+        target = None  # out= where the normalization wrote elsewhere: the commit copies it there
+        if out is not None and not F._written_into(result, out, moved):
+            target = np.moveaxis(out, axis, -1) if moved else out
+        commit.prepare(target, running)
+        if N * S:
+            _kernels.normalize(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads, commit)
+        else:
+            commit.apply(result, mean, var)
+        return F._returned(result, out, axis, moved, dtype)
 
     def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]]
                        ) -> Tuple[NDArray[np.float64], _ForwardStep]:

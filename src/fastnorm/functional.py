@@ -94,24 +94,63 @@ def _result_buffer(out: Optional[FloatArray], buf: FloatArray, axis: int, moved:
     return _kernels.empty_like(buf)
 
 
+def _written_into(result: FloatArray, out: FloatArray, moved: bool) -> bool:
+    return result is out or (moved and result.base is out)
+
+
 def _finish(result: FloatArray, out: Optional[FloatArray], axis: int, moved: bool,
             dtype: np.dtype[Any]) -> FloatArray:
     """Return the kernel's result in the input's layout, in ``out`` when given, in the result dtype."""
+    if out is not None and not _written_into(result, out, moved):
+        np.copyto(out, np.moveaxis(result, -1, axis) if moved else result, casting="unsafe")
+    return _returned(result, out, axis, moved, dtype)
+
+
+def _returned(result: FloatArray, out: Optional[FloatArray], axis: int, moved: bool,
+              dtype: np.dtype[Any]) -> FloatArray:
+    """What a call returns: ``out`` when given (filled by the kernel call, see _committing), otherwise the
+    kernel's result in the input's layout and the result dtype."""
+    if out is not None:
+        return out
     if moved:
         result = np.moveaxis(result, -1, axis)
-    if out is not None:
-        if result is not out and not (moved and result.base is out):
-            np.copyto(out, result, casting="unsafe")
-        return out
     if result.dtype != dtype:
         result = result.astype(dtype)
     return result
 
 
-def _empty_result(x: FloatArray, out: Optional[FloatArray], dtype: np.dtype[Any]) -> FloatArray:
-    if out is not None:
-        return out
-    return _kernels.empty(x.shape, dtype)
+def _committing(commit: Optional[_kernels.Commit], out: Optional[FloatArray], buf: FloatArray, axis: int,
+                moved: bool, running: Optional[Tuple[FloatArray, FloatArray, float, float]] = None,
+                stats_shape: Optional[Tuple[int, ...]] = None, rms: bool = False,
+                stats: Optional[Tuple[Stats, Stats]] = None) -> Tuple[FloatArray, Optional[_kernels.Commit]]:
+    """(result, commit): the array the kernel writes, and the :class:`~fastnorm._kernels.Commit` that the
+    kernel call applies once it is written (None where nothing is left to apply): the copy into ``out``
+    where the kernel cannot write there directly, the update of the ``running`` statistics (see
+    ``Commit.prepare``), and what the caller's ``commit`` holds (a layer's attributes).  So a call is
+    applied whole by its kernel call, or not at all.  ``stats``: the statistics a layer keeps when
+    they are known beforehand (frozen ones)."""
+    result = _result_buffer(out, buf, axis, moved)
+    target = None
+    if out is not None and not _written_into(result, out, moved):
+        target = np.moveaxis(out, axis, -1) if moved else out
+    if commit is None:
+        if target is None and running is None:
+            return result, None
+        commit = _kernels.Commit()
+    commit.prepare(target, running, stats_shape, rms, stats)
+    return result, commit
+
+
+def _empty_call(x: FloatArray, out: Optional[FloatArray], dtype: np.dtype[Any], stats_shape: Shape, rms: bool,
+                commit: Optional[_kernels.Commit]) -> Tuple[FloatArray, Tuple[Stats, Stats]]:
+    """(y, (mean, rstd)) of a call on an empty input: nothing to normalize, the statistics of no value,
+    nothing updated (a layer's ``commit`` keeps those statistics)."""
+    y = out if out is not None else _kernels.empty(x.shape, dtype)
+    stats = _nan_stats(stats_shape)
+    if commit is not None:
+        commit.prepare(None, None, None, False, stats[1:] if rms else stats)
+        commit.apply()
+    return y, stats
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -227,6 +266,16 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     >>> mean.tolist()
     [3.5, 5.5, 7.5]
     """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                       bessel, num_batches_tracked, return_stats, None)
+
+
+def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
+                eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], bessel: bool,
+                num_batches_tracked: Optional[int], return_stats: bool,
+                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
     if x.ndim < 2:
         raise ValueError(f"input: expected at least 2 dimensions (N, C, ...), got {x.ndim}-D input of shape {x.shape}")
@@ -242,32 +291,33 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     if out is not None:
         _check_out(out, x.shape, dtype)
     if x.size == 0:
-        y = _empty_result(x, out, dtype)
-        return (y, *_nan_stats(C)) if return_stats else y
+        y, empty = _empty_call(x, out, dtype, C, False, commit)
+        return (y, *empty) if return_stats else y
     count = x.size // C
     if training and count <= 1:
         raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
 
     buf, N, C, S, moved = _channel_view(x, axis)
-    result = _result_buffer(out, buf, axis, moved)
+    # The running statistics are updated by the kernel call that writes the output (see _committing)
+    running = None if buffers is None else (*buffers, factor, count / (count - 1) if bessel else 1.0)
+    kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
+    result, commit = _committing(commit, out, buf, axis, moved, running, (C,), False, kept)
     nthreads = threads_for(x.size, S if S > 1 else 64)
     if frozen is None:
         if S == 1:
-            mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads)
+            mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads, commit)
         elif _by_columns(N, S):  # short runs: by columns of [N, C * S], S columns a channel
             mean, var, rstd = _kernels.group_norm_mc(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
-                                                     eps, nthreads)
+                                                     eps, nthreads, commit)
         else:
-            mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads)
-        if buffers is not None:
-            _update_running(*buffers, mean, var, factor, count / (count - 1) if bessel else 1.0)
+            mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads, commit=commit)
     else:
-        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads)
-    y = _finish(result, out, axis, moved, dtype)
+        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+    y = _returned(result, out, axis, moved, dtype)
     if not return_stats:
         return y
-    if frozen is not None:
-        mean, rstd = _frozen_stats(*frozen, eps)
+    if kept is not None:
+        mean, rstd = kept
     return y, mean, rstd
 
 
@@ -298,13 +348,10 @@ def _repeat(v: _Vector, S: int) -> _Vector:
 def _update_running(running_mean: FloatArray, running_var: FloatArray, mean: Stats, batch_var: Stats, factor: float,
                     var_scale: float = 1.0) -> None:
     """Exponential moving average of the running statistics with ``batch_var * var_scale``, computed in
-    float64 (in one kernel loop for the common buffers: the NumPy expression costs ~10 us per call)."""
-    if _kernels.update_running(running_mean, running_var, mean, batch_var, factor, var_scale):
-        return
-    new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
-    new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * (batch_var * var_scale)
-    running_mean[...] = new_mean
-    running_var[...] = new_var
+    float64, in one C call (see ``_kernels.Commit``; the NumPy expression costs ~10 us per call)."""
+    commit = _kernels.Commit()
+    commit.prepare(None, (running_mean, running_var, factor, var_scale))
+    commit.apply(None, mean, batch_var)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,31 +363,40 @@ def _contiguous(x: FloatArray) -> FloatArray:
 
 
 def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-               eps: Optional[float], out: Optional[FloatArray], rms: bool,
-               return_stats: bool) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+               eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
+               commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
     """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape with ``return_stats``,
-    else ``(y, None)``."""
+    else ``(y, None)``; the kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
-    if rms and eps is None:  # the compute dtype's, as PyTorch (float32's for float16 input)
-        eps = float(np.finfo(x.dtype).eps)
+    if rms:
+        eps = _rms_eps(eps, x.dtype)
     eps = _check_eps(eps)
     if out is not None:
         _check_out(out, x.shape, dtype)
     lead = x.shape[:x.ndim - len(shape)]
     if x.size == 0:
-        return _empty_result(x, out, dtype), _nan_stats(lead) if return_stats else None
+        y, empty = _empty_call(x, out, dtype, lead, rms, commit)
+        return y, empty if return_stats else None
     D = math.prod(shape)
     if w is None and b is not None:
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
-    result = _result_buffer(out, buf, 0, False)
+    result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
     stats = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
-                           rms=rms, stats=return_stats)
-    y = _finish(result, out, 0, False, dtype)
-    return y, None if stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
+                           rms=rms, stats=return_stats, commit=commit)
+    y = _returned(result, out, 0, False, dtype)
+    return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
+
+
+def _rms_eps(eps: Optional[float], dtype: np.dtype[Any]) -> float:
+    """RMSNorm's eps: None is the machine epsilon of the dtype the input is computed in, as PyTorch
+    (float32's for float16 input); the backward's check needs the same value."""
+    if eps is not None:
+        return eps
+    return float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
 
 
 def _nan_stats(shape: Shape) -> Tuple[Stats, Stats]:
@@ -582,6 +638,13 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     >>> mean.tolist()
     [[1.5, 5.5], [9.5, 13.5]]
     """
+    return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None)
+
+
+def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], return_stats: bool,
+                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
     axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
     w = _channel_vector(weight, "weight", C, x.dtype)
@@ -591,19 +654,19 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         _check_out(out, x.shape, dtype)
     N = x.shape[0]
     if x.size == 0:
-        y = _empty_result(x, out, dtype)
-        return (y, *_nan_stats((N, G))) if return_stats else y
+        y, empty = _empty_call(x, out, dtype, (N, G), False, commit)
+        return (y, *empty) if return_stats else y
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
-    result = _result_buffer(out, buf, axis, moved)
+    result, commit = _committing(commit, out, buf, axis, moved, None, (N, G))
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
         stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps,
-                                                                             nthreads)
+                                                                             nthreads, commit)
     else:
         stats = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
-                               stats=return_stats)
-    y = _finish(result, out, axis, moved, dtype)
+                               stats=return_stats, commit=commit)
+    y = _returned(result, out, axis, moved, dtype)
     if not return_stats or stats is None:
         return y
     return y, stats[0].reshape(N, G), stats[2].reshape(N, G)
@@ -720,6 +783,15 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     >>> rm.tolist(), rv.tolist()  # the instance means, and the unbiased variances
     ([2.0, 2.0], [2.0, 0.0])
     """
+    return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
+                          return_stats, None)
+
+
+def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                   weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
+                   eps: float, out: Optional[FloatArray], return_stats: bool,
+                   commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
     if x.ndim < 3:
         raise ValueError(f"input: expected at least 3 dimensions (N, C, spatial...), got {x.ndim}-D input "
@@ -737,26 +809,30 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     if use_input_stats and x.size and S <= 1:
         raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
     if x.size == 0:
-        y = _empty_result(x, out, dtype)
-        return (y, *_nan_stats((N, C) if use_input_stats else (C,))) if return_stats else y
+        y, empty = _empty_call(x, out, dtype, (N, C) if use_input_stats else (C,), False, commit)
+        return (y, *empty) if return_stats else y
     buf = _contiguous(x)
-    result = _result_buffer(out, buf, 1, False)
+    # the running statistics take the mean over the samples of the instances' statistics
+    running = None if buffers is None else (*buffers, factor, S / (S - 1))
+    kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
+    result, commit = _committing(commit, out, buf, 1, False, running, (N, C), False, kept)
     nthreads = threads_for(x.size, S)
     if frozen is None:
-        stats = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C,
-                               stats=return_stats or buffers is not None)
+        stats = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C, stats=return_stats,
+                               commit=commit)
         if stats is not None:
             mean, var, rstd = (a.reshape(N, C) for a in stats)
-            if buffers is not None:
-                _update_running(*buffers, mean.mean(axis=0), (var * (S / (S - 1))).mean(axis=0), factor)
     else:
-        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads)
-    y = _finish(result, out, 1, False, dtype)
+        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+    y = _returned(result, out, 1, False, dtype)
     if not return_stats:
         return y
-    if frozen is not None:
-        mean, rstd = _frozen_stats(*frozen, eps)
+    if kept is not None:
+        mean, rstd = kept
     return y, mean, rstd
+
+
+
 
 
 _Running = Optional[Tuple[FloatArray, FloatArray]]  # (running_mean, running_var), or None
@@ -788,6 +864,19 @@ def _frozen_stats(running_mean: FloatArray, running_var: FloatArray, eps: float)
 # (grad_input, grad_weight, grad_bias): grad_input of the input's shape and dtype, the parameter gradients
 # float64 sums of dy * xhat and dy over each parameter's values (None where the layer has no such
 # parameter).  ``training=False`` (frozen statistics, eval mode) drops the terms through the statistics.
+#
+# A training-mode backward reads the input anyway: its per-group sums of xhat and xhat**2 can be checked
+# against the statistics given at no extra memory traffic (see _kernels._first_modified), and a
+# RuntimeError (PyTorch's words) says when the input cannot be the one they came from: modified in place
+# after the forward (``x += y``), or statistics of another input.  The layers always check (they keep the
+# input by reference, and its statistics).  The functions check when given the forward's ``eps``: their
+# caller passes the input itself, and may pass statistics from elsewhere (another framework's, rounded to
+# float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
+
+
+def _check_of(eps: Optional[float]) -> Optional[float]:
+    """The kernels' ``check`` argument: the forward's eps, or None (no check)."""
+    return None if eps is None else _check_eps(eps)
 
 def _grad_inputs(grad_output: ArrayLike, input: ArrayLike) -> Tuple[FloatArray, FloatArray, np.dtype[Any]]:
     x, dtype = _as_input(input, "input")
@@ -801,7 +890,7 @@ def _grad_inputs(grad_output: ArrayLike, input: ArrayLike) -> Tuple[FloatArray, 
 
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
-                        channel_axis: SupportsIndex = 1) -> Grads:
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
     r"""Gradients of :func:`batch_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -820,6 +909,8 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         terms are included).
     channel_axis : int, keyword-only
         The forward's ``channel_axis``.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
 
     Returns
     -------
@@ -836,6 +927,10 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     ValueError
         Fewer than 2 dimensions; ``grad_output`` of another shape; ``mean``, ``invstd`` or ``weight`` not
         of shape (C,); ``channel_axis`` out of range.
+    RuntimeError
+        With ``training`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
 
     Notes
     -----
@@ -879,20 +974,22 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
     dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S if S > 1 else 64)
+    check = _check_of(eps)
     if S == 1:
         sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean_, invstd_, w, bool(training),
-                                               nthreads)
+                                               nthreads, check)
     elif _by_columns(N, S):  # short runs: by columns, as the forward
         sum_dy, sum_dyx = (a.reshape(C, S).sum(axis=1) for a in _kernels.backward_mc(
-            buf, gbuf, dx, 1, N, C * S, C, mean_, invstd_, _repeat(w, S), bool(training), nthreads))
+            buf, gbuf, dx, 1, N, C * S, C, mean_, invstd_, _repeat(w, S), bool(training), nthreads, check))
     else:
-        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, N, C, S, mean_, invstd_, w, bool(training), nthreads)
+        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, N, C, S, mean_, invstd_, w, bool(training), nthreads,
+                                            check=check)
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
 
 def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: Optional[ArrayLike],
                    rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-                   rms: bool) -> Grads:
+                   rms: bool, eps: Optional[float]) -> Grads:
     """LayerNorm's or RMSNorm's (``rms``, without ``mean``) grad_input and per-element parameter sums."""
     x, g, dtype = _grad_inputs(grad_output, input)
     shape = _check_normalized_shape(normalized_shape, x)
@@ -907,26 +1004,29 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: S
     buf, gbuf = _contiguous(x), _contiguous(g)
     dx = _kernels.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, x.size // D, D, mean_, rstd_, w, True,
-                                        threads_for(x.size, D), per_element=True, rms=rms)
+                                        threads_for(x.size, D), per_element=True, rms=rms, check=_check_of(eps))
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
 
 
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike) -> Tuple[FloatArray, Stats, Stats]: ...
+                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: None = ...) -> Tuple[FloatArray, Stats, None]: ...
+                        rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: None = ..., bias: None = ...) -> Tuple[FloatArray, None, None]: ...
+                        rstd: ArrayLike, weight: None = ..., bias: None = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...
-                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None
-                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
+                        eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
     r"""Gradients of :func:`layer_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -944,6 +1044,8 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     bias : array_like of shape normalized_shape, optional
         The forward's bias, or any array of its shape: only whether there is one matters (None: no
         grad_bias).
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
 
     Returns
     -------
@@ -962,6 +1064,10 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     ValueError
         ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
         ``mean``, ``rstd``, ``weight`` or ``bias`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
 
     Notes
     -----
@@ -989,21 +1095,23 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     >>> bool(np.abs(dx).max() < 1e-12), db is None, bool(np.allclose(dw, y.sum(axis=0)))
     (True, True, True)
     """
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: ArrayLike) -> Tuple[FloatArray, Stats, None]: ...
+                      weight: ArrayLike, *, eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: None = ...) -> Tuple[FloatArray, None, None]: ...
+                      weight: None = ..., *, eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      weight: Optional[ArrayLike] = ..., *,
+                      eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: Optional[ArrayLike] = None) -> Tuple[FloatArray, Optional[Stats], None]:
+                      weight: Optional[ArrayLike] = None, *,
+                      eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], None]:
     r"""Gradients of :func:`rms_norm` with respect to its input and weight.
 
     Parameters
@@ -1018,6 +1126,8 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
         What ``rms_norm(..., return_stats=True)`` returned.
     weight : array_like of shape normalized_shape, optional
         The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
+    eps : float, keyword-only, optional
+        The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is checked against the statistics (see Raises).
 
     Returns
     -------
@@ -1035,6 +1145,10 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     ValueError
         ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
         ``rstd`` or ``weight`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
 
     Notes
     -----
@@ -1059,13 +1173,13 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     >>> bool(np.abs(dx).max() < 1e-12), dw
     (True, None)
     """
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps)
     return dx, (dw if weight is not None else None), None
 
 
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
-                        channel_axis: SupportsIndex = 1) -> Grads:
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
     r"""Gradients of :func:`group_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -1082,6 +1196,8 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
         The forward's weight :math:`\gamma` (None: 1).
     channel_axis : int, keyword-only
         The forward's ``channel_axis``: 1 or -1.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
 
     Returns
     -------
@@ -1099,6 +1215,10 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     ValueError
         ``grad_output`` of another shape; the forward's layout errors (see :func:`group_norm`); ``mean``,
         ``rstd`` or ``weight`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
 
     Notes
     -----
@@ -1132,16 +1252,18 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
-        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads)
+        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads,
+                                               _check_of(eps))
     else:
         sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * G, (C // G) * S, mean_, rstd_, w, True,
-                                            nthreads, sub=S, groups=G)
+                                            nthreads, sub=S, groups=G, check=_check_of(eps))
     return (_finish(dx, None, axis, moved, dtype), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))
 
 
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
-                           weight: Optional[ArrayLike] = None, use_input_stats: bool = True) -> Grads:
+                           weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
+                           eps: Optional[float] = None) -> Grads:
     r"""Gradients of :func:`instance_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -1157,6 +1279,8 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         The forward's weight :math:`\gamma` (None: 1).
     use_input_stats : bool
         The forward's ``use_input_stats``: whether the statistics depend on the input.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
 
     Returns
     -------
@@ -1173,6 +1297,10 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     ValueError
         Fewer than 3 dimensions; ``grad_output`` of another shape; ``mean``, ``rstd`` or ``weight`` of the
         wrong shape.
+    RuntimeError
+        With ``use_input_stats`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
 
     Notes
     -----
@@ -1208,7 +1336,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     dx = _kernels.empty_like(buf)
     sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean_),
                                         np.ascontiguousarray(rstd_), w, bool(use_input_stats),
-                                        threads_for(x.size, x.size // (N * C)), groups=C)
+                                        threads_for(x.size, x.size // (N * C)), groups=C, check=_check_of(eps))
     return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))
 

@@ -92,6 +92,8 @@ class LoadResult(NamedTuple):
     unexpected_keys: List[str]
     """Keys with the prefix that the layer does not have."""
 
+STATS = object()  # in what a forward keeps for backward: the statistics of its call (see _Layer._commit)
+
 
 def _state_array(value: Any, name: str) -> NDArray[Any]:
     """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
@@ -139,14 +141,28 @@ class _Layer:
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         raise NotImplementedError
 
+    def _commit(self, state: Dict[str, Any], saved: Tuple[Any, ...]) -> Optional[_kernels.Commit]:
+        """The :class:`~fastnorm._kernels.Commit` for a forward: the kernel call that writes the output
+        also sets ``state`` (new attribute values) and what backward keeps, ``saved`` (the input and what
+        follows it; ``STATS`` second stands for the statistics of the call), so that an interrupted or
+        failing call changes nothing and a completed one all of it.  None when there is nothing to set."""
+        keep = _keeps_grad()
+        if not (keep or state):
+            return None
+        commit = _kernels.Commit(self.__dict__, state)
+        if keep:
+            state["_saved"] = (saved[0], commit) + saved[2:] if saved[1] is STATS else saved
+        return commit
+
     def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
         r"""Gradient of the loss with respect to the last forward's input.
 
         The statistics are those of the last forward, in the mode it ran in: the batch's in training
         mode (their dependence on the input included), the running ones (constants) in evaluation mode.
         Stores ``grad_weight`` and ``grad_bias``, of the parameters' shape and dtype (None for a
-        parameter the layer does not have).  The input is the one the forward kept, by reference: modify
-        it in place between the two calls and the gradient is of the modified values.
+        parameter the layer does not have).  The input is the one the forward kept, by reference: modified
+        in place between the two calls, it no longer has the statistics the forward computed, and
+        backward raises (as PyTorch) rather than return a gradient of the modified values.
 
         Parameters
         ----------
@@ -162,7 +178,10 @@ class _Layer:
         Raises
         ------
         RuntimeError
-            No forward to differentiate: none yet, or the last one ran under :func:`no_grad`.
+            No forward to differentiate: none yet, or the last one ran under :func:`no_grad`; or the input
+            was modified in place after the forward ("one of the variables needed for gradient computation
+            has been modified by an inplace operation"): a change of any group's mean or variance beyond
+            rounding, seen in sums the backward takes anyway.
         ValueError
             ``grad_output`` of another shape than the output.
         TypeError
@@ -197,7 +216,12 @@ class _Layer:
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward: no forward to differentiate; call the layer "
                                "on an input first (outside fastnorm.no_grad())")
-        dx, grad_weight, grad_bias = self._backward(grad_output, *self._saved)
+        saved = self._saved
+        if len(saved) > 1 and isinstance(saved[1], _kernels.Commit):  # the statistics its call kept
+            stats = saved[1].stats
+            assert stats is not None  # kept only once the call was applied
+            saved = saved[:1] + stats + saved[2:]
+        dx, grad_weight, grad_bias = self._backward(grad_output, *saved)
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
         # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
@@ -634,26 +658,23 @@ class _BatchNorm(_NormBase):
                 return y
         x = _array(x, "input")
         self._check_input(x)
-        if self._recorder is not None:
+        state: Dict[str, Any] = {}
+        if self._recorder is not None:  # calibrate_batch_norms: recorded with the call, not before it
             moments = self._moments_of(x)
-            self._recorder[0] = moments if self._recorder[0] is None else self._recorder[0] + moments
-            self._recorder[1] += 1
+            state["_recorder"] = [moments if self._recorder[0] is None else self._recorder[0] + moments,
+                                  self._recorder[1] + 1]
         tracking = self.training and self.track_running_stats
+        if tracking and x.size > 0 and self.num_batches_tracked is not None:
+            state["num_batches_tracked"] = self.num_batches_tracked + 1
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
         saved = self._input_to_keep(x, out)
-        result = F.batch_norm(x, self.running_mean if keep_buffers else None,
-                              self.running_var if keep_buffers else None, self.weight, self.bias,
-                              use_batch_stats, self.momentum, self.eps, channel_axis=self.channel_axis, out=out,
-                              bessel=self.bessel, num_batches_tracked=self.num_batches_tracked,
-                              return_stats=use_batch_stats)
-        if tracking and x.size > 0 and self.num_batches_tracked is not None:
-            self.num_batches_tracked += 1
-        if not isinstance(result, tuple):  # eval: the running statistics, read at backward time
-            self._keep(saved, None, None, False)
-            return result
-        self._keep(saved, result[1], result[2], True)
-        return result[0]
+        commit = self._commit(state, (saved, STATS, True) if use_batch_stats else (saved, None, None, False))
+        result = F._batch_norm(x, self.running_mean if keep_buffers else None,
+                               self.running_var if keep_buffers else None, self.weight, self.bias, use_batch_stats,
+                               self.momentum, self.eps, self.channel_axis, out, self.bessel,
+                               self.num_batches_tracked, use_batch_stats, commit)
+        return result[0] if isinstance(result, tuple) else result
 
     def _moments_of(self, x: NDArray[Any]) -> Moments:
         """Exact per-channel moments of an input of this layer."""
@@ -723,10 +744,12 @@ class _BatchNorm(_NormBase):
         return moments.mean, moments.var(unbiased=self.bessel), calls
 
     def _set_running_stats(self, mean: NDArray[Any], var: NDArray[Any], calls: int) -> None:
+        # in one C call, as a forward's update (see _kernels.Commit): an interrupt leaves all or none
         running_mean, running_var = _running_stats(self)
-        running_mean[...] = mean
-        running_var[...] = var
-        self.num_batches_tracked = calls
+        commit = _kernels.Commit(self.__dict__, {"num_batches_tracked": calls})
+        commit.prepare(copies=((running_mean, np.asarray(mean, np.float64)),
+                               (running_var, np.asarray(var, np.float64))))
+        commit.apply()
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, invstd, batch_stats = saved[:4]
@@ -734,7 +757,7 @@ class _BatchNorm(_NormBase):
             mean, running_var = _running_stats(self)
             invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
         return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
-                                     channel_axis=self.channel_axis)
+                                     channel_axis=self.channel_axis, eps=self.eps)
 
 
 _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.BatchNorm{dims}``.
@@ -906,13 +929,8 @@ class LayerNorm(_Layer):
         return {"weight": self.weight, "bias": self.bias}
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        if not _keeps_grad():
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out)
-        saved = self._input_to_keep(x, out)
-        y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out=out,
-                                     return_stats=True)
-        self._keep(saved, mean, rstd)
-        return y
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit)[0]
 
     forward.__doc__ = _fill(_ROWS_FORWARD, 
         summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
@@ -920,7 +938,8 @@ class LayerNorm(_Layer):
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved
-        return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias)
+        return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
+                                     eps=self.eps)
 
     def _torch_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -1004,12 +1023,8 @@ class RMSNorm(_Layer):
         return {"weight": self.weight}
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        if not _keeps_grad():
-            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
-        saved = self._input_to_keep(x, out)
-        y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out, return_stats=True)
-        self._keep(saved, rstd)
-        return y
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit)[0]
 
     forward.__doc__ = _fill(_ROWS_FORWARD, 
         summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
@@ -1017,7 +1032,8 @@ class RMSNorm(_Layer):
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, rstd = saved
-        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight)
+        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight,
+                                   eps=F._rms_eps(self.eps, x.dtype))
 
     def _torch_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -1163,19 +1179,15 @@ class GroupNorm(_Layer):
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
-        if not _keeps_grad():
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
-                                channel_axis=self.channel_axis, out=out)
-        saved = self._input_to_keep(x, out)
-        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
-                                     channel_axis=self.channel_axis, out=out, return_stats=True)
-        self._keep(saved, mean, rstd)
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit)
+        assert not isinstance(y, tuple)  # return_stats=False
         return y
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved
         return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
-                                     channel_axis=self.channel_axis)
+                                     channel_axis=self.channel_axis, eps=self.eps)
 
     def _torch_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self._has_bias}"
@@ -1236,14 +1248,10 @@ class _InstanceNorm(_NormBase):
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
-        if not _keeps_grad():
-            y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
-                                momentum, self.eps, out=out)
-            return given_out if given_out is not None else (y[0] if unbatched else y)
-        saved = self._input_to_keep(x, out)
-        y, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                        use_input_stats, momentum, self.eps, out=out, return_stats=True)
-        self._keep(saved, mean, rstd, use_input_stats, unbatched)
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched))
+        y = F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
+                             momentum, self.eps, out, False, commit)
+        assert not isinstance(y, tuple)  # return_stats=False
         return given_out if given_out is not None else (y[0] if unbatched else y)
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
@@ -1251,7 +1259,8 @@ class _InstanceNorm(_NormBase):
         g = _array(grad_output, "grad_output")
         if unbatched:
             g = g[np.newaxis]
-        dx, grad_weight, grad_bias = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats)
+        dx, grad_weight, grad_bias = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats,
+                                                              eps=self.eps)
         return (dx[0] if unbatched else dx), grad_weight, grad_bias
 
 

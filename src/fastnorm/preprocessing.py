@@ -155,8 +155,10 @@ def _moments(X: Array, w: Optional[Array]) -> Moments:
     m = Moments.of(X, 0)
     nan = np.isnan(m.mean)  # a column holding a NaN (X has no infinity: the input checks reject them)
     if nan.any():
-        fix = _masked_moments(X[:, nan], None)
-        m.count[nan], m.mean[nan], m.m2[nan] = fix.count, fix.mean, fix.m2
+        arrays, fix = m.to_arrays(), _masked_moments(X[:, nan], None).to_arrays()
+        for key, values in arrays.items():
+            values[nan] = fix[key]
+        m = Moments.from_arrays(arrays)
     return m
 
 

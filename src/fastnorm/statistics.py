@@ -16,7 +16,8 @@ __all__ = ["Moments"]
 
 class Moments:
     r"""Per-channel ``count``, ``mean`` and ``m2`` (sum of squared deviations from the mean), float64
-    arrays of one shape.
+    arrays of one shape.  They are held as the biased variance ``m2 / count``, which stays finite for
+    float64 data up to 1e308 where ``m2`` may not.
 
     ``Moments.of(x, axes)`` computes them with fastnorm's kernels (blocked shifted sums in double,
     merged with Chan's formula); ``a.merge(b)`` or ``a + b`` merges two partials exactly (up to
@@ -58,7 +59,9 @@ class Moments:
 
     (Chan, Golub and LeVeque), which keeps full accuracy for data far from zero, where
     :math:`E[x^2] - E[x]^2` loses every digit.  The variance is :math:`M_2 / n`, or
-    :math:`M_2 / (n - 1)` unbiased.
+    :math:`M_2 / (n - 1)` unbiased.  It is computed divided by :math:`n`, as
+    :math:`v = w_a v_a + w_b v_b + (\delta w_a)(\delta w_b)` with :math:`w_a = n_a / n`: no step
+    overflows unless the variance does.
 
     References
     ----------
@@ -77,19 +80,33 @@ class Moments:
     [0.5]
     """
 
-    __slots__ = ("count", "mean", "m2")
+    __slots__ = ("count", "mean", "_var")
 
     count: NDArray[np.float64]
     mean: NDArray[np.float64]
-    m2: NDArray[np.float64]
+    _var: NDArray[np.float64]
 
     def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike) -> None:
         mean_ = np.asarray(_array(mean, "mean"), dtype=np.float64)
-        self.count = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean_.shape).copy()
-        self.mean = mean_.copy()
-        self.m2 = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean_.shape).copy()
+        count_ = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean_.shape)
+        m2_ = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean_.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._init(count_, mean_, np.where(count_ > 0, m2_ / count_, 0.0))
+
+    def _init(self, count: ArrayLike, mean: ArrayLike, var: ArrayLike) -> None:
+        self.count = np.array(count, dtype=np.float64)
+        self.mean = np.array(mean, dtype=np.float64)
+        self._var = np.array(var, dtype=np.float64)
         if np.any(self.count < 0):
             raise ValueError("count: expected counts >= 0")
+
+    @classmethod
+    def _of_variance(cls, count: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Moments:
+        # Held as the biased variance, not m2 = count * var: m2 overflows first (float64 data beyond
+        # about 1e154: the two values +-1e154 have variance 1e308 and m2 2e308).
+        moments = cls.__new__(cls)
+        moments._init(count, mean, var)
+        return moments
 
     @classmethod
     def of(cls, x: ArrayLike, axes: Union[SupportsIndex, Sequence[SupportsIndex]],
@@ -129,7 +146,7 @@ class Moments:
         count, mean, var = F.moments64(a, axes, keepdims)
         if count == 0:
             return cls.empty(mean.shape)
-        return cls(count, mean, var * count)
+        return cls._of_variance(np.broadcast_to(float(count), mean.shape), mean, var)
 
     @classmethod
     def empty(cls, shape: Union[SupportsIndex, Sequence[SupportsIndex]]) -> Moments:
@@ -158,9 +175,17 @@ class Moments:
         """The shape of the moments (of ``count``, ``mean`` and ``m2``)."""
         return self.mean.shape
 
+    @property
+    def m2(self) -> NDArray[np.float64]:
+        """The sums of squared deviations from the mean, ``count * var()`` (inf beyond the doubles)."""
+        with np.errstate(over="ignore"):
+            return self.count * self._var
+
     def merge(self, other: Moments) -> Moments:
         """The moments of both sets of observations (Chan, Golub and LeVeque's formula, see the Notes of
-        :class:`Moments`); ``a + b`` is ``a.merge(b)``.
+        :class:`Moments`, in terms of variances and with the squared difference of the means taken as
+        ``(delta * wa) * (delta * wb)``, so that nothing overflows unless the variance does); ``a + b``
+        is ``a.merge(b)``.
 
         Parameters
         ----------
@@ -194,13 +219,16 @@ class Moments:
             raise ValueError(f"other: expected moments of shape {self.shape}, got {other.shape}")
         na, nb = self.count, other.count
         n = na + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(n > 0, nb / n, 0.0)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            wa = np.where(n > 0, na / n, 0.0)
+            wb = np.where(n > 0, nb / n, 0.0)
             delta = other.mean - self.mean
-        mean = np.where(na == 0, other.mean, np.where(nb == 0, self.mean, self.mean + delta * w))
-        m2 = np.where(na == 0, other.m2, np.where(nb == 0, self.m2, self.m2 + other.m2 + delta * delta * (na * w)))
-        return Moments(n, mean, m2)
+            var = self._var * wa + other._var * wb + (delta * wa) * (delta * wb)
+            # as the kernels' _merged_mean: exactly self.mean for equal means; weighted where delta overflows
+            mean = np.where(np.isfinite(delta), self.mean + delta * wb, self.mean * wa + other.mean * wb)
+        mean = np.where(na == 0, other.mean, np.where(nb == 0, self.mean, mean))
+        var = np.where(na == 0, other._var, np.where(nb == 0, self._var, var))
+        return Moments._of_variance(n, mean, var)
 
     __add__ = merge
 
@@ -224,8 +252,12 @@ class Moments:
         >>> float(m.var()), float(m.var(unbiased=True))
         (3.5, 4.666666666666667)
         """
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.count > unbiased, self.m2 / (self.count - unbiased), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if not unbiased:
+                return np.where(self.count > 0, self._var, np.nan)
+            m2 = self.m2  # m2 / (count - 1), as the definition; the variance scaled where m2 overflows
+            var = np.where(np.isfinite(m2), m2 / (self.count - 1), self._var * (self.count / (self.count - 1)))
+            return np.where(self.count > 1, var, np.nan)
 
     def to_arrays(self) -> Dict[str, NDArray[np.float64]]:
         """The moments as plain arrays to send, save or all-gather.
@@ -233,7 +265,8 @@ class Moments:
         Returns
         -------
         dict of str to ndarray
-            ``{"count": ..., "mean": ..., "m2": ...}``, float64 copies.
+            ``{"count": ..., "mean": ..., "var": ...}``, float64 copies, var the biased variance (m2
+            itself may overflow where the variance does not).
 
         Examples
         --------
@@ -242,7 +275,7 @@ class Moments:
         >>> fastnorm.Moments.from_arrays(m.to_arrays()) == m
         True
         """
-        return {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
+        return {"count": self.count.copy(), "mean": self.mean.copy(), "var": self._var.copy()}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, ArrayLike]) -> Moments:
@@ -251,7 +284,8 @@ class Moments:
         Parameters
         ----------
         arrays : mapping
-            Any mapping with the keys ``"count"``, ``"mean"`` and ``"m2"`` (a dict, an ``np.load`` result).
+            Any mapping with the keys ``"count"``, ``"mean"`` and ``"var"`` (a dict, an ``np.load``
+            result); ``"m2"`` in place of ``"var"``, as earlier versions wrote.
 
         Returns
         -------
@@ -262,12 +296,17 @@ class Moments:
         KeyError
             A key is missing.
         """
-        return cls(arrays["count"], arrays["mean"], arrays["m2"])
+        if "var" not in arrays:
+            return cls(arrays["count"], arrays["mean"], arrays["m2"])
+        mean = np.asarray(_array(arrays["mean"], "mean"), dtype=np.float64)
+        count, var = (np.broadcast_to(np.asarray(_array(arrays[key], key), dtype=np.float64), mean.shape)
+                      for key in ("count", "var"))
+        return cls._of_variance(count, mean, var)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Moments) and np.array_equal(self.count, other.count)
                 and np.array_equal(self.mean, other.mean, equal_nan=True)
-                and np.array_equal(self.m2, other.m2, equal_nan=True))
+                and np.array_equal(self._var, other._var, equal_nan=True))
 
     def __repr__(self) -> str:
         return f"Moments(shape={self.shape}, count={self.count.max() if self.count.size else 0:g})"
