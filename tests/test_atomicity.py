@@ -11,6 +11,14 @@ import fastnorm
 from fastnorm import functional as F
 
 
+# The interrupt is injected by a trace function at every opcode.  Before Python 3.11, an exception raised
+# there inside a lookup that C code makes (self.__dict__, an ABC's __instancecheck__) surfaces as an
+# AttributeError or SystemError of the interpreter's own, not as the KeyboardInterrupt that a signal
+# handler raises at the same point, so the injection itself is not faithful there.
+opcode_injection = pytest.mark.skipif(sys.version_info < (3, 11),
+                                      reason="raising from an opcode trace is not faithful before Python 3.11")
+
+
 def _interrupt_at(k, call):
     """Run ``call()`` raising KeyboardInterrupt at its k-th traced Python event (calls, lines, opcodes:
     every point where a signal handler could run, and more).  Returns True when it completed."""
@@ -95,6 +103,7 @@ def _layer_cases():
 LAYER_CASES = list(_layer_cases())
 
 
+@opcode_injection
 @pytest.mark.parametrize("case", range(len(LAYER_CASES)), ids=[c[0] for c in LAYER_CASES])
 def test_an_interrupted_layer_call_is_applied_whole_or_not_at_all(case):
     name, make, call = LAYER_CASES[case]
@@ -147,6 +156,7 @@ def _functional_cases():
 FUNCTIONAL_CASES = list(_functional_cases())
 
 
+@opcode_injection
 @pytest.mark.parametrize("case", range(len(FUNCTIONAL_CASES)), ids=[c[0] for c in FUNCTIONAL_CASES])
 def test_an_interrupted_functional_call_updates_the_running_statistics_with_its_output(case):
     name, make, call = FUNCTIONAL_CASES[case]
