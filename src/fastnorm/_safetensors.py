@@ -129,15 +129,21 @@ def _json_object(data: bytes) -> Dict[str, Any]:
         raise ValueError(f"the header is not UTF-8 ({e})") from None
     if not text.startswith("{"):
         raise ValueError(f"the header does not begin with '{{': {text[:40]!r}")
-    try:
-        header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except RecursionError:
-        raise ValueError("the header is nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"the header is not valid JSON ({e})") from None
+    header = strict_json(text, "the header")
     if not isinstance(header, dict):
         raise ValueError(f"the header is not a JSON object: {text[:40]!r}")
     return header
+
+
+def strict_json(text: str, what: str) -> Any:
+    """``json.loads`` of a file's description (``what`` names it in the errors), refusing duplicate keys;
+    ValueError for anything that is not JSON, nested too deeply included."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{what} is not valid JSON ({e})") from None
 
 
 def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import distributed as _distributed
 from . import layers as _layers
-from ._safetensors import SafetensorsFile
+from ._safetensors import SafetensorsFile, strict_json
 from ._validation import _array
 
 if TYPE_CHECKING:
@@ -407,12 +407,7 @@ def _parse(text: str, arrays: Mapping[str, NDArray[Any]]) -> Tuple[Dict[str, _la
 
 def _document(text: str) -> Tuple[bool, Dict[str, Any]]:
     """Whether a description (JSON) is of one layer, and its entries (name -> class, config, mode)."""
-    try:
-        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except RecursionError:
-        raise ValueError("the description is nested too deeply to be fastnorm's") from None
-    except ValueError as e:
-        raise ValueError(f"the description is not valid JSON ({e})") from None
+    document = strict_json(text, "the description")
     version, single, entries = _fields(document, ("format", "single", "layers"), "the description")
     if type(version) is not int or version != _FORMAT:
         raise ValueError(f"unsupported fastnorm file format {version!r}")
@@ -444,13 +439,6 @@ def _layers_of(entries: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]]) -
                              f"flag, got class {cls_name!r}, training {training!r}")
         layers[name] = _build(cls, config, state[name], f"{where} ({cls_name})").train(training)
     return layers
-
-
-def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate keys in {keys}")
-    return dict(pairs)
 
 
 def _fields(value: object, names: Sequence[str], where: str) -> List[Any]:
