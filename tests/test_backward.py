@@ -324,9 +324,9 @@ def test_row_kernels_give_the_same_bits_in_batches_rows_and_pieces(rng, dtype, N
     results = []
     for nthreads in (1, 2, 3, 8):
         y = np.empty_like(x)
-        mean, _, rstd = _kernels.train(x, y, 1, R, S, w, b, 1e-5, nthreads, sub=sub, groups=G)
+        mean, _, rstd = _kernels.forward_rows(x, y, 1, R, S, w, b, 1e-5, nthreads, sub=sub, groups=G)
         dx = np.empty_like(x)
-        sums = _kernels.backward(x, g, dx, 1, R, S, mean, rstd, w, True, nthreads, sub=sub, groups=G)
+        sums = _kernels.backward_rows(x, g, dx, 1, R, S, mean, rstd, w, True, nthreads, sub=sub, groups=G)
         results.append((y, dx, *sums))
     for other in results[1:]:
         for a, c in zip(results[0], other):

@@ -1404,9 +1404,9 @@ cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
     _fence_streams(stream, nthreads)
 
 
-def normalize(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-              object mean, object var, object weight, object bias, double eps, int nthreads,
-              object commit=None):
+def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                       object mean, object var, object weight, object bias, double eps, int nthreads,
+                       object commit=None):
     """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of an ``[N, C, S]`` buffer
     (``S == 1`` is the channels-last ``[N, C]`` case); then applies ``commit`` (a :class:`Commit`)."""
     cdef void* px = cnp.PyArray_DATA(x)
@@ -1458,9 +1458,9 @@ cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t 
     return a
 
 
-def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
-          object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
-          bint per_element=False, bint rms=False, bint stats=True, object commit=None):
+def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
+                 object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
+                 bint per_element=False, bint rms=False, bint stats=True, object commit=None):
     """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
@@ -1496,8 +1496,8 @@ def train(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t
     return result
 
 
-def train_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
-             double eps, int nthreads, object commit=None):
+def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
+                    double eps, int nthreads, object commit=None):
     """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
     statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)
     after applying ``commit`` (a :class:`Commit`) with them."""
@@ -1573,8 +1573,8 @@ cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
     return 0
 
 
-def group_norm_mc(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
-                  object weight, object bias, double eps, int nthreads, object commit=None):
+def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
+                          Py_ssize_t G, object weight, object bias, double eps, int nthreads, object commit=None):
     """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)
     after applying ``commit`` (a :class:`Commit`) with them."""
     cdef tuple stats = _statistics(N * G)
@@ -2133,10 +2133,11 @@ cdef object _rescaled(object kernel, cnp.ndarray x, cnp.ndarray dy, cnp.ndarray 
     return sums
 
 
-def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
-             cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
-             Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False, object check=None):
-    """Backward of :func:`train` (``training``) or of a normalization with frozen statistics.
+def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+                  cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
+                  Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False,
+                  object check=None):
+    """Backward of :func:`forward_rows` (``training``) or of a normalization with frozen statistics.
 
     ``mean``, ``rstd``: float64 per row.  Returns (sum_dy, sum_dy_xhat) as float64: per row and sub-run,
     ``[R, S // sub]``, for a per-channel affine; per element of the row, ``[S]``, summed over the rows,
@@ -2148,7 +2149,7 @@ def backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssi
     cdef Py_ssize_t nsums = S if per_element else R * (S // a.sub)
     e = _rescale_exponents(x, rstd, training)
     if e is not None:
-        return _rescaled(backward, x, dy, dx, (N, R, S), (N, R, S), (1, R, 1), mean, rstd, e,
+        return _rescaled(backward_rows, x, dy, dx, (N, R, S), (N, R, S), (1, R, 1), mean, rstd, e,
                          dict(weight=weight, training=True, nthreads=nthreads, sub=sub, groups=groups,
                               per_element=per_element, rms=rms, check=check))
     cdef double* X = <double*>_alloc(2 * R * sizeof(double))  # the rows' check sums
@@ -2215,10 +2216,10 @@ cdef void _grad_apply_rows(const floating* x, const floating* dy, floating* dx, 
     _fence_streams(stream, nthreads)
 
 
-def grad_sums(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean,
-              cnp.ndarray rstd, int nthreads):
+def backward_reduce(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    cnp.ndarray mean, cnp.ndarray rstd, int nthreads):
     """Per-channel (sum(dy), sum(dy * xhat)) of an ``[N, C, S]`` buffer, float64: the part of a
-    BatchNorm backward that several processes add up before :func:`grad_apply`."""
+    BatchNorm backward that several processes add up before :func:`backward_elemt`."""
     cdef cnp.ndarray P1 = _empty_doubles(C)
     cdef cnp.ndarray P2 = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -2236,9 +2237,9 @@ def grad_sums(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssiz
     return P1, P2
 
 
-def grad_apply(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-               cnp.ndarray mean, cnp.ndarray rstd, object weight, cnp.ndarray sum_dy, cnp.ndarray sum_dyx,
-               double count, int nthreads):
+def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                   cnp.ndarray mean, cnp.ndarray rstd, object weight, cnp.ndarray sum_dy,
+                   cnp.ndarray sum_dy_xhat, double count, int nthreads):
     """Training-mode BatchNorm input gradient of an ``[N, C, S]`` buffer from per-channel sums taken over
     ``count`` values in all (this buffer and others elsewhere)."""
     cdef RowAffine a = _row_affine(weight, None, C, S, 0, 0, False, False)
@@ -2248,7 +2249,7 @@ def grad_apply(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_s
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
     cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dyx)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
@@ -2259,15 +2260,15 @@ def grad_apply(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_s
                              nthreads)
 
 
-def backward_mc(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M, Py_ssize_t C,
-                Py_ssize_t G, cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
-                object check=None):
+def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M,
+                     Py_ssize_t C, Py_ssize_t G, cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training,
+                     int nthreads, object check=None):
     """Channels-last backward of N samples of ``[M, C]`` (BatchNorm: N = 1, G = C; GroupNorm: G groups
     per sample); ``mean``, ``rstd``: float64 per (sample, group).  Returns per (sample, column)
-    (sum_dy, sum_dy_xhat) as float64 ``[N * C]``.  ``check``: as :func:`backward`'s."""
+    (sum_dy, sum_dy_xhat) as float64 ``[N * C]``.  ``check``: as :func:`backward_rows`'s."""
     e = _rescale_exponents(x, rstd, training)
     if e is not None:
-        return _rescaled(backward_mc, x, dy, dx, (N, M, C, G), (N, M, G, C // G), (N, 1, G, 1), mean, rstd, e,
+        return _rescaled(backward_columns, x, dy, dx, (N, M, C, G), (N, M, G, C // G), (N, 1, G, 1), mean, rstd, e,
                          dict(weight=weight, training=True, nthreads=nthreads, check=check))
     cdef cnp.ndarray P1 = _empty_doubles(N * C)
     cdef cnp.ndarray P2 = _empty_doubles(N * C)

@@ -272,7 +272,7 @@ class SyncBatchNorm(_BatchNorm):
             target = np.moveaxis(out, axis, -1) if moved else out
         commit.prepare(target, running)
         if N * S:
-            _kernels.normalize(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads, commit)
+            _kernels.forward_with_stats(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads, commit)
         else:
             commit.apply(result, mean, var)
         return F._returned(result, out, axis, moved, dtype)
@@ -357,7 +357,7 @@ class SyncBatchNorm(_BatchNorm):
             buf, N, C, S, moved = F._channel_view(x_, axis)
             gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
             nthreads = threads_for(x_.size)
-            sums = np.concatenate(_kernels.grad_sums(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
+            sums = np.concatenate(_kernels.backward_reduce(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
                 else np.zeros(2 * C)
             dx = _kernels.empty_like(buf)
             w = _channel_vector(self.weight, "weight", C, x_.dtype)
@@ -367,7 +367,7 @@ class SyncBatchNorm(_BatchNorm):
             self.communicator, 2 * self.num_features, local)
         sum_dy, sum_dyx = np.split(rows.sum(axis=0), 2)
         if N * S:
-            _kernels.grad_apply(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
+            _kernels.backward_elemt(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
         return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
     def _population_stats(self, local: Callable[[], Tuple[Moments, int]]

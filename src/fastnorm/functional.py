@@ -305,14 +305,14 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
     nthreads = threads_for(x.size, S if S > 1 else 64)
     if frozen is None:
         if S == 1:
-            mean, var, rstd = _kernels.train_mc(buf, result, N, C, w, b, eps, nthreads, commit)
+            mean, var, rstd = _kernels.forward_columns(buf, result, N, C, w, b, eps, nthreads, commit)
         elif _by_columns(N, S):  # short runs: by columns of [N, C * S], S columns a channel
-            mean, var, rstd = _kernels.group_norm_mc(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
+            mean, var, rstd = _kernels.forward_column_groups(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
                                                      eps, nthreads, commit)
         else:
-            mean, var, rstd = _kernels.train(buf, result, N, C, S, w, b, eps, nthreads, commit=commit)
+            mean, var, rstd = _kernels.forward_rows(buf, result, N, C, S, w, b, eps, nthreads, commit=commit)
     else:
-        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
     y = _returned(result, out, axis, moved, dtype)
     if not return_stats:
         return y
@@ -385,7 +385,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
         w = np.ones(D, x.dtype)
     buf = _contiguous(x)
     result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
-    stats = _kernels.train(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
+    stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
                            rms=rms, stats=return_stats, commit=commit)
     y = _returned(result, out, 0, False, dtype)
     return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
@@ -661,10 +661,10 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
     result, commit = _committing(commit, out, buf, axis, moved, None, (N, G))
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
-        stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.group_norm_mc(buf, result, N, S, C, G, w, b, eps,
+        stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(buf, result, N, S, C, G, w, b, eps,
                                                                              nthreads, commit)
     else:
-        stats = _kernels.train(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
+        stats = _kernels.forward_rows(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
                                stats=return_stats, commit=commit)
     y = _returned(result, out, axis, moved, dtype)
     if not return_stats or stats is None:
@@ -818,12 +818,12 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
     result, commit = _committing(commit, out, buf, 1, False, running, (N, C), False, kept)
     nthreads = threads_for(x.size, S)
     if frozen is None:
-        stats = _kernels.train(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C, stats=return_stats,
+        stats = _kernels.forward_rows(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C, stats=return_stats,
                                commit=commit)
         if stats is not None:
             mean, var, rstd = (a.reshape(N, C) for a in stats)
     else:
-        _kernels.normalize(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
     y = _returned(result, out, 1, False, dtype)
     if not return_stats:
         return y
@@ -976,13 +976,13 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     nthreads = threads_for(x.size, S if S > 1 else 64)
     check = _check_of(eps)
     if S == 1:
-        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, 1, N, C, C, mean_, invstd_, w, bool(training),
+        sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, 1, N, C, C, mean_, invstd_, w, bool(training),
                                                nthreads, check)
     elif _by_columns(N, S):  # short runs: by columns, as the forward
-        sum_dy, sum_dyx = (a.reshape(C, S).sum(axis=1) for a in _kernels.backward_mc(
+        sum_dy, sum_dyx = (a.reshape(C, S).sum(axis=1) for a in _kernels.backward_columns(
             buf, gbuf, dx, 1, N, C * S, C, mean_, invstd_, _repeat(w, S), bool(training), nthreads, check))
     else:
-        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, N, C, S, mean_, invstd_, w, bool(training), nthreads,
+        sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, N, C, S, mean_, invstd_, w, bool(training), nthreads,
                                             check=check)
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
@@ -1003,7 +1003,7 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: S
         return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
     buf, gbuf = _contiguous(x), _contiguous(g)
     dx = _kernels.empty_like(buf)
-    sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, x.size // D, D, mean_, rstd_, w, True,
+    sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, x.size // D, D, mean_, rstd_, w, True,
                                         threads_for(x.size, D), per_element=True, rms=rms, check=_check_of(eps))
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
 
@@ -1252,10 +1252,10 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
-        sum_dy, sum_dyx = _kernels.backward_mc(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads,
+        sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads,
                                                _check_of(eps))
     else:
-        sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * G, (C // G) * S, mean_, rstd_, w, True,
+        sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * G, (C // G) * S, mean_, rstd_, w, True,
                                             nthreads, sub=S, groups=G, check=_check_of(eps))
     return (_finish(dx, None, axis, moved, dtype), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))
@@ -1334,7 +1334,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
     buf, gbuf = _contiguous(x), _contiguous(g)
     dx = _kernels.empty_like(buf)
-    sum_dy, sum_dyx = _kernels.backward(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean_),
+    sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean_),
                                         np.ascontiguousarray(rstd_), w, bool(use_input_stats),
                                         threads_for(x.size, x.size // (N * C)), groups=C, check=_check_of(eps))
     return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
@@ -1519,7 +1519,7 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
             else:
                 N, S = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
             result = _kernels.empty_like(buf)
-            _kernels.normalize(buf, result, N, C, S, vec["mean"], vec["variance"], vec.get("scale"),
+            _kernels.forward_with_stats(buf, result, N, C, S, vec["mean"], vec["variance"], vec.get("scale"),
                                vec.get("offset"), eps, threads_for(x.size))
             return result.astype(dtype, copy=False)
     inv = 1.0 / np.sqrt(params["variance"] + eps)
