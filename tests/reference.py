@@ -344,3 +344,39 @@ def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_inpu
     dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
                          use_input_stats, eps=eps)
     return dx, (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local response normalization: window of channels c - size // 2 ... c + (size - 1) // 2, zero padded
+# ---------------------------------------------------------------------------------------------------------
+
+def _lrn_input(input, size):
+    _require(size >= 1, f"size: expected an integer >= 1, got {size}")
+    x, dtype = _input(input, min_ndim=3)
+    return x
+
+
+def _lrn_denominator(x, size, alpha, k):
+    """k + alpha * (the mean of x**2 over each channel's window, the padding counted)."""
+    C = x.shape[1]
+    padded = np.pad(x * x, [(0, 0), (size // 2, (size - 1) // 2)] + [(0, 0)] * (x.ndim - 2))
+    return k + alpha * sum(padded[:, m:m + C] for m in range(size)) / size
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, out=None):
+    x = _lrn_input(input, size)
+    return _result(x / _lrn_denominator(x, size, alpha, k) ** beta, out, False)
+
+
+def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """dy_c/dx_j = [j == c] d_c**-beta - beta d_c**(-beta - 1) * alpha / size * 2 x_j for j in c's window."""
+    _lrn_input(input, size)
+    dy, x = _grad_input(grad_output, input, min_ndim=3)
+    d = _lrn_denominator(x, size, alpha, k)
+    through_d = dy * x * -beta * d ** (-beta - 1)       # dL/dd_c
+    dx = dy * d ** -beta
+    C = x.shape[1]
+    for c in range(C):
+        for j in range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, C)):
+            dx[:, j] += through_d[:, c] * alpha / size * 2 * x[:, j]
+    return dx

@@ -138,6 +138,16 @@ def instance_norm_backward(a):
     return fastnorm.instance_norm_backward(a["grad_output"], a["input"], a["mean"], a["rstd"], a["weight"])
 
 
+@entry(input=X, out=X, written=("out",))
+def local_response_norm(a):
+    return fastnorm.local_response_norm(a["input"], 2, out=a["out"]),
+
+
+@entry(grad_output=X, input=X)
+def local_response_norm_backward(a):
+    return fastnorm.local_response_norm_backward(a["grad_output"], a["input"], 3),
+
+
 @entry(x=X)
 def moments_of(a):
     m = fastnorm.Moments.of(a["x"], axes=(0, 2))
@@ -221,6 +231,11 @@ def instance_norm_layer_eval_unbatched(a):
     return _train_and_backward(_with_buffers(layer, a), a)
 
 
+@entry(input=X, grad_output=X, out=X, written=("out",))
+def local_response_norm_layer(a):
+    return _train_and_backward(fastnorm.LocalResponseNorm(2, alpha=0.5), a)
+
+
 @entry(**_BUFFERS, errors={k: f"state_dict['{k}']" for k in _BUFFERS})
 def load_state_dict(a):
     bn = fastnorm.BatchNorm1d(C, dtype=np.float64)
@@ -293,7 +308,7 @@ def test_every_entry_point_is_covered():
              "BatchNorm3d": "batch_norm_layer_train", "LayerNorm": "layer_norm_layer", "RMSNorm": "rms_norm_layer",
              "GroupNorm": "group_norm_layer", "InstanceNorm1d": "instance_norm_layer_train",
              "InstanceNorm2d": "instance_norm_layer_train", "InstanceNorm3d": "instance_norm_layer_train",
-             "Moments": "moments_of", "SyncBatchNorm": "sync_batch_norm_train"}
+             "LocalResponseNorm": "local_response_norm_layer", "Moments": "moments_of", "SyncBatchNorm": "sync_batch_norm_train"}
     missing = [n for n in public if names.get(n, n) not in covered and n + "_train" not in covered]
     assert not missing
 

@@ -91,6 +91,7 @@ def _layer_cases():
     yield ("GroupNorm channels last",
            lambda: (fastnorm.GroupNorm(2, 4, channel_axis=-1), data(3, 5, 4), data(3, 5, 4) + 1), in_place)
     yield "GroupNorm", lambda: (fastnorm.GroupNorm(2, 4), data(3, 4, 5), data(3, 4, 5) + 1), in_place
+    yield "LocalResponseNorm", lambda: (fastnorm.LocalResponseNorm(3), data(2, 5, 3), data(2, 5, 3) + 1), in_place
     yield "BatchNorm2d calibrate", bn((4, 3, 5, 5)), lambda layer, x: layer.calibrate([x, x * 2])
     try:
         from mpi4py import MPI

@@ -341,9 +341,31 @@ def instance_norm_backward(draw):
             kw["input"], return_stats=True)) if use_input_stats else None)
 
 
+def _lrn_size(draw, x):
+    C = x.shape[1] if len(x.shape) > 1 else 1
+    return _sometimes(draw, draw(st.integers(1, C + 3)), 0)
+
+
+@st.composite
+def local_response_norm(draw):
+    x = draw(_input(3))
+    return Case(draw(SEEDS), dict(
+        input=x, size=_lrn_size(draw, x), alpha=draw(st.sampled_from([1e-4, 0.5, 2.0])),
+        beta=draw(st.sampled_from([0.75, 0.5, 1.0])), k=draw(st.sampled_from([1.0, 2.0])), out=_out(draw, x)))
+
+
+@st.composite
+def local_response_norm_backward(draw):
+    x = draw(_input(3))
+    return Case(draw(SEEDS), dict(
+        grad_output=_grad_output(draw, x), input=x, size=_lrn_size(draw, x),
+        alpha=draw(st.sampled_from([1e-4, 0.5])), beta=draw(st.sampled_from([0.75, 1.0])), k=draw(st.sampled_from([1.0, 2.0]))))
+
+
 CASES = {f.__name__: f() for f in (batch_norm, layer_norm, rms_norm, group_norm, instance_norm, moments,
                                    batch_normalization, batch_norm_backward, layer_norm_backward,
-                                   rms_norm_backward, group_norm_backward, instance_norm_backward)}
+                                   rms_norm_backward, group_norm_backward, instance_norm_backward,
+                                   local_response_norm, local_response_norm_backward)}
 
 
 # --------------------------------------------------------------------------------------------------------

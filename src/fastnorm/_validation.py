@@ -219,3 +219,34 @@ def _kernel_writes(target: NDArray[Any], buf: FloatArray) -> bool:
     """Whether the kernel may write its result straight into ``target`` (a checked ``out``, or its
     channels-last view) when reading ``buf``; otherwise it writes a new array, then copied."""
     return target.dtype == buf.dtype and target.flags.c_contiguous and target.flags.aligned
+
+
+def _float64_input(x: object, name: str) -> Tuple[Stats, np.dtype[Any]]:
+    """(``x`` as float64, the result dtype) for the ops computed in NumPy in float64 (every float input:
+    its values exactly, so float16 and float32 are accumulated in float64)."""
+    a, dtype = _as_input(x, name)
+    return a.astype(np.float64, copy=False), dtype
+
+
+def _float64_grads(grad_output: object, input: object) -> Tuple[Stats, Stats, np.dtype[Any]]:
+    """(grad_output, input, the result dtype) of a backward computed in float64, of one shape."""
+    x, dtype = _float64_input(input, "input")
+    g, _ = _float64_input(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output: expected shape {x.shape} (the input's), got {g.shape}")
+    return g, x, dtype
+
+
+def _deliver(result: Stats, out: Optional[FloatArray], dtype: np.dtype[Any],
+             commit: Optional[_kernels.Commit] = None) -> FloatArray:
+    """What an op computed in float64 returns: ``out`` (checked) with the result copied in, rounded once
+    to its dtype, or a new array of ``dtype``.  The copy into ``out`` and a layer's ``commit`` are
+    applied together by one C call, so a call is applied whole or not at all."""
+    if out is not None:
+        _check_out(out, result.shape, dtype)
+    y = out if out is not None else result.astype(dtype, copy=False)
+    if out is not None or commit is not None:
+        commit = commit if commit is not None else _kernels.Commit()
+        commit.prepare(out)
+        commit.apply(result)
+    return y

@@ -488,6 +488,8 @@ def _sizes(cls: Type[_layers._Layer], kwargs: Mapping[str, Any]) -> Tuple[Tuple[
     arguments of a stand-in of the same configuration whose vectors have one value."""
     if issubclass(cls, _layers._NormBase):
         return (kwargs.get("num_features"),), {"num_features": 1}
+    if issubclass(cls, _layers.LocalResponseNorm):  # no parameters
+        return (), {}
     if issubclass(cls, _layers.GroupNorm):
         return (kwargs.get("num_channels"),), {"num_groups": 1, "num_channels": 1}
     shape = kwargs.get("normalized_shape")

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
+from ._lrn import local_response_norm, local_response_norm_backward
 from ._threads import check_count, threads_for
 from ._validation import (FloatArray, Stats, _array, _as_input, _channel_vector, _check_axis, _check_buffer,
                           _check_eps, _check_momentum, _check_out, _elementwise_vector, _kernel_writes,
@@ -27,6 +28,7 @@ gradients float64."""
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
            "instance_norm_backward", "rms_norm_backward"]
+__all__ += ["local_response_norm", "local_response_norm_backward"]
 
 _Vector = Optional[FloatArray]  # a checked parameter vector, or None
 

@@ -1,0 +1,140 @@
+"""local_response_norm and LocalResponseNorm: PyTorch's values and autograd gradients over generated shapes,
+window sizes and constants in every float dtype; finite differences in float64; the errors; the layer's
+backward."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnorm
+from conftest import requires_torch, torch
+from fastnorm import functional as F
+
+TOLERANCE = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}
+
+
+@st.composite
+def lrn_cases(draw):
+    ndim = draw(st.integers(3, 5))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 40))) + tuple(
+        draw(st.lists(st.integers(1, 4), min_size=ndim - 2, max_size=ndim - 2)))
+    size = draw(st.integers(1, shape[1] + 20))  # up to windows longer than the channels (the running sums)
+    return (shape, size, draw(st.sampled_from([1e-4, 0.1, 1.0, 3.0])), draw(st.sampled_from([0.75, 0.5, 1.0, 2.0])),
+            draw(st.sampled_from([1.0, 2.0, 0.5])), draw(st.sampled_from([np.float16, np.float32, np.float64])),
+            draw(st.integers(0, 2**32 - 1)))
+
+
+def _torch_lrn(x, g, size, alpha, beta, k):
+    """PyTorch's output and input gradient (computed in float64 for a float16 input: CPU float16 pooling
+    rounds each partial sum)."""
+    t = torch.tensor(x.astype(np.float64) if x.dtype == np.float16 else x, requires_grad=True)
+    y = torch.nn.functional.local_response_norm(t, size, alpha, beta, k)
+    y.backward(torch.tensor(g.astype(np.float64) if x.dtype == np.float16 else g))
+    return y.detach().numpy(), t.grad.numpy()
+
+
+def _assert_close(ours, theirs, dtype):
+    assert ours.dtype == dtype
+    scale = max(1.0, float(np.abs(theirs).max()))
+    np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), rtol=0,
+                               atol=TOLERANCE[dtype] * scale)
+
+
+@requires_torch
+@settings(max_examples=150, deadline=None)
+@given(lrn_cases())
+def test_matches_pytorch_forward_and_autograd(case):
+    shape, size, alpha, beta, k, dtype, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 3.0, shape).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    y_torch, dx_torch = _torch_lrn(x, g, size, alpha, beta, k)
+    _assert_close(F.local_response_norm(x, size, alpha, beta, k), y_torch, dtype)
+    _assert_close(F.local_response_norm_backward(g, x, size, alpha, beta, k), dx_torch, dtype)
+    layer = fastnorm.LocalResponseNorm(size, alpha, beta, k)
+    _assert_close(layer(x), y_torch, dtype)
+    _assert_close(layer.backward(g), dx_torch, dtype)
+    assert layer.grad_weight is None and layer.grad_bias is None
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 30])  # 30: longer than the 6 channels, running sums
+def test_backward_matches_finite_differences(size, rng):
+    x = rng.normal(0.0, 2.0, (2, 6, 3))
+    g = rng.normal(size=x.shape)
+    alpha, beta, k, h = 0.7, 0.8, 1.5, 1e-6
+    numerical = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        numerical[i] = np.sum((F.local_response_norm(up, size, alpha, beta, k)
+                               - F.local_response_norm(down, size, alpha, beta, k)) * g) / (2 * h)
+    np.testing.assert_allclose(F.local_response_norm_backward(g, x, size, alpha, beta, k), numerical,
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_window_is_pytorchs_for_an_even_size():
+    """size 2: channel c's window is c - 1 and c (none after it), the padding counted in the mean."""
+    x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
+    y = F.local_response_norm(x, 2, alpha=1.0, beta=1.0, k=0.0).ravel()
+    np.testing.assert_allclose(y, [1 / 0.5, 2 / 2.5, 3 / 6.5])
+
+
+def test_long_windows_keep_the_precision_of_small_channels():
+    """The running sums of long windows are taken in float64: a float32 channel 1e-6 times the size of
+    the others keeps float32 precision."""
+    x = np.ones((1, 40, 1), np.float32)
+    x[0, ::2] = 1e3
+    x[0, 1::2] = 1e-3
+    exact = F.local_response_norm(x.astype(np.float64), 25, 1.0, 0.75, 1.0)
+    np.testing.assert_allclose(F.local_response_norm(x, 25, 1.0, 0.75, 1.0), exact, rtol=1e-7)
+
+
+def test_out_may_be_the_input_and_empty_inputs_pass(rng):
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    expected = F.local_response_norm(x, 3)
+    assert F.local_response_norm(x, 3, out=x) is x
+    np.testing.assert_array_equal(x, expected)
+    assert F.local_response_norm(np.zeros((0, 5, 3)), 3).shape == (0, 5, 3)
+    assert F.local_response_norm(np.zeros((2, 0, 3), np.float16), 3).dtype == np.float16
+
+
+@pytest.mark.parametrize("call, error, name", [
+    (lambda x: F.local_response_norm(x, 0), ValueError, "size"),
+    (lambda x: F.local_response_norm(x, 2.0), TypeError, "size"),
+    (lambda x: F.local_response_norm(x, True), TypeError, "size"),
+    (lambda x: F.local_response_norm(x, 2, alpha="1"), TypeError, "alpha"),
+    (lambda x: F.local_response_norm(x, 2, beta=float("nan")), ValueError, "beta"),
+    (lambda x: F.local_response_norm(x, 2, k=float("inf")), ValueError, "k"),
+    (lambda x: F.local_response_norm(x.astype(np.int32), 2), TypeError, "input"),
+    (lambda x: F.local_response_norm(x[0], 2), ValueError, "input"),
+    (lambda x: F.local_response_norm(x, 2, out=np.zeros((2, 3, 5))), ValueError, "out"),
+    (lambda x: F.local_response_norm(x, 2, out=np.zeros(x.shape, np.float64)), TypeError, "out"),
+    (lambda x: F.local_response_norm_backward(x[:1], x, 2), ValueError, "grad_output"),
+    (lambda x: F.local_response_norm_backward(x, x, -1), ValueError, "size"),
+    (lambda x: fastnorm.LocalResponseNorm(0), ValueError, "size"),
+])
+def test_errors_name_the_argument_and_write_nothing(call, error, name):
+    x = np.arange(30, dtype=np.float32).reshape(2, 5, 3)
+    before = x.copy()
+    with pytest.raises(error, match=name):
+        call(x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_layer_state_repr_and_round_trip(tmp_path):
+    layer = fastnorm.LocalResponseNorm(5, alpha=2e-4, beta=0.5, k=2.0)
+    assert repr(layer) == "LocalResponseNorm(5, alpha=0.0002, beta=0.5, k=2.0)"
+    assert layer.state_dict() == {} and layer.weight is None
+    fastnorm.save(tmp_path / "lrn.npz", {"lrn": layer})
+    loaded = fastnorm.load(tmp_path / "lrn.npz")["lrn"]
+    assert (loaded.size, loaded.alpha, loaded.beta, loaded.k) == (5, 2e-4, 0.5, 2.0)
+    with fastnorm.no_grad():
+        layer(np.ones((1, 5, 2)))
+    with pytest.raises(RuntimeError, match="no forward"):
+        layer.backward(np.ones((1, 5, 2)))
+
+
+@requires_torch
+def test_layer_repr_is_pytorchs():
+    assert repr(fastnorm.LocalResponseNorm(3)) == repr(torch.nn.LocalResponseNorm(3))
