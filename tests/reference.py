@@ -380,3 +380,43 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
         for j in range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, C)):
             dx[:, j] += through_d[:, c] * alpha / size * 2 * x[:, j]
     return dx
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lp normalization: y = x / max(||x||_p, eps) along dim
+# ---------------------------------------------------------------------------------------------------------
+
+def _lp(input, p, dim, eps):
+    """(x with at least one axis, its axes dim, ||x||_p over them): a 0-D input has one axis."""
+    x, _ = _input(input)
+    _require(p > 0, f"p: expected a positive number or inf, got {p}")
+    _require(0 <= eps < math.inf, f"eps: expected a finite number >= 0, got {eps}")
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    axes = tuple(_axis(d, max(x.ndim, 1), "dim") for d in dims)
+    _require(axes and len(set(axes)) == len(axes), f"dim: expected one axis or distinct axes, got {dim}")
+    x = x.reshape(x.shape or (1,))
+    if p == math.inf:
+        return x, axes, np.max(np.abs(x), axis=axes, keepdims=True, initial=0.0)
+    return x, axes, np.sum(np.abs(x) ** p, axis=axes, keepdims=True) ** (1 / p)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, *, out=None):
+    x, axes, norm = _lp(input, p, dim, eps)
+    return _result((x / np.maximum(norm, eps)).reshape(np.shape(input)), out, False)
+
+
+def normalize_backward(grad_output, input, p=2.0, dim=1, eps=1e-12):
+    """dx = dy / d - sum(dy * x) / d**2 * dn/dx, d = max(n, eps) (dn/dx = 0 where n < eps: d is eps);
+    dn/dx = sign(x) |x|**(p - 1) / n**(p - 1), or for p = inf the maxima's sign shared among them."""
+    x, axes, n = _lp(input, p, dim, eps)
+    dy, _ = _grad_input(grad_output, input)
+    dy = dy.reshape(x.shape)
+    d = np.maximum(n, eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if p == math.inf:
+            top = np.abs(x) == n
+            dn = np.sign(x) * top / top.sum(axis=axes, keepdims=True)
+        else:
+            dn = np.where((x != 0) & (n > 0), np.sign(x) * np.abs(x) ** (p - 1) / n ** (p - 1), 0.0)
+    dx = dy / d - np.sum(dy * x, axis=axes, keepdims=True) / d ** 2 * np.where(n >= eps, dn, 0.0)
+    return dx.reshape(np.shape(input))

@@ -148,6 +148,16 @@ def local_response_norm_backward(a):
     return fastnorm.local_response_norm_backward(a["grad_output"], a["input"], 3),
 
 
+@entry(input=X, out=X, written=("out",))
+def normalize(a):
+    return fastnorm.normalize(a["input"], 3.0, out=a["out"]),
+
+
+@entry(grad_output=X, input=X)
+def normalize_backward(a):
+    return fastnorm.normalize_backward(a["grad_output"], a["input"], 2.0, -1),
+
+
 @entry(x=X)
 def moments_of(a):
     m = fastnorm.Moments.of(a["x"], axes=(0, 2))

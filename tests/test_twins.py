@@ -5,6 +5,7 @@ Fortran, strided, reversed and channels-last memory; each optional argument give
 wrong shape) both raise the same kind of error or neither does; otherwise the results and the updated
 running statistics agree within the dtype's tolerance and the op writes nothing else."""
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -362,10 +363,30 @@ def local_response_norm_backward(draw):
         alpha=draw(st.sampled_from([1e-4, 0.5])), beta=draw(st.sampled_from([0.75, 1.0])), k=draw(st.sampled_from([1.0, 2.0]))))
 
 
+def _lp_arguments(draw, x):
+    ndim = max(len(x.shape), 1)
+    dim = draw(st.sampled_from(list(range(-ndim, ndim)) + [(0, -1)] if ndim > 1 else list(range(-ndim, ndim))))
+    return dict(p=_sometimes(draw, draw(st.sampled_from([2.0, 1.0, 3.0, 0.5, math.inf])), 0.0),
+                dim=_sometimes(draw, dim, ndim), eps=draw(st.sampled_from([1e-12, 0.1, 0.0])))
+
+
+@st.composite
+def normalize(draw):
+    x = draw(_input(0))
+    return Case(draw(SEEDS), dict(input=x, **_lp_arguments(draw, x), out=_out(draw, x)))
+
+
+@st.composite
+def normalize_backward(draw):
+    x = draw(_input(0))
+    return Case(draw(SEEDS), dict(grad_output=_grad_output(draw, x), input=x, **_lp_arguments(draw, x)))
+
+
 CASES = {f.__name__: f() for f in (batch_norm, layer_norm, rms_norm, group_norm, instance_norm, moments,
                                    batch_normalization, batch_norm_backward, layer_norm_backward,
                                    rms_norm_backward, group_norm_backward, instance_norm_backward,
-                                   local_response_norm, local_response_norm_backward)}
+                                   local_response_norm, local_response_norm_backward, normalize,
+                                   normalize_backward)}
 
 
 # --------------------------------------------------------------------------------------------------------

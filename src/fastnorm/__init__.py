@@ -12,7 +12,7 @@ from .statistics import Moments
 from .functional import (batch_norm, batch_norm_backward, batch_normalization, group_norm, group_norm_backward,
                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, moments,
                          rms_norm, rms_norm_backward)
-from .functional import local_response_norm, local_response_norm_backward
+from .functional import local_response_norm, local_response_norm_backward, normalize, normalize_backward
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                      InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm, no_grad)
 
@@ -23,6 +23,7 @@ __all__ = [
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward", "local_response_norm", "local_response_norm_backward",
+    "normalize", "normalize_backward",
     "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
     "functional", "preprocessing", "get_num_threads", "set_num_threads", "threads", "set_output_cache",
     "show_config",

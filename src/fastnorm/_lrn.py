@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
-from ._validation import FloatArray, Stats, _deliver, _float64_grads, _float64_input, _real
+from ._validation import FloatArray, Stats, _deliver, _float64_grads, _float64_input, _real, _rounded
 
 __all__ = ["local_response_norm", "local_response_norm_backward"]
 
@@ -191,4 +191,4 @@ def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size:
     scale = d ** -beta
     back = _window_sum(g3 * x3 * scale / d, (size - 1) // 2, size // 2)
     dx = g3 * scale - (2.0 * alpha * beta / size) * x3 * back
-    return dx.reshape(x.shape).astype(dtype, copy=False)
+    return _rounded(dx.reshape(x.shape), dtype)

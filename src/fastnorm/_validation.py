@@ -237,6 +237,12 @@ def _float64_grads(grad_output: object, input: object) -> Tuple[Stats, Stats, np
     return g, x, dtype
 
 
+def _rounded(result: Stats, dtype: np.dtype[Any]) -> FloatArray:
+    """A float64 result in the result dtype; beyond float16's range it is inf, silently (as a kernel's)."""
+    with np.errstate(over="ignore"):
+        return result.astype(dtype, copy=False)
+
+
 def _deliver(result: Stats, out: Optional[FloatArray], dtype: np.dtype[Any],
              commit: Optional[_kernels.Commit] = None) -> FloatArray:
     """What an op computed in float64 returns: ``out`` (checked) with the result copied in, rounded once
@@ -244,7 +250,7 @@ def _deliver(result: Stats, out: Optional[FloatArray], dtype: np.dtype[Any],
     applied together by one C call, so a call is applied whole or not at all."""
     if out is not None:
         _check_out(out, result.shape, dtype)
-    y = out if out is not None else result.astype(dtype, copy=False)
+    y = out if out is not None else _rounded(result, dtype)
     if out is not None or commit is not None:
         commit = commit if commit is not None else _kernels.Commit()
         commit.prepare(out)

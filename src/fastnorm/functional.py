@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
+from ._lp import normalize, normalize_backward
 from ._lrn import local_response_norm, local_response_norm_backward
 from ._threads import check_count, threads_for
 from ._validation import (FloatArray, Stats, _array, _as_input, _channel_vector, _check_axis, _check_buffer,
@@ -29,6 +30,7 @@ __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
            "instance_norm_backward", "rms_norm_backward"]
 __all__ += ["local_response_norm", "local_response_norm_backward"]
+__all__ += ["normalize", "normalize_backward"]
 
 _Vector = Optional[FloatArray]  # a checked parameter vector, or None
 
