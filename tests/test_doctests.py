@@ -13,7 +13,7 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(fastnorm.__path__, "fastno
 
 
 # Modules whose examples use an optional dependency (an extra of pyproject.toml).
-NEEDS = {"fastnorm.dask": "dask", "fastnorm.distributed": "mpi4py"}
+NEEDS = {"fastnorm.dask": "dask", "fastnorm.distributed": "mpi4py", "fastnorm.onnx": "onnx"}
 
 
 @pytest.mark.parametrize("name", ["fastnorm"] + MODULES)

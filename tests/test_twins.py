@@ -360,7 +360,8 @@ def local_response_norm_backward(draw):
     x = draw(_input(3))
     return Case(draw(SEEDS), dict(
         grad_output=_grad_output(draw, x), input=x, size=_lrn_size(draw, x),
-        alpha=draw(st.sampled_from([1e-4, 0.5])), beta=draw(st.sampled_from([0.75, 1.0])), k=draw(st.sampled_from([1.0, 2.0]))))
+        alpha=draw(st.sampled_from([1e-4, 0.5])), beta=draw(st.sampled_from([0.75, 1.0])),
+        k=draw(st.sampled_from([1.0, 2.0]))))
 
 
 def _lp_arguments(draw, x):

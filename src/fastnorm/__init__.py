@@ -25,18 +25,19 @@ __all__ = [
     "rms_norm_backward", "local_response_norm", "local_response_norm_backward",
     "normalize", "normalize_backward",
     "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
-    "functional", "preprocessing", "get_num_threads", "set_num_threads", "threads", "set_output_cache",
+    "functional", "preprocessing", "onnx", "get_num_threads", "set_num_threads", "threads", "set_output_cache",
     "show_config",
 ]
 
 if TYPE_CHECKING:
-    from . import preprocessing
+    from . import onnx, preprocessing
 
 
 def __getattr__(name: str) -> types.ModuleType:
     # fastnorm.preprocessing is imported on first use: it imports scikit-learn where that is installed,
-    # which takes seconds, and most users of fastnorm never need it.
-    if name == "preprocessing":
+    # which takes seconds, and most users of fastnorm never need it.  fastnorm.onnx likewise (it imports
+    # onnx only when its functions are called).
+    if name in ("preprocessing", "onnx"):
         import importlib
 
         return importlib.import_module(".preprocessing", __name__)
