@@ -90,6 +90,26 @@ def test_long_windows_keep_the_precision_of_small_channels():
     np.testing.assert_allclose(F.local_response_norm(x, 25, 1.0, 0.75, 1.0), exact, rtol=1e-7)
 
 
+@pytest.mark.parametrize("size", [1, 4, 30])
+def test_float64_up_to_1e308_does_not_overflow(size, rng):
+    """With k = 0 the op is homogeneous: LRN(a x) = a**(1 - 2 beta) LRN(x), dx(a x) = a**(-2 beta) dx(x);
+    at a = 2**600 the squares would overflow without the scaling, at 2**-600 underflow."""
+    x = rng.normal(size=(2, 6, 3))
+    g = rng.normal(size=x.shape)
+    y, dx = F.local_response_norm(x, size, 0.5, 0.75, 0.0), F.local_response_norm_backward(g, x, size, 0.5, 0.75, 0.0)
+    for e in (600, -600):
+        a = 2.0 ** e
+        np.testing.assert_allclose(F.local_response_norm(x * a, size, 0.5, 0.75, 0.0), y * 2.0 ** (e * -0.5),
+                                   rtol=1e-13)
+        np.testing.assert_allclose(F.local_response_norm_backward(g, x * a, size, 0.5, 0.75, 0.0),
+                                   dx * 2.0 ** (e * -1.5), rtol=1e-12, atol=1e-12 * np.abs(dx * 2.0 ** (e * -1.5)).max())
+    nan_and_inf = x.copy()
+    nan_and_inf[0, 0, 0], nan_and_inf[1, 5, 2] = np.nan, np.inf
+    theirs = _torch_lrn(nan_and_inf, g, 3, 0.5, 0.75, 1.0)[0] if torch is not None else None
+    if theirs is not None:  # NaN and inf reach only the channels whose window holds them, as PyTorch's
+        np.testing.assert_allclose(F.local_response_norm(nan_and_inf, 3, 0.5, 0.75, 1.0), theirs, rtol=1e-12)
+
+
 def test_out_may_be_the_input_and_empty_inputs_pass(rng):
     x = rng.normal(size=(2, 5, 3)).astype(np.float32)
     expected = F.local_response_norm(x, 3)

@@ -125,7 +125,8 @@ def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-1
     """
     x, dtype = _float64_input(input, "input")
     x1, p, axes, eps = _arguments(x, p, dim, eps)
-    y = x1 / np.maximum(_norm(x1, p, axes), eps)
+    with np.errstate(all="ignore"):  # NaN and inf as IEEE arithmetic (and PyTorch) give them, silently
+        y = x1 / np.maximum(_norm(x1, p, axes), eps)
     return _deliver(y.reshape(x.shape), out, dtype)
 
 
@@ -178,17 +179,22 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0,
     g, x, dtype = _float64_grads(grad_output, input)
     x1, p, axes, eps = _arguments(x, p, dim, eps)
     g1 = g.reshape(x1.shape)
+    with np.errstate(all="ignore"):
+        return _rounded(_normalize_backward(g1, x1, p, axes, eps).reshape(x.shape), dtype)
+
+
+def _normalize_backward(g1: Stats, x1: Stats, p: float, axes: Tuple[int, ...], eps: float) -> Stats:
+    """dx of the module's formula, x with at least one axis."""
     n = _norm(x1, p, axes)
     d = np.maximum(n, eps)
     along = np.sum(g1 * (x1 / d), axis=axes, keepdims=True)
     sign, a = np.sign(x1), np.abs(x1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if p == math.inf:
-            top = a == n
-            dn = sign * top / np.sum(top, axis=axes, keepdims=True)
-        elif p == 1.0:
-            dn = sign
-        else:
-            dn = np.where((a > 0.0) & (n > 0.0), sign * (a / n) ** (p - 1.0), 0.0)
-    dx = (g1 - np.where(n >= eps, along * dn, 0.0)) / d
-    return _rounded(dx.reshape(x.shape), dtype)
+    if p == math.inf:
+        top = a == n
+        dn = sign * top / np.sum(top, axis=axes, keepdims=True)
+    elif p == 1.0:
+        dn = sign
+    else:
+        dn = np.where((a > 0.0) & (n > 0.0), sign * (a / n) ** (p - 1.0), 0.0)
+    dx: Stats = (g1 - np.where(n >= eps, along * dn, 0.0)) / d
+    return dx

@@ -10,6 +10,9 @@ and, with g the gradient of the output (channel i's window holds j exactly when 
 ``j - (size - 1) // 2`` to ``j + size // 2``, holds i)::
 
     dx_j = g_j * d_j**-beta - 2 * alpha * beta / size * x_j * sum(g_i * x_i * d_i**(-beta - 1) over i)
+
+Both are computed on ``x / m`` and ``d / m**2``, m the largest magnitude over the channels (at least 1),
+so that no square of float64 data overflows.
 """
 from __future__ import annotations
 
@@ -65,9 +68,16 @@ def _window_sum(a: Stats, before: int, after: int) -> Stats:
     return prefix[:, np.minimum(i + after + 1, C)] - prefix[:, np.maximum(i - before, 0)]
 
 
-def _denominator(x: Stats, size: int, alpha: float, k: float) -> Stats:
-    """``k + alpha / size * (sum of squares over each channel's window)``, x of shape (N, C, S)."""
-    return k + alpha / size * _window_sum(x * x, size // 2, (size - 1) // 2)
+def _scaled(x: Stats, size: int, alpha: float, k: float) -> Tuple[Stats, Stats, Stats]:
+    """``(m, x / m, d / m**2)`` for x of shape (N, C, S): m the power of two just above the largest finite
+    magnitude over the channels of each (n, s), so that the squares of float64 data up to 1e308 neither
+    overflow nor (with k = 0, where they are all of d) underflow.  With k != 0, m is at least 1: data
+    below 1 is computed as written."""
+    a = np.abs(x)
+    top = np.max(a, axis=1, keepdims=True, initial=0.0 if k == 0.0 else 1.0, where=np.isfinite(a))
+    m = np.ldexp(1.0, np.frexp(np.where(top > 0.0, top, 1.0))[1])  # a power of two: x / m is exact
+    xs = x / m
+    return m, xs, k / m / m + alpha / size * _window_sum(xs * xs, size // 2, (size - 1) // 2)
 
 
 def _local_response_norm(input: ArrayLike, size: int, alpha: float, beta: float, k: float,
@@ -75,7 +85,9 @@ def _local_response_norm(input: ArrayLike, size: int, alpha: float, beta: float,
     """local_response_norm with checked parameters; a layer's ``commit`` is applied with the result."""
     x, dtype = _float64_input(input, "input")
     x3 = _channels(x)
-    y = x3 * _denominator(x3, size, alpha, k) ** -beta
+    with np.errstate(all="ignore"):  # NaN and inf as IEEE arithmetic (and PyTorch) give them, silently
+        m, xs, ds = _scaled(x3, size, alpha, k)
+        y = xs * m ** (1.0 - 2.0 * beta) * ds ** -beta  # x * d**-beta
     return _deliver(y.reshape(x.shape), out, dtype, commit)
 
 
@@ -187,8 +199,9 @@ def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size:
     size, alpha, beta, k = _check_params(size, alpha, beta, k)
     g, x, dtype = _float64_grads(grad_output, input)
     g3, x3 = _channels(g), _channels(x)
-    d = _denominator(x3, size, alpha, k)
-    scale = d ** -beta
-    back = _window_sum(g3 * x3 * scale / d, (size - 1) // 2, size // 2)
-    dx = g3 * scale - (2.0 * alpha * beta / size) * x3 * back
+    with np.errstate(all="ignore"):
+        m, xs, ds = _scaled(x3, size, alpha, k)  # m is one value along the channels: it leaves the window
+        scale = ds ** -beta
+        back = _window_sum(g3 * xs * scale / ds, (size - 1) // 2, size // 2)
+        dx = m ** (-2.0 * beta) * (g3 * scale - (2.0 * alpha * beta / size) * xs * back)
     return _rounded(dx.reshape(x.shape), dtype)
