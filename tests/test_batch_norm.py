@@ -367,7 +367,7 @@ def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
     # The running statistics are updated in one kernel loop for plain buffers and through NumPy's copy
     # otherwise; both give the bits of (1 - m) * running + m * batch in float64, the unbiased variance
     # for the latter.
-    from fastnorm.functional import _update_running
+    from fastnorm._plan import _update_running
 
     C, factor, scale = 37, 0.3, 10 / 9
     mean, var = rng.normal(size=C), rng.uniform(0.5, 2.0, C)

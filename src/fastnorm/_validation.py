@@ -22,17 +22,25 @@ import math
 import numbers
 import operator
 from collections.abc import Iterable
-from typing import Any, Literal, Optional, SupportsIndex, Tuple, overload
+from typing import Any, Dict, Literal, Optional, Sequence, SupportsIndex, Tuple, Union, overload
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
+from ._threads import check_count
 
 FloatArray = NDArray[np.floating[Any]]
 """An ndarray of float16, float32 or float64 (a result has its input's dtype)."""
 Stats = NDArray[np.float64]
 """Statistics (means, inverse standard deviations) and parameter gradients: always float64."""
+Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
+"""A shape or a set of axes: one integer or a sequence of them."""
+Grads = Tuple[FloatArray, Stats, Stats]
+"""``(grad_input, grad_weight, grad_bias)``: grad_input of the input's shape and dtype, the parameter
+gradients float64."""
+_Vector = Optional[FloatArray]  # a checked parameter vector, or None
+_Running = Optional[Tuple[FloatArray, FloatArray]]  # (running_mean, running_var), or None
 
 
 def _refuse_masked(value: object, name: str) -> None:
@@ -215,10 +223,144 @@ def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> Non
         raise ValueError("out: the array is read-only")
 
 
-def _kernel_writes(target: NDArray[Any], buf: FloatArray) -> bool:
-    """Whether the kernel may write its result straight into ``target`` (a checked ``out``, or its
-    channels-last view) when reading ``buf``; otherwise it writes a new array, then copied."""
-    return target.dtype == buf.dtype and target.flags.c_contiguous and target.flags.aligned
+
+# ---------------------------------------------------------------------------------------------------------
+# The arguments of the functions, family by family
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_ndim(x: FloatArray, ndim: int, axes: str) -> None:
+    """At least ``ndim`` dimensions, ``axes`` naming them: ``"(N, C, ...)"``."""
+    if x.ndim < ndim:
+        raise ValueError(f"input: expected at least {ndim} dimensions {axes}, got {x.ndim}-D input of shape {x.shape}")
+
+
+def _check_channels(x: FloatArray, channel_axis: SupportsIndex) -> Tuple[int, int]:
+    """(axis, C) of a BatchNorm-style input: at least (N, C), the channels on ``channel_axis``."""
+    _check_ndim(x, 2, "(N, C, ...)")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    return axis, x.shape[axis]
+
+
+def _channel_params(x: FloatArray, C: int, running_mean: object, running_var: object, weight: object,
+                    bias: object) -> Tuple[_Vector, _Vector, _Vector, _Vector]:
+    """The per-channel vectors of batch_norm and instance_norm, checked (see _channel_vector)."""
+    rm = _channel_vector(running_mean, "running_mean", C, x.dtype)
+    rv = _channel_vector(running_var, "running_var", C, x.dtype)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: expected both or neither")
+    return rm, rv, _channel_vector(weight, "weight", C, x.dtype), _channel_vector(bias, "bias", C, x.dtype)
+
+
+def _running_roles(use_batch_stats: bool, running_mean: object, running_var: object, rm: _Vector, rv: _Vector,
+                   required: str) -> Tuple[_Running, _Running]:
+    """``(buffers, frozen)``: the running statistics that a call with batch statistics updates in place
+    (None where there are none), or the checked ones (``rm``, ``rv``) that a call without normalizes
+    with (required then: ``required`` says when)."""
+    if use_batch_stats:
+        if rm is None:
+            return None, None
+        return (_check_buffer(running_mean, "running_mean"), _check_buffer(running_var, "running_var")), None
+    if rm is None or rv is None:
+        raise ValueError(f"running_mean, running_var: required when {required}")
+    return None, (rm, rv)
+
+
+def _momentum_factor(momentum: object, num_batches_tracked: object) -> float:
+    """The weight of the new batch in the running statistics: ``momentum``, or the cumulative average's
+    ``1 / (num_batches_tracked + 1)`` for ``momentum=None``."""
+    momentum = _check_momentum(momentum)
+    if momentum is not None:
+        return momentum
+    if num_batches_tracked is None:
+        raise ValueError("num_batches_tracked: required with momentum=None (a cumulative average)")
+    if isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral) \
+            or num_batches_tracked < 0:
+        raise ValueError(f"num_batches_tracked: expected an integer >= 0, got {num_batches_tracked!r}")
+    return 1.0 / (int(num_batches_tracked) + 1)
+
+
+def _check_normalized_shape(normalized_shape: object, x: FloatArray) -> Tuple[int, ...]:
+    """normalized_shape as a tuple that must equal the input's trailing dimensions."""
+    if (type(normalized_shape) is tuple and 0 < len(normalized_shape) <= x.ndim
+            and x.shape[x.ndim - len(normalized_shape):] == normalized_shape
+            and (type(normalized_shape[0]) is int if len(normalized_shape) == 1
+                 else all(type(d) is int for d in normalized_shape))):
+        return normalized_shape
+    shape = _normalized_shape(normalized_shape)
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"normalized_shape: expected the input's trailing dimensions to be {shape}, "
+                         f"got input of shape {x.shape}")
+    return shape
+
+
+def _rms_eps(eps: Optional[float], dtype: np.dtype[Any]) -> float:
+    """RMSNorm's eps: None is the machine epsilon of the dtype the input is computed in, as PyTorch
+    (float32's for float16 input); the backward's check needs the same value."""
+    if eps is not None:
+        return eps
+    return float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
+
+
+def _group_norm_layout(x: FloatArray, num_groups: SupportsIndex, channel_axis: SupportsIndex) -> Tuple[int, int, int]:
+    """(channel axis, groups, channels) of a GroupNorm input, checked."""
+    _check_ndim(x, 2, "(N, C, ...)")
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    if axis not in (1, x.ndim - 1):
+        raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis}")
+    G = check_count(num_groups, "num_groups")
+    C = x.shape[axis]
+    if C % G:
+        raise ValueError(f"num_groups: expected a divisor of the {C} channels of the input, got {G}")
+    return axis, G, C
+
+
+def _grad_inputs(grad_output: ArrayLike, input: ArrayLike) -> Tuple[FloatArray, FloatArray, np.dtype[Any]]:
+    """(x, dy, result dtype) of a backward: dy of x's shape, in x's compute dtype."""
+    x, dtype = _as_input(input, "input")
+    g, _ = _as_input(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output: expected shape {x.shape} (the input's), got {g.shape}")
+    if g.dtype != x.dtype:
+        g = g.astype(x.dtype)
+    return x, g, dtype
+
+
+def _check_of(eps: Optional[float]) -> Optional[float]:
+    """The kernels' ``check`` argument of a backward: the forward's eps, or None (no check)."""
+    return None if eps is None else _check_eps(eps)
+
+
+def _normalize_axes(axes: Shape, ndim: int) -> Tuple[int, ...]:
+    """``axes`` of a reduction as sorted distinct axes in range."""
+    items = axes if isinstance(axes, Iterable) and not isinstance(axes, numbers.Integral) else (axes,)
+    try:
+        checked = tuple(_check_axis(a, ndim, "axes") for a in items)
+    except TypeError:
+        raise TypeError(f"axes: expected an integer or a sequence of integers, got {axes!r}") from None
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"axes: repeated axis in {checked}")
+    return tuple(sorted(checked))
+
+
+def _broadcast_params(x: FloatArray, **values: object) -> Tuple[Dict[str, Stats], Tuple[int, ...]]:
+    """batch_normalization's parameters as float64 arrays (those None left out; ``mean`` and ``variance``
+    required), and the shape they broadcast to with x."""
+    params: Dict[str, Stats] = {}
+    for pname, value in values.items():
+        if value is None:
+            if pname in ("mean", "variance"):
+                raise TypeError(f"{pname}: required, got None")
+            continue
+        a = _array(value, pname)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{pname}: expected real numbers, got dtype {a.dtype}")
+        params[pname] = a.astype(np.float64)
+    try:
+        shape = np.broadcast_shapes(x.shape, *(a.shape for a in params.values()))
+    except ValueError:
+        shapes = ", ".join(f"{k} {a.shape}" for k, a in params.items())
+        raise ValueError(f"x, {', '.join(params)}: shapes do not broadcast: x {x.shape}, {shapes}") from None
+    return params, shape
 
 
 def _float64_input(x: object, name: str) -> Tuple[Stats, np.dtype[Any]]:

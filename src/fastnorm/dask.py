@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, List, Sequence, SupportsIndex, Tuple, Uni
 import numpy as np
 from numpy.typing import NDArray
 
-from . import functional as F
 from . import layers as L
+from ._validation import _normalize_axes
 from .statistics import Moments
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def moments(array: da.Array, axes: Union[SupportsIndex, Sequence[SupportsIndex]]
 
     if check_count(split_every, "split_every") < 2:
         raise ValueError(f"split_every: expected at least 2 partials per merge, got {split_every}")
-    reduced = F._normalize_axes(axes, array.ndim)
+    reduced = _normalize_axes(axes, array.ndim)
 
     def chunk(x: NDArray[Any], axis: Tuple[int, ...], keepdims: bool,
               computing_meta: bool = False) -> Union[Moments, NDArray[Any]]:

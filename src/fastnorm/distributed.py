@@ -14,9 +14,9 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
-from . import functional as F
+from . import _plan as F
 from ._threads import threads_for
-from ._validation import _as_input, _channel_vector, _check_axis, _check_eps, _check_out
+from ._validation import _as_input, _channel_params, _channel_vector, _check_axis, _check_eps, _check_out, _grad_inputs
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
                      BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
 from .statistics import Moments
@@ -290,7 +290,7 @@ class SyncBatchNorm(_BatchNorm):
         if C != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
         tracking = self.training and self.track_running_stats
-        _, _, w, b = F._channel_params(x, C, self.running_mean if tracking else None,
+        _, _, w, b = _channel_params(x, C, self.running_mean if tracking else None,
                                        self.running_var if tracking else None, self.weight, self.bias)
         if out is not None:
             _check_out(out, x.shape, dtype)
@@ -352,7 +352,7 @@ class SyncBatchNorm(_BatchNorm):
         x, mean, invstd, _, count = saved
 
         def local() -> Tuple[NDArray[np.float64], _BackwardStep]:
-            x_, g, dtype = F._grad_inputs(grad_output, x)
+            x_, g, dtype = _grad_inputs(grad_output, x)
             axis = _check_axis(self.channel_axis, x_.ndim, "channel_axis")
             buf, N, C, S, moved = F._channel_view(x_, axis)
             gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)

@@ -8,7 +8,7 @@ from typing import Dict, Mapping, Sequence, SupportsIndex, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import functional as F
+from ._tf_ops import moments64
 from ._validation import _array, _as_input
 
 __all__ = ["Moments"]
@@ -143,7 +143,7 @@ class Moments:
         ([2.0, 2.0], [2.0, 4.0], [2.0, 8.0])
         """
         a, _ = _as_input(x, "x")
-        count, mean, var = F.moments64(a, axes, keepdims)
+        count, mean, var = moments64(a, axes, keepdims)
         if count == 0:
             return cls.empty(mean.shape)
         return cls._of_variance(np.broadcast_to(float(count), mean.shape), mean, var)

@@ -1,0 +1,491 @@
+"""The backwards of ``fastnorm.functional``: the gradients of each forward with respect to its input,
+weight and bias, from the forward's input and the statistics its ``return_stats`` gave.
+
+Each runs the forward's steps: validate (``_validation``), plan the view (``_plan``), call the kernel,
+finish (``_plan._finish``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, SupportsIndex, Tuple, overload
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _kernels
+from ._plan import _by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat
+from ._threads import threads_for
+from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels, _check_ndim, _check_of,
+                          _check_normalized_shape, _elementwise_vector, _grad_inputs, _group_norm_layout,
+                          _stat_vector)
+
+__all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
+           "instance_norm_backward"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward passes
+# ---------------------------------------------------------------------------------------------------------
+# Each takes the forward's input and the statistics its ``return_stats`` gave, and returns
+# (grad_input, grad_weight, grad_bias): grad_input of the input's shape and dtype, the parameter gradients
+# float64 sums of dy * xhat and dy over each parameter's values (None where the layer has no such
+# parameter).  ``training=False`` (frozen statistics, eval mode) drops the terms through the statistics.
+#
+# A training-mode backward reads the input anyway: its per-group sums of xhat and xhat**2 can be checked
+# against the statistics given at no extra memory traffic (see _kernels._first_modified), and a
+# RuntimeError (PyTorch's words) says when the input cannot be the one they came from: modified in place
+# after the forward (``x += y``), or statistics of another input.  The layers always check (they keep the
+# input by reference, and its statistics).  The functions check when given the forward's ``eps``: their
+# caller passes the input itself, and may pass statistics from elsewhere (another framework's, rounded to
+# float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
+
+
+
+
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike] = None, training: bool = True, *,
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
+    r"""Gradients of :func:`batch_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.
+    input : array_like, shape (N, C, ...)
+        The forward's input (float16, float32 or float64).
+    mean, invstd : array_like of shape (C,)
+        The statistics the forward normalized with (its ``return_stats``): the batch's in training
+        mode; the running mean and ``1 / sqrt(running_var + eps)`` in evaluation mode.
+    weight : array_like of shape (C,), optional
+        The forward's weight :math:`\gamma` (None: 1).
+    training : bool
+        Whether the statistics were the batch's (they then depend on the input, and their gradient
+        terms are included).
+    channel_axis : int, keyword-only
+        The forward's ``channel_axis``.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
+
+    Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight, grad_bias : ndarray of float64, shape (C,)
+        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
+        each channel's values (0 for an empty input).
+
+    Raises
+    ------
+    TypeError
+        ``grad_output``, ``input`` or ``weight`` not floating point; ``channel_axis`` not an integer.
+    ValueError
+        Fewer than 2 dimensions; ``grad_output`` of another shape; ``mean``, ``invstd`` or ``weight`` not
+        of shape (C,); ``channel_axis`` out of range.
+    RuntimeError
+        With ``training`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
+
+    Notes
+    -----
+    With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
+    means taken over the M values of each channel:
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
+        \overline{g \hat x} \right) \text{ (training)}, \qquad
+        \frac{\partial L}{\partial x} = \sigma^{-1} g \text{ (frozen statistics)}
+
+    the derivative of Ioffe and Szegedy's (2015) transform, as PyTorch's ``batch_norm`` backward
+    computes it.
+
+    References
+    ----------
+    Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by reducing
+    internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.random.default_rng(0).normal(size=(8, 3))
+    >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    >>> dx, dw, db = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, invstd)
+    >>> bool(np.abs(dx).max() < 1e-12), db.tolist()  # a constant gradient does not move a normalized y
+    (True, [8.0, 8.0, 8.0])
+    """
+    x, g, dtype = _grad_inputs(grad_output, input)
+    axis, C = _check_channels(x, channel_axis)
+    mean_ = _stat_vector(mean, "mean", (C,))
+    invstd_ = _stat_vector(invstd, "invstd", (C,))
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    buf, N, C, S, moved = _channel_view(x, axis)
+    gbuf = _like_view(g, axis, moved)
+    dx = _kernels.empty_like(buf)
+    nthreads = threads_for(x.size, S if S > 1 else 64)
+    check = _check_of(eps)
+    if S == 1:
+        sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, 1, N, C, C, mean_, invstd_, w, bool(training),
+                                                    nthreads, check)
+    elif _by_columns(N, S):  # short runs: by columns, as the forward
+        sum_dy, sum_dyx = (a.reshape(C, S).sum(axis=1) for a in _kernels.backward_columns(
+            buf, gbuf, dx, 1, N, C * S, C, mean_, invstd_, _repeat(w, S), bool(training), nthreads, check))
+    else:
+        sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, N, C, S, mean_, invstd_, w, bool(training), nthreads,
+                                                 check=check)
+    return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
+
+
+def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: Optional[ArrayLike],
+                   rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                   rms: bool, eps: Optional[float]) -> Grads:
+    """LayerNorm's or RMSNorm's (``rms``, without ``mean``) grad_input and per-element parameter sums."""
+    x, g, dtype = _grad_inputs(grad_output, input)
+    shape = _check_normalized_shape(normalized_shape, x)
+    lead = x.shape[:x.ndim - len(shape)]
+    mean_ = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
+    rstd_ = _stat_vector(rstd, "rstd", lead)
+    w = _elementwise_vector(weight, "weight", shape, x)
+    _elementwise_vector(bias, "bias", shape, x)  # only its presence matters; checked as the forward's
+    D = math.prod(shape)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(shape), np.zeros(shape)
+    buf, gbuf = _contiguous(x), _contiguous(g)
+    dx = _kernels.empty_like(buf)
+    sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, x.size // D, D, mean_, rstd_, w, True,
+                                             threads_for(x.size, D), per_element=True, rms=rms, check=_check_of(eps))
+    return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
+
+
+@overload
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
+@overload
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: None = ..., bias: None = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
+@overload
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
+                        eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
+                        eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
+    r"""Gradients of :func:`layer_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.
+    input : array_like, shape ``(..., *normalized_shape)``
+        The forward's input (float16, float32 or float64).
+    normalized_shape : int or sequence of int
+        The forward's ``normalized_shape``.
+    mean, rstd : array_like of the input's leading shape
+        What ``layer_norm(..., return_stats=True)`` returned.
+    weight : array_like of shape normalized_shape, optional
+        The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
+    bias : array_like of shape normalized_shape, optional
+        The forward's bias, or any array of its shape: only whether there is one matters (None: no
+        grad_bias).
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
+
+    Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight : ndarray of float64 of shape normalized_shape, or None
+        :math:`\sum \partial L / \partial y \cdot \hat x` over the rows; None without ``weight``.
+    grad_bias : ndarray of float64 of shape normalized_shape, or None
+        :math:`\sum \partial L / \partial y` over the rows; None without ``bias``.
+
+    Raises
+    ------
+    TypeError
+        ``grad_output``, ``input``, ``weight`` or ``bias`` not floating point; ``normalized_shape`` not
+        integers.
+    ValueError
+        ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
+        ``mean``, ``rstd``, ``weight`` or ``bias`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
+
+    Notes
+    -----
+    With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
+    means taken over the D values of each row:
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
+        \overline{g \hat x} \right)
+
+    the derivative of the transform of Ba, Kiros and Hinton (2016), as PyTorch's ``layer_norm`` backward
+    computes it.
+
+    References
+    ----------
+    Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x, w = np.array([[1., 2., 4.], [0., 3., 3.]]), np.ones(3)
+    >>> y, mean, rstd = fastnorm.layer_norm(x, 3, w, return_stats=True)
+    >>> dx, dw, db = fastnorm.layer_norm_backward(np.ones_like(x), x, 3, mean, rstd, w)
+    >>> bool(np.abs(dx).max() < 1e-12), db is None, bool(np.allclose(dw, y.sum(axis=0)))
+    (True, True, True)
+    """
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps)
+    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+
+
+@overload
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
+                      weight: ArrayLike, *, eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
+@overload
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
+                      weight: None = ..., *, eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
+@overload
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
+                      weight: Optional[ArrayLike] = ..., *,
+                      eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
+                      weight: Optional[ArrayLike] = None, *,
+                      eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], None]:
+    r"""Gradients of :func:`rms_norm` with respect to its input and weight.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.
+    input : array_like, shape ``(..., *normalized_shape)``
+        The forward's input (float16, float32 or float64).
+    normalized_shape : int or sequence of int
+        The forward's ``normalized_shape``.
+    rstd : array_like of the input's leading shape
+        What ``rms_norm(..., return_stats=True)`` returned.
+    weight : array_like of shape normalized_shape, optional
+        The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
+    eps : float, keyword-only, optional
+        The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is checked against the statistics (see Raises).
+
+    Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight : ndarray of float64 of shape normalized_shape, or None
+        :math:`\sum \partial L / \partial y \cdot \hat x` over the rows; None without ``weight``.
+    None
+        In the place of grad_bias (RMSNorm has no bias), so that every backward returns three values.
+
+    Raises
+    ------
+    TypeError
+        ``grad_output``, ``input`` or ``weight`` not floating point; ``normalized_shape`` not integers.
+    ValueError
+        ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
+        ``rstd`` or ``weight`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
+
+    Notes
+    -----
+    With :math:`\hat x = x \, r` (:math:`r` the inverse root mean square) and
+    :math:`g = \gamma \, \partial L / \partial y`, the mean taken over the D values of each row:
+
+    .. math:: \frac{\partial L}{\partial x} = r \left( g - \hat x \, \overline{g \hat x} \right)
+
+    the derivative of Zhang and Sennrich's (2019) transform.
+
+    References
+    ----------
+    Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+    https://arxiv.org/abs/1910.07467
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.array([[3., 4.]])
+    >>> y, rstd = fastnorm.rms_norm(x, 2, eps=0.0, return_stats=True)
+    >>> dx, dw, _ = fastnorm.rms_norm_backward(x, x, 2, rstd)  # dy = x: along x, the scale cancels it
+    >>> bool(np.abs(dx).max() < 1e-12), dw
+    (True, None)
+    """
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps)
+    return dx, (dw if weight is not None else None), None
+
+
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
+    r"""Gradients of :func:`group_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.
+    input : array_like, shape (N, C, ...)
+        The forward's input (float16, float32 or float64).
+    num_groups : int
+        The forward's ``num_groups`` (G).
+    mean, rstd : array_like of shape (N, G)
+        What ``group_norm(..., return_stats=True)`` returned.
+    weight : array_like of shape (C,), optional
+        The forward's weight :math:`\gamma` (None: 1).
+    channel_axis : int, keyword-only
+        The forward's ``channel_axis``: 1 or -1.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
+
+    Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight, grad_bias : ndarray of float64, shape (C,)
+        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
+        each channel's values.
+
+    Raises
+    ------
+    TypeError
+        ``grad_output``, ``input`` or ``weight`` not floating point; ``num_groups`` or ``channel_axis``
+        not an integer.
+    ValueError
+        ``grad_output`` of another shape; the forward's layout errors (see :func:`group_norm`); ``mean``,
+        ``rstd`` or ``weight`` of the wrong shape.
+    RuntimeError
+        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
+
+    Notes
+    -----
+    The formula of :func:`layer_norm_backward`, the means taken over the :math:`(C / G) \cdot S` values of
+    each (sample, group) and :math:`\gamma` indexed by channel; Wu and He's (2018) transform.
+
+    References
+    ----------
+    Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.random.default_rng(0).normal(size=(2, 4, 3))
+    >>> y, mean, rstd = fastnorm.group_norm(x, 2, return_stats=True)
+    >>> dx, dw, db = fastnorm.group_norm_backward(np.ones_like(x), x, 2, mean, rstd)
+    >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
+    (True, [6.0, 6.0, 6.0, 6.0])
+    """
+    x, g, dtype = _grad_inputs(grad_output, input)
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    N = x.shape[0]
+    mean_ = _stat_vector(mean, "mean", (N, G))
+    rstd_ = _stat_vector(rstd, "rstd", (N, G))
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    S = x.size // (N * C)
+    buf, _, _, _, moved = _channel_view(x, axis)
+    gbuf = _like_view(g, axis, moved)
+    dx = _kernels.empty_like(buf)
+    nthreads = threads_for(x.size, S)
+    if _group_norm_channels_last(x, axis, moved):
+        sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads,
+                                                    _check_of(eps))
+    else:
+        sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * G, (C // G) * S, mean_, rstd_, w, True,
+                                                 nthreads, sub=S, groups=G, check=_check_of(eps))
+    return (_finish(dx, None, axis, moved, dtype), sum_dyx.reshape(N, C).sum(axis=0),
+            sum_dy.reshape(N, C).sum(axis=0))
+
+
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
+                           eps: Optional[float] = None) -> Grads:
+    r"""Gradients of :func:`instance_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.
+    input : array_like, shape (N, C, ...)
+        The forward's input (float16, float32 or float64).
+    mean, rstd : array_like
+        What ``instance_norm(..., return_stats=True)`` returned: shape (N, C) with ``use_input_stats``,
+        the running statistics' (C,) without.
+    weight : array_like of shape (C,), optional
+        The forward's weight :math:`\gamma` (None: 1).
+    use_input_stats : bool
+        The forward's ``use_input_stats``: whether the statistics depend on the input.
+    eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).
+
+    Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight, grad_bias : ndarray of float64, shape (C,)
+        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
+        each channel's values.
+
+    Raises
+    ------
+    TypeError
+        ``grad_output``, ``input`` or ``weight`` not floating point.
+    ValueError
+        Fewer than 3 dimensions; ``grad_output`` of another shape; ``mean``, ``rstd`` or ``weight`` of the
+        wrong shape.
+    RuntimeError
+        With ``use_input_stats`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
+        after the forward ("one of the variables needed for gradient computation has been modified by an
+        inplace operation", as PyTorch), or they are another input's.
+
+    Notes
+    -----
+    The formulas of :func:`batch_norm_backward`, the means taken over the spatial values of each
+    (sample, channel); Ulyanov, Vedaldi and Lempitsky's (2016) transform.
+
+    References
+    ----------
+    Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing ingredient for
+    fast stylization. https://arxiv.org/abs/1607.08022
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.random.default_rng(0).normal(size=(2, 3, 5))
+    >>> y, mean, rstd = fastnorm.instance_norm(x, return_stats=True)
+    >>> dx, dw, db = fastnorm.instance_norm_backward(np.ones_like(x), x, mean, rstd)
+    >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
+    (True, [10.0, 10.0, 10.0])
+    """
+    x, g, dtype = _grad_inputs(grad_output, input)
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    N, C = x.shape[:2]
+    shape = (N, C) if use_input_stats else (C,)
+    mean_ = np.broadcast_to(_stat_vector(mean, "mean", shape).reshape(shape), (N, C)).reshape(-1)
+    rstd_ = np.broadcast_to(_stat_vector(rstd, "rstd", shape).reshape(shape), (N, C)).reshape(-1)
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
+    buf, gbuf = _contiguous(x), _contiguous(g)
+    dx = _kernels.empty_like(buf)
+    sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean_),
+                                             np.ascontiguousarray(rstd_), w, bool(use_input_stats),
+                                             threads_for(x.size, x.size // (N * C)), groups=C, check=_check_of(eps))
+    return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
+            sum_dy.reshape(N, C).sum(axis=0))
+

@@ -1,0 +1,634 @@
+"""The forwards of ``fastnorm.functional``: batch_norm, layer_norm, rms_norm, group_norm, instance_norm.
+
+Each runs the same four steps: validate (``_validation``), plan the view of the input's memory and the
+array the kernel writes (``_plan``), call the kernel, finish (``_plan._returned``).  The private twin of
+each public function (``_batch_norm``, ...) also takes a layer's ``commit``: what the kernel call applies
+once the output is written (see ``_plan._committing``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, SupportsIndex, Tuple, Union, overload
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _kernels
+from ._plan import (_by_columns, _channel_view, _committing, _contiguous, _empty_call, _frozen_stats,
+                    _group_norm_channels_last, _repeat, _returned)
+from ._threads import threads_for
+from ._validation import (FloatArray, Shape, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
+                          _check_eps, _check_momentum, _check_ndim, _check_normalized_shape, _check_out,
+                          _elementwise_vector, _group_norm_layout, _momentum_factor, _rms_eps, _running_roles)
+
+__all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batch_norm
+# ---------------------------------------------------------------------------------------------------------
+
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
+               return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
+               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
+               weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
+               momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
+               out: Optional[FloatArray] = None, bessel: bool = True, num_batches_tracked: Optional[int] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    r"""Batch normalization, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, ...)
+        float16, float32 or float64 (float16 is computed in float32).  Any memory order; an array whose
+        memory is channels last (e.g. ``np.moveaxis`` of NHWC data) is used without a copy.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Running statistics, floating point: used to normalize when ``training`` is False (then required);
+        updated in place when it is True (then writable ndarrays, or both None).
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine (:math:`\gamma` and :math:`\beta`), floating point.
+    training : bool
+        Normalize with the batch's own statistics (biased variance) and update the running statistics
+        with the batch mean and the unbiased batch variance.
+    momentum : float in [0, 1] or None
+        PyTorch's convention: the weight of the *new* batch,
+        ``running = (1 - momentum) * running + momentum * batch``.  Keras' ``momentum`` is the weight of
+        the *old* average, i.e. ``1 - momentum`` here.  None means a cumulative average and needs
+        ``num_batches_tracked``.
+    eps : float
+        Added to the variance before the square root, in the input's units squared; > 0 in training.
+    channel_axis : int, keyword-only
+        The axis of the channels: 1 for NCHW-style data (the default), -1 for channels-last data.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    bessel : bool, keyword-only
+        True (PyTorch): the running variance is updated with the unbiased batch variance.  False (ONNX
+        BatchNormalization, Keras): with the biased one.
+    num_batches_tracked : int, keyword-only, optional
+        Batches already averaged into the running statistics; with ``momentum=None`` the factor is
+        ``1 / (num_batches_tracked + 1)``.
+    return_stats : bool, keyword-only
+        Also return the per-channel mean and inverse standard deviation used: what
+        :func:`batch_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input, of the input's shape and dtype (``out`` when given).
+    mean, invstd : ndarray of float64, shape (C,)
+        With ``return_stats`` only: the batch's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}` in
+        training, the running mean and :math:`1 / \sqrt{\mathrm{running\_var} + \epsilon}` in evaluation.
+
+    Raises
+    ------
+    TypeError
+        Input that is not floating point; parameters or ``out`` of the wrong type or dtype; a masked array.
+    ValueError
+        Fewer than 2 dimensions, parameters whose length is not the channel count, training with a
+        single value per channel, evaluation without running statistics, ``out`` of the wrong shape or
+        read-only, a read-only running statistic, bad ``eps``, ``momentum`` or ``num_batches_tracked``.
+
+    Notes
+    -----
+    Per channel :math:`c`, over the batch and spatial axes:
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma_c + \beta_c,
+        \qquad
+        \mathrm{running} \leftarrow (1 - m)\,\mathrm{running} + m\,\mathrm{batch}
+
+    as defined by Ioffe and Szegedy (2015) and implemented by PyTorch's ``batch_norm`` (ONNX
+    BatchNormalization with ``bessel=False``).  The statistics are computed in one pass in double
+    precision (blocked shifted sums merged with Chan's formula), so data far from zero keeps its accuracy.
+
+    References
+    ----------
+    Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by reducing
+    internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.batch_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> y = fastnorm.batch_norm(x, rm, rv, training=True)
+    >>> y.shape, rm.astype(float).round(2).tolist()  # 0.1 * the batch means 3.5, 5.5, 7.5
+    ((2, 3, 2), [0.35, 0.55, 0.75])
+    >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, return_stats=True)
+    >>> mean.tolist()
+    [3.5, 5.5, 7.5]
+    """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                       bessel, num_batches_tracked, return_stats, None)
+
+
+def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
+                eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], bessel: bool,
+                num_batches_tracked: Optional[int], return_stats: bool,
+                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+    x, dtype = _as_input(input, "input")
+    axis, C = _check_channels(x, channel_axis)
+    training = bool(training)
+    eps = _check_eps(eps, training=training)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
+    buffers, frozen = _running_roles(training, running_mean, running_var, rm, rv, "training=False (evaluation "
+                                     "normalizes with the running statistics); pass training=True to use the "
+                                     "batch statistics")
+    factor = _momentum_factor(momentum, num_batches_tracked) if buffers is not None else 0.0
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    if x.size == 0:
+        y, empty = _empty_call(x, out, dtype, C, False, commit)
+        return (y, *empty) if return_stats else y
+    count = x.size // C
+    if training and count <= 1:
+        raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
+    # The plan: the view, the array written, and what the kernel call applies once it is written (the
+    # running statistics' update, a copy into out=, a layer's commit)
+    buf, N, C, S, moved = _channel_view(x, axis)
+    running = None if buffers is None else (*buffers, factor, count / (count - 1) if bessel else 1.0)
+    kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
+    result, commit = _committing(commit, out, buf, axis, moved, running, (C,), False, kept)
+    nthreads = threads_for(x.size, S if S > 1 else 64)
+    if frozen is None:  # the kernel: a path per layout
+        if S == 1:
+            mean, var, rstd = _kernels.forward_columns(buf, result, N, C, w, b, eps, nthreads, commit)
+        elif _by_columns(N, S):  # short runs: by columns of [N, C * S], S columns a channel
+            mean, var, rstd = _kernels.forward_column_groups(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
+                                                             eps, nthreads, commit)
+        else:
+            mean, var, rstd = _kernels.forward_rows(buf, result, N, C, S, w, b, eps, nthreads, commit=commit)
+    else:
+        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+    y = _returned(result, out, axis, moved, dtype)
+    if not return_stats:
+        return y
+    if kept is not None:
+        mean, rstd = kept
+    return y, mean, rstd
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LayerNorm, RMSNorm, GroupNorm, InstanceNorm: statistics per row of a contiguous view
+# ---------------------------------------------------------------------------------------------------------
+
+def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+               eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
+               commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+    """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape with ``return_stats``,
+    else ``(y, None)``; the kernel call also applies a layer's ``commit`` (see _committing)."""
+    x, dtype = _as_input(input, "input")
+    shape = _check_normalized_shape(normalized_shape, x)
+    w = _elementwise_vector(weight, "weight", shape, x)
+    b = _elementwise_vector(bias, "bias", shape, x)
+    if rms:
+        eps = _rms_eps(eps, x.dtype)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    lead = x.shape[:x.ndim - len(shape)]
+    if x.size == 0:
+        y, empty = _empty_call(x, out, dtype, lead, rms, commit)
+        return y, empty if return_stats else None
+    D = math.prod(shape)
+    if w is None and b is not None:
+        w = np.ones(D, x.dtype)
+    buf = _contiguous(x)
+    result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
+    stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
+                                  rms=rms, stats=return_stats, commit=commit)
+    y = _returned(result, out, 0, False, dtype)
+    return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
+
+
+
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
+               return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
+               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, out: Optional[FloatArray] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.functional.layer_norm``.
+
+    Parameters
+    ----------
+    input : array_like, shape ``(..., *normalized_shape)``
+        float16, float32 or float64 (float16 is computed in float32).
+    normalized_shape : int or sequence of int
+        The trailing dimensions to normalize over (one "row" is their product of values).
+    weight, bias : array_like of shape normalized_shape, optional
+        Elementwise affine (:math:`\gamma` and :math:`\beta`), floating point.
+    eps : float
+        Added to the variance before the square root, in the input's units squared.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    return_stats : bool, keyword-only
+        Also return the statistics of each row: what :func:`layer_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    mean, rstd : ndarray of float64, of the input's leading shape ``input.shape[:-len(normalized_shape)]``
+        With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`.
+
+    Raises
+    ------
+    TypeError
+        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
+    ValueError
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` or ``bias``
+        of another shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+
+    Notes
+    -----
+    Over each row of ``D = prod(normalized_shape)`` values, with the biased variance:
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma + \beta
+
+    as defined by Ba, Kiros and Hinton (2016) and by PyTorch's ``layer_norm`` (ONNX LayerNormalization).
+
+    References
+    ----------
+    Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.layer_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3).round(4).tolist()
+    [[-1.2247, 0.0, 1.2247]]
+    >>> y, mean, rstd = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, eps=0.0, return_stats=True)
+    >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
+    ([2.0], [0.6667])
+    """
+    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
+    return y if stats is None else (y, *stats)
+
+
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
+             return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
+             return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
+             return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None, *, out: Optional[FloatArray] = None,
+             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.functional.rms_norm``.
+
+    Parameters
+    ----------
+    input : array_like, shape ``(..., *normalized_shape)``
+        float16, float32 or float64 (float16 is computed in float32).
+    normalized_shape : int or sequence of int
+        The trailing dimensions to normalize over.
+    weight : array_like of shape normalized_shape, optional
+        Elementwise scale :math:`\gamma`, floating point.
+    eps : float or None
+        Added to the mean square before the square root, in the input's units squared.  None (the
+        default) is the machine epsilon of the dtype the input is computed in (float32's for float16
+        input), as in PyTorch.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    return_stats : bool, keyword-only
+        Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    rstd : ndarray of float64, of the input's leading shape
+        With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row.
+
+    Raises
+    ------
+    TypeError
+        Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
+    ValueError
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` of another
+        shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+
+    Notes
+    -----
+    Over each row, without centering:
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \, \gamma
+
+    as defined by Zhang and Sennrich (2019) and by PyTorch's ``rms_norm``.
+
+    References
+    ----------
+    Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+    https://arxiv.org/abs/1910.07467
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.rms_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0).round(4).tolist()
+    [[0.8485, 1.1314]]
+    >>> y, rstd = fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, return_stats=True)
+    >>> (1 / rstd ** 2).tolist()  # the mean square (9 + 16) / 2
+    [12.5]
+    """
+    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats)
+    return y if stats is None else (y, stats[1])
+
+
+
+@overload
+def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               out: Optional[FloatArray] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
+               out: Optional[FloatArray] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    r"""Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
+    ``num_groups`` groups of consecutive channels and each sample is normalized per group.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, ...)
+        float16, float32 or float64 (float16 is computed in float32).  ``channel_axis=-1`` takes
+        channels-last input (N, ..., C).
+    num_groups : int
+        G, a positive divisor of C.
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine (:math:`\gamma` and :math:`\beta`), floating point.
+    eps : float
+        Added to the variance before the square root, in the input's units squared.
+    channel_axis : int, keyword-only
+        1 (channels first, the default) or -1 (channels last).
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    return_stats : bool, keyword-only
+        Also return the statistics of each (sample, group): what :func:`group_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    mean, rstd : ndarray of float64, shape (N, G)
+        With ``return_stats`` only: the mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}` of each
+        sample's group.
+
+    Raises
+    ------
+    TypeError
+        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``num_groups`` or
+        ``channel_axis`` not an integer.
+    ValueError
+        Fewer than 2 dimensions; ``channel_axis`` other than 1 or -1; ``num_groups`` below 1 or not a
+        divisor of C; ``weight`` or ``bias`` not of shape (C,); ``out`` of the wrong shape or read-only; a
+        negative or non-finite ``eps``.
+
+    Notes
+    -----
+    Over the :math:`(C / G) \cdot S` values of group :math:`g` of a sample (S the spatial size), with the
+    biased variance:
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma_c + \beta_c
+
+    as defined by Wu and He (2018) and by PyTorch's ``group_norm``.
+
+    References
+    ----------
+    Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.group_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> y = fastnorm.group_norm(np.arange(16.).reshape(2, 4, 2), 2)
+    >>> y[0, :2].round(4).tolist()
+    [[-1.3416, -0.4472], [0.4472, 1.3416]]
+    >>> y, mean, rstd = fastnorm.group_norm(np.arange(16.).reshape(2, 4, 2), 2, return_stats=True)
+    >>> mean.tolist()
+    [[1.5, 5.5], [9.5, 13.5]]
+    """
+    return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None)
+
+
+def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], return_stats: bool,
+                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+    x, dtype = _as_input(input, "input")
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    b = _channel_vector(bias, "bias", C, x.dtype)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    N = x.shape[0]
+    if x.size == 0:
+        y, empty = _empty_call(x, out, dtype, (N, G), False, commit)
+        return (y, *empty) if return_stats else y
+    S = x.size // (N * C)
+    buf, _, _, _, moved = _channel_view(x, axis)
+    result, commit = _committing(commit, out, buf, axis, moved, None, (N, G))
+    nthreads = threads_for(x.size, S)
+    if _group_norm_channels_last(x, axis, moved):
+        stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(buf, result, N, S, C, G, w, b, eps,
+                                                                                     nthreads, commit)
+    else:
+        stats = _kernels.forward_rows(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
+                                      stats=return_stats, commit=commit)
+    y = _returned(result, out, axis, moved, dtype)
+    if not return_stats or stats is None:
+        return y
+    return y, stats[0].reshape(N, G), stats[2].reshape(N, G)
+
+
+
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
+                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
+                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
+                  eps: float = ..., *, out: Optional[FloatArray] = ...,
+                  return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
+                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
+                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
+                  eps: float = ..., *, out: Optional[FloatArray] = ...,
+                  return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
+                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
+                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
+                  eps: float = ..., *, out: Optional[FloatArray] = ...,
+                  return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
+                  running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
+                  bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5, *, out: Optional[FloatArray] = None,
+                  return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    r"""Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
+    normalized over its spatial dimensions.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C, ...)
+        float16, float32 or float64 (float16 is computed in float32), with at least one spatial
+        dimension.
+    running_mean, running_var : ndarray of shape (C,), optional
+        With ``use_input_stats``, updated in place (writable ndarrays) with the mean over the batch of the
+        instance statistics (unbiased variances); without, used to normalize (then required).
+    weight, bias : array_like of shape (C,), optional
+        Per-channel affine (:math:`\gamma` and :math:`\beta`), floating point.
+    use_input_stats : bool
+        Normalize with each instance's own statistics (True) or with the running statistics.
+    momentum : float in [0, 1]
+        Weight of the new batch in the running statistics (PyTorch's convention).
+    eps : float
+        Added to the variance before the square root, in the input's units squared.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    return_stats : bool, keyword-only
+        Also return the statistics used: what :func:`instance_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    mean, rstd : ndarray of float64
+        With ``return_stats`` only: the mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}` per
+        (sample, channel), shape (N, C), with ``use_input_stats``; the running ones, shape (C,), without.
+
+    Raises
+    ------
+    TypeError
+        Input, parameters or ``out`` that are not floating point; a running statistic to update that is
+        not an ndarray.
+    ValueError
+        Fewer than 3 dimensions; a single spatial value with ``use_input_stats``; parameters whose length
+        is not C; only one of the running statistics, or none without ``use_input_stats``; a read-only
+        running statistic to update; ``out`` of the wrong shape or read-only; bad ``eps`` or ``momentum``.
+
+    Notes
+    -----
+    Over the spatial values of each (sample, channel), with the biased variance:
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma_c + \beta_c
+
+    as defined by Ulyanov, Vedaldi and Lempitsky (2016) and by PyTorch's ``instance_norm``.
+
+    References
+    ----------
+    Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing ingredient for
+    fast stylization. https://arxiv.org/abs/1607.08022
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.instance_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.instance_norm(np.array([[[1., 3.], [2., 2.]]])).round(4).tolist()
+    [[[-1.0, 1.0], [0.0, 0.0]]]
+    >>> rm, rv = np.zeros(2), np.ones(2)
+    >>> y = fastnorm.instance_norm(np.array([[[1., 3.], [2., 2.]]]), rm, rv, momentum=1.0)
+    >>> rm.tolist(), rv.tolist()  # the instance means, and the unbiased variances
+    ([2.0, 2.0], [2.0, 0.0])
+    """
+    return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
+                          return_stats, None)
+
+
+def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                   weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
+                   eps: float, out: Optional[FloatArray], return_stats: bool,
+                   commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+    x, dtype = _as_input(input, "input")
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    C = x.shape[1]
+    eps = _check_eps(eps)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
+    use_input_stats = bool(use_input_stats)
+    buffers, frozen = _running_roles(use_input_stats, running_mean, running_var, rm, rv, "use_input_stats=False")
+    factor = _check_momentum(momentum, allow_none=False) if buffers is not None else 0.0
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    N = x.shape[0]
+    S = x.size // (N * C) if x.size else 0
+    if use_input_stats and x.size and S <= 1:
+        raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
+    if x.size == 0:
+        y, empty = _empty_call(x, out, dtype, (N, C) if use_input_stats else (C,), False, commit)
+        return (y, *empty) if return_stats else y
+    buf = _contiguous(x)
+    # the running statistics take the mean over the samples of the instances' statistics
+    running = None if buffers is None else (*buffers, factor, S / (S - 1))
+    kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
+    result, commit = _committing(commit, out, buf, 1, False, running, (N, C), False, kept)
+    nthreads = threads_for(x.size, S)
+    if frozen is None:
+        stats = _kernels.forward_rows(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C, stats=return_stats,
+                                      commit=commit)
+        if stats is not None:
+            mean, var, rstd = (a.reshape(N, C) for a in stats)
+    else:
+        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+    y = _returned(result, out, 1, False, dtype)
+    if not return_stats:
+        return y
+    if kept is not None:
+        mean, rstd = kept
+    return y, mean, rstd
+
+
+
+

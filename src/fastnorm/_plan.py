@@ -1,0 +1,200 @@
+"""Every choice of view and path of the functions, in one place: which view of the input's memory the
+kernels work on (``[N, C, S]`` channels first, ``[M, C]`` channels last, rows of ``[R, D]``), which kernel
+path a shape takes, which array the kernel writes, and how its result becomes what a call returns.
+
+A function of ``fastnorm.functional`` runs four steps: validate (``_validation``), plan the view (here),
+call the kernel, finish (here).  Nothing here checks arguments: everything it is given is checked.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _kernels
+from ._validation import FloatArray, Shape, Stats, _Vector
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Views of the input
+# ---------------------------------------------------------------------------------------------------------
+
+def _contiguous(x: FloatArray) -> FloatArray:
+    return x if _kernels.is_c_contiguous(x) else np.ascontiguousarray(x)
+
+
+def _channel_view(x: FloatArray, axis: int) -> Tuple[FloatArray, int, int, int, bool]:
+    """A C-contiguous buffer holding x, seen as ``[N, C, S]`` around ``axis`` (S == 1 is ``[M, C]``).
+
+    Returns ``(buf, N, C, S, moved)``: when x is a channels-first view of channels-last memory (what
+    ``np.moveaxis`` of an NHWC array gives), ``buf`` is that memory as ``[..., C]`` with no copy and
+    ``moved`` is True; otherwise ``buf`` is x itself or a C-ordered copy of it.
+    """
+    shape = x.shape
+    C = shape[axis]
+    if _kernels.is_c_contiguous(x):
+        buf = x
+    else:
+        if axis != x.ndim - 1 and x.size:
+            moved = np.moveaxis(x, axis, -1)
+            if moved.flags.c_contiguous:
+                return moved, x.size // C, C, 1, True
+        buf = np.ascontiguousarray(x)
+    N = math.prod(shape[:axis]) if axis != 1 else shape[0]
+    S = x.size // (N * C) if x.size else math.prod(shape[axis + 1:])
+    return buf, N, C, S, False
+
+
+def _like_view(a: FloatArray, axis: int, moved: bool) -> FloatArray:
+    """A second array of the input's shape (a gradient) in the memory order of the input's view."""
+    return np.ascontiguousarray(np.moveaxis(a, axis, -1) if moved else a)
+
+
+def _by_columns(N: int, S: int) -> bool:
+    """Whether channels-first training or backward of [N, C, S] goes by the columns of [N, C * S]."""
+    return 1 < S < _kernels.get_short_run() and S <= N
+
+
+def _repeat(v: _Vector, S: int) -> _Vector:
+    """A per-channel vector as per-column values of [N, C * S] (None stays None)."""
+    return None if v is None else np.repeat(v, S)
+
+
+def _group_norm_channels_last(x: FloatArray, axis: int, moved: bool) -> bool:
+    """Whether GroupNorm runs on channels-last memory ([N, S, C]).  With one value per channel (S == 1)
+    the layouts coincide and the rows of [N * G, C / G] go faster (a column pass of one row per sample
+    paid a merge per column)."""
+    return (moved or axis == x.ndim - 1) and x.size != x.shape[0] * x.shape[axis]
+
+
+def _moments_view(x: FloatArray, axes: Tuple[int, ...]) -> Tuple[FloatArray, int, int, int]:
+    """``(buf, N, C, S)``: x as ``[N, C, S]`` with the reduced axes in N and S and the kept ones in C."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    if not kept or kept == list(range(kept[0], kept[-1] + 1)):
+        # The kept axes are one run: x is [N, C, S] around it without moving anything.
+        first = kept[0] if kept else 0
+        last = kept[-1] if kept else -1
+        return (np.ascontiguousarray(x), math.prod(x.shape[:first]), math.prod(x.shape[a] for a in kept),
+                math.prod(x.shape[last + 1:]))
+    return (np.ascontiguousarray(np.transpose(x, list(axes) + kept)), math.prod(x.shape[a] for a in axes),
+            math.prod(x.shape[a] for a in kept), 1)
+
+
+def _varying_axis(x: FloatArray, params: Dict[str, Stats]) -> Tuple[bool, Optional[int]]:
+    """(fused, axis): whether parameters broadcast against x vary along at most one of its axes (then the
+    fused per-channel kernel serves, ``axis`` that one or None), or the general NumPy path is needed."""
+    if x.ndim < 1 or x.size == 0:
+        return False, None
+    padded = [(1,) * (x.ndim - a.ndim) + a.shape for a in params.values()]
+    varying = {i for s in padded for i, n in enumerate(s) if n != 1}
+    if len(varying) > 1:
+        return False, None
+    return True, varying.pop() if varying else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The array the kernel writes, and what a call returns
+# ---------------------------------------------------------------------------------------------------------
+
+def _result_buffer(out: Optional[FloatArray], buf: FloatArray, axis: int, moved: bool) -> FloatArray:
+    """The array the kernel writes: ``out`` itself where its memory has the kernel's layout and dtype and
+    does not partly overlap the input; otherwise a new array (copied into ``out`` by ``_finish``)."""
+    if out is not None:
+        target = np.moveaxis(out, axis, -1) if moved else out
+        if _kernel_writes(target, buf) and (
+            not np.may_share_memory(target, buf)
+            or target.__array_interface__["data"][0] == buf.__array_interface__["data"][0]
+        ):
+            return target
+    return _kernels.empty_like(buf)
+
+
+def _kernel_writes(target: FloatArray, buf: FloatArray) -> bool:
+    """Whether the kernel may write its result straight into ``target`` (a checked ``out``, or its
+    channels-last view) when reading ``buf``; otherwise it writes a new array, then copied."""
+    return target.dtype == buf.dtype and target.flags.c_contiguous and target.flags.aligned
+
+
+def _written_into(result: FloatArray, out: FloatArray, moved: bool) -> bool:
+    return result is out or (moved and result.base is out)
+
+
+def _copy_target(result: FloatArray, out: Optional[FloatArray], axis: int, moved: bool) -> Optional[FloatArray]:
+    """Where the result must still be copied: ``out`` (in the kernel's layout) when the kernel wrote
+    elsewhere, else None."""
+    if out is None or _written_into(result, out, moved):
+        return None
+    return np.moveaxis(out, axis, -1) if moved else out
+
+
+def _finish(result: FloatArray, out: Optional[FloatArray], axis: int, moved: bool,
+            dtype: np.dtype[Any]) -> FloatArray:
+    """Return the kernel's result in the input's layout, in ``out`` when given, in the result dtype."""
+    if out is not None and not _written_into(result, out, moved):
+        np.copyto(out, np.moveaxis(result, -1, axis) if moved else result, casting="unsafe")
+    return _returned(result, out, axis, moved, dtype)
+
+
+def _returned(result: FloatArray, out: Optional[FloatArray], axis: int, moved: bool,
+              dtype: np.dtype[Any]) -> FloatArray:
+    """What a call returns: ``out`` when given (filled by the kernel call, see _committing), otherwise the
+    kernel's result in the input's layout and the result dtype."""
+    if out is not None:
+        return out
+    if moved:
+        result = np.moveaxis(result, -1, axis)
+    if result.dtype != dtype:
+        result = result.astype(dtype)
+    return result
+
+
+def _committing(commit: Optional[_kernels.Commit], out: Optional[FloatArray], buf: FloatArray, axis: int,
+                moved: bool, running: Optional[Tuple[FloatArray, FloatArray, float, float]] = None,
+                stats_shape: Optional[Tuple[int, ...]] = None, rms: bool = False,
+                stats: Optional[Tuple[Stats, Stats]] = None) -> Tuple[FloatArray, Optional[_kernels.Commit]]:
+    """(result, commit): the array the kernel writes, and the :class:`~fastnorm._kernels.Commit` that the
+    kernel call applies once it is written (None where nothing is left to apply): the copy into ``out``
+    where the kernel cannot write there directly, the update of the ``running`` statistics (see
+    ``Commit.prepare``), and what the caller's ``commit`` holds (a layer's attributes).  So a call is
+    applied whole by its kernel call, or not at all.  ``stats``: the statistics a layer keeps when
+    they are known beforehand (frozen ones)."""
+    result = _result_buffer(out, buf, axis, moved)
+    target = _copy_target(result, out, axis, moved)
+    if commit is None:
+        if target is None and running is None:
+            return result, None
+        commit = _kernels.Commit()
+    commit.prepare(target, running, stats_shape, rms, stats)
+    return result, commit
+
+
+def _nan_stats(shape: Shape) -> Tuple[Stats, Stats]:
+    """The (mean, rstd) of a call on an empty input: the statistics of no value."""
+    return np.full(shape, np.nan), np.full(shape, np.nan)
+
+
+def _empty_call(x: FloatArray, out: Optional[FloatArray], dtype: np.dtype[Any], stats_shape: Shape, rms: bool,
+                commit: Optional[_kernels.Commit]) -> Tuple[FloatArray, Tuple[Stats, Stats]]:
+    """(y, (mean, rstd)) of a call on an empty input: nothing to normalize, the statistics of no value,
+    nothing updated (a layer's ``commit`` keeps those statistics)."""
+    y = out if out is not None else _kernels.empty(x.shape, dtype)
+    stats = _nan_stats(stats_shape)
+    if commit is not None:
+        commit.prepare(None, None, None, False, stats[1:] if rms else stats)
+        commit.apply()
+    return y, stats
+
+
+def _frozen_stats(running_mean: FloatArray, running_var: FloatArray, eps: float) -> Tuple[Stats, Stats]:
+    """The mean and inverse standard deviation that evaluation mode normalizes with, float64."""
+    return running_mean.astype(np.float64), 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+
+
+def _update_running(running_mean: FloatArray, running_var: FloatArray, mean: Stats, batch_var: Stats, factor: float,
+                    var_scale: float = 1.0) -> None:
+    """Exponential moving average of the running statistics with ``batch_var * var_scale``, computed in
+    float64, in one C call (see ``_kernels.Commit``)."""
+    commit = _kernels.Commit()
+    commit.prepare(None, (running_mean, running_var, factor, var_scale))
+    commit.apply(None, mean, batch_var)
