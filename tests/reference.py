@@ -420,3 +420,81 @@ def normalize_backward(grad_output, input, p=2.0, dim=1, eps=1e-12):
             dn = np.where((x != 0) & (n > 0), np.sign(x) * np.abs(x) ** (p - 1) / n ** (p - 1), 0.0)
     dx = dy / d - np.sum(dy * x, axis=axes, keepdims=True) / d ** 2 * np.where(n >= eps, dn, 0.0)
     return dx.reshape(np.shape(input))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The steps of a batch split across processes (PyTorch's SyncBatchNorm): over the values of a channel
+# ---------------------------------------------------------------------------------------------------------
+
+def _channels(x, channel_axis):
+    """The channel axis, the channel count, the other axes and the shape that broadcasts a (C,) vector."""
+    axis = _axis(channel_axis, x.ndim)
+    return axis, x.shape[axis], tuple(a for a in range(x.ndim) if a != axis), _channel_shape(x.ndim, axis)
+
+
+def batch_norm_stats(input, eps, *, channel_axis=1):
+    """torch.batch_norm_stats: the (C,) mean and 1 / sqrt(biased variance + eps) of each channel."""
+    x, _ = _input(input, min_ndim=2)
+    _, _, others, _ = _channels(x, channel_axis)
+    return x.mean(axis=others), 1 / np.sqrt(x.var(axis=others) + eps)
+
+
+def batch_norm_elemt(input, weight, bias, mean, invstd, eps, *, channel_axis=1, out=None):
+    """torch.batch_norm_elemt: (x - mean) * invstd * weight + bias per channel (eps unused)."""
+    x, _ = _input(input, min_ndim=2)
+    _, C, _, shape = _channels(x, channel_axis)
+    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
+    mean, invstd = _vector(mean, "mean", (C,)), _vector(invstd, "invstd", (C,))
+    return _result(_affine((x - mean.reshape(shape)) * invstd.reshape(shape), weight, bias, shape), out, False)
+
+
+def batch_norm_gather_stats_with_counts(input, mean, invstd, running_mean, running_var, momentum, eps, counts):
+    """torch.batch_norm_gather_stats_with_counts: the mean and invstd of the union of P slices given
+    their (P, C) means, invstds (variance 1 / invstd**2 - eps) and (P,) counts, by the definition
+    n = sum(n_p), mean = sum(n_p * mean_p) / n, var = sum(n_p * (var_p + (mean_p - mean)**2)) / n; the
+    running statistics updated as batch_norm's with the unbiased var * n / (n - 1)."""
+    _input(input)
+    means = np.array(mean, dtype=np.float64)
+    _require(means.ndim == 2 and len(means) >= 1, f"mean: expected shape (P, C), got {means.shape}")
+    P, C = means.shape
+    invstds, n_p = _vector(invstd, "invstd", (P, C)), _vector(counts, "counts", (P,)).reshape(P, 1)
+    _require(np.all(n_p >= 0), "counts: expected numbers >= 0")
+    rm, rv = _running(running_mean, running_var, C, needed=False)
+    var_p = np.maximum(1 / invstds**2 - eps, 0.0)
+    n = n_p.sum()
+    mean = (n_p * means).sum(axis=0) / n
+    var = (n_p * (var_p + (means - mean) ** 2)).sum(axis=0) / n
+    if rm is not None and n > 0:
+        _require(n > 1, "counts: expected more than 1 value in all")
+        _update(running_mean, running_var, rm, rv, mean, var * n / (n - 1), momentum)
+    return mean, 1 / np.sqrt(var + eps)
+
+
+def batch_norm_backward_reduce(grad_output, input, mean, invstd, weight, input_g, weight_g, bias_g, *, channel_axis=1):
+    """torch.batch_norm_backward_reduce: (sum(dy), sum(dy * (x - mean)), grad_weight = sum(dy * xhat),
+    grad_bias = sum(dy)) per channel, each None where its flag is False."""
+    dy, x = _grad_input(grad_output, input, min_ndim=2)
+    _, C, others, shape = _channels(x, channel_axis)
+    mean, invstd = _vector(mean, "mean", (C,)), _vector(invstd, "invstd", (C,))
+    _vector(weight, "weight", (C,))
+    xmu = x - mean.reshape(shape)
+    sum_dy, sum_dy_xmu = dy.sum(axis=others), (dy * xmu).sum(axis=others)
+    return (sum_dy if input_g else None, sum_dy_xmu if input_g else None,
+            (dy * xmu * invstd.reshape(shape)).sum(axis=others) if weight_g else None, sum_dy if bias_g else None)
+
+
+def batch_norm_backward_elemt(grad_output, input, mean, invstd, weight, sum_dy, sum_dy_xmu, count, *,
+                              channel_axis=1):
+    """torch.batch_norm_backward_elemt: dx = (dy - sum_dy / n - (x - mean) * invstd**2 * sum_dy_xmu / n)
+    * weight * invstd, n the sum of ``count``: the module docstring's training dx, its means taken over
+    the n values of the channel in every slice."""
+    dy, x = _grad_input(grad_output, input, min_ndim=2)
+    _, C, _, shape = _channels(x, channel_axis)
+    mean, invstd, sum_dy, sum_dy_xmu = (_vector(v, name, (C,)).reshape(shape) for v, name in (
+        (mean, "mean"), (invstd, "invstd"), (sum_dy, "sum_dy"), (sum_dy_xmu, "sum_dy_xmu")))
+    weight = _vector(weight, "weight", (C,))
+    counts = np.asarray(count, dtype=np.float64)
+    _require(np.all(counts >= 0), "count: expected numbers >= 0")
+    n = counts.sum()
+    g = (dy - sum_dy / n - (x - mean) * invstd**2 * sum_dy_xmu / n) * invstd
+    return g if weight is None else g * weight.reshape(shape)

@@ -383,11 +383,67 @@ def normalize_backward(draw):
     return Case(draw(SEEDS), dict(grad_output=_grad_output(draw, x), input=x, **_lp_arguments(draw, x)))
 
 
+@st.composite
+def batch_norm_stats(draw):
+    x = draw(_input(2))
+    axis, _ = _channel_axis(draw, x)
+    return Case(draw(SEEDS), dict(input=x, eps=draw(st.sampled_from([1e-5, 0.1])), channel_axis=axis))
+
+
+@st.composite
+def batch_norm_elemt(draw):
+    x = draw(_input(2))
+    axis, C = _channel_axis(draw, x)
+    return Case(draw(SEEDS), dict(
+        input=x, weight=_vector(draw, (C,)), bias=_vector(draw, (C,)), mean=_vector(draw, (C,), optional=False),
+        invstd=_vector(draw, (C,), "positive", optional=False), eps=draw(st.sampled_from([1e-5, 0.1])),
+        channel_axis=axis, out=_out(draw, x)))
+
+
+@st.composite
+def batch_norm_gather_stats_with_counts(draw):
+    x = draw(_input(2))
+    P, C = draw(st.integers(1, 4)), draw(st.integers(0, 5))
+    counts = np.array(draw(st.lists(st.integers(0, 9), min_size=P, max_size=P)))
+    running = draw(st.booleans())
+    return Case(draw(SEEDS), dict(
+        input=x, mean=_vector(draw, (P, C), optional=False), invstd=_vector(draw, (P, C), "positive", optional=False),
+        running_mean=_vector(draw, (C,), optional=False) if running else None,
+        running_var=_vector(draw, (C,), "positive", optional=False) if running else None,
+        momentum=draw(st.sampled_from([0.1, 1.0, 0.0])), eps=draw(st.sampled_from([1e-5, 0.1])),
+        counts=_sometimes(draw, counts, np.append(counts, 1))))
+
+
+@st.composite
+def batch_norm_backward_reduce(draw):
+    x = draw(_input(2))
+    axis, C = _channel_axis(draw, x)
+    flags = draw(st.lists(st.booleans(), min_size=3, max_size=3))
+    return Case(draw(SEEDS), dict(
+        grad_output=_grad_output(draw, x), input=x, mean=_vector(draw, (C,), optional=False),
+        invstd=_vector(draw, (C,), "positive", optional=False), weight=_vector(draw, (C,)), input_g=flags[0],
+        weight_g=flags[1], bias_g=flags[2], channel_axis=axis))
+
+
+@st.composite
+def batch_norm_backward_elemt(draw):
+    x = draw(_input(2))
+    axis, C = _channel_axis(draw, x)
+    count = np.array(draw(st.lists(st.integers(0, 20), min_size=1, max_size=3))) + 1  # the whole batch's n > 0
+    return Case(draw(SEEDS), dict(
+        grad_output=_grad_output(draw, x), input=x, mean=_vector(draw, (C,), optional=False),
+        invstd=_vector(draw, (C,), "positive", optional=False), weight=_vector(draw, (C,)),
+        sum_dy=_vector(draw, (C,), optional=False), sum_dy_xmu=_vector(draw, (C,), optional=False), count=count,
+        channel_axis=axis))
+
+
 CASES = {f.__name__: f() for f in (batch_norm, layer_norm, rms_norm, group_norm, instance_norm, moments,
                                    batch_normalization, batch_norm_backward, layer_norm_backward,
                                    rms_norm_backward, group_norm_backward, instance_norm_backward,
                                    local_response_norm, local_response_norm_backward, normalize,
-                                   normalize_backward)}
+                                   normalize_backward, batch_norm_stats, batch_norm_elemt,
+                                   batch_norm_gather_stats_with_counts, batch_norm_backward_reduce,
+                                   batch_norm_backward_elemt)}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from ._backward import (batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
                         rms_norm_backward)
+from ._batch_norm_steps import (batch_norm_backward_elemt, batch_norm_backward_reduce, batch_norm_elemt,
+                                batch_norm_gather_stats_with_counts, batch_norm_stats)
 from ._forward import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from ._lp import normalize, normalize_backward
 from ._lrn import local_response_norm, local_response_norm_backward
@@ -32,4 +34,5 @@ from ._validation import _rms_eps as _rms_eps  # noqa: E402
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
            "instance_norm_backward", "rms_norm_backward", "local_response_norm", "local_response_norm_backward",
-           "normalize", "normalize_backward"]
+           "normalize", "normalize_backward", "batch_norm_stats", "batch_norm_elemt",
+           "batch_norm_gather_stats_with_counts", "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
