@@ -169,8 +169,8 @@ def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optio
     var = _variance(invstd_, eps)
     result, commit = _committing(commit, out, buf, axis, moved, running)
     if x.size:
-        _kernels.normalize(buf, result, N, C, S, mean_, var, w, b, eps, threads_for(x.size, S if S > 1 else 64),
-                           commit)
+        _kernels.forward_with_stats(buf, result, N, C, S, mean_, var, w, b, eps,
+                                    threads_for(x.size, S if S > 1 else 64), commit)
     elif commit is not None:
         commit.apply(result, mean_, var)
     return _returned(result, out, axis, moved, dtype)
@@ -334,12 +334,13 @@ def batch_norm_backward_reduce(grad_output: ArrayLike, input: ArrayLike, mean: A
     if x.size:
         buf, N, C, S, moved = _channel_view(x, axis)
         # The kernel's sum(dy * (x - mean) * rstd), with rstd 1
-        sum_dy, sum_dy_xmu = _kernels.grad_sums(buf, _like_view(g, axis, moved), N, C, S, mean_, np.ones(C),
-                                                threads_for(x.size))
+        sum_dy, sum_dy_xmu = _kernels.backward_reduce(buf, _like_view(g, axis, moved), N, C, S, mean_, np.ones(C),
+                                                      threads_for(x.size))
     else:
         sum_dy, sum_dy_xmu = np.zeros(C), np.zeros(C)
-    return (sum_dy if input_g else None, sum_dy_xmu if input_g else None,
-            sum_dy_xmu * invstd_ if weight_g else None, sum_dy.copy() if bias_g else None)
+    grad_weight = sum_dy_xmu * invstd_ if x.size else np.zeros(C)  # not 0 * NaN for an empty batch's invstd
+    return (sum_dy if input_g else None, sum_dy_xmu if input_g else None, grad_weight if weight_g else None,
+            sum_dy.copy() if bias_g else None)
 
 
 def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
@@ -418,6 +419,6 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
     buf, N, C, S, moved = _channel_view(x, axis)
     dx = _kernels.empty_like(buf)
     # The kernel's sums are sum(dy) and sum(dy * xhat) = invstd * sum_dy_xmu
-    _kernels.grad_apply(buf, _like_view(g, axis, moved), dx, N, C, S, mean_, invstd_, w, sums[0], sums[1] * invstd_,
-                        float(counts.sum()), threads_for(x.size))
+    _kernels.backward_elemt(buf, _like_view(g, axis, moved), dx, N, C, S, mean_, invstd_, w, sums[0],
+                            sums[1] * invstd_, float(counts.sum()), threads_for(x.size))
     return _finish(dx, None, axis, moved, dtype)

@@ -1,7 +1,11 @@
 """Statistics of batches larger than one process: SyncBatchNorm over MPI, exact population statistics.
 
-Both rest on :class:`fastnorm.Moments`: per-channel (count, mean, M2) partials merged with Chan's formula,
-in the same order everywhere, so that every process ends with the same statistics.  mpi4py is imported
+Both rest on per-channel (count, mean, variance) partials merged with Chan's formula (:class:`fastnorm.Moments`),
+in the same order everywhere, so that every process ends with the same statistics.  SyncBatchNorm's training
+step is PyTorch's, on the public functions of ``fastnorm.functional`` (``batch_norm_stats``,
+``batch_norm_gather_stats_with_counts``, ``batch_norm_elemt``, ``batch_norm_backward_reduce``,
+``batch_norm_backward_elemt``) with one exchange between them; this module adds the exchange, its failure
+handling, and the layer's state, applied whole with the output (see ``_kernels.Commit``).  mpi4py is imported
 only when a SyncBatchNorm without an explicit communicator first needs one (``pip install fastnorm[mpi]``).
 """
 from __future__ import annotations
@@ -13,10 +17,9 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Prot
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _kernels
-from . import _plan as F
-from ._threads import threads_for
-from ._validation import _as_input, _channel_params, _channel_vector, _check_axis, _check_eps, _check_out, _grad_inputs
+from . import functional as F
+from ._batch_norm_steps import _variance
+from ._validation import _as_input, _channel_params, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
                      BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
 from .statistics import Moments
@@ -107,27 +110,21 @@ def _merged_moments(rows: NDArray[np.float64]) -> Moments:
                                             for row in rows))
 
 
-# What a training forward's local part hands to the rest of the step: this process's moments, the input
-# kept for backward, the buffer, the result, N, S, the channel axis, whether the buffer is the channels-last
-# memory, weight, bias, the result dtype and the thread count.
-_ForwardStep = Tuple[Moments, Any, NDArray[Any], NDArray[Any], int, int, int, bool, Optional[NDArray[Any]],
-                     Optional[NDArray[Any]], "np.dtype[Any]", int]
-# The same for a training backward: x's buffer, grad_output's, dx, weight, N, C, S, the channel axis, moved,
-# the result dtype and the thread count.
-_BackwardStep = Tuple[NDArray[Any], NDArray[Any], NDArray[Any], Optional[NDArray[Any]], int, int, int, int, bool,
-                      "np.dtype[Any]", int]
-
-
 class SyncBatchNorm(_BatchNorm):
     __doc__ = _fill(r"""Batch normalization over a batch split across MPI processes, as ``torch.nn.SyncBatchNorm``.
 
-    In training mode each process computes the moments of its slice, the processes all-gather them and
-    merge them in rank order (so every process holds the same global statistics), and each normalizes
-    its slice with them; the running statistics are updated identically on every process.  Backward
-    all-gathers the per-channel ``sum(dy)`` and ``sum(dy * xhat)`` the same way; ``grad_weight`` and
-    ``grad_bias`` are then the gradients of the whole batch, equal on every process (no further
-    all-reduce is needed for them).  Each step is one buffer ``Allgather`` of ``3 * C + 1`` (forward) or
-    ``2 * C + 1`` (backward) float64 values per process.
+    It runs PyTorch's steps, each a function of :mod:`fastnorm.functional`.  In training mode each
+    process computes the statistics of its slice (:func:`~fastnorm.functional.batch_norm_stats`), the
+    processes all-gather them with their counts and merge them in rank order
+    (:func:`~fastnorm.functional.batch_norm_gather_stats_with_counts`, so every process holds the same
+    global statistics), and each normalizes its slice with them
+    (:func:`~fastnorm.functional.batch_norm_elemt`); the running statistics are updated identically on
+    every process.  Backward all-gathers the per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``
+    (:func:`~fastnorm.functional.batch_norm_backward_reduce`) the same way and computes the input
+    gradient from their totals (:func:`~fastnorm.functional.batch_norm_backward_elemt`); ``grad_weight``
+    and ``grad_bias`` are then the gradients of the whole batch, equal on every process (no further
+    all-reduce is needed for them).  Each step is one buffer ``Allgather`` of ``2 * C + 2`` (forward) or
+    ``2 * C + 1`` (backward) float64 values per process (a status first).
 
     Slices may differ in size and may be empty; a batch empty on every process gives an empty output and
     updates nothing, as :class:`BatchNorm2d` on an empty batch.  Evaluation mode never communicates: it
@@ -246,14 +243,16 @@ class SyncBatchNorm(_BatchNorm):
         """
         if not self.training:
             return super().forward(x, out=out)
-        rows, step = _allgather(self.communicator, 3 * self.num_features, lambda: self._forward_local(x, out))
-        local, saved, buf, result, N, S, axis, moved, w, b, dtype, nthreads = step
-        total = _merged_moments(rows)
-        count = float(total.count[0])
+        C = self.num_features
+        rows, (x_, saved, local) = _allgather(self.communicator, 2 * C + 1, lambda: self._forward_local(x, out))
+        counts = rows[:, 2 * C]
+        count = float(counts.sum())
         if count == 1:  # known to every process alike
             raise ValueError("input: expected more than 1 value per channel when training, got 1 over all "
                              "processes")
-        mean, var = total.mean, total.var()  # NaN for a batch empty on every process
+        # The running statistics are left to the commit below (momentum unused here): updated with the output
+        mean, invstd = F.batch_norm_gather_stats_with_counts(x_, rows[:, :C], rows[:, C:2 * C], None, None, 0.0,
+                                                             self.eps, counts)  # NaN for a batch empty everywhere
         # What the call changes besides its output, applied by the kernel call that writes it (see
         # _kernels.Commit): an interrupt or a failure leaves all of it or none.
         state: Dict[str, Any] = {}
@@ -266,44 +265,32 @@ class SyncBatchNorm(_BatchNorm):
             factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
             running = (self.running_mean, self.running_var, factor, count / (count - 1) if self.bessel else 1.0)
             state["num_batches_tracked"] = self.num_batches_tracked + 1
-        commit = self._commit(state, (saved, mean, 1.0 / np.sqrt(var + self.eps), True, count)) or _kernels.Commit()
-        target = None  # out= where the normalization wrote elsewhere: the commit copies it there
-        if out is not None and not F._written_into(result, out, moved):
-            target = np.moveaxis(out, axis, -1) if moved else out
-        commit.prepare(target, running)
-        if N * S:
-            _kernels.forward_with_stats(buf, result, N, self.num_features, S, mean, var, w, b, self.eps, nthreads, commit)
-        else:
-            commit.apply(result, mean, var)
-        return F._returned(result, out, axis, moved, dtype)
+        commit = self._commit(state, (saved, mean, invstd, True, count))
+        return F._batch_norm_elemt(x_, self.weight, self.bias, mean, invstd, self.eps, self.channel_axis, out, commit,
+                                   running)
 
     def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]]
-                       ) -> Tuple[NDArray[np.float64], _ForwardStep]:
-        """This process's share of a training forward: the checks, the moments of its slice, and the
-        memory the normalization writes (taken before the exchange, so that little can fail after it)."""
+                       ) -> Tuple[NDArray[np.float64], Tuple[NDArray[Any], Any, Moments]]:
+        """This process's share of a training forward: the checks of everything the rest of the step
+        uses, then ``batch_norm_stats`` of its slice.  Returns the row it sends (mean, invstd, count) and
+        (the input, the input backward keeps, its moments)."""
         given = input if isinstance(input, np.ndarray) else np.asarray(input)
         self._check_input(given)
         x, dtype = _as_input(given, "input")
-        _check_eps(self.eps, training=True)
+        eps = _check_eps(self.eps, training=True)
         axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
         if C != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
         tracking = self.training and self.track_running_stats
-        _, _, w, b = _channel_params(x, C, self.running_mean if tracking else None,
-                                       self.running_var if tracking else None, self.weight, self.bias)
+        _channel_params(x, C, self.running_mean if tracking else None, self.running_var if tracking else None,
+                        self.weight, self.bias)
         if out is not None:
             _check_out(out, x.shape, dtype)
-        buf, N, C, S, moved = F._channel_view(x, axis)
-        nthreads = threads_for(x.size)
-        if N * S:
-            mean, var = _kernels.moments(buf, N, C, S, nthreads)
-            local = Moments(N * S, mean, var * (N * S))
-        else:
-            local = Moments.empty(C)
-        saved = self._input_to_keep(x, out)
-        result = F._result_buffer(out, buf, axis, moved)
-        return _moments_to_row(local), (local, saved, buf, result, N, S, axis, moved, w, b, dtype, nthreads)
+        mean, invstd = F.batch_norm_stats(x, eps, channel_axis=axis)
+        n = x.size // C
+        local = Moments.from_arrays({"count": n, "mean": mean, "var": _variance(invstd, eps)})
+        return np.concatenate([mean, invstd, [n]]), (x, self._input_to_keep(x, out), local)
 
     def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
         """As :meth:`BatchNorm2d.backward`; after a training-mode forward, a collective call (see above).
@@ -350,25 +337,18 @@ class SyncBatchNorm(_BatchNorm):
         if len(saved) == 4:  # after an evaluation-mode forward: a local BatchNorm
             return super()._backward(grad_output, *saved)
         x, mean, invstd, _, count = saved
+        axis = self.channel_axis
 
-        def local() -> Tuple[NDArray[np.float64], _BackwardStep]:
-            x_, g, dtype = _grad_inputs(grad_output, x)
-            axis = _check_axis(self.channel_axis, x_.ndim, "channel_axis")
-            buf, N, C, S, moved = F._channel_view(x_, axis)
-            gbuf = np.ascontiguousarray(np.moveaxis(g, axis, -1) if moved else g)
-            nthreads = threads_for(x_.size)
-            sums = np.concatenate(_kernels.backward_reduce(buf, gbuf, N, C, S, mean, invstd, nthreads)) if N * S \
-                else np.zeros(2 * C)
-            dx = _kernels.empty_like(buf)
-            w = _channel_vector(self.weight, "weight", C, x_.dtype)
-            return sums, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads)
+        def local() -> Tuple[NDArray[np.float64], None]:
+            sum_dy, sum_dy_xmu, _, _ = F.batch_norm_backward_reduce(grad_output, x, mean, invstd, self.weight, True,
+                                                                    False, False, channel_axis=axis)
+            return np.concatenate([sum_dy, sum_dy_xmu]), None
 
-        rows, (buf, gbuf, dx, w, N, C, S, axis, moved, dtype, nthreads) = _allgather(
-            self.communicator, 2 * self.num_features, local)
-        sum_dy, sum_dyx = np.split(rows.sum(axis=0), 2)
-        if N * S:
-            _kernels.backward_elemt(buf, gbuf, dx, N, C, S, mean, invstd, w, sum_dy, sum_dyx, count, nthreads)
-        return F._finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
+        rows, _ = _allgather(self.communicator, 2 * self.num_features, local)
+        sum_dy, sum_dy_xmu = np.split(rows.sum(axis=0), 2)
+        dx = F.batch_norm_backward_elemt(grad_output, x, mean, invstd, self.weight, sum_dy, sum_dy_xmu, count,
+                                         channel_axis=axis)
+        return dx, sum_dy_xmu * invstd if count else np.zeros(self.num_features), sum_dy  # (invstd NaN then)
 
     def _population_stats(self, local: Callable[[], Tuple[Moments, int]]
                           ) -> Tuple[NDArray[Any], NDArray[Any], int]:
