@@ -1,5 +1,5 @@
 """Arrays the kernels must not misread: every array argument of every entry point (functions, backward
-functions, moments, layers with their eval fast path and their buffers, state dicts, calibration,
+functions, the steps of a batch split across processes, moments, layers with their eval fast path and their buffers, state dicts, calibration,
 SyncBatchNorm, fold_batch_norm), given in the other byte order or misaligned, gives the bits of the
 native call and writes nothing but what that call writes (in the argument's own form); given as a masked
 array, raises a TypeError naming it and writes nothing.
@@ -13,6 +13,7 @@ import pytest
 
 import fastnorm
 import memory
+from fastnorm import functional as F
 
 X = (4, 3, 5)          # (N, C, S): C = 3 channels
 C = 3
@@ -156,6 +157,36 @@ def normalize(a):
 @entry(grad_output=X, input=X)
 def normalize_backward(a):
     return fastnorm.normalize_backward(a["grad_output"], a["input"], 2.0, -1),
+
+
+@entry(input=X)
+def batch_norm_stats(a):
+    return F.batch_norm_stats(a["input"], 1e-5)
+
+
+@entry(input=X, weight=(C,), bias=(C,), mean=(C,), invstd=(C,), out=X, written=("out",))
+def batch_norm_elemt(a):
+    return F.batch_norm_elemt(a["input"], a["weight"], a["bias"], a["mean"], a["invstd"], 1e-5, out=a["out"]),
+
+
+@entry(input=X, mean=(2, C), invstd=(2, C), running_mean=(C,), running_var=(C,), counts=(2,),
+       written=("running_mean", "running_var"))
+def batch_norm_gather_stats_with_counts(a):
+    return (*F.batch_norm_gather_stats_with_counts(a["input"], a["mean"], a["invstd"], a["running_mean"],
+                                                   a["running_var"], 0.1, 1e-5, a["counts"]),
+            a["running_mean"], a["running_var"])
+
+
+@entry(grad_output=X, input=X, mean=(C,), invstd=(C,), weight=(C,))
+def batch_norm_backward_reduce(a):
+    return F.batch_norm_backward_reduce(a["grad_output"], a["input"], a["mean"], a["invstd"], a["weight"], True,
+                                        True, True)
+
+
+@entry(grad_output=X, input=X, mean=(C,), invstd=(C,), weight=(C,), sum_dy=(C,), sum_dy_xmu=(C,), count=(2,))
+def batch_norm_backward_elemt(a):
+    return F.batch_norm_backward_elemt(a["grad_output"], a["input"], a["mean"], a["invstd"], a["weight"],
+                                       a["sum_dy"], a["sum_dy_xmu"], a["count"]),
 
 
 @entry(x=X)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import fastnorm
 import memory
 import reference
+from fastnorm import functional as F
 
 # --------------------------------------------------------------------------------------------------------
 # Every functional op over random shapes (size 0 and 1 axes, up to 5-D), dtypes, strides, out aliasing
@@ -170,21 +171,31 @@ GARBAGE_CALLS = {
             lambda x, rm, rv, v: fastnorm.layer_norm(x, 5, eps=v),
             lambda x, rm, rv, v: fastnorm.group_norm(x, 2, eps=v),
             lambda x, rm, rv, v: fastnorm.instance_norm(x, rm, rv, eps=v),
-            lambda x, rm, rv, v: fastnorm.rms_norm(x, 5, eps=v) if v is not None else fastnorm.rms_norm(x, 5, eps=-1)],
+            lambda x, rm, rv, v: fastnorm.rms_norm(x, 5, eps=v) if v is not None else fastnorm.rms_norm(x, 5, eps=-1),
+            lambda x, rm, rv, v: F.batch_norm_stats(x, v),
+            lambda x, rm, rv, v: F.batch_norm_elemt(x, None, None, rm, rv, v, out=x),
+            lambda x, rm, rv, v: F.batch_norm_gather_stats_with_counts(x, [rm], [rv], rm, rv, 0.1, v, [9])],
     "momentum": [lambda x, rm, rv, v: fastnorm.batch_norm(x, rm, rv, training=True, momentum=v),
-                 lambda x, rm, rv, v: fastnorm.instance_norm(x, rm, rv, momentum=v)],
+                 lambda x, rm, rv, v: fastnorm.instance_norm(x, rm, rv, momentum=v),
+                 lambda x, rm, rv, v: F.batch_norm_gather_stats_with_counts(x, [rm], [rv], rm, rv, v, 1e-5, [9])],
     "num_groups": [lambda x, rm, rv, v: fastnorm.group_norm(x, v)],
     "weight": [lambda x, rm, rv, v: fastnorm.batch_norm(x, rm, rv, v, training=True),
                lambda x, rm, rv, v: fastnorm.group_norm(x, 2, v),
                lambda x, rm, rv, v: fastnorm.instance_norm(x, rm, rv, v),
-               lambda x, rm, rv, v: fastnorm.layer_norm(x, 5, v)],
+               lambda x, rm, rv, v: fastnorm.layer_norm(x, 5, v),
+               lambda x, rm, rv, v: F.batch_norm_elemt(x, v, None, rm, rv, 1e-5, out=x),
+               lambda x, rm, rv, v: F.batch_norm_backward_elemt(x, x, rm, rv, v, rm, rm, [9])],
     "channel_axis": [lambda x, rm, rv, v: fastnorm.batch_norm(x, rm, rv, training=True, channel_axis=v),
-                     lambda x, rm, rv, v: fastnorm.group_norm(x, 2, channel_axis=v)],
+                     lambda x, rm, rv, v: fastnorm.group_norm(x, 2, channel_axis=v),
+                     lambda x, rm, rv, v: F.batch_norm_stats(x, 1e-5, channel_axis=v),
+                     lambda x, rm, rv, v: F.batch_norm_backward_reduce(x, x, rm, rv, None, True, True, True,
+                                                                       channel_axis=v)],
     "out": [lambda x, rm, rv, v: fastnorm.batch_norm(x, rm, rv, training=True, out=v),
             lambda x, rm, rv, v: fastnorm.layer_norm(x, 5, out=v),
             lambda x, rm, rv, v: fastnorm.group_norm(x, 2, out=v),
             lambda x, rm, rv, v: fastnorm.instance_norm(x, rm, rv, out=v),
-            lambda x, rm, rv, v: fastnorm.rms_norm(x, 5, out=v)],
+            lambda x, rm, rv, v: fastnorm.rms_norm(x, 5, out=v),
+            lambda x, rm, rv, v: F.batch_norm_elemt(x, None, None, rm, rv, 1e-5, out=v)],
     "normalized_shape": [lambda x, rm, rv, v: fastnorm.layer_norm(x, v),
                          lambda x, rm, rv, v: fastnorm.rms_norm(x, v)],
 }
