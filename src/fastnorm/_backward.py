@@ -40,8 +40,6 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 # float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
 
 
-
-
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
                         channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
@@ -488,4 +486,3 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
                                              threads_for(x.size, x.size // (N * C)), groups=C, check=_check_of(eps))
     return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))
-

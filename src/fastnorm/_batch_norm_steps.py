@@ -139,7 +139,8 @@ def batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Option
 
     References
     ----------
-    PyTorch: ``torch.batch_norm_elemt``, the last step of ``torch.nn.SyncBatchNorm``'s forward.
+    ``torch.batch_norm_elemt`` (PyTorch), which ``torch.nn.SyncBatchNorm`` applies to each slice once the
+    statistics are gathered.
 
     Examples
     --------
@@ -317,7 +318,8 @@ def batch_norm_backward_reduce(grad_output: ArrayLike, input: ArrayLike, mean: A
 
     References
     ----------
-    PyTorch: ``torch.batch_norm_backward_reduce``, the first step of ``torch.nn.SyncBatchNorm``'s backward.
+    ``torch.batch_norm_backward_reduce`` in PyTorch: what each process of ``torch.nn.SyncBatchNorm``'s
+    backward computes before the all-reduce.
 
     Examples
     --------
@@ -352,11 +354,11 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
     Parameters
     ----------
     grad_output : array_like
-        The gradient of the loss with respect to the output: the input's shape, floating point.
+        This slice's gradient of the loss with respect to its output (the input's shape), floating point.
     input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).
+        The slice of the batch the forward normalized (float16, float32 or float64).
     mean, invstd : array_like of shape (C,)
-        The statistics the forward normalized with (the whole batch's).
+        The whole batch's statistics, which the forward normalized with.
     weight : array_like of shape (C,) or None
         The forward's weight :math:`\gamma` (None: 1).
     sum_dy, sum_dy_xmu : array_like of shape (C,)

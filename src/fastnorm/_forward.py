@@ -222,7 +222,6 @@ def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
 
 
-
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
@@ -376,7 +375,6 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     return y if stats is None else (y, stats[1])
 
 
-
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
@@ -490,7 +488,6 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
     if not return_stats or stats is None:
         return y
     return y, stats[0].reshape(N, G), stats[2].reshape(N, G)
-
 
 
 @overload
@@ -628,7 +625,3 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
     if kept is not None:
         mean, rstd = kept
     return y, mean, rstd
-
-
-
-

@@ -223,7 +223,6 @@ def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> Non
         raise ValueError("out: the array is read-only")
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # The arguments of the functions, family by family
 # ---------------------------------------------------------------------------------------------------------
