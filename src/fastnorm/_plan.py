@@ -33,17 +33,31 @@ def _channel_view(x: FloatArray, axis: int) -> Tuple[FloatArray, int, int, int, 
     """
     shape = x.shape
     C = shape[axis]
-    if _kernels.is_c_contiguous(x):
-        buf = x
-    else:
-        if axis != x.ndim - 1 and x.size:
-            moved = np.moveaxis(x, axis, -1)
-            if moved.flags.c_contiguous:
-                return moved, x.size // C, C, 1, True
-        buf = np.ascontiguousarray(x)
+    moved = _channels_last_memory(x, axis)
+    if moved is not None:
+        return moved, x.size // C, C, 1, True
+    buf = _contiguous(x)
     N = math.prod(shape[:axis]) if axis != 1 else shape[0]
     S = x.size // (N * C) if x.size else math.prod(shape[axis + 1:])
     return buf, N, C, S, False
+
+
+def _channels_last_memory(x: FloatArray, axis: int) -> Optional[FloatArray]:
+    """x's memory seen as ``[..., C]`` where x is a channels-first view of channels-last memory, else None."""
+    if axis == x.ndim - 1 or not x.size or _kernels.is_c_contiguous(x):
+        return None
+    moved = np.moveaxis(x, axis, -1)
+    return moved if moved.flags.c_contiguous else None
+
+
+def _new_result(x: FloatArray, axis: int, dtype: np.dtype[Any]) -> FloatArray:
+    """A new array of x's shape and ``dtype``, laid out as the kernels' view of x (channels last where x's
+    memory is), so that a call given it as ``out=`` writes it directly: a result allocated ahead of its
+    call (a collective step takes its memory before the exchange, so that little can fail after it)."""
+    moved = _channels_last_memory(x, axis)
+    if moved is None:
+        return _kernels.empty(x.shape, dtype)
+    return np.moveaxis(_kernels.empty(moved.shape, dtype), -1, axis)
 
 
 def _like_view(a: FloatArray, axis: int, moved: bool) -> FloatArray:

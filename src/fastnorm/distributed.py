@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_steps import _variance
+from ._plan import _new_result
 from ._validation import _as_input, _channel_params, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
                      BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
@@ -244,7 +245,8 @@ class SyncBatchNorm(_BatchNorm):
         if not self.training:
             return super().forward(x, out=out)
         C = self.num_features
-        rows, (x_, saved, local) = _allgather(self.communicator, 2 * C + 1, lambda: self._forward_local(x, out))
+        rows, (x_, saved, local, target) = _allgather(self.communicator, 2 * C + 1,
+                                                      lambda: self._forward_local(x, out))
         counts = rows[:, 2 * C]
         count = float(counts.sum())
         if count == 1:  # known to every process alike
@@ -266,14 +268,15 @@ class SyncBatchNorm(_BatchNorm):
             running = (self.running_mean, self.running_var, factor, count / (count - 1) if self.bessel else 1.0)
             state["num_batches_tracked"] = self.num_batches_tracked + 1
         commit = self._commit(state, (saved, mean, invstd, True, count))
-        return F._batch_norm_elemt(x_, self.weight, self.bias, mean, invstd, self.eps, self.channel_axis, out, commit,
-                                   running)
+        return F._batch_norm_elemt(x_, self.weight, self.bias, mean, invstd, self.eps, self.channel_axis, target,
+                                   commit, running)
 
     def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]]
-                       ) -> Tuple[NDArray[np.float64], Tuple[NDArray[Any], Any, Moments]]:
+                       ) -> Tuple[NDArray[np.float64], Tuple[NDArray[Any], Any, Moments, NDArray[Any]]]:
         """This process's share of a training forward: the checks of everything the rest of the step
-        uses, then ``batch_norm_stats`` of its slice.  Returns the row it sends (mean, invstd, count) and
-        (the input, the input backward keeps, its moments)."""
+        uses, then ``batch_norm_stats`` of its slice, and the memory of the output (taken before the
+        exchange, so that little can fail after it).  Returns the row it sends (mean, invstd, count) and
+        (the input, the input backward keeps, its moments, the array the output goes to)."""
         given = input if isinstance(input, np.ndarray) else np.asarray(input)
         self._check_input(given)
         x, dtype = _as_input(given, "input")
@@ -290,7 +293,8 @@ class SyncBatchNorm(_BatchNorm):
         mean, invstd = F.batch_norm_stats(x, eps, channel_axis=axis)
         n = x.size // C
         local = Moments.from_arrays({"count": n, "mean": mean, "var": _variance(invstd, eps)})
-        return np.concatenate([mean, invstd, [n]]), (x, self._input_to_keep(x, out), local)
+        target = out if out is not None else _new_result(x, axis, dtype)
+        return np.concatenate([mean, invstd, [n]]), (x, self._input_to_keep(x, out), local, target)
 
     def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
         """As :meth:`BatchNorm2d.backward`; after a training-mode forward, a collective call (see above).
