@@ -1,5 +1,6 @@
 """Argument checks shared by the functions and the layers, and the one statement of what the kernels
-may assume about an array.
+may assume about an array.  Every check of ``fastnorm.functional`` lives here (the first step of each
+function; the last section holds each family's), so a function's body is its plan and its kernel call.
 
 The kernels read and write raw memory.  An array handed to them is *plain*: an ndarray (not a subclass:
 a ``numpy.ma.MaskedArray`` means more than its memory), float32 or float64 in the machine's byte order,

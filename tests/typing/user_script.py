@@ -74,6 +74,19 @@ def functions(x: NDArray[np.float32]) -> None:
     assert z.shape == x.shape
 
 
+def split_batch_steps(x: NDArray[np.float32]) -> None:
+    """PyTorch's SyncBatchNorm steps, as one process of one would run them."""
+    count = x.size // 3
+    mean, invstd = F.batch_norm_stats(x, 1e-5)
+    mean, invstd = F.batch_norm_gather_stats_with_counts(x, [mean], [invstd], None, None, 0.1, 1e-5, [count])
+    y: FloatArray = F.batch_norm_elemt(x, None, None, mean, invstd, 1e-5)
+    sum_dy, sum_dy_xmu, _, grad_bias = F.batch_norm_backward_reduce(np.ones_like(y), x, mean, invstd, None, True,
+                                                                    False, True)
+    assert sum_dy is not None and sum_dy_xmu is not None and grad_bias is not None  # asked for
+    dx: FloatArray = F.batch_norm_backward_elemt(np.ones_like(y), x, mean, invstd, None, sum_dy, sum_dy_xmu, [count])
+    assert dx.shape == x.shape
+
+
 def statistics(x: NDArray[np.float32]) -> None:
     whole = fastnorm.Moments.of(x, axes=(0, 2, 3))
     parts = fastnorm.Moments.of(x[:1], (0, 2, 3)) + fastnorm.Moments.of(x[1:], (0, 2, 3))
@@ -113,6 +126,7 @@ def main() -> None:
     x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
     layers(x)
     functions(x)
+    split_batch_steps(x)
     statistics(x)
     threads(x)
     if importlib.util.find_spec("dask") is not None:
