@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastnorm
 from fastnorm import functional as F
 
 
@@ -51,6 +52,20 @@ def test_the_steps_over_any_split_equal_batch_norm_of_the_whole_batch(sizes, sha
                          (invstd, invstd_all), (running[0], whole_running[0]), (running[1], whole_running[1])):
         np.testing.assert_allclose(ours, theirs, **tol)
     assert y.dtype == dx.dtype == dtype
+
+
+@pytest.mark.parametrize("shape, axis", [((64, 8, 600), 1), ((64, 30, 20, 8), -1)], ids=str)
+def test_bitwise_identical_for_any_thread_count(shape, axis, uncapped_threads):
+    rng = np.random.default_rng(3)
+    x, dy = (1e3 + rng.normal(size=shape)).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    weight, bias = rng.normal(size=shape[axis]), rng.normal(size=shape[axis])
+    results = []
+    for n in (1, 2, 3):
+        with fastnorm.threads(n):
+            results.append(_split_steps(x, dy, (40, 24), weight, bias, 1e-5, 0.1, axis, (None, None)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
 
 
 def test_gather_ignores_empty_slices_and_is_nan_for_an_empty_batch():
