@@ -7,7 +7,7 @@ finish (``_plan._finish``).
 from __future__ import annotations
 
 import math
-from typing import Optional, SupportsIndex, Tuple, overload
+from typing import Any, Callable, Optional, SupportsIndex, Tuple, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -18,6 +18,35 @@ from ._threads import threads_for
 from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels, _check_ndim, _check_of,
                           _check_normalized_shape, _elementwise_vector, _grad_inputs, _group_norm_layout,
                           _stat_vector)
+
+_PARTS = {
+    "grad_output": """grad_output : array_like
+        Gradient of the loss with respect to the output: the input's shape, floating point.""",
+    "eps": """eps : float, keyword-only, optional
+        The forward's eps: given, the input is checked against the statistics (see Raises).""",
+    "channel_grads": r"""Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight, grad_bias : ndarray of float64, shape (C,)
+        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
+        each channel's values""",
+    "modified": """
+        where ``input`` does not have the statistics given, beyond rounding: it was modified in place after
+        the forward ("one of the variables needed for gradient computation has been modified by an inplace
+        operation", as PyTorch), or they are another input's.""",
+}
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _documented(function: _Function) -> _Function:
+    """The docstring's ``{part}`` placeholders filled with the text the backwards share (_PARTS)."""
+    doc = function.__doc__ or ""
+    for key, value in _PARTS.items():
+        doc = doc.replace("{" + key + "}", value)
+    function.__doc__ = doc
+    return function
+
 
 __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
            "instance_norm_backward"]
@@ -40,6 +69,7 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 # float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
 
 
+@_documented
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
                         channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
@@ -47,8 +77,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
 
     Parameters
     ----------
-    grad_output : array_like
-        Gradient of the loss with respect to the output: the input's shape, floating point.
+    {grad_output}
     input : array_like, shape (N, C, ...)
         The forward's input (float16, float32 or float64).
     mean, invstd : array_like of shape (C,)
@@ -61,16 +90,9 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         terms are included).
     channel_axis : int, keyword-only
         The forward's ``channel_axis``.
-    eps : float, keyword-only, optional
-        The forward's eps: given, the input is checked against the statistics (see Raises).
+    {eps}
 
-    Returns
-    -------
-    grad_input : ndarray
-        Of the input's shape and dtype.
-    grad_weight, grad_bias : ndarray of float64, shape (C,)
-        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
-        each channel's values (0 for an empty input).
+    {channel_grads} (0 for an empty input).
 
     Raises
     ------
@@ -80,9 +102,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         Fewer than 2 dimensions; ``grad_output`` of another shape; ``mean``, ``invstd`` or ``weight`` not
         of shape (C,); ``channel_axis`` out of range.
     RuntimeError
-        With ``training`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
-        after the forward ("one of the variables needed for gradient computation has been modified by an
-        inplace operation", as PyTorch), or they are another input's.
+        With ``training`` and ``eps``,{modified}
 
     Notes
     -----
@@ -173,6 +193,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
                         eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+@_documented
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
                         eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
@@ -180,8 +201,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 
     Parameters
     ----------
-    grad_output : array_like
-        Gradient of the loss with respect to the output: the input's shape, floating point.
+    {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
         The forward's input (float16, float32 or float64).
     normalized_shape : int or sequence of int
@@ -193,8 +213,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     bias : array_like of shape normalized_shape, optional
         The forward's bias, or any array of its shape: only whether there is one matters (None: no
         grad_bias).
-    eps : float, keyword-only, optional
-        The forward's eps: given, the input is checked against the statistics (see Raises).
+    {eps}
 
     Returns
     -------
@@ -214,9 +233,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
         ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
         ``mean``, ``rstd``, ``weight`` or ``bias`` of the wrong shape.
     RuntimeError
-        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
-        after the forward ("one of the variables needed for gradient computation has been modified by an
-        inplace operation", as PyTorch), or they are another input's.
+        With ``eps``,{modified}
 
     Notes
     -----
@@ -258,6 +275,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
                       weight: Optional[ArrayLike] = ..., *,
                       eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+@_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *,
                       eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], None]:
@@ -265,8 +283,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
 
     Parameters
     ----------
-    grad_output : array_like
-        Gradient of the loss with respect to the output: the input's shape, floating point.
+    {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
         The forward's input (float16, float32 or float64).
     normalized_shape : int or sequence of int
@@ -276,7 +293,8 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     weight : array_like of shape normalized_shape, optional
         The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
     eps : float, keyword-only, optional
-        The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is checked against the statistics (see Raises).
+        The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is
+        checked against the statistics (see Raises).
 
     Returns
     -------
@@ -295,9 +313,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
         ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
         ``rstd`` or ``weight`` of the wrong shape.
     RuntimeError
-        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
-        after the forward ("one of the variables needed for gradient computation has been modified by an
-        inplace operation", as PyTorch), or they are another input's.
+        With ``eps``,{modified}
 
     Notes
     -----
@@ -326,6 +342,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     return dx, (dw if weight is not None else None), None
 
 
+@_documented
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
                         channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
@@ -333,8 +350,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
 
     Parameters
     ----------
-    grad_output : array_like
-        Gradient of the loss with respect to the output: the input's shape, floating point.
+    {grad_output}
     input : array_like, shape (N, C, ...)
         The forward's input (float16, float32 or float64).
     num_groups : int
@@ -345,16 +361,9 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
         The forward's weight :math:`\gamma` (None: 1).
     channel_axis : int, keyword-only
         The forward's ``channel_axis``: 1 or -1.
-    eps : float, keyword-only, optional
-        The forward's eps: given, the input is checked against the statistics (see Raises).
+    {eps}
 
-    Returns
-    -------
-    grad_input : ndarray
-        Of the input's shape and dtype.
-    grad_weight, grad_bias : ndarray of float64, shape (C,)
-        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
-        each channel's values.
+    {channel_grads}.
 
     Raises
     ------
@@ -365,9 +374,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
         ``grad_output`` of another shape; the forward's layout errors (see :func:`group_norm`); ``mean``,
         ``rstd`` or ``weight`` of the wrong shape.
     RuntimeError
-        With ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
-        after the forward ("one of the variables needed for gradient computation has been modified by an
-        inplace operation", as PyTorch), or they are another input's.
+        With ``eps``,{modified}
 
     Notes
     -----
@@ -410,6 +417,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
             sum_dy.reshape(N, C).sum(axis=0))
 
 
+@_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
                            eps: Optional[float] = None) -> Grads:
@@ -417,8 +425,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
 
     Parameters
     ----------
-    grad_output : array_like
-        Gradient of the loss with respect to the output: the input's shape, floating point.
+    {grad_output}
     input : array_like, shape (N, C, ...)
         The forward's input (float16, float32 or float64).
     mean, rstd : array_like
@@ -428,16 +435,9 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         The forward's weight :math:`\gamma` (None: 1).
     use_input_stats : bool
         The forward's ``use_input_stats``: whether the statistics depend on the input.
-    eps : float, keyword-only, optional
-        The forward's eps: given, the input is checked against the statistics (see Raises).
+    {eps}
 
-    Returns
-    -------
-    grad_input : ndarray
-        Of the input's shape and dtype.
-    grad_weight, grad_bias : ndarray of float64, shape (C,)
-        :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
-        each channel's values.
+    {channel_grads}.
 
     Raises
     ------
@@ -447,9 +447,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         Fewer than 3 dimensions; ``grad_output`` of another shape; ``mean``, ``rstd`` or ``weight`` of the
         wrong shape.
     RuntimeError
-        With ``use_input_stats`` and ``eps``, where ``input`` does not have the statistics given, beyond rounding: it was modified in place
-        after the forward ("one of the variables needed for gradient computation has been modified by an
-        inplace operation", as PyTorch), or they are another input's.
+        With ``use_input_stats`` and ``eps``,{modified}
 
     Notes
     -----
