@@ -120,7 +120,7 @@ def batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Option
     Returns
     -------
     ndarray
-        Of the input's shape and dtype (``out`` when given).
+        The normalized slice, of the input's shape and dtype (``out`` when given).
 
     Raises
     ------
