@@ -14,12 +14,14 @@ from .functional import (batch_norm, batch_norm_backward, batch_normalization, g
                          rms_norm, rms_norm_backward)
 from .functional import local_response_norm, local_response_norm_backward, normalize, normalize_backward
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
-                     InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm, no_grad)
+                     InstanceNorm3d, LayerNorm, LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazyInstanceNorm1d,
+                     LazyInstanceNorm2d, LazyInstanceNorm3d, LocalResponseNorm, RMSNorm, no_grad)
 
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "no_grad",
+    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+    "LazyBatchNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d", "no_grad",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward", "local_response_norm", "local_response_norm_backward",

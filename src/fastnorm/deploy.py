@@ -460,6 +460,9 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
         kwargs = _layers._from_config(config)
         sizes, small = _sizes(cls, kwargs)
         stand_in = cls(**{**kwargs, **small})
+        if isinstance(stand_in, _layers._LazyNorm):  # loaded once called (or loaded into): their length
+            stand_in.load_state_dict(state, strict=False)
+            sizes = (stand_in.num_features,)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{where}: config: {e}") from None
     unknown = sorted(set(config) - set(stand_in._config()))
@@ -486,6 +489,8 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
 def _sizes(cls: Type[_layers._Layer], kwargs: Mapping[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The shape of a layer's parameter and buffer vectors given its constructor arguments, and the
     arguments of a stand-in of the same configuration whose vectors have one value."""
+    if issubclass(cls, _layers._LazyNorm):  # the arrays, when there are any, give the length
+        return (), {}
     if issubclass(cls, _layers._NormBase):
         return (kwargs.get("num_features"),), {"num_features": 1}
     if issubclass(cls, _layers.LocalResponseNorm):  # no parameters
