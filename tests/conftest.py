@@ -36,3 +36,18 @@ def uncapped_threads(monkeypatch):
     yield
     monkeypatch.undo()
     _threads.set_num_threads(None)  # the process's count and bound as they were
+
+
+def keras_or_skip():
+    """Keras 3 on its PyTorch backend (TensorFlow is not needed), imported on first use (it takes seconds);
+    the calling test skips where it is not installed."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError as error:
+        pytest.skip(f"Keras is not installed or has no backend ({error})")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"Keras runs on {keras.backend.backend()}; these tests read its gradients through PyTorch")
+    return keras

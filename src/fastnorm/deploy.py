@@ -453,9 +453,12 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
     """A ``cls`` of ``config`` holding ``state`` (key -> array), after checking they agree."""
     if not isinstance(config, dict) or not all(
             v is None or isinstance(v, (bool, int, float, str))
-            or (isinstance(v, list) and all(type(d) is int for d in v)) for v in config.values()):
-        raise ValueError(f"{where}: config: expected an object of numbers, strings and lists of integers, "
-                         f"got {config!r:.200}")
+            or (isinstance(v, list) and all(type(d) is int for d in v))
+            or (k == "renorm_clipping" and isinstance(v, dict)
+                and all(type(n) in (int, float) for n in v.values()))
+            for k, v in config.items()):
+        raise ValueError(f"{where}: config: expected an object of numbers, strings and lists of integers "
+                         f"(renorm_clipping: an object of numbers), got {config!r:.200}")
     try:
         kwargs = _layers._from_config(config)
         sizes, small = _sizes(cls, kwargs)
