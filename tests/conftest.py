@@ -51,3 +51,13 @@ def keras_or_skip():
     if keras.backend.backend() != "torch":
         pytest.skip(f"Keras runs on {keras.backend.backend()}; these tests read its gradients through PyTorch")
     return keras
+
+
+def keras_renorm_or_skip():
+    """Keras, where its BatchNormalization has Batch Renormalization (older Keras 3 releases had not)."""
+    import inspect
+
+    keras = keras_or_skip()
+    if "renorm" not in inspect.signature(keras.layers.BatchNormalization).parameters:
+        pytest.skip(f"Keras {keras.__version__}'s BatchNormalization has no renorm")
+    return keras

@@ -288,6 +288,15 @@ def fold_batch_norm(a):
     return fastnorm.fold_batch_norm(a["weight"], a["bias"], bn)
 
 
+@entry(gamma=(C,), beta=(C,), moving_mean=(C,), moving_variance=(C,),
+       errors={"gamma": "weights[0]", "beta": "weights[1]", "moving_mean": "weights[2]",
+               "moving_variance": "weights[3]"})
+def from_keras(a):
+    config = {"class_name": "BatchNormalization", "config": {"axis": 1}, "build_config": {"input_shape": [4, C, 2]}}
+    bn = fastnorm.from_keras(config, [a[k] for k in ("gamma", "beta", "moving_mean", "moving_variance")])
+    return bn.weight, bn.bias, bn.running_mean, bn.running_var
+
+
 # --- the test --------------------------------------------------------------------------------------------
 
 ARGUMENTS = [(case, name) for case, (shapes, _, _, _) in CASES.items() for name in shapes]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from conftest import keras_or_skip, requires_torch, torch
+from conftest import keras_renorm_or_skip, requires_torch, torch
 
 CLIP = {"rmax": 1.5, "rmin": 0.75, "dmax": 0.5}
 
@@ -240,7 +240,7 @@ def test_sync_batch_norm_refuses_renorm_and_ghost_batches():
 
 @pytest.mark.parametrize("axis, shape", [(-1, (8, 3)), (1, (8, 3, 4)), (-1, (4, 2, 2, 3))])
 def test_renorm_matches_keras_over_training_steps(rng, axis, shape):
-    keras = keras_or_skip()
+    keras = keras_renorm_or_skip()
     layer = keras.layers.BatchNormalization(axis=axis, momentum=0.9, epsilon=1e-3, renorm=True,
                                             renorm_clipping={"rmax": 1.5, "rmin": 0.7, "dmax": 0.4},
                                             renorm_momentum=0.8)
