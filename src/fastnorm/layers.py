@@ -122,6 +122,7 @@ class _Layer:
     _optional_state: Tuple[str, ...] = ()
     _has_bias = True  # with affine parameters, whether one is a bias (PyTorch's bias=False)
     _saved: Optional[Tuple[Any, ...]] = None
+    _lazy_target: Optional[_Layer] = None  # on the stand-in of a lazy layer's first call: that layer
     training: bool
     dtype: np.dtype[Any]
     grad_weight: Optional[NDArray[Any]] = None
@@ -150,11 +151,25 @@ class _Layer:
         follows it; ``STATS`` second stands for the statistics of the call), so that an interrupted or
         failing call changes nothing and a completed one all of it.  None when there is nothing to set."""
         keep = _keeps_grad()
-        if not (keep or state):
+        if not (keep or state or self._lazy_target is not None):
             return None
-        commit = _kernels.Commit(self.__dict__, state)
+        commit = self._namespace_commit(state)
         if keep:
             state["_saved"] = (saved[0], commit) + saved[2:] if len(saved) > 1 and saved[1] is STATS else saved
+        return commit
+
+    def _namespace_commit(self, state: Dict[str, Any]) -> _kernels.Commit:
+        """A :class:`~fastnorm._kernels.Commit` that sets ``state`` (new attribute values) on the layer; on the
+        stand-in of a lazy layer's first call, on the lazy layer, with the stand-in's other attributes and
+        class (see _LazyNorm.forward)."""
+        target = self._lazy_target
+        if target is None:
+            return _kernels.Commit(self.__dict__, state)
+        for key, value in self.__dict__.items():
+            if key != "_lazy_target":
+                state.setdefault(key, value)
+        commit = _kernels.Commit(target.__dict__, state)
+        commit.become(target, type(self))
         return commit
 
     def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
@@ -733,6 +748,7 @@ class _BatchNorm(_NormBase):
         (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))
         """
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
+                and self._lazy_target is None
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
             y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
@@ -882,7 +898,7 @@ class _BatchNorm(_NormBase):
             running = (self.running_mean, self.running_var,
                        F._momentum_factor(self.momentum, self.num_batches_tracked),
                        count / (count - 1) if self.bessel else 1.0)
-        commit = _kernels.Commit(self.__dict__, state)
+        commit = self._namespace_commit(state)
         commit.prepare(out, running, copies=renorm_copies or None)
         commit.apply(y, mean, var)
         return y if out is None else out
@@ -1710,11 +1726,13 @@ class _LazyNorm(_NormBase):
     def _channels(self, x: NDArray[Any]) -> int:
         raise NotImplementedError
 
-    def _materialize(self, num_features: int) -> None:
-        self.num_features = num_features
-        tracked = self.num_batches_tracked
-        self.reset_parameters()
-        self.num_batches_tracked = tracked
+    @staticmethod
+    def _materialize(layer: _NormBase, num_features: int) -> None:
+        """Create ``layer``'s parameters and buffers for ``num_features`` channels."""
+        layer.num_features = num_features
+        tracked = layer.num_batches_tracked
+        layer.reset_parameters()
+        layer.num_batches_tracked = tracked
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         """The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which
@@ -1753,17 +1771,16 @@ class _LazyNorm(_NormBase):
             if channels == 0:
                 raise ValueError(f"input: expected at least one channel to infer num_features from, got input "
                                  f"of shape {x.shape}")
-        before = (self.__class__, self.__dict__.copy())
-        try:  # the first call materializes and becomes cls_to_become; a call that fails changes nothing
-            if self.num_features == 0:
-                self._materialize(channels)
-            self.__class__ = self.cls_to_become
-            return self.forward(x, out=out)
-        except BaseException:
-            self.__class__ = before[0]
-            self.__dict__.clear()
-            self.__dict__.update(before[1])
-            raise
+        # The call runs on a stand-in of cls_to_become with the parameters and buffers created; the kernel
+        # call that writes its output also gives this layer the stand-in's attributes and class (see
+        # _Layer._namespace_commit): a call that fails or is interrupted before it leaves the layer lazy.
+        stand_in: _NormBase = object.__new__(self.cls_to_become)
+        stand_in.__dict__.update(self.__dict__)
+        if self.num_features == 0:
+            self._materialize(stand_in, channels)
+        stand_in._lazy_target = self
+        y: NDArray[Any] = stand_in.forward(x, out=out)
+        return y
 
     def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:
         if self.num_features == 0 and isinstance(state_dict, Mapping):
@@ -1772,7 +1789,7 @@ class _LazyNorm(_NormBase):
                        for key in _VECTOR_KEYS if prefix + key in state_dict}
             if len(lengths) == 1 and len(shape := lengths.pop()) == 1 and shape[0] > 0:
                 before = self.__dict__.copy()
-                self._materialize(shape[0])
+                self._materialize(self, shape[0])
                 try:
                     return super().load_state_dict(state_dict, strict, prefix)
                 except BaseException:
