@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastnorm
 from conftest import keras_renorm_or_skip, requires_torch, torch
@@ -271,3 +273,40 @@ def test_renorm_matches_keras_over_training_steps(rng, axis, shape):
         grads = {v.path.split("/")[-1]: v.value.grad.numpy() for v in layer.trainable_weights}
         np.testing.assert_allclose(bn.grad_weight, grads["gamma"], atol=1e-4, rtol=1e-5)
         np.testing.assert_allclose(bn.grad_bias, grads["beta"], atol=1e-4, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.integers(1, 4), size=st.integers(1, 5), channels=st.integers(1, 4), spatial=st.sampled_from(
+    [(), (1,), (3,), (2, 3)]), last=st.booleans(), renorm=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_any_shape_layout_and_memory_order_matches_the_twin(groups, size, channels, spatial, last, renorm, dtype,
+                                                            strided, seed):
+    rng = np.random.default_rng(seed)
+    shape = (groups * size, channels) + spatial
+    if size * int(np.prod(spatial)) <= 1:
+        return  # one value per channel in a sub-batch: refused (test_call_errors_name_the_argument...)
+    cls = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d}[len(shape)]
+    x = rng.normal(3.0, 2.0, size=shape)
+    bn = cls(channels, dtype=np.float64, renorm=renorm, renorm_clipping=CLIP, virtual_batch_size=size,
+             channel_axis=-1 if last else 1)
+    if renorm:
+        bn.renorm_stddev[:] = rng.uniform(0.5, 2.0, channels)
+    given_x = np.moveaxis(x, 1, -1) if last else x
+    if strided:  # a view with gaps, in Fortran order
+        given_x = np.asfortranarray(np.repeat(given_x, 2, axis=-1))[..., ::2]
+    y_twin = twin(x, np.ones(channels), np.zeros(channels), np.zeros(channels), np.ones(channels),
+                  np.zeros(channels), bn.renorm_stddev if renorm else np.ones(channels), eps=bn.eps,
+                  momentum=0.1, renorm_momentum=0.01, size=size, clip=CLIP, renorm=renorm)
+    y = bn(given_x.astype(dtype))
+    np.testing.assert_allclose(np.moveaxis(y, -1, 1) if last else y, y_twin[0],
+                               atol=2e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(bn.running_var, y_twin[2], rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_backward_detects_an_input_modified_in_place(rng):
+    bn = fastnorm.BatchNorm1d(3, renorm=True, virtual_batch_size=4)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    bn(x)
+    x[5] += 10.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        bn.backward(np.ones_like(x))
