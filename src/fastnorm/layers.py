@@ -735,7 +735,8 @@ class _BatchNorm(_NormBase):
             ``x`` not floating point, or a masked array; ``out`` of another dtype.
         ValueError
             ``x`` of another number of dimensions or channels; training with a single value per channel
-            or with ``eps=0``; ``out`` of another shape, or read-only.
+            (per sub-batch with ``virtual_batch_size``) or with ``eps=0``; training with a batch size that
+            is not a multiple of ``virtual_batch_size``; ``out`` of another shape, or read-only.
 
         Examples
         --------
