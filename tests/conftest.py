@@ -36,3 +36,28 @@ def uncapped_threads(monkeypatch):
     yield
     monkeypatch.undo()
     _threads.set_num_threads(None)  # the process's count and bound as they were
+
+
+def keras_or_skip():
+    """Keras 3 on its PyTorch backend (TensorFlow is not needed), imported on first use (it takes seconds);
+    the calling test skips where it is not installed."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError as error:
+        pytest.skip(f"Keras is not installed or has no backend ({error})")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"Keras runs on {keras.backend.backend()}; these tests read its gradients through PyTorch")
+    return keras
+
+
+def keras_renorm_or_skip():
+    """Keras, where its BatchNormalization has Batch Renormalization (older Keras 3 releases had not)."""
+    import inspect
+
+    keras = keras_or_skip()
+    if "renorm" not in inspect.signature(keras.layers.BatchNormalization).parameters:
+        pytest.skip(f"Keras {keras.__version__}'s BatchNormalization has no renorm")
+    return keras

@@ -266,6 +266,17 @@ def instance_norm_layer_train(a):
     return _train_and_backward(_with_buffers(layer, a), a)
 
 
+@entry(input=(4, C, 2, 2), grad_output=(4, C, 2, 2), out=(4, C, 2, 2), written=("out",))
+def lazy_batch_norm_layer_train(a):
+    # The first call: num_features from the input (in any memory), then BatchNorm2d's call.
+    return _train_and_backward(fastnorm.LazyBatchNorm2d(momentum=None), a)
+
+
+@entry(input=(C, 5), grad_output=(C, 5))
+def lazy_instance_norm_layer_unbatched(a):
+    return _train_and_backward(fastnorm.LazyInstanceNorm1d(affine=True, track_running_stats=True), a)
+
+
 @entry(input=(C, 5), grad_output=(C, 5), **_BUFFERS)
 def instance_norm_layer_eval_unbatched(a):
     layer = fastnorm.InstanceNorm1d(C, affine=True, track_running_stats=True).eval()
@@ -306,6 +317,15 @@ def fold_batch_norm(a):
     bn.running_mean, bn.running_var, bn.weight, bn.bias = (a[k] for k in ("running_mean", "running_var",
                                                                           "bn_weight", "bn_bias"))
     return fastnorm.fold_batch_norm(a["weight"], a["bias"], bn)
+
+
+@entry(gamma=(C,), beta=(C,), moving_mean=(C,), moving_variance=(C,),
+       errors={"gamma": "weights[0]", "beta": "weights[1]", "moving_mean": "weights[2]",
+               "moving_variance": "weights[3]"})
+def from_keras(a):
+    config = {"class_name": "BatchNormalization", "config": {"axis": 1}, "build_config": {"input_shape": [4, C, 2]}}
+    bn = fastnorm.from_keras(config, [a[k] for k in ("gamma", "beta", "moving_mean", "moving_variance")])
+    return bn.weight, bn.bias, bn.running_mean, bn.running_var
 
 
 # --- the test --------------------------------------------------------------------------------------------
@@ -349,7 +369,10 @@ def test_every_entry_point_is_covered():
              "BatchNorm3d": "batch_norm_layer_train", "LayerNorm": "layer_norm_layer", "RMSNorm": "rms_norm_layer",
              "GroupNorm": "group_norm_layer", "InstanceNorm1d": "instance_norm_layer_train",
              "InstanceNorm2d": "instance_norm_layer_train", "InstanceNorm3d": "instance_norm_layer_train",
-             "LocalResponseNorm": "local_response_norm_layer", "Moments": "moments_of", "SyncBatchNorm": "sync_batch_norm_train"}
+             "LocalResponseNorm": "local_response_norm_layer", "Moments": "moments_of",
+             "SyncBatchNorm": "sync_batch_norm_train",
+             **{f"Lazy{kind}Norm{d}d": f"lazy_{kind.lower()}_norm" for kind in ("Batch", "Instance")
+                for d in (1, 2, 3)}}
     missing = [n for n in public if names.get(n, n) not in covered and n + "_train" not in covered]
     assert not missing
 

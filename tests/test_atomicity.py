@@ -93,6 +93,8 @@ def _layer_cases():
     yield "GroupNorm", lambda: (fastnorm.GroupNorm(2, 4), data(3, 4, 5), data(3, 4, 5) + 1), in_place
     yield "LocalResponseNorm", lambda: (fastnorm.LocalResponseNorm(3), data(2, 5, 3), data(2, 5, 3) + 1), in_place
     yield "BatchNorm2d calibrate", bn((4, 3, 5, 5)), lambda layer, x: layer.calibrate([x, x * 2])
+    yield ("BatchNorm2d renorm, ghost batches",
+           bn((8, 3, 5, 5), renorm=True, renorm_clipping={"rmax": 2.0, "dmax": 1.0}, virtual_batch_size=4), in_place)
     try:
         from mpi4py import MPI
     except ImportError:
@@ -130,6 +132,39 @@ def test_an_interrupted_layer_call_is_applied_whole_or_not_at_all(case):
         if completed:
             break
     assert outcomes == {False, True}, name  # interrupted before and after the point of no return
+
+
+@opcode_injection
+@pytest.mark.parametrize("make", [lambda: fastnorm.LazyBatchNorm2d(), lambda: fastnorm.LazyBatchNorm2d().eval(),
+                                  lambda: fastnorm.LazyBatchNorm2d(renorm=True, virtual_batch_size=2),
+                                  lambda: fastnorm.LazyInstanceNorm2d()],
+                         ids=["LazyBatchNorm2d", "LazyBatchNorm2d eval", "LazyBatchNorm2d renorm, ghost batches",
+                              "LazyInstanceNorm2d"])
+def test_an_interrupted_first_call_of_a_lazy_layer_leaves_it_lazy_or_done(make):
+    x0 = (np.random.default_rng(3).normal(size=(4, 3, 5, 5)) * 2 + 1).astype(np.float32)
+    g = np.random.default_rng(1).normal(size=x0.shape).astype(np.float32)
+
+    def state(layer, x):
+        return [type(layer)] + _layer_state(layer, x, g)
+
+    def same(a, b):
+        return a[0] is b[0] and _same(a[1:], b[1:])
+
+    layer, x = make(), x0.copy()
+    before = state(layer, x)
+    layer(x, out=x)
+    after = state(layer, x)
+    assert after[0] is not before[0]
+    outcomes = set()
+    for k in range(100000):
+        layer, x = make(), x0.copy()
+        completed = _interrupt_at(k, lambda: layer(x, out=x))
+        now = state(layer, x)
+        assert same(now, before) or same(now, after), k
+        outcomes.add(same(now, after))
+        if completed:
+            break
+    assert outcomes == {False, True}
 
 
 def _functional_cases():

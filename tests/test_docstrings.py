@@ -12,10 +12,10 @@ LAYERS = [getattr(fastnorm, name) for name in layers.__all__ if name != "no_grad
 METHODS = ["forward", "backward", "train", "eval", "state_dict", "load_state_dict", "reset_parameters",
            "reset_running_stats", "calibrate", "convert"]
 FUNCTIONS = [fastnorm.no_grad, fastnorm.save, fastnorm.load, fastnorm.fold_batch_norm,
-             fastnorm.calibrate_batch_norms, fastnorm.show_config]
+             fastnorm.calibrate_batch_norms, fastnorm.show_config, fastnorm.from_keras]
 # The callables whose errors are part of their contract (the others raise only what Python would).
 RAISES = {"forward", "backward", "load_state_dict", "calibrate", "convert", "save", "load", "fold_batch_norm",
-          "calibrate_batch_norms"}
+          "calibrate_batch_norms", "from_keras"}
 
 
 def sections(doc):

@@ -8,23 +8,26 @@ from ._threads import get_num_threads, set_num_threads, threads
 from ._kernels import set_output_cache
 from .deploy import fold_batch_norm, load, save
 from .distributed import SyncBatchNorm, calibrate_batch_norms
+from .keras import from_keras
 from .statistics import Moments
 from .functional import (batch_norm, batch_norm_backward, batch_normalization, group_norm, group_norm_backward,
                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, moments,
                          rms_norm, rms_norm_backward)
 from .functional import local_response_norm, local_response_norm_backward, normalize, normalize_backward
 from .layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
-                     InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm, no_grad)
+                     InstanceNorm3d, LayerNorm, LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazyInstanceNorm1d,
+                     LazyInstanceNorm2d, LazyInstanceNorm3d, LocalResponseNorm, RMSNorm, no_grad)
 
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "no_grad",
+    "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+    "LazyBatchNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d", "no_grad",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "batch_normalization", "moments",
     "batch_norm_backward", "layer_norm_backward", "group_norm_backward", "instance_norm_backward",
     "rms_norm_backward", "local_response_norm", "local_response_norm_backward",
     "normalize", "normalize_backward",
-    "fold_batch_norm", "save", "load", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
+    "fold_batch_norm", "save", "load", "from_keras", "Moments", "SyncBatchNorm", "calibrate_batch_norms",
     "functional", "preprocessing", "onnx", "get_num_threads", "set_num_threads", "threads", "set_output_cache",
     "show_config",
 ]

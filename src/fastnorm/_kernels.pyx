@@ -227,6 +227,7 @@ cdef class Commit:
     cdef object stats_shape
     cdef bint rms
     cdef tuple kept                 # the statistics to keep: given, or (mean, rstd) of the call
+    cdef object owner, owner_class  # become(): an object whose class the application sets
     cdef readonly bint applied
 
     @property
@@ -325,8 +326,17 @@ cdef class Commit:
         if self.namespace is not None:
             PyDict_Update(self.namespace, self.values)
             self.namespace = self.values = None  # the values may hold this commit (a layer's saved stats)
+        if self.owner is not None:
+            self.owner.__class__ = self.owner_class
+            self.owner = self.owner_class = None
         self.applied = True
         return 0
+
+    def become(self, object owner, type cls):
+        """Also set ``owner.__class__ = cls`` in the application, after the namespace's update (a lazy
+        layer's first call: it becomes the non-lazy class with its first forward)."""
+        self.owner = owner
+        self.owner_class = cls
 
 
 cdef inline int _apply(object commit, object result, object mean, object var, object rstd) except -1:

@@ -113,16 +113,16 @@ def _check_eps(eps: object, name: str = "eps", training: bool = False) -> float:
 
 
 @overload
-def _check_momentum(momentum: object, allow_none: Literal[False]) -> float: ...
+def _check_momentum(momentum: object, allow_none: Literal[False], name: str = ...) -> float: ...
 @overload
-def _check_momentum(momentum: object, allow_none: bool = True) -> Optional[float]: ...
-def _check_momentum(momentum: object, allow_none: bool = True) -> Optional[float]:
+def _check_momentum(momentum: object, allow_none: bool = True, name: str = ...) -> Optional[float]: ...
+def _check_momentum(momentum: object, allow_none: bool = True, name: str = "momentum") -> Optional[float]:
     if momentum is None and allow_none:
         return None
     expected = "a number in [0, 1]" + (" or None" if allow_none else "")
-    momentum = _real(momentum, "momentum", expected)
+    momentum = _real(momentum, name, expected)
     if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected {expected}, got {momentum}")
+        raise ValueError(f"{name}: expected {expected}, got {momentum}")
     return momentum
 
 

@@ -453,13 +453,19 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
     """A ``cls`` of ``config`` holding ``state`` (key -> array), after checking they agree."""
     if not isinstance(config, dict) or not all(
             v is None or isinstance(v, (bool, int, float, str))
-            or (isinstance(v, list) and all(type(d) is int for d in v)) for v in config.values()):
-        raise ValueError(f"{where}: config: expected an object of numbers, strings and lists of integers, "
-                         f"got {config!r:.200}")
+            or (isinstance(v, list) and all(type(d) is int for d in v))
+            or (k == "renorm_clipping" and isinstance(v, dict)
+                and all(type(n) in (int, float) for n in v.values()))
+            for k, v in config.items()):
+        raise ValueError(f"{where}: config: expected an object of numbers, strings and lists of integers "
+                         f"(renorm_clipping: an object of numbers), got {config!r:.200}")
     try:
         kwargs = _layers._from_config(config)
         sizes, small = _sizes(cls, kwargs)
         stand_in = cls(**{**kwargs, **small})
+        if isinstance(stand_in, _layers._LazyNorm):  # loaded once called (or loaded into): their length
+            stand_in.load_state_dict(state, strict=False)
+            sizes = (stand_in.num_features,)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{where}: config: {e}") from None
     unknown = sorted(set(config) - set(stand_in._config()))
@@ -486,6 +492,8 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
 def _sizes(cls: Type[_layers._Layer], kwargs: Mapping[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The shape of a layer's parameter and buffer vectors given its constructor arguments, and the
     arguments of a stand-in of the same configuration whose vectors have one value."""
+    if issubclass(cls, _layers._LazyNorm):  # the arrays, when there are any, give the length
+        return (), {}
     if issubclass(cls, _layers._NormBase):
         return (kwargs.get("num_features"),), {"num_features": 1}
     if issubclass(cls, _layers.LocalResponseNorm):  # no parameters

@@ -51,6 +51,8 @@ class Communicator(Protocol):
 
 # The types an error on one process is raised as on the others; any other is a RuntimeError naming it.
 _ERROR_TYPES = {cls.__name__: cls for cls in (ValueError, TypeError, RuntimeError, MemoryError)}
+# BatchNorm's arguments that SyncBatchNorm does not take: renorm and ghost batches are per-process ideas here.
+_UNSYNCED = ("renorm", "renorm_clipping", "renorm_momentum", "virtual_batch_size")
 _MESSAGE_BYTES = 4096  # at most, of an error message sent to the other processes
 
 
@@ -195,6 +197,12 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel)
         self.comm = comm
+
+    def _config(self) -> Dict[str, Any]:
+        config = super()._config()
+        for key in _UNSYNCED:
+            del config[key]
+        return config
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -424,7 +432,10 @@ class SyncBatchNorm(_BatchNorm):
             return type(layers)(cls._convert(layer, comm, enclosing) for layer in layers)
         if not isinstance(layers, (BatchNorm1d, BatchNorm2d, BatchNorm3d)):
             return layers
-        twin = cls(comm=comm, **layers._config())
+        if layers.renorm or layers.virtual_batch_size is not None:
+            raise ValueError(f"layers: a {type(layers).__name__} with renorm={layers.renorm}, virtual_batch_size="
+                             f"{layers.virtual_batch_size}: SyncBatchNorm supports neither renorm nor ghost batches")
+        twin = cls(comm=comm, **{k: v for k, v in layers._config().items() if k not in _UNSYNCED})
         twin.load_state_dict(layers.state_dict())
         return twin.train(layers.training)
 

@@ -22,11 +22,13 @@ from . import _lrn
 from . import functional as F
 from ._safetensors import SafetensorsFile
 from ._threads import check_count, context_setting, threads_for
-from ._validation import _array, _check_axis, _check_eps, _check_momentum, _normalized_shape
+from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _normalized_shape,
+                          _real)
 from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
-           "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "no_grad"]
+           "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyBatchNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d", "no_grad"]
 
 # Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
 _grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
@@ -120,6 +122,7 @@ class _Layer:
     _optional_state: Tuple[str, ...] = ()
     _has_bias = True  # with affine parameters, whether one is a bias (PyTorch's bias=False)
     _saved: Optional[Tuple[Any, ...]] = None
+    _lazy_target: Optional[_Layer] = None  # on the stand-in of a lazy layer's first call: that layer
     training: bool
     dtype: np.dtype[Any]
     grad_weight: Optional[NDArray[Any]] = None
@@ -148,11 +151,25 @@ class _Layer:
         follows it; ``STATS`` second stands for the statistics of the call), so that an interrupted or
         failing call changes nothing and a completed one all of it.  None when there is nothing to set."""
         keep = _keeps_grad()
-        if not (keep or state):
+        if not (keep or state or self._lazy_target is not None):
             return None
-        commit = _kernels.Commit(self.__dict__, state)
+        commit = self._namespace_commit(state)
         if keep:
             state["_saved"] = (saved[0], commit) + saved[2:] if len(saved) > 1 and saved[1] is STATS else saved
+        return commit
+
+    def _namespace_commit(self, state: Dict[str, Any]) -> _kernels.Commit:
+        """A :class:`~fastnorm._kernels.Commit` that sets ``state`` (new attribute values) on the layer; on the
+        stand-in of a lazy layer's first call, on the lazy layer, with the stand-in's other attributes and
+        class (see _LazyNorm.forward)."""
+        target = self._lazy_target
+        if target is None:
+            return _kernels.Commit(self.__dict__, state)
+        for key, value in self.__dict__.items():
+            if key != "_lazy_target":
+                state.setdefault(key, value)
+        commit = _kernels.Commit(target.__dict__, state)
+        commit.become(target, type(self))
         return commit
 
     def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
@@ -246,7 +263,8 @@ class _Layer:
     def __repr__(self) -> str:
         # PyTorch's repr, then fastnorm's own arguments where they differ from the constructor's default.
         config, defaults = self._config(), inspect.signature(type(self)).parameters
-        extras = [f"{key}={config[key]}" for key in ("channel_axis", "bessel", "dtype")
+        extras = [f"{key}={config[key]}" for key in ("channel_axis", "bessel", "renorm", "renorm_clipping",
+                                                       "renorm_momentum", "virtual_batch_size", "dtype")
                   if key in config and config[key] != _config_value(key, defaults[key].default)]
         return f"{type(self).__name__}({', '.join([self._torch_repr(), *extras])})"
 
@@ -438,6 +456,37 @@ _BATCH_NORM_MATH = r"""
     batches (``momentum = 1 / (num_batches_tracked + 1)``).  Evaluation mode normalizes with the
     running statistics.  The statistics are computed in float64 whatever the dtype."""
 
+_GROUPS_MATH = r"""
+
+    With ``renorm`` (Ioffe, 2017, https://arxiv.org/abs/1702.03275), training mode computes, per channel, with :math:`\mu_B` and
+    :math:`\sigma_B = \sqrt{\mathrm{Var}_B[x] + \epsilon}` of the batch (biased variance) and
+    :math:`\mu`, :math:`\sigma` the ``renorm_mean`` and ``renorm_stddev`` (:math:`\sigma` at least
+    :math:`\sqrt{\epsilon}`, as Keras),
+
+    .. math::
+
+        r = \mathrm{clip}_{[r_{min}, r_{max}]}(\sigma_B / \sigma),\qquad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mu) / \sigma),\qquad
+        y = \left(\frac{x - \mu_B}{\sigma_B}\, r + d\right) \gamma + \beta
+
+    with r and d constants in :meth:`backward` (the paper's stop-gradient), then updates
+    :math:`\mu \leftarrow (1 - m_r)\mu + m_r \mu_B` and :math:`\sigma \leftarrow (1 - m_r)\sigma +
+    m_r \sigma_B` (:math:`m_r` = ``renorm_momentum``), and the running statistics as without renorm.
+    The output equals Keras 3's in training and evaluation; Keras' ``moving_variance`` differs (Keras
+    averages the standard deviations :math:`\sigma_B` and derives the variance from them; fastnorm
+    averages the variances, as without renorm).
+
+    With ``virtual_batch_size`` v (Ghost BatchNorm, Hoffer et al., 2017, https://arxiv.org/abs/1705.08741),
+    training mode splits the batch
+    into sub-batches of v consecutive samples, normalizes each with its own statistics (and its own r and
+    d with ``renorm``) and differentiates each on its own; the running statistics are updated once per
+    call with the mean over the sub-batches of their means and of their unbiased variances (biased with
+    ``bessel=False``: then as tf.keras 2 did), the renorm statistics with the mean of their
+    :math:`\mu_B` and :math:`\sigma_B`.  Evaluation mode is unchanged.  tf.keras 2 (Keras 3 dropped the
+    argument) reshaped the batch to ``(v, N / v, ...)``, so its sub-batch k held samples k, k + N/v,
+    k + 2N/v, ...: interleaved.  ``x.reshape(v, N // v, ...).swapaxes(0, 1).reshape(x.shape)`` puts those
+    samples next to each other for fastnorm."""
+
 _BATCH_NORM_PARAMETERS = """
     Parameters
     ----------
@@ -581,6 +630,23 @@ class _NormBase(_Layer):
                 f"bias={self._has_bias}, track_running_stats={self.track_running_stats}")
 
 
+def _check_renorm_clipping(clipping: object) -> Optional[Dict[str, float]]:
+    """``renorm_clipping``: None, or a mapping of some of "rmax", "rmin", "dmax" to numbers (None: not
+    clipped, as a missing key), rmin <= rmax and dmax >= 0, as Keras checks them."""
+    if clipping is None:
+        return None
+    if not isinstance(clipping, Mapping) or not set(clipping) <= {"rmax", "rmin", "dmax"}:
+        raise ValueError(f"renorm_clipping: expected None or a dict with some of the keys 'rmax', 'rmin', 'dmax', "
+                         f"got {clipping!r}")
+    values = {}
+    for key, value in clipping.items():
+        if value is not None:
+            values[key] = _real(value, f"renorm_clipping[{key!r}]", "a finite number or None")
+    if values.get("rmin", -np.inf) > values.get("rmax", np.inf) or values.get("dmax", 0.0) < 0:
+        raise ValueError(f"renorm_clipping: expected rmin <= rmax and dmax >= 0, got {clipping!r}")
+    return values
+
+
 def _running_stats(layer: _NormBase) -> Tuple[NDArray[Any], NDArray[Any]]:
     """The running mean and variance of a layer that tracks them."""
     if layer.running_mean is None or layer.running_var is None:
@@ -592,15 +658,31 @@ class _BatchNorm(_NormBase):
     _recorder: Optional[List[Any]] = None  # [Moments or None, calls] while calibrate_batch_norms runs
     channel_axis: int
     bessel: bool
+    renorm: bool
+    renorm_clipping: Optional[Dict[str, float]]
+    renorm_momentum: float
+    virtual_batch_size: Optional[int]
+    renorm_mean: Optional[NDArray[Any]] = None  # with renorm (Keras' names)
+    renorm_stddev: Optional[NDArray[Any]] = None
     _eval_cache: _kernels.EvalCache
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
-                 channel_axis: int = 1, bessel: bool = True) -> None:
+                 channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
+                 renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
+                 virtual_batch_size: Optional[int] = None) -> None:
         if not isinstance(channel_axis, numbers.Integral):
             raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
         self.bessel = bool(bessel)
+        self.renorm = bool(renorm)
+        self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        self.renorm_momentum = _check_momentum(renorm_momentum, False, "renorm_momentum")
+        self.virtual_batch_size = None if virtual_batch_size is None else check_count(virtual_batch_size,
+                                                                                          "virtual_batch_size")
+        if self.renorm and not track_running_stats:
+            raise ValueError("renorm: expected track_running_stats=True (the corrections r and d come from "
+                             "running statistics)")
         self._eval_cache = _kernels.EvalCache()
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
 
@@ -609,7 +691,23 @@ class _BatchNorm(_NormBase):
         self._eval_cache = _kernels.EvalCache()
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), channel_axis=self.channel_axis, bessel=self.bessel)
+        return dict(super()._config(), channel_axis=self.channel_axis, bessel=self.bessel, renorm=self.renorm,
+                    renorm_clipping=self.renorm_clipping, renorm_momentum=self.renorm_momentum,
+                    virtual_batch_size=self.virtual_batch_size)
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        if self.renorm and self.num_features:
+            self.renorm_mean = np.zeros(self.num_features, self.dtype)
+            self.renorm_stddev = np.ones(self.num_features, self.dtype)
+
+    reset_running_stats.__doc__ = _NormBase.reset_running_stats.__doc__
+
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
+        state = super()._state()
+        if self.renorm:  # after PyTorch's keys, under Keras' names
+            state.update(renorm_mean=self.renorm_mean, renorm_stddev=self.renorm_stddev)
+        return state
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         """Normalize ``x`` per channel.
@@ -637,7 +735,8 @@ class _BatchNorm(_NormBase):
             ``x`` not floating point, or a masked array; ``out`` of another dtype.
         ValueError
             ``x`` of another number of dimensions or channels; training with a single value per channel
-            or with ``eps=0``; ``out`` of another shape, or read-only.
+            (per sub-batch with ``virtual_batch_size``) or with ``eps=0``; training with a batch size that
+            is not a multiple of ``virtual_batch_size``; ``out`` of another shape, or read-only.
 
         Examples
         --------
@@ -650,6 +749,7 @@ class _BatchNorm(_NormBase):
         (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))
         """
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
+                and self._lazy_target is None
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
             y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
@@ -667,6 +767,8 @@ class _BatchNorm(_NormBase):
         tracking = self.training and self.track_running_stats
         if tracking and x.size > 0 and self.num_batches_tracked is not None:
             state["num_batches_tracked"] = self.num_batches_tracked + 1
+        if self.training and (self.renorm or self.virtual_batch_size is not None) and x.size > 0:
+            return self._forward_groups(x, out, state)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
         saved = self._input_to_keep(x, out)
@@ -752,7 +854,96 @@ class _BatchNorm(_NormBase):
                                (running_var, np.asarray(var, np.float64))))
         commit.apply()
 
+    def _forward_groups(self, x: NDArray[Any], out: Optional[NDArray[Any]], state: Dict[str, Any]) -> NDArray[Any]:
+        """Training with renorm or ghost batches: each sub-batch of ``virtual_batch_size`` consecutive samples
+        (the whole batch without it) normalized with its own statistics, then corrected by r and d."""
+        axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
+        C = self.num_features
+        if x.shape[axis] != C:
+            raise ValueError(f"input: expected {C} channels on axis {axis}, got input of shape {x.shape}")
+        size = self.virtual_batch_size or x.shape[0]
+        if self.virtual_batch_size is not None and axis == 0:
+            raise ValueError("virtual_batch_size: splits axis 0, the batch; expected channel_axis on another axis")
+        if x.shape[0] % size:
+            raise ValueError(f"virtual_batch_size: expected a divisor of the batch size, got {size} for a batch "
+                             f"of {x.shape[0]}")
+        groups = x.shape[0] // size
+        count = x.size // C // groups
+        if count <= 1:
+            raise ValueError(f"input: expected more than 1 value per channel in each {'virtual ' * (groups > 1)}"
+                             f"batch when training, got input size {x.shape}")
+        eps = _check_eps(self.eps, training=True)
+        compute, dtype = _as_input(x, "input")
+        if out is not None:
+            _check_out(out, x.shape, dtype)
+        axes = tuple(a for a in range(x.ndim) if a != axis)
+        pieces = [slice(g * size, (g + 1) * size) for g in range(groups)]
+        stats = [F.moments64(compute[piece], axes)[1:] for piece in pieces]
+        mean, var = np.stack([m for m, _ in stats]), np.stack([v for _, v in stats])   # (groups, C), float64
+        if self.renorm:
+            r, d, renorm_copies = self._renorm_corrections(mean, var)
+        else:
+            r, d, renorm_copies = np.ones_like(mean), np.zeros_like(mean), ()
+        weight = np.ones(C) if self.weight is None else self.weight.astype(np.float64)
+        bias = np.zeros(C) if self.bias is None else self.bias.astype(np.float64)
+        y = np.empty(x.shape, dtype)
+        for g, piece in enumerate(pieces):  # (x - mean) / sqrt(var + eps) * (r * weight) + (d * weight + bias)
+            F.batch_norm(x[piece], mean[g], var[g], weight * r[g], bias + weight * d[g], False, eps=eps,
+                         channel_axis=axis, out=y[piece])
+        if _keeps_grad():
+            state["_saved"] = (self._input_to_keep(x, out), mean, 1.0 / np.sqrt(var + eps), True, size, r, d)
+        # One C call applies the rest: out=, the running statistics (averaged over the sub-batches), the
+        # renorm statistics and the layer's attributes (see _kernels.Commit).
+        running = None
+        if self.running_mean is not None and self.running_var is not None:
+            running = (self.running_mean, self.running_var,
+                       F._momentum_factor(self.momentum, self.num_batches_tracked),
+                       count / (count - 1) if self.bessel else 1.0)
+        commit = self._namespace_commit(state)
+        commit.prepare(out, running, copies=renorm_copies or None)
+        commit.apply(y, mean, var)
+        return y if out is None else out
+
+    def _renorm_corrections(self, mean: NDArray[np.float64], var: NDArray[np.float64]) -> Tuple[
+            NDArray[np.float64], NDArray[np.float64], Tuple[Tuple[NDArray[Any], NDArray[Any]], ...]]:
+        """Batch renormalization's r and d per sub-batch and channel (clipped), and the updates of the renorm
+        statistics as ``(buffer, new value)`` pairs."""
+        assert self.renorm_mean is not None and self.renorm_stddev is not None  # with renorm
+        renorm_mean = self.renorm_mean.astype(np.float64)
+        renorm_stddev = self.renorm_stddev.astype(np.float64)
+        stddev = np.sqrt(var + self.eps)  # sigma_B, of the biased batch variance, as the paper and Keras
+        sigma = np.maximum(renorm_stddev, np.sqrt(self.eps))  # as Keras: no division by 0 early in training
+        r, d = stddev / sigma, (mean - renorm_mean) / sigma
+        clip = self.renorm_clipping or {}
+        r = np.clip(r, clip.get("rmin"), clip.get("rmax")) if clip.keys() & {"rmin", "rmax"} else r
+        d = np.clip(d, -clip["dmax"], clip["dmax"]) if "dmax" in clip else d
+        m = self.renorm_momentum
+        return r, d, ((self.renorm_mean, (1 - m) * renorm_mean + m * mean.mean(axis=0)),
+                      (self.renorm_stddev, (1 - m) * renorm_stddev + m * stddev.mean(axis=0)))
+
+    def _backward_groups(self, grad_output: ArrayLike, x: NDArray[Any], mean: NDArray[np.float64],
+                         invstd: NDArray[np.float64], size: int, r: NDArray[np.float64],
+                         d: NDArray[np.float64]) -> _Grads:
+        """Backward of :meth:`_forward_groups`: per sub-batch, with r and d constants (the paper's
+        stop-gradient): the batch-statistics backward with weight ``r * weight``; the weight's gradient
+        ``r * sum(dy * xhat) + d * sum(dy)``."""
+        g = _array(grad_output, "grad_output")
+        if g.shape != x.shape:
+            raise ValueError(f"grad_output: expected the output's shape {x.shape}, got {g.shape}")
+        weight = np.ones(mean.shape[1]) if self.weight is None else self.weight.astype(np.float64)
+        dx = np.empty(x.shape, x.dtype.newbyteorder("="))
+        grad_weight, grad_bias = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
+        for k in range(mean.shape[0]):
+            piece = slice(k * size, (k + 1) * size)
+            dx[piece], gw, gb = F.batch_norm_backward(g[piece], x[piece], mean[k], invstd[k], weight * r[k], True,
+                                                      channel_axis=self.channel_axis, eps=self.eps)
+            grad_weight += r[k] * gw + d[k] * gb
+            grad_bias += gb
+        return dx, grad_weight, grad_bias
+
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        if len(saved) == 7:  # kept by _forward_groups
+            return self._backward_groups(grad_output, saved[0], *saved[1:3], *saved[4:])
         x, mean, invstd, batch_stats = saved[:4]
         if not batch_stats:
             mean, running_var = _running_stats(self)
@@ -768,6 +959,19 @@ _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.Batc
     bessel : bool, keyword-only
         Update the running variance with the unbiased (True, PyTorch) or biased (False, ONNX/Keras) batch
         variance.
+    renorm : bool, keyword-only
+        Batch Renormalization (Ioffe 2017, Keras' ``renorm``) in training mode; needs
+        ``track_running_stats``.  Adds the buffers ``renorm_mean`` and ``renorm_stddev``.
+    renorm_clipping : dict or None, keyword-only
+        Some of ``"rmax"``, ``"rmin"``, ``"dmax"``: r is clipped to [rmin, rmax], d to [-dmax, dmax]; a key
+        missing (or None) does not clip, as Keras.  Used with ``renorm`` only.
+    renorm_momentum : float in [0, 1], keyword-only
+        Weight of the new batch in ``renorm_mean`` and ``renorm_stddev``: fastnorm's (PyTorch's) convention,
+        as ``momentum``.  Keras' ``renorm_momentum`` is the weight of the old value: Keras' 0.99 (its
+        default) is 0.01 here, the default; :func:`fastnorm.from_keras` converts.  Used with ``renorm`` only.
+    virtual_batch_size : int or None, keyword-only
+        Ghost BatchNorm (Hoffer et al. 2017): in training mode each sub-batch of this many consecutive
+        samples (axis 0) is normalized with its own statistics; the batch size must be a multiple of it.
 
     Shape
     -----
@@ -776,9 +980,12 @@ _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.Batc
         match).
     output : the input's shape and dtype
 """ + _BATCH_NORM_ATTRIBUTES + """
+    renorm_mean, renorm_stddev : ndarray of shape (C,)
+        With ``renorm``: the running mean and standard deviation :math:`\\sqrt{\\mathrm{Var}[x] + \\epsilon}`
+        that r and d are measured against (initially 0 and 1), under Keras' names.
 
     Notes
-    -----""" + _BATCH_NORM_MATH + "\n" + _references("batch", "torch.nn.BatchNorm{dims}") + """
+    -----""" + _BATCH_NORM_MATH + _GROUPS_MATH + "\n" + _references("batch", "torch.nn.BatchNorm{dims}") + """
     Examples
     --------
     >>> import numpy as np, fastnorm
@@ -1446,3 +1653,228 @@ class LocalResponseNorm(_Layer):
 
     def _torch_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lazy layers: num_features from the first call, as torch.nn's LazyBatchNorm*d and LazyInstanceNorm*d
+# ---------------------------------------------------------------------------------------------------------
+
+_VECTOR_KEYS = ("weight", "bias", "running_mean", "running_var", "renorm_mean", "renorm_stddev")
+
+
+class _LazyNorm(_NormBase):
+    """``num_features`` is 0 and the parameters and running statistics are None until the first call (or a
+    load of a state dict that holds them) gives their length; the first call then turns the instance into
+    ``cls_to_become`` (torch's ``LazyModuleMixin``)."""
+
+    cls_to_become: type
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A concrete lazy class takes its input shapes and docstring from the class it becomes.
+        super().__init_subclass__(**kwargs)
+        becomes = cls.__dict__.get("cls_to_become")
+        if becomes is not None:
+            cls._input_ndims = becomes._input_ndims
+            cls.__doc__ = _lazy_doc(becomes)
+
+    def _lazy_init(self) -> None:
+        # PyTorch keeps num_batches_tracked as a real tensor (0) before the first call; the rest waits.
+        self.num_features = 0
+        self.weight = self.bias = self.running_mean = self.running_var = None
+
+    def _config(self) -> Dict[str, Any]:
+        config = super()._config()
+        del config["num_features"]
+        return config
+
+    def has_uninitialized_params(self) -> bool:
+        """Whether ``num_features`` is still unknown (no call and no state dict loaded yet).
+
+        Returns
+        -------
+        bool
+            True until the parameters and buffers exist (as torch's ``has_uninitialized_params``; a layer
+            without affine parameters and running statistics has none, and is False from the start).
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.LazyBatchNorm1d()
+        >>> bn.has_uninitialized_params()
+        True
+        >>> _ = bn.load_state_dict(fastnorm.BatchNorm1d(3).state_dict())
+        >>> bn.has_uninitialized_params(), bn.num_features
+        (False, 3)
+        """
+        return self.num_features == 0 and (self.affine or self.track_running_stats)
+
+    def reset_running_stats(self) -> None:
+        if self.num_features:
+            super().reset_running_stats()
+        elif self.track_running_stats:
+            self.num_batches_tracked = 0
+
+    reset_running_stats.__doc__ = _NormBase.reset_running_stats.__doc__
+
+    def reset_parameters(self) -> None:
+        if self.num_features:
+            super().reset_parameters()
+        else:
+            self.reset_running_stats()
+
+    reset_parameters.__doc__ = _NormBase.reset_parameters.__doc__
+
+    def _channels(self, x: NDArray[Any]) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def _materialize(layer: _NormBase, num_features: int) -> None:
+        """Create ``layer``'s parameters and buffers for ``num_features`` channels."""
+        layer.num_features = num_features
+        tracked = layer.num_batches_tracked
+        layer.reset_parameters()
+        layer.num_batches_tracked = tracked
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which
+        the layer is from then on.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that
+            raises leaves the layer lazy.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> bn = fastnorm.LazyBatchNorm1d()
+        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))
+        >>> type(bn).__name__, bn.num_features, bn.running_mean
+        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))
+        """
+        if self.num_features == 0:
+            x = _array(x, "input")
+            self._check_input(x)
+            channels = self._channels(x)
+            if channels == 0:
+                raise ValueError(f"input: expected at least one channel to infer num_features from, got input "
+                                 f"of shape {x.shape}")
+        # The call runs on a stand-in of cls_to_become with the parameters and buffers created; the kernel
+        # call that writes its output also gives this layer the stand-in's attributes and class (see
+        # _Layer._namespace_commit): a call that fails or is interrupted before it leaves the layer lazy.
+        stand_in: _NormBase = object.__new__(self.cls_to_become)
+        stand_in.__dict__.update(self.__dict__)
+        if self.num_features == 0:
+            self._materialize(stand_in, channels)
+        stand_in._lazy_target = self
+        y: NDArray[Any] = stand_in.forward(x, out=out)
+        return y
+
+    def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:
+        if self.num_features == 0 and isinstance(state_dict, Mapping):
+            # As torch's lazy load hook: initialized values materialize the layer with their length.
+            lengths = {_state_array(state_dict[prefix + key], f"state_dict[{prefix + key!r}]").shape
+                       for key in _VECTOR_KEYS if prefix + key in state_dict}
+            if len(lengths) == 1 and len(shape := lengths.pop()) == 1 and shape[0] > 0:
+                before = self.__dict__.copy()
+                self._materialize(self, shape[0])
+                try:
+                    return super().load_state_dict(state_dict, strict, prefix)
+                except BaseException:
+                    self.__dict__.clear()
+                    self.__dict__.update(before)
+                    raise
+        return super().load_state_dict(state_dict, strict, prefix)
+
+    load_state_dict.__doc__ = _Layer.load_state_dict.__doc__
+
+
+_LAZY_NOTE = """
+    The first call infers ``num_features`` from the channel count of its input, creates the parameters and running statistics and turns the instance into a
+    :class:`{becomes}`: ``isinstance(layer, fastnorm.{becomes})`` holds from then on, as with PyTorch's
+    ``cls_to_become``.  Before it, ``state_dict()`` holds only ``num_batches_tracked`` (with
+    ``track_running_stats``): PyTorch holds the others as uninitialized placeholders, which NumPy does not
+    have.  Loading a state dict that holds them sets ``num_features`` to their length, as PyTorch's lazy
+    modules do; :func:`fastnorm.save` then :func:`fastnorm.load` of a layer not yet called gives one not
+    yet called.
+"""
+
+
+def _lazy_doc(becomes: type) -> str:
+    """The docstring of ``Lazy<becomes>`` from ``becomes``': no ``num_features`` argument, a note on the
+    first call, the example on the lazy class."""
+    cls = becomes.__name__
+    summary = (f"A :class:`{cls}` whose ``num_features`` is inferred from the first call's input, as "
+               f"``torch.nn.Lazy{cls}``.")
+    rest = (becomes.__doc__ or "").split("\n", 1)[1]
+    rest = rest.replace("    num_features : int\n        C, the number of channels.\n", "")
+    rest = rest.replace(f"torch.nn.{cls[:-2]}", f"torch.nn.Lazy{cls[:-2]}")
+    rest = rest.replace(f"= fastnorm.{cls}(3)", f"= fastnorm.Lazy{cls}()")
+    rest = rest.replace("; default False.", "; default True, as PyTorch's lazy class (False in InstanceNorm).")
+    rest = rest.replace("\n    References", _LAZY_NOTE.replace("{becomes}", cls) + "\n    References", 1)
+    return summary + "\n" + rest
+
+
+class _LazyBatchNorm(_LazyNorm, _BatchNorm):
+    def __init__(self, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
+                 channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
+                 renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
+                 virtual_batch_size: Optional[int] = None) -> None:
+        super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
+                         channel_axis=channel_axis, bessel=bessel, renorm=renorm, renorm_clipping=renorm_clipping,
+                         renorm_momentum=renorm_momentum, virtual_batch_size=virtual_batch_size)
+        self._lazy_init()
+        self.renorm_mean = self.renorm_stddev = None
+
+    def _channels(self, x: NDArray[Any]) -> int:
+        return int(x.shape[_check_axis(self.channel_axis, x.ndim, "channel_axis")])
+
+
+class _LazyInstanceNorm(_LazyNorm, _InstanceNorm):
+    # affine and track_running_stats default to True, as in PyTorch's lazy classes (InstanceNorm's: False).
+    def __init__(self, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32) -> None:
+        super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype)
+        self._lazy_init()
+
+    def _channels(self, x: NDArray[Any]) -> int:
+        # PyTorch 2.13 reads dimension 1 whatever the input; an unbatched input has its channels first.
+        return int(x.shape[0 if x.ndim == self._input_ndims[0] else 1])
+
+
+class LazyBatchNorm1d(_LazyBatchNorm):
+    cls_to_become = BatchNorm1d
+
+
+class LazyBatchNorm2d(_LazyBatchNorm):
+    cls_to_become = BatchNorm2d
+
+
+class LazyBatchNorm3d(_LazyBatchNorm):
+    cls_to_become = BatchNorm3d
+
+
+class LazyInstanceNorm1d(_LazyInstanceNorm):
+    cls_to_become = InstanceNorm1d
+
+
+class LazyInstanceNorm2d(_LazyInstanceNorm):
+    cls_to_become = InstanceNorm2d
+
+
+class LazyInstanceNorm3d(_LazyInstanceNorm):
+    cls_to_become = InstanceNorm3d
