@@ -11,6 +11,7 @@ Environment variables:
   ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 python -m pytest tests``.
 * ``FASTNORM_CFLAGS``: extra compiler flags.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -108,7 +109,9 @@ extensions = [
         "fastnorm._kernels",
         ["src/fastnorm/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastnorm"],
-        depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h", "src/fastnorm/_pool.h"],
+        # _kernels.pyx includes the .pxi parts and its .pxd; the .h files hold the C loops, the pool and the
+        # output cache: a change to any of them rebuilds the module.
+        depends=sorted(glob.glob("src/fastnorm/*.pxi") + glob.glob("src/fastnorm/*.pxd") + glob.glob("src/fastnorm/*.h")),
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

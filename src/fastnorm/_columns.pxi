@@ -1,0 +1,184 @@
+
+
+cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
+                        int nthreads, bint stream) noexcept nogil:
+    """Channels-last sweep.  The per-channel values are tiled ``rep`` times so that the sweep runs over
+    rows of ``rep * C`` values (a short row, e.g. C = 64, would pay the loop set-up every 64 values);
+    ``rep`` is a multiple of 4 so that a tiled row is a whole number of SIMD vectors."""
+    cdef Py_ssize_t rep = 4 * max(<Py_ssize_t>1, 256 // C)
+    cdef Py_ssize_t L = rep * C
+    cdef Py_ssize_t full = M // rep
+    cdef Py_ssize_t rows_per_task = max(<Py_ssize_t>1, 65536 // L)
+    cdef Py_ssize_t ntasks = (full + rows_per_task - 1) // rows_per_task
+    cdef Py_ssize_t k, j, task, r0
+    cdef floating* tiled
+    tiled = NULL if stream or M < rep or C >= 256 else <floating*>_alloc(3 * L * sizeof(floating))
+    if tiled == NULL:
+        # Streaming stores reach memory bandwidth with the per-channel values as they are (tiling them
+        # would only crowd L1); a few rows, or rows of 256 values or more, are not worth tiling (BatchNorm
+        # by columns, [64, 12544]: tiling copied 600 KB); and without memory for the tile, the untiled
+        # sweep gives the same bits.
+        if nthreads <= 1:
+            _sweep_rows(x, y, M, C, p, C, stream)
+        else:
+            rows_per_task = max(<Py_ssize_t>1, 65536 // C)
+            ntasks = (M + rows_per_task - 1) // rows_per_task
+            for task in prange(ntasks, schedule="static", num_threads=nthreads):
+                r0 = task * rows_per_task
+                _sweep_rows(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
+        return
+    for k in range(3):
+        for j in range(rep):
+            memcpy(tiled + k * L + j * C, p + k * C, C * sizeof(floating))
+    if nthreads <= 1:
+        _sweep_rows(x, y, full, L, tiled, L, stream)
+    else:
+        for task in prange(ntasks, schedule="static", num_threads=nthreads):
+            r0 = task * rows_per_task
+            _sweep_rows(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream)
+    # The last M % rep rows of the tensor: one partial tiled row.
+    _sweep_rows(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream)
+    free(tiled)
+
+
+cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
+                        Py_ssize_t G, Vec weight, Vec bias, double eps, double* mean, double* var,
+                        int nthreads) noexcept nogil:
+    """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
+    (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
+    cdef Py_ssize_t K = C // G
+    cdef Py_ssize_t n, g, c
+    # All the scratch memory before the first sample is written (out= may be the input)
+    cdef double* cmean = <double*>_alloc((2 * C + _moments_mc_scratch(S, C)) * sizeof(double))
+    cdef double* cvar = cmean + C
+    cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
+    cdef Moments m, col
+    cdef double center, inv, s, rem
+    cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
+    if cmean == NULL or p == NULL:
+        free(cmean)
+        free(p)
+        return -1
+    for n in range(N):
+        _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads, cmean + 2 * C)
+        for g in range(G):
+            m.count = 0.0
+            m.mean = 0.0
+            m.var = 0.0
+            for c in range(g * K, (g + 1) * K):
+                col.count = <double>S
+                col.mean = cmean[c]
+                col.var = cvar[c]
+                _merge(&m, col)
+            _store_moments(m, n * G + g, mean, var)
+            _center_and_scale(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
+            for c in range(g * K, (g + 1) * K):
+                p[c] = <floating>center
+                rem = center - <double>p[c]
+                s = inv * _at(weight, c, 1.0)
+                p[C + c] = <floating>s
+                p[2 * C + c] = <floating>(_at(bias, c, 0.0) - rem * s)
+        _normalize_mc(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
+    _fence_streams(stream, nthreads)
+    free(p)
+    free(cmean)
+    return 0
+
+
+cdef inline Py_ssize_t _grad_mc_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    """The bytes of scratch memory _grad_mc needs (the same for every thread count)."""
+    return (4 * ((M + _rows_per_block(C) - 1) // _rows_per_block(C)) * C + 6 * C) * sizeof(double)
+
+
+cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
+                   const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
+                   double* P1, double* P2, double* X, int nthreads, void* scratch) noexcept nogil:
+    """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
+    mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
+    P1, P2 receive the per-column sum(dy), sum(dy * xhat), X[2 g], X[2 g + 1] the groups' check sums;
+    ``scratch``: _grad_mc_scratch bytes."""
+    cdef Tiles tiles = _tiles(M, C, nthreads)
+    cdef Py_ssize_t nblocks = tiles.nblocks
+    cdef Py_ssize_t G = C // group
+    cdef Py_ssize_t blk, c, g, i, t
+    cdef double A, B, w, beta, gamma
+    cdef double* partial = <double*>scratch  # per row block: sum(dy), sum(dy (x - mean)), sum(xhat), sum(xhat**2)
+    cdef double* colmean = partial + 4 * nblocks * C
+    cdef double* colrstd = colmean + C
+    cdef floating* p = <floating*>(colrstd + C)  # 4 * C values
+    memset(partial, 0, 4 * nblocks * C * sizeof(double))  # the column sums accumulate into it
+    for c in range(C):
+        colmean[c] = mean[c // group]
+        colrstd[c] = rstd[c // group]
+    if nthreads <= 1:  # no thread team for one thread
+        for t in range(nblocks * tiles.ncb):
+            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
+    else:
+        for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
+            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
+    for c in range(C):
+        P1[c] = 0.0
+        P2[c] = 0.0
+    for g in range(2 * G):
+        X[g] = 0.0
+    for blk in range(nblocks):
+        for c in range(C):
+            P1[c] += partial[4 * C * blk + c]
+            P2[c] += partial[4 * C * blk + C + c]
+            X[2 * (c // group)] += partial[4 * C * blk + 2 * C + c]
+            X[2 * (c // group) + 1] += partial[4 * C * blk + 3 * C + c]
+    for g in range(G):
+        A = 0.0
+        B = 0.0
+        for i in range(group):
+            c = g * group + i
+            P2[c] *= rstd[g]
+            w = _at(weight, c, 1.0)
+            A += w * P1[c]
+            B += w * P2[c]
+        beta = 0.0
+        gamma = 0.0
+        if training:
+            beta = -rstd[g] * rstd[g] * B / (M * group)
+            gamma = -rstd[g] * A / (M * group) - beta * (mean[g] - <double><floating>mean[g])
+        for i in range(group):
+            c = g * group + i
+            p[c] = <floating>mean[g]
+            p[C + c] = <floating>(rstd[g] * _at(weight, c, 1.0))
+            p[2 * C + c] = <floating>beta
+            p[3 * C + c] = <floating>gamma
+    if nthreads <= 1:  # no thread team for one thread
+        for t in range(nblocks * tiles.ncb):
+            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
+    else:
+        for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
+            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
+
+
+cdef inline void _grad_column_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
+                                   const double* colmean, const double* colrstd, double* partial) noexcept nogil:
+    """Tile ``t`` of _grad_mc's column sums, into row block ``blk``'s partials."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols
+    cdef double* s_dy
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        return
+    s_dy = partial + 4 * g.C * blk + c0
+    if floating is float:
+        fastnorm_grad_column_sums_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
+    else:
+        fastnorm_grad_column_sums_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
+
+
+cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
+                                  Py_ssize_t t, const floating* p) noexcept nogil:
+    """Tile ``t`` of _grad_mc's dx sweep."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols, off
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        return
+    off = r0 * g.C + c0
+    if floating is float:
+        fastnorm_grad_sweep_rows_f32(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
+    else:
+        fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)

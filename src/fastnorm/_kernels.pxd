@@ -1,0 +1,121 @@
+# Declarations shared by the parts of fastnorm._kernels (the .pxi files that _kernels.pyx includes):
+# the C loops (_simd*.h), the fused type and the structs the parts pass to each other.  The thread pool
+# (_pool.h) is declared in _runtime.pxi and the output cache (_buffers.h) in _memory.pxi, their only users.
+# Cython reads this file as _kernels.pyx's own declarations.
+
+cdef extern from "_simd.h" nogil:
+    int fastnorm_select_isa(int on)
+    int fastnorm_avx2_fma
+    void fastnorm_store_fence()
+    void fastnorm_copy_stream(char* dst, const char* src, size_t n)
+    void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                  const float* base, double* s1, double* s2)
+    void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                  const double* base, double* s1, double* s2)
+    Py_ssize_t fastnorm_first_modified(const double* X, Py_ssize_t G, double inv, const double* mean,
+                                       const double* rstd, double tol, double per_mean, double top, double eps,
+                                       const double* eps_r2, int rms)
+    void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale, float shift)
+    void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale, double shift)
+    void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                 const float* p, Py_ssize_t plen)
+    void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                 const double* p, Py_ssize_t plen)
+    void fastnorm_sweep_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+                                   float shift, const float* w, const float* b)
+    void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+                                   double shift, const double* w, const double* b)
+    void fastnorm_grad_sums_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
+    void fastnorm_grad_sums_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double rstd,
+                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
+    void fastnorm_grad_row_elem_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                    const float* w, double* s_wdy, double* s_wdyx, double* s_xhat,
+                                    double* s_xhat2, double* col_dy, double* col_dyx)
+    void fastnorm_grad_row_elem_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
+                                    double rstd, const double* w, double* s_wdy, double* s_wdyx,
+                                    double* s_xhat, double* s_xhat2, double* col_dy, double* col_dyx)
+    void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                 float alpha, float beta, float gamma)
+    void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double hi,
+                                 double alpha, double beta, double gamma)
+    void fastnorm_grad_run_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t K,
+                                    Py_ssize_t length, const double* mean, const double* rstd, double* P1,
+                                    double* P2, double* X)
+    void fastnorm_grad_run_sums_f64(const double* x, const double* dy, Py_ssize_t rows, Py_ssize_t K,
+                                    Py_ssize_t length, const double* mean, const double* rstd, double* P1,
+                                    double* P2, double* X)
+    void fastnorm_grad_sweep_runs_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
+                                      Py_ssize_t K, Py_ssize_t length, const float* hi, const float* alpha,
+                                      const float* beta, const float* gamma)
+    void fastnorm_grad_sweep_runs_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
+                                      Py_ssize_t K, Py_ssize_t length, const double* hi, const double* alpha,
+                                      const double* beta, const double* gamma)
+    void fastnorm_grad_sweep_elem_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                      float alpha, float beta, float gamma, const float* w)
+    void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                      double hi, double alpha, double beta, double gamma, const double* w)
+    void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
+                                       Py_ssize_t ld, const double* mean, const double* rstd, double* s_dy,
+                                       double* s_dyx, double* s_xhat, double* s_xhat2)
+    void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
+                                       Py_ssize_t ncols, Py_ssize_t ld, const double* mean, const double* rstd,
+                                       double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
+    void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
+                                      Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
+    void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
+                                      Py_ssize_t ncols, Py_ssize_t ld, const double* p, Py_ssize_t plen)
+    void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
+                                        float alpha, float beta, float gamma, const float* w)
+    void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                        double hi, double alpha, double beta, double gamma, const double* w)
+    void fastnorm_sweep_affine_stream_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+                                          float shift, const float* w, const float* b)
+    void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+                                          double shift, const double* w, const double* b)
+    void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
+                                   const float* scale, const float* shift, Py_ssize_t period)
+    void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
+                                   const double* scale, const double* shift, Py_ssize_t period)
+
+ctypedef fused floating:
+    float
+    double
+
+# Values per moments block.  Small enough to sit in L1 while the block is summed, large enough that the
+# Chan merge that follows each block (a few divisions) is negligible.
+cdef enum:
+    BLOCK = 2048
+
+cdef struct Moments:
+    double count
+    double mean
+    double var      # biased variance: the sum of squared deviations (M2) itself overflows first, e.g.
+                    # 2e308 for the two values +-1e154, whose variance 1e308 is a double
+
+# A per-channel parameter vector: float32 or float64, contiguous, or absent (NULL).
+cdef struct Vec:
+    const void* data
+    bint is_f64
+
+
+cdef struct Tiles:
+    # The tiles of a channels-last pass over [M, C]: row blocks of ``rb`` rows (fixed by the shape: the
+    # bits depend on them), each split into ``ncb`` column blocks of ``cw`` columns (for the threads).
+    Py_ssize_t M, C, rb, nblocks, ncb, cw
+
+
+# A row r of an [N, R, S] buffer is N runs of S values (x[n, r, :]).  BatchNorm channels first: a row is
+# a channel (R = C).  LayerNorm, InstanceNorm, GroupNorm, RMSNorm: N = 1 and a row is one contiguous
+# normalization group.  Only the affine that follows differs:
+
+cdef struct RowAffine:
+    Vec weight
+    Vec bias
+    Py_ssize_t sub          # per-channel mode: values per sub-run sharing one channel's scale and shift;
+    Py_ssize_t groups       # sub-run j of row r belongs to channel (r % groups) * (S // sub) + j
+    bint per_element        # weight/bias indexed by the position in the run (LayerNorm, RMSNorm); they
+                            # then have the data's dtype
+    bint rms                # scale by the root mean square, without centering (RMSNorm)
