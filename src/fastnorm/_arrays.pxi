@@ -37,8 +37,8 @@ cdef bint _plain_running(object rm, object rv):
             and not _overlap(<cnp.ndarray>rm, <cnp.ndarray>rv))
 
 
-cdef inline Vec _vec(object a):
-    cdef Vec v
+cdef inline ParamVector _param_vector(object a):
+    cdef ParamVector v
     if a is None:
         v.data = NULL
         v.is_f64 = False
@@ -48,7 +48,7 @@ cdef inline Vec _vec(object a):
     return v
 
 
-cdef inline double _at(Vec v, Py_ssize_t i, double default) noexcept nogil:
+cdef inline double _at(ParamVector v, Py_ssize_t i, double default) noexcept nogil:
     if v.data == NULL:
         return default
     if v.is_f64:

@@ -1,12 +1,12 @@
 
 
-cdef Py_ssize_t _first_modified(const double* X, Py_ssize_t G, double count, const double* mean,
+cdef Py_ssize_t _first_modified(const double* xhat_sums, Py_ssize_t G, double count, const double* mean,
                                 const double* rstd, double eps, const double* eps_r2, bint rms, bint f64, double* m1,
                                 double* q) noexcept nogil:
     """The first of G normalization groups whose check sums cannot come from the input the statistics
     were computed from, or -1; m1 and q are then its mean and variance in units of the forward's.
 
-    X[2 g], X[2 g + 1] are sum(xhat) and sum(xhat**2) over the group's ``count`` values, xhat = (x -
+    xhat_sums[2 g], xhat_sums[2 g + 1] are sum(xhat) and sum(xhat**2) over the group's ``count`` values, xhat = (x -
     mean) * rstd with the statistics given.  For the forward's input, m1 = sum(xhat) / count is 0 and q =
     sum(xhat**2) / count - m1**2 is var * rstd**2 = 1 - eps * rstd**2 (``eps_r2[g]`` where given: the
     rescaled backward's, whose rstd is not the forward's) (RMSNorm, uncentered: mean(x**2) *
@@ -23,14 +23,14 @@ cdef Py_ssize_t _first_modified(const double* X, Py_ssize_t G, double count, con
     cdef double tol = 1024.0 * unit + (count / 16.0 + 16384.0) * (DBL_EPSILON / 2)
     cdef double per_mean = 4.0 * (count / 2048.0 + 2.0) * DBL_EPSILON
     cdef double inv = 1.0 / count, top = DBL_MAX if f64 else FLT_MAX
-    cdef Py_ssize_t g = fastnorm_first_modified(X, G, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms)
+    cdef Py_ssize_t g = fastnorm_first_modified(xhat_sums, G, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms)
     if g >= 0:
-        m1[0] = 0.0 if rms else X[2 * g] * inv
-        q[0] = X[2 * g + 1] * inv - m1[0] * m1[0]
+        m1[0] = 0.0 if rms else xhat_sums[2 * g] * inv
+        q[0] = xhat_sums[2 * g + 1] * inv - m1[0] * m1[0]
     return g
 
 
-cdef int _check_unmodified(const double* X, Py_ssize_t G, double count, const double* mean, const double* rstd,
+cdef int _check_unmodified(const double* xhat_sums, Py_ssize_t G, double count, const double* mean, const double* rstd,
                            object check, bint rms, bint f64) except -1:
     """Raise RuntimeError (PyTorch's words) when a group of a training backward's input no longer has
     the statistics given for it: modified in place after its forward, or not the input they came from.
@@ -41,7 +41,7 @@ cdef int _check_unmodified(const double* X, Py_ssize_t G, double count, const do
         eps_r2 = <const double*>cnp.PyArray_DATA(<cnp.ndarray>check)
     else:
         eps = check
-    cdef Py_ssize_t g = _first_modified(X, G, count, mean, rstd, eps, eps_r2, rms, f64, &m1, &q)
+    cdef Py_ssize_t g = _first_modified(xhat_sums, G, count, mean, rstd, eps, eps_r2, rms, f64, &m1, &q)
     if g < 0:
         return 0
     change = ("" if rms else f"mean moved by {m1:.3g} standard deviations, ") + (

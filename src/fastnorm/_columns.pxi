@@ -1,6 +1,6 @@
 
 
-cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
+cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
                         int nthreads, bint stream) noexcept nogil:
     """Channels-last sweep.  The per-channel values are tiled ``rep`` times so that the sweep runs over
     rows of ``rep * C`` values (a short row, e.g. C = 64, would pay the loop set-up every 64 values);
@@ -19,48 +19,48 @@ cdef void _normalize_mc(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t
         # by columns, [64, 12544]: tiling copied 600 KB); and without memory for the tile, the untiled
         # sweep gives the same bits.
         if nthreads <= 1:
-            _sweep_rows(x, y, M, C, p, C, stream)
+            _sweep_columns(x, y, M, C, p, C, stream)
         else:
             rows_per_task = max(<Py_ssize_t>1, 65536 // C)
             ntasks = (M + rows_per_task - 1) // rows_per_task
             for task in prange(ntasks, schedule="static", num_threads=nthreads):
                 r0 = task * rows_per_task
-                _sweep_rows(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
+                _sweep_columns(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
         return
     for k in range(3):
         for j in range(rep):
             memcpy(tiled + k * L + j * C, p + k * C, C * sizeof(floating))
     if nthreads <= 1:
-        _sweep_rows(x, y, full, L, tiled, L, stream)
+        _sweep_columns(x, y, full, L, tiled, L, stream)
     else:
         for task in prange(ntasks, schedule="static", num_threads=nthreads):
             r0 = task * rows_per_task
-            _sweep_rows(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream)
+            _sweep_columns(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream)
     # The last M % rep rows of the tensor: one partial tiled row.
-    _sweep_rows(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream)
+    _sweep_columns(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream)
     free(tiled)
 
 
-cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
-                        Py_ssize_t G, Vec weight, Vec bias, double eps, double* mean, double* var,
+cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
+                        Py_ssize_t G, ParamVector weight, ParamVector bias, double eps, double* mean, double* var,
                         int nthreads) noexcept nogil:
     """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
     cdef Py_ssize_t K = C // G
     cdef Py_ssize_t n, g, c
     # All the scratch memory before the first sample is written (out= may be the input)
-    cdef double* cmean = <double*>_alloc((2 * C + _moments_mc_scratch(S, C)) * sizeof(double))
+    cdef double* cmean = <double*>_alloc((2 * C + _moments_columns_scratch(S, C)) * sizeof(double))
     cdef double* cvar = cmean + C
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     cdef Moments m, col
-    cdef double center, inv, s, rem
+    cdef double center, inv, s, mean_lo
     cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
     if cmean == NULL or p == NULL:
         free(cmean)
         free(p)
         return -1
     for n in range(N):
-        _moments_mc(x + n * S * C, S, C, cmean, cvar, nthreads, cmean + 2 * C)
+        _moments_columns(x + n * S * C, S, C, cmean, cvar, nthreads, cmean + 2 * C)
         for g in range(G):
             m.count = 0.0
             m.mean = 0.0
@@ -69,39 +69,39 @@ cdef int _group_norm_mc(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
                 col.count = <double>S
                 col.mean = cmean[c]
                 col.var = cvar[c]
-                _merge(&m, col)
+                _chan_merge(&m, col)
             _store_moments(m, n * G + g, mean, var)
             _center_and_scale(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
             for c in range(g * K, (g + 1) * K):
                 p[c] = <floating>center
-                rem = center - <double>p[c]
+                mean_lo = center - <double>p[c]
                 s = inv * _at(weight, c, 1.0)
                 p[C + c] = <floating>s
-                p[2 * C + c] = <floating>(_at(bias, c, 0.0) - rem * s)
-        _normalize_mc(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
+                p[2 * C + c] = <floating>(_at(bias, c, 0.0) - mean_lo * s)
+        _sweep_columns_folded(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
     _fence_streams(stream, nthreads)
     free(p)
     free(cmean)
     return 0
 
 
-cdef inline Py_ssize_t _grad_mc_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    """The bytes of scratch memory _grad_mc needs (the same for every thread count)."""
+cdef inline Py_ssize_t _backward_columns_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    """The bytes of scratch memory _backward_columns needs (the same for every thread count)."""
     return (4 * ((M + _rows_per_block(C) - 1) // _rows_per_block(C)) * C + 6 * C) * sizeof(double)
 
 
-cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
-                   const double* mean, const double* rstd, Py_ssize_t group, Vec weight, bint training,
-                   double* P1, double* P2, double* X, int nthreads, void* scratch) noexcept nogil:
+cdef void _backward_columns(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
+                   const double* mean, const double* rstd, Py_ssize_t group, ParamVector weight, bint training,
+                   double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads, void* scratch) noexcept nogil:
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
     mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
-    P1, P2 receive the per-column sum(dy), sum(dy * xhat), X[2 g], X[2 g + 1] the groups' check sums;
-    ``scratch``: _grad_mc_scratch bytes."""
+    sum_dy, sum_dy_xhat receive the per-column sum(dy), sum(dy * xhat), xhat_sums[2 g], xhat_sums[2 g + 1] the groups' check sums;
+    ``scratch``: _backward_columns_scratch bytes."""
     cdef Tiles tiles = _tiles(M, C, nthreads)
     cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
     cdef Py_ssize_t blk, c, g, i, t
-    cdef double A, B, w, beta, gamma
+    cdef double A, B, w, c2, c3
     cdef double* partial = <double*>scratch  # per row block: sum(dy), sum(dy (x - mean)), sum(xhat), sum(xhat**2)
     cdef double* colmean = partial + 4 * nblocks * C
     cdef double* colrstd = colmean + C
@@ -112,68 +112,68 @@ cdef void _grad_mc(const floating* x, const floating* dy, floating* dx, Py_ssize
         colrstd[c] = rstd[c // group]
     if nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * tiles.ncb):
-            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
+            _backward_reduce_tile(x, dy, &tiles, t, colmean, colrstd, partial)
     else:
         for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
-            _grad_column_tile(x, dy, &tiles, t, colmean, colrstd, partial)
+            _backward_reduce_tile(x, dy, &tiles, t, colmean, colrstd, partial)
     for c in range(C):
-        P1[c] = 0.0
-        P2[c] = 0.0
+        sum_dy[c] = 0.0
+        sum_dy_xhat[c] = 0.0
     for g in range(2 * G):
-        X[g] = 0.0
+        xhat_sums[g] = 0.0
     for blk in range(nblocks):
         for c in range(C):
-            P1[c] += partial[4 * C * blk + c]
-            P2[c] += partial[4 * C * blk + C + c]
-            X[2 * (c // group)] += partial[4 * C * blk + 2 * C + c]
-            X[2 * (c // group) + 1] += partial[4 * C * blk + 3 * C + c]
+            sum_dy[c] += partial[4 * C * blk + c]
+            sum_dy_xhat[c] += partial[4 * C * blk + C + c]
+            xhat_sums[2 * (c // group)] += partial[4 * C * blk + 2 * C + c]
+            xhat_sums[2 * (c // group) + 1] += partial[4 * C * blk + 3 * C + c]
     for g in range(G):
         A = 0.0
         B = 0.0
         for i in range(group):
             c = g * group + i
-            P2[c] *= rstd[g]
+            sum_dy_xhat[c] *= rstd[g]
             w = _at(weight, c, 1.0)
-            A += w * P1[c]
-            B += w * P2[c]
-        beta = 0.0
-        gamma = 0.0
+            A += w * sum_dy[c]
+            B += w * sum_dy_xhat[c]
+        c2 = 0.0
+        c3 = 0.0
         if training:
-            beta = -rstd[g] * rstd[g] * B / (M * group)
-            gamma = -rstd[g] * A / (M * group) - beta * (mean[g] - <double><floating>mean[g])
+            c2 = -rstd[g] * rstd[g] * B / (M * group)
+            c3 = -rstd[g] * A / (M * group) - c2 * (mean[g] - <double><floating>mean[g])
         for i in range(group):
             c = g * group + i
             p[c] = <floating>mean[g]
             p[C + c] = <floating>(rstd[g] * _at(weight, c, 1.0))
-            p[2 * C + c] = <floating>beta
-            p[3 * C + c] = <floating>gamma
+            p[2 * C + c] = <floating>c2
+            p[3 * C + c] = <floating>c3
     if nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * tiles.ncb):
-            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
+            _backward_elemt_tile(x, dy, dx, &tiles, t, p)
     else:
         for t in prange(nblocks * tiles.ncb, schedule="static", num_threads=nthreads):
-            _grad_sweep_tile(x, dy, dx, &tiles, t, p)
+            _backward_elemt_tile(x, dy, dx, &tiles, t, p)
 
 
-cdef inline void _grad_column_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
+cdef inline void _backward_reduce_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
                                    const double* colmean, const double* colrstd, double* partial) noexcept nogil:
-    """Tile ``t`` of _grad_mc's column sums, into row block ``blk``'s partials."""
+    """Tile ``t`` of _backward_columns's column sums, into row block ``blk``'s partials."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols
-    cdef double* s_dy
+    cdef double* sum_dy
     if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return
-    s_dy = partial + 4 * g.C * blk + c0
+    sum_dy = partial + 4 * g.C * blk + c0
     if floating is float:
         fastnorm_grad_column_sums_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
+                                      colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
     else:
         fastnorm_grad_column_sums_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      colrstd + c0, s_dy, s_dy + g.C, s_dy + 2 * g.C, s_dy + 3 * g.C)
+                                      colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
 
 
-cdef inline void _grad_sweep_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
+cdef inline void _backward_elemt_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
                                   Py_ssize_t t, const floating* p) noexcept nogil:
-    """Tile ``t`` of _grad_mc's dx sweep."""
+    """Tile ``t`` of _backward_columns's dx sweep."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols, off
     if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return

@@ -1,26 +1,26 @@
 
 
-cdef void _fold_all(Py_ssize_t C, Vec mean, Vec var, Vec weight, Vec bias, double eps,
+cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
                     floating* p) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(C):
-        _affine(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
+        _fold_channel_stats(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
 
 
-cdef int _fold_and_normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                             Vec mean, Vec var, Vec weight, Vec bias, double eps,
+cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                             ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
                              int nthreads) noexcept nogil:
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     if p == NULL:
         return -1
-    _fold_all(C, mean, var, weight, bias, eps, p)
-    _normalize(x, y, N, C, S, p, nthreads)
+    _fold_channels(C, mean, var, weight, bias, eps, p)
+    _sweep_folded(x, y, N, C, S, p, nthreads)
     free(p)
     return 0
 
 
-cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef void _sweep_folded(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                      const floating* p, int nthreads) noexcept nogil:
     """The sweep with folded factors p: ``[N, C, S]``, or the columns of ``[N, C]`` when S == 1."""
     cdef bint stream = _streams(2 * N * C * S * sizeof(floating))
@@ -29,7 +29,7 @@ cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
     if 1 < S < SHORT_SWEEP:
         columns = <floating*>_alloc(3 * C * S * sizeof(floating))
     if S == 1:
-        _normalize_mc(x, y, N, C, p, nthreads, stream)
+        _sweep_columns_folded(x, y, N, C, p, nthreads, stream)
     elif columns != NULL:
         # Short runs: the same sweep over the columns of [N, C * S], each channel's factors repeated S
         # times (a call per run of a few values would cost more than its values).
@@ -37,10 +37,10 @@ cdef void _normalize(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
             for c in range(C):
                 for j in range(S):
                     columns[(k * C + c) * S + j] = p[k * C + c]
-        _normalize_mc(x, y, N, C * S, columns, nthreads, stream)
+        _sweep_columns_folded(x, y, N, C * S, columns, nthreads, stream)
         free(columns)
     else:
-        _normalize_ncs(x, y, N, C, S, p, nthreads, stream)
+        _sweep_channels(x, y, N, C, S, p, nthreads, stream)
     _fence_streams(stream, nthreads)
 
 
@@ -146,7 +146,7 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     if N * S == 0 or not cache._refresh((mean, var, weight, bias), C, eps):
         return None
     out = _empty(ndim, dims, t)
-    cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
+    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var), vw = _param_vector(weight), vb = _param_vector(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
     # The sweep runs without the GIL on a copy of the factors: another thread may refold the cache
@@ -157,24 +157,24 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
             cache.p32 = <float*>_alloc(3 * C * sizeof(float))
             if cache.p32 == NULL:
                 _out_of_memory()
-            _fold_all(C, vm, vv, vw, vb, eps, cache.p32)
+            _fold_channels(C, vm, vv, vw, vb, eps, cache.p32)
         factors = _alloc(3 * C * sizeof(float))
         if factors == NULL:
             _out_of_memory()
         memcpy(factors, cache.p32, 3 * C * sizeof(float))
         with nogil:
-            _normalize(<const float*>px, <float*>py, N, C, S, <const float*>factors, nthreads)
+            _sweep_folded(<const float*>px, <float*>py, N, C, S, <const float*>factors, nthreads)
     else:
         if cache.p64 == NULL:
             cache.p64 = <double*>_alloc(3 * C * sizeof(double))
             if cache.p64 == NULL:
                 _out_of_memory()
-            _fold_all(C, vm, vv, vw, vb, eps, cache.p64)
+            _fold_channels(C, vm, vv, vw, vb, eps, cache.p64)
         factors = _alloc(3 * C * sizeof(double))
         if factors == NULL:
             _out_of_memory()
         memcpy(factors, cache.p64, 3 * C * sizeof(double))
         with nogil:
-            _normalize(<const double*>px, <double*>py, N, C, S, <const double*>factors, nthreads)
+            _sweep_folded(<const double*>px, <double*>py, N, C, S, <const double*>factors, nthreads)
     free(factors)
     return out

@@ -14,70 +14,70 @@ cdef extern from "_simd.h" nogil:
                                   const float* base, double* s1, double* s2)
     void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                   const double* base, double* s1, double* s2)
-    Py_ssize_t fastnorm_first_modified(const double* X, Py_ssize_t G, double inv, const double* mean,
+    Py_ssize_t fastnorm_first_modified(const double* xhat_sums, Py_ssize_t G, double inv, const double* mean,
                                        const double* rstd, double tol, double per_mean, double top, double eps,
                                        const double* eps_r2, int rms)
-    void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale, float shift)
-    void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale, double shift)
+    void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale, float shift)
+    void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale, double shift)
     void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
                                  const float* p, Py_ssize_t plen)
     void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
                                  const double* p, Py_ssize_t plen)
-    void fastnorm_sweep_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+    void fastnorm_sweep_affine_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale,
                                    float shift, const float* w, const float* b)
-    void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+    void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
                                    double shift, const double* w, const double* b)
-    void fastnorm_grad_sums_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
-                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
-    void fastnorm_grad_sums_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double rstd,
-                                double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
-    void fastnorm_grad_row_elem_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
-                                    const float* w, double* s_wdy, double* s_wdyx, double* s_xhat,
-                                    double* s_xhat2, double* col_dy, double* col_dyx)
-    void fastnorm_grad_row_elem_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
-                                    double rstd, const double* w, double* s_wdy, double* s_wdyx,
-                                    double* s_xhat, double* s_xhat2, double* col_dy, double* col_dyx)
-    void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
-                                 float alpha, float beta, float gamma)
-    void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double hi,
-                                 double alpha, double beta, double gamma)
+    void fastnorm_backward_reduce_run_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+    void fastnorm_backward_reduce_run_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double rstd,
+                                double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+    void fastnorm_backward_reduce_per_element_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
+                                    const float* w, double* sum_w_dy, double* sum_w_dy_xc, double* sum_xhat,
+                                    double* sum_xhat2, double* col_dy, double* col_dy_xhat)
+    void fastnorm_backward_reduce_per_element_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
+                                    double rstd, const double* w, double* sum_w_dy, double* sum_w_dy_xc,
+                                    double* sum_xhat, double* sum_xhat2, double* col_dy, double* col_dy_xhat)
+    void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
+                                 float c1, float c2, float c3)
+    void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean_hi,
+                                 double c1, double c2, double c3)
     void fastnorm_grad_run_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t K,
-                                    Py_ssize_t length, const double* mean, const double* rstd, double* P1,
-                                    double* P2, double* X)
+                                    Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
+                                    double* sum_dy_xhat, double* xhat_sums)
     void fastnorm_grad_run_sums_f64(const double* x, const double* dy, Py_ssize_t rows, Py_ssize_t K,
-                                    Py_ssize_t length, const double* mean, const double* rstd, double* P1,
-                                    double* P2, double* X)
+                                    Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
+                                    double* sum_dy_xhat, double* xhat_sums)
     void fastnorm_grad_sweep_runs_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
-                                      Py_ssize_t K, Py_ssize_t length, const float* hi, const float* alpha,
-                                      const float* beta, const float* gamma)
+                                      Py_ssize_t K, Py_ssize_t length, const float* mean_hi, const float* c1,
+                                      const float* c2, const float* c3)
     void fastnorm_grad_sweep_runs_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
-                                      Py_ssize_t K, Py_ssize_t length, const double* hi, const double* alpha,
-                                      const double* beta, const double* gamma)
-    void fastnorm_grad_sweep_elem_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
-                                      float alpha, float beta, float gamma, const float* w)
+                                      Py_ssize_t K, Py_ssize_t length, const double* mean_hi, const double* c1,
+                                      const double* c2, const double* c3)
+    void fastnorm_grad_sweep_elem_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
+                                      float c1, float c2, float c3, const float* w)
     void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
-                                      double hi, double alpha, double beta, double gamma, const double* w)
+                                      double mean_hi, double c1, double c2, double c3, const double* w)
     void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
-                                       Py_ssize_t ld, const double* mean, const double* rstd, double* s_dy,
-                                       double* s_dyx, double* s_xhat, double* s_xhat2)
+                                       Py_ssize_t ld, const double* mean, const double* rstd, double* sum_dy,
+                                       double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
     void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
                                        Py_ssize_t ncols, Py_ssize_t ld, const double* mean, const double* rstd,
-                                       double* s_dy, double* s_dyx, double* s_xhat, double* s_xhat2)
+                                       double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
     void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
                                       Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
     void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
                                       Py_ssize_t ncols, Py_ssize_t ld, const double* p, Py_ssize_t plen)
-    void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float hi,
-                                        float alpha, float beta, float gamma, const float* w)
+    void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
+                                        float c1, float c2, float c3, const float* w)
     void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
-                                        double hi, double alpha, double beta, double gamma, const double* w)
-    void fastnorm_sweep_affine_stream_f32(const float* x, float* y, Py_ssize_t n, float hi, float scale,
+                                        double mean_hi, double c1, double c2, double c3, const double* w)
+    void fastnorm_sweep_affine_stream_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale,
                                           float shift, const float* w, const float* b)
-    void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double hi, double scale,
+    void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
                                           double shift, const double* w, const double* b)
-    void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
+    void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
-    void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
+    void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* mean_hi,
                                    const double* scale, const double* shift, Py_ssize_t period)
 
 ctypedef fused floating:
@@ -96,7 +96,7 @@ cdef struct Moments:
                     # 2e308 for the two values +-1e154, whose variance 1e308 is a double
 
 # A per-channel parameter vector: float32 or float64, contiguous, or absent (NULL).
-cdef struct Vec:
+cdef struct ParamVector:
     const void* data
     bint is_f64
 
@@ -112,8 +112,8 @@ cdef struct Tiles:
 # normalization group.  Only the affine that follows differs:
 
 cdef struct RowAffine:
-    Vec weight
-    Vec bias
+    ParamVector weight
+    ParamVector bias
     Py_ssize_t sub          # per-channel mode: values per sub-run sharing one channel's scale and shift;
     Py_ssize_t groups       # sub-run j of row r belongs to channel (r % groups) * (S // sub) + j
     bint per_element        # weight/bias indexed by the position in the run (LayerNorm, RMSNorm); they

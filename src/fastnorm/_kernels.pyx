@@ -78,18 +78,18 @@ def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthread
     cdef double* partial
     with nogil:
         if S == 1:
-            partial = <double*>_alloc(_moments_mc_scratch(N, C) * sizeof(double))
+            partial = <double*>_alloc(_moments_columns_scratch(N, C) * sizeof(double))
             if partial == NULL:
                 status = -1
             elif f64:
-                _moments_mc(<const double*>px, N, C, pm, pv, nthreads, partial)
+                _moments_columns(<const double*>px, N, C, pm, pv, nthreads, partial)
             else:
-                _moments_mc(<const float*>px, N, C, pm, pv, nthreads, partial)
+                _moments_columns(<const float*>px, N, C, pm, pv, nthreads, partial)
             free(partial)
         elif f64:
-            status = _moments_ncs(<const double*>px, N, C, S, pm, pv, nthreads)
+            status = _moments_channels(<const double*>px, N, C, S, pm, pv, nthreads)
         else:
-            status = _moments_ncs(<const float*>px, N, C, S, pm, pv, nthreads)
+            status = _moments_channels(<const float*>px, N, C, S, pm, pv, nthreads)
     if status < 0:
         _out_of_memory()
     return mean, var
@@ -102,14 +102,14 @@ def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t 
     (``S == 1`` is the channels-last ``[N, C]`` case); then applies ``commit`` (a :class:`Commit`)."""
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef Vec vm = _vec(mean), vv = _vec(var), vw = _vec(weight), vb = _vec(bias)
+    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var), vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
     with nogil:
         if f64:
-            status = _fold_and_normalize(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
         else:
-            status = _fold_and_normalize(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_sweep(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
     if status < 0:
         _out_of_memory()
     _apply(commit, out, mean, var, None)
@@ -140,8 +140,8 @@ cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t 
                            Py_ssize_t groups, bint per_element, bint rms):
     """The affine map of the rows of an [N, R, S] buffer; sub, groups <= 0 mean one channel per row."""
     cdef RowAffine a
-    a.weight = _vec(weight)
-    a.bias = _vec(bias)
+    a.weight = _param_vector(weight)
+    a.bias = _param_vector(bias)
     a.sub = sub if sub > 0 else S
     a.groups = groups if groups > 0 else R
     a.per_element = per_element
@@ -174,9 +174,9 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
         _out_of_memory()
     with nogil:
         if f64:
-            status = _norm_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
+            status = _forward_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
-            status = _norm_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
+            status = _forward_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
     free(scratch)
     if status < 0:
         _out_of_memory()
@@ -197,20 +197,20 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
     cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
-    cdef Vec vw = _vec(weight), vb = _vec(bias), vm = _vec(stats[0]), vv = _vec(stats[1])
+    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias), vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
     cdef bint f64 = _is_f64(x)
     cdef int status = -1
     cdef double* partial
     with nogil:
-        partial = <double*>_alloc(_moments_mc_scratch(M, C) * sizeof(double))
+        partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
         if partial != NULL:
             if f64:
-                _moments_mc(<const double*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_normalize(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps,
+                _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
+                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps,
                                              nthreads)
             else:
-                _moments_mc(<const float*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_normalize(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps,
+                _moments_columns(<const float*>px, M, C, pm, pv, nthreads, partial)
+                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps,
                                              nthreads)
         free(partial)
     if status < 0:
@@ -229,14 +229,14 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
     cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
-    cdef Vec vw = _vec(weight), vb = _vec(bias)
+    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
     with nogil:
         if f64:
-            status = _group_norm_mc(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
         else:
-            status = _group_norm_mc(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _forward_column_groups(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
     if status < 0:
         _out_of_memory()
     _with_rstd(stats, eps, False)
@@ -263,63 +263,63 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
         return _rescaled(backward_rows, x, dy, dx, (N, R, S), (N, R, S), (1, R, 1), mean, rstd, e,
                          dict(weight=weight, training=True, nthreads=nthreads, sub=sub, groups=groups,
                               per_element=per_element, rms=rms, check=check))
-    cdef double* X = <double*>_alloc(2 * R * sizeof(double))  # the rows' check sums
-    if X == NULL:
+    cdef double* xhat_sums = <double*>_alloc(2 * R * sizeof(double))  # the rows' check sums
+    if xhat_sums == NULL:
         _out_of_memory()
-    cdef cnp.ndarray P1 = _empty_doubles(nsums)
-    cdef cnp.ndarray P2 = _empty_doubles(nsums)
+    cdef cnp.ndarray sum_dy = _empty_doubles(nsums)
+    cdef cnp.ndarray sum_dy_xhat = _empty_doubles(nsums)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* po = cnp.PyArray_DATA(dx)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     cdef int status
     with nogil:
         if per_element:
             if f64:
-                status = _grad_elem(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, X, nthreads)
+                status = _backward_per_element(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
+                           pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
             else:
-                status = _grad_elem(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, X, nthreads)
+                status = _backward_per_element(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
+                           pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
         elif f64:
-            status = _grad_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       X, nthreads)
+            status = _backward_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
+                       xhat_sums, nthreads)
         else:
-            status = _grad_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       X, nthreads)
+            status = _backward_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
+                       xhat_sums, nthreads)
     try:
         if status < 0:
             _out_of_memory()
         if training and check is not None:
-            _check_unmodified(X, R, N * S, pm, pr, check, rms, f64)
+            _check_unmodified(xhat_sums, R, N * S, pm, pr, check, rms, f64)
     finally:
-        free(X)
-    return P1, P2
+        free(xhat_sums)
+    return sum_dy, sum_dy_xhat
 
 
 def backward_reduce(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                     cnp.ndarray mean, cnp.ndarray rstd, int nthreads):
     """Per-channel (sum(dy), sum(dy * xhat)) of an ``[N, C, S]`` buffer, float64: the part of a
     BatchNorm backward that several processes add up before :func:`backward_elemt`."""
-    cdef cnp.ndarray P1 = _empty_doubles(C)
-    cdef cnp.ndarray P2 = _empty_doubles(C)
+    cdef cnp.ndarray sum_dy = _empty_doubles(C)
+    cdef cnp.ndarray sum_dy_xhat = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
-            _grad_sums_rows(<const double*>px, <const double*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+            _backward_reduce_channels(<const double*>px, <const double*>pg, N, C, S, pm, pr, p1, p2, nthreads)
         else:
-            _grad_sums_rows(<const float*>px, <const float*>pg, N, C, S, pm, pr, p1, p2, nthreads)
-    return P1, P2
+            _backward_reduce_channels(<const float*>px, <const float*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+    return sum_dy, sum_dy_xhat
 
 
 def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -338,10 +338,10 @@ def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, 
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
-            _grad_apply_rows(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2, count,
+            _backward_elemt_channels(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2, count,
                              nthreads)
         else:
-            _grad_apply_rows(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2, count,
+            _backward_elemt_channels(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2, count,
                              nthreads)
 
 
@@ -355,38 +355,38 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
     if e is not None:
         return _rescaled(backward_columns, x, dy, dx, (N, M, C, G), (N, M, G, C // G), (N, 1, G, 1), mean, rstd, e,
                          dict(weight=weight, training=True, nthreads=nthreads, check=check))
-    cdef cnp.ndarray P1 = _empty_doubles(N * C)
-    cdef cnp.ndarray P2 = _empty_doubles(N * C)
+    cdef cnp.ndarray sum_dy = _empty_doubles(N * C)
+    cdef cnp.ndarray sum_dy_xhat = _empty_doubles(N * C)
     cdef char* px = <char*>cnp.PyArray_DATA(x)
     cdef char* pg = <char*>cnp.PyArray_DATA(dy)
     cdef char* po = <char*>cnp.PyArray_DATA(dx)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(P1)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(P2)
-    cdef Vec vw = _vec(weight)
+    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
+    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef ParamVector vw = _param_vector(weight)
     cdef bint f64 = _is_f64(x)
     cdef Py_ssize_t n
     cdef Py_ssize_t item = 8 if f64 else 4
     # once, before the first sample: the kernel's scratch and the groups' check sums
-    cdef void* scratch = _alloc(_grad_mc_scratch(M, C) + 2 * N * G * sizeof(double))
-    cdef double* X
+    cdef void* scratch = _alloc(_backward_columns_scratch(M, C) + 2 * N * G * sizeof(double))
+    cdef double* xhat_sums
     if scratch == NULL:
         _out_of_memory()
-    X = <double*>(<char*>scratch + _grad_mc_scratch(M, C))
+    xhat_sums = <double*>(<char*>scratch + _backward_columns_scratch(M, C))
     with nogil:
         for n in range(N):
             if f64:
-                _grad_mc(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
+                _backward_columns(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
                          <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, X + 2 * n * G, nthreads, scratch)
+                         p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
             else:
-                _grad_mc(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
+                _backward_columns(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
                          <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, X + 2 * n * G, nthreads, scratch)
+                         p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
     try:
         if training and check is not None:
-            _check_unmodified(X, N * G, M * (C // G), pm, pr, check, False, f64)
+            _check_unmodified(xhat_sums, N * G, M * (C // G), pm, pr, check, False, f64)
     finally:
         free(scratch)
-    return P1, P2
+    return sum_dy, sum_dy_xhat

@@ -4,7 +4,7 @@
 # Moments
 # ---------------------------------------------------------------------------------------------------------
 
-cdef inline Moments _run_moments(const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline Moments _block_moments(const floating* x, Py_ssize_t n) noexcept nogil:
     """Moments of ``n`` (1 <= n <= BLOCK) contiguous values.
 
     Shifted sums in double precision: with the shift being one of the values, ``M2 = S2 - S1**2 / n``
@@ -43,7 +43,7 @@ cdef inline int _scale_exponent(double big) noexcept nogil:
 
 cdef Moments _scaled_moments(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     """The moments of ``n`` float64 values ``stride`` apart, scaled by 2**-k before the shift and the
-    squares (their plain sums overflowed): the shifted sums of _run_moments, scaled back at the end."""
+    squares (their plain sums overflowed): the shifted sums of _block_moments, scaled back at the end."""
     cdef double big = 0.0, s, shift, d, t1 = 0.0, t2 = 0.0, dm
     cdef Py_ssize_t i
     cdef int k
@@ -65,7 +65,7 @@ cdef Moments _scaled_moments(const double* x, Py_ssize_t n, Py_ssize_t stride) n
     return m
 
 
-cdef inline void _merge(Moments* a, Moments b) noexcept nogil:
+cdef inline void _chan_merge(Moments* a, Moments b) noexcept nogil:
     """Chan's formula: fold the moments ``b`` into ``a``.  In terms of variances, and the squared
     difference of the means taken as ``(delta * wa) * (delta * wb)``: no intermediate overflows unless
     the variance does."""
@@ -107,19 +107,19 @@ cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssi
     for r in range(nruns):
         p = x + r * stride
         for b in range(0, runlen, 2048):  # BLOCK
-            _merge(&acc, _run_moments(p + b, min(<Py_ssize_t>BLOCK, runlen - b)))
+            _chan_merge(&acc, _block_moments(p + b, min(<Py_ssize_t>BLOCK, runlen - b)))
     return acc
 
 
-cdef void _block_moments_ncs(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t blocks_per_run,
+cdef void _channel_block_moments(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t blocks_per_run,
                              Py_ssize_t c, Py_ssize_t k, Moments* out) noexcept nogil:
     """Block ``k`` (in canonical order) of channel ``c`` of an ``[N, C, S]`` buffer."""
     cdef Py_ssize_t n = k // blocks_per_run
     cdef Py_ssize_t start = (k % blocks_per_run) * BLOCK
-    out[0] = _run_moments(x + (n * C + c) * S + start, min(<Py_ssize_t>BLOCK, S - start))
+    out[0] = _block_moments(x + (n * C + c) * S + start, min(<Py_ssize_t>BLOCK, S - start))
 
 
-cdef int _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef int _moments_channels(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                       double* mean, double* var, int nthreads) noexcept nogil:
     """Per-channel mean and biased variance of an ``[N, C, S]`` buffer (N * S >= 1); -1: out of memory."""
     cdef Py_ssize_t c, k, i
@@ -141,11 +141,11 @@ cdef int _moments_ncs(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t 
     if partial == NULL:
         return -1
     for i in prange(C * per_channel, schedule="static", num_threads=nthreads):
-        _block_moments_ncs(x, C, S, blocks_per_run, i // per_channel, i % per_channel, partial + i)
+        _channel_block_moments(x, C, S, blocks_per_run, i // per_channel, i % per_channel, partial + i)
     for c in range(C):
         m = partial[c * per_channel]
         for k in range(1, per_channel):
-            _merge(&m, partial[c * per_channel + k])
+            _chan_merge(&m, partial[c * per_channel + k])
         _store_moments(m, c, mean, var)
     free(partial)
     return 0
@@ -160,7 +160,7 @@ cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1,
                                 Py_ssize_t c0, Py_ssize_t c1, double* bmean, double* bvar) noexcept nogil:
     """Moments of columns ``c0 <= c < c1`` over rows ``r0 <= r < r1`` of an ``[M, C]`` buffer, shifted by
     row ``r0``, into bmean[c], bvar[c]; a float64 column whose sum of squares overflowed is summed again
-    scaled, as in _run_moments."""
+    scaled, as in _block_moments."""
     cdef const floating* base = x + r0 * C
     cdef Py_ssize_t c
     cdef double dm
@@ -228,22 +228,22 @@ cdef inline bint _tile(const Tiles* g, Py_ssize_t t, Py_ssize_t* blk, Py_ssize_t
 
 
 cdef void _moments_tile(const floating* x, const Tiles* g, Py_ssize_t t, double* partial) noexcept nogil:
-    """Tile ``t`` of _moments_mc: its columns' moments over its rows, into row block ``blk``'s partials."""
+    """Tile ``t`` of _moments_columns: its columns' moments over its rows, into row block ``blk``'s partials."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols
     if _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         _column_block_moments(x, r0, r0 + rows, g.C, c0, c0 + ncols, partial + 2 * g.C * blk,
                               partial + 2 * g.C * blk + g.C)
 
 
-cdef inline Py_ssize_t _moments_mc_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
-    """The doubles of scratch memory _moments_mc needs."""
+cdef inline Py_ssize_t _moments_columns_scratch(Py_ssize_t M, Py_ssize_t C) noexcept nogil:
+    """The doubles of scratch memory _moments_columns needs."""
     return (M + _rows_per_block(C) - 1) // _rows_per_block(C) * 2 * C
 
 
-cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
+cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
                       int nthreads, double* partial) noexcept nogil:
     """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1), with the caller's scratch
-    memory (_moments_mc_scratch doubles): a caller sweeping several samples allocates before its first
+    memory (_moments_columns_scratch doubles): a caller sweeping several samples allocates before its first
     write."""
     cdef Tiles g = _tiles(M, C, nthreads)
     cdef Py_ssize_t rb = g.rb, nblocks = g.nblocks
@@ -257,7 +257,7 @@ cdef void _moments_mc(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mea
     else:
         for t in prange(nblocks * g.ncb, schedule="static", num_threads=nthreads):
             _moments_tile(x, &g, t, partial)
-    # Chan merges of the row blocks, in order (as _merge); every column of a block has the same count, so
+    # Chan merges of the row blocks, in order (as _chan_merge); every column of a block has the same count, so
     # the weights are computed once per block and the column loop vectorizes.
     na = <double>min(M, rb)
     for c in range(C):

@@ -4,56 +4,56 @@
 # Normalization sweeps
 # ---------------------------------------------------------------------------------------------------------
 
-cdef inline void _affine(double mean, double var, double eps, Vec weight, Vec bias, Py_ssize_t c,
-                         floating* hi, floating* scale, floating* shift) noexcept nogil:
-    """Fold channel ``c``'s statistics and affine into ``y = (x - hi) * scale + shift``.
+cdef inline void _fold_channel_stats(double mean, double var, double eps, ParamVector weight, ParamVector bias, Py_ssize_t c,
+                         floating* mean_hi, floating* scale, floating* shift) noexcept nogil:
+    """Fold channel ``c``'s statistics and affine into ``y = (x - mean_hi) * scale + shift``.
 
-    ``hi`` is the mean rounded to the data's type; the rest of the mean, ``mean - hi``, goes into
-    ``shift`` as ``- (mean - hi) * scale``.  ``x - hi`` is exact for data near its mean (Sterbenz), so no
+    ``mean_hi`` is the mean rounded to the data's type; the rest of the mean, ``mean - mean_hi``, goes into
+    ``shift`` as ``- (mean - mean_hi) * scale``.  ``x - mean_hi`` is exact for data near its mean (Sterbenz), so no
     precision of a large mean is lost, and the remainder is added at the scale of the output, where its
     rounding is a fraction of an ulp of ``y``.
     """
     cdef double s = _at(weight, c, 1.0) * (1.0 / sqrt(var + eps))
-    hi[0] = <floating>mean
+    mean_hi[0] = <floating>mean
     scale[0] = <floating>s
-    shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>hi[0]) * s)
+    shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>mean_hi[0]) * s)
 
 
-cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* hi,
+cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
                         const floating* scale, const floating* shift, bint stream) noexcept nogil:
-    """One channel's run: ``y = (x - hi[0]) * scale[0] + shift[0]``."""
+    """One channel's run: ``y = (x - mean_hi[0]) * scale[0] + shift[0]``."""
     if stream and _lands_ahead(y, x):
         stream = False  # see _lands_ahead
     if floating is float:
         if stream:
-            fastnorm_sweep_stream_f32(x, y, n, hi, scale, shift, 0)
+            fastnorm_sweep_stream_f32(x, y, n, mean_hi, scale, shift, 0)
         else:
-            fastnorm_sweep_f32(x, y, n, hi[0], scale[0], shift[0])
+            fastnorm_sweep_f32(x, y, n, mean_hi[0], scale[0], shift[0])
     else:
         if stream:
-            fastnorm_sweep_stream_f64(x, y, n, hi, scale, shift, 0)
+            fastnorm_sweep_stream_f64(x, y, n, mean_hi, scale, shift, 0)
         else:
-            fastnorm_sweep_f64(x, y, n, hi[0], scale[0], shift[0])
+            fastnorm_sweep_f64(x, y, n, mean_hi[0], scale[0], shift[0])
 
 
-cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating scale,
+cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, floating mean_hi, floating scale,
                                floating shift, const floating* w, const floating* b, bint stream) noexcept nogil:
-    """``y = ((x - hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
+    """``y = ((x - mean_hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
     if stream and _lands_ahead(y, x):  # not w, b: measured, they made no difference, and rows of
         stream = False                  # LayerNorm would then stream or not by turns (see _lands_ahead)
     if floating is float:
         if stream:
-            fastnorm_sweep_affine_stream_f32(x, y, n, hi, scale, shift, w, b)
+            fastnorm_sweep_affine_stream_f32(x, y, n, mean_hi, scale, shift, w, b)
         else:
-            fastnorm_sweep_affine_f32(x, y, n, hi, scale, shift, w, b)
+            fastnorm_sweep_affine_f32(x, y, n, mean_hi, scale, shift, w, b)
     else:
         if stream:
-            fastnorm_sweep_affine_stream_f64(x, y, n, hi, scale, shift, w, b)
+            fastnorm_sweep_affine_stream_f64(x, y, n, mean_hi, scale, shift, w, b)
         else:
-            fastnorm_sweep_affine_f64(x, y, n, hi, scale, shift, w, b)
+            fastnorm_sweep_affine_f64(x, y, n, mean_hi, scale, shift, w, b)
 
 
-cdef inline void _sweep_rows(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
+cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
                              const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
     if stream and _lands_ahead(y, x):
