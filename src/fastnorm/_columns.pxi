@@ -53,7 +53,7 @@ cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py
     cdef double* cvar = cmean + C
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     cdef Moments m, col
-    cdef double center, inv, s, mean_lo
+    cdef double center, inv
     cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
     if cmean == NULL or p == NULL:
         free(cmean)
@@ -71,13 +71,9 @@ cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py
                 col.var = cvar[c]
                 _chan_merge(&m, col)
             _store_moments(m, n * G + g, mean, var)
-            _center_and_scale(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
+            _center_and_rstd(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
             for c in range(g * K, (g + 1) * K):
-                p[c] = <floating>center
-                mean_lo = center - <double>p[c]
-                s = inv * _at(weight, c, 1.0)
-                p[C + c] = <floating>s
-                p[2 * C + c] = <floating>(_at(bias, c, 0.0) - mean_lo * s)
+                _fold(center, inv, _at(weight, c, 1.0), _at(bias, c, 0.0), &p[c], &p[C + c], &p[2 * C + c])
         _sweep_columns_folded(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
     _fence_streams(stream, nthreads)
     free(p)
@@ -101,7 +97,7 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
     cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
     cdef Py_ssize_t blk, c, g, i, t
-    cdef double A, B, w, c2, c3
+    cdef double sum_w_dy, sum_w_dy_xhat, w, c2, c3
     cdef double* partial = <double*>scratch  # per row block: sum(dy), sum(dy (x - mean)), sum(xhat), sum(xhat**2)
     cdef double* colmean = partial + 4 * nblocks * C
     cdef double* colrstd = colmean + C
@@ -128,19 +124,19 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
             xhat_sums[2 * (c // group)] += partial[4 * C * blk + 2 * C + c]
             xhat_sums[2 * (c // group) + 1] += partial[4 * C * blk + 3 * C + c]
     for g in range(G):
-        A = 0.0
-        B = 0.0
+        sum_w_dy = 0.0
+        sum_w_dy_xhat = 0.0
         for i in range(group):
             c = g * group + i
             sum_dy_xhat[c] *= rstd[g]
             w = _at(weight, c, 1.0)
-            A += w * sum_dy[c]
-            B += w * sum_dy_xhat[c]
+            sum_w_dy += w * sum_dy[c]
+            sum_w_dy_xhat += w * sum_dy_xhat[c]
         c2 = 0.0
         c3 = 0.0
         if training:
-            c2 = -rstd[g] * rstd[g] * B / (M * group)
-            c3 = -rstd[g] * A / (M * group) - c2 * (mean[g] - <double><floating>mean[g])
+            _backward_coefficients(sum_w_dy, sum_w_dy_xhat, <double>(M * group), rstd[g], mean[g] - <double><floating>mean[g], False,
+                                   &c2, &c3)
         for i in range(group):
             c = g * group + i
             p[c] = <floating>mean[g]

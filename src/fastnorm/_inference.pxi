@@ -2,9 +2,13 @@
 
 cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
                     floating* p) noexcept nogil:
+    """The folded factors of C channels from frozen statistics: ``p[c], p[C + c], p[2 * C + c]`` =
+    mean_hi, scale, shift (a missing mean is 0, a missing variance 1)."""
     cdef Py_ssize_t c
+    cdef double center, rstd
     for c in range(C):
-        _fold_channel_stats(_at(mean, c, 0.0), _at(var, c, 1.0), eps, weight, bias, c, &p[c], &p[C + c], &p[2 * C + c])
+        _center_and_rstd(_at(mean, c, 0.0), _at(var, c, 1.0), eps, False, &center, &rstd)
+        _fold(center, rstd, _at(weight, c, 1.0), _at(bias, c, 0.0), &p[c], &p[C + c], &p[2 * C + c])
 
 
 cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,

@@ -129,7 +129,7 @@ cdef tuple _with_rstd(tuple stats, double eps, bint rms):
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
     cdef double center
     for i in range(n):
-        _center_and_scale(pm[i], pv[i], eps, rms, &center, &pr[i])
+        _center_and_rstd(pm[i], pv[i], eps, rms, &center, &pr[i])
     if rms:
         for i in range(n):
             _rms_in_range(pm[i], pv[i], eps, &pr[i])

@@ -16,10 +16,11 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
     cdef floating mean_hi = <floating>center
     cdef double mean_lo = center - <double>mean_hi  # the part of the mean below the precision of the data
     cdef floating scale, shift
-    cdef double s
     cdef Py_ssize_t pos = start, end = start + length, j, stop, c, first, i
     cdef const floating* b
     if a.per_element:
+        # The fold without a channel's affine (the per-element one follows in the sweep); written out, as
+        # _fold(center, inv, 1, 0) would give the shift +0.0 where this gives -0.0.
         scale = <floating>inv
         shift = <floating>(-mean_lo * inv)
         if a.weight.data == NULL:
@@ -34,16 +35,15 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
         # One value per channel (GroupNorm on (N, C) or 1x1 maps): the loop below, without its per-run
         # steps, which cost 6 ns a value ((256, 512), 32 groups: 1650 -> 230 us with the row path).
         for i in range(pos, end):
-            s = inv * _at(a.weight, first + i, 1.0)
-            yrun[i] = (xrun[i] - mean_hi) * <floating>s + <floating>(_at(a.bias, first + i, 0.0) - mean_lo * s)
+            _fold(center, inv, _at(a.weight, first + i, 1.0), _at(a.bias, first + i, 0.0), &mean_hi, &scale,
+                  &shift)
+            yrun[i] = (xrun[i] - mean_hi) * scale + shift
         return
     j = pos // a.sub
     while pos < end:
         stop = min(end, (j + 1) * a.sub)
         c = first + j
-        s = inv * _at(a.weight, c, 1.0)
-        scale = <floating>s
-        shift = <floating>(_at(a.bias, c, 0.0) - mean_lo * s)
+        _fold(center, inv, _at(a.weight, c, 1.0), _at(a.bias, c, 0.0), &mean_hi, &scale, &shift)
         if stop - pos < SHORT_SWEEP:
             # A short sub-run (GroupNorm on small maps): inline, the same operations as the sweep.
             for i in range(pos, stop):
@@ -61,7 +61,7 @@ cdef void _forward_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t 
     cdef double center, inv
     cdef Py_ssize_t n
     _store_moments(_strided_moments(x + r * S, N, S, R * S), r, mean, var)
-    _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+    _center_and_rstd(mean[r], var[r], eps, a.rms, &center, &inv)
     if floating is double and a.rms:
         _rms_in_range(mean[r], var[r], eps, &inv)
     for n in range(N):
@@ -102,7 +102,7 @@ cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_s
     for r in range(r0, r1):
         _store_moments(_block_moments(x + r * S, S), r, mean, var)
     for r in range(r0, r1):
-        _center_and_scale(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
+        _center_and_rstd(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
     if floating is double and a.rms:
         for r in range(r0, r1):
             _rms_in_range(mean[r], var[r], eps, &inv[r - r0])
@@ -116,7 +116,7 @@ cdef void _forward_row_split(const floating* x, floating* y, Py_ssize_t r, Py_ss
     """The piece of run n of row r from ``start``, once the row's statistics are known.  (A function of
     its own: the locals whose address is taken must be private to the thread.)"""
     cdef double center, inv
-    _center_and_scale(mean[r], var[r], eps, a.rms, &center, &inv)
+    _center_and_rstd(mean[r], var[r], eps, a.rms, &center, &inv)
     if floating is double and a.rms:
         _rms_in_range(mean[r], var[r], eps, &inv)
     _sweep_span(x + (n * R + r) * S, y + (n * R + r) * S, start, min(<Py_ssize_t>SPLIT, S - start), r, S,
@@ -266,7 +266,7 @@ cdef void _backward_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ss
                                  const double* sum_dy_xhat, double* c2, double* c3) noexcept nogil:
     """c2 and c3 of a row whose K sub-runs are the channels from ``first`` on (the terms of dx that
     depend on the row's sums); ``mean_lo`` is the part of the mean below the data's precision."""
-    cdef double A = 0.0, B = 0.0, w
+    cdef double sum_w_dy = 0.0, sum_w_dy_xhat = 0.0, w
     cdef Py_ssize_t j
     c2[0] = 0.0
     c3[0] = 0.0
@@ -274,12 +274,9 @@ cdef void _backward_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ss
         return
     for j in range(K):
         w = _at(a.weight, first + j, 1.0)
-        A += w * sum_dy[j]
-        B += w * sum_dy_xhat[j]
-    c2[0] = -rstd * rstd * B / M
-    if not a.rms:
-        c3[0] = -rstd * A / M
-    c3[0] = c3[0] - c2[0] * mean_lo
+        sum_w_dy += w * sum_dy[j]
+        sum_w_dy_xhat += w * sum_dy_xhat[j]
+    _backward_coefficients(sum_w_dy, sum_w_dy_xhat, M, rstd, mean_lo, a.rms, c2, c3)
 
 
 cdef void _backward_elemt_span(const floating* x, const floating* dy, floating* dx, Py_ssize_t N,
@@ -441,24 +438,23 @@ cdef void _backward_per_element_chunk(const floating* x, const floating* dy, flo
     """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dy_xhat, the
     rows' check sums into xhat_sums[2 r], xhat_sums[2 r + 1]."""
     cdef Py_ssize_t r, d
-    cdef double A, B, c2, c3
+    cdef double sum_w_dy, sum_w_dy_xc, c2, c3
     cdef floating mean_hi
     for d in range(D):
         col_dy[d] = 0.0
         col_dy_xhat[d] = 0.0
     for r in range(r0, r1):
         if floating is float:
-            fastnorm_backward_reduce_per_element_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, xhat_sums + 2 * r,
+            fastnorm_backward_reduce_per_element_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy, &sum_w_dy_xc, xhat_sums + 2 * r,
                                        xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
         else:
-            fastnorm_backward_reduce_per_element_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &A, &B, xhat_sums + 2 * r,
+            fastnorm_backward_reduce_per_element_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy, &sum_w_dy_xc, xhat_sums + 2 * r,
                                        xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
         mean_hi = <floating>mean[r]
         c2 = 0.0
         c3 = 0.0
         if training:
-            c2 = -rstd[r] * rstd[r] * (B * rstd[r]) / D
-            c3 = (0.0 if rms else -rstd[r] * A / D) - c2 * (mean[r] - <double>mean_hi)
+            _backward_coefficients(sum_w_dy, sum_w_dy_xc * rstd[r], <double>D, rstd[r], mean[r] - <double>mean_hi, rms, &c2, &c3)
         _backward_elemt_run(x + r * D, dy + r * D, dx + r * D, D, mean_hi, <floating>rstd[r], <floating>c2,
                     <floating>c3, w, stream)
 

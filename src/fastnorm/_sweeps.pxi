@@ -1,22 +1,39 @@
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Normalization sweeps
+# The per-element formulas, each written once: the group's center and rstd, the fold of the forward
+# (mean_hi, scale, shift), the backward's dx coefficients (c1, c2, c3), and the sweeps that apply them.
 # ---------------------------------------------------------------------------------------------------------
 
-cdef inline void _fold_channel_stats(double mean, double var, double eps, ParamVector weight, ParamVector bias, Py_ssize_t c,
-                         floating* mean_hi, floating* scale, floating* shift) noexcept nogil:
-    """Fold channel ``c``'s statistics and affine into ``y = (x - mean_hi) * scale + shift``.
+cdef inline void _fold(double center, double rstd, double weight, double bias, floating* mean_hi,
+                       floating* scale, floating* shift) noexcept nogil:
+    """Fold a group's statistics and its channel's affine into ``y = (x - mean_hi) * scale + shift``.
 
-    ``mean_hi`` is the mean rounded to the data's type; the rest of the mean, ``mean - mean_hi``, goes into
-    ``shift`` as ``- (mean - mean_hi) * scale``.  ``x - mean_hi`` is exact for data near its mean (Sterbenz), so no
-    precision of a large mean is lost, and the remainder is added at the scale of the output, where its
-    rounding is a fraction of an ulp of ``y``.
+    Scalar form: ``y = (x - center) * rstd * weight + bias``.  ``mean_hi`` is the center rounded to the
+    data's type; the rest, ``mean_lo = center - mean_hi``, goes into ``shift`` as ``-mean_lo * scale``.
+    ``x - mean_hi`` is exact for data near its mean (Sterbenz), so no precision of a large mean is lost,
+    and the remainder is added at the scale of the output, where its rounding is a fraction of an ulp of
+    ``y``.
     """
-    cdef double s = _at(weight, c, 1.0) * (1.0 / sqrt(var + eps))
-    mean_hi[0] = <floating>mean
+    cdef double s = rstd * weight
+    mean_hi[0] = <floating>center
     scale[0] = <floating>s
-    shift[0] = <floating>(_at(bias, c, 0.0) - (mean - <double>mean_hi[0]) * s)
+    shift[0] = <floating>(bias - (center - <double>mean_hi[0]) * s)
+
+
+cdef inline void _backward_coefficients(double sum_w_dy, double sum_w_dy_xhat, double count, double rstd,
+                                        double mean_lo, bint rms, double* c2, double* c3) noexcept nogil:
+    """The terms of a training backward's ``dx = c1 * dy + c2 * (x - mean_hi) + c3`` that depend on the
+    group's sums over its ``count`` values (c1 = rstd * w is per channel or element; frozen statistics:
+    c2 = c3 = 0).
+
+    Scalar form, with g = w * dy and xhat = (x - mean) * rstd:
+    ``dx = rstd * (g - sum(g) / count - xhat * sum(g * xhat) / count)``, so
+    ``c2 = -rstd**2 * sum(g * xhat) / count`` and ``c3 = -rstd * sum(g) / count - c2 * mean_lo`` (RMSNorm:
+    no sum(g) term), ``mean_lo`` being the part of the mean below the data's precision.
+    """
+    c2[0] = -rstd * rstd * sum_w_dy_xhat / count
+    c3[0] = (0.0 if rms else -rstd * sum_w_dy / count) - c2[0] * mean_lo
 
 
 cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
@@ -69,9 +86,10 @@ cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows,
         fastnorm_sweep_rows_f64(x, y, rows, ncols, p, plen)
 
 
-cdef inline void _center_and_scale(double mean, double var, double eps, bint rms, double* center,
+cdef inline void _center_and_rstd(double mean, double var, double eps, bint rms, double* center,
                                    double* inv) noexcept nogil:
-    """The center and the inverse scale of a group.  Branch-free but for rms, so that a loop of it over
+    """The center and the inverse scale of a group: (mean, 1 / sqrt(var + eps)), or for RMSNorm
+    (0, 1 / sqrt(mean(x**2) + eps)) with mean(x**2) = var + mean**2.  Branch-free but for rms, so that a loop of it over
     rows vectorizes (a short row's time is its chain of division and square root); float64 RMSNorm data
     beyond 1e154 then need _rms_in_range."""
     if rms:
