@@ -153,32 +153,30 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var), vw = _param_vector(weight), vb = _param_vector(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
-    # The sweep runs without the GIL on a copy of the factors: another thread may refold the cache
-    # meanwhile (parameters changed under a running call), and must not free what this call reads.
-    cdef void* factors
     if t == cnp.NPY_FLOAT:
-        if cache.p32 == NULL:
-            cache.p32 = <float*>_alloc(3 * C * sizeof(float))
-            if cache.p32 == NULL:
-                _out_of_memory()
-            _fold_channels(C, vm, vv, vw, vb, eps, cache.p32)
-        factors = _alloc(3 * C * sizeof(float))
-        if factors == NULL:
-            _out_of_memory()
-        memcpy(factors, cache.p32, 3 * C * sizeof(float))
-        with nogil:
-            _sweep_folded(<const float*>px, <float*>py, N, C, S, <const float*>factors, nthreads)
+        _sweep_cached(<const float*>px, <float*>py, N, C, S, &cache.p32, vm, vv, vw, vb, eps, nthreads)
     else:
-        if cache.p64 == NULL:
-            cache.p64 = <double*>_alloc(3 * C * sizeof(double))
-            if cache.p64 == NULL:
-                _out_of_memory()
-            _fold_channels(C, vm, vv, vw, vb, eps, cache.p64)
-        factors = _alloc(3 * C * sizeof(double))
-        if factors == NULL:
-            _out_of_memory()
-        memcpy(factors, cache.p64, 3 * C * sizeof(double))
-        with nogil:
-            _sweep_folded(<const double*>px, <double*>py, N, C, S, <const double*>factors, nthreads)
-    free(factors)
+        _sweep_cached(<const double*>px, <double*>py, N, C, S, &cache.p64, vm, vv, vw, vb, eps, nthreads)
     return out
+
+
+cdef int _sweep_cached(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                       floating** cached, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias,
+                       double eps, int nthreads) except -1:
+    """The sweep with the cache's factors for the data's type, folded first where the cache has none.  It
+    runs without the GIL on a copy of them: another thread may refold the cache meanwhile (parameters
+    changed under a running call), and must not free what this call reads."""
+    cdef floating* factors
+    if cached[0] == NULL:
+        cached[0] = <floating*>_alloc(3 * C * sizeof(floating))
+        if cached[0] == NULL:
+            _out_of_memory()
+        _fold_channels(C, mean, var, weight, bias, eps, cached[0])
+    factors = <floating*>_alloc(3 * C * sizeof(floating))
+    if factors == NULL:
+        _out_of_memory()
+    memcpy(factors, cached[0], 3 * C * sizeof(floating))
+    with nogil:
+        _sweep_folded(x, y, N, C, S, factors, nthreads)
+    free(factors)
+    return 0

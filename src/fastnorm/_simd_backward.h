@@ -250,6 +250,14 @@ FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_grad_sweep_stream_f64, double)
 #endif
 
 #if FASTNORM_AVX2
+/* x and dy 2 KiB ahead of value i, once per 16 values (a cache line of each) */
+#define FASTNORM_PREFETCH_XDY(i)                                                              \
+    do {                                                                                      \
+        if (!((i) & 15)) {                                                                    \
+            FASTNORM_PREFETCH(x + (i));                                                       \
+            FASTNORM_PREFETCH(dy + (i));                                                      \
+        }                                                                                     \
+    } while (0)
 /* FASTNORM_BACKWARD_REDUCE_PER_ELEMENT for float32.  The terms are formed in float, as the generic loop's are in double:
  * xc = (x - mean_hi) - mean_lo with mean_hi + mean_lo the mean (x - mean_hi is exact near the mean), xhat = xc * rstd.  The row sums
  * (and the check sums of xhat, xhat**2) run in float over blocks of 64 values (8 terms per lane) and in
@@ -268,10 +276,7 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_backward_redu
         ptrdiff_t end = i + 64 <= n ? i + 64 : n - n % 8;
         __m256 fa = _mm256_setzero_ps(), fb = fa, fc = fa, fe = fa;
         for (; i < end; i += 8) {
-            if (!(i & 15)) {
-                FASTNORM_PREFETCH(x + i);
-                FASTNORM_PREFETCH(dy + i);
-            }
+            FASTNORM_PREFETCH_XDY(i);
             __m256 g = _mm256_loadu_ps(dy + i);
             __m256 xc = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mean_hi), mean_lo);
             __m256 wg = _mm256_mul_ps(w ? _mm256_loadu_ps(w + i) : one, g);
@@ -320,10 +325,7 @@ __attribute__((target("avx2,fma"), noinline)) static void fastnorm_backward_redu
         ptrdiff_t end = i + 64 <= vn ? i + 64 : vn;
         __m256 fa = _mm256_setzero_ps(), fb = fa, fc = fa, fd = fa;
         for (; i < end; i += 8) {
-            if (!(i & 15)) {
-                FASTNORM_PREFETCH(x + i);
-                FASTNORM_PREFETCH(dy + i);
-            }
+            FASTNORM_PREFETCH_XDY(i);
             __m256 g = _mm256_loadu_ps(dy + i);
             __m256 xc = _mm256_sub_ps(_mm256_loadu_ps(x + i), mean_hi);
             __m256 t = _mm256_mul_ps(xc, r);
