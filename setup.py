@@ -56,7 +56,7 @@ openmp = not os.environ.get("FASTNORM_NO_OPENMP") and compiler_accepts("-fopenmp
 # so that every code path (fused per channel, split across threads) rounds identically.
 compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 # Loops on 64-byte boundaries: a hot loop's speed must not depend on where unrelated code moved it
-# (LayerNorm forward (4096, 768) took 1.33x the time once an unrelated change shifted its sweep by 16 bytes).
+# (bench/NOTES.md, "Loop alignment").
 if compiler_accepts("-falign-loops=64"):
     compile_args.append("-falign-loops=64")
 compile_args += os.environ.get("FASTNORM_CFLAGS", "").split()

@@ -1,4 +1,6 @@
-
+# What a training backward checks besides its gradient: that its input still has the statistics of its
+# forward (from the xhat sums that the sums pass adds up anyway), and the rescaling of float64 groups
+# whose rstd squared would under- or overflow.
 
 cdef Py_ssize_t _first_modified(const double* xhat_sums, Py_ssize_t G, double count, const double* mean,
                                 const double* rstd, double eps, const double* eps_r2, bint rms, bint f64, double* m1,

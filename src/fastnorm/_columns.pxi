@@ -1,4 +1,7 @@
-
+# The [M, C] columns (channels last): statistics per column need every row, so a pass of column moments
+# (_moments_columns) then a sweep; GroupNorm channels last merges a sample's columns into its groups.
+# Forward, then backward (column sums by tiles, then the dx sweep).  Shapes: x, y, dy, dx [N][M, C];
+# mean, rstd per (sample, group); sum_dy, sum_dy_xhat [N, C].
 
 cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
                         int nthreads, bint stream) noexcept nogil:

@@ -1,5 +1,8 @@
+# Commit: what a call changes besides its kernel's output (copies into out=, the running statistics, a
+# layer's attributes), applied by the kernel call that writes the output.  The running-statistics update
+# is written here once, for every layer and function.
 
-
+@cython.auto_pickle(False)  # applied once, by the call it was made for
 cdef class Commit:
     """What a call changes besides its kernel's output, applied by the kernel call itself once that
     output is written.

@@ -1,4 +1,6 @@
-
+# Frozen statistics (eval mode, batch_normalization, SyncBatchNorm's eval): fold each channel's
+# statistics and affine once into (mean_hi, scale, shift), then one sweep; and the eval cache of a
+# BatchNorm layer, which keeps the folded factors while its parameters are unchanged.
 
 cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
                     floating* p) noexcept nogil:

@@ -18,8 +18,34 @@ mean rounded to the data's type and ``shift`` carries the remainder at the scale
 data at 1e5 +- 1 the subtraction ``x - mean_hi`` is exact, so folding the mean into a single float32 offset
 ``x * scale + (bias - mean * scale)`` (and losing up to half an ulp of 1e5, 0.004) is avoided.
 
-Nothing here knows about layers, momentum or modes: the Python layer validates, builds the views and
-passes raw contiguous buffers.
+The Python layer validates, builds the views and passes raw contiguous buffers.  The kernels know the
+statistics and the affine; of a layer they know only what a call must apply atomically with its output
+(``Commit``: the running-statistics update, ``out=``, the layer's attributes) and an eval-mode layer's
+folded factors (``EvalCache``).
+
+The entry points are named ``<phase>_<layout>``: ``forward_rows``/``backward_rows`` for the ``[N, R, S]``
+rows, ``forward_columns``/``backward_columns`` (and ``forward_column_groups``) for the ``[M, C]``
+columns, ``forward_with_stats`` for frozen statistics, ``backward_reduce``/``backward_elemt`` for the two
+steps of a backward whose sums are added across processes (PyTorch's SyncBatchNorm names).  The backward's
+sums are ``sum_dy`` and ``sum_dy_xhat``; its sweep is ``dx = c1 * dy + c2 * (x - mean_hi) + c3``.
+
+Sources: this file holds the typed entry points (dtype dispatch, GIL release) and includes the parts:
+
+====================  =====================================================================================
+_kernels.pxd          the C loops' declarations, the fused type, the structs the parts share
+_runtime.pxi          thread pool (_pool.h), ISA and OpenMP probes, cache sizes, the streaming policy
+_memory.pxi           the output cache (_buffers.h) and scratch allocation: the only owner of that state
+_arrays.pxi           what the kernels accept as is: plain arrays, parameter vectors
+_commit.pxi           ``Commit``: what a call changes besides its output, running statistics included
+_moments.pxi          block moments, Chan's merge, moments of ``[N, C, S]`` channels and ``[M, C]`` columns
+_sweeps.pxi           each formula once: center and rstd, the fold, the dx coefficients; the sweeps
+_rows.pxi             ``[N, R, S]`` rows, forward then backward (per channel and per element)
+_columns.pxi          ``[M, C]`` columns, forward then backward, channels-last GroupNorm
+_backward_checks.pxi  a backward's input modified in place; float64 rescaling of extreme rstd
+_inference.pxi        frozen statistics: fold once, sweep; ``EvalCache``
+_simd.h               the C loops (ISA choice, streamed stores) including _simd_moments.h,
+                      _simd_sweeps.h and _simd_backward.h
+====================  =====================================================================================
 """
 
 cimport cython
@@ -49,7 +75,7 @@ include "_memory.pxi"       # the output cache and scratch allocation (the only 
 include "_arrays.pxi"       # what the kernels accept as is: plain arrays, parameter vectors
 include "_commit.pxi"       # Commit: what a call changes besides its output, applied by its kernel call
 include "_moments.pxi"      # block sums, Chan merge, moments of [N, C, S] channels and [M, C] columns
-include "_sweeps.pxi"       # the fold (mean_hi, scale, shift) and the elementwise forward sweeps
+include "_sweeps.pxi"       # center and rstd, the fold, the dx coefficients, the sweeps that apply them
 include "_rows.pxi"         # [N, R, S] rows: forward and backward
 include "_columns.pxi"      # [M, C] columns: forward and backward, channels-last GroupNorm
 include "_backward_checks.pxi"  # backward: input modified in place, float64 rescaling

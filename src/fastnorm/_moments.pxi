@@ -1,4 +1,6 @@
-
+# Moments: (count, mean, biased variance) of blocks of at most BLOCK contiguous values from shifted sums in
+# double, merged with Chan's formula in an order fixed by the shape.  Per channel of [N, C, S]
+# (_moments_channels) and per column of [M, C] (_moments_columns, by tiles of rows and columns).
 
 # ---------------------------------------------------------------------------------------------------------
 # Moments

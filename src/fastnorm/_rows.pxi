@@ -1,10 +1,14 @@
-
+# The [N, R, S] rows: row r is N runs of S values, x[n, r, :].  BatchNorm channels first: a row is a
+# channel (R = C).  LayerNorm, InstanceNorm, GroupNorm, RMSNorm: N = 1 and a row is one normalization
+# group.  Forward (a row's moments, then its sweep while in cache) and, below it, backward (a row's sums,
+# then its dx sweep).  Shapes: x, y, dy, dx [N, R, S]; mean, var, rstd [R]; per-channel sums
+# [R, S // sub] or per-element sums [S].
 
 # ---------------------------------------------------------------------------------------------------------
 # Training-mode normalization: statistics of each "row", then the sweep of that row
 # ---------------------------------------------------------------------------------------------------------
 
-
+# Rows are split into pieces of this many values when there are too few rows for the threads.
 cdef enum:
     SPLIT = 32768
 
@@ -33,7 +37,7 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
     first = (r % a.groups) * (S // a.sub)
     if a.sub == 1:
         # One value per channel (GroupNorm on (N, C) or 1x1 maps): the loop below, without its per-run
-        # steps, which cost 6 ns a value ((256, 512), 32 groups: 1650 -> 230 us with the row path).
+        # steps, which cost more than the value (bench/NOTES.md, "One value per channel").
         for i in range(pos, end):
             _fold(center, inv, _at(a.weight, first + i, 1.0), _at(a.bias, first + i, 0.0), &mean_hi, &scale,
                   &shift)
@@ -76,7 +80,7 @@ cdef enum:
 cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int nthreads) noexcept nogil:
     """Rows per batch for _forward_row_batch / _backward_row_batch, or 0 where rows go one at a time: long rows, runs of
     several samples (N > 1), or too few rows to share among the threads.  Batches of rows of up to 512
-    values: InstanceNorm (32, 256, 8, 8) 470 -> 300 us, LayerNorm (4096, 128) 280 -> 210 us, 1 thread."""
+    values (bench/NOTES.md, "Batches of short rows")."""
     cdef Py_ssize_t rows
     if N != 1 or S < 1:
         return 0
@@ -94,8 +98,7 @@ cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_s
                       const RowAffine* a, double eps, double* mean, double* var, bint stream) noexcept nogil:
     """Rows r0 <= r < r1 (at most BATCH_ROWS of them) of an [1, R, S] buffer: what _forward_row does, one
     step for all the rows at a time.  A short row's time is the latency of its chain of divisions and
-    square root; with the rows' chains side by side they overlap (InstanceNorm on (8, 256, 2, 2): about
-    40 -> 20 ns a row).  The same operations, so the same bits."""
+    square root; with the rows' chains side by side they overlap.  The same operations, so the same bits."""
     cdef double center[BATCH_ROWS]
     cdef double inv[BATCH_ROWS]
     cdef Py_ssize_t r
@@ -331,10 +334,9 @@ cdef void _backward_row_batch(const floating* x, const floating* dy, floating* d
                       bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums) noexcept nogil:
     """_backward_row for rows r0 <= r < r1 (at most BATCH_ROWS) of an [1, R, S] buffer, one step for all the
     rows at a time, as _forward_row_batch: the same operations, so the same bits.  The runs' sums and sweeps
-    are one C loop each: a call per run from here cost more than its 16 or 64 values (InstanceNorm
-    backward, 1 thread: (32, 256, 4, 4) 347 -> 254 us, (32, 256, 8, 8) 588 -> 376 us).  Cached stores
-    even for outputs that others stream: streaming runs this short one by one was slower ((1024, 256,
-    4, 4): 8.4 against 6.6 ms)."""
+    are one C loop each: a call per run from here cost more than its 16 or 64 values.  Cached stores
+    even for outputs that others stream: streaming runs this short one by one was slower (bench/NOTES.md,
+    "Batches of short rows")."""
     cdef double c2[BATCH_ROWS]
     cdef double c3[BATCH_ROWS]
     cdef floating mean_hi_v[BATCH_ROWS]
@@ -485,8 +487,7 @@ cdef int _backward_per_element(const floating* x, const floating* dy, floating* 
                     double* grad_w, double* grad_b, double* xhat_sums, int nthreads) noexcept nogil:
     # Few long rows get few chunks: each chunk's column sums are 16 bytes a column, zeroed, updated by
     # every row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows
-    # (LayerNorm backward on (56, 14336): 990 -> 600 us, 1 thread; 670 -> 440 us, 2 threads).  The
-    # chunks' sums are kept to an eighth of the bytes the call moves (3 R D values), at least 2 chunks.
+    # (bench/NOTES.md, "Chunks of the per-element backward").  The chunks' sums are kept to an eighth of the bytes the call moves (3 R D values), at least 2 chunks.
     cdef Py_ssize_t nchunks = max(min(R, <Py_ssize_t>2), min(min(R, <Py_ssize_t>ELEM_CHUNKS),
                                                      3 * R * <Py_ssize_t>sizeof(floating) // (16 * 8)))
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks

@@ -79,19 +79,15 @@ def last_level_cache_bytes():
 # Calls that touch at least this many bytes (inputs and output) write their output with non-temporal
 # stores: it would not stay in the last-level cache anyway, and streaming it saves reading its lines
 # before writing them.  Below, the output is left in the cache for whatever reads it next.  Three
-# quarters of the last-level cache, glibc's threshold for non-temporal memcpy (24 MiB for 32 MiB of L3;
-# LayerNorm (4096, 768), which touches 24 MiB, measured 5-13% faster streamed, in a loop and between
-# other work).
+# quarters of the last-level cache, glibc's threshold for non-temporal memcpy (bench/NOTES.md, "Streamed
+# stores").
 cdef Py_ssize_t stream_bytes = 3 * last_level_cache_bytes() // 4
 
 
 # Streamed stores that land a little ahead of the loads that follow them, modulo 4 KiB, stall those
 # loads: the CPU matches a load against the pending stores by the low 12 bits of the address, and a
-# non-temporal store stays pending for long.  Two heap blocks can sit so.  A streamed InstanceNorm
-# (8, 64, 64, 64) whose output was 16, 32 or 64 bytes ahead of its input took 1.75x, 1.34x and 1.15x
-# the time of a level one; BatchNorm eval on (N, 64, 256), 16 bytes ahead, 1.35x.  Such a sweep uses
-# ordinary stores, which leave the store queue at once: as fast as level streaming in a loop over
-# cached data, up to a fifth slower from memory.  (Staging each block in cache and streaming it out
+# non-temporal store stays pending for long.  Two heap blocks can sit so (bench/NOTES.md, "4 KiB
+# aliasing").  Such a sweep uses ordinary stores, which leave the store queue at once.  (Staging each block in cache and streaming it out
 # helped within a run but not across runs: the end of one run's output still lands just ahead of the
 # start of the next run's input.)
 cdef size_t alias_window = 256
@@ -113,12 +109,10 @@ cdef inline bint _lands_ahead(const void* y, const void* p) noexcept nogil:
 
 
 # Short channels-first runs (BatchNorm1d on (N, C, L) with small L, BatchNorm2d on small maps) go by the
-# columns of [N, C * S]: a kernel call per run of a few values costs more than the values themselves
-# (about 60 ns a run).  The columns cost a few ns per column for their statistics, so training and
-# backward take them for runs shorter than ``short_run`` when there are at least as many rows as values
-# in a run (N >= S); the sweep alone (eval) for runs shorter than SHORT_SWEEP.  Measured on
-# (N, 128, S), 1 thread: training 2.3x faster at N = 64, S = 16 and 2x at N = 256, S = 49; eval equal
-# at S = 16 and slower by columns beyond.
+# columns of [N, C * S]: a kernel call per run of a few values costs more than the values themselves.
+# The columns cost a little per column for their statistics, so training and backward take them for
+# runs shorter than ``short_run`` when there are at least as many rows as values in a run (N >= S); the
+# sweep alone (eval) for runs shorter than SHORT_SWEEP (bench/NOTES.md, "Short runs by columns").
 cdef enum:
     SHORT_SWEEP = 16
 
@@ -154,7 +148,7 @@ cdef inline bint _streams(Py_ssize_t nbytes) noexcept nogil:
 cdef void _fence_streams(bint stream, int nthreads) noexcept nogil:
     """Make a kernel's streamed stores visible: they are weakly ordered, so every thread that made them
     fences once before the kernel returns.  Once per kernel, not per sweep: a fence per 4 KiB run (GroupNorm,
-    a channel at a time) cost a quarter of the call's time.  A static schedule of ``nthreads`` iterations
+    a channel at a time) cost a large part of the call's time (bench/NOTES.md, "Streamed stores").  A static schedule of ``nthreads`` iterations
     gives one to each thread of the team that did the work."""
     cdef int t
     if not stream:

@@ -34,8 +34,8 @@
  * The statistics pass reads x from memory with little arithmetic per load, and written as plain C it runs
  * at about 60% of the read bandwidth: two accumulator chains per sum (their latency), the float -> double
  * conversions and the unfused d*d leave too few loads in flight.  Here: four independent chains per sum,
- * d*d fused into the sum of squares, and a software prefetch 2 KiB ahead (measured on a 2-core AMD EPYC:
- * 0.38-0.44 -> 0.27-0.30 ns per value from memory, a plain float sum being 0.25).
+ * d*d fused into the sum of squares, and a software prefetch 2 KiB ahead (bench/NOTES.md, "AVX2+FMA
+ * statistics passes").
  * Chosen once at load time, so every call on a machine takes the same path and gives the same bits. */
 static int fastnorm_avx2_fma = 0;
 
@@ -120,8 +120,7 @@ static int fastnorm_select_isa(int on)
 static void fastnorm_store_fence(void) { _mm_sfence(); }
 /* Every store to a streamed output is non-temporal, the unaligned ends of a run included, 4 bytes at a
  * time: a line written partly by non-temporal and partly by ordinary stores (the end of one run, the
- * start of the next) is flushed to memory and read back for each, which made BatchNorm on 7x7 maps
- * 17x slower streamed than cached. */
+ * start of the next) is flushed to memory and read back for each (bench/NOTES.md, "Streamed stores"). */
 static inline void fastnorm_stream_words(void *dst, const void *value, size_t n)
 {
     for (size_t k = 0; k < n; k += 4) {

@@ -364,8 +364,7 @@ FASTNORM_BY_ISA(fastnorm_backward_reduce_per_element_f32, (const float *x, const
                                              double *sum_xhat, double *sum_xhat2, double *col_dy, double *col_dy_xhat),
                 (x, dy, n, mean, rstd, w, sum_w_dy, sum_w_dy_xc, sum_xhat, sum_xhat2, col_dy, col_dy_xhat))
 /* sum(dy), sum(dy * (x - mean)) and the check sums of a run, for every path of the kernels.  A lone value
- * (GroupNorm with one value per channel) is summed here: a call per value cost more than the value
- * (16 ns). */
+ * (GroupNorm with one value per channel) is summed here: a call per value cost more than the value. */
 #define FASTNORM_BACKWARD_REDUCE_RUN(NAME, T, LOOP)                                              \
     static inline void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, double *sum_dy, \
                             double *sum_dy_xc, double *sum_xhat, double *sum_xhat2)                   \

@@ -1,5 +1,3 @@
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The per-element formulas, each written once: the group's center and rstd, the fold of the forward
 # (mean_hi, scale, shift), the backward's dx coefficients (c1, c2, c3), and the sweeps that apply them.
