@@ -32,8 +32,8 @@ cdef Py_ssize_t _first_modified(const double* xhat_sums, Py_ssize_t G, double co
     return g
 
 
-cdef int _check_unmodified(const double* xhat_sums, Py_ssize_t G, double count, const double* mean, const double* rstd,
-                           object check, bint rms, bint f64) except -1:
+cdef int _check_unmodified(const double* xhat_sums, Py_ssize_t G, double count, const double* mean,
+                           const double* rstd, object check, bint rms, bint f64) except -1:
     """Raise RuntimeError (PyTorch's words) when a group of a training backward's input no longer has
     the statistics given for it: modified in place after its forward, or not the input they came from.
     ``check``: the forward's eps, or eps * rstd**2 per group (an array)."""

@@ -4,7 +4,7 @@
 # mean, rstd per (sample, group); sum_dy, sum_dy_xhat [N, C].
 
 cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
-                        int nthreads, bint stream) noexcept nogil:
+                                int nthreads, bint stream) noexcept nogil:
     """Channels-last sweep.  The per-channel values are tiled ``rep`` times so that the sweep runs over
     rows of ``rep * C`` values (a short row, e.g. C = 64, would pay the loop set-up every 64 values);
     ``rep`` is a multiple of 4 so that a tiled row is a whole number of SIMD vectors."""
@@ -45,8 +45,8 @@ cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py
 
 
 cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
-                        Py_ssize_t G, ParamVector weight, ParamVector bias, double eps, double* mean, double* var,
-                        int nthreads) noexcept nogil:
+                                Py_ssize_t G, ParamVector weight, ParamVector bias, double eps, double* mean,
+                                double* var, int nthreads) noexcept nogil:
     """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
     cdef Py_ssize_t K = C // G
@@ -90,12 +90,13 @@ cdef inline Py_ssize_t _backward_columns_scratch(Py_ssize_t M, Py_ssize_t C) noe
 
 
 cdef void _backward_columns(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
-                   const double* mean, const double* rstd, Py_ssize_t group, ParamVector weight, bint training,
-                   double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads, void* scratch) noexcept nogil:
+                            const double* mean, const double* rstd, Py_ssize_t group, ParamVector weight,
+                            bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads,
+                            void* scratch) noexcept nogil:
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
-    mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).
-    sum_dy, sum_dy_xhat receive the per-column sum(dy), sum(dy * xhat), xhat_sums[2 g], xhat_sums[2 g + 1] the groups' check sums;
-    ``scratch``: _backward_columns_scratch bytes."""
+    mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).  sum_dy,
+    sum_dy_xhat receive the per-column sum(dy), sum(dy * xhat); xhat_sums[2 g], xhat_sums[2 g + 1] the
+    groups' check sums; ``scratch``: _backward_columns_scratch bytes."""
     cdef Tiles tiles = _tiles(M, C, nthreads)
     cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
@@ -138,8 +139,8 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
         c2 = 0.0
         c3 = 0.0
         if training:
-            _backward_coefficients(sum_w_dy, sum_w_dy_xhat, <double>(M * group), rstd[g], mean[g] - <double><floating>mean[g], False,
-                                   &c2, &c3)
+            _backward_coefficients(sum_w_dy, sum_w_dy_xhat, <double>(M * group), rstd[g],
+                                   mean[g] - <double><floating>mean[g], False, &c2, &c3)
         for i in range(group):
             c = g * group + i
             p[c] = <floating>mean[g]
@@ -155,7 +156,7 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
 
 
 cdef inline void _backward_reduce_tile(const floating* x, const floating* dy, const Tiles* g, Py_ssize_t t,
-                                   const double* colmean, const double* colrstd, double* partial) noexcept nogil:
+                                       const double* colmean, const double* colrstd, double* partial) noexcept nogil:
     """Tile ``t`` of _backward_columns's column sums, into row block ``blk``'s partials."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols
     cdef double* sum_dy
@@ -171,7 +172,7 @@ cdef inline void _backward_reduce_tile(const floating* x, const floating* dy, co
 
 
 cdef inline void _backward_elemt_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
-                                  Py_ssize_t t, const floating* p) noexcept nogil:
+                                      Py_ssize_t t, const floating* p) noexcept nogil:
     """Tile ``t`` of _backward_columns's dx sweep."""
     cdef Py_ssize_t blk, r0, rows, c0, ncols, off
     if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):

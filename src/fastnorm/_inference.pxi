@@ -2,8 +2,8 @@
 # statistics and affine once into (mean_hi, scale, shift), then one sweep; and the eval cache of a
 # BatchNorm layer, which keeps the folded factors while its parameters are unchanged.
 
-cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
-                    floating* p) noexcept nogil:
+cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias,
+                         double eps, floating* p) noexcept nogil:
     """The folded factors of C channels from frozen statistics: ``p[c], p[C + c], p[2 * C + c]`` =
     mean_hi, scale, shift (a missing mean is 0, a missing variance 1)."""
     cdef Py_ssize_t c
@@ -14,8 +14,8 @@ cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamV
 
 
 cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                             ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
-                             int nthreads) noexcept nogil:
+                         ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
+                         int nthreads) noexcept nogil:
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     if p == NULL:
@@ -27,7 +27,7 @@ cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
 
 
 cdef void _sweep_folded(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                     const floating* p, int nthreads) noexcept nogil:
+                        const floating* p, int nthreads) noexcept nogil:
     """The sweep with folded factors p: ``[N, C, S]``, or the columns of ``[N, C]`` when S == 1."""
     cdef bint stream = _streams(2 * N * C * S * sizeof(floating))
     cdef floating* columns = NULL
@@ -152,7 +152,8 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
     if N * S == 0 or not cache._refresh((mean, var, weight, bias), C, eps):
         return None
     out = _empty(ndim, dims, t)
-    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var), vw = _param_vector(weight), vb = _param_vector(bias)
+    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
+    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
     if t == cnp.NPY_FLOAT:

@@ -28,15 +28,17 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
                                    double shift, const double* w, const double* b)
     void fastnorm_backward_reduce_run_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
-                                double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+                                          double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
     void fastnorm_backward_reduce_run_f64(const double* x, const double* dy, Py_ssize_t n, double mean, double rstd,
-                                double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
-    void fastnorm_backward_reduce_per_element_f32(const float* x, const float* dy, Py_ssize_t n, double mean, double rstd,
-                                    const float* w, double* sum_w_dy, double* sum_w_dy_xc, double* sum_xhat,
-                                    double* sum_xhat2, double* col_dy, double* col_dy_xhat)
+                                          double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+    void fastnorm_backward_reduce_per_element_f32(const float* x, const float* dy, Py_ssize_t n, double mean,
+                                                  double rstd, const float* w, double* sum_w_dy, double* sum_w_dy_xc,
+                                                  double* sum_xhat,
+                                                  double* sum_xhat2, double* col_dy, double* col_dy_xhat)
     void fastnorm_backward_reduce_per_element_f64(const double* x, const double* dy, Py_ssize_t n, double mean,
-                                    double rstd, const double* w, double* sum_w_dy, double* sum_w_dy_xc,
-                                    double* sum_xhat, double* sum_xhat2, double* col_dy, double* col_dy_xhat)
+                                                  double rstd, const double* w, double* sum_w_dy, double* sum_w_dy_xc,
+                                                  double* sum_xhat, double* sum_xhat2, double* col_dy,
+                                                  double* col_dy_xhat)
     void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
                                  float c1, float c2, float c3)
     void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean_hi,

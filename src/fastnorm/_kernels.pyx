@@ -128,7 +128,8 @@ def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t 
     (``S == 1`` is the channels-last ``[N, C]`` case); then applies ``commit`` (a :class:`Commit`)."""
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var), vw = _param_vector(weight), vb = _param_vector(bias)
+    cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
+    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
     with nogil:
@@ -223,7 +224,8 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
     cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
-    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias), vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
+    cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
+    cdef ParamVector vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
     cdef bint f64 = _is_f64(x)
     cdef int status = -1
     cdef double* partial
@@ -232,12 +234,10 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
         if partial != NULL:
             if f64:
                 _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps,
-                                             nthreads)
+                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
             else:
                 _moments_columns(<const float*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps,
-                                             nthreads)
+                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
         free(partial)
     if status < 0:
         _out_of_memory()
@@ -272,8 +272,7 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
 
 def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
                   cnp.ndarray mean, cnp.ndarray rstd, object weight, bint training, int nthreads,
-                  Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False,
-                  object check=None):
+                  Py_ssize_t sub=0, Py_ssize_t groups=0, bint per_element=False, bint rms=False, object check=None):
     """Backward of :func:`forward_rows` (``training``) or of a normalization with frozen statistics.
 
     ``mean``, ``rstd``: float64 per row.  Returns (sum_dy, sum_dy_xhat) as float64: per row and sub-run,
@@ -306,17 +305,19 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
     with nogil:
         if per_element:
             if f64:
-                status = _backward_per_element(<const double*>px, <const double*>pg, <double*>po, R, S, <const double*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
+                status = _backward_per_element(<const double*>px, <const double*>pg, <double*>po, R, S,
+                                               <const double*>a.weight.data,
+                                               pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
             else:
-                status = _backward_per_element(<const float*>px, <const float*>pg, <float*>po, R, S, <const float*>a.weight.data,
-                           pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
+                status = _backward_per_element(<const float*>px, <const float*>pg, <float*>po, R, S,
+                                               <const float*>a.weight.data,
+                                               pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
         elif f64:
-            status = _backward_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       xhat_sums, nthreads)
+            status = _backward_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training,
+                                    p1, p2, xhat_sums, nthreads)
         else:
-            status = _backward_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training, p1, p2,
-                       xhat_sums, nthreads)
+            status = _backward_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training,
+                                    p1, p2, xhat_sums, nthreads)
     try:
         if status < 0:
             _out_of_memory()
@@ -364,11 +365,11 @@ def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, 
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
-            _backward_elemt_channels(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2, count,
-                             nthreads)
+            _backward_elemt_channels(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2,
+                                     count, nthreads)
         else:
-            _backward_elemt_channels(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2, count,
-                             nthreads)
+            _backward_elemt_channels(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2,
+                                     count, nthreads)
 
 
 def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M,
@@ -404,12 +405,12 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
         for n in range(N):
             if f64:
                 _backward_columns(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
-                         <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
+                                  <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw,
+                                  training, p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
             else:
                 _backward_columns(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
-                         <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                         p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
+                                  <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
+                                  p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
     try:
         if training and check is not None:
             _check_unmodified(xhat_sums, N * G, M * (C // G), pm, pr, check, False, f64)

@@ -114,7 +114,7 @@ cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssi
 
 
 cdef void _channel_block_moments(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t blocks_per_run,
-                             Py_ssize_t c, Py_ssize_t k, Moments* out) noexcept nogil:
+                                 Py_ssize_t c, Py_ssize_t k, Moments* out) noexcept nogil:
     """Block ``k`` (in canonical order) of channel ``c`` of an ``[N, C, S]`` buffer."""
     cdef Py_ssize_t n = k // blocks_per_run
     cdef Py_ssize_t start = (k % blocks_per_run) * BLOCK
@@ -122,7 +122,7 @@ cdef void _channel_block_moments(const floating* x, Py_ssize_t C, Py_ssize_t S, 
 
 
 cdef int _moments_channels(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                      double* mean, double* var, int nthreads) noexcept nogil:
+                           double* mean, double* var, int nthreads) noexcept nogil:
     """Per-channel mean and biased variance of an ``[N, C, S]`` buffer (N * S >= 1); -1: out of memory."""
     cdef Py_ssize_t c, k, i
     cdef Py_ssize_t blocks_per_run = (S + BLOCK - 1) // BLOCK
@@ -243,7 +243,7 @@ cdef inline Py_ssize_t _moments_columns_scratch(Py_ssize_t M, Py_ssize_t C) noex
 
 
 cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
-                      int nthreads, double* partial) noexcept nogil:
+                           int nthreads, double* partial) noexcept nogil:
     """Per-column mean and biased variance of an ``[M, C]`` buffer (M >= 1), with the caller's scratch
     memory (_moments_columns_scratch doubles): a caller sweeping several samples allocates before its first
     write."""

@@ -39,8 +39,7 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
         # One value per channel (GroupNorm on (N, C) or 1x1 maps): the loop below, without its per-run
         # steps, which cost more than the value (bench/NOTES.md, "One value per channel").
         for i in range(pos, end):
-            _fold(center, inv, _at(a.weight, first + i, 1.0), _at(a.bias, first + i, 0.0), &mean_hi, &scale,
-                  &shift)
+            _fold(center, inv, _at(a.weight, first + i, 1.0), _at(a.bias, first + i, 0.0), &mean_hi, &scale, &shift)
             yrun[i] = (xrun[i] - mean_hi) * scale + shift
         return
     j = pos // a.sub
@@ -59,8 +58,8 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
 
 
 cdef void _forward_row(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t N, Py_ssize_t R,
-                    Py_ssize_t S, const RowAffine* a, double eps, double* mean, double* var,
-                    bint stream) noexcept nogil:
+                       Py_ssize_t S, const RowAffine* a, double eps, double* mean, double* var,
+                       bint stream) noexcept nogil:
     """Statistics of row ``r``, then its normalization while its runs are still in cache."""
     cdef double center, inv
     cdef Py_ssize_t n
@@ -95,7 +94,7 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
 
 
 cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t S,
-                      const RowAffine* a, double eps, double* mean, double* var, bint stream) noexcept nogil:
+                             const RowAffine* a, double eps, double* mean, double* var, bint stream) noexcept nogil:
     """Rows r0 <= r < r1 (at most BATCH_ROWS of them) of an [1, R, S] buffer: what _forward_row does, one
     step for all the rows at a time.  A short row's time is the latency of its chain of divisions and
     square root; with the rows' chains side by side they overlap.  The same operations, so the same bits."""
@@ -114,8 +113,8 @@ cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_s
 
 
 cdef void _forward_row_split(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
-                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, const RowAffine* a, double eps,
-                      const double* mean, const double* var, bint stream) noexcept nogil:
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, const RowAffine* a, double eps,
+                             const double* mean, const double* var, bint stream) noexcept nogil:
     """The piece of run n of row r from ``start``, once the row's statistics are known.  (A function of
     its own: the locals whose address is taken must be private to the thread.)"""
     cdef double center, inv
@@ -127,7 +126,7 @@ cdef void _forward_row_split(const floating* x, floating* y, Py_ssize_t r, Py_ss
 
 
 cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
-                    const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
+                       const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
     cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
     cdef Py_ssize_t r, t
     cdef Py_ssize_t pieces = (S + SPLIT - 1) // SPLIT
@@ -157,13 +156,13 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
         return -1
     for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
         _forward_row_split(x, y, t // (N * pieces), (t // pieces) % N, (t % pieces) * SPLIT, N, R, S, a, eps, mean,
-                    var, stream)
+                           var, stream)
     _fence_streams(stream, nthreads)
     return 0
 
 
 cdef void _sweep_channels(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         const floating* p, int nthreads, bint stream) noexcept nogil:
+                          const floating* p, int nthreads, bint stream) noexcept nogil:
     cdef Py_ssize_t run, c
     if nthreads <= 1:
         for run in range(N * C):
@@ -188,7 +187,7 @@ cdef void _sweep_channels(const floating* x, floating* y, Py_ssize_t N, Py_ssize
 # type (x - mean_hi is exact near the mean, as in the forward sweep) and the rest of the mean in c3.
 
 cdef inline void _backward_reduce_run(const floating* x, const floating* dy, Py_ssize_t n, double mean, double rstd,
-                            double* s) noexcept nogil:
+                                      double* s) noexcept nogil:
     """s[0..3] = sum(dy), sum(dy * (x - mean)), and the check sums sum(xhat), sum(xhat**2)."""
     if floating is float:
         fastnorm_backward_reduce_run_f32(x, dy, n, mean, rstd, s, s + 1, s + 2, s + 3)
@@ -196,9 +195,9 @@ cdef inline void _backward_reduce_run(const floating* x, const floating* dy, Py_
         fastnorm_backward_reduce_run_f64(x, dy, n, mean, rstd, s, s + 1, s + 2, s + 3)
 
 
-cdef inline void _backward_elemt_run(const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean_hi,
-                             floating c1, floating c2, floating c3, const floating* w,
-                             bint stream) noexcept nogil:
+cdef inline void _backward_elemt_run(const floating* x, const floating* dy, floating* dx, Py_ssize_t n,
+                                     floating mean_hi, floating c1, floating c2, floating c3, const floating* w,
+                                     bint stream) noexcept nogil:
     """dx = (w * dy) * c1 + c2 * (x - mean_hi) + c3; w is per element, or NULL."""
     if stream and (_lands_ahead(dx, x) or _lands_ahead(dx, dy)):  # not w, as in _sweep_affine
         stream = False
@@ -219,8 +218,8 @@ cdef inline void _backward_elemt_run(const floating* x, const floating* dy, floa
 
 
 cdef inline void _backward_reduce_split(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R,
-                             Py_ssize_t S, Py_ssize_t sub, Py_ssize_t r, Py_ssize_t t, double mean, double rstd,
-                             double* s) noexcept nogil:
+                                        Py_ssize_t S, Py_ssize_t sub, Py_ssize_t r, Py_ssize_t t, double mean,
+                                        double rstd, double* s) noexcept nogil:
     """Sums (as _backward_reduce_run) of piece ``t`` of row ``r`` in canonical order (run n, sub-run j, piece k
     within it)."""
     cdef Py_ssize_t per_sub = (sub + SPLIT - 1) // SPLIT
@@ -233,11 +232,12 @@ cdef inline void _backward_reduce_split(const floating* x, const floating* dy, P
 
 
 cdef void _backward_reduce_row(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
-                         Py_ssize_t sub, Py_ssize_t r, double mean, double rstd, double* sum_dy,
-                         double* sum_dy_xhat, double* xhat_sums) noexcept nogil:
-    """Per sub-run j of row r, summed over its runs: sum_dy[j] = sum(dy), sum_dy_xhat[j] = sum(dy * xhat); and the row's
-    check sums xhat_sums[0] = sum(xhat), xhat_sums[1] = sum(xhat**2).  The pieces in the canonical order of _backward_reduce_split
-    (run n, sub-run j, piece k), walked without its divisions: a short row's time went to them."""
+                               Py_ssize_t sub, Py_ssize_t r, double mean, double rstd, double* sum_dy,
+                               double* sum_dy_xhat, double* xhat_sums) noexcept nogil:
+    """Per sub-run j of row r, summed over its runs: sum_dy[j] = sum(dy), sum_dy_xhat[j] = sum(dy * xhat); and
+    the row's check sums xhat_sums[0] = sum(xhat), xhat_sums[1] = sum(xhat**2).  The pieces in the canonical
+    order of _backward_reduce_split (run n, sub-run j, piece k), walked without its divisions: a short row's
+    time went to them."""
     cdef Py_ssize_t K = S // sub
     cdef Py_ssize_t n, j, start, off
     cdef double sums[4]
@@ -250,8 +250,9 @@ cdef void _backward_reduce_row(const floating* x, const floating* dy, Py_ssize_t
         for j in range(K):
             start = j * sub
             while start < (j + 1) * sub:
-                _backward_reduce_run(x + off + start, dy + off + start, min(<Py_ssize_t>SPLIT, (j + 1) * sub - start), mean,
-                           rstd, sums)
+                _backward_reduce_run(x + off + start, dy + off + start, min(<Py_ssize_t>SPLIT,
+                                                                            (j + 1) * sub - start), mean,
+                                     rstd, sums)
                 sum_dy[j] += sums[0]
                 sum_dy_xhat[j] += sums[1]
                 x1 += sums[2]
@@ -265,8 +266,8 @@ cdef void _backward_reduce_row(const floating* x, const floating* dy, Py_ssize_t
 
 
 cdef void _backward_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ssize_t K, double M,
-                                 double mean_lo, double rstd, bint training, const double* sum_dy,
-                                 const double* sum_dy_xhat, double* c2, double* c3) noexcept nogil:
+                                     double mean_lo, double rstd, bint training, const double* sum_dy,
+                                     const double* sum_dy_xhat, double* c2, double* c3) noexcept nogil:
     """c2 and c3 of a row whose K sub-runs are the channels from ``first`` on (the terms of dx that
     depend on the row's sums); ``mean_lo`` is the part of the mean below the data's precision."""
     cdef double sum_w_dy = 0.0, sum_w_dy_xhat = 0.0, w
@@ -283,9 +284,9 @@ cdef void _backward_row_coefficients(const RowAffine* a, Py_ssize_t first, Py_ss
 
 
 cdef void _backward_elemt_span(const floating* x, const floating* dy, floating* dx, Py_ssize_t N,
-                           Py_ssize_t R, Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n,
-                           Py_ssize_t start, Py_ssize_t length, double mean, double rstd, double c2,
-                           double c3, bint stream) noexcept nogil:
+                               Py_ssize_t R, Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n,
+                               Py_ssize_t start, Py_ssize_t length, double mean, double rstd, double c2,
+                               double c3, bint stream) noexcept nogil:
     cdef Py_ssize_t off = (n * R + r) * S
     cdef Py_ssize_t pos = start, end = start + length, stop
     cdef Py_ssize_t j = pos // a.sub, first = (r % a.groups) * (S // a.sub)
@@ -299,39 +300,43 @@ cdef void _backward_elemt_span(const floating* x, const floating* dy, floating* 
     while pos < end:
         stop = min(end, (j + 1) * a.sub)
         _backward_elemt_run(x + off + pos, dy + off + pos, dx + off + pos, stop - pos, mean_hi,
-                    <floating>(rstd * _at(a.weight, first + j, 1.0)), <floating>c2, <floating>c3, NULL,
-                    stream)
+                            <floating>(rstd * _at(a.weight, first + j, 1.0)), <floating>c2, <floating>c3, NULL,
+                            stream)
         pos = stop
         j += 1
 
 
 cdef void _backward_elemt_row(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
-                          Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
-                          Py_ssize_t length, const double* mean, const double* rstd, bint training,
-                          const double* sum_dy, const double* sum_dy_xhat, double count, bint stream) noexcept nogil:
+                              Py_ssize_t S, const RowAffine* a, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
+                              Py_ssize_t length, const double* mean, const double* rstd, bint training,
+                              const double* sum_dy, const double* sum_dy_xhat, double count,
+                              bint stream) noexcept nogil:
     """dx for values start <= i < start + length of run n of row r, once the row's sums over ``count``
     values are known (N * S, or more when the row is spread over several processes)."""
     cdef Py_ssize_t K = S // a.sub
     cdef double c2, c3
     _backward_row_coefficients(a, (r % a.groups) * K, K, count, mean[r] - <double><floating>mean[r], rstd[r],
-                           training, sum_dy + r * K, sum_dy_xhat + r * K, &c2, &c3)
+                               training, sum_dy + r * K, sum_dy_xhat + r * K, &c2, &c3)
     _backward_elemt_span(x, dy, dx, N, R, S, a, r, n, start, length, mean[r], rstd[r], c2, c3, stream)
 
 
 cdef void _backward_row(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
-                    Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean, const double* rstd,
-                    bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums, bint stream) noexcept nogil:
+                        Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean, const double* rstd,
+                        bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums,
+                        bint stream) noexcept nogil:
     """Row r: its sums, then its dx while its runs are in cache."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t n
-    _backward_reduce_row(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], sum_dy + r * K, sum_dy_xhat + r * K, xhat_sums + 2 * r)
+    _backward_reduce_row(x, dy, N, R, S, a.sub, r, mean[r], rstd[r], sum_dy + r * K, sum_dy_xhat + r * K,
+                         xhat_sums + 2 * r)
     for n in range(N):
-        _backward_elemt_row(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, sum_dy, sum_dy_xhat, N * S, stream)
+        _backward_elemt_row(x, dy, dx, N, R, S, a, r, n, 0, S, mean, rstd, training, sum_dy, sum_dy_xhat, N * S,
+                            stream)
 
 
 cdef void _backward_row_batch(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
-                      Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
-                      bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums) noexcept nogil:
+                              Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
+                              bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums) noexcept nogil:
     """_backward_row for rows r0 <= r < r1 (at most BATCH_ROWS) of an [1, R, S] buffer, one step for all the
     rows at a time, as _forward_row_batch: the same operations, so the same bits.  The runs' sums and sweeps
     are one C loop each: a call per run from here cost more than its 16 or 64 values.  Cached stores
@@ -353,8 +358,8 @@ cdef void _backward_row_batch(const floating* x, const floating* dy, floating* d
                                    sum_dy + r0 * K, sum_dy_xhat + r0 * K, xhat_sums + 2 * r0)
     first = (r0 % a.groups) * K  # the channel of the row's first sub-run
     for r in range(r0, r1):
-        _backward_row_coefficients(a, first, K, S, mean[r] - <double><floating>mean[r], rstd[r], training, sum_dy + r * K,
-                               sum_dy_xhat + r * K, &c2[r - r0], &c3[r - r0])
+        _backward_row_coefficients(a, first, K, S, mean[r] - <double><floating>mean[r], rstd[r], training,
+                                   sum_dy + r * K, sum_dy_xhat + r * K, &c2[r - r0], &c3[r - r0])
         # the values _backward_elemt_span passes to each run's sweep
         mean_hi_v[r - r0] = <floating>mean[r]
         c2_v[r - r0] = <floating>c2[r - r0]
@@ -373,10 +378,10 @@ cdef void _backward_row_batch(const floating* x, const floating* dy, floating* d
 
 
 cdef int _backward_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,
-                    Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
-                    double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads) noexcept nogil:
-    """Backward of _forward_rows with a per-channel affine; sum_dy, sum_dy_xhat: [R, S // sub] sums per sub-run; xhat_sums: the
-    rows' check sums, [R, 2]."""
+                        Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd, bint training,
+                        double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads) noexcept nogil:
+    """Backward of _forward_rows with a per-channel affine; sum_dy, sum_dy_xhat: [R, S // sub] sums per
+    sub-run; xhat_sums: the rows' check sums, [R, 2]."""
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t per_sub = (a.sub + SPLIT - 1) // SPLIT
     cdef Py_ssize_t per_row = N * K * per_sub
@@ -389,10 +394,12 @@ cdef int _backward_rows(const floating* x, const floating* dy, floating* dx, Py_
     if rows:
         if nthreads <= 1 or batches < 2:
             for t in range(batches):
-                _backward_row_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, sum_dy, sum_dy_xhat, xhat_sums)
+                _backward_row_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training,
+                                    sum_dy, sum_dy_xhat, xhat_sums)
         else:
             for t in prange(batches, schedule="static", num_threads=nthreads):
-                _backward_row_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training, sum_dy, sum_dy_xhat, xhat_sums)
+                _backward_row_batch(x, dy, dx, t * rows, min(R, (t + 1) * rows), R, S, a, mean, rstd, training,
+                                    sum_dy, sum_dy_xhat, xhat_sums)
         return 0
     if nthreads <= 1 or R >= 4 * nthreads:
         if nthreads <= 1:  # no thread team for one thread
@@ -408,8 +415,8 @@ cdef int _backward_rows(const floating* x, const floating* dy, floating* dx, Py_
     if partial == NULL:
         return -1
     for t in prange(R * per_row, schedule="static", num_threads=nthreads):
-        _backward_reduce_split(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row], rstd[t // per_row],
-                    partial + 4 * t)
+        _backward_reduce_split(x, dy, N, R, S, a.sub, t // per_row, t % per_row, mean[t // per_row],
+                               rstd[t // per_row], partial + 4 * t)
     for r in range(R):
         for j in range(K):
             sum_dy[r * K + j] = 0.0
@@ -428,15 +435,17 @@ cdef int _backward_rows(const floating* x, const floating* dy, floating* dx, Py_
     for t in prange(R * N * sweep_pieces, schedule="static", num_threads=nthreads):
         start = (t % sweep_pieces) * SPLIT
         _backward_elemt_row(x, dy, dx, N, R, S, a, t // (N * sweep_pieces), (t // sweep_pieces) % N, start,
-                        min(<Py_ssize_t>SPLIT, S - start), mean, rstd, training, sum_dy, sum_dy_xhat, N * S, stream)
+                            min(<Py_ssize_t>SPLIT,
+                                S - start), mean, rstd, training, sum_dy, sum_dy_xhat, N * S, stream)
     _fence_streams(stream, nthreads)
     return 0
 
 
-cdef void _backward_per_element_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0, Py_ssize_t r1,
-                           Py_ssize_t D, const floating* w, const double* mean, const double* rstd,
-                           bint training, bint rms, double* col_dy, double* col_dy_xhat, double* xhat_sums,
-                           bint stream) noexcept nogil:
+cdef void _backward_per_element_chunk(const floating* x, const floating* dy, floating* dx, Py_ssize_t r0,
+                                      Py_ssize_t r1,
+                                      Py_ssize_t D, const floating* w, const double* mean, const double* rstd,
+                                      bint training, bint rms, double* col_dy, double* col_dy_xhat, double* xhat_sums,
+                                      bint stream) noexcept nogil:
     """Backward of rows r0 <= r < r1 with an elementwise weight; column sums into col_dy, col_dy_xhat, the
     rows' check sums into xhat_sums[2 r], xhat_sums[2 r + 1]."""
     cdef Py_ssize_t r, d
@@ -447,18 +456,21 @@ cdef void _backward_per_element_chunk(const floating* x, const floating* dy, flo
         col_dy_xhat[d] = 0.0
     for r in range(r0, r1):
         if floating is float:
-            fastnorm_backward_reduce_per_element_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy, &sum_w_dy_xc, xhat_sums + 2 * r,
-                                       xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
+            fastnorm_backward_reduce_per_element_f32(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy,
+                                                     &sum_w_dy_xc, xhat_sums + 2 * r,
+                                                     xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
         else:
-            fastnorm_backward_reduce_per_element_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy, &sum_w_dy_xc, xhat_sums + 2 * r,
-                                       xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
+            fastnorm_backward_reduce_per_element_f64(x + r * D, dy + r * D, D, mean[r], rstd[r], w, &sum_w_dy,
+                                                     &sum_w_dy_xc, xhat_sums + 2 * r,
+                                                     xhat_sums + 2 * r + 1, col_dy, col_dy_xhat)
         mean_hi = <floating>mean[r]
         c2 = 0.0
         c3 = 0.0
         if training:
-            _backward_coefficients(sum_w_dy, sum_w_dy_xc * rstd[r], <double>D, rstd[r], mean[r] - <double>mean_hi, rms, &c2, &c3)
+            _backward_coefficients(sum_w_dy, sum_w_dy_xc * rstd[r], <double>D, rstd[r], mean[r] - <double>mean_hi,
+                                   rms, &c2, &c3)
         _backward_elemt_run(x + r * D, dy + r * D, dx + r * D, D, mean_hi, <floating>rstd[r], <floating>c2,
-                    <floating>c3, w, stream)
+                            <floating>c3, w, stream)
 
 
 cdef enum:
@@ -470,7 +482,7 @@ cdef enum:
 
 
 cdef void _add_chunk_sums(const double* partial, Py_ssize_t nchunks, Py_ssize_t D, Py_ssize_t d0, Py_ssize_t d1,
-                        double* grad_w, double* grad_b) noexcept nogil:
+                          double* grad_w, double* grad_b) noexcept nogil:
     """Columns d0 <= d < d1 of the chunks' column sums, added in chunk order."""
     cdef Py_ssize_t k, d
     for d in range(d0, d1):
@@ -483,13 +495,14 @@ cdef void _add_chunk_sums(const double* partial, Py_ssize_t nchunks, Py_ssize_t 
 
 
 cdef int _backward_per_element(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
-                    const floating* w, const double* mean, const double* rstd, bint training, bint rms,
-                    double* grad_w, double* grad_b, double* xhat_sums, int nthreads) noexcept nogil:
-    # Few long rows get few chunks: each chunk's column sums are 16 bytes a column, zeroed, updated by
-    # every row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows
-    # (bench/NOTES.md, "Chunks of the per-element backward").  The chunks' sums are kept to an eighth of the bytes the call moves (3 R D values), at least 2 chunks.
+                               const floating* w, const double* mean, const double* rstd, bint training, bint rms,
+                               double* grad_w, double* grad_b, double* xhat_sums, int nthreads) noexcept nogil:
+    # Few long rows get few chunks: each chunk's column sums are 16 bytes a column, zeroed, updated by every
+    # row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows (bench/NOTES.md,
+    # "Chunks of the per-element backward").  The chunks' sums are kept to an eighth of the bytes the call
+    # moves (3 R D values), at least 2 chunks.
     cdef Py_ssize_t nchunks = max(min(R, <Py_ssize_t>2), min(min(R, <Py_ssize_t>ELEM_CHUNKS),
-                                                     3 * R * <Py_ssize_t>sizeof(floating) // (16 * 8)))
+                                                             3 * R * <Py_ssize_t>sizeof(floating) // (16 * 8)))
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k
     cdef double* partial = <double*>_alloc(2 * nchunks * D * sizeof(double))
@@ -498,12 +511,14 @@ cdef int _backward_per_element(const floating* x, const floating* dy, floating* 
         return -1
     if nthreads <= 1:  # no thread team for one thread
         for k in range(nchunks):
-            _backward_per_element_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D, xhat_sums, stream)
+            _backward_per_element_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd,
+                                        training, rms,
+                                        partial + 2 * k * D, partial + (2 * k + 1) * D, xhat_sums, stream)
     else:
         for k in prange(nchunks, schedule="static", num_threads=nthreads):
-            _backward_per_element_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd, training, rms,
-                             partial + 2 * k * D, partial + (2 * k + 1) * D, xhat_sums, stream)
+            _backward_per_element_chunk(x, dy, dx, min(R, k * per), min(R, (k + 1) * per), D, w, mean, rstd,
+                                        training, rms,
+                                        partial + 2 * k * D, partial + (2 * k + 1) * D, xhat_sums, stream)
     _fence_streams(stream, nthreads)
     if nthreads <= 1 or D < 2 * MERGE_COLUMNS:
         _add_chunk_sums(partial, nchunks, D, 0, D, grad_w, grad_b)
@@ -515,8 +530,8 @@ cdef int _backward_per_element(const floating* x, const floating* dy, floating* 
 
 
 cdef void _backward_reduce_channels(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                          const double* mean, const double* rstd, double* sum_dy, double* sum_dy_xhat,
-                          int nthreads) noexcept nogil:
+                                    const double* mean, const double* rstd, double* sum_dy, double* sum_dy_xhat,
+                                    int nthreads) noexcept nogil:
     cdef Py_ssize_t r
     if nthreads <= 1:  # no thread team for one thread
         for r in range(C):
@@ -527,14 +542,17 @@ cdef void _backward_reduce_channels(const floating* x, const floating* dy, Py_ss
 
 
 cdef void _backward_elemt_channels(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t C,
-                           Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
-                           const double* sum_dy, const double* sum_dy_xhat, double count, int nthreads) noexcept nogil:
+                                   Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
+                                   const double* sum_dy, const double* sum_dy_xhat, double count,
+                                   int nthreads) noexcept nogil:
     cdef Py_ssize_t t
     cdef bint stream = _streams(3 * N * C * S * sizeof(floating))
     if nthreads <= 1:  # no thread team for one thread
         for t in range(N * C):
-            _backward_elemt_row(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, sum_dy, sum_dy_xhat, count, stream)
+            _backward_elemt_row(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, sum_dy, sum_dy_xhat,
+                                count, stream)
     else:
         for t in prange(N * C, schedule="static", num_threads=nthreads):
-            _backward_elemt_row(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, sum_dy, sum_dy_xhat, count, stream)
+            _backward_elemt_row(x, dy, dx, N, C, S, a, t % C, t // C, 0, S, mean, rstd, True, sum_dy, sum_dy_xhat,
+                                count, stream)
     _fence_streams(stream, nthreads)

@@ -84,12 +84,12 @@ def last_level_cache_bytes():
 cdef Py_ssize_t stream_bytes = 3 * last_level_cache_bytes() // 4
 
 
-# Streamed stores that land a little ahead of the loads that follow them, modulo 4 KiB, stall those
-# loads: the CPU matches a load against the pending stores by the low 12 bits of the address, and a
-# non-temporal store stays pending for long.  Two heap blocks can sit so (bench/NOTES.md, "4 KiB
-# aliasing").  Such a sweep uses ordinary stores, which leave the store queue at once.  (Staging each block in cache and streaming it out
-# helped within a run but not across runs: the end of one run's output still lands just ahead of the
-# start of the next run's input.)
+# Streamed stores that land a little ahead of the loads that follow them, modulo 4 KiB, stall those loads: the
+# CPU matches a load against the pending stores by the low 12 bits of the address, and a non-temporal store
+# stays pending for long.  Two heap blocks can sit so (bench/NOTES.md, "4 KiB aliasing").  Such a sweep uses
+# ordinary stores, which leave the store queue at once.  (Staging each block in cache and streaming it out
+# helped within a run but not across runs: the end of one run's output still lands just ahead of the start of
+# the next run's input.)
 cdef size_t alias_window = 256
 
 
@@ -146,10 +146,10 @@ cdef inline bint _streams(Py_ssize_t nbytes) noexcept nogil:
 
 
 cdef void _fence_streams(bint stream, int nthreads) noexcept nogil:
-    """Make a kernel's streamed stores visible: they are weakly ordered, so every thread that made them
-    fences once before the kernel returns.  Once per kernel, not per sweep: a fence per 4 KiB run (GroupNorm,
-    a channel at a time) cost a large part of the call's time (bench/NOTES.md, "Streamed stores").  A static schedule of ``nthreads`` iterations
-    gives one to each thread of the team that did the work."""
+    """Make a kernel's streamed stores visible: they are weakly ordered, so every thread that made them fences
+    once before the kernel returns.  Once per kernel, not per sweep: a fence per 4 KiB run (GroupNorm, a
+    channel at a time) cost a large part of the call's time (bench/NOTES.md, "Streamed stores").  A static
+    schedule of ``nthreads`` iterations gives one to each thread of the team that did the work."""
     cdef int t
     if not stream:
         return

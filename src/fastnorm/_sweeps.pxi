@@ -69,7 +69,7 @@ cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, flo
 
 
 cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
-                             const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
+                                const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
     if stream and _lands_ahead(y, x):
         stream = False  # see _lands_ahead
@@ -85,7 +85,7 @@ cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows,
 
 
 cdef inline void _center_and_rstd(double mean, double var, double eps, bint rms, double* center,
-                                   double* inv) noexcept nogil:
+                                  double* inv) noexcept nogil:
     """The center and the inverse scale of a group: (mean, 1 / sqrt(var + eps)), or for RMSNorm
     (0, 1 / sqrt(mean(x**2) + eps)) with mean(x**2) = var + mean**2.  Branch-free but for rms, so that a loop of it over
     rows vectorizes (a short row's time is its chain of division and square root); float64 RMSNorm data
