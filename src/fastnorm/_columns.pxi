@@ -164,11 +164,11 @@ cdef inline void _backward_reduce_tile(const floating* x, const floating* dy, co
         return
     sum_dy = partial + 4 * g.C * blk + c0
     if floating is float:
-        fastnorm_grad_column_sums_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
+        fastnorm_backward_reduce_columns_f32(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                             colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
     else:
-        fastnorm_grad_column_sums_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
-                                      colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
+        fastnorm_backward_reduce_columns_f64(x + r0 * g.C + c0, dy + r0 * g.C + c0, rows, ncols, g.C, colmean + c0,
+                                             colrstd + c0, sum_dy, sum_dy + g.C, sum_dy + 2 * g.C, sum_dy + 3 * g.C)
 
 
 cdef inline void _backward_elemt_tile(const floating* x, const floating* dy, floating* dx, const Tiles* g,
@@ -179,6 +179,6 @@ cdef inline void _backward_elemt_tile(const floating* x, const floating* dy, flo
         return
     off = r0 * g.C + c0
     if floating is float:
-        fastnorm_grad_sweep_rows_f32(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
+        fastnorm_backward_elemt_columns_f32(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
     else:
-        fastnorm_grad_sweep_rows_f64(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)
+        fastnorm_backward_elemt_columns_f64(x + off, dy + off, dx + off, rows, ncols, g.C, p + c0, g.C)

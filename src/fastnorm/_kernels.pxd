@@ -19,10 +19,10 @@ cdef extern from "_simd.h" nogil:
                                        const double* eps_r2, int rms)
     void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale, float shift)
     void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale, double shift)
-    void fastnorm_sweep_rows_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                 const float* p, Py_ssize_t plen)
-    void fastnorm_sweep_rows_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                 const double* p, Py_ssize_t plen)
+    void fastnorm_sweep_columns_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                    const float* p, Py_ssize_t plen)
+    void fastnorm_sweep_columns_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                    const double* p, Py_ssize_t plen)
     void fastnorm_sweep_affine_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale,
                                    float shift, const float* w, const float* b)
     void fastnorm_sweep_affine_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
@@ -39,40 +39,40 @@ cdef extern from "_simd.h" nogil:
                                                   double rstd, const double* w, double* sum_w_dy, double* sum_w_dy_xc,
                                                   double* sum_xhat, double* sum_xhat2, double* col_dy,
                                                   double* col_dy_xhat)
-    void fastnorm_grad_sweep_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
-                                 float c1, float c2, float c3)
-    void fastnorm_grad_sweep_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean_hi,
-                                 double c1, double c2, double c3)
-    void fastnorm_grad_run_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t K,
-                                    Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
-                                    double* sum_dy_xhat, double* xhat_sums)
-    void fastnorm_grad_run_sums_f64(const double* x, const double* dy, Py_ssize_t rows, Py_ssize_t K,
-                                    Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
-                                    double* sum_dy_xhat, double* xhat_sums)
-    void fastnorm_grad_sweep_runs_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
-                                      Py_ssize_t K, Py_ssize_t length, const float* mean_hi, const float* c1,
-                                      const float* c2, const float* c3)
-    void fastnorm_grad_sweep_runs_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
-                                      Py_ssize_t K, Py_ssize_t length, const double* mean_hi, const double* c1,
-                                      const double* c2, const double* c3)
-    void fastnorm_grad_sweep_elem_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
-                                      float c1, float c2, float c3, const float* w)
-    void fastnorm_grad_sweep_elem_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
-                                      double mean_hi, double c1, double c2, double c3, const double* w)
-    void fastnorm_grad_column_sums_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
-                                       Py_ssize_t ld, const double* mean, const double* rstd, double* sum_dy,
-                                       double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
-    void fastnorm_grad_column_sums_f64(const double* x, const double* dy, Py_ssize_t rows,
-                                       Py_ssize_t ncols, Py_ssize_t ld, const double* mean, const double* rstd,
-                                       double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
-    void fastnorm_grad_sweep_rows_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
-                                      Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
-    void fastnorm_grad_sweep_rows_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
-                                      Py_ssize_t ncols, Py_ssize_t ld, const double* p, Py_ssize_t plen)
-    void fastnorm_grad_sweep_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
-                                        float c1, float c2, float c3, const float* w)
-    void fastnorm_grad_sweep_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
-                                        double mean_hi, double c1, double c2, double c3, const double* w)
+    void fastnorm_backward_elemt_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
+                                     float c1, float c2, float c3)
+    void fastnorm_backward_elemt_f64(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean_hi,
+                                     double c1, double c2, double c3)
+    void fastnorm_backward_reduce_runs_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t K,
+                                           Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
+                                           double* sum_dy_xhat, double* xhat_sums)
+    void fastnorm_backward_reduce_runs_f64(const double* x, const double* dy, Py_ssize_t rows, Py_ssize_t K,
+                                           Py_ssize_t length, const double* mean, const double* rstd, double* sum_dy,
+                                           double* sum_dy_xhat, double* xhat_sums)
+    void fastnorm_backward_elemt_runs_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
+                                          Py_ssize_t K, Py_ssize_t length, const float* mean_hi, const float* c1,
+                                          const float* c2, const float* c3)
+    void fastnorm_backward_elemt_runs_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
+                                          Py_ssize_t K, Py_ssize_t length, const double* mean_hi, const double* c1,
+                                          const double* c2, const double* c3)
+    void fastnorm_backward_elemt_per_element_f32(const float* x, const float* dy, float* dx, Py_ssize_t n,
+                                                 float mean_hi, float c1, float c2, float c3, const float* w)
+    void fastnorm_backward_elemt_per_element_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                                 double mean_hi, double c1, double c2, double c3, const double* w)
+    void fastnorm_backward_reduce_columns_f32(const float* x, const float* dy, Py_ssize_t rows, Py_ssize_t ncols,
+                                              Py_ssize_t ld, const double* mean, const double* rstd, double* sum_dy,
+                                              double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+    void fastnorm_backward_reduce_columns_f64(const double* x, const double* dy, Py_ssize_t rows,
+                                              Py_ssize_t ncols, Py_ssize_t ld, const double* mean, const double* rstd,
+                                              double* sum_dy, double* sum_dy_xc, double* sum_xhat, double* sum_xhat2)
+    void fastnorm_backward_elemt_columns_f32(const float* x, const float* dy, float* dx, Py_ssize_t rows,
+                                             Py_ssize_t ncols, Py_ssize_t ld, const float* p, Py_ssize_t plen)
+    void fastnorm_backward_elemt_columns_f64(const double* x, const double* dy, double* dx, Py_ssize_t rows,
+                                             Py_ssize_t ncols, Py_ssize_t ld, const double* p, Py_ssize_t plen)
+    void fastnorm_backward_elemt_stream_f32(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean_hi,
+                                            float c1, float c2, float c3, const float* w)
+    void fastnorm_backward_elemt_stream_f64(const double* x, const double* dy, double* dx, Py_ssize_t n,
+                                            double mean_hi, double c1, double c2, double c3, const double* w)
     void fastnorm_sweep_affine_stream_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale,
                                           float shift, const float* w, const float* b)
     void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,

@@ -203,18 +203,18 @@ cdef inline void _backward_elemt_run(const floating* x, const floating* dy, floa
         stream = False
     if floating is float:
         if stream:
-            fastnorm_grad_sweep_stream_f32(x, dy, dx, n, mean_hi, c1, c2, c3, w)
+            fastnorm_backward_elemt_stream_f32(x, dy, dx, n, mean_hi, c1, c2, c3, w)
         elif w != NULL:
-            fastnorm_grad_sweep_elem_f32(x, dy, dx, n, mean_hi, c1, c2, c3, w)
+            fastnorm_backward_elemt_per_element_f32(x, dy, dx, n, mean_hi, c1, c2, c3, w)
         else:
-            fastnorm_grad_sweep_f32(x, dy, dx, n, mean_hi, c1, c2, c3)
+            fastnorm_backward_elemt_f32(x, dy, dx, n, mean_hi, c1, c2, c3)
     else:
         if stream:
-            fastnorm_grad_sweep_stream_f64(x, dy, dx, n, mean_hi, c1, c2, c3, w)
+            fastnorm_backward_elemt_stream_f64(x, dy, dx, n, mean_hi, c1, c2, c3, w)
         elif w != NULL:
-            fastnorm_grad_sweep_elem_f64(x, dy, dx, n, mean_hi, c1, c2, c3, w)
+            fastnorm_backward_elemt_per_element_f64(x, dy, dx, n, mean_hi, c1, c2, c3, w)
         else:
-            fastnorm_grad_sweep_f64(x, dy, dx, n, mean_hi, c1, c2, c3)
+            fastnorm_backward_elemt_f64(x, dy, dx, n, mean_hi, c1, c2, c3)
 
 
 cdef inline void _backward_reduce_split(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t R,
@@ -351,11 +351,11 @@ cdef void _backward_row_batch(const floating* x, const floating* dy, floating* d
     cdef Py_ssize_t K = S // a.sub
     cdef Py_ssize_t r, j, first
     if floating is float:
-        fastnorm_grad_run_sums_f32(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
-                                   sum_dy + r0 * K, sum_dy_xhat + r0 * K, xhat_sums + 2 * r0)
+        fastnorm_backward_reduce_runs_f32(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
+                                          sum_dy + r0 * K, sum_dy_xhat + r0 * K, xhat_sums + 2 * r0)
     else:
-        fastnorm_grad_run_sums_f64(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
-                                   sum_dy + r0 * K, sum_dy_xhat + r0 * K, xhat_sums + 2 * r0)
+        fastnorm_backward_reduce_runs_f64(x + r0 * S, dy + r0 * S, r1 - r0, K, a.sub, mean + r0, rstd + r0,
+                                          sum_dy + r0 * K, sum_dy_xhat + r0 * K, xhat_sums + 2 * r0)
     first = (r0 % a.groups) * K  # the channel of the row's first sub-run
     for r in range(r0, r1):
         _backward_row_coefficients(a, first, K, S, mean[r] - <double><floating>mean[r], rstd[r], training,
@@ -370,11 +370,11 @@ cdef void _backward_row_batch(const floating* x, const floating* dy, floating* d
         if first == a.groups * K:
             first = 0
     if floating is float:
-        fastnorm_grad_sweep_runs_f32(x + r0 * S, dy + r0 * S, dx + r0 * S, r1 - r0, K, a.sub, mean_hi_v, c1_v,
-                                     c2_v, c3_v)
+        fastnorm_backward_elemt_runs_f32(x + r0 * S, dy + r0 * S, dx + r0 * S, r1 - r0, K, a.sub, mean_hi_v, c1_v,
+                                         c2_v, c3_v)
     else:
-        fastnorm_grad_sweep_runs_f64(x + r0 * S, dy + r0 * S, dx + r0 * S, r1 - r0, K, a.sub, mean_hi_v, c1_v,
-                                     c2_v, c3_v)
+        fastnorm_backward_elemt_runs_f64(x + r0 * S, dy + r0 * S, dx + r0 * S, r1 - r0, K, a.sub, mean_hi_v, c1_v,
+                                         c2_v, c3_v)
 
 
 cdef int _backward_rows(const floating* x, const floating* dy, floating* dx, Py_ssize_t N, Py_ssize_t R,

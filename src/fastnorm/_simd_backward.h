@@ -182,12 +182,12 @@ FASTNORM_BACKWARD_REDUCE(fastnorm_backward_reduce_loop_f32_generic, float)
 FASTNORM_BACKWARD_REDUCE(fastnorm_backward_reduce_loop_f64, double)
 FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(fastnorm_backward_reduce_per_element_f32_generic, float)
 FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(fastnorm_backward_reduce_per_element_f64, double)
-FASTNORM_BACKWARD_ELEMT(fastnorm_grad_sweep_f32, float)
-FASTNORM_BACKWARD_ELEMT(fastnorm_grad_sweep_f64, double)
-FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(fastnorm_grad_sweep_elem_f32, float)
-FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(fastnorm_grad_sweep_elem_f64, double)
-FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_grad_column_sums_f32, float)
-FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_grad_column_sums_f64, double)
+FASTNORM_BACKWARD_ELEMT(fastnorm_backward_elemt_f32, float)
+FASTNORM_BACKWARD_ELEMT(fastnorm_backward_elemt_f64, double)
+FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(fastnorm_backward_elemt_per_element_f32, float)
+FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(fastnorm_backward_elemt_per_element_f64, double)
+FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_backward_reduce_columns_f32, float)
+FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_backward_reduce_columns_f64, double)
 /* The gradient sweep over rows of K runs of len values each (many short runs, InstanceNorm and GroupNorm
  * on small maps): run j of row r has its own c1[r * K + j], the row its mean_hi, c2 and c3.  The
  * operations of FASTNORM_BACKWARD_ELEMT, without a call per run. */
@@ -206,10 +206,10 @@ FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_grad_column_sums_f64, double)
             }                                                                                 \
         }                                                                                     \
     }
-FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_grad_sweep_runs_f32, float)
-FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_grad_sweep_runs_f64, double)
-FASTNORM_BACKWARD_ELEMT_COLUMNS(fastnorm_grad_sweep_rows_f32, float)
-FASTNORM_BACKWARD_ELEMT_COLUMNS(fastnorm_grad_sweep_rows_f64, double)
+FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_backward_elemt_runs_f32, float)
+FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_backward_elemt_runs_f64, double)
+FASTNORM_BACKWARD_ELEMT_COLUMNS(fastnorm_backward_elemt_columns_f32, float)
+FASTNORM_BACKWARD_ELEMT_COLUMNS(fastnorm_backward_elemt_columns_f64, double)
 
 #if FASTNORM_HAVE_STREAM
 /* dx = (w[i] * dy) * c1 + c2 * (x - mean_hi) + c3 with non-temporal stores (w NULL: w = 1); the same
@@ -233,9 +233,9 @@ FASTNORM_BACKWARD_ELEMT_COLUMNS(fastnorm_grad_sweep_rows_f64, double)
         for (; i < n; i++)                                                                    \
             FASTNORM_STREAM1(T, dx + i, (w ? w[i] * dy[i] : dy[i]) * c1 + c2 * (x[i] - mean_hi) + c3); \
     }
-FASTNORM_BACKWARD_ELEMT_STREAM(fastnorm_grad_sweep_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
+FASTNORM_BACKWARD_ELEMT_STREAM(fastnorm_backward_elemt_stream_f32, float, __m128, _mm_set1_ps, _mm_loadu_ps,
                            _mm_sub_ps, _mm_mul_ps, _mm_add_ps, _mm_stream_ps, 4)
-FASTNORM_BACKWARD_ELEMT_STREAM(fastnorm_grad_sweep_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd,
+FASTNORM_BACKWARD_ELEMT_STREAM(fastnorm_backward_elemt_stream_f64, double, __m128d, _mm_set1_pd, _mm_loadu_pd,
                            _mm_sub_pd, _mm_mul_pd, _mm_add_pd, _mm_stream_pd, 2)
 #else
 #define FASTNORM_BACKWARD_ELEMT_PLAIN(NAME, T)                                                \
@@ -245,8 +245,8 @@ FASTNORM_BACKWARD_ELEMT_STREAM(fastnorm_grad_sweep_stream_f64, double, __m128d, 
         for (ptrdiff_t i = 0; i < n; i++)                                                     \
             dx[i] = (w ? w[i] * dy[i] : dy[i]) * c1 + c2 * (x[i] - mean_hi) + c3;             \
     }
-FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_grad_sweep_stream_f32, float)
-FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_grad_sweep_stream_f64, double)
+FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_backward_elemt_stream_f32, float)
+FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_backward_elemt_stream_f64, double)
 #endif
 
 #if FASTNORM_AVX2
@@ -382,8 +382,8 @@ FASTNORM_BACKWARD_REDUCE_RUN(fastnorm_backward_reduce_run_f32, float, fastnorm_b
 FASTNORM_BACKWARD_REDUCE_RUN(fastnorm_backward_reduce_run_f64, double, fastnorm_backward_reduce_loop_f64)
 /* sum_dy[q] = sum(dy), sum_dy_xhat[q] = rstd[r] * sum(dy * (x - mean[r])) for run q = r * K + j of rows of K
  * runs of len values, and per row the check sums xhat_sums[2 r] = sum(xhat), xhat_sums[2 r + 1] = sum(xhat**2)
- * over its runs: each run summed by fastnorm_grad_sums_* as a lone run is (the same bits), without a call from
- * the kernels per run. */
+ * over its runs: each run summed by fastnorm_backward_reduce_run_* as a lone run is (the same bits), without a
+ * call from the kernels per run. */
 #define FASTNORM_BACKWARD_REDUCE_RUNS(NAME, T, SUMS)                                          \
     static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t len, const double *mean, \
                      const double *rstd, double *sum_dy, double *sum_dy_xhat, double *xhat_sums) \
@@ -402,5 +402,5 @@ FASTNORM_BACKWARD_REDUCE_RUN(fastnorm_backward_reduce_run_f64, double, fastnorm_
             }                                                                                 \
         }                                                                                     \
     }
-FASTNORM_BACKWARD_REDUCE_RUNS(fastnorm_grad_run_sums_f32, float, fastnorm_backward_reduce_run_f32)
-FASTNORM_BACKWARD_REDUCE_RUNS(fastnorm_grad_run_sums_f64, double, fastnorm_backward_reduce_run_f64)
+FASTNORM_BACKWARD_REDUCE_RUNS(fastnorm_backward_reduce_runs_f32, float, fastnorm_backward_reduce_run_f32)
+FASTNORM_BACKWARD_REDUCE_RUNS(fastnorm_backward_reduce_runs_f64, double, fastnorm_backward_reduce_run_f64)

@@ -39,8 +39,8 @@
     }
 FASTNORM_SWEEP(fastnorm_sweep_f32, float)
 FASTNORM_SWEEP(fastnorm_sweep_f64, double)
-FASTNORM_SWEEP_COLUMNS(fastnorm_sweep_rows_f32, float)
-FASTNORM_SWEEP_COLUMNS(fastnorm_sweep_rows_f64, double)
+FASTNORM_SWEEP_COLUMNS(fastnorm_sweep_columns_f32, float)
+FASTNORM_SWEEP_COLUMNS(fastnorm_sweep_columns_f64, double)
 FASTNORM_SWEEP_AFFINE(fastnorm_sweep_affine_f32, float)
 FASTNORM_SWEEP_AFFINE(fastnorm_sweep_affine_f64, double)
 

@@ -79,9 +79,9 @@ cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows,
         else:
             fastnorm_sweep_stream_f64(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
     elif floating is float:
-        fastnorm_sweep_rows_f32(x, y, rows, ncols, p, plen)
+        fastnorm_sweep_columns_f32(x, y, rows, ncols, p, plen)
     else:
-        fastnorm_sweep_rows_f64(x, y, rows, ncols, p, plen)
+        fastnorm_sweep_columns_f64(x, y, rows, ncols, p, plen)
 
 
 cdef inline void _center_and_rstd(double mean, double var, double eps, bint rms, double* center,
