@@ -37,6 +37,11 @@ cdef bint _plain_running(object rm, object rv):
             and not _overlap(<cnp.ndarray>rm, <cnp.ndarray>rv))
 
 
+cdef inline double* _doubles(cnp.ndarray a):
+    """The data of a float64 array (statistics, sums)."""
+    return <double*>cnp.PyArray_DATA(a)
+
+
 cdef inline ParamVector _param_vector(object a):
     cdef ParamVector v
     if a is None:

@@ -59,7 +59,7 @@ cdef object _rescale_exponents(cnp.ndarray x, cnp.ndarray rstd, bint training):
     """Per-group exponents ``e`` (0.5 <= rstd * 2**-e < 1) for a float64 training backward whose rstd is
     beyond 2**+-400 (data beyond about 1e120 or, with eps=0, below 1e-120): rstd squared enters the
     gradient's coefficients and would under- or overflow.  None (the common case) when no group's is."""
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* pr = _doubles(rstd)
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(rstd)
     cdef bint found = False
     if not training or not _is_f64(x):

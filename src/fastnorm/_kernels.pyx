@@ -97,8 +97,8 @@ def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthread
     cdef cnp.ndarray mean = _empty_doubles(C)
     cdef cnp.ndarray var = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef double* pm = _doubles(mean)
+    cdef double* pv = _doubles(var)
     cdef bint f64 = _is_f64(x)
     cdef int status = 0
     cdef double* partial
@@ -151,9 +151,9 @@ cdef tuple _with_rstd(tuple stats, double eps, bint rms):
     """The (mean, var, rstd) of a training call, rstd filled exactly as the sweeps computed it."""
     cdef cnp.ndarray mean = stats[0], var = stats[1], rstd = stats[2]
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(mean)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pv = <double*>cnp.PyArray_DATA(var)
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
+    cdef double* pm = _doubles(mean)
+    cdef double* pv = _doubles(var)
+    cdef double* pr = _doubles(rstd)
     cdef double center
     for i in range(n):
         _center_and_rstd(pm[i], pv[i], eps, rms, &center, &pr[i])
@@ -192,8 +192,8 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     cdef double* scratch = NULL if stats else <double*>_alloc(2 * R * sizeof(double))
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>result[0]) if stats else scratch
-    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>result[1]) if stats else scratch + R
+    cdef double* pm = _doubles(result[0]) if stats else scratch
+    cdef double* pv = _doubles(result[1]) if stats else scratch + R
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
     cdef int status
@@ -222,8 +222,8 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef tuple stats = _statistics(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
-    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
+    cdef double* pm = _doubles(stats[0])
+    cdef double* pv = _doubles(stats[1])
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef ParamVector vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
     cdef bint f64 = _is_f64(x)
@@ -253,8 +253,8 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     cdef tuple stats = _statistics(N * G)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
-    cdef double* pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[0])
-    cdef double* pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>stats[1])
+    cdef double* pm = _doubles(stats[0])
+    cdef double* pv = _doubles(stats[1])
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
@@ -296,10 +296,10 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* po = cnp.PyArray_DATA(dx)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef double* pm = _doubles(mean)
+    cdef double* pr = _doubles(rstd)
+    cdef double* p1 = _doubles(sum_dy)
+    cdef double* p2 = _doubles(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     cdef int status
     with nogil:
@@ -336,10 +336,10 @@ def backward_reduce(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, P
     cdef cnp.ndarray sum_dy_xhat = _empty_doubles(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef double* pm = _doubles(mean)
+    cdef double* pr = _doubles(rstd)
+    cdef double* p1 = _doubles(sum_dy)
+    cdef double* p2 = _doubles(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
@@ -358,10 +358,10 @@ def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, 
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* po = cnp.PyArray_DATA(dx)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef double* pm = _doubles(mean)
+    cdef double* pr = _doubles(rstd)
+    cdef double* p1 = _doubles(sum_dy)
+    cdef double* p2 = _doubles(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
@@ -387,10 +387,10 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
     cdef char* px = <char*>cnp.PyArray_DATA(x)
     cdef char* pg = <char*>cnp.PyArray_DATA(dy)
     cdef char* po = <char*>cnp.PyArray_DATA(dx)
-    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
-    cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef double* p1 = <double*>cnp.PyArray_DATA(sum_dy)
-    cdef double* p2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef double* pm = _doubles(mean)
+    cdef double* pr = _doubles(rstd)
+    cdef double* p1 = _doubles(sum_dy)
+    cdef double* p2 = _doubles(sum_dy_xhat)
     cdef ParamVector vw = _param_vector(weight)
     cdef bint f64 = _is_f64(x)
     cdef Py_ssize_t n
