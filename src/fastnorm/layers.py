@@ -22,8 +22,9 @@ from . import _lrn
 from . import functional as F
 from ._safetensors import SafetensorsFile
 from ._threads import check_count, context_setting, threads_for
-from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _normalized_shape,
-                          _real)
+from ._tf_ops import moments64
+from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _momentum_factor,
+                          _normalized_shape, _real)
 from .statistics import Moments
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
@@ -878,7 +879,7 @@ class _BatchNorm(_NormBase):
             _check_out(out, x.shape, dtype)
         axes = tuple(a for a in range(x.ndim) if a != axis)
         pieces = [slice(g * size, (g + 1) * size) for g in range(groups)]
-        stats = [F.moments64(compute[piece], axes)[1:] for piece in pieces]
+        stats = [moments64(compute[piece], axes)[1:] for piece in pieces]
         mean, var = np.stack([m for m, _ in stats]), np.stack([v for _, v in stats])   # (groups, C), float64
         if self.renorm:
             r, d, renorm_copies = self._renorm_corrections(mean, var)
@@ -897,7 +898,7 @@ class _BatchNorm(_NormBase):
         running = None
         if self.running_mean is not None and self.running_var is not None:
             running = (self.running_mean, self.running_var,
-                       F._momentum_factor(self.momentum, self.num_batches_tracked),
+                       _momentum_factor(self.momentum, self.num_batches_tracked),
                        count / (count - 1) if self.bessel else 1.0)
         commit = self._namespace_commit(state)
         commit.prepare(out, running, copies=renorm_copies or None)
