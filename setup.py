@@ -11,6 +11,7 @@ Environment variables:
   ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 python -m pytest tests``.
 * ``FASTNORM_CFLAGS``: extra compiler flags.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -55,7 +56,7 @@ openmp = not os.environ.get("FASTNORM_NO_OPENMP") and compiler_accepts("-fopenmp
 # so that every code path (fused per channel, split across threads) rounds identically.
 compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 # Loops on 64-byte boundaries: a hot loop's speed must not depend on where unrelated code moved it
-# (LayerNorm forward (4096, 768) took 1.33x the time once an unrelated change shifted its sweep by 16 bytes).
+# (bench/NOTES.md, "Loop alignment").
 if compiler_accepts("-falign-loops=64"):
     compile_args.append("-falign-loops=64")
 compile_args += os.environ.get("FASTNORM_CFLAGS", "").split()
@@ -108,7 +109,9 @@ extensions = [
         "fastnorm._kernels",
         ["src/fastnorm/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastnorm"],
-        depends=["src/fastnorm/_simd.h", "src/fastnorm/_buffers.h", "src/fastnorm/_pool.h"],
+        # _kernels.pyx includes the .pxi parts and its .pxd; the .h files hold the C loops, the pool and the
+        # output cache: a change to any of them rebuilds the module.
+        depends=sorted(glob.glob("src/fastnorm/*.pxi") + glob.glob("src/fastnorm/*.pxd") + glob.glob("src/fastnorm/*.h")),
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

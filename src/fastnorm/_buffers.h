@@ -2,9 +2,8 @@
  * interface (NEP 49).
  *
  * A fresh multi-megabyte buffer from malloc is fresh pages from the kernel: the first write to each 4 KiB
- * page faults and the kernel zeroes it, which costs about as much as the normalization itself (BatchNorm
- * backward (32, 64, 56, 56), 25.7 MB of gradient, 1 thread: 5.5 ms with the pages mapped, 10.5 ms when
- * they were fresh).  Whether glibc hands back mapped or fresh pages depends on what the process did
+ * page faults and the kernel zeroes it, which costs about as much as the normalization itself
+ * (bench/NOTES.md, "Output cache").  Whether glibc hands back mapped or fresh pages depends on what the process did
  * before, so a training loop ran at one speed or the other by chance.  Freed buffers of at least
  * FASTNORM_CACHE_MIN bytes are kept here instead, up to a limit, and the next array of about that size
  * reuses one: a loop that allocates the same shapes every step writes to mapped pages.

@@ -57,9 +57,8 @@ static void fastnorm_set_spin_ns(long ns) { (void)ns; }
 #include <time.h>
 
 /* How long an idle worker waits for the next region before it sleeps.  Back-to-back calls come within
- * tens of microseconds of each other (BatchNorm1d then LayerNorm on (2048, 1024): 53 us on average from
- * one region to the next, 4% over 100 us; a worker that slept is back 20-30 us after the call wakes it);
- * a matmul between them takes milliseconds. */
+ * tens of microseconds of each other; a matmul between them takes milliseconds (bench/NOTES.md, "Pool
+ * spin"). */
 #define FASTNORM_SPIN_NS 100000
 #define FASTNORM_MAX_WORKERS 1023
 /* A region of n threads is cut into n * FASTNORM_BLOCKS_PER_THREAD thread numbers (static blocks), claimed

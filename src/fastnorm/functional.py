@@ -31,7 +31,6 @@ from ._forward import _batch_norm as _batch_norm, _group_norm as _group_norm  # 
 from ._forward import _instance_norm as _instance_norm, _rows_norm as _rows_norm  # noqa: E402
 from ._validation import _rms_eps as _rms_eps  # noqa: E402
 from ._batch_norm_steps import _batch_norm_elemt as _batch_norm_elemt  # noqa: E402
-from ._tf_ops import moments64 as moments64  # noqa: E402
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "moments",
            "batch_normalization", "batch_norm_backward", "layer_norm_backward", "group_norm_backward",

@@ -22,6 +22,7 @@ from . import _lrn
 from . import functional as F
 from ._safetensors import SafetensorsFile
 from ._threads import check_count, context_setting, threads_for
+from ._tf_ops import moments64
 from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _momentum_factor,
                           _normalized_shape, _real)
 from .statistics import Moments
@@ -878,7 +879,7 @@ class _BatchNorm(_NormBase):
             _check_out(out, x.shape, dtype)
         axes = tuple(a for a in range(x.ndim) if a != axis)
         pieces = [slice(g * size, (g + 1) * size) for g in range(groups)]
-        stats = [F.moments64(compute[piece], axes)[1:] for piece in pieces]
+        stats = [moments64(compute[piece], axes)[1:] for piece in pieces]
         mean, var = np.stack([m for m, _ in stats]), np.stack([v for _, v in stats])   # (groups, C), float64
         if self.renorm:
             r, d, renorm_copies = self._renorm_corrections(mean, var)

@@ -1,0 +1,34 @@
+"""The native sources stay one room per idea: every part is included by the one extension module (one
+thread pool and one output cache per process), small enough to read, and shipped in the sdist."""
+import pathlib
+import re
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "src" / "fastnorm"
+NATIVE = sorted([*PACKAGE.glob("*.pyx"), *PACKAGE.glob("*.pxi"), *PACKAGE.glob("*.pxd"), *PACKAGE.glob("*.h")])
+
+
+@pytest.mark.skipif(not (PACKAGE / "_kernels.pyx").exists(), reason="needs the source tree")
+def test_every_part_is_included_by_the_one_extension_module():
+    pyx = sorted(p.name for p in PACKAGE.glob("*.pyx"))
+    assert pyx == ["_kernels.pyx"], "one extension module: a second would compile its own pool and cache"
+    included = set(re.findall(r'^include "(\w+\.pxi)"', (PACKAGE / "_kernels.pyx").read_text(), re.M))
+    assert included == {p.name for p in PACKAGE.glob("*.pxi")}
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs the source tree")
+@pytest.mark.parametrize("path", NATIVE, ids=lambda p: p.name)
+def test_native_source_files_stay_under_700_lines(path):
+    assert len(path.read_text().splitlines()) <= 700
+
+
+@pytest.mark.skipif(not (PACKAGE.parent.parent / "MANIFEST.in").exists(), reason="needs the source tree")
+def test_the_sdist_and_wheel_carry_every_native_part():
+    root = PACKAGE.parent.parent
+    manifest = (root / "MANIFEST.in").read_text()
+    for pattern in ("src/fastnorm/*.pyx", "src/fastnorm/*.pxi", "src/fastnorm/*.pxd", "src/fastnorm/*.h"):
+        assert pattern in manifest
+    package_data = re.search(r"^fastnorm = \[(.*)\]", (root / "pyproject.toml").read_text(), re.M).group(1)
+    for pattern in ('"*.pyx"', '"*.pxi"', '"*.pxd"'):
+        assert pattern in package_data
