@@ -444,3 +444,12 @@ def test_short_runs_backward_matches_the_twin(rng):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(layer.grad_weight, dw_ref, rtol=1e-10)
     np.testing.assert_allclose(layer.grad_bias, db_ref, rtol=1e-10)
+
+
+def test_running_update_of_no_channels_changes_nothing_and_returns():
+    """A running-statistics update over zero channels (a zero-channel batch of the SyncBatchNorm steps)
+    is a no-op, not an integer division by zero in the kernel."""
+    from fastnorm import _plan
+    rm, rv = np.zeros(0, np.float32), np.ones(0, np.float32)
+    _plan._update_running(rm, rv, np.zeros(0), np.zeros(0), 0.1)
+    assert rm.shape == rv.shape == (0,)

@@ -89,7 +89,7 @@ cdef class Commit:
             mean = np.ascontiguousarray(mean, dtype=np.float64)  # as they are, from the kernels
             var = np.ascontiguousarray(var, dtype=np.float64)
             C = cnp.PyArray_SIZE(<cnp.ndarray>self.running_mean)
-            N = cnp.PyArray_SIZE(<cnp.ndarray>mean) // C
+            N = cnp.PyArray_SIZE(<cnp.ndarray>mean) // C if C > 0 else 0  # no channels: nothing to update
             pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
             pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>var)
             f = self.factor
