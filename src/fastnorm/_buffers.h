@@ -49,14 +49,14 @@ typedef struct {
     size_t size;
 } fastnorm_block;
 
-#define FASTNORM_CACHE_AUTO SIZE_MAX               /* the limit follows the peak of live results */
+#define FASTNORM_CACHE_AUTO SIZE_MAX                /* the limit follows the peak of live results */
 #define FASTNORM_CACHE_AUTO_MAX ((size_t)256 << 20) /* and is at most this */
 
 static fastnorm_block fastnorm_cache[FASTNORM_CACHE_SLOTS]; /* oldest first */
 static int fastnorm_cache_count = 0;
 static size_t fastnorm_cache_bytes = 0;
 static size_t fastnorm_cache_setting = FASTNORM_CACHE_AUTO; /* bytes, or FASTNORM_CACHE_AUTO */
-static size_t fastnorm_live_bytes = 0; /* blocks of FASTNORM_CACHE_MIN or more held by arrays */
+static size_t fastnorm_live_bytes = 0;                      /* blocks of FASTNORM_CACHE_MIN or more held by arrays */
 static size_t fastnorm_live_peak = 0;
 static PyThread_type_lock fastnorm_cache_lock = NULL;
 
@@ -78,7 +78,10 @@ static void *fastnorm_cache_take(int i)
     return p;
 }
 
-static inline size_t *fastnorm_capacity(void *data) { return (size_t *)((char *)data - FASTNORM_HEADER); }
+static inline size_t *fastnorm_capacity(void *data)
+{
+    return (size_t *)((char *)data - FASTNORM_HEADER);
+}
 
 static void fastnorm_free_block(void *p)
 {

@@ -48,19 +48,20 @@ _simd.h               the C loops (ISA choice, streamed stores) including _simd_
 ====================  =====================================================================================
 """
 
-cimport cython
+# The included parts use these names; cython-lint reads this file alone, hence no-cython-lint.
+cimport cython  # no-cython-lint
 cimport numpy as cnp
-from cpython.dict cimport PyDict_Update
-from cython.parallel cimport prange
-from libc.float cimport DBL_EPSILON, DBL_MAX, FLT_EPSILON, FLT_MAX
-from libc.math cimport fabs, frexp, ldexp, sqrt
-from libc.stdlib cimport free
-from libc.string cimport memcmp, memcpy, memset
+from cpython.dict cimport PyDict_Update  # no-cython-lint
+from cython.parallel cimport prange  # no-cython-lint
+from libc.float cimport DBL_EPSILON, DBL_MAX, FLT_EPSILON, FLT_MAX  # no-cython-lint
+from libc.math cimport fabs, frexp, ldexp, sqrt  # no-cython-lint
+from libc.stdlib cimport free  # no-cython-lint
+from libc.string cimport memcmp, memcpy, memset  # no-cython-lint
 
-import operator
-import sys
+import operator  # no-cython-lint
+import sys  # no-cython-lint
 
-import numpy as np
+import numpy as np  # no-cython-lint
 
 cnp.import_array()
 

@@ -33,7 +33,10 @@
 static volatile int fastnorm_thread_count = 1;
 static volatile int fastnorm_thread_cap = 1;
 
-FASTNORM_EXPORT int fastnorm_get_num_threads(void) { return fastnorm_thread_count; }
+FASTNORM_EXPORT int fastnorm_get_num_threads(void)
+{
+    return fastnorm_thread_count;
+}
 
 FASTNORM_EXPORT void fastnorm_set_num_threads(int n)
 {
@@ -41,12 +44,23 @@ FASTNORM_EXPORT void fastnorm_set_num_threads(int n)
     fastnorm_thread_count = n < 1 ? 1 : (n > cap ? cap : n);
 }
 
-static void fastnorm_set_thread_cap(int n) { fastnorm_thread_cap = n < 1 ? 1 : n; }
+static void fastnorm_set_thread_cap(int n)
+{
+    fastnorm_thread_cap = n < 1 ? 1 : n;
+}
 
 #ifndef FASTNORM_OWN_RUNTIME
-static int fastnorm_own_runtime(void) { return 0; }
-static void fastnorm_pool_init(void) {}
-static void fastnorm_set_spin_ns(long ns) { (void)ns; }
+static int fastnorm_own_runtime(void)
+{
+    return 0;
+}
+static void fastnorm_pool_init(void)
+{
+}
+static void fastnorm_set_spin_ns(long ns)
+{
+    (void)ns;
+}
 #else
 #include <pthread.h>
 #include <signal.h>
@@ -69,28 +83,34 @@ static void fastnorm_set_spin_ns(long ns) { (void)ns; }
 enum { FASTNORM_IDLE, FASTNORM_ASSIGNED, FASTNORM_RUNNING, FASTNORM_DONE };
 
 typedef struct {
-    atomic_int state;        /* IDLE -> ASSIGNED (the caller) -> RUNNING (the worker) -> DONE -> IDLE */
+    atomic_int state; /* IDLE -> ASSIGNED (the caller) -> RUNNING (the worker) -> DONE -> IDLE */
     atomic_int sleeping;
     pthread_cond_t wake;
     pthread_t thread;
 } fastnorm_worker;
 
 static struct {
-    pthread_mutex_t busy;          /* held by the caller of the region the workers run */
+    pthread_mutex_t busy; /* held by the caller of the region the workers run */
     pthread_mutex_t sleep_lock;
-    unsigned started;              /* workers running (guarded by busy) */
+    unsigned started; /* workers running (guarded by busy) */
     atomic_long spin_ns;
-    void (*fn)(void *);            /* the region: fn(data) once per thread number below team */
+    void (*fn)(void *); /* the region: fn(data) once per thread number below team */
     void *data;
     unsigned team;
-    atomic_uint next;              /* the next thread number to claim */
+    atomic_uint next; /* the next thread number to claim */
     fastnorm_worker *workers[FASTNORM_MAX_WORKERS];
 } fastnorm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, FASTNORM_SPIN_NS};
 
 static __thread unsigned fastnorm_thread_num = 0, fastnorm_team_size = 1;
 
-static int fastnorm_own_runtime(void) { return 1; }
-static void fastnorm_set_spin_ns(long ns) { atomic_store(&fastnorm_pool.spin_ns, ns < 0 ? 0 : ns); }
+static int fastnorm_own_runtime(void)
+{
+    return 1;
+}
+static void fastnorm_set_spin_ns(long ns)
+{
+    atomic_store(&fastnorm_pool.spin_ns, ns < 0 ? 0 : ns);
+}
 
 static inline void fastnorm_relax(void)
 {
@@ -195,14 +215,25 @@ static unsigned fastnorm_start_workers(unsigned want)
 }
 
 #pragma GCC visibility push(hidden)
-int omp_get_thread_num(void) { return (int)fastnorm_thread_num; }
-int omp_get_num_threads(void) { return (int)fastnorm_team_size; }
-int omp_get_max_threads(void) { return fastnorm_get_num_threads(); }
+int omp_get_thread_num(void)
+{
+    return (int)fastnorm_thread_num;
+}
+int omp_get_num_threads(void)
+{
+    return (int)fastnorm_team_size;
+}
+int omp_get_max_threads(void)
+{
+    return fastnorm_get_num_threads();
+}
 
 /* The barrier gcc emits in these regions follows the copy-in of a variable that is both firstprivate
  * and lastprivate (Cython's loop variables), whose first value the loop never reads.  Thread numbers may
  * run one after another on one thread, so it must not wait. */
-void GOMP_barrier(void) {}
+void GOMP_barrier(void)
+{
+}
 
 void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
 {

@@ -66,8 +66,7 @@ __attribute__((target("avx2,fma"))) static inline void fastnorm_add_to_doubles(d
 
 /* The four fastnorm_hsum4 of a, b, c, d, as the four lanes of one vector: the same additions in the same
  * order, so the same bits, without a trip through memory for each. */
-__attribute__((target("avx2,fma"))) static inline __m256d fastnorm_hsum4x4(__m256d a, __m256d b, __m256d c,
-                                                                          __m256d d)
+__attribute__((target("avx2,fma"))) static inline __m256d fastnorm_hsum4x4(__m256d a, __m256d b, __m256d c, __m256d d)
 {
     __m256d ab = _mm256_hadd_pd(a, b), cd = _mm256_hadd_pd(c, d); /* a0+a1, b0+b1, a2+a3, b2+b3 */
     return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
@@ -89,13 +88,13 @@ static int fastnorm_select_isa(int on)
 
 /* NAME(PARAMS) calls NAME_avx2 where fastnorm_select_isa enabled the AVX2+FMA passes, NAME_generic
  * otherwise. */
-#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS)                                                   \
-    static inline void NAME PARAMS                                                            \
-    {                                                                                         \
-        if (fastnorm_avx2_fma)                                                                \
-            NAME##_avx2 ARGS;                                                                 \
-        else                                                                                  \
-            NAME##_generic ARGS;                                                              \
+#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS) \
+    static inline void NAME PARAMS          \
+    {                                       \
+        if (fastnorm_avx2_fma)              \
+            NAME##_avx2 ARGS;               \
+        else                                \
+            NAME##_generic ARGS;            \
     }
 #else
 #define FASTNORM_AVX2 0
@@ -104,8 +103,11 @@ static int fastnorm_select_isa(int on)
     (void)on;
     return 0;
 }
-#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS)                                                   \
-    static inline void NAME PARAMS { NAME##_generic ARGS; }
+#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS) \
+    static inline void NAME PARAMS          \
+    {                                       \
+        NAME##_generic ARGS;                \
+    }
 #endif
 
 /* Streaming variants for outputs larger than the caches: non-temporal stores write y without first
@@ -117,7 +119,10 @@ static int fastnorm_select_isa(int on)
 #include <emmintrin.h>
 #include <stdint.h>
 #define FASTNORM_HAVE_STREAM 1
-static void fastnorm_store_fence(void) { _mm_sfence(); }
+static void fastnorm_store_fence(void)
+{
+    _mm_sfence();
+}
 /* Every store to a streamed output is non-temporal, the unaligned ends of a run included, 4 bytes at a
  * time: a line written partly by non-temporal and partly by ordinary stores (the end of one run, the
  * start of the next) is flushed to memory and read back for each (bench/NOTES.md, "Streamed stores"). */
@@ -147,15 +152,20 @@ static void fastnorm_copy_stream(char *dst, const char *src, size_t n)
         fastnorm_stream_words(dst + i, src + i, 4);
     memcpy(dst + i, src + i, n - i);
 }
-#define FASTNORM_STREAM1(T, P, VALUE)                                                         \
-    do {                                                                                      \
-        T v_ = (VALUE);                                                                       \
-        fastnorm_stream_words((P), &v_, sizeof v_);                                           \
+#define FASTNORM_STREAM1(T, P, VALUE)               \
+    do {                                            \
+        T v_ = (VALUE);                             \
+        fastnorm_stream_words((P), &v_, sizeof v_); \
     } while (0)
 #else
 #define FASTNORM_HAVE_STREAM 0
-static void fastnorm_store_fence(void) {}
-static void fastnorm_copy_stream(char *dst, const char *src, size_t n) { memcpy(dst, src, n); }
+static void fastnorm_store_fence(void)
+{
+}
+static void fastnorm_copy_stream(char *dst, const char *src, size_t n)
+{
+    memcpy(dst, src, n);
+}
 #endif
 
 #include "_simd_moments.h"
