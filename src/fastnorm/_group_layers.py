@@ -1,0 +1,167 @@
+"""GroupNorm: each sample's channels in groups."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from . import functional as F
+from ._layer import STATS, _check_dtype, _Grads, _Layer
+from ._layer_docs import _references
+from ._threads import check_count
+from ._validation import _array, _check_eps
+
+
+class GroupNorm(_Layer):
+    __doc__ = r"""Group normalization, as ``torch.nn.GroupNorm``: the channels of each sample are split into
+    ``num_groups`` groups, each normalized over its channels and spatial dimensions.
+
+    Parameters
+    ----------
+    num_groups : int
+        G, the groups the channels are split into; must divide ``num_channels``.
+    num_channels : int
+        C, the number of channels.
+    eps : float
+        Added to the variance before the square root; >= 0.
+    affine : bool
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias.
+    dtype : float32 or float64, keyword-only
+        dtype of the parameters.
+    channel_axis : int, keyword-only
+        1 (channels first, the default) or -1 (channels last: (N, \*, C) input).
+
+    Shape
+    -----
+    input : (N, C, \*)
+        float16, float32 or float64, any number of spatial dimensions (none included).
+    output : the input's shape and dtype
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+        Learnable per-channel :math:`\gamma` and :math:`\beta` (None without ``affine``; bias None with
+        ``bias=False``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: GroupNorm computes the same in both modes.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    the mean and biased variance over the ``C / G`` channels and the spatial dimensions of each (sample,
+    group), in float64; :math:`\gamma` and :math:`\beta` per channel.
+    """ + _references("group", "torch.nn.GroupNorm") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> gn = fastnorm.GroupNorm(2, 4)
+    >>> y = gn(np.arange(16, dtype=np.float32).reshape(2, 4, 2))
+    >>> y[0].round(4)    # channels 0-1 are one group, 2-3 the other
+    array([[-1.3416, -0.4472],
+           [ 0.4472,  1.3416],
+           [-1.3416, -0.4472],
+           [ 0.4472,  1.3416]], dtype=float32)
+    """
+
+    weight: Optional[NDArray[Any]]
+    bias: Optional[NDArray[Any]]
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 bias: bool = True, dtype: DTypeLike = np.float32, channel_axis: int = 1) -> None:
+        self.num_groups = check_count(num_groups, "num_groups")
+        self.num_channels = check_count(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, "
+                             f"got {self.num_groups}")
+        self.eps = _check_eps(eps)
+        self.affine = bool(affine)
+        self._has_bias = self.affine and bool(bias)
+        self.dtype = _check_dtype(dtype)
+        if channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
+        self.channel_axis = channel_axis
+        self.training = True
+        self.weight = self.bias = None
+        self.reset_parameters()
+
+    def _config(self) -> Dict[str, Any]:
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
+                "affine": self.affine, "bias": self._has_bias, "dtype": self.dtype.name,
+                "channel_axis": self.channel_axis}
+
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> gn = fastnorm.GroupNorm(1, 2)
+        >>> gn.weight[:] = 5.0
+        >>> gn.reset_parameters()
+        >>> gn.weight
+        array([1., 1.], dtype=float32)
+        """
+        if self.affine:
+            self.weight = np.ones(self.num_channels, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(self.num_channels, self.dtype)
+
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """Normalize each (sample, group) with its own statistics.
+
+        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory
+            order.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,
+            or read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)
+        array([[-1.,  1.]], dtype=float32)
+        """
+        x = _array(x, "input")
+        if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
+            raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
+                             f"got input of shape {x.shape}")
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit)
+        assert not isinstance(y, tuple)  # return_stats=False
+        return y
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, rstd = saved
+        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
+                                     channel_axis=self.channel_axis, eps=self.eps)
+
+    def _torch_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self._has_bias}"

@@ -1,0 +1,108 @@
+"""The sections that the docstrings of the layers share (the math, the parameters, the references)."""
+from __future__ import annotations
+
+# The sections the docstrings of the per-channel layers share.
+_BATCH_NORM_MATH = r"""
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    per channel, the mean and biased variance over the batch and the spatial dimensions (every axis but
+    the channels').  In training mode each forward also updates, per channel,
+    ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and the same for ``running_var``
+    with the unbiased variance (``bessel=False``: the biased one); ``momentum=None`` averages all the
+    batches (``momentum = 1 / (num_batches_tracked + 1)``).  Evaluation mode normalizes with the
+    running statistics.  The statistics are computed in float64 whatever the dtype."""
+
+_GROUPS_MATH = r"""
+
+    With ``renorm`` (Ioffe, 2017, https://arxiv.org/abs/1702.03275), training mode computes, per channel, with :math:`\mu_B` and
+    :math:`\sigma_B = \sqrt{\mathrm{Var}_B[x] + \epsilon}` of the batch (biased variance) and
+    :math:`\mu`, :math:`\sigma` the ``renorm_mean`` and ``renorm_stddev`` (:math:`\sigma` at least
+    :math:`\sqrt{\epsilon}`, as Keras),
+
+    .. math::
+
+        r = \mathrm{clip}_{[r_{min}, r_{max}]}(\sigma_B / \sigma),\qquad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mu) / \sigma),\qquad
+        y = \left(\frac{x - \mu_B}{\sigma_B}\, r + d\right) \gamma + \beta
+
+    with r and d constants in :meth:`backward` (the paper's stop-gradient), then updates
+    :math:`\mu \leftarrow (1 - m_r)\mu + m_r \mu_B` and :math:`\sigma \leftarrow (1 - m_r)\sigma +
+    m_r \sigma_B` (:math:`m_r` = ``renorm_momentum``), and the running statistics as without renorm.
+    The output equals Keras 3's in training and evaluation; Keras' ``moving_variance`` differs (Keras
+    averages the standard deviations :math:`\sigma_B` and derives the variance from them; fastnorm
+    averages the variances, as without renorm).
+
+    With ``virtual_batch_size`` v (Ghost BatchNorm, Hoffer et al., 2017, https://arxiv.org/abs/1705.08741),
+    training mode splits the batch
+    into sub-batches of v consecutive samples, normalizes each with its own statistics (and its own r and
+    d with ``renorm``) and differentiates each on its own; the running statistics are updated once per
+    call with the mean over the sub-batches of their means and of their unbiased variances (biased with
+    ``bessel=False``: then as tf.keras 2 did), the renorm statistics with the mean of their
+    :math:`\mu_B` and :math:`\sigma_B`.  Evaluation mode is unchanged.  tf.keras 2 (Keras 3 dropped the
+    argument) reshaped the batch to ``(v, N / v, ...)``, so its sub-batch k held samples k, k + N/v,
+    k + 2N/v, ...: interleaved.  ``x.reshape(v, N // v, ...).swapaxes(0, 1).reshape(x.shape)`` puts those
+    samples next to each other for fastnorm."""
+
+_BATCH_NORM_PARAMETERS = """
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float
+        Added to the variance before the square root; >= 0, and > 0 to train (as PyTorch).
+    momentum : float in [0, 1] or None
+        Weight of the new batch in the running statistics (PyTorch's convention; Keras' ``momentum`` is
+        ``1 - momentum``).  None: cumulative average over ``num_batches_tracked`` batches.
+    affine : bool
+        Learnable ``weight`` (initially 1) and ``bias`` (initially 0).
+    track_running_stats : bool
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them evaluation mode
+        uses the batch statistics.
+    bias : bool, keyword-only
+        With ``affine``, whether there is a bias (False: a weight only, as PyTorch's ``bias=False``).
+    dtype : float32 or float64, keyword-only
+        dtype of the parameters and buffers."""
+
+_BATCH_NORM_ATTRIBUTES = """
+    Attributes
+    ----------
+    weight : ndarray of shape (C,) or None
+        Learnable scale :math:`\\gamma` (None without ``affine``).
+    bias : ndarray of shape (C,) or None
+        Learnable shift :math:`\\beta` (None without ``affine`` or with ``bias=False``).
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics (None without ``track_running_stats``).
+    num_batches_tracked : int or None
+        Training-mode forwards on non-empty batches since the last reset (None without
+        ``track_running_stats``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Training mode (the default) or evaluation mode."""
+
+_REFERENCES = {
+    "batch": ("Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network training by "
+              "reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167"),
+    "layer": "Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450",
+    "group": "Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494",
+    "instance": ("Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing "
+                 "ingredient for fast stylization. https://arxiv.org/abs/1607.08022"),
+    "rms": ("Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS. "
+            "https://arxiv.org/abs/1910.07467"),
+}
+
+
+def _fill(template: str, **values: str) -> str:
+    """``template`` with each ``{key}`` replaced (``str.format`` would read the braces of the math)."""
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _references(kind: str, torch_name: str) -> str:
+    """A docstring's References section: the paper, and the PyTorch class whose semantics the layer has."""
+    return (f"\n    References\n    ----------\n    {_REFERENCES[kind]}\n\n"
+            f"    PyTorch: https://pytorch.org/docs/stable/generated/{torch_name}.html\n")
+

@@ -1,0 +1,244 @@
+"""Layers that normalize each row of trailing dimensions: LayerNorm and RMSNorm."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from . import functional as F
+from ._layer import STATS, _check_dtype, _Grads, _Layer
+from ._layer_docs import _fill, _references
+from ._validation import _check_eps, _normalized_shape
+
+_ROWS_FORWARD = """{summary}
+
+        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized input, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype.
+        ValueError
+            ``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` of another shape, or
+            read-only.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)
+        {example}
+        """
+
+_ROWS_SHAPE = """
+    Shape
+    -----
+    input : (*, *normalized_shape)
+        float16, float32 or float64, any number of leading dimensions.
+    output : the input's shape and dtype
+"""
+
+
+class LayerNorm(_Layer):
+    __doc__ = r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions of the input to normalize over.
+    eps : float
+        Added to the variance before the square root; >= 0.
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+    bias : bool
+        With ``elementwise_affine``, whether there is a bias.
+    dtype : float32 or float64, keyword-only
+        dtype of the parameters.
+    """ + _ROWS_SHAPE + r"""
+    Attributes
+    ----------
+    weight, bias : ndarray of shape normalized_shape, or None
+        Learnable :math:`\gamma` and :math:`\beta` (None without ``elementwise_affine``; bias None with
+        ``bias=False``).
+    grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: LayerNorm computes the same in both modes.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    the mean and biased variance over the last ``len(normalized_shape)`` dimensions of each sample, in
+    float64.
+    """ + _references("layer", "torch.nn.LayerNorm") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> ln = fastnorm.LayerNorm(4)
+    >>> ln(np.array([[1, 2, 3, 4]], np.float32)).astype(float).round(3).tolist()
+    [[-1.342, -0.447, 0.447, 1.342]]
+    """
+
+    weight: Optional[NDArray[Any]]
+    bias: Optional[NDArray[Any]]
+
+    def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self.eps = _check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self._has_bias = self.elementwise_affine and bool(bias)
+        self.training = True
+        self.weight = self.bias = None
+        self.reset_parameters()
+
+    def _config(self) -> Dict[str, Any]:
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self._has_bias, "dtype": self.dtype.name}
+
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> ln = fastnorm.LayerNorm(2)
+        >>> ln.bias[:] = 5.0
+        >>> ln.reset_parameters()
+        >>> ln.bias
+        array([0., 0.], dtype=float32)
+        """
+        if self.elementwise_affine:
+            self.weight = np.ones(self.normalized_shape, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(self.normalized_shape, self.dtype)
+
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit)[0]
+
+    forward.__doc__ = _fill(_ROWS_FORWARD, 
+        summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
+        example="array([[-1.,  1.]], dtype=float32)")
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, mean, rstd = saved
+        return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
+                                     eps=self.eps)
+
+    def _torch_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self._has_bias}")
+
+
+class RMSNorm(_Layer):
+    __doc__ = r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.RMSNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions of the input to normalize over.
+    eps : float or None
+        Added to the mean square before the square root.  None: the machine epsilon of the dtype the
+        input is computed in (float32 for float16 input), as PyTorch.
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) of shape ``normalized_shape``.
+    dtype : float32 or float64, keyword-only
+        dtype of the weight.
+    """ + _ROWS_SHAPE + r"""
+    Attributes
+    ----------
+    weight : ndarray of shape normalized_shape, or None
+        Learnable :math:`\gamma` (None without ``elementwise_affine``).  RMSNorm has no bias.
+    grad_weight : ndarray or None
+        The weight's gradient from the last :meth:`backward`.
+    training : bool
+        Kept for PyTorch's interface: RMSNorm computes the same in both modes.
+
+    Notes
+    -----
+    .. math::
+
+        y = \frac{x}{\sqrt{\frac{1}{n} \sum x^2 + \epsilon}} \cdot \gamma
+
+    over the :math:`n` values of the last ``len(normalized_shape)`` dimensions of each sample, in
+    float64.  No mean is subtracted.
+    """ + _references("rms", "torch.nn.RMSNorm") + """
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> rms = fastnorm.RMSNorm(2, eps=0.0)
+    >>> rms(np.array([[3., 4.]], np.float32)).round(4)    # x / sqrt(mean(x**2)), sqrt(12.5) = 3.5355
+    array([[0.8485, 1.1314]], dtype=float32)
+    """
+
+    weight: Optional[NDArray[Any]]
+
+    def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
+                 elementwise_affine: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self.eps = None if eps is None else _check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        self.weight = None
+        self.reset_parameters()
+
+    def _config(self) -> Dict[str, Any]:
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "dtype": self.dtype.name}
+
+    def reset_parameters(self) -> None:
+        """Weight to 1.
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> rms = fastnorm.RMSNorm(2)
+        >>> rms.weight[:] = 5.0
+        >>> rms.reset_parameters()
+        >>> rms.weight
+        array([1., 1.], dtype=float32)
+        """
+        if self.elementwise_affine:
+            self.weight = np.ones(self.normalized_shape, self.dtype)
+
+    def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
+        return {"weight": self.weight}
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+        return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit)[0]
+
+    forward.__doc__ = _fill(_ROWS_FORWARD, 
+        summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
+        cls="RMSNorm", example="array([[0.8485, 1.1314]], dtype=float32)")
+
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+        x, rstd = saved
+        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight,
+                                   eps=F._rms_eps(self.eps, x.dtype))
+
+    def _torch_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
