@@ -22,6 +22,7 @@ rstd = 1 / sqrt(mean(x**2) + eps), dx = rstd * (g - xhat * mean(g * xhat)).
 """
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -72,10 +73,34 @@ def _running(running_mean, running_var, C, needed):
     return rm, rv
 
 
-def _update(running_mean, running_var, rm, rv, mean, unbiased_var, factor):
-    """running = (1 - factor) * running + factor * batch, in place (the PyTorch convention)."""
-    running_mean[...] = (1 - factor) * rm + factor * mean
-    running_var[...] = (1 - factor) * rv + factor * unbiased_var
+def _update(running_mean, running_var, rm, rv, mean, unbiased_var, factor, seen=True):
+    """running = (1 - factor) * running + factor * batch, in place (the PyTorch convention), in the
+    channels ``seen`` (those with masked-in values) only."""
+    running_mean[...] = np.where(seen, (1 - factor) * rm + factor * mean, rm)
+    running_var[...] = np.where(seen, (1 - factor) * rv + factor * unbiased_var, rv)
+
+
+def _mask(mask, x):
+    """``mask`` broadcast to x's shape (all True for None): TypeError unless boolean, ValueError unless it
+    broadcasts."""
+    if mask is None:
+        return np.ones(x.shape, bool)
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        raise TypeError(f"mask: expected a boolean array, got dtype {m.dtype}")
+    try:
+        return np.broadcast_to(m, x.shape)
+    except ValueError:
+        raise ValueError(f"mask: shape {m.shape} does not broadcast to {x.shape}") from None
+
+
+def _stats(x, m, axes, keepdims=False):
+    """(count, mean, biased variance) of the values where ``m`` is True over ``axes``: NumPy's mean and var
+    with ``where=`` (NaN where the count is 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return (m.sum(axis=axes, keepdims=keepdims), x.mean(axis=axes, keepdims=keepdims, where=m),
+                x.var(axis=axes, keepdims=keepdims, where=m))
 
 
 def _affine(xhat, weight, bias, shape):
@@ -140,14 +165,16 @@ def _backward(dy, x, mean, rstd, weight, axes, training, centered=True, eps=None
 
 def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None,
-               return_stats=False):
+               mask=None, return_stats=False):
     """Batch normalization: Ioffe & Szegedy 2015, Algorithm 1; torch.nn.functional.batch_norm.
 
     Each channel is normalized over all the other axes (n values): with the batch's mean and biased
     variance when ``training``, with the running ones otherwise.  Training updates the running statistics
     (when given and the batch is not empty) with the batch mean and the unbiased variance var * n / (n - 1)
     (the biased one with ``bessel=False``); ``momentum=None`` is the cumulative average, factor
-    1 / (num_batches_tracked + 1).  ``return_stats`` adds the (C,) mean and rstd used.
+    1 / (num_batches_tracked + 1).  ``return_stats`` adds the (C,) mean and rstd used.  ``mask``: the
+    batch statistics of the values where it is True only (n their count per channel; a channel with none
+    has NaN statistics and keeps its running ones; one value raises in training), every value normalized.
     """
     x, _ = _input(input, min_ndim=2)
     axis = _axis(channel_axis, x.ndim)
@@ -155,13 +182,16 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     others = tuple(a for a in range(x.ndim) if a != axis)
     rm, rv = _running(running_mean, running_var, C, needed=not training)
     weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
-    n = x.size // C if C else 0
+    m = _mask(mask, x)
     if training:
-        _require(x.size == 0 or n > 1, f"input: expected more than 1 value per channel, got shape {x.shape}")
-        mean, var = x.mean(axis=others), x.var(axis=others)
-        if rm is not None and x.size:
+        n, mean, var = _stats(x, m, others)
+        _require(np.all(n != 1) and (mask is not None or x.size == 0 or np.all(n > 1)),
+                 f"input: expected more than 1 value per channel, got shape {x.shape}")
+        if rm is not None:
             factor = 1 / (num_batches_tracked + 1) if momentum is None else momentum
-            _update(running_mean, running_var, rm, rv, mean, var * n / (n - 1) if bessel else var, factor)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                unbiased = var * n / (n - 1) if bessel else var
+            _update(running_mean, running_var, rm, rv, mean, unbiased, factor, n > 0)
     else:
         mean, var = rm, rv
     rstd = 1 / np.sqrt(var + eps)
@@ -169,53 +199,57 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     return _result(y, out, return_stats, mean, rstd)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, mask=None,
+               return_stats=False):
     """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
 
     Each row of the trailing ``normalized_shape`` values is normalized with its mean and biased variance;
     weight and bias are elementwise (of ``normalized_shape``).  ``return_stats`` adds mean and rstd of
-    the leading shape.
+    the leading shape.  ``mask``: each row's statistics of the values where it is True only.
     """
     x, _ = _input(input)
     axes, shape = _trailing(x, normalized_shape)
     weight, bias = _vector(weight, "weight", shape), _vector(bias, "bias", shape)
-    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    _, mean, var = _stats(x, _mask(mask, x), axes, keepdims=True)
     rstd = 1 / np.sqrt(var + eps)
     lead = x.shape[:x.ndim - len(shape)]
     return _result(_affine((x - mean) * rstd, weight, bias, shape), out, return_stats,
                    mean.reshape(lead), rstd.reshape(lead))
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, mask=None, return_stats=False):
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
     is the machine epsilon of the dtype the input is computed in (float32 for float16 input, as PyTorch).
-    ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).
+    ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).  ``mask``: the mean of x**2 over the values
+    where it is True only.
     """
     x, dtype = _input(input)
     axes, shape = _trailing(x, normalized_shape)
     weight = _vector(weight, "weight", shape)
     if eps is None:
         eps = float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
-    rstd = 1 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    _, square, _ = _stats(x * x, _mask(mask, x), axes, keepdims=True)
+    rstd = 1 / np.sqrt(square + eps)
     lead = x.shape[:x.ndim - len(shape)]
     return _result(_affine(x * rstd, weight, None, shape), out, return_stats, rstd.reshape(lead))
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None,
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, mask=None,
                return_stats=False):
     """Group normalization: Wu & He 2018; torch.nn.functional.group_norm.
 
     The C channels (axis 1, or the last axis with ``channel_axis=-1``) form ``num_groups`` groups of
     C / G; each (sample, group) is normalized over its channels' values with its mean and biased variance.
-    Weight and bias are per channel.  ``return_stats`` adds mean and rstd of shape (N, G).
+    Weight and bias are per channel.  ``return_stats`` adds mean and rstd of shape (N, G).  ``mask``: each
+    group's statistics of the values where it is True only.
     """
     x, _ = _input(input, min_ndim=2)
     grouped, axis = _groups(x, num_groups, channel_axis)
     C = x.shape[axis]
     weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
-    mean, var = grouped.mean(axis=(2, 3), keepdims=True), grouped.var(axis=(2, 3), keepdims=True)
+    _, mean, var = _stats(grouped, _groups(_mask(mask, x), num_groups, channel_axis)[0], (2, 3), keepdims=True)
     rstd = 1 / np.sqrt(var + eps)
     xhat = np.moveaxis(((grouped - mean) * rstd).reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
     y = _affine(xhat, weight, bias, _channel_shape(x.ndim, axis))
@@ -223,26 +257,32 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False):
+                  momentum=0.1, eps=1e-5, *, out=None, mask=None, return_stats=False):
     """Instance normalization: Ulyanov, Vedaldi & Lempitsky 2016; torch.nn.functional.instance_norm.
 
     Each (sample, channel) of (N, C, spatial...) is normalized over its S spatial values with its mean and
     biased variance (``use_input_stats``), or every sample with the running statistics.  With input
     statistics the running ones (when given and the batch is not empty) are updated with the batch means
     of the instance means and of the unbiased instance variances var * S / (S - 1).  ``return_stats``
-    adds the mean and rstd used: (N, C) with input statistics, (C,) without.
+    adds the mean and rstd used: (N, C) with input statistics, (C,) without.  ``mask``: each instance's
+    statistics of the values where it is True only (S their count); the running statistics the mean over
+    the instances that have values (a channel with none keeps its running ones); one value raises.
     """
     x, _ = _input(input, min_ndim=3)
     N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     rm, rv = _running(running_mean, running_var, C, needed=not use_input_stats)
     weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
     if use_input_stats:
-        _require(x.size == 0 or S > 1, f"input: expected more than 1 spatial value, got shape {x.shape}")
-        spatial = tuple(range(2, x.ndim))
-        mean, var = x.mean(axis=spatial), x.var(axis=spatial)  # (N, C)
-        if rm is not None and x.size:
-            _update(running_mean, running_var, rm, rv, mean.mean(axis=0), (var * S / (S - 1)).mean(axis=0),
-                    momentum)
+        S, mean, var = _stats(x, _mask(mask, x), tuple(range(2, x.ndim)))  # (N, C)
+        _require(np.all(S != 1) and (mask is not None or x.size == 0 or np.all(S > 1)),
+                 f"input: expected more than 1 spatial value, got shape {x.shape}")
+        if rm is not None:
+            seen = S > 0
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                batch_mean = mean.mean(axis=0, where=seen)
+                batch_var = (var * S / (S - 1)).mean(axis=0, where=seen)
+            _update(running_mean, running_var, rm, rv, batch_mean, batch_var, momentum, seen.any(axis=0))
     else:
         mean, var = rm, rv  # (C,)
     rstd = 1 / np.sqrt(var + eps)
@@ -251,11 +291,13 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     return _result(_affine(xhat, weight, bias, (C,) + spread), out, return_stats, mean, rstd)
 
 
-def moments(x, axes, keepdims=False):
-    """Mean and biased variance over ``axes``, as tf.nn.moments: sum(x) / n, sum((x - mean)**2) / n."""
+def moments(x, axes, keepdims=False, *, mask=None):
+    """Mean and biased variance over ``axes``, as tf.nn.moments: sum(x) / n, sum((x - mean)**2) / n, over
+    the values where ``mask`` is True only (n their count; NaN where it is 0)."""
     x, _ = _input(x, "x")
     axes = (axes,) if isinstance(axes, numbers.Integral) else tuple(axes)
-    return x.mean(axis=axes, keepdims=keepdims), x.var(axis=axes, keepdims=keepdims)
+    _, mean, var = _stats(x, _mask(mask, x), axes, keepdims)
+    return mean, var
 
 
 def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):

@@ -13,7 +13,7 @@ from typing import Literal, Optional, SupportsIndex, Tuple, Union, overload
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernels
+from . import _kernels, _masked
 from ._plan import (_by_columns, _channel_view, _committing, _contiguous, _empty_call, _frozen_stats,
                     _group_norm_channels_last, _repeat, _returned)
 from ._threads import threads_for
@@ -33,24 +33,24 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., runni
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               return_stats: Literal[False] = ...) -> FloatArray: ...
+               mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
                out: Optional[FloatArray] = None, bessel: bool = True, num_batches_tracked: Optional[int] = None,
-               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Batch normalization, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -83,6 +83,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     num_batches_tracked : int, keyword-only, optional
         Batches already averaged into the running statistics; with ``momentum=None`` the factor is
         ``1 / (num_batches_tracked + 1)``.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding does not leak into them), and every value is normalized with them (see Notes).  A
+        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
     return_stats : bool, keyword-only
         Also return the per-channel mean and inverse standard deviation used: what
         :func:`batch_norm_backward` needs.
@@ -137,6 +141,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     >>> mean.tolist()
     [3.5, 5.5, 7.5]
     """
+    if _masked.is_masked(input, mask):
+        y, *stats = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                       channel_axis, out, bessel, num_batches_tracked, mask)
+        return (y, *stats) if return_stats else y
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
                        bessel, num_batches_tracked, return_stats, None)
 
@@ -225,18 +233,18 @@ def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               return_stats: Literal[False] = ...) -> FloatArray: ...
+               mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, out: Optional[FloatArray] = None,
-               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.layer_norm``.
 
@@ -252,6 +260,10 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
         Added to the variance before the square root, in the input's units squared.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding does not leak into them), and every value is normalized with them (see Notes).  A
+        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
@@ -293,6 +305,9 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
     ([2.0], [0.6667])
     """
+    if _masked.is_masked(input, mask):
+        y, *stats = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
+        return (y, *stats) if return_stats else y
     y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
     return y if stats is None else (y, *stats)
 
@@ -300,18 +315,18 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             return_stats: Literal[False] = ...) -> FloatArray: ...
+             mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
+             mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+             mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
 def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, out: Optional[FloatArray] = None,
-             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
+             mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.rms_norm``.
 
@@ -329,6 +344,10 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
         input), as in PyTorch.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding does not leak into them), and every value is normalized with them (see Notes).  A
+        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 
@@ -371,6 +390,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     >>> (1 / rstd ** 2).tolist()  # the mean square (9 + 16) / 2
     [12.5]
     """
+    if _masked.is_masked(input, mask):
+        y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
+        return (y, rstd) if return_stats else y
     y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats)
     return y if stats is None else (y, stats[1])
 
@@ -378,20 +400,22 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               out: Optional[FloatArray] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+               out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               out: Optional[FloatArray] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
                out: Optional[FloatArray] = None,
-               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
     ``num_groups`` groups of consecutive channels and each sample is normalized per group.
 
@@ -410,6 +434,10 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         1 (channels first, the default) or -1 (channels last).
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding does not leak into them), and every value is normalized with them (see Notes).  A
+        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
     return_stats : bool, keyword-only
         Also return the statistics of each (sample, group): what :func:`group_norm_backward` needs.
 
@@ -456,6 +484,9 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     >>> mean.tolist()
     [[1.5, 5.5], [9.5, 13.5]]
     """
+    if _masked.is_masked(input, mask):
+        y, *stats = _masked.group_norm(input, num_groups, weight, bias, eps, channel_axis, out, mask)
+        return (y, *stats) if return_stats else y
     return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None)
 
 
@@ -495,24 +526,24 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
                   eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  return_stats: Literal[False] = ...) -> FloatArray: ...
+                  mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
                   eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+                  mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
                   eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+                  mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
                   bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
                   eps: float = 1e-5, *, out: Optional[FloatArray] = None,
-                  return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+                  mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
     normalized over its spatial dimensions.
 
@@ -534,6 +565,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         Added to the variance before the square root, in the input's units squared.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding does not leak into them), and every value is normalized with them (see Notes).  A
+        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
     return_stats : bool, keyword-only
         Also return the statistics used: what :func:`instance_norm_backward` needs.
 
@@ -580,6 +615,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     >>> rm.tolist(), rv.tolist()  # the instance means, and the unbiased variances
     ([2.0, 2.0], [2.0, 0.0])
     """
+    if _masked.is_masked(input, mask):
+        y, *stats = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                          eps, out, mask)
+        return (y, *stats) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
                           return_stats, None)
 

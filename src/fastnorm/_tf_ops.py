@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernels
+from . import _kernels, _masked
 from ._plan import _moments_view, _varying_axis
 from ._threads import threads_for
 from ._validation import FloatArray, Shape, Stats, _as_input, _broadcast_params, _check_eps, _normalize_axes
@@ -19,7 +19,8 @@ __all__ = ["moments", "batch_normalization"]
 # moments and batch_normalization (TensorFlow's names)
 # ---------------------------------------------------------------------------------------------------------
 
-def moments(x: ArrayLike, axes: Shape, keepdims: bool = False) -> Tuple[FloatArray, FloatArray]:
+def moments(x: ArrayLike, axes: Shape, keepdims: bool = False, *,
+            mask: Optional[ArrayLike] = None) -> Tuple[FloatArray, FloatArray]:
     r"""Mean and biased variance of ``x`` over ``axes``, as ``tf.nn.moments``.
 
     Parameters
@@ -30,6 +31,10 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool = False) -> Tuple[FloatArr
         Axes to reduce (negative ones count from the end); the others are kept.
     keepdims : bool
         Keep the reduced axes with length 1.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to ``x``: the statistics of the values where it is True only (NaN where there is
+        none), as ``numpy.mean(x, axes, where=mask)``.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(x)`` (and'ed with ``mask``).
 
     Returns
     -------
@@ -69,6 +74,8 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool = False) -> Tuple[FloatArr
     >>> m.tolist(), v.tolist()
     ([[1.5], [4.0]], [[0.25], [1.0]])
     """
+    if _masked.is_masked(x, mask):
+        return _masked.moments(x, axes, keepdims, mask)
     x, dtype = _as_input(x, "x")
     _, mean, var = moments64(x, axes, keepdims)
     return mean.astype(dtype), var.astype(dtype)

@@ -398,3 +398,14 @@ def _deliver(result: Stats, out: Optional[FloatArray], dtype: np.dtype[Any],
         commit.prepare(out)
         commit.apply(result)
     return y
+
+
+def _check_mask(mask: object, shape: Tuple[int, ...]) -> NDArray[np.bool_]:
+    """``mask=``: a boolean array broadcastable to the input's ``shape``, as a (read-only) view of that shape."""
+    m = _array(mask, "mask")
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask: expected a boolean array, got dtype {m.dtype}")
+    try:
+        return np.broadcast_to(m, shape)
+    except ValueError:
+        raise ValueError(f"mask: expected a shape that broadcasts to the input's {shape}, got {m.shape}") from None

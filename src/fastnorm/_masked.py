@@ -1,0 +1,242 @@
+"""The masked forms of the functions (``mask=``, or a ``numpy.ma`` input): the statistics are taken over
+the values where the mask is True only, and the output is defined everywhere, every value normalized
+with them (Flax's ``mask`` semantics).
+
+A function dispatches here when it is given a mask.  The arguments are checked by ``_validation`` as in
+the unmasked call; the statistics are computed in float64 NumPy in two passes (the mean, then the squared
+deviations from it), so data far from zero keeps its accuracy, and every value is normalized in float64
+and rounded once to the result dtype.  Values masked out never reach a statistic, not even as a NaN or an
+infinity: padding does not leak.
+
+Counts (the masked-in values of a statistic), documented in the functions:
+
+* 0: the statistic is NaN (the statistics of no value, as an empty input's) and so is the output it
+  normalizes; a running statistic is left as it is;
+* 1 in training (``batch_norm``, ``instance_norm`` with input statistics): a ValueError, as the unmasked
+  call with one value per channel (the unbiased variance of one value is undefined);
+* otherwise the running statistics are updated with the masked count: the mean and the variance times
+  ``count / (count - 1)``.
+
+The gradients follow from the same definition: with ``m`` the mask, ``n = sum(m)`` and
+``g = weight * dy`` over a statistic's values (all of them: every output depends on the statistics),
+
+    dx = rstd * (g - m * (sum(g) / n + xhat * sum(g * xhat) / n))
+
+since ``d mean / d x_j = m_j / n`` and ``d var / d x_j = 2 m_j (x_j - mean) / n`` (RMSNorm: no
+``sum(g)`` term, ``xhat = x * rstd``).  With frozen statistics ``dx = rstd * g``, whatever the mask.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ._validation import (FloatArray, Shape, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
+                          _check_eps, _check_mask, _check_momentum, _check_ndim, _check_normalized_shape, _check_out,
+                          _deliver, _elementwise_vector, _group_norm_layout, _momentum_factor, _normalize_axes,
+                          _rms_eps, _running_roles)
+
+Mask = NDArray[np.bool_]
+
+
+def is_masked(input: object, mask: object) -> bool:
+    """Whether a call takes the masked path: a ``mask`` given, or a ``numpy.ma`` input."""
+    return mask is not None or isinstance(input, np.ma.MaskedArray)
+
+
+def _masked_input(input: object, mask: object, name: str = "input") -> Tuple[Stats, np.dtype[Any], FloatArray, Mask]:
+    """(x in float64, result dtype, x as computed, the mask broadcast to x's shape): a ``numpy.ma`` input
+    is its data with ``mask = ~getmaskarray(input)``, and'ed with ``mask`` where both are given."""
+    valid = None
+    if isinstance(input, np.ma.MaskedArray):
+        valid = ~np.ma.getmaskarray(input)
+        input = np.ma.getdata(input)
+    x, dtype = _as_input(input, name)
+    m = np.ones(x.shape, bool) if mask is None else _check_mask(mask, x.shape)
+    if valid is not None:
+        m = m & valid
+    return x.astype(np.float64), dtype, x, m
+
+
+def _stats(x: Stats, m: Mask, axes: Tuple[int, ...], centered: bool = True) -> Tuple[Stats, Stats, Stats]:
+    """(count, mean, biased variance) over ``axes`` of the values where ``m`` is True, keepdims, float64,
+    in two passes; NaN where the count is 0.  Uncentered: the mean is 0 and the variance the mean square."""
+    count = np.count_nonzero(m, axis=axes, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (np.where(m, x, 0.0).sum(axis=axes, keepdims=True) / count if centered
+                else np.where(count > 0, 0.0, np.nan))
+        deviation = np.where(m, x - mean, 0.0)
+        var = (deviation * deviation).sum(axis=axes, keepdims=True) / count
+    return count, mean, var
+
+
+def _normalized(x: Stats, mean: Stats, rstd: Stats, weight: Optional[Stats], bias: Optional[Stats]) -> Stats:
+    """``(x - mean) * rstd * weight + bias`` in float64, every argument broadcast against x."""
+    with np.errstate(invalid="ignore"):
+        y = (x - mean) * rstd
+        if weight is not None:
+            y = y * weight
+        return y if bias is None else y + bias
+
+
+def _rstd(var: Stats, eps: float) -> Stats:
+    return 1.0 / np.sqrt(var + eps)
+
+
+def _shaped(v: Optional[FloatArray], shape: Tuple[int, ...]) -> Optional[Stats]:
+    return None if v is None else v.astype(np.float64).reshape(shape)
+
+
+def _check_counts(count: Stats, what: str) -> None:
+    """Training needs more than one masked-in value per statistic that has any (see the module)."""
+    if np.any(count == 1):
+        raise ValueError(f"mask: expected more than 1 value masked in per {what} when training (or none), got 1 "
+                         f"in {int(np.count_nonzero(count == 1))} of them")
+
+
+def _update_running(buffers: Tuple[FloatArray, FloatArray], factor: float, mean: Stats, var: Stats, count: Stats,
+                    bessel: bool) -> None:
+    """The running statistics (C,) updated with (K, C) statistics of counts ``count``: each channel with the
+    mean over its K statistics that have values (the unbiased variances with ``bessel``); a channel with
+    none keeps its running statistics.  Computed in float64, stored in the buffers' own dtype."""
+    seen = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unbiased = var * count / (count - 1) if bessel else var
+        used = seen.sum(axis=0)
+        batch = [np.where(seen, v, 0.0).sum(axis=0) / used for v in (mean, unbiased)]
+    channels = used > 0
+    for buffer, value in zip(buffers, batch):
+        new = (1.0 - factor) * buffer.astype(np.float64) + factor * value
+        buffer[channels] = new[channels]
+
+
+def _flat(a: Stats) -> Stats:
+    return np.ascontiguousarray(a.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forwards
+# ---------------------------------------------------------------------------------------------------------
+
+def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+               weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
+               eps: float, channel_axis: Any, out: Optional[FloatArray], bessel: bool,
+               num_batches_tracked: Optional[int], mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.batch_norm` with a mask: (y, mean, invstd)."""
+    x64, dtype, x, m = _masked_input(input, mask)
+    axis, C = _check_channels(x, channel_axis)
+    training = bool(training)
+    eps = _check_eps(eps, training=training)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
+    buffers, frozen = _running_roles(training, running_mean, running_var, rm, rv, "training=False (evaluation "
+                                     "normalizes with the running statistics); pass training=True to use the "
+                                     "batch statistics")
+    factor = _momentum_factor(momentum, num_batches_tracked) if buffers is not None else 0.0
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    shape = tuple(C if a == axis else 1 for a in range(x.ndim))
+    if frozen is not None:
+        mean, var = (_shaped(v, shape) for v in frozen)
+    else:
+        count, mean, var = _stats(x64, m, tuple(a for a in range(x.ndim) if a != axis))
+        _check_counts(count, "channel")
+        if buffers is not None:
+            _update_running(buffers, factor, mean.reshape(1, C), var.reshape(1, C), count.reshape(1, C), bessel)
+    rstd = _rstd(var, eps)
+    y = _deliver(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), out, dtype)
+    return y, _flat(mean), _flat(rstd)
+
+
+def rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+              eps: Optional[float], out: Optional[FloatArray], rms: bool,
+              mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.layer_norm` or :func:`fastnorm.rms_norm` (``rms``) with a mask: (y, mean, rstd), the
+    statistics of the input's leading shape."""
+    x64, dtype, x, m = _masked_input(input, mask)
+    shape = _check_normalized_shape(normalized_shape, x)
+    w = _elementwise_vector(weight, "weight", shape, x)
+    b = _elementwise_vector(bias, "bias", shape, x)
+    eps = _check_eps(_rms_eps(eps, x.dtype) if rms else eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    lead = x.shape[:x.ndim - len(shape)]
+    _, mean, var = _stats(x64, m, tuple(range(len(lead), x.ndim)), centered=not rms)
+    rstd = _rstd(var, eps)
+    y = _deliver(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), out, dtype)
+    return y, mean.reshape(lead), rstd.reshape(lead)
+
+
+def _grouped(a: NDArray[Any], axis: int, G: int) -> NDArray[Any]:
+    """An (N, C, ...) or (N, ..., C) array as (N, G, C / G, S)."""
+    moved = np.moveaxis(a, axis, 1)
+    N, C = moved.shape[:2]
+    return moved.reshape(N, G, C // G, math.prod(moved.shape[2:]))
+
+
+def _ungrouped(a: Stats, shape: Tuple[int, ...], axis: int) -> Stats:
+    """The inverse of :func:`_grouped` for an array of x's ``shape``."""
+    moved = list(shape)
+    moved.insert(1, moved.pop(axis))
+    return np.moveaxis(a.reshape(moved), 1, axis)
+
+
+def group_norm(input: ArrayLike, num_groups: Any, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+               eps: float, channel_axis: Any, out: Optional[FloatArray],
+               mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.group_norm` with a mask: (y, mean, rstd), the statistics of shape (N, G)."""
+    x64, dtype, x, m = _masked_input(input, mask)
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    w = _channel_vector(weight, "weight", C, x.dtype)
+    b = _channel_vector(bias, "bias", C, x.dtype)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    grouped = _grouped(x64, axis, G)
+    _, mean, var = _stats(grouped, _grouped(m, axis, G), (2, 3))
+    rstd = _rstd(var, eps)
+    params = (1, G, C // G, 1)
+    y = _normalized(grouped, mean, rstd, _shaped(w, params), _shaped(b, params))
+    N = x.shape[0]
+    return _deliver(_ungrouped(y, x.shape, axis), out, dtype), mean.reshape(N, G), rstd.reshape(N, G)
+
+
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                  weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
+                  eps: float, out: Optional[FloatArray], mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.instance_norm` with a mask: (y, mean, rstd), the statistics (N, C) with input
+    statistics, the running (C,) ones without."""
+    x64, dtype, x, m = _masked_input(input, mask)
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    N, C = x.shape[:2]
+    eps = _check_eps(eps)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
+    use_input_stats = bool(use_input_stats)
+    buffers, frozen = _running_roles(use_input_stats, running_mean, running_var, rm, rv, "use_input_stats=False")
+    factor = _check_momentum(momentum, allow_none=False) if buffers is not None else 0.0
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    spread = (1,) * (x.ndim - 2)
+    if frozen is not None:
+        mean, var = (_shaped(v, (C,) + spread) for v in frozen)
+        stats_shape: Tuple[int, ...] = (C,)
+    else:
+        count, mean, var = _stats(x64, m, tuple(range(2, x.ndim)))
+        _check_counts(count, "instance")
+        if buffers is not None:
+            _update_running(buffers, factor, mean.reshape(N, C), var.reshape(N, C), count.reshape(N, C), True)
+        stats_shape = (N, C)
+    rstd = _rstd(var, eps)
+    y = _deliver(_normalized(x64, mean, rstd, _shaped(w, (C,) + spread), _shaped(b, (C,) + spread)), out, dtype)
+    return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
+
+
+def moments(x: ArrayLike, axes: Shape, keepdims: bool, mask: object) -> Tuple[FloatArray, FloatArray]:
+    """:func:`fastnorm.moments` with a mask: the mean and biased variance of the masked-in values."""
+    x64, dtype, a, m = _masked_input(x, mask, "x")
+    reduced = _normalize_axes(axes, a.ndim)
+    _, mean, var = _stats(x64, m, reduced)
+    if not keepdims:
+        mean, var = (v.reshape(tuple(n for i, n in enumerate(a.shape) if i not in reduced)) for v in (mean, var))
+    return mean.astype(dtype), var.astype(dtype)
