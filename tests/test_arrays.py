@@ -2,7 +2,8 @@
 functions, the steps of a batch split across processes, moments, layers with their eval fast path and their buffers, state dicts, calibration,
 SyncBatchNorm, fold_batch_norm), given in the other byte order or misaligned, gives the bits of the
 native call and writes nothing but what that call writes (in the argument's own form); given as a masked
-array, raises a TypeError naming it and writes nothing.
+array, raises a TypeError naming it and writes nothing, except the input of the functions that take a
+``mask=`` (MASKED_INPUT): there the values masked out reach no statistic.
 
 The misaligned arguments are what the sanitizer run of .ci/run needs: a kernel that read them as they
 are would do misaligned loads, which UBSan reports."""
@@ -328,6 +329,28 @@ def from_keras(a):
     return bn.weight, bn.bias, bn.running_mean, bn.running_var
 
 
+# The functions whose input may be a numpy.ma array (its mask is the function's mask=)
+MASKED_INPUT = {"batch_norm_train", "batch_norm_train_channels_last", "batch_norm_eval", "layer_norm", "layer_norm_2d",
+                "rms_norm", "group_norm", "group_norm_channels_last", "instance_norm_train", "instance_norm_eval",
+                "moments"}
+
+
+def _check_masked_input(call, shapes, dtype, name):
+    """Another value under the mask changes no statistic and no output but its own."""
+    results = []
+    for hidden in (0.0, 1e6):
+        args = _args(shapes, dtype)
+        args[name] = memory.masked(args[name])
+        args[name].data.flat[0] = hidden
+        got = call(args)
+        results.append((got,) if isinstance(got, np.ndarray) else got)
+    for a, b in zip(*results):
+        if a.shape == shapes[name]:
+            a, b = a.reshape(-1)[1:], b.reshape(-1)[1:]
+        assert type(a) is np.ndarray
+        np.testing.assert_array_equal(a, b)
+
+
 # --- the test --------------------------------------------------------------------------------------------
 
 ARGUMENTS = [(case, name) for case, (shapes, _, _, _) in CASES.items() for name in shapes]
@@ -342,6 +365,9 @@ def test_every_array_argument_in_unusual_memory(case, name, dtype, kind):
     args = _args(shapes, dtype)
     args[name] = memory.in_memory(args[name], kind)
     before = {k: np.asarray(v).tobytes() for k, v in args.items()}
+    if kind == "masked" and case in MASKED_INPUT and name in ("input", "x"):
+        _check_masked_input(call, shapes, dtype, name)
+        return
     if kind == "masked":
         with pytest.raises(TypeError, match=re.escape(errors.get(name, name)) + ": masked arrays are not supported"):
             call(args)

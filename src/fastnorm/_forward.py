@@ -45,12 +45,14 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., runni
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
                out: Optional[FloatArray] = None, bessel: bool = True, num_batches_tracked: Optional[int] = None,
-               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Batch normalization, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -85,8 +87,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         ``1 / (num_batches_tracked + 1)``.
     mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding does not leak into them), and every value is normalized with them (see Notes).  A
-        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
     return_stats : bool, keyword-only
         Also return the per-channel mean and inverse standard deviation used: what
         :func:`batch_norm_backward` needs.
@@ -102,8 +105,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     Raises
     ------
     TypeError
-        Input that is not floating point; parameters or ``out`` of the wrong type or dtype; a masked array.
+        A ``mask`` that is not boolean.
+        Input that is not floating point; parameters or ``out`` of the wrong type or dtype, or masked arrays.
     ValueError
+        A ``mask`` that does not broadcast to the input, or that leaves one value to a statistic in training.
         Fewer than 2 dimensions, parameters whose length is not the channel count, training with a
         single value per channel, evaluation without running statistics, ``out`` of the wrong shape or
         read-only, a read-only running statistic, bad ``eps``, ``momentum`` or ``num_batches_tracked``.
@@ -142,9 +147,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     [3.5, 5.5, 7.5]
     """
     if _masked.is_masked(input, mask):
-        y, *stats = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                       channel_axis, out, bessel, num_batches_tracked, mask)
-        return (y, *stats) if return_stats else y
+        y, mean, rstd = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                           channel_axis, out, bessel, num_batches_tracked, mask)
+        return (y, mean, rstd) if return_stats else y
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
                        bessel, num_batches_tracked, return_stats, None)
 
@@ -241,10 +246,12 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, out: Optional[FloatArray] = None,
-               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.layer_norm``.
 
@@ -262,8 +269,9 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding does not leak into them), and every value is normalized with them (see Notes).  A
-        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
@@ -277,8 +285,10 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     Raises
     ------
     TypeError
+        A ``mask`` that is not boolean.
         Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
     ValueError
+        A ``mask`` that does not broadcast to the input.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` or ``bias``
         of another shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
 
@@ -306,8 +316,8 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     ([2.0], [0.6667])
     """
     if _masked.is_masked(input, mask):
-        y, *stats = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
-        return (y, *stats) if return_stats else y
+        y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
+        return (y, mean, rstd) if return_stats else y
     y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
     return y if stats is None else (y, *stats)
 
@@ -326,7 +336,8 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
              mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
 def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, out: Optional[FloatArray] = None,
-             mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
+             mask: Optional[ArrayLike] = None,
+             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.rms_norm``.
 
@@ -346,8 +357,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding does not leak into them), and every value is normalized with them (see Notes).  A
-        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 
@@ -361,8 +373,10 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     Raises
     ------
     TypeError
+        A ``mask`` that is not boolean.
         Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
     ValueError
+        A ``mask`` that does not broadcast to the input.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` of another
         shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
 
@@ -411,11 +425,13 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
                out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               mask: Optional[ArrayLike] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
                out: Optional[FloatArray] = None,
-               mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
     ``num_groups`` groups of consecutive channels and each sample is normalized per group.
 
@@ -436,8 +452,9 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding does not leak into them), and every value is normalized with them (see Notes).  A
-        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
     return_stats : bool, keyword-only
         Also return the statistics of each (sample, group): what :func:`group_norm_backward` needs.
 
@@ -452,9 +469,11 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     Raises
     ------
     TypeError
+        A ``mask`` that is not boolean.
         Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``num_groups`` or
         ``channel_axis`` not an integer.
     ValueError
+        A ``mask`` that does not broadcast to the input.
         Fewer than 2 dimensions; ``channel_axis`` other than 1 or -1; ``num_groups`` below 1 or not a
         divisor of C; ``weight`` or ``bias`` not of shape (C,); ``out`` of the wrong shape or read-only; a
         negative or non-finite ``eps``.
@@ -485,8 +504,8 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     [[1.5, 5.5], [9.5, 13.5]]
     """
     if _masked.is_masked(input, mask):
-        y, *stats = _masked.group_norm(input, num_groups, weight, bias, eps, channel_axis, out, mask)
-        return (y, *stats) if return_stats else y
+        y, mean, rstd = _masked.group_norm(input, num_groups, weight, bias, eps, channel_axis, out, mask)
+        return (y, mean, rstd) if return_stats else y
     return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None)
 
 
@@ -538,12 +557,14 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
                   eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+                  mask: Optional[ArrayLike] = ...,
+                  return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
                   bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
                   eps: float = 1e-5, *, out: Optional[FloatArray] = None,
-                  mask: Optional[ArrayLike] = None, return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+                  mask: Optional[ArrayLike] = None,
+                  return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
     normalized over its spatial dimensions.
 
@@ -567,8 +588,9 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding does not leak into them), and every value is normalized with them (see Notes).  A
-        ``numpy.ma`` input means ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``).
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
     return_stats : bool, keyword-only
         Also return the statistics used: what :func:`instance_norm_backward` needs.
 
@@ -583,9 +605,11 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     Raises
     ------
     TypeError
+        A ``mask`` that is not boolean.
         Input, parameters or ``out`` that are not floating point; a running statistic to update that is
         not an ndarray.
     ValueError
+        A ``mask`` that does not broadcast to the input, or that leaves one value to a statistic in training.
         Fewer than 3 dimensions; a single spatial value with ``use_input_stats``; parameters whose length
         is not C; only one of the running statistics, or none without ``use_input_stats``; a read-only
         running statistic to update; ``out`` of the wrong shape or read-only; bad ``eps`` or ``momentum``.
@@ -616,9 +640,9 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     ([2.0, 2.0], [2.0, 0.0])
     """
     if _masked.is_masked(input, mask):
-        y, *stats = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                                          eps, out, mask)
-        return (y, *stats) if return_stats else y
+        y, mean, rstd = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
+                                              momentum, eps, out, mask)
+        return (y, mean, rstd) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
                           return_stats, None)
 

@@ -138,7 +138,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var
         _check_out(out, x.shape, dtype)
     shape = tuple(C if a == axis else 1 for a in range(x.ndim))
     if frozen is not None:
-        mean, var = (_shaped(v, shape) for v in frozen)
+        mean, var = (v.astype(np.float64).reshape(shape) for v in frozen)
     else:
         count, mean, var = _stats(x64, m, tuple(a for a in range(x.ndim) if a != axis))
         _check_counts(count, "channel")
@@ -219,7 +219,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_
         _check_out(out, x.shape, dtype)
     spread = (1,) * (x.ndim - 2)
     if frozen is not None:
-        mean, var = (_shaped(v, (C,) + spread) for v in frozen)
+        mean, var = (v.astype(np.float64).reshape((C,) + spread) for v in frozen)
         stats_shape: Tuple[int, ...] = (C,)
     else:
         count, mean, var = _stats(x64, m, tuple(range(2, x.ndim)))
