@@ -140,23 +140,30 @@ def _groups(x, num_groups, channel_axis):
     return xc.reshape(N, num_groups, C // num_groups, math.prod(xc.shape[2:])), axis
 
 
-def _backward(dy, x, mean, rstd, weight, axes, training, centered=True, eps=None):
+def _backward(dy, x, mean, rstd, weight, axes, training, centered=True, eps=None, mask=None):
     """(dx, xhat) of y = (x - mean) * rstd * weight, the statistics over ``axes`` (module docstring).
     Given the forward's ``eps``, the input must have the statistics given (mean(xhat) = 0, var(xhat) =
-    var * rstd**2 = 1 - eps * rstd**2, RMSNorm's uncentered): RuntimeError where it has not."""
+    var * rstd**2 = 1 - eps * rstd**2, RMSNorm's uncentered): RuntimeError where it has not.
+
+    With ``mask`` (m) the statistics are those of the n = sum(m) masked-in values, so d mean / d x_j =
+    m_j / n and d var / d x_j = 2 m_j (x_j - mean) / n: the terms through them reach those values only,
+    dx = rstd * (g - m * (sum(g) / n + xhat * sum(g * xhat) / n)), the sums over all the values."""
     xhat = (x - mean) * rstd
     g = dy if weight is None else dy * weight
     if not training:
         return rstd * g, xhat
+    m = _mask(mask, x)
     if eps is not None:
-        m1 = xhat.mean(axis=axes, keepdims=True) if centered else 0.0
-        q = (xhat * xhat).mean(axis=axes, keepdims=True) - m1 * m1
+        _, m1, q = _stats(xhat, m, axes, keepdims=True)
+        if not centered:
+            q, m1 = q + m1 * m1, 0.0
         with np.errstate(invalid="ignore"):
             if np.any((np.abs(m1) > 1e-3) | (np.abs(q - (1 - eps * rstd * rstd)) > 1e-3)):
                 raise RuntimeError("input: one of the variables needed for gradient computation has been "
                                    "modified by an inplace operation")
-    through_mean = g.mean(axis=axes, keepdims=True) if centered else 0.0
-    return rstd * (g - through_mean - xhat * (g * xhat).mean(axis=axes, keepdims=True)), xhat
+    n = m.sum(axis=axes, keepdims=True)
+    through_mean = g.sum(axis=axes, keepdims=True) / n if centered else 0.0
+    return rstd * (g - m * (through_mean + xhat * (g * xhat).sum(axis=axes, keepdims=True) / n)), xhat
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,7 +323,8 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name
 # Backwards: (grad_input, grad_weight, grad_bias) from the forward's input and statistics
 # ---------------------------------------------------------------------------------------------------------
 
-def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1, eps=None):
+def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1, eps=None,
+                        mask=None):
     """Gradients of :func:`batch_norm` (module docstring, the values of a channel): dx, and the (C,)
     sums dweight = sum(dy * xhat), dbias = sum(dy) (returned with or without ``weight``).
     ``training=False``: the statistics were the running ones, so dx = rstd * weight * dy."""
@@ -327,37 +335,39 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     mean, rstd = _vector(mean, "mean", (C,)), _vector(invstd, "invstd", (C,))
     weight = _vector(weight, "weight", (C,))
     dx, xhat = _backward(dy, x, mean.reshape(shape), rstd.reshape(shape),
-                         None if weight is None else weight.reshape(shape), others, training, eps=eps)
+                         None if weight is None else weight.reshape(shape), others, training, eps=eps, mask=mask)
     return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps, mask):
     dy, x = _grad_input(grad_output, input)
     axes, shape = _trailing(x, normalized_shape)
     _vector(bias, "bias", shape)  # only says whether there is a bias, but checked as the op does
     lead = x.shape[:x.ndim - len(shape)]
     rstd = _vector(rstd, "rstd", lead).reshape(lead + (1,) * len(shape))
     mean = _vector(mean, "mean", lead).reshape(rstd.shape) if centered else 0.0
-    dx, xhat = _backward(dy, x, mean, rstd, _vector(weight, "weight", shape), axes, True, centered, eps)
+    dx, xhat = _backward(dy, x, mean, rstd, _vector(weight, "weight", shape), axes, True, centered, eps, mask)
     outer = tuple(range(len(lead)))
     return dx, (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
 
 
-def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None, *, eps=None):
+def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None, *, eps=None,
+                        mask=None):
     """Gradients of :func:`layer_norm` (module docstring, the values of a row): dx, and dweight, dbias of
     ``normalized_shape`` summed over the rows (None without ``weight``, ``bias``)."""
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps, mask)
     return dx, (None if weight is None else dw), (None if bias is None else db)
 
 
-def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, eps=None):
+def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, eps=None, mask=None):
     """Gradients of :func:`rms_norm`: dx = rstd * (g - xhat * mean(g * xhat)) per row, xhat = x * rstd;
     dweight = sum(dy * xhat) over the rows (None without ``weight``); no bias."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps, mask)
     return dx, (None if weight is None else dw), None
 
 
-def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1, eps=None):
+def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1, eps=None,
+                        mask=None):
     """Gradients of :func:`group_norm` (module docstring, the values of a (sample, group)): dx, and the
     (C,) sums dweight = sum(dy * xhat), dbias = sum(dy) over samples and spatial values."""
     dy, x = _grad_input(grad_output, input, min_ndim=2)
@@ -367,12 +377,13 @@ def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None,
     mean, rstd = (_vector(v, name, (N, G)).reshape(N, G, 1, 1) for v, name in ((mean, "mean"), (rstd, "rstd")))
     weight = _vector(weight, "weight", (G * K,))
     dx, xhat = _backward(dy_grouped, grouped, mean, rstd, None if weight is None else weight.reshape(1, G, K, 1),
-                         (2, 3), True, eps=eps)
+                         (2, 3), True, eps=eps, mask=_groups(_mask(mask, x), num_groups, channel_axis)[0])
     dx = np.moveaxis(dx.reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
     return dx, (dy_grouped * xhat).sum(axis=(0, 3)).reshape(-1), dy_grouped.sum(axis=(0, 3)).reshape(-1)
 
 
-def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True, *, eps=None):
+def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True, *, eps=None,
+                           mask=None):
     """Gradients of :func:`instance_norm` (module docstring, the spatial values of a (sample, channel)):
     dx, and the (C,) sums dweight = sum(dy * xhat), dbias = sum(dy).  mean and rstd are (N, C) with
     ``use_input_stats``; without, the running (C,) ones, frozen: dx = rstd * weight * dy."""
@@ -384,7 +395,7 @@ def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_inpu
     weight = _vector(weight, "weight", (C,))
     spatial = tuple(range(2, x.ndim))
     dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
-                         use_input_stats, eps=eps)
+                         use_input_stats, eps=eps, mask=mask)
     return dx, (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
 
 

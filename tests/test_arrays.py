@@ -117,27 +117,31 @@ def batch_normalization(a):
 
 @entry(grad_output=X, input=X, mean=(C,), invstd=(C,), weight=(C,))
 def batch_norm_backward(a):
-    return fastnorm.batch_norm_backward(a["grad_output"], a["input"], a["mean"], a["invstd"], a["weight"])
+    return fastnorm.batch_norm_backward(a["grad_output"], a["input"], a["mean"], a["invstd"],
+                                        a["weight"], mask=a.get("mask"))
 
 
 @entry(grad_output=(4, 6), input=(4, 6), mean=(4,), rstd=(4,), weight=(6,), bias=(6,))
 def layer_norm_backward(a):
-    return fastnorm.layer_norm_backward(a["grad_output"], a["input"], 6, a["mean"], a["rstd"], a["weight"], a["bias"])
+    return fastnorm.layer_norm_backward(a["grad_output"], a["input"], 6, a["mean"], a["rstd"], a["weight"],
+                                        a["bias"], mask=a.get("mask"))
 
 
 @entry(grad_output=(4, 6), input=(4, 6), rstd=(4,), weight=(6,))
 def rms_norm_backward(a):
-    return fastnorm.rms_norm_backward(a["grad_output"], a["input"], 6, a["rstd"], a["weight"])[:2]
+    return fastnorm.rms_norm_backward(a["grad_output"], a["input"], 6, a["rstd"], a["weight"], mask=a.get("mask"))[:2]
 
 
 @entry(grad_output=(2, 4, 3), input=(2, 4, 3), mean=(2, 2), rstd=(2, 2), weight=(4,))
 def group_norm_backward(a):
-    return fastnorm.group_norm_backward(a["grad_output"], a["input"], 2, a["mean"], a["rstd"], a["weight"])
+    return fastnorm.group_norm_backward(a["grad_output"], a["input"], 2, a["mean"], a["rstd"],
+                                        a["weight"], mask=a.get("mask"))
 
 
 @entry(grad_output=X, input=X, mean=(4, C), rstd=(4, C), weight=(C,))
 def instance_norm_backward(a):
-    return fastnorm.instance_norm_backward(a["grad_output"], a["input"], a["mean"], a["rstd"], a["weight"])
+    return fastnorm.instance_norm_backward(a["grad_output"], a["input"], a["mean"], a["rstd"],
+                                           a["weight"], mask=a.get("mask"))
 
 
 @entry(input=X, out=X, written=("out",))
@@ -333,6 +337,8 @@ def from_keras(a):
 MASKED_INPUT = {"batch_norm_train", "batch_norm_train_channels_last", "batch_norm_eval", "layer_norm", "layer_norm_2d",
                 "rms_norm", "group_norm", "group_norm_channels_last", "instance_norm_train", "instance_norm_eval",
                 "moments"}
+BACKWARD_MASKED_INPUT = {"batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
+                         "instance_norm_backward"}
 
 
 def _check_masked_input(call, shapes, dtype, name):
@@ -367,6 +373,13 @@ def test_every_array_argument_in_unusual_memory(case, name, dtype, kind):
     before = {k: np.asarray(v).tobytes() for k, v in args.items()}
     if kind == "masked" and case in MASKED_INPUT and name in ("input", "x"):
         _check_masked_input(call, shapes, dtype, name)
+        return
+    if kind == "masked" and case in BACKWARD_MASKED_INPUT and name == "input":
+        # the gradient of every output reaches the statistics: the masked input is its data with mask=
+        data = _args(shapes, dtype)
+        data["mask"] = ~np.ma.getmaskarray(args[name])
+        for g, e in zip(call(args), call(data)):
+            np.testing.assert_array_equal(g, e)
         return
     if kind == "masked":
         with pytest.raises(TypeError, match=re.escape(errors.get(name, name)) + ": masked arrays are not supported"):

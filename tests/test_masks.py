@@ -221,3 +221,157 @@ def test_evaluation_ignores_the_mask_for_the_statistics():
     rm, rv = np.full(3, 0.5), np.full(3, 2.0)
     y = fastnorm.batch_norm(x, rm, rv, training=False, mask=np.array([True, False, True]))
     np.testing.assert_allclose(y, fastnorm.batch_norm(x, rm, rv), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backward: the statistics depend on the masked-in values only
+# --------------------------------------------------------------------------------------------------------
+
+def _forward_backward(name, x, mask, dy, training=True):
+    """(y, (dx, dweight, dbias)) of ``name`` with a mask, weight and (where there is one) bias."""
+    if name == "batch_norm":
+        w, b = np.linspace(0.5, 2, x.shape[1]), np.linspace(-1, 1, x.shape[1])
+        running = (np.zeros(x.shape[1]), np.ones(x.shape[1]))
+        y, mean, rstd = fastnorm.batch_norm(x, *running, w, b, training=training, eps=1e-3, mask=mask,
+                                            return_stats=True)
+        return y, fastnorm.batch_norm_backward(dy, x, mean, rstd, w, training, eps=1e-3 if training else None,
+                                               mask=mask)
+    if name in ("layer_norm", "rms_norm"):
+        w = np.linspace(0.5, 2, x.shape[-1])
+        if name == "layer_norm":
+            y, mean, rstd = fastnorm.layer_norm(x, x.shape[-1], w, w, 1e-3, mask=mask, return_stats=True)
+            return y, fastnorm.layer_norm_backward(dy, x, x.shape[-1], mean, rstd, w, w, eps=1e-3, mask=mask)
+        y, rstd = fastnorm.rms_norm(x, x.shape[-1], w, 1e-3, mask=mask, return_stats=True)
+        return y, fastnorm.rms_norm_backward(dy, x, x.shape[-1], rstd, w, eps=1e-3, mask=mask)
+    w, b = np.linspace(0.5, 2, x.shape[1]), np.linspace(-1, 1, x.shape[1])
+    if name == "group_norm":
+        y, mean, rstd = fastnorm.group_norm(x, 2, w, b, 1e-3, mask=mask, return_stats=True)
+        return y, fastnorm.group_norm_backward(dy, x, 2, mean, rstd, w, eps=1e-3, mask=mask)
+    y, mean, rstd = fastnorm.instance_norm(x, None, None, w, b, eps=1e-3, mask=mask, return_stats=True)
+    return y, fastnorm.instance_norm_backward(dy, x, mean, rstd, w, eps=1e-3, mask=mask)
+
+
+BACKWARD = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+def test_masked_backward_against_finite_differences(name):
+    """float64 central differences of sum(dy * y(x)), the statistics recomputed from x each time."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(2.0, 1.5, (3, 4, 5))
+    mask = rng.random((3, 1, 5)) < 0.7
+    mask[:, :, :2] = True
+    dy = rng.normal(size=x.shape)
+    _, (dx, _, _) = _forward_backward(name, x, mask, dy)
+    numeric = np.empty_like(x)
+    h = 1e-6
+    for i in range(x.size):
+        step = np.zeros(x.size)
+        step[i] = h
+        up = _forward_backward(name, x + step.reshape(x.shape), mask, dy)[0]
+        down = _forward_backward(name, x - step.reshape(x.shape), mask, dy)[0]
+        numeric.flat[i] = ((up - down) * dy).sum() / (2 * h)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-7)
+    # a loss that ignores the padding (dy 0 there): what the padding holds changes no gradient of the
+    # masked-in values, and the padding's own gradient is 0
+    inside = np.broadcast_to(mask, x.shape)
+    dy_in = np.where(inside, dy, 0.0)
+    _, (dx_clean, _, _) = _forward_backward(name, x, mask, dy_in)
+    _, (dx_padded, _, _) = _forward_backward(name, np.where(inside, x, 1e3), mask, dy_in)
+    np.testing.assert_allclose(dx_padded[inside], dx_clean[inside], rtol=1e-9, atol=1e-12)
+    assert (dx_padded[~inside] == 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(BACKWARD), seed=st.integers(0, 2**32 - 1), spatial=st.integers(2, 5),
+       dtype=st.sampled_from([np.float32, np.float64]), broadcast=st.sampled_from([(1, 1), (0, 1), (1, 0), (0, 0)]))
+def test_masked_backward_agrees_with_the_twin(name, seed, spatial, dtype, broadcast):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 2.0, (3, 4, spatial)).astype(dtype)
+    mask_shape = (3 if broadcast[0] else 1, 4 if broadcast[1] else 1, spatial)
+    mask = rng.random(mask_shape) < 0.6
+    mask[..., :2] = True
+    dy = rng.normal(size=x.shape).astype(dtype)
+    _, got = _forward_backward(name, x, mask, dy)
+    twin = getattr(reference, name + "_backward")
+    x64 = x.astype(np.float64)
+    if name == "batch_norm":
+        w = np.linspace(0.5, 2, 4)
+        _, mean, rstd = reference.batch_norm(x64, None, None, w, w, True, eps=1e-3, mask=mask, return_stats=True)
+        expected = twin(dy, x64, mean, rstd, w, mask=mask)
+    elif name == "layer_norm":
+        w = np.linspace(0.5, 2, spatial)
+        _, mean, rstd = reference.layer_norm(x64, spatial, w, w, 1e-3, mask=mask, return_stats=True)
+        expected = twin(dy, x64, spatial, mean, rstd, w, w, mask=mask)
+    elif name == "rms_norm":
+        w = np.linspace(0.5, 2, spatial)
+        _, rstd = reference.rms_norm(x64, spatial, w, 1e-3, mask=mask, return_stats=True)
+        expected = twin(dy, x64, spatial, rstd, w, mask=mask)
+    elif name == "group_norm":
+        w = np.linspace(0.5, 2, 4)
+        _, mean, rstd = reference.group_norm(x64, 2, w, w, 1e-3, mask=mask, return_stats=True)
+        expected = twin(dy, x64, 2, mean, rstd, w, mask=mask)
+    else:
+        w = np.linspace(0.5, 2, 4)
+        _, mean, rstd = reference.instance_norm(x64, None, None, w, w, eps=1e-3, mask=mask, return_stats=True)
+        expected = twin(dy, x64, mean, rstd, w, mask=mask)
+    assert got[0].dtype == dtype
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for g, e in zip(got, expected):
+        if e is not None:
+            np.testing.assert_allclose(g, e, rtol=tol, atol=tol)
+
+
+def test_masked_backward_against_torch_autograd():
+    """float32: PyTorch's autograd through the masked composition (mean and variance of the masked-in
+    values, every value normalized), for batch_norm, layer_norm and rms_norm."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.normal(1.0, 2.0, (6, 3, 5)).astype(np.float32)
+    mask = rng.random((6, 1, 5)) < 0.7
+    mask[:, :, :2] = True
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    m = torch.from_numpy(np.broadcast_to(mask, x.shape).copy())
+    for name, dims in (("batch_norm", (0, 2)), ("layer_norm", (2,)), ("rms_norm", (2,))):
+        xt = torch.from_numpy(x.copy()).requires_grad_()
+        n = m.sum(dim=dims, keepdim=True)
+        mean = (xt * m).sum(dim=dims, keepdim=True) / n if name != "rms_norm" else torch.zeros(())
+        var = (((xt - mean) * m) ** 2).sum(dim=dims, keepdim=True) / n
+        wshape = (1, 3, 1) if name == "batch_norm" else (5,)
+        w = torch.linspace(0.5, 2, wshape[1] if name == "batch_norm" else 5).reshape(wshape)
+        y = (xt - mean) / torch.sqrt(var + 1e-3) * w + (w if name != "rms_norm" else 0)
+        y.backward(torch.from_numpy(dy))
+        _, (dx, _, _) = _forward_backward(name, x, mask, dy)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+def test_masked_backward_of_numpy_ma_input(name):
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(3, 4, 5))
+    invalid = np.zeros(x.shape, bool)
+    invalid[1:, :, 3:] = True
+    dy = rng.normal(size=x.shape)
+    for a, b in zip(_forward_backward(name, np.ma.masked_array(x, invalid), None, dy)[1],
+                    _forward_backward(name, x, ~invalid, dy)[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_masked_backward_detects_a_modified_input():
+    x = np.random.default_rng(14).normal(size=(8, 3))
+    mask = np.ones((8, 1), bool)
+    mask[6:] = False
+    y, mean, rstd = fastnorm.batch_norm(x, training=True, mask=mask, return_stats=True)
+    fastnorm.batch_norm_backward(np.ones_like(x), x, mean, rstd, eps=1e-5, mask=mask)  # unmodified: fine
+    x[6:] += 100.0  # under the mask: not an input of the statistics
+    fastnorm.batch_norm_backward(np.ones_like(x), x, mean, rstd, eps=1e-5, mask=mask)
+    x[0] += 1.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        fastnorm.batch_norm_backward(np.ones_like(x), x, mean, rstd, eps=1e-5, mask=mask)
+
+
+def test_frozen_statistics_give_the_direct_gradient_whatever_the_mask():
+    x = np.random.default_rng(15).normal(size=(5, 4, 3))
+    dy = np.ones_like(x)
+    _, (dx, _, _) = _forward_backward("batch_norm", x, np.array([True, False, True]), dy, training=False)
+    np.testing.assert_allclose(dx, np.linspace(0.5, 2, 4)[:, None] / np.sqrt(1 + 1e-3) * dy, rtol=1e-12)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, SupportsIndex, Tuple, TypeVar, overl
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernels
+from . import _kernels, _masked
 from ._plan import _by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat
 from ._threads import threads_for
 from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels, _check_ndim, _check_of,
@@ -24,6 +24,9 @@ _PARTS = {
         Gradient of the loss with respect to the output: the input's shape, floating point.""",
     "eps": """eps : float, keyword-only, optional
         The forward's eps: given, the input is checked against the statistics (see Raises).""",
+    "mask": """mask : array_like of bool, keyword-only, optional
+        The forward's ``mask`` (a ``numpy.ma`` input: its mask): the statistics depended on the values where
+        it is True only, so the gradient through them reaches those values only.""",
     "channel_grads": r"""Returns
     -------
     grad_input : ndarray
@@ -72,7 +75,8 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 @_documented
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
-                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
+                        mask: Optional[ArrayLike] = None) -> Grads:
     r"""Gradients of :func:`batch_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -91,6 +95,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     channel_axis : int, keyword-only
         The forward's ``channel_axis``.
     {eps}
+    {mask}
 
     {channel_grads} (0 for an empty input).
 
@@ -132,6 +137,8 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()  # a constant gradient does not move a normalized y
     (True, [8.0, 8.0, 8.0])
     """
+    if _masked.is_masked(input, mask):
+        return _masked.batch_norm_backward(grad_output, input, mean, invstd, weight, training, channel_axis, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
     axis, C = _check_channels(x, channel_axis)
     mean_ = _stat_vector(mean, "mean", (C,))
@@ -180,23 +187,28 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: S
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *,
-                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *,
-                        eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: None = ..., bias: None = ..., *,
-                        eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
-                        eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...
+                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 @_documented
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
-                        eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
+                        eps: Optional[float] = None, mask: Optional[ArrayLike] = None
+                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
     r"""Gradients of :func:`layer_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -214,6 +226,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
         The forward's bias, or any array of its shape: only whether there is one matters (None: no
         grad_bias).
     {eps}
+    {mask}
 
     Returns
     -------
@@ -261,24 +274,32 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     >>> bool(np.abs(dx).max() < 1e-12), db is None, bool(np.allclose(dw, y.sum(axis=0)))
     (True, True, True)
     """
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps)
+    if _masked.is_masked(input, mask):
+        dx, dw, db = _masked.rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps,
+                                           mask)
+    else:
+        dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: ArrayLike, *, eps: Optional[float] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                      weight: ArrayLike, *, eps: Optional[float] = ...,
+                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: None = ..., *, eps: Optional[float] = ...) -> Tuple[FloatArray, None, None]: ...
+                      weight: None = ..., *, eps: Optional[float] = ...,
+                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
                       weight: Optional[ArrayLike] = ..., *,
-                      eps: Optional[float] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      eps: Optional[float] = ...,
+                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *,
-                      eps: Optional[float] = None) -> Tuple[FloatArray, Optional[Stats], None]:
+                      eps: Optional[float] = None, mask: Optional[ArrayLike] = None
+                      ) -> Tuple[FloatArray, Optional[Stats], None]:
     r"""Gradients of :func:`rms_norm` with respect to its input and weight.
 
     Parameters
@@ -295,6 +316,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     eps : float, keyword-only, optional
         The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is
         checked against the statistics (see Raises).
+    {mask}
 
     Returns
     -------
@@ -338,14 +360,19 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     >>> bool(np.abs(dx).max() < 1e-12), dw
     (True, None)
     """
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps)
+    if _masked.is_masked(input, mask):
+        dx, dw, _ = _masked.rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps,
+                                          mask)
+    else:
+        dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps)
     return dx, (dw if weight is not None else None), None
 
 
 @_documented
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
-                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None) -> Grads:
+                        channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
+                        mask: Optional[ArrayLike] = None) -> Grads:
     r"""Gradients of :func:`group_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -362,6 +389,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     channel_axis : int, keyword-only
         The forward's ``channel_axis``: 1 or -1.
     {eps}
+    {mask}
 
     {channel_grads}.
 
@@ -394,6 +422,8 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
     (True, [6.0, 6.0, 6.0, 6.0])
     """
+    if _masked.is_masked(input, mask):
+        return _masked.group_norm_backward(grad_output, input, num_groups, mean, rstd, weight, channel_axis, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
     axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
     N = x.shape[0]
@@ -420,7 +450,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
 @_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
-                           eps: Optional[float] = None) -> Grads:
+                           eps: Optional[float] = None, mask: Optional[ArrayLike] = None) -> Grads:
     r"""Gradients of :func:`instance_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -436,6 +466,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     use_input_stats : bool
         The forward's ``use_input_stats``: whether the statistics depend on the input.
     {eps}
+    {mask}
 
     {channel_grads}.
 
@@ -468,6 +499,8 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
     (True, [10.0, 10.0, 10.0])
     """
+    if _masked.is_masked(input, mask):
+        return _masked.instance_norm_backward(grad_output, input, mean, rstd, weight, use_input_stats, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
     _check_ndim(x, 3, "(N, C, spatial...)")
     N, C = x.shape[:2]

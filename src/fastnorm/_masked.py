@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._validation import (FloatArray, Shape, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
                           _check_eps, _check_mask, _check_momentum, _check_ndim, _check_normalized_shape, _check_out,
                           _deliver, _elementwise_vector, _group_norm_layout, _momentum_factor, _normalize_axes,
-                          _rms_eps, _running_roles)
+                          _rms_eps, _rounded, _running_roles, _stat_vector)
 
 Mask = NDArray[np.bool_]
 
@@ -240,3 +240,109 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool, mask: object) -> Tuple[Fl
     if not keepdims:
         mean, var = (v.reshape(tuple(n for i, n in enumerate(a.shape) if i not in reduced)) for v in (mean, var))
     return mean.astype(dtype), var.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backwards
+# ---------------------------------------------------------------------------------------------------------
+
+def _grad_inputs(grad_output: ArrayLike, input: ArrayLike, mask: object) -> Tuple[Stats, Stats, np.dtype[Any],
+                                                                                   FloatArray, Mask]:
+    """(dy, x in float64, result dtype, x as computed, mask) of a masked backward."""
+    x64, dtype, x, m = _masked_input(input, mask)
+    g, _ = _as_input(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output: expected shape {x.shape} (the input's), got {g.shape}")
+    return g.astype(np.float64), x64, dtype, x, m
+
+
+def _grads(dy: Stats, x: Stats, m: Mask, mean: Stats, rstd: Stats, weight: Optional[Stats], axes: Tuple[int, ...],
+           training: bool, centered: bool, eps: Optional[float]) -> Tuple[Stats, Stats]:
+    """(dx, xhat) of ``y = (x - mean) * rstd * weight``, the statistics those of the values where ``m`` is
+    True over ``axes`` (the module's formula); frozen ones without ``training``.  Given the forward's
+    ``eps``, the input must have the statistics given (RuntimeError, as the unmasked backwards)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xhat = (x - mean) * rstd
+        g = dy if weight is None else dy * weight
+        if not training:
+            return rstd * g, xhat
+        if eps is not None:
+            _check_unmodified(xhat, m, axes, rstd, _check_eps(eps), centered)
+        n = np.count_nonzero(m, axis=axes, keepdims=True)
+        through = xhat * (g * xhat).sum(axis=axes, keepdims=True) / n
+        if centered:
+            through = through + g.sum(axis=axes, keepdims=True) / n
+        return rstd * (g - np.where(m, through, 0.0)), xhat
+
+
+def _check_unmodified(xhat: Stats, m: Mask, axes: Tuple[int, ...], rstd: Stats, eps: float, centered: bool) -> None:
+    """The masked-in xhat of the input the statistics came from have mean 0 and variance
+    ``1 - eps * rstd**2`` (uncentered: mean square); otherwise it was modified after the forward."""
+    _, m1, q = _stats(xhat, m, axes, centered)
+    bad = (np.abs(np.nan_to_num(m1)) > 1e-3) | (np.abs(q - (1 - eps * rstd * rstd)) > 1e-3)
+    if np.any(bad & (np.count_nonzero(m, axis=axes, keepdims=True) > 0)):
+        raise RuntimeError("input: one of the variables needed for gradient computation has been modified by an "
+                           "inplace operation, or the statistics are another input's")
+
+
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike], training: bool, channel_axis: Any, eps: Optional[float],
+                        mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.batch_norm_backward` with a mask."""
+    dy, x64, dtype, x, m = _grad_inputs(grad_output, input, mask)
+    axis, C = _check_channels(x, channel_axis)
+    shape = tuple(C if a == axis else 1 for a in range(x.ndim))
+    mean_, invstd_ = (_stat_vector(v, name, (C,)).reshape(shape) for v, name in ((mean, "mean"), (invstd, "invstd")))
+    w = _shaped(_channel_vector(weight, "weight", C, x.dtype), shape)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    dx, xhat = _grads(dy, x64, m, mean_, invstd_, w, others, bool(training), True, eps)
+    return _rounded(dx, dtype), (dy * xhat).sum(axis=others), dy.sum(axis=others)
+
+
+def rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: Optional[ArrayLike],
+                  rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike], rms: bool,
+                  eps: Optional[float], mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.layer_norm_backward` or :func:`fastnorm.rms_norm_backward` (``rms``) with a mask."""
+    dy, x64, dtype, x, m = _grad_inputs(grad_output, input, mask)
+    shape = _check_normalized_shape(normalized_shape, x)
+    lead = x.shape[:x.ndim - len(shape)]
+    stats = lead + (1,) * len(shape)
+    rstd_ = _stat_vector(rstd, "rstd", lead).reshape(stats)
+    mean_ = np.zeros(stats) if rms else _stat_vector(mean, "mean", lead).reshape(stats)
+    w = _shaped(_elementwise_vector(weight, "weight", shape, x), shape)
+    _elementwise_vector(bias, "bias", shape, x)  # only its presence matters; checked as the forward's
+    dx, xhat = _grads(dy, x64, m, mean_, rstd_, w, tuple(range(len(lead), x.ndim)), True, not rms, eps)
+    outer = tuple(range(len(lead)))
+    return _rounded(dx, dtype), (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
+
+
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Any, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike], channel_axis: Any, eps: Optional[float],
+                        mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.group_norm_backward` with a mask."""
+    dy, x64, dtype, x, m = _grad_inputs(grad_output, input, mask)
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    N = x.shape[0]
+    mean_, rstd_ = (_stat_vector(v, name, (N, G)).reshape(N, G, 1, 1) for v, name in ((mean, "mean"), (rstd, "rstd")))
+    w = _shaped(_channel_vector(weight, "weight", C, x.dtype), (1, G, C // G, 1))
+    gy = _grouped(dy, axis, G)
+    dx, xhat = _grads(gy, _grouped(x64, axis, G), _grouped(m, axis, G), mean_, rstd_, w, (2, 3), True, True, eps)
+    return (_rounded(_ungrouped(dx, x.shape, axis), dtype), (gy * xhat).sum(axis=(0, 3)).reshape(C),
+            gy.sum(axis=(0, 3)).reshape(C))
+
+
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: Optional[ArrayLike], use_input_stats: bool, eps: Optional[float],
+                           mask: object) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`fastnorm.instance_norm_backward` with a mask."""
+    dy, x64, dtype, x, m = _grad_inputs(grad_output, input, mask)
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    N, C = x.shape[:2]
+    shape = (N, C) if use_input_stats else (C,)
+    spread = (1,) * (x.ndim - 2)
+    mean_, rstd_ = (_stat_vector(v, name, shape).reshape(shape + spread) for v, name in ((mean, "mean"),
+                                                                                           (rstd, "rstd")))
+    w = _shaped(_channel_vector(weight, "weight", C, x.dtype), (C,) + spread)
+    spatial = tuple(range(2, x.ndim))
+    dx, xhat = _grads(dy, x64, m, mean_, rstd_, w, spatial, bool(use_input_stats), True, eps)
+    return _rounded(dx, dtype), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
