@@ -17,9 +17,9 @@ from . import _kernels, _masked
 from ._plan import (_by_columns, _channel_view, _committing, _contiguous, _empty_call, _frozen_stats,
                     _group_norm_channels_last, _repeat, _returned)
 from ._threads import threads_for
-from ._validation import (FloatArray, Shape, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
-                          _check_eps, _check_momentum, _check_ndim, _check_normalized_shape, _check_out,
-                          _elementwise_vector, _group_norm_layout, _momentum_factor, _rms_eps, _running_roles)
+from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _check_eps,
+                          _check_normalized_shape, _check_out, _elementwise_vector, _group_norm_args,
+                          _instance_norm_args, _rms_eps)
 
 __all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
 
@@ -161,14 +161,9 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
                 commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
-    axis, C = _check_channels(x, channel_axis)
     training = bool(training)
-    eps = _check_eps(eps, training=training)
-    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
-    buffers, frozen = _running_roles(training, running_mean, running_var, rm, rv, "training=False (evaluation "
-                                     "normalizes with the running statistics); pass training=True to use the "
-                                     "batch statistics")
-    factor = _momentum_factor(momentum, num_batches_tracked) if buffers is not None else 0.0
+    axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
+                                                                   bias, training, momentum, eps, num_batches_tracked)
     if out is not None:
         _check_out(out, x.shape, dtype)
     if x.size == 0:
@@ -514,10 +509,7 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
                 commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
-    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
-    w = _channel_vector(weight, "weight", C, x.dtype)
-    b = _channel_vector(bias, "bias", C, x.dtype)
-    eps = _check_eps(eps)
+    axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
     if out is not None:
         _check_out(out, x.shape, dtype)
     N = x.shape[0]
@@ -653,13 +645,10 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
                    commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
-    _check_ndim(x, 3, "(N, C, spatial...)")
-    C = x.shape[1]
-    eps = _check_eps(eps)
-    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     use_input_stats = bool(use_input_stats)
-    buffers, frozen = _running_roles(use_input_stats, running_mean, running_var, rm, rv, "use_input_stats=False")
-    factor = _check_momentum(momentum, allow_none=False) if buffers is not None else 0.0
+    eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
+                                                             use_input_stats, momentum, eps)
+    C = x.shape[1]
     if out is not None:
         _check_out(out, x.shape, dtype)
     N = x.shape[0]

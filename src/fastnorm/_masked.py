@@ -33,10 +33,10 @@ from typing import Any, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validation import (FloatArray, Shape, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
-                          _check_eps, _check_mask, _check_momentum, _check_ndim, _check_normalized_shape, _check_out,
-                          _deliver, _elementwise_vector, _group_norm_layout, _momentum_factor, _normalize_axes,
-                          _rms_eps, _rounded, _running_roles, _stat_vector)
+from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _channel_vector, _check_channels,
+                          _check_eps, _check_mask, _check_ndim, _check_normalized_shape, _check_out, _deliver,
+                          _elementwise_vector, _group_norm_args, _group_norm_layout, _instance_norm_args,
+                          _normalize_axes, _rms_eps, _rounded, _stat_vector)
 
 Mask = NDArray[np.bool_]
 
@@ -126,14 +126,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var
                num_batches_tracked: Optional[int], mask: object) -> Tuple[FloatArray, Stats, Stats]:
     """:func:`fastnorm.batch_norm` with a mask: (y, mean, invstd)."""
     x64, dtype, x, m = _masked_input(input, mask)
-    axis, C = _check_channels(x, channel_axis)
     training = bool(training)
-    eps = _check_eps(eps, training=training)
-    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
-    buffers, frozen = _running_roles(training, running_mean, running_var, rm, rv, "training=False (evaluation "
-                                     "normalizes with the running statistics); pass training=True to use the "
-                                     "batch statistics")
-    factor = _momentum_factor(momentum, num_batches_tracked) if buffers is not None else 0.0
+    axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
+                                                                   bias, training, momentum, eps, num_batches_tracked)
     if out is not None:
         _check_out(out, x.shape, dtype)
     shape = tuple(C if a == axis else 1 for a in range(x.ndim))
@@ -187,10 +182,7 @@ def group_norm(input: ArrayLike, num_groups: Any, weight: Optional[ArrayLike], b
                mask: object) -> Tuple[FloatArray, Stats, Stats]:
     """:func:`fastnorm.group_norm` with a mask: (y, mean, rstd), the statistics of shape (N, G)."""
     x64, dtype, x, m = _masked_input(input, mask)
-    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
-    w = _channel_vector(weight, "weight", C, x.dtype)
-    b = _channel_vector(bias, "bias", C, x.dtype)
-    eps = _check_eps(eps)
+    axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
     if out is not None:
         _check_out(out, x.shape, dtype)
     grouped = _grouped(x64, axis, G)
@@ -208,13 +200,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_
     """:func:`fastnorm.instance_norm` with a mask: (y, mean, rstd), the statistics (N, C) with input
     statistics, the running (C,) ones without."""
     x64, dtype, x, m = _masked_input(input, mask)
-    _check_ndim(x, 3, "(N, C, spatial...)")
-    N, C = x.shape[:2]
-    eps = _check_eps(eps)
-    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
     use_input_stats = bool(use_input_stats)
-    buffers, frozen = _running_roles(use_input_stats, running_mean, running_var, rm, rv, "use_input_stats=False")
-    factor = _check_momentum(momentum, allow_none=False) if buffers is not None else 0.0
+    eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
+                                                             use_input_stats, momentum, eps)
+    N, C = x.shape[:2]
     if out is not None:
         _check_out(out, x.shape, dtype)
     spread = (1,) * (x.ndim - 2)

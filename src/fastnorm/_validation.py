@@ -409,3 +409,39 @@ def _check_mask(mask: object, shape: Tuple[int, ...]) -> NDArray[np.bool_]:
         return np.broadcast_to(m, shape)
     except ValueError:
         raise ValueError(f"mask: expected a shape that broadcasts to the input's {shape}, got {m.shape}") from None
+
+
+def _batch_norm_args(x: FloatArray, channel_axis: SupportsIndex, running_mean: object, running_var: object,
+                     weight: object, bias: object, training: bool, momentum: object, eps: object,
+                     num_batches_tracked: object) -> Tuple[int, int, float, _Vector, _Vector, _Running, _Running,
+                                                           float]:
+    """batch_norm's arguments checked: (axis, C, eps, weight, bias, buffers, frozen, factor), see
+    _running_roles and _momentum_factor (factor 0 where nothing is updated)."""
+    axis, C = _check_channels(x, channel_axis)
+    eps = _check_eps(eps, training=training)
+    rm, rv, w, b = _channel_params(x, C, running_mean, running_var, weight, bias)
+    buffers, frozen = _running_roles(training, running_mean, running_var, rm, rv, "training=False (evaluation "
+                                     "normalizes with the running statistics); pass training=True to use the "
+                                     "batch statistics")
+    factor = _momentum_factor(momentum, num_batches_tracked) if buffers is not None else 0.0
+    return axis, C, eps, w, b, buffers, frozen, factor
+
+
+def _instance_norm_args(x: FloatArray, running_mean: object, running_var: object, weight: object, bias: object,
+                        use_input_stats: bool, momentum: object,
+                        eps: object) -> Tuple[float, _Vector, _Vector, _Running, _Running, float]:
+    """instance_norm's arguments checked: (eps, weight, bias, buffers, frozen, factor), see batch_norm's."""
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    eps = _check_eps(eps)
+    rm, rv, w, b = _channel_params(x, x.shape[1], running_mean, running_var, weight, bias)
+    buffers, frozen = _running_roles(use_input_stats, running_mean, running_var, rm, rv, "use_input_stats=False")
+    factor = _check_momentum(momentum, allow_none=False) if buffers is not None else 0.0
+    return eps, w, b, buffers, frozen, factor
+
+
+def _group_norm_args(x: FloatArray, num_groups: SupportsIndex, weight: object, bias: object, eps: object,
+                     channel_axis: SupportsIndex) -> Tuple[int, int, int, _Vector, _Vector, float]:
+    """group_norm's arguments checked: (channel axis, G, C, weight, bias, eps)."""
+    axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
+    return (axis, G, C, _channel_vector(weight, "weight", C, x.dtype), _channel_vector(bias, "bias", C, x.dtype),
+            _check_eps(eps))
