@@ -10,7 +10,8 @@ that (the same C predicate serves the eval cache and the running-statistics upda
 path of every check below.  Every other array argument is brought to that form or rejected here, with
 an error naming the argument:
 
-* a masked array: ``TypeError`` (masks are not supported: pass ``a.filled(value)`` or the data);
+* a masked array: ``TypeError`` (pass ``a.filled(value)`` or the data), except the input of the functions
+  that take ``mask=`` (``_masked``: its data, its mask the values masked out);
 * another byte order (``'>f4'`` on a little-endian machine) or misaligned memory (``np.frombuffer(raw,
   np.float32, offset=1)``): read through a plain copy; results are in native byte order;
 * an ``out=`` of that kind: the result is computed into a plain array and copied into it;
