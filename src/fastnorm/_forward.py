@@ -145,6 +145,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, return_stats=True)
     >>> mean.tolist()
     [3.5, 5.5, 7.5]
+    >>> valid = np.array([[[True, True]], [[True, False]]])  # the last value of sample 1 is padding
+    >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, mask=valid, return_stats=True)
+    >>> mean.tolist()  # channel 0: (0 + 1 + 6) / 3
+    [2.3333333333333335, 4.333333333333333, 6.333333333333333]
     """
     if _masked.is_masked(input, mask):
         y, mean, rstd = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,

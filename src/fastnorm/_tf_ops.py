@@ -73,6 +73,10 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool = False, *,
     >>> m, v = fastnorm.moments(np.array([[1., 2.], [3., 5.]]), axes=1, keepdims=True)
     >>> m.tolist(), v.tolist()
     ([[1.5], [4.0]], [[0.25], [1.0]])
+    >>> padded = np.array([[1., 2.], [3., 5.], [0., 0.]])  # the last row is padding
+    >>> m, v = fastnorm.moments(padded, axes=0, mask=np.array([[True], [True], [False]]))
+    >>> m.tolist(), v.tolist()
+    ([2.0, 3.5], [1.0, 2.25])
     """
     if _masked.is_masked(x, mask):
         return _masked.moments(x, axes, keepdims, mask)
