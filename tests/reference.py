@@ -66,8 +66,8 @@ def _vector(v, name, shape):
     return a
 
 
-def _running(running_mean, running_var, C, needed):
-    rm, rv = _vector(running_mean, "running_mean", (C,)), _vector(running_var, "running_var", (C,))
+def _running(running_mean, running_var, shape, needed):
+    rm, rv = _vector(running_mean, "running_mean", shape), _vector(running_var, "running_var", shape)
     _require((rm is None) == (rv is None), "running_mean, running_var: expected both or neither")
     _require(rm is not None or not needed, "running_mean, running_var: required without batch statistics")
     return rm, rv
@@ -122,12 +122,43 @@ def _channel_shape(ndim, axis):
     return tuple(shape)
 
 
-def _trailing(x, normalized_shape):
-    """The axes and shape of ``normalized_shape``, which must be x's trailing dimensions (at least one)."""
+def _axes(x, axes, name):
+    """Several distinct axes of x (at least one), sorted, and their sizes: the parameters' shape."""
+    checked = sorted({_axis(a, x.ndim, name) for a in axes})
+    _require(0 < len(checked) == len(list(axes)), f"{name}: expected distinct axes, got {axes}")
+    return tuple(checked), tuple(x.shape[a] for a in checked)
+
+
+def _channel_axes(x, channel_axis):
+    """(axes, shape, broadcast shape, other axes) of the channels: one axis, or several (a tuple)."""
+    if isinstance(channel_axis, numbers.Integral):
+        axes = (_axis(channel_axis, x.ndim),)
+        shape = (x.shape[axes[0]],)
+    else:
+        axes, shape = _axes(x, channel_axis, "channel_axis")
+    spread = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+    return axes, shape, spread, tuple(a for a in range(x.ndim) if a not in axes)
+
+
+def _trailing(x, normalized_shape, axes=None):
+    """The axes and shape normalized over: ``axes`` (then ``normalized_shape`` None or their sizes), or
+    ``normalized_shape``, which must be x's trailing dimensions (at least one)."""
+    if axes is not None:
+        axes, shape = _axes(x, (axes,) if isinstance(axes, numbers.Integral) else axes, "axes")
+        given = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+        _require(given is None or tuple(given) == shape, f"normalized_shape: expected None or {shape}")
+        return axes, shape
     shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
     _require(0 < len(shape) <= x.ndim and x.shape[x.ndim - len(shape):] == shape,
              f"normalized_shape: expected the input's trailing dimensions to be {shape}, got {x.shape}")
     return tuple(range(x.ndim - len(shape), x.ndim)), shape
+
+
+def _kept(x, axes):
+    """The shape of the axes not in ``axes`` (of the statistics), and the shape a parameter of ``axes``
+    broadcasts in."""
+    return (tuple(n for a, n in enumerate(x.shape) if a not in axes),
+            tuple(n if a in axes else 1 for a, n in enumerate(x.shape)))
 
 
 def _groups(x, num_groups, channel_axis):
@@ -175,20 +206,23 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
                mask=None, return_stats=False):
     """Batch normalization: Ioffe & Szegedy 2015, Algorithm 1; torch.nn.functional.batch_norm.
 
-    Each channel is normalized over all the other axes (n values): with the batch's mean and biased
-    variance when ``training``, with the running ones otherwise.  Training updates the running statistics
-    (when given and the batch is not empty) with the batch mean and the unbiased variance var * n / (n - 1)
-    (the biased one with ``bessel=False``); ``momentum=None`` is the cumulative average, factor
-    1 / (num_batches_tracked + 1).  ``return_stats`` adds the (C,) mean and rstd used.  ``mask``: the
-    batch statistics of the values where it is True only (n their count per channel; a channel with none
-    has NaN statistics and keeps its running ones; one value raises in training), every value normalized.
+    Each channel (an index of the channel axis, or of the channel axes when ``channel_axis`` is a tuple:
+    the parameters then of their sizes) is normalized over all the other axes (n values): with the
+    batch's mean and biased variance when ``training``, with the running ones otherwise.  Training
+    updates the running statistics (when given and the batch is not empty) with the batch mean and the
+    unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``); ``momentum=None`` is the
+    cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats`` adds the mean and rstd
+    used, of the parameters' shape.
+  ``mask``: the batch statistics of the values where it is True only (n their count per channel; a
+    channel with none has NaN statistics and keeps its running ones; one value raises in training), every
+    value normalized; with several channel axes, refused.
     """
+    _require(mask is None or isinstance(channel_axis, numbers.Integral),
+             "mask: not supported together with several channel axes")
     x, _ = _input(input, min_ndim=2)
-    axis = _axis(channel_axis, x.ndim)
-    C, shape = x.shape[axis], _channel_shape(x.ndim, axis)
-    others = tuple(a for a in range(x.ndim) if a != axis)
-    rm, rv = _running(running_mean, running_var, C, needed=not training)
-    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
+    _, params, shape, others = _channel_axes(x, channel_axis)
+    rm, rv = _running(running_mean, running_var, params, needed=not training)
+    weight, bias = _vector(weight, "weight", params), _vector(bias, "bias", params)
     m = _mask(mask, x)
     if training:
         n, mean, var = _stats(x, m, others)
@@ -206,7 +240,7 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     return _result(y, out, return_stats, mean, rstd)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, mask=None,
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axes=None, out=None, mask=None,
                return_stats=False):
     """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
 
@@ -214,17 +248,18 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     weight and bias are elementwise (of ``normalized_shape``).  ``return_stats`` adds mean and rstd of
     the leading shape.  ``mask``: each row's statistics of the values where it is True only.
     """
+    _require(mask is None or axes is None, "mask: not supported together with axes")
     x, _ = _input(input)
-    axes, shape = _trailing(x, normalized_shape)
+    axes, shape = _trailing(x, normalized_shape, axes)
     weight, bias = _vector(weight, "weight", shape), _vector(bias, "bias", shape)
     _, mean, var = _stats(x, _mask(mask, x), axes, keepdims=True)
     rstd = 1 / np.sqrt(var + eps)
-    lead = x.shape[:x.ndim - len(shape)]
-    return _result(_affine((x - mean) * rstd, weight, bias, shape), out, return_stats,
+    lead, spread = _kept(x, axes)
+    return _result(_affine((x - mean) * rstd, weight, bias, spread), out, return_stats,
                    mean.reshape(lead), rstd.reshape(lead))
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, mask=None, return_stats=False):
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, out=None, mask=None, return_stats=False):
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
@@ -232,15 +267,16 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None, mask=N
     ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).  ``mask``: the mean of x**2 over the values
     where it is True only.
     """
+    _require(mask is None or axes is None, "mask: not supported together with axes")
     x, dtype = _input(input)
-    axes, shape = _trailing(x, normalized_shape)
+    axes, shape = _trailing(x, normalized_shape, axes)
     weight = _vector(weight, "weight", shape)
     if eps is None:
         eps = float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
     _, square, _ = _stats(x * x, _mask(mask, x), axes, keepdims=True)
     rstd = 1 / np.sqrt(square + eps)
-    lead = x.shape[:x.ndim - len(shape)]
-    return _result(_affine(x * rstd, weight, None, shape), out, return_stats, rstd.reshape(lead))
+    lead, spread = _kept(x, axes)
+    return _result(_affine(x * rstd, weight, None, spread), out, return_stats, rstd.reshape(lead))
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, mask=None,
@@ -264,7 +300,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, out=None, mask=None, return_stats=False):
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, mask=None, return_stats=False):
     """Instance normalization: Ulyanov, Vedaldi & Lempitsky 2016; torch.nn.functional.instance_norm.
 
     Each (sample, channel) of (N, C, spatial...) is normalized over its S spatial values with its mean and
@@ -273,11 +309,27 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     of the instance means and of the unbiased instance variances var * S / (S - 1).  ``return_stats``
     adds the mean and rstd used: (N, C) with input statistics, (C,) without.  ``mask``: each instance's
     statistics of the values where it is True only (S their count); the running statistics the mean over
-    the instances that have values (a channel with none keeps its running ones); one value raises.
+    the instances that have values (a channel with none keeps its running ones); one value raises.  ``channel_axis``:
+    where the channels are (any axis but 0), as if moved to axis 1 (with ``mask``, 1 only).
     """
+    _require(mask is None or channel_axis == 1, "mask: supported with channel_axis=1 only")
     x, _ = _input(input, min_ndim=3)
-    N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-    rm, rv = _running(running_mean, running_var, C, needed=not use_input_stats)
+    axis = _instance_axis(x, channel_axis)
+    y = _instance_norm(np.moveaxis(x, axis, 1), running_mean, running_var, weight, bias, use_input_stats,
+                       momentum, eps, mask)
+    return _result(np.moveaxis(y[0], 1, axis), out, return_stats, *y[1:])
+
+
+def _instance_axis(x, channel_axis):
+    axis = _axis(channel_axis, x.ndim)
+    _require(axis != 0, "channel_axis: expected an axis other than 0")
+    return axis
+
+
+def _instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, mask):
+    """(y, mean, rstd) of instance_norm with the channels on axis 1."""
+    C, S = x.shape[1], math.prod(x.shape[2:])
+    rm, rv = _running(running_mean, running_var, (C,), needed=not use_input_stats)
     weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
     if use_input_stats:
         S, mean, var = _stats(x, _mask(mask, x), tuple(range(2, x.ndim)))  # (N, C)
@@ -295,7 +347,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     rstd = 1 / np.sqrt(var + eps)
     spread = (1,) * (x.ndim - 2)  # (N, C) or (C,) broadcast against (N, C, spatial...)
     xhat = (x - mean.reshape(mean.shape + spread)) * rstd.reshape(rstd.shape + spread)
-    return _result(_affine(xhat, weight, bias, (C,) + spread), out, return_stats, mean, rstd)
+    return _affine(xhat, weight, bias, (C,) + spread), mean, rstd
 
 
 def moments(x, axes, keepdims=False, *, mask=None):
@@ -328,41 +380,45 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     """Gradients of :func:`batch_norm` (module docstring, the values of a channel): dx, and the (C,)
     sums dweight = sum(dy * xhat), dbias = sum(dy) (returned with or without ``weight``).
     ``training=False``: the statistics were the running ones, so dx = rstd * weight * dy."""
+    _require(mask is None or isinstance(channel_axis, numbers.Integral),
+             "mask: not supported together with several channel axes")
     dy, x = _grad_input(grad_output, input, min_ndim=2)
-    axis = _axis(channel_axis, x.ndim)
-    C, shape = x.shape[axis], _channel_shape(x.ndim, axis)
-    others = tuple(a for a in range(x.ndim) if a != axis)
-    mean, rstd = _vector(mean, "mean", (C,)), _vector(invstd, "invstd", (C,))
-    weight = _vector(weight, "weight", (C,))
+    _, params, shape, others = _channel_axes(x, channel_axis)
+    mean, rstd = _vector(mean, "mean", params), _vector(invstd, "invstd", params)
+    weight = _vector(weight, "weight", params)
     dx, xhat = _backward(dy, x, mean.reshape(shape), rstd.reshape(shape),
                          None if weight is None else weight.reshape(shape), others, training, eps=eps, mask=mask)
     return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps, mask):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps, mask, axes):
+    _require(mask is None or axes is None, "mask: not supported together with axes")
     dy, x = _grad_input(grad_output, input)
-    axes, shape = _trailing(x, normalized_shape)
+    axes, shape = _trailing(x, normalized_shape, axes)
     _vector(bias, "bias", shape)  # only says whether there is a bias, but checked as the op does
-    lead = x.shape[:x.ndim - len(shape)]
-    rstd = _vector(rstd, "rstd", lead).reshape(lead + (1,) * len(shape))
-    mean = _vector(mean, "mean", lead).reshape(rstd.shape) if centered else 0.0
-    dx, xhat = _backward(dy, x, mean, rstd, _vector(weight, "weight", shape), axes, True, centered, eps, mask)
-    outer = tuple(range(len(lead)))
-    return dx, (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
+    lead, spread = _kept(x, axes)
+    kept_spread = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    rstd = _vector(rstd, "rstd", lead).reshape(kept_spread)
+    mean = _vector(mean, "mean", lead).reshape(kept_spread) if centered else 0.0
+    weight = _vector(weight, "weight", shape)
+    dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape(spread), axes, True,
+                         centered, eps, mask)
+    outer = tuple(a for a in range(x.ndim) if a not in axes)
+    return dx, (dy * xhat).sum(axis=outer).reshape(shape), dy.sum(axis=outer).reshape(shape)
 
 
-def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None, *, eps=None,
-                        mask=None):
+def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None, *, axes=None,
+                        eps=None, mask=None):
     """Gradients of :func:`layer_norm` (module docstring, the values of a row): dx, and dweight, dbias of
     ``normalized_shape`` summed over the rows (None without ``weight``, ``bias``)."""
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps, mask)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps, mask, axes)
     return dx, (None if weight is None else dw), (None if bias is None else db)
 
 
-def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, eps=None, mask=None):
+def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, axes=None, eps=None, mask=None):
     """Gradients of :func:`rms_norm`: dx = rstd * (g - xhat * mean(g * xhat)) per row, xhat = x * rstd;
     dweight = sum(dy * xhat) over the rows (None without ``weight``); no bias."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps, mask)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps, mask, axes)
     return dx, (None if weight is None else dw), None
 
 
@@ -382,12 +438,15 @@ def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None,
     return dx, (dy_grouped * xhat).sum(axis=(0, 3)).reshape(-1), dy_grouped.sum(axis=(0, 3)).reshape(-1)
 
 
-def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True, *, eps=None,
-                           mask=None):
+def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True, *, channel_axis=1,
+                           eps=None, mask=None):
     """Gradients of :func:`instance_norm` (module docstring, the spatial values of a (sample, channel)):
     dx, and the (C,) sums dweight = sum(dy * xhat), dbias = sum(dy).  mean and rstd are (N, C) with
     ``use_input_stats``; without, the running (C,) ones, frozen: dx = rstd * weight * dy."""
+    _require(mask is None or channel_axis == 1, "mask: supported with channel_axis=1 only")
     dy, x = _grad_input(grad_output, input, min_ndim=3)
+    axis = _instance_axis(x, channel_axis)
+    dy, x = np.moveaxis(dy, axis, 1), np.moveaxis(x, axis, 1)
     N, C = x.shape[:2]
     stats = (N, C) if use_input_stats else (C,)
     spread = (1,) * (x.ndim - 2)
@@ -396,7 +455,7 @@ def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_inpu
     spatial = tuple(range(2, x.ndim))
     dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
                          use_input_stats, eps=eps, mask=mask)
-    return dx, (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
+    return np.moveaxis(dx, 1, axis), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,7 +571,7 @@ def batch_norm_gather_stats_with_counts(input, mean, invstd, running_mean, runni
     P, C = means.shape
     invstds, n_p = _vector(invstd, "invstd", (P, C)), _vector(counts, "counts", (P,)).reshape(P, 1)
     _require(np.all(n_p >= 0), "counts: expected numbers >= 0")
-    rm, rv = _running(running_mean, running_var, C, needed=False)
+    rm, rv = _running(running_mean, running_var, (C,), needed=False)
     var_p = np.maximum(1 / invstds**2 - eps, 0.0)
     n = n_p.sum()
     mean = (n_p * means).sum(axis=0) / n

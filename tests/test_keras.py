@@ -63,6 +63,14 @@ ROWS = [  # (Keras class, its arguments, input shape, fastnorm class, attributes
      {"normalized_shape": (2, 3, 4)}),
     ("LayerNormalization", {"scale": False}, (3, 5), fastnorm.LayerNorm, {"normalized_shape": (5,)}),
     ("LayerNormalization", {"center": False, "scale": False}, (3, 5), fastnorm.LayerNorm, {"elementwise_affine": False}),
+    ("LayerNormalization", {"axis": [1, 3]}, (2, 3, 4, 5), fastnorm.LayerNorm,
+     {"normalized_shape": (3, 5), "axes": (1, 3)}),
+    ("LayerNormalization", {"axis": [3, 1], "center": False}, (2, 3, 4, 5), fastnorm.LayerNorm,
+     {"normalized_shape": (3, 5), "axes": (1, 3)}),
+    ("LayerNormalization", {"axis": [-1, 1]}, (2, 3, 4, 5), fastnorm.LayerNorm,  # Keras' weights: (5, 3)
+     {"normalized_shape": (3, 5), "axes": (1, 3)}),
+    ("LayerNormalization", {"axis": [0, 2]}, (2, 3, 4), fastnorm.LayerNorm,
+     {"normalized_shape": (2, 4), "axes": (0, 2)}),
     ("RMSNormalization", {}, (4, 6), fastnorm.RMSNorm, {"normalized_shape": (6,)}),
     ("RMSNormalization", {"axis": [-2, -1], "epsilon": 1e-4}, (2, 3, 4), fastnorm.RMSNorm, {"eps": 1e-4}),
     ("GroupNormalization", {"groups": 2}, (2, 3, 3, 4), fastnorm.GroupNorm, {"channel_axis": -1}),
@@ -124,6 +132,12 @@ def test_hand_written_configs_without_keras():
     ln = fastnorm.from_keras({"class_name": "LayerNormalization", "config": {"axis": [2, 3], "scale": False},
                               "build_config": {"input_shape": [None, 2, 3, 4]}}, [np.full((3, 4), 0.5)])
     assert ln.normalized_shape == (3, 4) and ln.weight.min() == 1 and ln.bias.max() == 0.5
+    scale = np.arange(6.0).reshape(2, 3)  # Keras 3 on PyTorch runs RMSNormalization over trailing axes only
+    rms = fastnorm.from_keras({"class_name": "RMSNormalization", "config": {"axis": [0, 1], "epsilon": 1e-6}},
+                              [scale], ndim=3)
+    x = np.random.default_rng(0).normal(size=(2, 3, 4))
+    assert rms.axes == (0, 1) and rms.normalized_shape == (2, 3)
+    np.testing.assert_array_equal(rms(x), fastnorm.rms_norm(x, None, scale, 1e-6, axes=(0, 1)))
     gn = fastnorm.from_keras({"class_name": "GroupNormalization", "config": {"groups": -1, "axis": 1, "center": False,
                                                                              "scale": False},
                               "build_config": {"input_shape": [None, 4, 7]}}, [])
@@ -145,8 +159,10 @@ def test_hand_written_configs_without_keras():
                                                                                 "given"),
     ({"axis": -1}, [], {}, ValueError, "class_name: required with a bare config"),
     ([1, 2], [], {}, TypeError, "config: expected a mapping"),
-    ({"class_name": "LayerNormalization", "config": {"axis": [1]}}, [np.ones(3)] * 2, {"ndim": 3}, ValueError,
-     r"axis=\[1\]: fastnorm's LayerNorm layers normalize over the trailing axes only"),
+    ({"class_name": "LayerNormalization", "config": {"axis": [1, -2]}}, [np.ones((3, 3))] * 2, {"ndim": 3},
+     ValueError, "expected distinct axes"),
+    ({"class_name": "LayerNormalization", "config": {"axis": [1, 2]}}, [np.ones(3)] * 2, {"ndim": 3}, ValueError,
+     "weights: expected 2-D arrays"),
     ({"class_name": "LayerNormalization", "config": {"axis": 1}}, [np.ones(3)] * 2, {}, ValueError,
      "ndim: the input's number of dimensions is needed to place axis"),
     ({"class_name": "LayerNormalization", "config": {"center": False, "scale": False}}, [], {}, ValueError,

@@ -136,6 +136,22 @@ def _channel_axis(draw, x, choices=None):
     return _sometimes(draw, axis, ndim), (x.shape[axis] if -ndim <= axis < ndim else 1)
 
 
+def _several_axes(draw, x, name_shape=None):
+    """A tuple of axes of x (now and then repeated, out of range or empty) and their sizes in sorted order."""
+    ndim = len(x.shape)
+    axes = tuple(draw(st.lists(st.integers(-ndim, ndim - 1), min_size=1, max_size=max(ndim, 1)))) if ndim else ()
+    checked = sorted({a % ndim for a in axes}) if ndim else []
+    return axes, tuple(x.shape[a] for a in checked) or (1,)
+
+
+def _channels(draw, x):
+    """A channel_axis (one axis, or now and then a tuple of them) and the parameters' shape."""
+    if len(x.shape) >= 2 and draw(st.integers(0, 3)) == 0:
+        return _several_axes(draw, x)
+    axis, C = _channel_axis(draw, x)
+    return axis, (C,)
+
+
 def _forward_stats(names, forward):
     """A finish that replaces the statistics drawn at random by those the twin's forward gives for the
     same input, where it accepts the input and the drawn ones have the right shape."""
@@ -156,31 +172,38 @@ SEEDS = st.integers(0, 2**32 - 1)
 @st.composite
 def batch_norm(draw):
     x = draw(_input(2))
-    axis, C = _channel_axis(draw, x)
+    axis, params = _channels(draw, x)
     momentum = draw(st.sampled_from([0.1, 1.0, 0.0, None]))
     training = draw(st.booleans())
     running = draw(st.booleans()) if training else _sometimes(draw, True, False)  # evaluation needs them
     return Case(draw(SEEDS), dict(
-        input=x, running_mean=_vector(draw, (C,), optional=False) if running else None,
-        running_var=_vector(draw, (C,), "positive", optional=False) if running else None,
-        weight=_vector(draw, (C,)), bias=_vector(draw, (C,)), training=training, momentum=momentum,
+        input=x, running_mean=_vector(draw, params, optional=False) if running else None,
+        running_var=_vector(draw, params, "positive", optional=False) if running else None,
+        weight=_vector(draw, params), bias=_vector(draw, params), training=training, momentum=momentum,
         eps=draw(st.sampled_from([1e-5, 0.1])), channel_axis=axis, out=_out(draw, x), bessel=draw(st.booleans()),
         num_batches_tracked=draw(st.integers(0, 5)) if momentum is None else None,
         return_stats=draw(st.booleans())))
 
 
+def _instance_axis(draw, x):
+    """A channel_axis of InstanceNorm (1 mostly, -1 or another, now and then 0) and C."""
+    ndim = len(x.shape)
+    axis = draw(st.sampled_from([1, 1, -1] + list(range(-ndim, ndim)))) if ndim else 1
+    return axis, x.shape[axis] if -ndim <= axis < ndim else 1
+
+
 @st.composite
 def instance_norm(draw):
     x = draw(_input(3))
-    C = x.shape[1] if len(x.shape) > 1 else 1
+    axis, C = _instance_axis(draw, x)
     use_input_stats = draw(st.booleans())
     running = draw(st.booleans()) if use_input_stats else _sometimes(draw, True, False)
     return Case(draw(SEEDS), dict(
         input=x, running_mean=_vector(draw, (C,), optional=False) if running else None,
         running_var=_vector(draw, (C,), "positive", optional=False) if running else None,
         weight=_vector(draw, (C,)), bias=_vector(draw, (C,)), use_input_stats=use_input_stats,
-        momentum=draw(st.sampled_from([0.1, 1.0])), eps=draw(st.sampled_from([1e-5, 0.1])), out=_out(draw, x),
-        return_stats=draw(st.booleans())))
+        momentum=draw(st.sampled_from([0.1, 1.0])), eps=draw(st.sampled_from([1e-5, 0.1])), channel_axis=axis,
+        out=_out(draw, x), return_stats=draw(st.booleans())))
 
 
 def _normalized_shape(draw, x):
@@ -191,24 +214,32 @@ def _normalized_shape(draw, x):
     return shape[0] if len(shape) == 1 and draw(st.booleans()) else shape
 
 
+def _rows(draw, x):
+    """(normalized_shape, axes, the parameters' shape): trailing dimensions, or now and then any axes
+    (normalized_shape None, or their sizes, or not)."""
+    if len(x.shape) and draw(st.integers(0, 2)) == 0:
+        axes, full = _several_axes(draw, x)
+        return draw(st.sampled_from([None, None, full, full + (1,)])), axes, full
+    shape = _normalized_shape(draw, x)
+    return shape, None, (shape,) if isinstance(shape, int) else shape
+
+
 @st.composite
 def layer_norm(draw):
     x = draw(_input(1))
-    shape = _normalized_shape(draw, x)
-    full = (shape,) if isinstance(shape, int) else shape
+    shape, axes, full = _rows(draw, x)
     return Case(draw(SEEDS), dict(
         input=x, normalized_shape=shape, weight=_vector(draw, full), bias=_vector(draw, full),
-        eps=draw(st.sampled_from([1e-5, 0.1])), out=_out(draw, x), return_stats=draw(st.booleans())))
+        eps=draw(st.sampled_from([1e-5, 0.1])), axes=axes, out=_out(draw, x), return_stats=draw(st.booleans())))
 
 
 @st.composite
 def rms_norm(draw):
     x = draw(_input(1))
-    shape = _normalized_shape(draw, x)
-    full = (shape,) if isinstance(shape, int) else shape
+    shape, axes, full = _rows(draw, x)
     return Case(draw(SEEDS), dict(
         input=x, normalized_shape=shape, weight=_vector(draw, full), eps=draw(st.sampled_from([None, 1e-6, 0.1])),
-        out=_out(draw, x), return_stats=draw(st.booleans())))
+        axes=axes, out=_out(draw, x), return_stats=draw(st.booleans())))
 
 
 def _num_groups(draw, C):
@@ -276,43 +307,48 @@ def _grad_output(draw, x):
 @st.composite
 def batch_norm_backward(draw):
     x = draw(_input(2))
-    axis, C = _channel_axis(draw, x)
+    axis, params = _channels(draw, x)
     training = draw(st.booleans())
     return Case(draw(SEEDS), dict(
-        grad_output=_grad_output(draw, x), input=x, mean=_vector(draw, (C,), optional=False),
-        invstd=_vector(draw, (C,), "positive", optional=False), weight=_vector(draw, (C,)), training=training,
+        grad_output=_grad_output(draw, x), input=x, mean=_vector(draw, params, optional=False),
+        invstd=_vector(draw, params, "positive", optional=False), weight=_vector(draw, params), training=training,
         channel_axis=axis),
         _forward_stats(["mean", "invstd"], lambda kw: reference.batch_norm(
             kw["input"], training=True, channel_axis=axis, return_stats=True)) if training else None)
 
 
-def _leading(x, shape):
+def _leading(x, shape, axes):
+    """The shape of the statistics: the axes not normalized over."""
+    if axes is not None:
+        ndim = len(x.shape)
+        normalized = {a % ndim for a in axes} if ndim else set()
+        return tuple(n for a, n in enumerate(x.shape) if a not in normalized)
     full = (shape,) if isinstance(shape, int) else shape
-    return x.shape[:max(len(x.shape) - len(full), 0)], full
+    return x.shape[:max(len(x.shape) - len(full), 0)]
 
 
 @st.composite
 def layer_norm_backward(draw):
     x = draw(_input(1))
-    shape = _normalized_shape(draw, x)
-    lead, full = _leading(x, shape)
+    shape, axes, full = _rows(draw, x)
+    lead = _leading(x, shape, axes)
     return Case(draw(SEEDS), dict(
         grad_output=_grad_output(draw, x), input=x, normalized_shape=shape,
         mean=_vector(draw, lead, optional=False), rstd=_vector(draw, lead, "positive", optional=False),
-        weight=_vector(draw, full), bias=_vector(draw, full)),
+        weight=_vector(draw, full), bias=_vector(draw, full), axes=axes),
         _forward_stats(["mean", "rstd"], lambda kw: reference.layer_norm(
-            kw["input"], shape, return_stats=True)))
+            kw["input"], shape, axes=axes, return_stats=True)))
 
 
 @st.composite
 def rms_norm_backward(draw):
     x = draw(_input(1))
-    shape = _normalized_shape(draw, x)
-    lead, full = _leading(x, shape)
+    shape, axes, full = _rows(draw, x)
+    lead = _leading(x, shape, axes)
     return Case(draw(SEEDS), dict(
         grad_output=_grad_output(draw, x), input=x, normalized_shape=shape,
-        rstd=_vector(draw, lead, "positive", optional=False), weight=_vector(draw, full)),
-        _forward_stats(["rstd"], lambda kw: reference.rms_norm(kw["input"], shape, return_stats=True)))
+        rstd=_vector(draw, lead, "positive", optional=False), weight=_vector(draw, full), axes=axes),
+        _forward_stats(["rstd"], lambda kw: reference.rms_norm(kw["input"], shape, axes=axes, return_stats=True)))
 
 
 @st.composite
@@ -331,15 +367,16 @@ def group_norm_backward(draw):
 @st.composite
 def instance_norm_backward(draw):
     x = draw(_input(3))
-    N, C = (x.shape + (1, 1))[:2]
+    axis, C = _instance_axis(draw, x)
+    N = x.shape[0] if x.shape else 1
     use_input_stats = draw(st.booleans())
     stats = (N, C) if use_input_stats else (C,)
     return Case(draw(SEEDS), dict(
         grad_output=_grad_output(draw, x), input=x, mean=_vector(draw, stats, optional=False),
         rstd=_vector(draw, stats, "positive", optional=False), weight=_vector(draw, (C,)),
-        use_input_stats=use_input_stats),
+        use_input_stats=use_input_stats, channel_axis=axis),
         _forward_stats(["mean", "rstd"], lambda kw: reference.instance_norm(
-            kw["input"], return_stats=True)) if use_input_stats else None)
+            kw["input"], channel_axis=axis, return_stats=True)) if use_input_stats else None)
 
 
 def _lrn_size(draw, x):

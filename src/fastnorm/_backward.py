@@ -13,10 +13,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
-from ._plan import _by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat
+from ._over_axes import _batch_norm_backward_over_axes
+from ._plan import (_by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat,
+                    _rows_order, _transposed, _untransposed)
 from ._threads import threads_for
-from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels, _check_ndim, _check_of,
-                          _check_normalized_shape, _elementwise_vector, _grad_inputs, _group_norm_layout,
+from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels,
+                          _check_instance_axis, _check_ndim, _check_normalized_axes, _check_normalized_shape, _check_of,
+                          _elementwise_vector, _grad_inputs, _group_norm_layout, _several_axes, _shaped_like,
                           _stat_vector)
 
 _PARTS = {
@@ -92,8 +95,9 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     training : bool
         Whether the statistics were the batch's (they then depend on the input, and their gradient
         terms are included).
-    channel_axis : int, keyword-only
-        The forward's ``channel_axis``.
+    channel_axis : int or tuple of int, keyword-only
+        The forward's ``channel_axis``; with a tuple, ``mean``, ``invstd``, ``weight`` and the returned
+        gradients have the shape of those axes.
     {eps}
     {mask}
 
@@ -138,8 +142,13 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     (True, [8.0, 8.0, 8.0])
     """
     if _masked.is_masked(input, mask):
+        if _several_axes(channel_axis):
+            raise ValueError("mask: not supported together with several channel axes")
         return _masked.batch_norm_backward(grad_output, input, mean, invstd, weight, training, channel_axis, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
+    if _several_axes(channel_axis):
+        return _batch_norm_backward_over_axes(batch_norm_backward, x, g, dtype, mean, invstd, weight, training,
+                                              channel_axis, eps)
     axis, C = _check_channels(x, channel_axis)
     mean_ = _stat_vector(mean, "mean", (C,))
     invstd_ = _stat_vector(invstd, "invstd", (C,))
@@ -163,11 +172,21 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     return _finish(dx, None, axis, moved, dtype), sum_dyx, sum_dy
 
 
-def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: Optional[ArrayLike],
-                   rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-                   rms: bool, eps: Optional[float]) -> Grads:
+def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape],
+                   mean: Optional[ArrayLike], rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                   rms: bool, eps: Optional[float], axes: Optional[Shape] = None) -> Grads:
     """LayerNorm's or RMSNorm's (``rms``, without ``mean``) grad_input and per-element parameter sums."""
     x, g, dtype = _grad_inputs(grad_output, input)
+    if axes is not None:  # the forward's rows view (see _forward._rows_norm_over_axes)
+        axes_, shape_ = _check_normalized_axes(normalized_shape, axes, x)
+        order, perm, shape2 = _rows_order(x, axes_)
+        w2, b2 = (_shaped_like(v, name, shape_, axes_, perm) for v, name in ((weight, "weight"), (bias, "bias")))
+        dx, dw, db = _rows_backward(_transposed(g, order, shape2), _transposed(x, order, shape2), shape2[-1], mean,
+                                    rstd, w2, b2, rms, eps)
+        back = np.argsort(perm)
+        rows = tuple(shape_[i] for i in perm)
+        return (_untransposed(dx, order, tuple(x.shape[a] for a in order)).astype(dtype, copy=False),
+                np.transpose(dw.reshape(rows), back), np.transpose(db.reshape(rows), back))
     shape = _check_normalized_shape(normalized_shape, x)
     lead = x.shape[:x.ndim - len(shape)]
     mean_ = np.zeros(math.prod(lead)) if rms else _stat_vector(mean, "mean", lead)
@@ -185,29 +204,26 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: S
 
 
 @overload
-def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
+                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *, axes: Optional[Shape] = ...,
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
-def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
+                        rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *, axes: Optional[Shape] = ...,
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
-def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
-                        rstd: ArrayLike, weight: None = ..., bias: None = ..., *,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
+                        rstd: ArrayLike, weight: None = ..., bias: None = ..., *, axes: Optional[Shape] = ...,
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
-def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...
+                        axes: Optional[Shape] = ..., eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...
                         ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 @_documented
-def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: ArrayLike,
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
-                        eps: Optional[float] = None, mask: Optional[ArrayLike] = None
+                        axes: Optional[Shape] = None, eps: Optional[float] = None, mask: Optional[ArrayLike] = None
                         ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
     r"""Gradients of :func:`layer_norm` with respect to its input, weight and bias.
 
@@ -216,15 +232,17 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
         The forward's input (float16, float32 or float64).
-    normalized_shape : int or sequence of int
+    normalized_shape : int or sequence of int, or None
         The forward's ``normalized_shape``.
     mean, rstd : array_like of the input's leading shape
-        What ``layer_norm(..., return_stats=True)`` returned.
+        What ``layer_norm(..., return_stats=True)`` returned (with ``axes``: of the other axes' shape).
     weight : array_like of shape normalized_shape, optional
         The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
     bias : array_like of shape normalized_shape, optional
         The forward's bias, or any array of its shape: only whether there is one matters (None: no
         grad_bias).
+    axes : int or sequence of int, keyword-only, optional
+        The forward's ``axes`` (then ``weight``, ``bias`` and the gradients have their shape).
     {eps}
     {mask}
 
@@ -243,7 +261,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
         ``grad_output``, ``input``, ``weight`` or ``bias`` not floating point; ``normalized_shape`` not
         integers.
     ValueError
-        ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
+        ``grad_output`` of another shape; ``normalized_shape`` or ``axes`` as the forward refuses them;
         ``mean``, ``rstd``, ``weight`` or ``bias`` of the wrong shape.
     RuntimeError
         With ``eps``,{modified}
@@ -275,31 +293,31 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     (True, True, True)
     """
     if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
         dx, dw, db = _masked.rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps,
                                            mask)
     else:
-        dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps)
+        dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps, axes)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
 @overload
-def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: ArrayLike, *, eps: Optional[float] = ...,
-                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
+                      weight: ArrayLike, *, axes: Optional[Shape] = ...,
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
-def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: None = ..., *, eps: Optional[float] = ...,
-                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
+                      weight: None = ..., *, axes: Optional[Shape] = ...,
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
-def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: Optional[ArrayLike] = ..., *,
-                      eps: Optional[float] = ...,
-                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
+                      weight: Optional[ArrayLike] = ..., *, axes: Optional[Shape] = ...,
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
-def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, rstd: ArrayLike,
-                      weight: Optional[ArrayLike] = None, *,
-                      eps: Optional[float] = None, mask: Optional[ArrayLike] = None
-                      ) -> Tuple[FloatArray, Optional[Stats], None]:
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
+                      weight: Optional[ArrayLike] = None, *, axes: Optional[Shape] = None,
+                      eps: Optional[float] = None, mask: Optional[ArrayLike] = None) -> Tuple[FloatArray, Optional[Stats], None]:
     r"""Gradients of :func:`rms_norm` with respect to its input and weight.
 
     Parameters
@@ -307,12 +325,14 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
         The forward's input (float16, float32 or float64).
-    normalized_shape : int or sequence of int
+    normalized_shape : int or sequence of int, or None
         The forward's ``normalized_shape``.
     rstd : array_like of the input's leading shape
-        What ``rms_norm(..., return_stats=True)`` returned.
+        What ``rms_norm(..., return_stats=True)`` returned (with ``axes``: of the other axes' shape).
     weight : array_like of shape normalized_shape, optional
         The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
+    axes : int or sequence of int, keyword-only, optional
+        The forward's ``axes`` (then ``weight`` and grad_weight have their shape).
     eps : float, keyword-only, optional
         The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is
         checked against the statistics (see Raises).
@@ -332,7 +352,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     TypeError
         ``grad_output``, ``input`` or ``weight`` not floating point; ``normalized_shape`` not integers.
     ValueError
-        ``grad_output`` of another shape; ``normalized_shape`` not the input's trailing dimensions;
+        ``grad_output`` of another shape; ``normalized_shape`` or ``axes`` as the forward refuses them;
         ``rstd`` or ``weight`` of the wrong shape.
     RuntimeError
         With ``eps``,{modified}
@@ -361,10 +381,12 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     (True, None)
     """
     if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
         dx, dw, _ = _masked.rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps,
                                           mask)
     else:
-        dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps)
+        dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps, axes)
     return dx, (dw if weight is not None else None), None
 
 
@@ -450,7 +472,8 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
 @_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
-                           eps: Optional[float] = None, mask: Optional[ArrayLike] = None) -> Grads:
+                           channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
+                           mask: Optional[ArrayLike] = None) -> Grads:
     r"""Gradients of :func:`instance_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -465,6 +488,8 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         The forward's weight :math:`\gamma` (None: 1).
     use_input_stats : bool
         The forward's ``use_input_stats``: whether the statistics depend on the input.
+    channel_axis : int, keyword-only
+        The forward's ``channel_axis`` (any axis but 0; -1 for channels-last input).
     {eps}
     {mask}
 
@@ -475,8 +500,8 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     TypeError
         ``grad_output``, ``input`` or ``weight`` not floating point.
     ValueError
-        Fewer than 3 dimensions; ``grad_output`` of another shape; ``mean``, ``rstd`` or ``weight`` of the
-        wrong shape.
+        Fewer than 3 dimensions; ``channel_axis`` 0 or out of range; ``grad_output`` of another shape;
+        ``mean``, ``rstd`` or ``weight`` of the wrong shape.
     RuntimeError
         With ``use_input_stats`` and ``eps``,{modified}
 
@@ -500,20 +525,31 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     (True, [10.0, 10.0, 10.0])
     """
     if _masked.is_masked(input, mask):
+        if not isinstance(channel_axis, int) or channel_axis != 1:
+            raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
         return _masked.instance_norm_backward(grad_output, input, mean, rstd, weight, use_input_stats, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
     _check_ndim(x, 3, "(N, C, spatial...)")
+    axis = _check_instance_axis(x, channel_axis)
+    x, g = np.moveaxis(x, axis, 1), np.moveaxis(g, axis, 1)  # the forward's view
     N, C = x.shape[:2]
     shape = (N, C) if use_input_stats else (C,)
     mean_ = np.broadcast_to(_stat_vector(mean, "mean", shape).reshape(shape), (N, C)).reshape(-1)
     rstd_ = np.broadcast_to(_stat_vector(rstd, "rstd", shape).reshape(shape), (N, C)).reshape(-1)
     w = _channel_vector(weight, "weight", C, x.dtype)
     if x.size == 0:
-        return np.zeros(x.shape, dtype), np.zeros(C), np.zeros(C)
-    buf, gbuf = _contiguous(x), _contiguous(g)
+        return np.zeros(np.moveaxis(x, 1, axis).shape, dtype), np.zeros(C), np.zeros(C)
+    S = x.size // (N * C)
+    buf, _, _, _, moved = _channel_view(x, 1)
+    gbuf = _like_view(g, 1, moved)
     dx = _kernels.empty_like(buf)
-    sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * C, x.size // (N * C), np.ascontiguousarray(mean_),
-                                             np.ascontiguousarray(rstd_), w, bool(use_input_stats),
-                                             threads_for(x.size, x.size // (N * C)), groups=C, check=_check_of(eps))
-    return (_finish(dx, None, 1, False, dtype), sum_dyx.reshape(N, C).sum(axis=0),
+    stats = np.ascontiguousarray(mean_), np.ascontiguousarray(rstd_)
+    nthreads = threads_for(x.size, S)
+    if moved:  # channels-last memory, as the forward
+        sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, N, S, C, C, *stats, w, bool(use_input_stats),
+                                                    nthreads, _check_of(eps))
+    else:
+        sum_dy, sum_dyx = _kernels.backward_rows(buf, gbuf, dx, 1, N * C, S, *stats, w, bool(use_input_stats),
+                                                 nthreads, groups=C, check=_check_of(eps))
+    return (np.moveaxis(_finish(dx, None, 1, moved, dtype), 1, axis), sum_dyx.reshape(N, C).sum(axis=0),
             sum_dy.reshape(N, C).sum(axis=0))

@@ -14,12 +14,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
+from ._over_axes import _batch_norm_over_axes, _rows_norm_over_axes
 from ._plan import (_by_columns, _channel_view, _committing, _contiguous, _empty_call, _frozen_stats,
                     _group_norm_channels_last, _repeat, _returned)
 from ._threads import threads_for
-from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _check_eps,
-                          _check_normalized_shape, _check_out, _elementwise_vector, _group_norm_args,
-                          _instance_norm_args, _rms_eps)
+from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _check_eps, _check_instance_axis,
+                          _check_ndim, _check_normalized_shape, _check_out, _elementwise_vector, _group_norm_args,
+                          _instance_norm_args, _rms_eps, _several_axes)
 
 __all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"]
 
@@ -75,8 +76,14 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         ``num_batches_tracked``.
     eps : float
         Added to the variance before the square root, in the input's units squared; > 0 in training.
-    channel_axis : int, keyword-only
-        The axis of the channels: 1 for NCHW-style data (the default), -1 for channels-last data.
+    channel_axis : int or tuple of int, keyword-only
+        The axis of the channels: 1 for NCHW-style data (the default), -1 for channels-last data.  A tuple
+        of axes (Keras' ``BatchNormalization(axis=[1, 3])`` of tf.keras 2): each combination of their
+        indices is a channel, and the parameters, running statistics and returned statistics have the
+        shape of those axes, ``tuple(input.shape[a] for a in sorted(channel_axis))``.  The kernels read
+        the input as ``[N, K, S]`` (K the channels), through a view where its memory holds the channel
+        axes together in their order after merging adjacent axes (e.g. (1, 2) or (2, 3) of C-ordered
+        data), and through a copy with them moved together otherwise (e.g. (1, 3) of C-ordered data).
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     bessel : bool, keyword-only
@@ -149,8 +156,13 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, mask=valid, return_stats=True)
     >>> mean.tolist()  # channel 0: (0 + 1 + 6) / 3
     [2.3333333333333335, 4.333333333333333, 6.333333333333333]
+    >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, channel_axis=(1, 2), return_stats=True)
+    >>> mean.tolist()  # a channel per (row, column) of the last two axes: the means over the batch
+    [[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
     """
     if _masked.is_masked(input, mask):
+        if _several_axes(channel_axis):
+            raise ValueError("mask: not supported together with several channel axes")
         y, mean, rstd = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                            channel_axis, out, bessel, num_batches_tracked, mask)
         return (y, mean, rstd) if return_stats else y
@@ -165,6 +177,10 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
                 commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
     x, dtype = _as_input(input, "input")
+    if _several_axes(channel_axis):
+        return _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
+                                     momentum, eps, channel_axis, out, bessel, num_batches_tracked, return_stats,
+                                     commit)
     training = bool(training)
     axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
                                                                    bias, training, momentum, eps, num_batches_tracked)
@@ -205,12 +221,18 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
 # LayerNorm, RMSNorm, GroupNorm, InstanceNorm: statistics per row of a contiguous view
 # ---------------------------------------------------------------------------------------------------------
 
-def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-               eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
-               commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
-    """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape with ``return_stats``,
-    else ``(y, None)``; the kernel call also applies a layer's ``commit`` (see _committing)."""
+def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike],
+               bias: Optional[ArrayLike], eps: Optional[float], out: Optional[FloatArray], rms: bool,
+               return_stats: bool,
+               commit: Optional[_kernels.Commit] = None,
+               axes: Optional[Shape] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+    """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape (the kept axes' with
+    ``axes``) with ``return_stats``, else ``(y, None)``; the kernel call also applies a layer's ``commit``
+    (see _committing)."""
     x, dtype = _as_input(input, "input")
+    if axes is not None:
+        return _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out, rms,
+                                    return_stats, commit)
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
@@ -235,20 +257,26 @@ def _rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
 
 
 @overload
-def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
-def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
-def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, out: Optional[FloatArray] = ...,
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
-def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
-               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, out: Optional[FloatArray] = None,
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
+               out: Optional[FloatArray] = None,
                mask: Optional[ArrayLike] = None,
                return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
@@ -258,12 +286,22 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     ----------
     input : array_like, shape ``(..., *normalized_shape)``
         float16, float32 or float64 (float16 is computed in float32).
-    normalized_shape : int or sequence of int
-        The trailing dimensions to normalize over (one "row" is their product of values).
+    normalized_shape : int or sequence of int, or None
+        The trailing dimensions to normalize over (one "row" is their product of values).  With ``axes``:
+        None or the sizes of those axes.
     weight, bias : array_like of shape normalized_shape, optional
-        Elementwise affine (:math:`\gamma` and :math:`\beta`), floating point.
+        Elementwise affine (:math:`\gamma` and :math:`\beta`), floating point.  With ``axes``: of the
+        shape of those axes, ``tuple(input.shape[a] for a in sorted(axes))``.
     eps : float
         Added to the variance before the square root, in the input's units squared.
+    axes : int or sequence of int, keyword-only, optional
+        Normalize over these axes instead of the trailing ones: any set (Keras'
+        ``LayerNormalization(axis=[1, 3])``, Flax's ``reduction_axes``), a row being the values at one
+        index of the other axes.  The kernels read the input as rows through a view where its memory
+        holds the other axes before the normalized ones, each group in its order after merging adjacent
+        axes (the trailing axes of C-ordered data; the channel axis 1 of an NCHW view of NHWC memory);
+        otherwise (e.g. axes (1, 3) of C-ordered data, or (0,)) through a copy with the normalized axes
+        moved last.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
@@ -279,17 +317,19 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     y : ndarray
         Of the input's shape and dtype (``out`` when given).
     mean, rstd : ndarray of float64, of the input's leading shape ``input.shape[:-len(normalized_shape)]``
-        With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`.
+        With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`;
+        with ``axes``, of the shape of the other axes.
 
     Raises
     ------
     TypeError
-        A ``mask`` that is not boolean.
-        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
+        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes``
+        not integers.
     ValueError
-        A ``mask`` that does not broadcast to the input.
-        ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` or ``bias``
-        of another shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+        A ``mask`` that does not broadcast to the input, or given with ``axes``.
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
+        their sizes); ``axes`` empty, repeated or out of range; ``weight`` or ``bias`` of another shape;
+        ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
 
     Notes
     -----
@@ -310,31 +350,40 @@ def layer_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[Array
     >>> import numpy as np, fastnorm
     >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3).round(4).tolist()
     [[-1.2247, 0.0, 1.2247]]
+    >>> x = np.arange(8.).reshape(2, 2, 2)
+    >>> y, mean, rstd = fastnorm.layer_norm(x, None, axes=(0, 2), return_stats=True)  # a row per x[:, j, :]
+    >>> mean.tolist()  # the means of 0, 1, 4, 5 and of 2, 3, 6, 7
+    [2.5, 4.5]
     >>> y, mean, rstd = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, eps=0.0, return_stats=True)
     >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
     ([2.0], [0.6667])
     """
     if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
         y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
         return (y, mean, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats)
+    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes)
     return y if stats is None else (y, *stats)
 
 
 @overload
-def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
-def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
 @overload
-def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
-def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike] = None,
-             eps: Optional[float] = None, *, out: Optional[FloatArray] = None,
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None, *, axes: Optional[Shape] = None, out: Optional[FloatArray] = None,
              mask: Optional[ArrayLike] = None,
              return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
@@ -344,14 +393,17 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     ----------
     input : array_like, shape ``(..., *normalized_shape)``
         float16, float32 or float64 (float16 is computed in float32).
-    normalized_shape : int or sequence of int
-        The trailing dimensions to normalize over.
+    normalized_shape : int or sequence of int, or None
+        The trailing dimensions to normalize over.  With ``axes``: None or the sizes of those axes.
     weight : array_like of shape normalized_shape, optional
-        Elementwise scale :math:`\gamma`, floating point.
+        Elementwise scale :math:`\gamma`, floating point.  With ``axes``: of the shape of those axes.
     eps : float or None
         Added to the mean square before the square root, in the input's units squared.  None (the
         default) is the machine epsilon of the dtype the input is computed in (float32's for float16
         input), as in PyTorch.
+    axes : int or sequence of int, keyword-only, optional
+        Normalize over these axes instead of the trailing ones, as :func:`layer_norm`'s ``axes`` (what
+        is read through a view and what is copied is said there).
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
@@ -367,17 +419,19 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     y : ndarray
         Of the input's shape and dtype (``out`` when given).
     rstd : ndarray of float64, of the input's leading shape
-        With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row.
+        With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row; with ``axes``,
+        of the shape of the other axes.
 
     Raises
     ------
     TypeError
-        A ``mask`` that is not boolean.
-        Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` not integers.
+        Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes`` not
+        integers.
     ValueError
-        A ``mask`` that does not broadcast to the input.
-        ``normalized_shape`` empty, negative or not the input's trailing dimensions; ``weight`` of another
-        shape; ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+        A ``mask`` that does not broadcast to the input, or given with ``axes``.
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
+        their sizes); ``axes`` empty, repeated or out of range; ``weight`` of another shape; ``out`` of the
+        wrong shape or read-only; a negative or non-finite ``eps``.
 
     Notes
     -----
@@ -402,11 +456,15 @@ def rms_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLi
     >>> y, rstd = fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, return_stats=True)
     >>> (1 / rstd ** 2).tolist()  # the mean square (9 + 16) / 2
     [12.5]
+    >>> fastnorm.rms_norm(np.array([[3., 1.], [4., 1.]]), None, eps=0.0, axes=0).round(4).tolist()  # columns
+    [[0.8485, 1.0], [1.1314, 1.0]]
     """
     if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
         y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
         return (y, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats)
+    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes)
     return y if stats is None else (y, stats[1])
 
 
@@ -540,25 +598,27 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
+                  mask: Optional[ArrayLike] = ...,
+                  return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
+                  mask: Optional[ArrayLike] = ...,
+                  return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, out: Optional[FloatArray] = ...,
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
                   mask: Optional[ArrayLike] = ...,
                   return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
                   bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
-                  eps: float = 1e-5, *, out: Optional[FloatArray] = None,
+                  eps: float = 1e-5, *, channel_axis: SupportsIndex = 1, out: Optional[FloatArray] = None,
                   mask: Optional[ArrayLike] = None,
                   return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
@@ -568,7 +628,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     ----------
     input : array_like, shape (N, C, ...)
         float16, float32 or float64 (float16 is computed in float32), with at least one spatial
-        dimension.
+        dimension; ``channel_axis=-1`` takes channels-last input (N, ..., C).
     running_mean, running_var : ndarray of shape (C,), optional
         With ``use_input_stats``, updated in place (writable ndarrays) with the mean over the batch of the
         instance statistics (unbiased variances); without, used to normalize (then required).
@@ -580,6 +640,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         Weight of the new batch in the running statistics (PyTorch's convention).
     eps : float
         Added to the variance before the square root, in the input's units squared.
+    channel_axis : int, keyword-only
+        The axis of the channels: 1 (the default), -1 for channels-last data, any axis but 0.  Either
+        way, channels-last memory (NHWC data, or an NCHW view of it) is read as ``[N, S, C]`` without a
+        copy, and channels-first memory as ``[N, C, S]``; other layouts are copied.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     mask : array_like of bool, keyword-only, optional
@@ -605,10 +669,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         Input, parameters or ``out`` that are not floating point; a running statistic to update that is
         not an ndarray.
     ValueError
-        A ``mask`` that does not broadcast to the input, or that leaves one value to a statistic in training.
-        Fewer than 3 dimensions; a single spatial value with ``use_input_stats``; parameters whose length
-        is not C; only one of the running statistics, or none without ``use_input_stats``; a read-only
-        running statistic to update; ``out`` of the wrong shape or read-only; bad ``eps`` or ``momentum``.
+        Fewer than 3 dimensions; ``channel_axis`` 0 or out of range; a single spatial value with
+        ``use_input_stats``; parameters whose length is not C; only one of the running statistics, or
+        none without ``use_input_stats``; a read-only running statistic to update; ``out`` of the wrong
+        shape or read-only; bad ``eps`` or ``momentum``.
 
     Notes
     -----
@@ -634,48 +698,64 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     >>> y = fastnorm.instance_norm(np.array([[[1., 3.], [2., 2.]]]), rm, rv, momentum=1.0)
     >>> rm.tolist(), rv.tolist()  # the instance means, and the unbiased variances
     ([2.0, 2.0], [2.0, 0.0])
+    >>> fastnorm.instance_norm(np.array([[[1., 2.], [3., 2.]]]), channel_axis=-1).round(4).tolist()  # (N, S, C)
+    [[[-1.0, 0.0], [1.0, 0.0]]]
     """
     if _masked.is_masked(input, mask):
+        if not isinstance(channel_axis, int) or channel_axis != 1:
+            raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
         y, mean, rstd = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
                                               momentum, eps, out, mask)
         return (y, mean, rstd) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
-                          return_stats, None)
+                          return_stats, None, channel_axis)
 
 
 def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
                    eps: float, out: Optional[FloatArray], return_stats: bool,
-                   commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
-    """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+                   commit: Optional[_kernels.Commit], channel_axis: SupportsIndex = 1,
+                   ) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing).
+    The channel axis is moved to 1 (a view), and the memory of channels-last data is ``[N, S, C]``."""
     x, dtype = _as_input(input, "input")
+    _check_ndim(x, 3, "(N, C, spatial...)")
+    axis = _check_instance_axis(x, channel_axis)
+    x = np.moveaxis(x, axis, 1)
     use_input_stats = bool(use_input_stats)
     eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
                                                              use_input_stats, momentum, eps)
     C = x.shape[1]
     if out is not None:
-        _check_out(out, x.shape, dtype)
+        _check_out(out, np.moveaxis(x, 1, axis).shape, dtype)
+    out1 = None if out is None else np.moveaxis(out, axis, 1)
     N = x.shape[0]
     S = x.size // (N * C) if x.size else 0
     if use_input_stats and x.size and S <= 1:
         raise ValueError(f"input: expected more than 1 spatial element when training, got input size {x.shape}")
     if x.size == 0:
-        y, empty = _empty_call(x, out, dtype, (N, C) if use_input_stats else (C,), False, commit)
+        y, empty = _empty_call(x, out1, dtype, (N, C) if use_input_stats else (C,), False, commit)
+        y = out if out is not None else np.moveaxis(y, 1, axis)
         return (y, *empty) if return_stats else y
-    buf = _contiguous(x)
+    buf, _, _, _, moved = _channel_view(x, 1)
     # the running statistics take the mean over the samples of the instances' statistics
     running = None if buffers is None else (*buffers, factor, S / (S - 1))
     kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
-    result, commit = _committing(commit, out, buf, 1, False, running, (N, C), False, kept)
+    result, commit = _committing(commit, out1, buf, 1, moved, running, (N, C), False, kept)
     nthreads = threads_for(x.size, S)
     if frozen is None:
-        stats = _kernels.forward_rows(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C, stats=return_stats,
-                                      commit=commit)
+        if moved:  # channels-last memory: GroupNorm's [N, S, C] path, a group per channel
+            stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(
+                buf, result, N, S, C, C, w, b, eps, nthreads, commit)
+        else:
+            stats = _kernels.forward_rows(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C,
+                                          stats=return_stats, commit=commit)
         if stats is not None:
             mean, var, rstd = (a.reshape(N, C) for a in stats)
     else:
-        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
-    y = _returned(result, out, 1, False, dtype)
+        _kernels.forward_with_stats(buf, result, N * S if moved else N, C, 1 if moved else S, *frozen, w, b, eps,
+                                    nthreads, commit)
+    y = out if out is not None else np.moveaxis(_returned(result, None, 1, moved, dtype), 1, axis)
     if not return_stats:
         return y
     if kept is not None:

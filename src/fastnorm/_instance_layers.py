@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -15,9 +15,18 @@ from ._validation import _array
 
 
 class _InstanceNorm(_NormBase):
+    channel_axis = 1
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, *, bias: bool = True, dtype: DTypeLike = np.float32) -> None:
+                 track_running_stats: bool = False, *, bias: bool = True, dtype: DTypeLike = np.float32,
+                 channel_axis: int = 1) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
+        if isinstance(channel_axis, bool) or channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis!r}")
+        self.channel_axis = int(channel_axis)
+
+    def _config(self) -> Dict[str, Any]:
+        return dict(super()._config(), channel_axis=self.channel_axis)
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         """Normalize each (sample, channel) with its own statistics, or with the running statistics in
@@ -62,16 +71,17 @@ class _InstanceNorm(_NormBase):
         if unbatched:
             x = x[np.newaxis]
             out = None if out is None else out[np.newaxis]
-        if x.shape[1] != self.num_features:
+        if x.shape[self.channel_axis] != self.num_features:
             if self.affine or self.track_running_stats:
-                raise ValueError(f"input: expected {self.num_features} channels, got input of shape {x.shape}")
-            warnings.warn(f"input has {x.shape[1]} channels, not num_features={self.num_features}; "
+                raise ValueError(f"input: expected {self.num_features} channels on axis {self.channel_axis}, got "
+                                 f"input of shape {x.shape}")
+            warnings.warn(f"input has {x.shape[self.channel_axis]} channels, not num_features={self.num_features}; "
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
         commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched))
         y = F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
-                             momentum, self.eps, out, False, commit)
+                             momentum, self.eps, out, False, commit, self.channel_axis)
         assert not isinstance(y, tuple)  # return_stats=False
         return given_out if given_out is not None else (y[0] if unbatched else y)
 
@@ -81,7 +91,7 @@ class _InstanceNorm(_NormBase):
         if unbatched:
             g = g[np.newaxis]
         dx, grad_weight, grad_bias = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats,
-                                                              eps=self.eps)
+                                                              channel_axis=self.channel_axis, eps=self.eps)
         return (dx[0] if unbatched else dx), grad_weight, grad_bias
 
 
@@ -104,6 +114,9 @@ _INSTANCE_NORM_DOC = r"""Instance normalization over {shape} or unbatched {unbat
         With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
         dtype of the parameters and buffers.
+    channel_axis : int, keyword-only
+        1 (channels first, the default) or -1: channels-last input, its channels on the last axis
+        (unbatched input too).  Channels-last memory is read without a copy either way.
 
     Shape
     -----

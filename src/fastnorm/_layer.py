@@ -248,7 +248,7 @@ class _Layer:
     def __repr__(self) -> str:
         # PyTorch's repr, then fastnorm's own arguments where they differ from the constructor's default.
         config, defaults = self._config(), inspect.signature(type(self)).parameters
-        extras = [f"{key}={config[key]}" for key in ("channel_axis", "bessel", "renorm", "renorm_clipping",
+        extras = [f"{key}={config[key]}" for key in ("axes", "channel_axis", "bessel", "renorm", "renorm_clipping",
                                                        "renorm_momentum", "virtual_batch_size", "dtype")
                   if key in config and config[key] != _config_value(key, defaults[key].default)]
         return f"{type(self).__name__}({', '.join([self._torch_repr(), *extras])})"

@@ -199,12 +199,16 @@ class _LazyBatchNorm(_LazyNorm, _BatchNorm):
 class _LazyInstanceNorm(_LazyNorm, _InstanceNorm):
     # affine and track_running_stats default to True, as in PyTorch's lazy classes (InstanceNorm's: False).
     def __init__(self, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32) -> None:
-        super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype)
+                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
+                 channel_axis: int = 1) -> None:
+        super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
+                         channel_axis=channel_axis)
         self._lazy_init()
 
     def _channels(self, x: NDArray[Any]) -> int:
         # PyTorch 2.13 reads dimension 1 whatever the input; an unbatched input has its channels first.
+        if self.channel_axis == -1:
+            return int(x.shape[-1])
         return int(x.shape[0 if x.ndim == self._input_ndims[0] else 1])
 
 

@@ -144,7 +144,8 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var
     return y, _flat(mean), _flat(rstd)
 
 
-def rows_norm(input: ArrayLike, normalized_shape: Shape, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+def rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike],
+              bias: Optional[ArrayLike],
               eps: Optional[float], out: Optional[FloatArray], rms: bool,
               mask: object) -> Tuple[FloatArray, Stats, Stats]:
     """:func:`fastnorm.layer_norm` or :func:`fastnorm.rms_norm` (``rms``) with a mask: (y, mean, rstd), the
@@ -288,7 +289,8 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     return _rounded(dx, dtype), (dy * xhat).sum(axis=others), dy.sum(axis=others)
 
 
-def rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Shape, mean: Optional[ArrayLike],
+def rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape],
+                  mean: Optional[ArrayLike],
                   rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike], rms: bool,
                   eps: Optional[float], mask: object) -> Tuple[FloatArray, Stats, Stats]:
     """:func:`fastnorm.layer_norm_backward` or :func:`fastnorm.rms_norm_backward` (``rms``) with a mask."""

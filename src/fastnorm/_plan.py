@@ -50,6 +50,65 @@ def _channels_last_memory(x: FloatArray, axis: int) -> Optional[FloatArray]:
     return moved if moved.flags.c_contiguous else None
 
 
+def _grouped(x: FloatArray, kept: Tuple[int, ...], trailing: bool) -> Tuple[Tuple[int, ...], int, bool]:
+    """``(order, lead, view)``: an order of x's axes in which the ``kept`` ones (in their order) are one
+    run after ``lead`` others, so that ``np.transpose(x, order)`` is ``[N, K, S]`` (N the product of the
+    ``lead`` axes, K of the kept ones, S of the rest).  ``view``: that transpose is C-contiguous memory,
+    so that ``[N, K, S]`` is a view of x.  It is where x's memory holds the kept axes together, in their
+    order, after merging adjacent axes (and, with ``trailing``, the others all after them: lead 0);
+    otherwise the order is the axes' own with the kept ones moved together (a copy of x is needed)."""
+    others = [a for a in range(x.ndim) if a not in kept]
+    memory = sorted((a for a in range(x.ndim) if x.shape[a] != 1), key=lambda a: -x.strides[a])
+    first = next((i for i, a in enumerate(memory) if a in kept), 0)
+    before = [a for a in memory[:first] if a not in kept]
+    after = [a for a in memory[first:] if a not in kept] + [a for a in others if x.shape[a] == 1]
+    order = tuple(before + list(kept) + after)  # axes of size 1 go anywhere: after
+    if not (trailing and before) and np.transpose(x, order).flags.c_contiguous:
+        return order, len(before), True
+    before = [] if trailing else [a for a in others if a < kept[0]]
+    return tuple(before + list(kept) + [a for a in others if a not in before]), len(before), False
+
+
+def _rows_order(x: FloatArray, axes: Tuple[int, ...]) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+    """``(order, perm, shape)`` of LayerNorm or RMSNorm over ``axes``: x transposed by ``order`` is
+    rows of the normalized values after the kept axes (see :func:`_grouped`), seen as ``shape`` (the kept
+    axes', then D); ``perm`` orders a parameter of the normalized axes as its rows do."""
+    kept = tuple(a for a in range(x.ndim) if a not in axes)
+    order, _, _ = _grouped(x, kept, trailing=True)
+    perm = tuple(axes.index(a) for a in order[len(kept):])
+    return order, perm, tuple(x.shape[a] for a in kept) + (math.prod(x.shape[a] for a in axes),)
+
+
+def _transposed(a: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -> FloatArray:
+    """``a`` transposed by ``order`` and reshaped to ``shape``: a view where its memory allows, else a
+    C-ordered copy."""
+    view = _transposed_view(a, order, shape)
+    return np.reshape(np.ascontiguousarray(np.transpose(a, order)), shape) if view is None else view
+
+
+def _transposed_view(a: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -> Optional[FloatArray]:
+    """:func:`_transposed` where it is a view of ``a`` (an ``out=`` written in place), else None."""
+    try:
+        return np.reshape(np.transpose(a, order), shape, copy=False)
+    except ValueError:
+        return None
+
+
+def _untransposed(y: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -> FloatArray:
+    """The inverse of :func:`_transposed` (``shape``: the transposed shape): a view of ``y``."""
+    return np.transpose(np.reshape(y, shape), np.argsort(order))
+
+
+def _delivered(y: FloatArray, out: Optional[FloatArray], written: bool, dtype: np.dtype[Any]) -> FloatArray:
+    """What a call on a view of its input returns: ``out`` when given (``written``: the kernel wrote it
+    through a view; otherwise ``y`` is copied in), else ``y`` in the result dtype."""
+    if out is not None:
+        if not written:
+            np.copyto(out, y, casting="unsafe")
+        return out
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
 def _new_result(x: FloatArray, axis: int, dtype: np.dtype[Any]) -> FloatArray:
     """A new array of x's shape and ``dtype``, laid out as the kernels' view of x (channels last where x's
     memory is), so that a call given it as ``out=`` writes it directly: a result allocated ahead of its

@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
 from ._layer_docs import _fill, _references
-from ._validation import _check_eps, _normalized_shape
+from ._validation import _check_eps, _check_layer_axes, _normalized_shape
 
 _ROWS_FORWARD = """{summary}
 
@@ -64,6 +64,11 @@ class LayerNorm(_Layer):
         Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
     bias : bool
         With ``elementwise_affine``, whether there is a bias.
+    axes : tuple of int, keyword-only, optional
+        Normalize over these axes of the input instead of the trailing ones (Keras'
+        ``LayerNormalization(axis=[1, 3])``): ``normalized_shape`` is then their sizes, in the order of
+        the axes (sorted), and the parameters have that shape.  See :func:`fastnorm.layer_norm` for which
+        memory layouts are read without a copy.
     dtype : float32 or float64, keyword-only
         dtype of the parameters.
     """ + _ROWS_SHAPE + r"""
@@ -98,8 +103,10 @@ class LayerNorm(_Layer):
     bias: Optional[NDArray[Any]]
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: float = 1e-5,
-                 elementwise_affine: bool = True, bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+                 elementwise_affine: bool = True, bias: bool = True, *, axes: Optional[Iterable[int]] = None,
+                 dtype: DTypeLike = np.float32) -> None:
         self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self.axes = _check_layer_axes(axes, self.normalized_shape)
         self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
@@ -110,7 +117,8 @@ class LayerNorm(_Layer):
 
     def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
-                "elementwise_affine": self.elementwise_affine, "bias": self._has_bias, "dtype": self.dtype.name}
+                "elementwise_affine": self.elementwise_affine, "bias": self._has_bias,
+                "axes": None if self.axes is None else list(self.axes), "dtype": self.dtype.name}
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0.
@@ -134,7 +142,8 @@ class LayerNorm(_Layer):
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
-        return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit)[0]
+        return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit,
+                            self.axes)[0]
 
     forward.__doc__ = _fill(_ROWS_FORWARD, 
         summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
@@ -143,7 +152,7 @@ class LayerNorm(_Layer):
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
-                                     eps=self.eps)
+                                     axes=self.axes, eps=self.eps)
 
     def _torch_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -163,6 +172,9 @@ class RMSNorm(_Layer):
         input is computed in (float32 for float16 input), as PyTorch.
     elementwise_affine : bool
         Learnable ``weight`` (ones) of shape ``normalized_shape``.
+    axes : tuple of int, keyword-only, optional
+        Normalize over these axes of the input instead of the trailing ones: ``normalized_shape`` is then
+        their sizes, in the order of the axes (sorted), as :class:`LayerNorm`'s ``axes``.
     dtype : float32 or float64, keyword-only
         dtype of the weight.
     """ + _ROWS_SHAPE + r"""
@@ -195,8 +207,10 @@ class RMSNorm(_Layer):
     weight: Optional[NDArray[Any]]
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
-                 elementwise_affine: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+                 elementwise_affine: bool = True, *, axes: Optional[Iterable[int]] = None,
+                 dtype: DTypeLike = np.float32) -> None:
         self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self.axes = _check_layer_axes(axes, self.normalized_shape)
         self.eps = None if eps is None else _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
@@ -206,7 +220,8 @@ class RMSNorm(_Layer):
 
     def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
-                "elementwise_affine": self.elementwise_affine, "dtype": self.dtype.name}
+                "elementwise_affine": self.elementwise_affine, "axes": None if self.axes is None else list(self.axes),
+                "dtype": self.dtype.name}
 
     def reset_parameters(self) -> None:
         """Weight to 1.
@@ -228,7 +243,8 @@ class RMSNorm(_Layer):
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
-        return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit)[0]
+        return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit,
+                            self.axes)[0]
 
     forward.__doc__ = _fill(_ROWS_FORWARD, 
         summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
@@ -236,7 +252,7 @@ class RMSNorm(_Layer):
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, rstd = saved
-        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight,
+        return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight, axes=self.axes,
                                    eps=F._rms_eps(self.eps, x.dtype))
 
     def _torch_repr(self) -> str:

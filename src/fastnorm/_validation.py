@@ -242,6 +242,14 @@ def _check_channels(x: FloatArray, channel_axis: SupportsIndex) -> Tuple[int, in
     return axis, x.shape[axis]
 
 
+def _check_instance_axis(x: FloatArray, channel_axis: SupportsIndex) -> int:
+    """The channel axis of an InstanceNorm input (N, ..., C, ...): any axis but the batch axis 0."""
+    axis = _check_axis(channel_axis, x.ndim, "channel_axis")
+    if axis == 0:
+        raise ValueError(f"channel_axis: expected an axis other than 0 (the samples), got {channel_axis}")
+    return axis
+
+
 def _channel_params(x: FloatArray, C: int, running_mean: object, running_var: object, weight: object,
                     bias: object) -> Tuple[_Vector, _Vector, _Vector, _Vector]:
     """The per-channel vectors of batch_norm and instance_norm, checked (see _channel_vector)."""
@@ -294,6 +302,35 @@ def _check_normalized_shape(normalized_shape: object, x: FloatArray) -> Tuple[in
     return shape
 
 
+def _check_normalized_axes(normalized_shape: object, axes: Shape,
+                           x: FloatArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(axes, shape) of LayerNorm or RMSNorm over ``axes`` (see _check_axes); ``normalized_shape`` then
+    None or their sizes."""
+    checked, shape = _check_axes(axes, x, "axes")
+    if normalized_shape is not None and _normalized_shape(normalized_shape) != shape:
+        raise ValueError(f"normalized_shape: expected None or {shape} (the sizes of axes {checked}), "
+                         f"got {normalized_shape!r}")
+    return checked, shape
+
+
+def _check_layer_axes(axes: Optional[Iterable[SupportsIndex]],
+                      normalized_shape: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
+    """A LayerNorm's or RMSNorm's ``axes``: None, or distinct integers, one per dimension of
+    ``normalized_shape`` (placed on an input's axes at each call)."""
+    if axes is None:
+        return None
+    try:
+        if isinstance(axes, (str, bytes)) or any(isinstance(a, bool) for a in axes):
+            raise TypeError
+        checked = tuple(operator.index(a) for a in axes)
+    except TypeError:
+        raise TypeError(f"axes: expected None or a sequence of integers, got {axes!r}") from None
+    if len(set(checked)) != len(checked) or len(checked) != len(normalized_shape):
+        raise ValueError(f"axes: expected {len(normalized_shape)} distinct axes (one per dimension of "
+                         f"normalized_shape {normalized_shape}), got {axes!r}")
+    return checked
+
+
 def _rms_eps(eps: Optional[float], dtype: np.dtype[Any]) -> float:
     """RMSNorm's eps: None is the machine epsilon of the dtype the input is computed in, as PyTorch
     (float32's for float16 input); the backward's check needs the same value."""
@@ -331,16 +368,49 @@ def _check_of(eps: Optional[float]) -> Optional[float]:
     return None if eps is None else _check_eps(eps)
 
 
-def _normalize_axes(axes: Shape, ndim: int) -> Tuple[int, ...]:
+def _normalize_axes(axes: Shape, ndim: int, name: str = "axes") -> Tuple[int, ...]:
     """``axes`` of a reduction as sorted distinct axes in range."""
     items = axes if isinstance(axes, Iterable) and not isinstance(axes, numbers.Integral) else (axes,)
     try:
-        checked = tuple(_check_axis(a, ndim, "axes") for a in items)
+        checked = tuple(_check_axis(a, ndim, name) for a in items)
     except TypeError:
-        raise TypeError(f"axes: expected an integer or a sequence of integers, got {axes!r}") from None
+        raise TypeError(f"{name}: expected an integer or a sequence of integers, got {axes!r}") from None
     if len(set(checked)) != len(checked):
-        raise ValueError(f"axes: repeated axis in {checked}")
+        raise ValueError(f"{name}: repeated axis in {checked}")
     return tuple(sorted(checked))
+
+
+def _several_axes(axes: object) -> bool:
+    """Whether a ``channel_axis`` or ``axes`` argument names a sequence of axes (not one integer)."""
+    return isinstance(axes, Iterable) and not isinstance(axes, (numbers.Integral, str, bytes))
+
+
+def _check_axes(axes: Shape, x: FloatArray, name: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(axes, shape): a non-empty set of x's axes as sorted distinct axes, and their sizes in that order
+    (the shape of the parameters over them)."""
+    checked = _normalize_axes(axes, x.ndim, name)
+    if not checked:
+        raise ValueError(f"{name}: expected at least one axis, got {axes!r}")
+    return checked, tuple(x.shape[a] for a in checked)
+
+
+def _shaped_like(v: object, name: str, shape: Tuple[int, ...], axes: Tuple[int, ...],
+                 perm: Optional[Sequence[int]] = None) -> Any:
+    """A parameter or statistic over several axes: an array of ``shape`` (the sizes of ``axes``) seen as
+    the vector the kernels take (a view of an ndarray where its memory allows), its axes first permuted
+    by ``perm`` (the order of the kernels' view), or None; the vector's own checks (dtype, writability)
+    are the callee's."""
+    if v is None:
+        return None
+    a = _array(v, name)
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (the sizes of axes {axes}), got shape {a.shape}")
+    if perm is not None:
+        a = np.transpose(a, perm)
+    try:
+        return np.reshape(a, -1, copy=False)
+    except ValueError:  # not contiguous: a flat copy (a running statistic is then written back)
+        return np.reshape(a, -1)
 
 
 def _broadcast_params(x: FloatArray, **values: object) -> Tuple[Dict[str, Stats], Tuple[int, ...]]:

@@ -12,8 +12,10 @@ The functions live by family: the forwards in ``_forward``, their gradients in `
 per-step operations of a BatchNorm split across processes (PyTorch's ``torch.batch_norm_stats`` and
 its kin, on which :class:`fastnorm.SyncBatchNorm` is built) in ``_batch_norm_steps``, TensorFlow's
 ``moments`` and ``batch_normalization`` in ``_tf_ops``, ``normalize`` in ``_lp`` and
-``local_response_norm`` in ``_lrn`` (both computed in float64 with NumPy).  This module is their public
-namespace.
+``local_response_norm`` in ``_lrn`` (both computed in float64 with NumPy).  Over several axes
+(``batch_norm``'s tuple ``channel_axis``, ``layer_norm``'s and ``rms_norm``'s ``axes``) a forward or
+backward sees its input through ``_over_axes`` as the one-axis view it takes.  This module is their
+public namespace.
 """
 from __future__ import annotations
 

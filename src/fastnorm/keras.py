@@ -54,8 +54,9 @@ def from_keras(config: Mapping[str, Any], weights: Sequence[ArrayLike] = (), *, 
         0.01), ``bessel`` as given, ``channel_axis`` Keras' ``axis`` (-1 for the last),
         ``renorm``, ``renorm_clipping`` and (tf.keras 2) ``virtual_batch_size``; ``moving_stddev`` is
         not kept (Keras derives ``moving_variance`` from it).  LayerNormalization: :class:`LayerNorm`
-        over the trailing axes Keras normalizes over.  RMSNormalization: :class:`RMSNorm` (Keras'
-        ``epsilon=None`` is its default ``keras.config.epsilon()``, 1e-7).  GroupNormalization:
+        over the axes Keras normalizes over (``normalized_shape`` for trailing axes, ``axes=`` for any
+        others, the weights in the order of the input's axes).  RMSNormalization: :class:`RMSNorm`
+        likewise (Keras' ``epsilon=None`` is its default ``keras.config.epsilon()``, 1e-7).  GroupNormalization:
         :class:`GroupNorm` (``groups=-1``: one group per channel), ``channel_axis`` 1 or -1.  ``scale=False``
         with ``center=True`` gives a weight of ones; ``dtype`` float64 for Keras' float64 policy, float32
         otherwise.  In training mode, as a new fastnorm layer; evaluation mode is ``layer.eval()``.
@@ -64,12 +65,12 @@ def from_keras(config: Mapping[str, Any], weights: Sequence[ArrayLike] = (), *, 
     ------
     ValueError
         A config fastnorm cannot represent, named: BatchNormalization over several axes or the batch axis,
-        LayerNormalization or RMSNormalization over axes that are not the trailing ones,
-        LayerNormalization's ``rms_scaling=True`` (Keras divides the uncentred input by its standard
-        deviation, which is neither LayerNorm nor RMSNorm; Keras deprecates it for RMSNormalization),
-        GroupNormalization over an axis other than 1 and the last, ``synchronized=True``, arguments
-        fastnorm does not know; an unknown class; weights that are not the config's (count, shapes);
-        an ``ndim`` needed and not given.
+        LayerNormalization or RMSNormalization over repeated axes, LayerNormalization's
+        ``rms_scaling=True`` (Keras divides the uncentred input by its standard deviation, which is
+        neither LayerNorm nor RMSNorm; Keras deprecates it for RMSNormalization), GroupNormalization over
+        an axis other than 1 and the last, ``synchronized=True``, arguments fastnorm does not know; an
+        unknown class; weights that are not the config's (count, shapes); an ``ndim`` needed and not
+        given.
     TypeError
         ``config`` not a mapping, or weights that are not arrays of real numbers.
 
@@ -235,26 +236,32 @@ def _batch_normalization(k: _Keras) -> _layers._Layer:
     return k.affine(weights, layer)
 
 
-def _trailing(k: _Keras, weights_shape: Optional[Tuple[int, ...]]) -> Tuple[int, ...]:
-    """The normalized shape of a LayerNormalization or RMSNormalization: its axes must be the trailing ones."""
+def _normalized(k: _Keras) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]:
+    """(shape, axes) of a LayerNormalization or RMSNormalization: the parameters' shape, and the axes
+    (None: the trailing ones, as ``normalized_shape``).  Keras shapes its weights by its sorted ``axis``
+    list and reshapes them (in memory order) onto the input's axes; fastnorm's have the shape of the
+    input's axes, sorted: the same memory, reshaped (they differ where ``axis`` mixes signs)."""
     axes = k.axes()
-    if any(a >= 0 for a in axes):
-        ndim = k.need_ndim(f"to place axis={axes}")
-        axes = [a - ndim if a >= 0 else a for a in axes]
-    axes = sorted(set(axes))
-    if axes != list(range(-len(axes), 0)):
-        raise ValueError(f"config: axis={k.get('axis', -1)}: fastnorm's {k.name[:-len('alization')]} layers "
-                         "normalize over the trailing axes only")
-    if weights_shape is not None:
-        if len(weights_shape) != len(axes):
+    ndim = k.need_ndim(f"to place axis={axes}") if any(a >= 0 for a in axes) or k.ndim is not None else None
+    placed = [a % ndim if ndim is not None else a for a in sorted(axes)]  # Keras' order of the weights' axes
+    if ndim is not None and not all(-ndim <= a < ndim for a in axes) or len(set(placed)) != len(placed):
+        raise ValueError(f"config: axis={k.get('axis', -1)}: expected distinct axes of the input")
+    perm = [int(i) for i in np.argsort(placed)]
+    if k.arrays:
+        if k.arrays[0].ndim != len(axes):
             raise ValueError(f"weights: expected {len(axes)}-D arrays for axis={k.get('axis', -1)}, got shape "
-                             f"{weights_shape}")
-        return weights_shape
-    sizes = [k.input_size(a) for a in axes]
+                             f"{k.arrays[0].shape}")
+        k.arrays = [np.reshape(a, tuple(a.shape[i] for i in perm)) for a in k.arrays]
+    ordered = sorted(placed)
+    trailing = ordered == list(range(-len(ordered), 0)) or (ndim is not None and ordered == list(
+        range(ndim - len(ordered), ndim)))
+    if k.arrays:
+        return tuple(k.arrays[0].shape), None if trailing else tuple(ordered)
+    sizes = [k.input_size(a) for a in ordered]
     if any(size is None for size in sizes):
         raise ValueError(f"config: a {k.name} without weights needs a build_config (its input_shape) to give "
                          "its size")
-    return tuple(int(s) for s in sizes if s is not None)
+    return tuple(int(s) for s in sizes if s is not None), None if trailing else tuple(ordered)
 
 
 def _layer_normalization(k: _Keras) -> _layers._Layer:
@@ -264,17 +271,17 @@ def _layer_normalization(k: _Keras) -> _layers._Layer:
                          "(Keras deprecates it); keras.layers.RMSNormalization converts to fastnorm.RMSNorm")
     center, scale = bool(k.get("center", True)), bool(k.get("scale", True))
     names = ["gamma"] * scale + ["beta"] * center
+    shape, axes = _normalized(k)
     weights = k.weights(names)
-    shape = _trailing(k, k.arrays[0].shape if k.arrays else None)
     layer = _layers.LayerNorm(shape, eps=k.get("epsilon", 1e-3), elementwise_affine=scale or center, bias=center,
-                              dtype=k.dtype)
+                              axes=axes, dtype=k.dtype)
     return k.affine(weights, layer)
 
 
 def _rms_normalization(k: _Keras) -> _layers._Layer:
+    shape, axes = _normalized(k)
     weights = k.weights(["scale"])
-    shape = _trailing(k, k.arrays[0].shape if k.arrays else None)
-    return k.affine(weights, _layers.RMSNorm(shape, eps=k.get("epsilon", 1e-7), dtype=k.dtype))
+    return k.affine(weights, _layers.RMSNorm(shape, eps=k.get("epsilon", 1e-7), axes=axes, dtype=k.dtype))
 
 
 def _group_normalization(k: _Keras) -> _layers._Layer:
