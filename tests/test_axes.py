@@ -210,6 +210,10 @@ def test_instance_norm_channels_last_equals_channels_first_bitwise():
     (lambda x: fastnorm.batch_norm(x, channel_axis=(1, 2)), ValueError, "running_mean"),
     (lambda x: fastnorm.instance_norm(x, channel_axis=0), ValueError, "channel_axis"),
     (lambda x: fastnorm.instance_norm(x, weight=np.ones(3), channel_axis=-1), ValueError, "weight"),
+    (lambda x: fastnorm.layer_norm(x, None, axes=(1,), mask=x > 0), ValueError, "mask"),
+    (lambda x: fastnorm.rms_norm_backward(x, x, None, np.ones((2, 4)), axes=(1,), mask=x > 0), ValueError, "mask"),
+    (lambda x: fastnorm.batch_norm(x, training=True, channel_axis=(1, 2), mask=x > 0), ValueError, "mask"),
+    (lambda x: fastnorm.instance_norm(x, channel_axis=-1, mask=x > 0), ValueError, "mask"),
 ])
 def test_errors_name_the_argument_and_change_nothing(call, error, words):
     x = _data((2, 3, 4), np.float32)
