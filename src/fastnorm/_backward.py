@@ -177,7 +177,7 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: O
                    rms: bool, eps: Optional[float], axes: Optional[Shape] = None) -> Grads:
     """LayerNorm's or RMSNorm's (``rms``, without ``mean``) grad_input and per-element parameter sums."""
     x, g, dtype = _grad_inputs(grad_output, input)
-    if axes is not None:  # the forward's rows view (see _forward._rows_norm_over_axes)
+    if axes is not None:  # the forward's rows view (see _over_axes._rows_norm_over_axes)
         axes_, shape_ = _check_normalized_axes(normalized_shape, axes, x)
         order, perm, shape2 = _rows_order(x, axes_)
         w2, b2 = (_shaped_like(v, name, shape_, axes_, perm) for v, name in ((weight, "weight"), (bias, "bias")))

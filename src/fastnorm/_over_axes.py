@@ -78,7 +78,7 @@ def _rows_norm_over_axes(rows_norm: Callable[..., Tuple[FloatArray, Optional[Tup
                          weight: Optional[ArrayLike], bias: Optional[ArrayLike], eps: Optional[float],
                          out: Optional[FloatArray], rms: bool, return_stats: bool,
                          commit: Optional[_kernels.Commit]) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
-    """``_forward._rows_norm`` over any ``axes``: x seen as rows ``[kept..., D]``, the parameters in the
+    """``_rows_forward._rows_norm`` over any ``axes``: x seen as rows ``[kept..., D]``, the parameters in the
     order of the rows."""
     axes_, shape = _check_normalized_axes(normalized_shape, axes, x)
     order, perm, shape2 = _rows_order(x, axes_)

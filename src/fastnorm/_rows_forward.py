@@ -1,0 +1,271 @@
+"""The forwards of the rows family of ``fastnorm.functional``: layer_norm and rms_norm.
+
+Statistics per row of a contiguous ``[R, D]`` view (``_kernels.forward_rows``), the same four steps as
+``_forward`` (validate, plan, kernel, finish); ``_rows_norm`` also takes a layer's ``commit``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Tuple, Union, overload
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _kernels, _masked
+from ._over_axes import _rows_norm_over_axes
+from ._plan import _committing, _contiguous, _empty_call, _returned
+from ._threads import threads_for
+from ._validation import (FloatArray, Shape, Stats, _as_input, _check_eps, _check_normalized_shape,
+                          _check_out, _elementwise_vector, _rms_eps)
+
+__all__ = ["layer_norm", "rms_norm"]
+
+# ---------------------------------------------------------------------------------------------------------
+# LayerNorm, RMSNorm: statistics per row of a contiguous view
+# ---------------------------------------------------------------------------------------------------------
+
+def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike],
+               bias: Optional[ArrayLike], eps: Optional[float], out: Optional[FloatArray], rms: bool,
+               return_stats: bool,
+               commit: Optional[_kernels.Commit] = None,
+               axes: Optional[Shape] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+    """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape (the kept axes' with
+    ``axes``) with ``return_stats``, else ``(y, None)``; the kernel call also applies a layer's ``commit``
+    (see _committing)."""
+    x, dtype = _as_input(input, "input")
+    if axes is not None:
+        return _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out, rms,
+                                    return_stats, commit)
+    shape = _check_normalized_shape(normalized_shape, x)
+    w = _elementwise_vector(weight, "weight", shape, x)
+    b = _elementwise_vector(bias, "bias", shape, x)
+    if rms:
+        eps = _rms_eps(eps, x.dtype)
+    eps = _check_eps(eps)
+    if out is not None:
+        _check_out(out, x.shape, dtype)
+    lead = x.shape[:x.ndim - len(shape)]
+    if x.size == 0:
+        y, empty = _empty_call(x, out, dtype, lead, rms, commit)
+        return y, empty if return_stats else None
+    D = math.prod(shape)
+    if w is None and b is not None:
+        w = np.ones(D, x.dtype)
+    buf = _contiguous(x)
+    result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
+    stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
+                                  rms=rms, stats=return_stats, commit=commit)
+    y = _returned(result, out, 0, False, dtype)
+    return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
+
+
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
+               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
+               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
+               out: Optional[FloatArray] = None,
+               mask: Optional[ArrayLike] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.functional.layer_norm``.
+
+    Parameters
+    ----------
+    input : array_like, shape ``(..., *normalized_shape)``
+        float16, float32 or float64 (float16 is computed in float32).
+    normalized_shape : int or sequence of int, or None
+        The trailing dimensions to normalize over (one "row" is their product of values).  With ``axes``:
+        None or the sizes of those axes.
+    weight, bias : array_like of shape normalized_shape, optional
+        Elementwise affine (:math:`\gamma` and :math:`\beta`), floating point.  With ``axes``: of the
+        shape of those axes, ``tuple(input.shape[a] for a in sorted(axes))``.
+    eps : float
+        Added to the variance before the square root, in the input's units squared.
+    axes : int or sequence of int, keyword-only, optional
+        Normalize over these axes instead of the trailing ones: any set (Keras'
+        ``LayerNormalization(axis=[1, 3])``, Flax's ``reduction_axes``), a row being the values at one
+        index of the other axes.  The kernels read the input as rows through a view where its memory
+        holds the other axes before the normalized ones, each group in its order after merging adjacent
+        axes (the trailing axes of C-ordered data; the channel axis 1 of an NCHW view of NHWC memory);
+        otherwise (e.g. axes (1, 3) of C-ordered data, or (0,)) through a copy with the normalized axes
+        moved last.
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    return_stats : bool, keyword-only
+        Also return the statistics of each row: what :func:`layer_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    mean, rstd : ndarray of float64, of the input's leading shape ``input.shape[:-len(normalized_shape)]``
+        With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`;
+        with ``axes``, of the shape of the other axes.
+
+    Raises
+    ------
+    TypeError
+        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes``
+        not integers.
+    ValueError
+        A ``mask`` that does not broadcast to the input, or given with ``axes``.
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
+        their sizes); ``axes`` empty, repeated or out of range; ``weight`` or ``bias`` of another shape;
+        ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+
+    Notes
+    -----
+    Over each row of ``D = prod(normalized_shape)`` values, with the biased variance:
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma + \beta
+
+    as defined by Ba, Kiros and Hinton (2016) and by PyTorch's ``layer_norm`` (ONNX LayerNormalization).
+
+    References
+    ----------
+    Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization. https://arxiv.org/abs/1607.06450
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.layer_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3).round(4).tolist()
+    [[-1.2247, 0.0, 1.2247]]
+    >>> x = np.arange(8.).reshape(2, 2, 2)
+    >>> y, mean, rstd = fastnorm.layer_norm(x, None, axes=(0, 2), return_stats=True)  # a row per x[:, j, :]
+    >>> mean.tolist()  # the means of 0, 1, 4, 5 and of 2, 3, 6, 7
+    [2.5, 4.5]
+    >>> y, mean, rstd = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, eps=0.0, return_stats=True)
+    >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
+    ([2.0], [0.6667])
+    """
+    if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
+        y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
+        return (y, mean, rstd) if return_stats else y
+    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes)
+    return y if stats is None else (y, *stats)
+
+
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: Literal[False] = ...) -> FloatArray: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ...,
+             return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None, *, axes: Optional[Shape] = None, out: Optional[FloatArray] = None,
+             mask: Optional[ArrayLike] = None,
+             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
+    ``torch.nn.functional.rms_norm``.
+
+    Parameters
+    ----------
+    input : array_like, shape ``(..., *normalized_shape)``
+        float16, float32 or float64 (float16 is computed in float32).
+    normalized_shape : int or sequence of int, or None
+        The trailing dimensions to normalize over.  With ``axes``: None or the sizes of those axes.
+    weight : array_like of shape normalized_shape, optional
+        Elementwise scale :math:`\gamma`, floating point.  With ``axes``: of the shape of those axes.
+    eps : float or None
+        Added to the mean square before the square root, in the input's units squared.  None (the
+        default) is the machine epsilon of the dtype the input is computed in (float32's for float16
+        input), as in PyTorch.
+    axes : int or sequence of int, keyword-only, optional
+        Normalize over these axes instead of the trailing ones, as :func:`layer_norm`'s ``axes`` (what
+        is read through a view and what is copied is said there).
+    out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself.
+    mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    return_stats : bool, keyword-only
+        Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
+
+    Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    rstd : ndarray of float64, of the input's leading shape
+        With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row; with ``axes``,
+        of the shape of the other axes.
+
+    Raises
+    ------
+    TypeError
+        Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes`` not
+        integers.
+    ValueError
+        A ``mask`` that does not broadcast to the input, or given with ``axes``.
+        ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
+        their sizes); ``axes`` empty, repeated or out of range; ``weight`` of another shape; ``out`` of the
+        wrong shape or read-only; a negative or non-finite ``eps``.
+
+    Notes
+    -----
+    Over each row, without centering:
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \, \gamma
+
+    as defined by Zhang and Sennrich (2019) and by PyTorch's ``rms_norm``.
+
+    References
+    ----------
+    Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+    https://arxiv.org/abs/1910.07467
+
+    PyTorch: https://pytorch.org/docs/stable/generated/torch.nn.functional.rms_norm.html
+
+    Examples
+    --------
+    >>> import numpy as np, fastnorm
+    >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0).round(4).tolist()
+    [[0.8485, 1.1314]]
+    >>> y, rstd = fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, return_stats=True)
+    >>> (1 / rstd ** 2).tolist()  # the mean square (9 + 16) / 2
+    [12.5]
+    >>> fastnorm.rms_norm(np.array([[3., 1.], [4., 1.]]), None, eps=0.0, axes=0).round(4).tolist()  # columns
+    [[0.8485, 1.0], [1.1314, 1.0]]
+    """
+    if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
+        y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
+        return (y, rstd) if return_stats else y
+    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes)
+    return y if stats is None else (y, stats[1])
