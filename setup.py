@@ -85,7 +85,6 @@ if sys.platform == "win32":
     compile_args, link_args = (["/O2", "/openmp"] if openmp else ["/O2"]), []
 
 
-
 class build_ext_checked(build_ext):
     """Say plainly what is missing before the compiler's own errors would."""
 
@@ -98,7 +97,8 @@ class build_ext_checked(build_ext):
                 "(pip install --only-binary=:all: fastnorm)."
             )
         if not openmp:
-            why = "FASTNORM_NO_OPENMP is set" if os.environ.get("FASTNORM_NO_OPENMP") else "the compiler does not accept -fopenmp"
+            why = ("FASTNORM_NO_OPENMP is set" if os.environ.get("FASTNORM_NO_OPENMP")
+                   else "the compiler does not accept -fopenmp")
             sys.stderr.write(f"fastnorm: building WITHOUT OpenMP ({why}): the kernels will run on one thread; "
                              "fastnorm.show_config() reports openmp: False.\n")
         super().run()
@@ -111,7 +111,8 @@ extensions = [
         include_dirs=[np.get_include(), "src/fastnorm"],
         # _kernels.pyx includes the .pxi parts and its .pxd; the .h files hold the C loops, the pool and the
         # output cache: a change to any of them rebuilds the module.
-        depends=sorted(glob.glob("src/fastnorm/*.pxi") + glob.glob("src/fastnorm/*.pxd") + glob.glob("src/fastnorm/*.h")),
+        depends=sorted(glob.glob("src/fastnorm/*.pxi") + glob.glob("src/fastnorm/*.pxd")
+                       + glob.glob("src/fastnorm/*.h")),
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -76,7 +76,8 @@ def main():
             results[setting].append(json.loads(out))
     base = None
     print(f"{'FASTNORM_OUTPUT_CACHE':>22} {'forward ms':>11} {'backward ms':>12} {'step ms':>8}  "
-          f"{'forward / first':>19} {'backward / first':>19}  {'blocks':>6} {'held, MiB':>9} {'served':>7} {'peak RSS':>8}")
+          f"{'forward / first':>19} {'backward / first':>19}  {'blocks':>6} {'held, MiB':>9} {'served':>7} "
+          f"{'peak RSS':>8}")
     for setting, runs in results.items():
         per_run = np.array([np.median(run["times"], axis=0) for run in runs]) * 1e3  # (rounds, 3)
         med = np.median(per_run, axis=0)

@@ -1,5 +1,6 @@
 """Arrays the kernels must not misread: every array argument of every entry point (functions, backward
-functions, the steps of a batch split across processes, moments, layers with their eval fast path and their buffers, state dicts, calibration,
+functions, the steps of a batch split across processes, moments, layers with their eval fast path and their
+buffers, state dicts, calibration,
 SyncBatchNorm, fold_batch_norm), given in the other byte order or misaligned, gives the bits of the
 native call and writes nothing but what that call writes (in the argument's own form); given as a masked
 array, raises a TypeError naming it and writes nothing, except the input of the functions that take a

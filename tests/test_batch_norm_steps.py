@@ -111,7 +111,8 @@ def test_bad_arguments_name_the_argument(call, error, message):
 def test_a_failing_gather_changes_nothing():
     rm, rv = np.zeros(3), np.ones(3)
     with pytest.raises(ValueError):
-        F.batch_norm_gather_stats_with_counts(np.ones((2, 3)), np.zeros((1, 3)), np.ones((1, 3)), rm, rv, 2.0, 1e-5, [4])
+        F.batch_norm_gather_stats_with_counts(np.ones((2, 3)), np.zeros((1, 3)), np.ones((1, 3)), rm, rv, 2.0, 1e-5,
+                                              [4])
     np.testing.assert_array_equal(rm, 0.0)
     np.testing.assert_array_equal(rv, 1.0)
 

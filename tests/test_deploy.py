@@ -502,7 +502,8 @@ def test_big_endian_arrays_in_a_file_load_as_native():
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
                      | st.sampled_from([1, -1, 0, 2 ** 28, 2 ** 63, 10 ** 30, "float32", "float64", "BatchNorm2d",
                                         "LayerNorm", "GroupNorm", "format", "layers", "config"]),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     lambda inner: (st.lists(inner, max_size=3)
+                                    | st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                      max_leaves=8)
 
 

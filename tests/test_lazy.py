@@ -132,4 +132,5 @@ def test_reset_before_the_first_call_keeps_the_layer_lazy():
     bn.reset_parameters()
     bn.reset_running_stats()
     assert bn.has_uninitialized_params() and bn.running_mean is None and bn.num_batches_tracked == 0
-    assert not fastnorm.LazyInstanceNorm1d(affine=False, track_running_stats=False).has_uninitialized_params()  # nothing to create: as PyTorch
+    # nothing to create: as PyTorch
+    assert not fastnorm.LazyInstanceNorm1d(affine=False, track_running_stats=False).has_uninitialized_params()

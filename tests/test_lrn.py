@@ -102,7 +102,8 @@ def test_float64_up_to_1e308_does_not_overflow(size, rng):
         np.testing.assert_allclose(F.local_response_norm(x * a, size, 0.5, 0.75, 0.0), y * 2.0 ** (e * -0.5),
                                    rtol=1e-13)
         np.testing.assert_allclose(F.local_response_norm_backward(g, x * a, size, 0.5, 0.75, 0.0),
-                                   dx * 2.0 ** (e * -1.5), rtol=1e-12, atol=1e-12 * np.abs(dx * 2.0 ** (e * -1.5)).max())
+                                   dx * 2.0 ** (e * -1.5), rtol=1e-12,
+                                   atol=1e-12 * np.abs(dx * 2.0 ** (e * -1.5)).max())
     nan_and_inf = x.copy()
     nan_and_inf[0, 0, 0], nan_and_inf[1, 5, 2] = np.nan, np.inf
     theirs = _torch_lrn(nan_and_inf, g, 3, 0.5, 0.75, 1.0)[0] if torch is not None else None

@@ -277,7 +277,8 @@ def test_renorm_matches_keras_over_training_steps(rng, axis, shape):
 
 @settings(max_examples=60, deadline=None)
 @given(groups=st.integers(1, 4), size=st.integers(1, 5), channels=st.integers(1, 4), spatial=st.sampled_from(
-    [(), (1,), (3,), (2, 3)]), last=st.booleans(), renorm=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+    [(), (1,), (3,), (2, 3)]), last=st.booleans(), renorm=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]),
        strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_any_shape_layout_and_memory_order_matches_the_twin(groups, size, channels, spatial, last, renorm, dtype,
                                                             strided, seed):

@@ -228,7 +228,8 @@ BAD = [
     (lambda: fastnorm.instance_norm(np.ones((2, 3, 4)), use_input_stats=False), ValueError, "running_mean"),
     (lambda: fastnorm.GroupNorm(4, 6), ValueError, "num_groups: expected a divisor of num_channels=6"),
     (lambda: fastnorm.GroupNorm(2, 6)(np.ones((2, 4, 3), np.float32)), ValueError, "input: expected 6 channels"),
-    (lambda: fastnorm.InstanceNorm2d(3)(np.ones((2, 3, 4), np.float32)[None, None]), ValueError, "input: expected 3D or 4D"),
+    (lambda: fastnorm.InstanceNorm2d(3)(np.ones((2, 3, 4), np.float32)[None, None]), ValueError,
+     "input: expected 3D or 4D"),
     (lambda: fastnorm.InstanceNorm1d(3, affine=True)(np.ones((2, 4, 5))), ValueError, "input: expected 3 channels"),
     (lambda: fastnorm.LayerNorm(-1), ValueError, "normalized_shape"),
     (lambda: fastnorm.RMSNorm(()), ValueError, "normalized_shape: expected at least one dimension"),
@@ -321,7 +322,7 @@ def test_parity_with_torch(rng, name, args, shape, affine):
     theirs = _torch_layer(name, *args, **kwargs)
     with torch.no_grad():
         if affine:
-            for key, value in theirs.state_dict().items():
+            for value in theirs.state_dict().values():
                 value.copy_(torch.from_numpy(rng.normal(size=tuple(value.shape)).astype(np.float32)))
             ours.load_state_dict(theirs.state_dict())
         x = (rng.normal(size=shape) * 3 + 2).astype(np.float32)

@@ -273,7 +273,8 @@ def test_no_grad_and_threads_stay_in_their_asyncio_task(uncapped_threads):
 def test_no_grad_and_threads_belong_to_their_python_thread(uncapped_threads):
     seen = []
     with fastnorm.no_grad(), fastnorm.threads(1):
-        thread = threading.Thread(target=lambda: seen.append((fastnorm.layers._keeps_grad(), fastnorm.get_num_threads())))
+        thread = threading.Thread(
+            target=lambda: seen.append((fastnorm.layers._keeps_grad(), fastnorm.get_num_threads())))
         thread.start()
         thread.join()
     assert seen == [(True, _kernels.get_num_threads())]

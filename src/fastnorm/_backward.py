@@ -206,15 +206,18 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: O
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: None = ..., bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
+                        eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
@@ -305,7 +308,8 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: ArrayLike, *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                      eps: Optional[float] = ...,
+                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: None = ..., *, axes: Optional[Shape] = ...,
@@ -313,11 +317,13 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = ..., *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      eps: Optional[float] = ...,
+                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *, axes: Optional[Shape] = None,
-                      eps: Optional[float] = None, mask: Optional[ArrayLike] = None) -> Tuple[FloatArray, Optional[Stats], None]:
+                      eps: Optional[float] = None,
+                      mask: Optional[ArrayLike] = None) -> Tuple[FloatArray, Optional[Stats], None]:
     r"""Gradients of :func:`rms_norm` with respect to its input and weight.
 
     Parameters

@@ -256,7 +256,8 @@ class _BatchNorm(_NormBase):
         """Exact per-channel moments of an input of this layer."""
         axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         if x.shape[axis] != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
+            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, "
+                             f"got input of shape {x.shape}")
         return Moments.of(x, tuple(a for a in range(x.ndim) if a != axis))
 
     def calibrate(self: _BatchNormT, batches: Iterable[ArrayLike]) -> _BatchNormT:

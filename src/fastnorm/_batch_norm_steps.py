@@ -38,6 +38,7 @@ from .statistics import Moments
 __all__ = ["batch_norm_stats", "batch_norm_elemt", "batch_norm_gather_stats_with_counts",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
 
+
 def _variance(invstd: Stats, eps: float) -> Stats:
     """The biased variance that ``invstd = 1 / sqrt(var + eps)`` was computed from (rounding below 0
     clipped)."""

@@ -379,7 +379,7 @@ def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int]
                  ) -> Optional[Callable[[NDArray[np.float32]], NDArray[Any]]]:
     """An ONNX Runtime session computing ``x @ W`` (W an initializer), or None without onnx/onnxruntime."""
     try:
-        import onnx
+        import onnx  # noqa: F401  (onnxruntime's models are built with it below)
         import onnxruntime
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
@@ -581,7 +581,9 @@ def run_shared_layer_section(settings: Settings) -> List[_Row]:
 
 
 def run_pipeline_section(settings: Settings) -> List[_Row]:
-    return run_pipeline(repeat=settings.repeat, print_fn=settings.print_fn) if settings.name_filter in "pipeline" else []
+    if settings.name_filter not in "pipeline":
+        return []
+    return run_pipeline(repeat=settings.repeat, print_fn=settings.print_fn)
 
 
 # (name, function(settings) -> rows): the report's sections, in order.  Each prints its table as it

@@ -1,7 +1,8 @@
 """``python -m fastnorm demo``: train a small NumPy network with fastnorm's BatchNorm1d.
 
 A 3-layer MLP (Linear -> BatchNorm1d -> ReLU, twice, then Linear) learns a 3-class spiral (synthetic, no
-download) with SGD, momentum and a cosine learning-rate decay.  Each epoch prints the training loss, and how far the BatchNorm running
+download) with SGD, momentum and a cosine learning-rate decay.  Each epoch prints the training loss, and how
+far the BatchNorm running
 statistics are from the exact statistics of the whole training set (they converge); at the end, eval
 mode (running statistics) on held-out data reaches the accuracy training reached.  It runs on one thread
 (see ``one_thread``) and takes a few seconds.

@@ -217,8 +217,6 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
     return y, mean, rstd
 
 
-
-
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,

@@ -80,6 +80,7 @@ class LoadResult(NamedTuple):
     unexpected_keys: List[str]
     """Keys with the prefix that the layer does not have."""
 
+
 STATS = object()  # in what a forward keeps for backward: the statistics of its call (see _Layer._commit)
 
 
@@ -426,4 +427,3 @@ class _Layer:
                 return self.load_state_dict(SafetensorsFile(f), strict, prefix)
         except ValueError as e:
             raise ValueError(f"state_dict: {os.fspath(file)!r}: {e}") from e
-

@@ -16,7 +16,8 @@ _BATCH_NORM_MATH = r"""
 
 _GROUPS_MATH = r"""
 
-    With ``renorm`` (Ioffe, 2017, https://arxiv.org/abs/1702.03275), training mode computes, per channel, with :math:`\mu_B` and
+    With ``renorm`` (Ioffe, 2017, https://arxiv.org/abs/1702.03275), training mode computes, per channel,
+    with :math:`\mu_B` and
     :math:`\sigma_B = \sqrt{\mathrm{Var}_B[x] + \epsilon}` of the batch (biased variance) and
     :math:`\mu`, :math:`\sigma` the ``renorm_mean`` and ``renorm_stddev`` (:math:`\sigma` at least
     :math:`\sqrt{\epsilon}`, as Keras),
@@ -105,4 +106,3 @@ def _references(kind: str, torch_name: str) -> str:
     """A docstring's References section: the paper, and the PyTorch class whose semantics the layer has."""
     return (f"\n    References\n    ----------\n    {_REFERENCES[kind]}\n\n"
             f"    PyTorch: https://pytorch.org/docs/stable/generated/{torch_name}.html\n")
-

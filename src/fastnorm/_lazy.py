@@ -155,7 +155,8 @@ class _LazyNorm(_NormBase):
 
 
 _LAZY_NOTE = """
-    The first call infers ``num_features`` from the channel count of its input, creates the parameters and running statistics and turns the instance into a
+    The first call infers ``num_features`` from the channel count of its input, creates the parameters and
+    running statistics and turns the instance into a
     :class:`{becomes}`: ``isinstance(layer, fastnorm.{becomes})`` holds from then on, as with PyTorch's
     ``cls_to_become``.  Before it, ``state_dict()`` holds only ``num_batches_tracked`` (with
     ``track_running_stats``): PyTorch holds the others as uninitialized placeholders, which NumPy does not

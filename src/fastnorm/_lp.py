@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np

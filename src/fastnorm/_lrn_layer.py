@@ -112,4 +112,3 @@ class LocalResponseNorm(_Layer):
 
     def _torch_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
-

@@ -145,7 +145,7 @@ class LayerNorm(_Layer):
         return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit,
                             self.axes)[0]
 
-    forward.__doc__ = _fill(_ROWS_FORWARD, 
+    forward.__doc__ = _fill(_ROWS_FORWARD,
         summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
         example="array([[-1.,  1.]], dtype=float32)")
 
@@ -246,7 +246,7 @@ class RMSNorm(_Layer):
         return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit,
                             self.axes)[0]
 
-    forward.__doc__ = _fill(_ROWS_FORWARD, 
+    forward.__doc__ = _fill(_ROWS_FORWARD,
         summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
         cls="RMSNorm", example="array([[0.8485, 1.1314]], dtype=float32)")
 
@@ -257,4 +257,3 @@ class RMSNorm(_Layer):
 
     def _torch_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-

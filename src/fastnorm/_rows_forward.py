@@ -24,6 +24,7 @@ __all__ = ["layer_norm", "rms_norm"]
 # LayerNorm, RMSNorm: statistics per row of a contiguous view
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike],
                bias: Optional[ArrayLike], eps: Optional[float], out: Optional[FloatArray], rms: bool,
                return_stats: bool,

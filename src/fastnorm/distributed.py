@@ -292,7 +292,8 @@ class SyncBatchNorm(_BatchNorm):
         axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
         if C != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, got input of shape {x.shape}")
+            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, "
+                             f"got input of shape {x.shape}")
         tracking = self.training and self.track_running_stats
         _channel_params(x, C, self.running_mean if tracking else None, self.running_var if tracking else None,
                         self.weight, self.bias)

@@ -93,7 +93,8 @@ def from_keras(config: Mapping[str, Any], weights: Sequence[ArrayLike] = (), *, 
     >>> weights = [np.ones(3), np.zeros(3), np.array([1.0, 2.0, 3.0]), np.full(3, 4.0)]  # get_weights()
     >>> bn = fastnorm.from_keras(config, weights)
     >>> bn
-    BatchNorm1d(3, eps=0.001, momentum=0.01, affine=True, bias=True, track_running_stats=True, channel_axis=-1, bessel=False)
+    BatchNorm1d(3, eps=0.001, momentum=0.01, affine=True, bias=True, track_running_stats=True,
+                channel_axis=-1, bessel=False)
     >>> bn.eval()(np.array([[3.0, 4.0, 5.0]], np.float32)).round(4)    # (x - moving_mean) / sqrt(4 + 0.001)
     array([[0.9999, 0.9999, 0.9999]], dtype=float32)
     """

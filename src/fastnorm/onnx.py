@@ -17,7 +17,6 @@ ONNX's conventions where they differ from PyTorch's (see the README's semantics 
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
