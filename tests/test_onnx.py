@@ -182,3 +182,15 @@ def test_onnx_stays_optional():
                    "import fastnorm.onnx\n"
                    "try:\n    fastnorm.onnx.reference_ops()\nexcept ImportError as e:\n    print(e)")
     assert "needs the onnx package" in message and "pip install onnx" in message
+
+
+def test_instance_normalization_of_one_spatial_element_is_the_bias(rng):
+    # ONNX normalizes over whatever spatial size there is: one element gives 0 * scale + bias, not an error.
+    x = rng.normal(size=(2, 3, 1, 1)).astype(np.float32)
+    scale, bias = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    node = oh.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-3)
+    model = _model(node, [("x", x.shape), ("scale", (3,)), ("bias", (3,))], ["y"], 6)
+    feeds = {"x": x, "scale": scale, "bias": bias}
+    got = ReferenceEvaluator(model, new_ops=fastnorm.onnx.reference_ops()).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, np.broadcast_to(bias[:, None, None], x.shape))
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, feeds)[0], atol=1e-6)

@@ -80,7 +80,9 @@ def _batch_normalization(x: NDArray[Any], scale: NDArray[Any], bias: NDArray[Any
 
 def _instance_normalization(x: NDArray[Any], scale: NDArray[Any], bias: NDArray[Any], *, epsilon: float = 1e-5,
                             **_: Any) -> _Arrays:
-    return F.instance_norm(x, None, None, scale, bias, eps=_real(epsilon)),
+    # Group norm with a group per channel: instance norm's result, also for a single spatial element,
+    # which ONNX normalizes (to the bias) where PyTorch's instance_norm raises.
+    return F.group_norm(x, x.shape[1], scale, bias, _real(epsilon)),
 
 
 def _layer_normalization(x: NDArray[Any], scale: NDArray[Any], bias: Optional[NDArray[Any]] = None, *,
