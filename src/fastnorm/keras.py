@@ -167,6 +167,8 @@ class _Keras:
         axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
         if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
             raise ValueError(f"config: {key}: expected an integer or a list of integers, got {axis!r}")
+        if self.ndim is not None and not all(-self.ndim <= a < self.ndim for a in axes):
+            raise ValueError(f"config: {key}={axis!r}: out of range for a {self.ndim}-D input")
         return axes
 
     def input_size(self, axis: int) -> Optional[int]:
