@@ -102,6 +102,9 @@ def test_gather_ignores_empty_slices_and_is_nan_for_an_empty_batch():
                                           True, True), ValueError, "grad_output: expected shape"),
     (lambda: F.batch_norm_backward_elemt(np.ones((2, 3)), np.ones((2, 3)), np.zeros(3), np.ones(3), None,
                                          np.zeros(3), np.zeros(3), ["a"]), TypeError, "count: expected real numbers"),
+    # n = 0 for a batch that holds this slice's values: a division by zero, NaN and inf in the gradient
+    (lambda: F.batch_norm_backward_elemt(np.ones((2, 3)), np.ones((2, 3)), np.zeros(3), np.ones(3), None,
+                                         np.zeros(3), np.zeros(3), [0, 0]), ValueError, "count: expected a positive"),
 ])
 def test_bad_arguments_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):

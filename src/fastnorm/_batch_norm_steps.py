@@ -381,7 +381,7 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
         ``grad_output``, ``input`` or ``weight`` not floating point; ``count`` not real numbers.
     ValueError
         Fewer than 2 dimensions; ``grad_output`` of another shape; a statistic, sum or ``weight`` not of
-        shape (C,); a negative count.
+        shape (C,); a negative count, or counts summing to 0 for a non-empty input.
 
     Notes
     -----
@@ -417,6 +417,8 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
         raise TypeError(f"count: expected real numbers, got dtype {counts.dtype}")
     if not np.all(counts >= 0):
         raise ValueError(f"count: expected numbers >= 0, got {counts}")
+    if x.size and not counts.sum() > 0:
+        raise ValueError(f"count: expected a positive total (the batch holds this input's values), got {counts}")
     if x.size == 0:
         return np.zeros(x.shape, dtype)
     buf, N, C, S, moved = _channel_view(x, axis)
