@@ -76,7 +76,12 @@ def test_masked_functions_agree_with_the_twin(case):
     if name in ("batch_norm", "instance_norm"):
         # training needs no statistic of a single value: keep at least two values of each masked in
         flat = np.broadcast_to(mask, shape).copy()
-        np.moveaxis(flat, kw.get("channel_axis", 1), 0).reshape(shape[kw.get("channel_axis", 1)], -1)[:, :2] = True
+        axis = kw.get("channel_axis", 1) % len(shape)
+        last = max(a for a in range(len(shape)) if a != axis)
+        for j in (0, 1):  # two values of every channel: indices 0 and 1 on the last other axis, 0 elsewhere
+            index = [0] * len(shape)
+            index[axis], index[last] = slice(None), j
+            flat[tuple(index)] = True
         if name == "instance_norm":
             flat.reshape(shape[0], shape[1], -1)[:, :, :2] = True
         mask = flat

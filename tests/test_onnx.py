@@ -32,7 +32,7 @@ def _node_cases():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the generators of other operators warn about their own data
-        cases = collect_testcases()
+        cases = collect_testcases(None)  # None: every operator (the argument is required before onnx 1.20)
     return [c for c in cases if any(n.op_type in OPS for n in c.model.graph.node)]
 
 
@@ -57,6 +57,9 @@ def test_node_test_cases_through_reference_ops(case):
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
             assert g.dtype == e.dtype and g.shape == e.shape
+            if case.model.graph.node[0].op_type == "LpNormalization" and np.isnan(e).any():
+                pytest.skip("this onnx's case expects 0 / 0 = NaN for a zero vector; onnx 1.20 and later expect 0, "
+                            "which fastnorm gives")
             np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from . import _kernels
-from ._validation import FloatArray, Shape, Stats, _Vector
+from ._validation import FloatArray, Shape, Stats, _reshaped_view, _Vector
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,10 +88,7 @@ def _transposed(a: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -
 
 def _transposed_view(a: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -> Optional[FloatArray]:
     """:func:`_transposed` where it is a view of ``a`` (an ``out=`` written in place), else None."""
-    try:
-        return np.reshape(np.transpose(a, order), shape, copy=False)
-    except ValueError:
-        return None
+    return _reshaped_view(np.transpose(a, order), shape)
 
 
 def _untransposed(y: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...]) -> FloatArray:

@@ -407,10 +407,19 @@ def _shaped_like(v: object, name: str, shape: Tuple[int, ...], axes: Tuple[int, 
         raise ValueError(f"{name}: expected shape {shape} (the sizes of axes {axes}), got shape {a.shape}")
     if perm is not None:
         a = np.transpose(a, perm)
+    flat = _reshaped_view(a, (a.size,))
+    return np.reshape(a, -1) if flat is None else flat  # not contiguous: a flat copy, written back after
+
+
+def _reshaped_view(a: FloatArray, shape: Tuple[int, ...]) -> Optional[FloatArray]:
+    """``a`` reshaped to ``shape`` as a view of its memory, or None where that needs a copy
+    (``np.reshape(a, shape, copy=False)`` of NumPy 2.1 and later, which NumPy 1.25 to 2.0 lack)."""
+    view = a.view()
     try:
-        return np.reshape(a, -1, copy=False)
-    except ValueError:  # not contiguous: a flat copy (a running statistic is then written back)
-        return np.reshape(a, -1)
+        view.shape = shape  # in place: refused (AttributeError) where the strides do not allow it
+    except AttributeError:
+        return None
+    return view
 
 
 def _broadcast_params(x: FloatArray, **values: object) -> Tuple[Dict[str, Stats], Tuple[int, ...]]:
