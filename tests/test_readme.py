@@ -1,5 +1,5 @@
 """The README's Python blocks run as pasted, in order, in one namespace; a block whose first line is
-``# needs: module`` runs where that optional module is installed."""
+``# needs: module ...`` runs where those optional modules are installed."""
 import importlib.util
 import pathlib
 import re
@@ -20,8 +20,8 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a block may write files (fastnorm.save)
     namespace = {"__name__": "__readme__"}
     for i, block in enumerate(python_blocks()):
-        needs = re.match(r"# needs: (\S+)\n", block)
-        if needs and importlib.util.find_spec(needs.group(1)) is None:
+        needs = re.match(r"# needs: ([\w ]+)\n", block)  # one or more modules, separated by spaces
+        if needs and any(importlib.util.find_spec(name) is None for name in needs.group(1).split()):
             continue
         try:
             exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
