@@ -1,6 +1,10 @@
 """The sections that the docstrings of the layers share (the math, the parameters, the references)."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
 # The sections the docstrings of the per-channel layers share.
 _BATCH_NORM_MATH = r"""
     .. math::
@@ -100,6 +104,48 @@ def _fill(template: str, **values: str) -> str:
     for key, value in values.items():
         template = template.replace("{" + key + "}", value)
     return template
+
+
+# A layer's ``forward``: only the summary, the input, the ValueErrors and the example differ between layers.
+_FORWARD = """{summary}
+
+        Parameters
+        ----------
+        x : array_like
+            {x}
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized {result}, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        {raises}
+
+        Examples
+        --------
+        {examples}
+        """
+
+_KEEPS = "Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`."
+
+
+def _raises(value_error: str) -> str:
+    """The Raises entries of most forwards: the TypeErrors they share, then ``value_error``."""
+    return ("TypeError\n            ``x`` not floating point, or a masked array; ``out`` of another dtype.\n"
+            f"        ValueError\n            {value_error}")
+
+
+def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input") -> Callable[[_F], _F]:
+    """A decorator giving a layer's ``forward`` the shared docstring, filled in (the text indented as a method's
+    docstring)."""
+    def document(forward: _F) -> _F:
+        forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result)
+        return forward
+    return document
 
 
 def _references(kind: str, torch_name: str) -> str:
