@@ -1,4 +1,4 @@
-"""The sections that the docstrings of the layers share (the math, the parameters, the references)."""
+"""The sections that docstrings share (the layers' math, parameters, forward and references; the functions' mask)."""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
@@ -146,6 +146,20 @@ def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str =
         forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result)
         return forward
     return document
+
+
+# The ``mask`` parameter of the normalizing functions.
+_MASK = """mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray."""
+
+
+def _with_mask_doc(function: _F) -> _F:
+    """A decorator filling the ``{mask}`` placeholder of a normalizing function's docstring."""
+    function.__doc__ = _fill(function.__doc__ or "", mask=_MASK)
+    return function
 
 
 def _references(kind: str, torch_name: str) -> str:
