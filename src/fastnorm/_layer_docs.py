@@ -156,10 +156,16 @@ _MASK = """mask : array_like of bool, keyword-only, optional
         ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray."""
 
 
-def _with_mask_doc(function: _F) -> _F:
-    """A decorator filling the ``{mask}`` placeholder of a normalizing function's docstring."""
-    function.__doc__ = _fill(function.__doc__ or "", mask=_MASK)
-    return function
+def _filled(**values: str) -> Callable[[_F], _F]:
+    """A decorator filling the ``{key}`` placeholders of the docstring of what it decorates."""
+    def fill(function: _F) -> _F:
+        function.__doc__ = _fill(function.__doc__ or "", **values)
+        return function
+    return fill
+
+
+# Fills the ``{mask}`` placeholder of a normalizing function's docstring.
+_with_mask_doc = _filled(mask=_MASK)
 
 
 def _references(kind: str, torch_name: str) -> str:
