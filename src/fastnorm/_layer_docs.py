@@ -148,6 +148,16 @@ def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str =
     return document
 
 
+# The ``out`` parameter and the Returns section of the functions computed in float64 (normalize,
+# local_response_norm).
+_OUT_AND_RETURNS = """out : ndarray, keyword-only, optional
+        Where to write the result: the input's shape and dtype, writable; may be the input itself.
+
+    Returns
+    -------
+    ndarray
+        Of the input's shape and dtype (``out`` when given)."""
+
 # The ``mask`` parameter of the normalizing functions.
 _MASK = """mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only

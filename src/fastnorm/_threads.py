@@ -21,6 +21,15 @@ import os
 from typing import Iterator, Optional, SupportsIndex, TypeVar
 
 from . import _kernels
+from ._layer_docs import _filled
+
+# The Raises section of the functions taking a thread count ``n``.
+_COUNT_RAISES = """Raises
+    ------
+    TypeError
+        ``n`` is not an integer.
+    ValueError
+        ``n`` is below 1."""
 
 __all__ = ["get_num_threads", "set_num_threads", "threads"]
 
@@ -110,6 +119,7 @@ def get_num_threads() -> int:
     return _kernels.get_num_threads() if n is None else n
 
 
+@_filled(count_raises=_COUNT_RAISES)
 def set_num_threads(n: Optional[SupportsIndex]) -> None:
     """Set the process's thread count: the kernels' count in every Python thread outside :func:`threads`.
 
@@ -124,12 +134,7 @@ def set_num_threads(n: Optional[SupportsIndex]) -> None:
         the process may use).  A count above the number of CPUs available to the process (CPU affinity,
         cgroup quota, read at this call) is lowered to it: no more OS threads start than there are CPUs.
 
-    Raises
-    ------
-    TypeError
-        ``n`` is not an integer.
-    ValueError
-        ``n`` is below 1.
+    {count_raises}
 
     Examples
     --------
@@ -157,6 +162,7 @@ def context_setting(var: contextvars.ContextVar[_T], value: _T) -> Iterator[None
         var.reset(token)
 
 
+@_filled(count_raises=_COUNT_RAISES)
 def threads(n: SupportsIndex) -> contextlib.AbstractContextManager[None]:
     """Context manager: use ``n`` threads in kernel calls made in the current context.
 
@@ -169,12 +175,7 @@ def threads(n: SupportsIndex) -> contextlib.AbstractContextManager[None]:
     n : int
         A positive count; above the number of CPUs available to the process it is lowered to that.
 
-    Raises
-    ------
-    TypeError
-        ``n`` is not an integer.
-    ValueError
-        ``n`` is below 1.
+    {count_raises}
 
     Examples
     --------
