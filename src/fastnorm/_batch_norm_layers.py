@@ -14,9 +14,9 @@ from ._layer import STATS, _check_dtype, _Grads, _keeps_grad, _Layer
 from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
                           _fill, _forward_doc, _raises, _references)
 from ._tf_ops import moments64
-from ._threads import check_count, threads_for
+from ._threads import threads_for
 from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _momentum_factor,
-                          _real)
+                          _real, check_count)
 from .statistics import Moments
 
 _BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")

@@ -9,8 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
 from ._layer_docs import _KEEPS, _forward_doc, _raises, _references
-from ._threads import check_count
-from ._validation import _array, _check_eps
+from ._validation import _array, _check_eps, check_count
 
 
 class GroupNorm(_Layer):

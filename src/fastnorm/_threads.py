@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import operator
 import os
 from typing import Iterator, Optional, SupportsIndex, TypeVar
 
 from . import _kernels
 from ._layer_docs import _filled
+from ._validation import check_count
 
 # The Raises section of the functions taking a thread count ``n``.
 _COUNT_RAISES = """Raises
@@ -40,19 +40,6 @@ _T = TypeVar("_T")
 
 # The innermost threads() setting of the context (a Python thread, an asyncio task), or None.
 _context_count: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fastnorm_threads", default=None)
-
-
-def check_count(value: SupportsIndex, name: str) -> int:
-    """``value`` as a positive int; otherwise an error naming the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
 
 
 def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> Optional[int]:
