@@ -337,18 +337,23 @@ def _archive(document, arrays=()):
     return buffer.getvalue()
 
 
-def _load_bounded(data):
-    """load() of the bytes ``data``: the layers, or the ValueError it raised; never another exception,
-    and never an allocation much larger than the file."""
+def _bounded(call, data):
+    """``call(io.BytesIO(data))``: its result, or the ValueError it raised; never another exception, and
+    never an allocation much larger than the file."""
     tracemalloc.start()
     try:
-        return fastnorm.load(io.BytesIO(data))
+        return call(io.BytesIO(data))
     except ValueError as e:
         return e
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 4 * len(data) + (1 << 20), (peak, len(data))
+
+
+def _load_bounded(data):
+    """load() of the bytes ``data``, as :func:`_bounded`."""
+    return _bounded(fastnorm.load, data)
 
 
 def _bn_document(cls="BatchNorm2d", **config):

@@ -5,7 +5,6 @@ import os
 import re
 import struct
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import fastnorm
 from conftest import requires_torch, torch
 from fastnorm._safetensors import MAX_HEADER, SafetensorsFile
-from test_deploy import _JSON, _all_layers, _paths, _replace, _same_layer, _torch_model
+from test_deploy import _JSON, _all_layers, _bounded, _paths, _replace, _same_layer, _torch_model
 
 try:
     import safetensors
@@ -40,20 +39,6 @@ def _file(tensors, metadata=None, header=None):
     header = header if header is not None else entries
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + data
-
-
-def _bounded(call, data):
-    """``call(io.BytesIO(data))``: its result, or the ValueError it raised; never another exception, and
-    never an allocation much larger than the file."""
-    tracemalloc.start()
-    try:
-        return call(io.BytesIO(data))
-    except ValueError as e:
-        return e
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak < 4 * len(data) + (1 << 20), (peak, len(data))
 
 
 def _load(f):
