@@ -158,6 +158,12 @@ _OUT_AND_RETURNS = """out : ndarray, keyword-only, optional
     ndarray
         Of the input's shape and dtype (``out`` when given)."""
 
+# The Returns section of their backwards.
+_GRAD_RETURNS = """Returns
+    -------
+    ndarray
+        The gradient with respect to the input, of its shape and dtype (computed in float64)."""
+
 # The ``mask`` parameter of the normalizing functions.
 _MASK = """mask : array_like of bool, keyword-only, optional
         Broadcastable to the input: the statistics are taken over the values where it is True only

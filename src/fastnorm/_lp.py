@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._layer_docs import _OUT_AND_RETURNS, _filled
+from ._layer_docs import _GRAD_RETURNS, _OUT_AND_RETURNS, _filled
 from ._validation import (FloatArray, Stats, _check_axis, _check_eps, _deliver, _float64_grads, _float64_input, _real,
                           _rounded)
 
@@ -125,6 +125,7 @@ def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-1
     return _deliver(y.reshape(x.shape), out, dtype)
 
 
+@_filled(grad_returns=_GRAD_RETURNS)
 def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0, dim: Dims = 1,
                        eps: float = 1e-12) -> FloatArray:
     r"""Gradient of :func:`normalize` with respect to its input.
@@ -138,10 +139,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0,
     p, dim, eps
         The forward's arguments.
 
-    Returns
-    -------
-    ndarray
-        The gradient with respect to the input, of its shape and dtype (computed in float64).
+    {grad_returns}
 
     Raises
     ------

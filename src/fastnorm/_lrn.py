@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
-from ._layer_docs import _OUT_AND_RETURNS, _filled
+from ._layer_docs import _GRAD_RETURNS, _OUT_AND_RETURNS, _filled
 from ._validation import FloatArray, Stats, _deliver, _float64_grads, _float64_input, _real, _rounded
 
 __all__ = ["local_response_norm", "local_response_norm_backward"]
@@ -146,6 +146,7 @@ def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: 
     return _local_response_norm(input, size, alpha, beta, k, out)
 
 
+@_filled(grad_returns=_GRAD_RETURNS)
 def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size: int, alpha: float = 1e-4,
                                  beta: float = 0.75, k: float = 1.0) -> FloatArray:
     r"""Gradient of :func:`local_response_norm` with respect to its input.
@@ -161,10 +162,7 @@ def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size:
     alpha, beta, k : float
         The forward's ``alpha``, ``beta`` and ``k``.
 
-    Returns
-    -------
-    ndarray
-        The gradient with respect to the input, of its shape and dtype (computed in float64).
+    {grad_returns}
 
     Raises
     ------
