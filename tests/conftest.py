@@ -15,6 +15,15 @@ def rng():
 requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
 
+def assert_sync_matches_whole(sync, whole):
+    """A SyncBatchNorm has the running statistics and parameter gradients of the layer trained on the
+    whole batch (float64: up to rounding)."""
+    np.testing.assert_allclose(sync.running_mean, whole.running_mean, rtol=1e-12)
+    np.testing.assert_allclose(sync.running_var, whole.running_var, rtol=1e-12)
+    np.testing.assert_allclose(sync.grad_weight, whole.grad_weight, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sync.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
+
+
 @pytest.fixture(params=["fast", "generic"])
 def statistics_path(request):
     """Runs a test on the AVX2+FMA statistics passes (where the CPU has them) and on the generic ones."""

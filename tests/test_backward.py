@@ -34,6 +34,16 @@ def _randomize(layer, rng):
             value[...] = rng.normal(size=value.shape)
 
 
+def _randomize_in_mode(layer, rng, mode):
+    """Random parameters and running statistics, and ``mode`` ("train" or "eval")."""
+    _randomize(layer, rng)
+    if getattr(layer, "running_mean", None) is not None:
+        layer.running_mean[...] = rng.normal(size=layer.running_mean.shape)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.running_var.shape)
+    if mode == "eval":
+        layer.eval()
+
+
 def _numerical_gradients(layer, x, g, h=1e-6):
     """Central differences of sum(layer(x) * g) with respect to x and the layer's parameters."""
     def loss():
@@ -60,12 +70,7 @@ def _numerical_gradients(layer, x, g, h=1e-6):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gradients_match_finite_differences(rng, name, make, shape, channels_last, affine, mode):
     layer = make(affine, np.float64)
-    _randomize(layer, rng)
-    if getattr(layer, "running_mean", None) is not None:
-        layer.running_mean[...] = rng.normal(size=layer.running_mean.shape)
-        layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.running_var.shape)
-    if mode == "eval":
-        layer.eval()
+    _randomize_in_mode(layer, rng, mode)
     x = rng.normal(size=shape) * 2 + 1
     g = rng.normal(size=shape)
     y = layer(x)
@@ -118,12 +123,7 @@ def _twin_gradients(layer, x, g):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gradients_match_the_twins(rng, name, make, shape, channels_last, affine, dtype, mode):
     layer = make(affine, dtype)
-    _randomize(layer, rng)
-    if getattr(layer, "running_mean", None) is not None:
-        layer.running_mean[...] = rng.normal(size=layer.running_mean.shape)
-        layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.running_var.shape)
-    if mode == "eval":
-        layer.eval()
+    _randomize_in_mode(layer, rng, mode)
     x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
     g = rng.normal(size=shape).astype(dtype)
     y_ref, dx_ref, dw_ref, db_ref = _twin_gradients(layer, x, g)

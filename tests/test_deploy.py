@@ -134,8 +134,8 @@ def test_eval_float32_and_float64_inputs_on_one_layer(rng):
 # State dicts, files, pickling
 # --------------------------------------------------------------------------------------------------------
 
-@requires_torch
-def test_state_dict_of_a_torch_model_with_prefix(rng):
+def _torch_model():
+    """A trained torch model in evaluation mode with a BatchNorm2d at "1." and a LayerNorm(144) at "4."."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.LayerNorm(4 * 6 * 6))
     with torch.no_grad():
@@ -143,7 +143,12 @@ def test_state_dict_of_a_torch_model_with_prefix(rng):
             model(torch.randn(5, 3, 8, 8))
         model[1].weight.mul_(1.5)
         model[4].bias.add_(0.25)
-    model.eval()
+    return model.eval()
+
+
+@requires_torch
+def test_state_dict_of_a_torch_model_with_prefix(rng):
+    model = _torch_model()
     bn = fastnorm.BatchNorm2d(4)
     bn.load_state_dict(model.state_dict(), prefix="1.")
     ln = fastnorm.LayerNorm(4 * 6 * 6)
@@ -332,18 +337,23 @@ def _archive(document, arrays=()):
     return buffer.getvalue()
 
 
-def _load_bounded(data):
-    """load() of the bytes ``data``: the layers, or the ValueError it raised; never another exception,
-    and never an allocation much larger than the file."""
+def _bounded(call, data):
+    """``call(io.BytesIO(data))``: its result, or the ValueError it raised; never another exception, and
+    never an allocation much larger than the file."""
     tracemalloc.start()
     try:
-        return fastnorm.load(io.BytesIO(data))
+        return call(io.BytesIO(data))
     except ValueError as e:
         return e
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 4 * len(data) + (1 << 20), (peak, len(data))
+
+
+def _load_bounded(data):
+    """load() of the bytes ``data``, as :func:`_bounded`."""
+    return _bounded(fastnorm.load, data)
 
 
 def _bn_document(cls="BatchNorm2d", **config):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import collective_scenarios
 import fastnorm
 import reference
+from conftest import assert_sync_matches_whole
 
 # --------------------------------------------------------------------------------------------------------
 # Moments
@@ -150,10 +151,7 @@ def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(rng, sizes, shape,
         for (y, dx), (y_all, dx_all) in zip(outputs, expected_steps):
             np.testing.assert_allclose(y, y_all[mine], rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(dx, dx_all[mine], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(layer.running_mean, whole.running_mean, rtol=1e-12)
-        np.testing.assert_allclose(layer.running_var, whole.running_var, rtol=1e-12)
-        np.testing.assert_allclose(layer.grad_weight, whole.grad_weight, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(layer.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
+        assert_sync_matches_whole(layer, whole)
         assert layer.num_batches_tracked == whole.num_batches_tracked == (2 if total else 0)
     for layer, _ in results[1:]:  # identical on every rank, to the bit
         np.testing.assert_array_equal(layer.running_mean, results[0][0].running_mean)

@@ -5,7 +5,6 @@ import os
 import re
 import struct
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import fastnorm
 from conftest import requires_torch, torch
 from fastnorm._safetensors import MAX_HEADER, SafetensorsFile
-from test_deploy import _JSON, _all_layers, _paths, _replace, _same_layer
+from test_deploy import _JSON, _all_layers, _bounded, _paths, _replace, _same_layer, _torch_model
 
 try:
     import safetensors
@@ -40,20 +39,6 @@ def _file(tensors, metadata=None, header=None):
     header = header if header is not None else entries
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + data
-
-
-def _bounded(call, data):
-    """``call(io.BytesIO(data))``: its result, or the ValueError it raised; never another exception, and
-    never an allocation much larger than the file."""
-    tracemalloc.start()
-    try:
-        return call(io.BytesIO(data))
-    except ValueError as e:
-        return e
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak < 4 * len(data) + (1 << 20), (peak, len(data))
 
 
 def _load(f):
@@ -168,17 +153,6 @@ def test_a_safetensors_save_that_fails_leaves_the_file_as_it_was(rng, tmp_path):
 # --------------------------------------------------------------------------------------------------------
 # layer.load_state_dict of a safetensors file written by PyTorch
 # --------------------------------------------------------------------------------------------------------
-
-def _torch_model():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                torch.nn.Flatten(), torch.nn.LayerNorm(4 * 6 * 6))
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(5, 3, 8, 8))
-        model[1].weight.mul_(1.5)
-        model[4].bias.add_(0.25)
-    return model.eval()
-
 
 @requires_safetensors
 @requires_torch

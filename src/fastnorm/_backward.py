@@ -25,6 +25,10 @@ from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _che
 _PARTS = {
     "grad_output": """grad_output : array_like
         Gradient of the loss with respect to the output: the input's shape, floating point.""",
+    "channel_input": """input : array_like, shape (N, C, ...)
+        The forward's input (float16, float32 or float64).""",
+    "channel_weight": r"""weight : array_like of shape (C,), optional
+        The forward's weight :math:`\gamma` (None: 1).""",
     "eps": """eps : float, keyword-only, optional
         The forward's eps: given, the input is checked against the statistics (see Raises).""",
     "mask": """mask : array_like of bool, keyword-only, optional
@@ -85,13 +89,11 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     Parameters
     ----------
     {grad_output}
-    input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).
+    {channel_input}
     mean, invstd : array_like of shape (C,)
         The statistics the forward normalized with (its ``return_stats``): the batch's in training
         mode; the running mean and ``1 / sqrt(running_var + eps)`` in evaluation mode.
-    weight : array_like of shape (C,), optional
-        The forward's weight :math:`\gamma` (None: 1).
+    {channel_weight}
     training : bool
         Whether the statistics were the batch's (they then depend on the input, and their gradient
         terms are included).
@@ -406,14 +408,12 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     Parameters
     ----------
     {grad_output}
-    input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).
+    {channel_input}
     num_groups : int
         The forward's ``num_groups`` (G).
     mean, rstd : array_like of shape (N, G)
         What ``group_norm(..., return_stats=True)`` returned.
-    weight : array_like of shape (C,), optional
-        The forward's weight :math:`\gamma` (None: 1).
+    {channel_weight}
     channel_axis : int, keyword-only
         The forward's ``channel_axis``: 1 or -1.
     {eps}
@@ -485,13 +485,11 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     Parameters
     ----------
     {grad_output}
-    input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).
+    {channel_input}
     mean, rstd : array_like
         What ``instance_norm(..., return_stats=True)`` returned: shape (N, C) with ``use_input_stats``,
         the running statistics' (C,) without.
-    weight : array_like of shape (C,), optional
-        The forward's weight :math:`\gamma` (None: 1).
+    {channel_weight}
     use_input_stats : bool
         The forward's ``use_input_stats``: whether the statistics depend on the input.
     channel_axis : int, keyword-only

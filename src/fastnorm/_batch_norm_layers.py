@@ -11,12 +11,12 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _keeps_grad, _Layer
-from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _fill,
-                          _references)
+from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
+                          _fill, _forward_doc, _raises, _references)
 from ._tf_ops import moments64
-from ._threads import check_count, threads_for
+from ._threads import threads_for
 from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _momentum_factor,
-                          _real)
+                          _real, check_count)
 from .statistics import Moments
 
 _BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")
@@ -182,45 +182,26 @@ class _BatchNorm(_NormBase):
             state.update(renorm_mean=self.renorm_mean, renorm_stddev=self.renorm_stddev)
         return state
 
+    @_forward_doc(
+        "Normalize ``x`` per channel.\n"
+        "\n"
+        "        Training mode: with the batch's statistics, updating the running statistics (with\n"
+        "        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without\n"
+        f"        ``track_running_stats``).  {_KEEPS}",
+        "float16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
+        "            ``channel_axis``; any memory order.",
+        _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
+                "            (per sub-batch with ``virtual_batch_size``) or with ``eps=0``; training with a batch\n"
+                "            size that is not a multiple of ``virtual_batch_size``; ``out`` of another shape, or\n"
+                "            read-only."),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> bn = fastnorm.BatchNorm1d(2)\n"
+        "        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
+        "        array([[-1., -1.],\n"
+        "               [ 1.,  1.]], dtype=float32)\n"
+        "        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances\n"
+        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Normalize ``x`` per channel.
-
-        Training mode: with the batch's statistics, updating the running statistics (with
-        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without
-        ``track_running_stats``).  Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, of the layer's input shape (see Shape), C channels on
-            ``channel_axis``; any memory order.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype.
-        ValueError
-            ``x`` of another number of dimensions or channels; training with a single value per channel
-            (per sub-batch with ``virtual_batch_size``) or with ``eps=0``; training with a batch size that
-            is not a multiple of ``virtual_batch_size``; ``out`` of another shape, or read-only.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> bn = fastnorm.BatchNorm1d(2)
-        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)
-        array([[-1., -1.],
-               [ 1.,  1.]], dtype=float32)
-        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances
-        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))
-        """
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
                 and self._lazy_target is None
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):

@@ -16,6 +16,7 @@ from . import _kernels, _masked
 from ._over_axes import _batch_norm_over_axes
 from ._plan import (_by_columns, _channel_view, _committing, _empty_call, _frozen_stats, _group_norm_channels_last,
                     _repeat, _returned)
+from ._layer_docs import _with_mask_doc
 from ._threads import threads_for
 from ._validation import (FloatArray, Stats, _as_input, _batch_norm_args, _check_instance_axis, _check_ndim,
                           _check_out, _group_norm_args, _instance_norm_args, _several_axes)
@@ -48,6 +49,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., runni
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+@_with_mask_doc
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
@@ -92,11 +94,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     num_batches_tracked : int, keyword-only, optional
         Batches already averaged into the running statistics; with ``momentum=None`` the factor is
         ``1 / (num_batches_tracked + 1)``.
-    mask : array_like of bool, keyword-only, optional
-        Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
-        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
-        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    {mask}
     return_stats : bool, keyword-only
         Also return the per-channel mean and inverse standard deviation used: what
         :func:`batch_norm_backward` needs.
@@ -233,6 +231,7 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
                out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+@_with_mask_doc
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
                out: Optional[FloatArray] = None,
@@ -256,11 +255,7 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         1 (channels first, the default) or -1 (channels last).
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
-    mask : array_like of bool, keyword-only, optional
-        Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
-        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
-        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    {mask}
     return_stats : bool, keyword-only
         Also return the statistics of each (sample, group): what :func:`group_norm_backward` needs.
 
@@ -364,6 +359,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
                   mask: Optional[ArrayLike] = ...,
                   return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+@_with_mask_doc
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
                   bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
@@ -395,11 +391,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         copy, and channels-first memory as ``[N, C, S]``; other layouts are copied.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
-    mask : array_like of bool, keyword-only, optional
-        Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
-        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
-        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    {mask}
     return_stats : bool, keyword-only
         Also return the statistics used: what :func:`instance_norm_backward` needs.
 

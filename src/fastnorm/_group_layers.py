@@ -8,9 +8,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _references
-from ._threads import check_count
-from ._validation import _array, _check_eps
+from ._layer_docs import _KEEPS, _forward_doc, _raises, _references
+from ._validation import _array, _check_eps, check_count
 
 
 class GroupNorm(_Layer):
@@ -117,38 +116,18 @@ class GroupNorm(_Layer):
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
 
+    @_forward_doc(
+        "Normalize each (sample, group) with its own statistics.\n"
+        "\n"
+        f"        {_KEEPS}",
+        "float16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory\n"
+        "            order.",
+        _raises("``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,\n"
+                "            or read-only."),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)\n"
+        "        array([[-1.,  1.]], dtype=float32)")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Normalize each (sample, group) with its own statistics.
-
-        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory
-            order.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype.
-        ValueError
-            ``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,
-            or read-only.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)
-        array([[-1.,  1.]], dtype=float32)
-        """
         x = _array(x, "input")
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "

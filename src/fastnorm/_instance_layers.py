@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import functional as F
 from ._batch_norm_layers import _NormBase
 from ._layer import STATS, _Grads
-from ._layer_docs import _fill, _references
+from ._layer_docs import _KEEPS, _fill, _forward_doc, _raises, _references
 from ._validation import _array
 
 
@@ -28,42 +28,23 @@ class _InstanceNorm(_NormBase):
     def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), channel_axis=self.channel_axis)
 
+    @_forward_doc(
+        "Normalize each (sample, channel) with its own statistics, or with the running statistics in\n"
+        "        evaluation mode when they are tracked.\n"
+        "\n"
+        f"        {_KEEPS}",
+        "float16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory\n"
+        "            order.  Without ``affine`` and ``track_running_stats`` another number of channels than\n"
+        "            ``num_features`` is normalized with a warning, as PyTorch.",
+        _raises("``x`` of another number of dimensions, or of channels with ``affine`` or\n"
+                "            ``track_running_stats``; a single spatial value when normalizing with the instance's own\n"
+                "            statistics; ``out`` of another shape, or read-only."),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32))"
+        ".round(4)  # (C, L)\n"
+        "        array([[-1.,  1.],\n"
+        "               [-1.,  1.]], dtype=float32)")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Normalize each (sample, channel) with its own statistics, or with the running statistics in
-        evaluation mode when they are tracked.
-
-        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory
-            order.  Without ``affine`` and ``track_running_stats`` another number of channels than
-            ``num_features`` is normalized with a warning, as PyTorch.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype.
-        ValueError
-            ``x`` of another number of dimensions, or of channels with ``affine`` or
-            ``track_running_stats``; a single spatial value when normalizing with the instance's own
-            statistics; ``out`` of another shape, or read-only.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32)).round(4)  # (C, L)
-        array([[-1.,  1.],
-               [-1.,  1.]], dtype=float32)
-        """
         x = _array(x, "input")
         self._check_input(x)
         unbatched = x.ndim == self._input_ndims[0]

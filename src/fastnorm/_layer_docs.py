@@ -1,5 +1,9 @@
-"""The sections that the docstrings of the layers share (the math, the parameters, the references)."""
+"""The sections that docstrings share (the layers' math, parameters, forward and references; the functions' mask)."""
 from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., object])
 
 # The sections the docstrings of the per-channel layers share.
 _BATCH_NORM_MATH = r"""
@@ -100,6 +104,84 @@ def _fill(template: str, **values: str) -> str:
     for key, value in values.items():
         template = template.replace("{" + key + "}", value)
     return template
+
+
+# A layer's ``forward``: only the summary, the input, the ValueErrors and the example differ between layers.
+_FORWARD = """{summary}
+
+        Parameters
+        ----------
+        x : array_like
+            {x}
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+
+        Returns
+        -------
+        ndarray
+            The normalized {result}, of its shape and dtype (``out`` when given).
+
+        Raises
+        ------
+        {raises}
+
+        Examples
+        --------
+        {examples}
+        """
+
+_KEEPS = "Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`."
+
+
+def _raises(value_error: str) -> str:
+    """The Raises entries of most forwards: the TypeErrors they share, then ``value_error``."""
+    return ("TypeError\n            ``x`` not floating point, or a masked array; ``out`` of another dtype.\n"
+            f"        ValueError\n            {value_error}")
+
+
+def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input") -> Callable[[_F], _F]:
+    """A decorator giving a layer's ``forward`` the shared docstring, filled in (the text indented as a method's
+    docstring)."""
+    def document(forward: _F) -> _F:
+        forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result)
+        return forward
+    return document
+
+
+# The ``out`` parameter and the Returns section of the functions computed in float64 (normalize,
+# local_response_norm).
+_OUT_AND_RETURNS = """out : ndarray, keyword-only, optional
+        Where to write the result: the input's shape and dtype, writable; may be the input itself.
+
+    Returns
+    -------
+    ndarray
+        Of the input's shape and dtype (``out`` when given)."""
+
+# The Returns section of their backwards.
+_GRAD_RETURNS = """Returns
+    -------
+    ndarray
+        The gradient with respect to the input, of its shape and dtype (computed in float64)."""
+
+# The ``mask`` parameter of the normalizing functions.
+_MASK = """mask : array_like of bool, keyword-only, optional
+        Broadcastable to the input: the statistics are taken over the values where it is True only
+        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
+        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
+        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray."""
+
+
+def _filled(**values: str) -> Callable[[_F], _F]:
+    """A decorator filling the ``{key}`` placeholders of the docstring of what it decorates."""
+    def fill(function: _F) -> _F:
+        function.__doc__ = _fill(function.__doc__ or "", **values)
+        return function
+    return fill
+
+
+# Fills the ``{mask}`` placeholder of a normalizing function's docstring.
+_with_mask_doc = _filled(mask=_MASK)
 
 
 def _references(kind: str, torch_name: str) -> str:

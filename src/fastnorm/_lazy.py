@@ -9,6 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from ._batch_norm_layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _NormBase
 from ._instance_layers import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
 from ._layer import LoadResult, StateDictSource, _Layer, _state_array
+from ._layer_docs import _forward_doc
 from ._validation import _array, _check_axis
 
 _VECTOR_KEYS = ("weight", "bias", "running_mean", "running_var", "renorm_mean", "renorm_stddev")
@@ -87,36 +88,19 @@ class _LazyNorm(_NormBase):
         layer.reset_parameters()
         layer.num_batches_tracked = tracked
 
+    @_forward_doc(
+        "The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which\n"
+        "        the layer is from then on.",
+        "float16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.",
+        "TypeError, ValueError\n"
+        "            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that\n"
+        "            raises leaves the layer lazy.",
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> bn = fastnorm.LazyBatchNorm1d()\n"
+        "        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))\n"
+        "        >>> type(bn).__name__, bn.num_features, bn.running_mean\n"
+        "        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which
-        the layer is from then on.
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError, ValueError
-            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that
-            raises leaves the layer lazy.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> bn = fastnorm.LazyBatchNorm1d()
-        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))
-        >>> type(bn).__name__, bn.num_features, bn.running_mean
-        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))
-        """
         if self.num_features == 0:
             x = _array(x, "input")
             self._check_input(x)

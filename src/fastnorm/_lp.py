@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._layer_docs import _GRAD_RETURNS, _OUT_AND_RETURNS, _filled
 from ._validation import (FloatArray, Stats, _check_axis, _check_eps, _deliver, _float64_grads, _float64_input, _real,
                           _rounded)
 
@@ -67,6 +68,7 @@ def _norm(x: Stats, p: float, axes: Tuple[int, ...]) -> Stats:
     return norm
 
 
+@_filled(out_and_returns=_OUT_AND_RETURNS)
 def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-12, *,
               out: Optional[FloatArray] = None) -> FloatArray:
     r"""Lp normalization along ``dim``, as ``torch.nn.functional.normalize``.
@@ -81,13 +83,7 @@ def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-1
         The axis (or distinct axes) to normalize over; negative ones count from the end.
     eps : float
         The smallest divisor, >= 0: ``x / max(norm, eps)``.
-    out : ndarray, keyword-only, optional
-        Where to write the result: the input's shape and dtype, writable; may be the input itself.
-
-    Returns
-    -------
-    ndarray
-        Of the input's shape and dtype (``out`` when given).
+    {out_and_returns}
 
     Raises
     ------
@@ -129,6 +125,7 @@ def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-1
     return _deliver(y.reshape(x.shape), out, dtype)
 
 
+@_filled(grad_returns=_GRAD_RETURNS)
 def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0, dim: Dims = 1,
                        eps: float = 1e-12) -> FloatArray:
     r"""Gradient of :func:`normalize` with respect to its input.
@@ -142,10 +139,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0,
     p, dim, eps
         The forward's arguments.
 
-    Returns
-    -------
-    ndarray
-        The gradient with respect to the input, of its shape and dtype (computed in float64).
+    {grad_returns}
 
     Raises
     ------

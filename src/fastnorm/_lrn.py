@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
+from ._layer_docs import _GRAD_RETURNS, _OUT_AND_RETURNS, _filled
 from ._validation import FloatArray, Stats, _deliver, _float64_grads, _float64_input, _real, _rounded
 
 __all__ = ["local_response_norm", "local_response_norm_backward"]
@@ -91,6 +92,7 @@ def _local_response_norm(input: ArrayLike, size: int, alpha: float, beta: float,
     return _deliver(y.reshape(x.shape), out, dtype, commit)
 
 
+@_filled(out_and_returns=_OUT_AND_RETURNS)
 def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
                         out: Optional[FloatArray] = None) -> FloatArray:
     r"""Local response normalization across channels, as ``torch.nn.functional.local_response_norm``.
@@ -104,13 +106,7 @@ def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: 
         after it.
     alpha, beta, k : float
         The scale, the exponent and the additive constant (see Notes).
-    out : ndarray, keyword-only, optional
-        Where to write the result: the input's shape and dtype, writable; may be the input itself.
-
-    Returns
-    -------
-    ndarray
-        Of the input's shape and dtype (``out`` when given).
+    {out_and_returns}
 
     Raises
     ------
@@ -150,6 +146,7 @@ def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: 
     return _local_response_norm(input, size, alpha, beta, k, out)
 
 
+@_filled(grad_returns=_GRAD_RETURNS)
 def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size: int, alpha: float = 1e-4,
                                  beta: float = 0.75, k: float = 1.0) -> FloatArray:
     r"""Gradient of :func:`local_response_norm` with respect to its input.
@@ -165,10 +162,7 @@ def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size:
     alpha, beta, k : float
         The forward's ``alpha``, ``beta`` and ``k``.
 
-    Returns
-    -------
-    ndarray
-        The gradient with respect to the input, of its shape and dtype (computed in float64).
+    {grad_returns}
 
     Raises
     ------

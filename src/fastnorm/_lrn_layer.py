@@ -7,6 +7,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _lrn
 from ._layer import _Grads, _Layer
+from ._layer_docs import _forward_doc, _raises
 
 
 class LocalResponseNorm(_Layer):
@@ -72,37 +73,17 @@ class LocalResponseNorm(_Layer):
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {}
 
+    @_forward_doc(
+        "Normalize each value by the squares of its neighbouring channels.\n"
+        "\n"
+        "        Keeps the input (by reference) for :meth:`backward`, outside :func:`fastnorm.no_grad`.",
+        "float16, float32 or float64, of shape (N, C, \\*); any memory order.",
+        _raises("``x`` with fewer than 3 dimensions; ``out`` of another shape, or read-only."),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> fastnorm.LocalResponseNorm(1, alpha=1.0, beta=0.5, k=0.0).forward(np.full((1, 2, 1), -2.0))\n"
+        "        array([[[-1.],\n"
+        "                [-1.]]])")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Normalize each value by the squares of its neighbouring channels.
-
-        Keeps the input (by reference) for :meth:`backward`, outside :func:`fastnorm.no_grad`.
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, of shape (N, C, \\*); any memory order.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype.
-        ValueError
-            ``x`` with fewer than 3 dimensions; ``out`` of another shape, or read-only.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> fastnorm.LocalResponseNorm(1, alpha=1.0, beta=0.5, k=0.0).forward(np.full((1, 2, 1), -2.0))
-        array([[[-1.],
-                [-1.]]])
-        """
         commit = self._commit({}, (self._input_to_keep(x, out),))
         return _lrn._local_response_norm(x, self.size, self.alpha, self.beta, self.k, out, commit)
 

@@ -1,46 +1,28 @@
 """Layers that normalize each row of trailing dimensions: LayerNorm and RMSNorm."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _fill, _references
+from ._layer_docs import _F, _KEEPS, _forward_doc, _raises, _references
 from ._validation import _check_eps, _check_layer_axes, _normalized_shape
 
-_ROWS_FORWARD = """{summary}
 
-        Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`.
+def _rows_forward_doc(summary: str, cls: str, example: str) -> Callable[[_F], _F]:
+    """The ``forward`` docstring of LayerNorm and RMSNorm."""
+    return _forward_doc(
+        f"{summary}\n\n        {_KEEPS}",
+        "float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.",
+        _raises("``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` of another shape, or\n"
+                "            read-only."),
+        ">>> import numpy as np, fastnorm\n"
+        f"        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)\n"
+        f"        {example}")
 
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized input, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype.
-        ValueError
-            ``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` of another shape, or
-            read-only.
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)
-        {example}
-        """
 
 _ROWS_SHAPE = """
     Shape
@@ -140,14 +122,12 @@ class LayerNorm(_Layer):
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
 
+    @_rows_forward_doc("Normalize each sample over its trailing ``normalized_shape`` dimensions.", "LayerNorm",
+                       "array([[-1.,  1.]], dtype=float32)")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
         return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit,
                             self.axes)[0]
-
-    forward.__doc__ = _fill(_ROWS_FORWARD,
-        summary="Normalize each sample over its trailing ``normalized_shape`` dimensions.", cls="LayerNorm",
-        example="array([[-1.,  1.]], dtype=float32)")
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved
@@ -241,14 +221,12 @@ class RMSNorm(_Layer):
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight}
 
+    @_rows_forward_doc("Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
+                       "RMSNorm", "array([[0.8485, 1.1314]], dtype=float32)")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
         return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit,
                             self.axes)[0]
-
-    forward.__doc__ = _fill(_ROWS_FORWARD,
-        summary="Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
-        cls="RMSNorm", example="array([[0.8485, 1.1314]], dtype=float32)")
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, rstd = saved

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
+from ._layer_docs import _with_mask_doc
 from ._over_axes import _rows_norm_over_axes
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
@@ -78,6 +79,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+@_with_mask_doc
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
                out: Optional[FloatArray] = None,
@@ -108,11 +110,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
         moved last.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
-    mask : array_like of bool, keyword-only, optional
-        Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
-        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
-        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    {mask}
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
@@ -186,6 +184,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
              eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
              mask: Optional[ArrayLike] = ...,
              return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+@_with_mask_doc
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, axes: Optional[Shape] = None, out: Optional[FloatArray] = None,
              mask: Optional[ArrayLike] = None,
@@ -210,11 +209,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
         is read through a view and what is copied is said there).
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
-    mask : array_like of bool, keyword-only, optional
-        Broadcastable to the input: the statistics are taken over the values where it is True only
-        (padding, even NaN, does not leak into them) and every value is normalized with them, as Flax's
-        ``mask``; a statistic of no value is NaN.  A ``numpy.ma`` input means
-        ``mask=~numpy.ma.getmaskarray(input)`` (and'ed with ``mask``); the result is an ndarray.
+    {mask}
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 

@@ -16,11 +16,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import operator
 import os
 from typing import Iterator, Optional, SupportsIndex, TypeVar
 
 from . import _kernels
+from ._layer_docs import _filled
+from ._validation import check_count
+
+# The Raises section of the functions taking a thread count ``n``.
+_COUNT_RAISES = """Raises
+    ------
+    TypeError
+        ``n`` is not an integer.
+    ValueError
+        ``n`` is below 1."""
 
 __all__ = ["get_num_threads", "set_num_threads", "threads"]
 
@@ -31,19 +40,6 @@ _T = TypeVar("_T")
 
 # The innermost threads() setting of the context (a Python thread, an asyncio task), or None.
 _context_count: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fastnorm_threads", default=None)
-
-
-def check_count(value: SupportsIndex, name: str) -> int:
-    """``value`` as a positive int; otherwise an error naming the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
 
 
 def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> Optional[int]:
@@ -110,6 +106,7 @@ def get_num_threads() -> int:
     return _kernels.get_num_threads() if n is None else n
 
 
+@_filled(count_raises=_COUNT_RAISES)
 def set_num_threads(n: Optional[SupportsIndex]) -> None:
     """Set the process's thread count: the kernels' count in every Python thread outside :func:`threads`.
 
@@ -124,12 +121,7 @@ def set_num_threads(n: Optional[SupportsIndex]) -> None:
         the process may use).  A count above the number of CPUs available to the process (CPU affinity,
         cgroup quota, read at this call) is lowered to it: no more OS threads start than there are CPUs.
 
-    Raises
-    ------
-    TypeError
-        ``n`` is not an integer.
-    ValueError
-        ``n`` is below 1.
+    {count_raises}
 
     Examples
     --------
@@ -157,6 +149,7 @@ def context_setting(var: contextvars.ContextVar[_T], value: _T) -> Iterator[None
         var.reset(token)
 
 
+@_filled(count_raises=_COUNT_RAISES)
 def threads(n: SupportsIndex) -> contextlib.AbstractContextManager[None]:
     """Context manager: use ``n`` threads in kernel calls made in the current context.
 
@@ -169,12 +162,7 @@ def threads(n: SupportsIndex) -> contextlib.AbstractContextManager[None]:
     n : int
         A positive count; above the number of CPUs available to the process it is lowered to that.
 
-    Raises
-    ------
-    TypeError
-        ``n`` is not an integer.
-    ValueError
-        ``n`` is below 1.
+    {count_raises}
 
     Examples
     --------

@@ -30,7 +30,6 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
-from ._threads import check_count
 
 FloatArray = NDArray[np.floating[Any]]
 """An ndarray of float16, float32 or float64 (a result has its input's dtype)."""
@@ -127,13 +126,26 @@ def _check_momentum(momentum: object, allow_none: bool = True, name: str = "mome
     return momentum
 
 
-def _check_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
-    if isinstance(axis, bool):
-        raise TypeError(f"{name}: expected an integer axis, got {axis!r}")
+def _integer(value: SupportsIndex, name: str, expected: str) -> int:
+    """``value`` as an int (a bool is not one); otherwise a TypeError naming the argument and ``expected``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected {expected}, got {value!r}")
     try:
-        axis = operator.index(axis)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name}: expected an integer axis, got {axis!r}") from None
+        raise TypeError(f"{name}: expected {expected}, got {value!r}") from None
+
+
+def check_count(value: SupportsIndex, name: str) -> int:
+    """``value`` as a positive int; otherwise an error naming the argument."""
+    value = _integer(value, name, "a positive integer")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return value
+
+
+def _check_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
+    axis = _integer(axis, name, "an integer axis")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
     return axis % ndim

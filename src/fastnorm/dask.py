@@ -79,7 +79,7 @@ def moments(array: da.Array, axes: Union[SupportsIndex, Sequence[SupportsIndex]]
     """
     import dask.array as da
 
-    from ._threads import check_count
+    from ._validation import check_count
 
     if check_count(split_every, "split_every") < 2:
         raise ValueError(f"split_every: expected at least 2 partials per merge, got {split_every}")

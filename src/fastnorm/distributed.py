@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_steps import _variance
+from ._layer_docs import _forward_doc
 from ._plan import _new_result
 from ._validation import _as_input, _channel_params, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
@@ -218,38 +219,22 @@ class SyncBatchNorm(_BatchNorm):
             self.comm = MPI.COMM_WORLD
         return self.comm
 
+    @_forward_doc(
+        "Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in\n"
+        "        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).",
+        "float16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be\n"
+        "            empty on some processes.",
+        "TypeError, ValueError\n"
+        "            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every\n"
+        "            process when any process's fail (see the class's Raises).",
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> from mpi4py import MPI\n"
+        "        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)\n"
+        "        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
+        "        array([[-1., -1.],\n"
+        "               [ 1.,  1.]], dtype=float32)",
+        result="slice")
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in
-        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).
-
-        Parameters
-        ----------
-        x : array_like
-            float16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be
-            empty on some processes.
-        out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
-
-        Returns
-        -------
-        ndarray
-            The normalized slice, of its shape and dtype (``out`` when given).
-
-        Raises
-        ------
-        TypeError, ValueError
-            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every
-            process when any process's fail (see the class's Raises).
-
-        Examples
-        --------
-        >>> import numpy as np, fastnorm
-        >>> from mpi4py import MPI
-        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)
-        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)
-        array([[-1., -1.],
-               [ 1.,  1.]], dtype=float32)
-        """
         if not self.training:
             return super().forward(x, out=out)
         C = self.num_features

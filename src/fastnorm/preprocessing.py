@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import functional as F
+from ._layer_docs import _fill, _filled
 from .statistics import Moments
 
 __all__ = ["StandardScaler"]
@@ -171,6 +172,35 @@ def _scale(var: Array, mean: Array, count: Any) -> Array:
     return np.where(constant, 1.0, np.sqrt(var))
 
 
+# What fit and partial_fit say alike after ``X``.
+_FIT_REST = """y : None
+            Ignored.
+        sample_weight : array_like of shape (n_samples,) or scalar, optional
+            Weight of each sample (finite, >= 0).
+
+        Returns
+        -------
+        StandardScaler
+            ``self``, fitted."""
+# What transform and inverse_transform say alike after ``X``.
+_TRANSFORM_REST = """copy : bool, optional
+            Accepted for compatibility: the result is always a new array.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            float32 (float16) for float32 (float16) ``X``, float64 otherwise.
+
+        Raises
+        ------
+        TypeError
+            Sparse or non-numeric ``X``.
+        ValueError
+            ``X`` not 2-d, holding an infinity, or with {features} than ``fit`` saw.
+        NotFittedError
+            Before ``fit``."""
+
+
 class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Standardize features by removing the mean and scaling to unit variance: scikit-learn's
     ``StandardScaler`` with fastnorm's statistics.
@@ -250,6 +280,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         self.with_std = with_std
         self.copy = copy
 
+    @_filled(weights_and_returns=_FIT_REST)
     def fit(self, X: ArrayLike, y: Any = None, sample_weight: Optional[ArrayLike] = None) -> "StandardScaler":
         """Compute the mean and standard deviation of each feature, forgetting earlier fits.
 
@@ -257,15 +288,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         ----------
         X : array_like of shape (n_samples, n_features)
             Real numbers; NaN is left out of the statistics.
-        y : None
-            Ignored.
-        sample_weight : array_like of shape (n_samples,) or scalar, optional
-            Weight of each sample (finite, >= 0).
-
-        Returns
-        -------
-        StandardScaler
-            ``self``, fitted.
+        {weights_and_returns}
 
         Raises
         ------
@@ -285,6 +308,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         """
         return self._fit(X, sample_weight, reset=True)
 
+    @_filled(weights_and_returns=_FIT_REST)
     def partial_fit(self, X: ArrayLike, y: Any = None,
                     sample_weight: Optional[ArrayLike] = None) -> "StandardScaler":
         """Add the samples of ``X`` to the statistics (Chan's merge of the moments seen so far with the
@@ -294,15 +318,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         ----------
         X : array_like of shape (n_samples, n_features)
             Real numbers, with the features of the first call; NaN is left out of the statistics.
-        y : None
-            Ignored.
-        sample_weight : array_like of shape (n_samples,) or scalar, optional
-            Weight of each sample (finite, >= 0).
-
-        Returns
-        -------
-        StandardScaler
-            ``self``, fitted.
+        {weights_and_returns}
 
         Raises
         ------
@@ -360,6 +376,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         m2 = 0.0 if self.var_ is None else self.var_ * count
         return Moments(count, np.broadcast_to(mean, (n_features,)), m2)
 
+    @_filled(copy_and_after=_fill(_TRANSFORM_REST, features="other features"))
     def transform(self, X: ArrayLike, copy: Optional[bool] = None) -> Array:
         """Standardize: ``(X - mean_) / scale_`` (without ``with_mean``, no centering; without
         ``with_std``, no scaling).
@@ -368,22 +385,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         ----------
         X : array_like of shape (n_samples, n_features)
             Real numbers; NaN stays NaN.
-        copy : bool, optional
-            Accepted for compatibility: the result is always a new array.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-            float32 (float16) for float32 (float16) ``X``, float64 otherwise.
-
-        Raises
-        ------
-        TypeError
-            Sparse or non-numeric ``X``.
-        ValueError
-            ``X`` not 2-d, holding an infinity, or with other features than ``fit`` saw.
-        NotFittedError
-            Before ``fit``.
+        {copy_and_after}
 
         Examples
         --------
@@ -399,6 +401,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         mean, scale = self._affine(X.shape[1])
         return F.batch_normalization(X, mean, 1.0, None, None if scale is None else 1.0 / scale, 0.0)
 
+    @_filled(copy_and_after=_fill(_TRANSFORM_REST, features="another number of features"))
     def inverse_transform(self, X: ArrayLike, copy: Optional[bool] = None) -> Array:
         """Undo :meth:`transform`: ``X * scale_ + mean_``.
 
@@ -406,22 +409,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):  # 
         ----------
         X : array_like of shape (n_samples, n_features)
             Standardized values (feature names are not checked: this is a transform's output).
-        copy : bool, optional
-            Accepted for compatibility: the result is always a new array.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-            float32 (float16) for float32 (float16) ``X``, float64 otherwise.
-
-        Raises
-        ------
-        TypeError
-            Sparse or non-numeric ``X``.
-        ValueError
-            ``X`` not 2-d, holding an infinity, or with another number of features than ``fit`` saw.
-        NotFittedError
-            Before ``fit``.
+        {copy_and_after}
 
         Examples
         --------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from conftest import assert_sync_matches_whole
 from mpi_watchdog import watchdog  # noqa: F401 (autouse)
 
 MPI = pytest.importorskip("mpi4py.MPI")
@@ -45,10 +46,7 @@ def test_sync_batch_norm_equals_batch_norm_on_the_concatenated_batch(shape, chan
         dx = sync.backward(g[mine])
         np.testing.assert_allclose(y, y_all[mine], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, dx_all[mine], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sync.running_mean, whole.running_mean, rtol=1e-12)
-    np.testing.assert_allclose(sync.running_var, whole.running_var, rtol=1e-12)
-    np.testing.assert_allclose(sync.grad_weight, whole.grad_weight, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sync.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
+    assert_sync_matches_whole(sync, whole)
     # Running statistics are the same, to the bit, on every process.
     for other in comm.allgather(np.concatenate([sync.running_mean, sync.running_var])):
         np.testing.assert_array_equal(other, np.concatenate([sync.running_mean, sync.running_var]))
