@@ -462,14 +462,15 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
     x, dtype = _as_input(input, "input")
     _check_ndim(x, 3, "(N, C, spatial...)")
     axis = _check_instance_axis(x, channel_axis)
-    x = np.moveaxis(x, axis, 1)
+    if axis != 1:  # moveaxis costs microseconds even where it changes nothing
+        x = np.moveaxis(x, axis, 1)
     use_input_stats = bool(use_input_stats)
     eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
                                                              use_input_stats, momentum, eps)
     C = x.shape[1]
     if out is not None:
         _check_out(out, np.moveaxis(x, 1, axis).shape, dtype)
-    out1 = None if out is None else np.moveaxis(out, axis, 1)
+    out1 = out if out is None or axis == 1 else np.moveaxis(out, axis, 1)
     N = x.shape[0]
     S = x.size // (N * C) if x.size else 0
     if use_input_stats and x.size and S <= 1:
@@ -496,7 +497,8 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
     else:
         _kernels.forward_with_stats(buf, result, N * S if moved else N, C, 1 if moved else S, *frozen, w, b, eps,
                                     nthreads, commit)
-    y = out if out is not None else np.moveaxis(_returned(result, None, 1, moved, dtype), 1, axis)
+    y = out if out is not None else _returned(result, None, 1, moved, dtype)
+    y = y if out is not None or axis == 1 else np.moveaxis(y, 1, axis)
     if not return_stats:
         return y
     if kept is not None:
