@@ -79,3 +79,28 @@ def is_vector(object a, Py_ssize_t n, cnp.ndarray like=None):
 
 def is_c_contiguous(cnp.ndarray x):
     return cnp.PyArray_IS_C_CONTIGUOUS(x)
+
+
+cdef bint _same_layout(object a, cnp.ndarray like):
+    """Whether ``a`` is a plain C-contiguous array of ``like``'s shape and dtype: an ``add`` the fused
+    sweep reads as it is, value i with value i of the output."""
+    cdef int i
+    if not (_plain_values(a) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.PyArray_TYPE(like)
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == cnp.PyArray_NDIM(like)):
+        return False
+    for i in range(cnp.PyArray_NDIM(like)):
+        if cnp.PyArray_DIMS(<cnp.ndarray>a)[i] != cnp.PyArray_DIMS(like)[i]:
+            return False
+    return True
+
+
+cdef const Epilogue* _epilogue_for(Epilogue* e, int act, object add, cnp.ndarray out):
+    """``e`` filled for an output ``out`` (activation code ``act``, ``add`` in ``out``'s layout or None),
+    or NULL where there is nothing to apply: the plain sweeps then run unchanged."""
+    if act == 0 and add is None:
+        return NULL
+    e.act = act
+    e.add = NULL if add is None else cnp.PyArray_DATA(<cnp.ndarray>add)
+    e.y0 = cnp.PyArray_DATA(out)
+    return e

@@ -4,7 +4,7 @@
 # mean, rstd per (sample, group); sum_dy, sum_dy_xhat [N, C].
 
 cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py_ssize_t C, const floating* p,
-                                int nthreads, bint stream) noexcept nogil:
+                                int nthreads, bint stream, const Epilogue* ep) noexcept nogil:
     """Channels-last sweep.  The per-channel values are tiled ``rep`` times so that the sweep runs over
     rows of ``rep * C`` values (a short row, e.g. C = 64, would pay the loop set-up every 64 values);
     ``rep`` is a multiple of 4 so that a tiled row is a whole number of SIMD vectors."""
@@ -22,31 +22,31 @@ cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py
         # by columns, [64, 12544]: tiling copied 600 KB); and without memory for the tile, the untiled
         # sweep gives the same bits.
         if nthreads <= 1:
-            _sweep_columns(x, y, M, C, p, C, stream)
+            _sweep_columns(x, y, M, C, p, C, stream, ep)
         else:
             rows_per_task = max(<Py_ssize_t>1, 65536 // C)
             ntasks = (M + rows_per_task - 1) // rows_per_task
             for task in prange(ntasks, schedule="static", num_threads=nthreads):
                 r0 = task * rows_per_task
-                _sweep_columns(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream)
+                _sweep_columns(x + r0 * C, y + r0 * C, min(rows_per_task, M - r0), C, p, C, stream, ep)
         return
     for k in range(3):
         for j in range(rep):
             memcpy(tiled + k * L + j * C, p + k * C, C * sizeof(floating))
     if nthreads <= 1:
-        _sweep_columns(x, y, full, L, tiled, L, stream)
+        _sweep_columns(x, y, full, L, tiled, L, stream, ep)
     else:
         for task in prange(ntasks, schedule="static", num_threads=nthreads):
             r0 = task * rows_per_task
-            _sweep_columns(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream)
+            _sweep_columns(x + r0 * L, y + r0 * L, min(rows_per_task, full - r0), L, tiled, L, stream, ep)
     # The last M % rep rows of the tensor: one partial tiled row.
-    _sweep_columns(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream)
+    _sweep_columns(x + full * L, y + full * L, 1, (M - full * rep) * C, tiled, L, stream, ep)
     free(tiled)
 
 
 cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
                                 Py_ssize_t G, ParamVector weight, ParamVector bias, double eps, double* mean,
-                                double* var, int nthreads) noexcept nogil:
+                                double* var, int nthreads, const Epilogue* ep) noexcept nogil:
     """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
     cdef Py_ssize_t K = C // G
@@ -77,7 +77,7 @@ cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py
             _center_and_rstd(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
             for c in range(g * K, (g + 1) * K):
                 _fold(center, inv, _at(weight, c, 1.0), _at(bias, c, 0.0), &p[c], &p[C + c], &p[2 * C + c])
-        _sweep_columns_folded(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream)
+        _sweep_columns_folded(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream, ep)
     _fence_streams(stream, nthreads)
     free(p)
     free(cmean)

@@ -15,19 +15,19 @@ cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamV
 
 cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                          ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
-                         int nthreads) noexcept nogil:
+                         int nthreads, const Epilogue* ep) noexcept nogil:
     """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     if p == NULL:
         return -1
     _fold_channels(C, mean, var, weight, bias, eps, p)
-    _sweep_folded(x, y, N, C, S, p, nthreads)
+    _sweep_folded(x, y, N, C, S, p, nthreads, ep)
     free(p)
     return 0
 
 
 cdef void _sweep_folded(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                        const floating* p, int nthreads) noexcept nogil:
+                        const floating* p, int nthreads, const Epilogue* ep) noexcept nogil:
     """The sweep with folded factors p: ``[N, C, S]``, or the columns of ``[N, C]`` when S == 1."""
     cdef bint stream = _streams(2 * N * C * S * sizeof(floating))
     cdef floating* columns = NULL
@@ -35,7 +35,7 @@ cdef void _sweep_folded(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
     if 1 < S < SHORT_SWEEP:
         columns = <floating*>_alloc(3 * C * S * sizeof(floating))
     if S == 1:
-        _sweep_columns_folded(x, y, N, C, p, nthreads, stream)
+        _sweep_columns_folded(x, y, N, C, p, nthreads, stream, ep)
     elif columns != NULL:
         # Short runs: the same sweep over the columns of [N, C * S], each channel's factors repeated S
         # times (a call per run of a few values would cost more than its values).
@@ -43,10 +43,10 @@ cdef void _sweep_folded(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
             for c in range(C):
                 for j in range(S):
                     columns[(k * C + c) * S + j] = p[k * C + c]
-        _sweep_columns_folded(x, y, N, C * S, columns, nthreads, stream)
+        _sweep_columns_folded(x, y, N, C * S, columns, nthreads, stream, ep)
         free(columns)
     else:
-        _sweep_channels(x, y, N, C, S, p, nthreads, stream)
+        _sweep_channels(x, y, N, C, S, p, nthreads, stream, ep)
     _fence_streams(stream, nthreads)
 
 
@@ -126,9 +126,10 @@ cdef class EvalCache:
 
 
 def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object var, object weight,
-                object bias, double eps, int nthreads):
-    """Eval-mode BatchNorm of ``x`` with the factors in ``cache``: returns a new array, or None when an
-    argument is not of the plain kind (then the validating path handles it)."""
+                object bias, double eps, int nthreads, int act=0, object add=None):
+    """Eval-mode BatchNorm of ``x`` with the factors in ``cache``, then ``act(y + add)`` (see Epilogue):
+    returns a new array, or None when an argument is not of the plain kind (then the validating path
+    handles it)."""
     cdef cnp.ndarray arr, out
     cdef int t, ndim, axis, i
     cdef Py_ssize_t N = 1, C, S = 1
@@ -149,23 +150,26 @@ def eval_cached(EvalCache cache, object x, int channel_axis, object mean, object
         N *= dims[i]
     for i in range(axis + 1, ndim):
         S *= dims[i]
-    if N * S == 0 or not cache._refresh((mean, var, weight, bias), C, eps):
+    if N * S == 0 or not (add is None or _same_layout(add, arr)) or not cache._refresh((mean, var, weight, bias), C,
+                                                                                       eps):
         return None
     out = _empty(ndim, dims, t)
+    cdef Epilogue e
+    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef void* px = cnp.PyArray_DATA(arr)
     cdef void* py = cnp.PyArray_DATA(out)
     if t == cnp.NPY_FLOAT:
-        _sweep_cached(<const float*>px, <float*>py, N, C, S, &cache.p32, vm, vv, vw, vb, eps, nthreads)
+        _sweep_cached(<const float*>px, <float*>py, N, C, S, &cache.p32, vm, vv, vw, vb, eps, nthreads, ep)
     else:
-        _sweep_cached(<const double*>px, <double*>py, N, C, S, &cache.p64, vm, vv, vw, vb, eps, nthreads)
+        _sweep_cached(<const double*>px, <double*>py, N, C, S, &cache.p64, vm, vv, vw, vb, eps, nthreads, ep)
     return out
 
 
 cdef int _sweep_cached(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                        floating** cached, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias,
-                       double eps, int nthreads) except -1:
+                       double eps, int nthreads, const Epilogue* ep) except -1:
     """The sweep with the cache's factors for the data's type, folded first where the cache has none.  It
     runs without the GIL on a copy of them: another thread may refold the cache meanwhile (parameters
     changed under a running call), and must not free what this call reads."""
@@ -180,6 +184,6 @@ cdef int _sweep_cached(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
         _out_of_memory()
     memcpy(factors, cached[0], 3 * C * sizeof(floating))
     with nogil:
-        _sweep_folded(x, y, N, C, S, factors, nthreads)
+        _sweep_folded(x, y, N, C, S, factors, nthreads, ep)
     free(factors)
     return 0

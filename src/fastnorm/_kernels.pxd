@@ -77,6 +77,8 @@ cdef extern from "_simd.h" nogil:
                                           float shift, const float* w, const float* b)
     void fastnorm_sweep_affine_stream_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
                                           double shift, const double* w, const double* b)
+    void fastnorm_activate_f32(float* v, const float* add, Py_ssize_t n, int act)
+    void fastnorm_activate_f64(double* v, const double* add, Py_ssize_t n, int act)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* mean_hi,
@@ -103,6 +105,15 @@ cdef struct ParamVector:
     bint is_f64
 
 
+# What a fused sweep applies to the values it writes: y = act(y + add) (act 0: none; add NULL: none).
+# ``add`` is contiguous in the layout of the output, which starts at ``y0``: the value added to y[i] is
+# add[&y[i] - y0].  Passed as NULL where there is nothing to apply, so the plain sweeps run unchanged.
+cdef struct Epilogue:
+    int act
+    const void* add
+    const void* y0
+
+
 cdef struct Tiles:
     # The tiles of a channels-last pass over [M, C]: row blocks of ``rb`` rows (fixed by the shape: the
     # bits depend on them), each split into ``ncb`` column blocks of ``cw`` columns (for the threads).
@@ -121,3 +132,4 @@ cdef struct RowAffine:
     bint per_element        # weight/bias indexed by the position in the run (LayerNorm, RMSNorm); they
                             # then have the data's dtype
     bint rms                # scale by the root mean square, without centering (RMSNorm)
+    const Epilogue* ep      # the activation and add applied as the rows are written, or NULL

@@ -124,20 +124,24 @@ def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthread
 
 def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                        object mean, object var, object weight, object bias, double eps, int nthreads,
-                       object commit=None):
+                       object commit=None, int act=0, object add=None):
     """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of an ``[N, C, S]`` buffer
-    (``S == 1`` is the channels-last ``[N, C]`` case); then applies ``commit`` (a :class:`Commit`)."""
+    (``S == 1`` is the channels-last ``[N, C]`` case), then ``act(out + add)`` in the same sweep (``act``:
+    an activation code, 0 none; ``add``: None or an array in ``out``'s layout, see Epilogue); then applies
+    ``commit`` (a :class:`Commit`)."""
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
+    cdef Epilogue e
+    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
         if f64:
-            status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
         else:
-            status = _fold_and_sweep(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads)
+            status = _fold_and_sweep(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
     if status < 0:
         _out_of_memory()
     _apply(commit, out, mean, var, None)
@@ -174,19 +178,22 @@ cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t 
     a.groups = groups if groups > 0 else R
     a.per_element = per_element
     a.rms = rms
+    a.ep = NULL
     return a
 
 
 def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
                  object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
-                 bint per_element=False, bint rms=False, bint stats=True, object commit=None):
+                 bint per_element=False, bint rms=False, bint stats=True, object commit=None, int act=0,
+                 object add=None):
     """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
     ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
     ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
     rstd being the inverse standard deviation (or root mean square) the sweep used; None without ``stats``.
-    Then applies ``commit`` (a :class:`Commit`) with these statistics.
+    Then applies ``commit`` (a :class:`Commit`) with these statistics.  ``act``, ``add``: as
+    :func:`forward_with_stats`'s.
     """
     stats = stats or commit is not None
     cdef tuple result = _statistics(R) if stats else None
@@ -198,6 +205,8 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
     cdef int status
+    cdef Epilogue e
+    a.ep = _epilogue_for(&e, act, add, out)
     if pm == NULL:
         _out_of_memory()
     with nogil:
@@ -216,10 +225,11 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
 
 
 def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, object weight, object bias,
-                    double eps, int nthreads, object commit=None):
+                    double eps, int nthreads, object commit=None, int act=0, object add=None):
     """Training-mode normalization of the columns of an ``[M, C]`` buffer (channels last): the
     statistics need every row, so it is moments, then a second sweep.  Returns (mean, biased var, rstd)
-    after applying ``commit`` (a :class:`Commit`) with them."""
+    after applying ``commit`` (a :class:`Commit`) with them.  ``act``, ``add``: as
+    :func:`forward_with_stats`'s."""
     cdef tuple stats = _statistics(C)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
@@ -230,15 +240,17 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef bint f64 = _is_f64(x)
     cdef int status = -1
     cdef double* partial
+    cdef Epilogue e
+    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
         partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
         if partial != NULL:
             if f64:
                 _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
+                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep)
             else:
                 _moments_columns(<const float*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads)
+                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep)
         free(partial)
     if status < 0:
         _out_of_memory()
@@ -248,9 +260,11 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
 
 
 def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
-                          Py_ssize_t G, object weight, object bias, double eps, int nthreads, object commit=None):
+                          Py_ssize_t G, object weight, object bias, double eps, int nthreads, object commit=None,
+                          int act=0, object add=None):
     """GroupNorm of a channels-last ``[N, S, C]`` buffer; returns per (sample, group) (mean, var, rstd)
-    after applying ``commit`` (a :class:`Commit`) with them."""
+    after applying ``commit`` (a :class:`Commit`) with them.  ``act``, ``add``: as
+    :func:`forward_with_stats`'s."""
     cdef tuple stats = _statistics(N * G)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(out)
@@ -259,11 +273,15 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
     cdef int status
+    cdef Epilogue e
+    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
         if f64:
-            status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
+                                            ep)
         else:
-            status = _forward_column_groups(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads)
+            status = _forward_column_groups(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
+                                            ep)
     if status < 0:
         _out_of_memory()
     _with_rstd(stats, eps, False)
@@ -418,3 +436,22 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
     finally:
         free(scratch)
     return sum_dy, sum_dy_xhat
+
+
+def activate(cnp.ndarray y, object add, int act, int nthreads):
+    """``y = act(y + add)`` in place (``add``: None or an array of y's layout and dtype): the epilogue of
+    a fused sweep, for the paths that normalize first (masked inputs, several channel axes)."""
+    cdef Epilogue e
+    cdef const Epilogue* ep = _epilogue_for(&e, act, add, y)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(y), chunks = (n + CHUNK - 1) // CHUNK, t
+    cdef char* py = <char*>cnp.PyArray_DATA(y)
+    cdef bint f64 = _is_f64(y)
+    if ep == NULL:
+        return
+    with nogil:
+        if f64:
+            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
+                _epilogue(<double*>py + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), ep)
+        else:
+            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
+                _epilogue(<float*>py + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), ep)

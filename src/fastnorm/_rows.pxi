@@ -28,11 +28,11 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
         scale = <floating>inv
         shift = <floating>(-mean_lo * inv)
         if a.weight.data == NULL:
-            _sweep(xrun + start, yrun + start, length, &mean_hi, &scale, &shift, stream)
+            _sweep(xrun + start, yrun + start, length, &mean_hi, &scale, &shift, stream, a.ep)
         else:
             b = NULL if a.bias.data == NULL else <const floating*>a.bias.data + start
             _sweep_affine(xrun + start, yrun + start, length, mean_hi, scale, shift,
-                          <const floating*>a.weight.data + start, b, stream)
+                          <const floating*>a.weight.data + start, b, stream, a.ep)
         return
     first = (r % a.groups) * (S // a.sub)
     if a.sub == 1:
@@ -41,6 +41,7 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
         for i in range(pos, end):
             _fold(center, inv, _at(a.weight, first + i, 1.0), _at(a.bias, first + i, 0.0), &mean_hi, &scale, &shift)
             yrun[i] = (xrun[i] - mean_hi) * scale + shift
+        _epilogue(yrun + pos, end - pos, a.ep)
         return
     j = pos // a.sub
     while pos < end:
@@ -51,8 +52,9 @@ cdef void _sweep_span(const floating* xrun, floating* yrun, Py_ssize_t start, Py
             # A short sub-run (GroupNorm on small maps): inline, the same operations as the sweep.
             for i in range(pos, stop):
                 yrun[i] = (xrun[i] - mean_hi) * scale + shift
+            _epilogue(yrun + pos, stop - pos, a.ep)
         else:
-            _sweep(xrun + pos, yrun + pos, stop - pos, &mean_hi, &scale, &shift, stream)
+            _sweep(xrun + pos, yrun + pos, stop - pos, &mean_hi, &scale, &shift, stream, a.ep)
         pos = stop
         j += 1
 
@@ -162,16 +164,16 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
 
 
 cdef void _sweep_channels(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                          const floating* p, int nthreads, bint stream) noexcept nogil:
+                          const floating* p, int nthreads, bint stream, const Epilogue* ep) noexcept nogil:
     cdef Py_ssize_t run, c
     if nthreads <= 1:
         for run in range(N * C):
             c = run % C
-            _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream)
+            _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream, ep)
         return
     for run in prange(N * C, schedule="static", num_threads=nthreads):
         c = run % C
-        _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream)
+        _sweep(x + run * S, y + run * S, S, p + c, p + C + c, p + 2 * C + c, stream, ep)
 
 
 # ---------------------------------------------------------------------------------------------------------

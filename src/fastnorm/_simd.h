@@ -16,7 +16,8 @@
  *    Elementwise sweeps give the same bits in every variant (no contraction into FMA: -ffp-contract=off).
  *
  * The loops by concept: _simd_moments.h (shifted sums of blocks and columns), _simd_sweeps.h (the forward
- * sweeps, cached and streamed), _simd_backward.h (the backward's sums and dx sweeps, the in-place check).
+ * sweeps, cached and streamed), _simd_backward.h (the backward's sums and dx sweeps, the in-place check),
+ * _simd_activation.h (the activation and add of a fused sweep).
  * Each loop's comment gives its plain scalar form. */
 #ifndef FASTNORM_SIMD_H
 #define FASTNORM_SIMD_H
@@ -171,5 +172,6 @@ static void fastnorm_copy_stream(char *dst, const char *src, size_t n)
 #include "_simd_moments.h"
 #include "_simd_sweeps.h"
 #include "_simd_backward.h"
+#include "_simd_activation.h"
 
 #endif

@@ -1,0 +1,61 @@
+/* The epilogue of a fused sweep (included by _simd.h): v = act(v + add) over a chunk of normalized values
+ * that the sweep has just written into an L1-resident buffer.  Each activation is written once, its scalar
+ * formula beside it; relu and relu6 vectorize, the others call libm per value (expf, erff, tanhf; exp,
+ * erf, tanh for float64), which costs more than the memory traffic they ride on.  NaN stays NaN.
+ * The codes are those of fastnorm._validation.ACTIVATIONS (1-based; 0: none). */
+#include <math.h>
+
+enum {
+    FASTNORM_ACT_NONE = 0,
+    FASTNORM_ACT_RELU = 1,      /* max(z, 0) */
+    FASTNORM_ACT_RELU6 = 2,     /* min(max(z, 0), 6) */
+    FASTNORM_ACT_SILU = 3,      /* z / (1 + exp(-z)) */
+    FASTNORM_ACT_GELU = 4,      /* z / 2 * (1 + erf(z / sqrt(2))) */
+    FASTNORM_ACT_GELU_TANH = 5, /* z / 2 * (1 + tanh(sqrt(2 / pi) * (z + 0.044715 z**3))) */
+    FASTNORM_ACT_SIGMOID = 6,   /* 1 / (1 + exp(-z)) */
+    FASTNORM_ACT_TANH = 7       /* tanh(z) */
+};
+
+#define FASTNORM_ACTIVATE(NAME, T, EXP, ERF, TANH)                                                   \
+    FASTNORM_CLONES static void NAME(T *v, const T *add, ptrdiff_t n, int act)                       \
+    {                                                                                                \
+        const T half = (T)0.5, one = (T)1, zero = (T)0, six = (T)6;                                  \
+        const T rsqrt2 = (T)0.70710678118654752440, k0 = (T)0.79788456080286535588, k1 = (T)0.044715; \
+        if (add)                                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = v[i] + add[i];                                                                \
+        switch (act) {                                                                               \
+        case FASTNORM_ACT_RELU:                                                                      \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = v[i] < zero ? zero : v[i];                                                    \
+            break;                                                                                   \
+        case FASTNORM_ACT_RELU6:                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = v[i] < zero ? zero : (v[i] > six ? six : v[i]);                               \
+            break;                                                                                   \
+        case FASTNORM_ACT_SILU:                                                                      \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = v[i] / (one + EXP(-v[i]));                                                    \
+            break;                                                                                   \
+        case FASTNORM_ACT_GELU:                                                                      \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = half * v[i] * (one + ERF(v[i] * rsqrt2));                                     \
+            break;                                                                                   \
+        case FASTNORM_ACT_GELU_TANH:                                                                 \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = half * v[i] * (one + TANH(k0 * (v[i] + k1 * v[i] * v[i] * v[i])));            \
+            break;                                                                                   \
+        case FASTNORM_ACT_SIGMOID:                                                                   \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = one / (one + EXP(-v[i]));                                                     \
+            break;                                                                                   \
+        case FASTNORM_ACT_TANH:                                                                      \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = TANH(v[i]);                                                                   \
+            break;                                                                                   \
+        default:                                                                                     \
+            break;                                                                                   \
+        }                                                                                            \
+    }
+FASTNORM_ACTIVATE(fastnorm_activate_f32, float, expf, erff, tanhf)
+FASTNORM_ACTIVATE(fastnorm_activate_f64, double, exp, erf, tanh)
