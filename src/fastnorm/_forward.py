@@ -14,12 +14,14 @@ from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
 from ._over_axes import _batch_norm_over_axes
-from ._plan import (_by_columns, _channel_view, _committing, _empty_call, _frozen_stats, _group_norm_channels_last,
-                    _repeat, _returned)
+from ._epilogue import _activate_after
+from ._plan import (_add_buffer, _by_columns, _channel_view, _committing, _empty_call, _frozen_stats,
+                    _group_norm_channels_last, _repeat, _returned)
 from ._layer_docs import _with_mask_doc
 from ._threads import threads_for
-from ._validation import (FloatArray, Stats, _as_input, _batch_norm_args, _check_instance_axis, _check_ndim,
-                          _check_out, _group_norm_args, _instance_norm_args, _several_axes)
+from ._validation import (FloatArray, Stats, _as_input, _batch_norm_args, _check_activation, _check_add,
+                          _check_instance_axis, _check_ndim, _check_out, _group_norm_args, _instance_norm_args,
+                          _several_axes)
 
 __all__ = ["batch_norm", "group_norm", "instance_norm"]
 
@@ -34,18 +36,21 @@ __all__ = ["batch_norm", "group_norm", "instance_norm"]
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
                mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
                mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
                out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
@@ -53,6 +58,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., runni
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
+               activation: Optional[str] = None, add: Optional[ArrayLike] = None,
                out: Optional[FloatArray] = None, bessel: bool = True, num_batches_tracked: Optional[int] = None,
                mask: Optional[ArrayLike] = None,
                return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
@@ -86,6 +92,14 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         the input as ``[N, K, S]`` (K the channels), through a view where its memory holds the channel
         axes together in their order after merging adjacent axes (e.g. (1, 2) or (2, 3) of C-ordered
         data), and through a copy with them moved together otherwise (e.g. (1, 3) of C-ordered data).
+    activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``; None: none.
+    add : array_like, keyword-only, optional
+        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
+        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
+        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     bessel : bool, keyword-only
@@ -111,8 +125,10 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     ------
     TypeError
         A ``mask`` that is not boolean.
-        Input that is not floating point; parameters or ``out`` of the wrong type or dtype, or masked arrays.
+        Input that is not floating point; parameters or ``out`` of the wrong type or dtype, or masked arrays;
+        ``activation`` not a string, ``add`` not floating point.
     ValueError
+        An unknown ``activation``; ``add`` of a shape that does not broadcast to the input.
         A ``mask`` that does not broadcast to the input, or that leaves one value to a statistic in training.
         Fewer than 2 dimensions, parameters whose length is not the channel count, training with a
         single value per channel, evaluation without running statistics, ``out`` of the wrong shape or
@@ -157,31 +173,43 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     >>> y, mean, invstd = fastnorm.batch_norm(x, training=True, channel_axis=(1, 2), return_stats=True)
     >>> mean.tolist()  # a channel per (row, column) of the last two axes: the means over the batch
     [[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+    >>> y = fastnorm.batch_norm(x, rm, rv, activation="relu", add=np.ones_like(x))  # relu(bn(x) + 1)
+    >>> bool(y.min() >= 0)
+    True
     """
+    act = _check_activation(activation)
     if _masked.is_masked(input, mask):
         if _several_axes(channel_axis):
             raise ValueError("mask: not supported together with several channel axes")
+        add_ = _check_add(add, np.shape(input))
         y, mean, rstd = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                            channel_axis, out, bessel, num_batches_tracked, mask)
+        y = _activate_after(y, act, add_)
         return (y, mean, rstd) if return_stats else y
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
-                       bessel, num_batches_tracked, return_stats, None)
+                       bessel, num_batches_tracked, return_stats, None, act, add)
 
 
 def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                 weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
                 eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], bessel: bool,
                 num_batches_tracked: Optional[int], return_stats: bool,
-                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
-    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+                commit: Optional[_kernels.Commit], act: int = 0,
+                add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
+    the activation's code (see _check_activation)."""
     x, dtype = _as_input(input, "input")
     if _several_axes(channel_axis):
-        return _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
-                                     momentum, eps, channel_axis, out, bessel, num_batches_tracked, return_stats,
-                                     commit)
+        add_ = _check_add(add, x.shape)
+        result = _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
+                                       momentum, eps, channel_axis, out, bessel, num_batches_tracked, return_stats,
+                                       commit)
+        _activate_after(result[0] if isinstance(result, tuple) else result, act, add_)
+        return result
     training = bool(training)
     axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
                                                                    bias, training, momentum, eps, num_batches_tracked)
+    add_ = _check_add(add, x.shape)
     if out is not None:
         _check_out(out, x.shape, dtype)
     if x.size == 0:
@@ -196,17 +224,19 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
     running = None if buffers is None else (*buffers, factor, count / (count - 1) if bessel else 1.0)
     kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
     result, commit = _committing(commit, out, buf, axis, moved, running, (C,), False, kept)
+    a = _add_buffer(add_, x.shape, axis, moved, buf, result)
     nthreads = threads_for(x.size, S if S > 1 else 64)
     if frozen is None:  # the kernel: a path per layout
         if S == 1:
-            mean, var, rstd = _kernels.forward_columns(buf, result, N, C, w, b, eps, nthreads, commit)
+            mean, var, rstd = _kernels.forward_columns(buf, result, N, C, w, b, eps, nthreads, commit, act, a)
         elif _by_columns(N, S):  # short runs: by columns of [N, C * S], S columns a channel
             mean, var, rstd = _kernels.forward_column_groups(buf, result, 1, N, C * S, C, _repeat(w, S), _repeat(b, S),
-                                                             eps, nthreads, commit)
+                                                             eps, nthreads, commit, act, a)
         else:
-            mean, var, rstd = _kernels.forward_rows(buf, result, N, C, S, w, b, eps, nthreads, commit=commit)
+            mean, var, rstd = _kernels.forward_rows(buf, result, N, C, S, w, b, eps, nthreads, commit=commit, act=act,
+                                                    add=a)
     else:
-        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit)
+        _kernels.forward_with_stats(buf, result, N, C, S, *frozen, w, b, eps, nthreads, commit, act, a)
     y = _returned(result, out, axis, moved, dtype)
     if not return_stats:
         return y
@@ -218,23 +248,23 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
                return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
                return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               out: Optional[FloatArray] = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
-               out: Optional[FloatArray] = None,
+               activation: Optional[str] = None, add: Optional[ArrayLike] = None, out: Optional[FloatArray] = None,
                mask: Optional[ArrayLike] = None,
                return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Group normalization, as ``torch.nn.functional.group_norm``: the channels are split into
@@ -253,6 +283,14 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         Added to the variance before the square root, in the input's units squared.
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1 (channels last).
+    activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``; None: none.
+    add : array_like, keyword-only, optional
+        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
+        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
+        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -271,10 +309,11 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     ------
     TypeError
         A ``mask`` that is not boolean.
-        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``num_groups`` or
-        ``channel_axis`` not an integer.
+        Input, ``weight``, ``bias``, ``add`` or ``out`` that is not floating point; ``num_groups`` or
+        ``channel_axis`` not an integer; ``activation`` not a string.
     ValueError
-        A ``mask`` that does not broadcast to the input.
+        A ``mask`` that does not broadcast to the input; an unknown ``activation``; ``add`` of a shape that
+        does not broadcast to the input.
         Fewer than 2 dimensions; ``channel_axis`` other than 1 or -1; ``num_groups`` below 1 or not a
         divisor of C; ``weight`` or ``bias`` not of shape (C,); ``out`` of the wrong shape or read-only; a
         negative or non-finite ``eps``.
@@ -303,19 +342,27 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     >>> y, mean, rstd = fastnorm.group_norm(np.arange(16.).reshape(2, 4, 2), 2, return_stats=True)
     >>> mean.tolist()
     [[1.5, 5.5], [9.5, 13.5]]
+    >>> fastnorm.group_norm(np.arange(16.).reshape(2, 4, 2), 2, activation="relu")[0, :2].round(4).tolist()
+    [[0.0, 0.0], [0.4472, 1.3416]]
     """
+    act = _check_activation(activation)
     if _masked.is_masked(input, mask):
+        add_ = _check_add(add, np.shape(input))
         y, mean, rstd = _masked.group_norm(input, num_groups, weight, bias, eps, channel_axis, out, mask)
+        y = _activate_after(y, act, add_)
         return (y, mean, rstd) if return_stats else y
-    return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None)
+    return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None, act, add)
 
 
 def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
                 eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], return_stats: bool,
-                commit: Optional[_kernels.Commit]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
-    """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing)."""
+                commit: Optional[_kernels.Commit], act: int = 0,
+                add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
+    the activation's code."""
     x, dtype = _as_input(input, "input")
     axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
+    add_ = _check_add(add, x.shape)
     if out is not None:
         _check_out(out, x.shape, dtype)
     N = x.shape[0]
@@ -325,13 +372,14 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     result, commit = _committing(commit, out, buf, axis, moved, None, (N, G))
+    a = _add_buffer(add_, x.shape, axis, moved, buf, result)
     nthreads = threads_for(x.size, S)
     if _group_norm_channels_last(x, axis, moved):
         stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(buf, result, N, S, C, G, w, b, eps,
-                                                                                     nthreads, commit)
+                                                                                     nthreads, commit, act, a)
     else:
         stats = _kernels.forward_rows(buf, result, 1, N * G, (C // G) * S, w, b, eps, nthreads, sub=S, groups=G,
-                                      stats=return_stats, commit=commit)
+                                      stats=return_stats, commit=commit, act=act, add=a)
     y = _returned(result, out, axis, moved, dtype)
     if not return_stats or stats is None:
         return y
@@ -342,28 +390,32 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
+                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
                   mask: Optional[ArrayLike] = ...,
                   return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
+                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
                   mask: Optional[ArrayLike] = ...,
                   return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
                   running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
                   bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., out: Optional[FloatArray] = ...,
+                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
+                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
                   mask: Optional[ArrayLike] = ...,
                   return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,
                   bias: Optional[ArrayLike] = None, use_input_stats: bool = True, momentum: float = 0.1,
-                  eps: float = 1e-5, *, channel_axis: SupportsIndex = 1, out: Optional[FloatArray] = None,
+                  eps: float = 1e-5, *, channel_axis: SupportsIndex = 1, activation: Optional[str] = None,
+                  add: Optional[ArrayLike] = None, out: Optional[FloatArray] = None,
                   mask: Optional[ArrayLike] = None,
                   return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Instance normalization, as ``torch.nn.functional.instance_norm``: each (sample, channel) is
@@ -389,6 +441,14 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         The axis of the channels: 1 (the default), -1 for channels-last data, any axis but 0.  Either
         way, channels-last memory (NHWC data, or an NCHW view of it) is read as ``[N, S, C]`` without a
         copy, and channels-first memory as ``[N, C, S]``; other layouts are copied.
+    activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``; None: none.
+    add : array_like, keyword-only, optional
+        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
+        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
+        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -407,9 +467,10 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     ------
     TypeError
         A ``mask`` that is not boolean.
-        Input, parameters or ``out`` that are not floating point; a running statistic to update that is
-        not an ndarray.
+        Input, parameters, ``add`` or ``out`` that are not floating point; a running statistic to update
+        that is not an ndarray; ``activation`` not a string.
     ValueError
+        An unknown ``activation``; ``add`` of a shape that does not broadcast to the input.
         Fewer than 3 dimensions; ``channel_axis`` 0 or out of range; a single spatial value with
         ``use_input_stats``; parameters whose length is not C; only one of the running statistics, or
         none without ``use_input_stats``; a read-only running statistic to update; ``out`` of the wrong
@@ -441,28 +502,35 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     ([2.0, 2.0], [2.0, 0.0])
     >>> fastnorm.instance_norm(np.array([[[1., 2.], [3., 2.]]]), channel_axis=-1).round(4).tolist()  # (N, S, C)
     [[[-1.0, 0.0], [1.0, 0.0]]]
+    >>> fastnorm.instance_norm(np.array([[[1., 3.], [2., 2.]]]), activation="sigmoid").round(4).tolist()
+    [[[0.2689, 0.7311], [0.5, 0.5]]]
     """
+    act = _check_activation(activation)
     if _masked.is_masked(input, mask):
         if not isinstance(channel_axis, int) or channel_axis != 1:
             raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
+        add_ = _check_add(add, np.shape(input))
         y, mean, rstd = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
                                               momentum, eps, out, mask)
+        y = _activate_after(y, act, add_)
         return (y, mean, rstd) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
-                          return_stats, None, channel_axis)
+                          return_stats, None, channel_axis, act, add)
 
 
 def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
                    eps: float, out: Optional[FloatArray], return_stats: bool,
-                   commit: Optional[_kernels.Commit], channel_axis: SupportsIndex = 1,
-                   ) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+                   commit: Optional[_kernels.Commit], channel_axis: SupportsIndex = 1, act: int = 0,
+                   add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing).
     The channel axis is moved to 1 (a view), and the memory of channels-last data is ``[N, S, C]``."""
     x, dtype = _as_input(input, "input")
     _check_ndim(x, 3, "(N, C, spatial...)")
     axis = _check_instance_axis(x, channel_axis)
+    add_ = _check_add(add, x.shape)
     if axis != 1:  # moveaxis costs microseconds even where it changes nothing
+        add_ = None if add_ is None else np.moveaxis(np.broadcast_to(add_, x.shape), axis, 1)
         x = np.moveaxis(x, axis, 1)
     use_input_stats = bool(use_input_stats)
     eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
@@ -484,19 +552,20 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
     running = None if buffers is None else (*buffers, factor, S / (S - 1))
     kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
     result, commit = _committing(commit, out1, buf, 1, moved, running, (N, C), False, kept)
+    a = _add_buffer(add_, x.shape, 1, moved, buf, result)
     nthreads = threads_for(x.size, S)
     if frozen is None:
         if moved:  # channels-last memory: GroupNorm's [N, S, C] path, a group per channel
             stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(
-                buf, result, N, S, C, C, w, b, eps, nthreads, commit)
+                buf, result, N, S, C, C, w, b, eps, nthreads, commit, act, a)
         else:
             stats = _kernels.forward_rows(buf, result, 1, N * C, S, w, b, eps, nthreads, groups=C,
-                                          stats=return_stats, commit=commit)
+                                          stats=return_stats, commit=commit, act=act, add=a)
         if stats is not None:
-            mean, var, rstd = (a.reshape(N, C) for a in stats)
+            mean, var, rstd = (v.reshape(N, C) for v in stats)
     else:
         _kernels.forward_with_stats(buf, result, N * S if moved else N, C, 1 if moved else S, *frozen, w, b, eps,
-                                    nthreads, commit)
+                                    nthreads, commit, act, a)
     y = out if out is not None else _returned(result, None, 1, moved, dtype)
     y = y if out is not None or axis == 1 else np.moveaxis(y, 1, axis)
     if not return_stats:

@@ -79,6 +79,7 @@ cdef extern from "_simd.h" nogil:
                                           double shift, const double* w, const double* b)
     void fastnorm_activate_f32(float* v, const float* add, Py_ssize_t n, int act)
     void fastnorm_activate_f64(double* v, const double* add, Py_ssize_t n, int act)
+    void fastnorm_activation_grad_f64(const double* z, const double* dy, double* dz, Py_ssize_t n, int act)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* mean_hi,

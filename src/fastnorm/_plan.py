@@ -268,3 +268,22 @@ def _update_running(running_mean: FloatArray, running_var: FloatArray, mean: Sta
     commit = _kernels.Commit()
     commit.prepare(None, (running_mean, running_var, factor, var_scale))
     commit.apply(None, mean, batch_var)
+
+
+def _add_buffer(add: Optional[FloatArray], shape: Tuple[int, ...], axis: int, moved: bool, buf: FloatArray,
+                result: FloatArray) -> Optional[FloatArray]:
+    """A checked ``add=`` as the kernel reads it: broadcast to the input's ``shape``, in the layout and dtype
+    of the kernel's view ``buf`` (channels last where ``moved``), so that its value i goes with value i of
+    ``result``.  The caller's array as it is when it already has that form (the fast path), a copy
+    otherwise, and where it partly overlaps ``result`` (where it is ``result`` itself each value is read
+    before it is written)."""
+    if add is None:
+        return None
+    a = np.broadcast_to(add, shape)
+    if moved:
+        a = np.moveaxis(a, axis, -1)
+    if not (_kernels.is_plain(a) and a.dtype == buf.dtype and _kernels.is_c_contiguous(a)):
+        return np.array(a, dtype=buf.dtype, order="C")
+    if np.may_share_memory(a, result) and a.__array_interface__["data"][0] != result.__array_interface__["data"][0]:
+        return a.copy()
+    return a

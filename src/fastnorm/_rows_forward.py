@@ -14,10 +14,11 @@ from numpy.typing import ArrayLike
 from . import _kernels, _masked
 from ._layer_docs import _with_mask_doc
 from ._over_axes import _rows_norm_over_axes
+from ._epilogue import _activate_after
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
-from ._validation import (FloatArray, Shape, Stats, _as_input, _check_eps, _check_normalized_shape,
-                          _check_out, _elementwise_vector, _rms_eps)
+from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
+                          _check_normalized_shape, _check_out, _elementwise_vector, _rms_eps)
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -30,14 +31,15 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                bias: Optional[ArrayLike], eps: Optional[float], out: Optional[FloatArray], rms: bool,
                return_stats: bool,
                commit: Optional[_kernels.Commit] = None,
-               axes: Optional[Shape] = None) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+               axes: Optional[Shape] = None, act: int = 0) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
     """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape (the kept axes' with
     ``axes``) with ``return_stats``, else ``(y, None)``; the kernel call also applies a layer's ``commit``
-    (see _committing)."""
+    (see _committing); ``act``: the activation's code (see _check_activation)."""
     x, dtype = _as_input(input, "input")
     if axes is not None:
-        return _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out, rms,
-                                    return_stats, commit)
+        y, stats = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out, rms,
+                                        return_stats, commit)
+        return _activate_after(y, act, None), stats
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
@@ -56,7 +58,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     buf = _contiguous(x)
     result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
     stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
-                                  rms=rms, stats=return_stats, commit=commit)
+                                  rms=rms, stats=return_stats, commit=commit, act=act)
     y = _returned(result, out, 0, False, dtype)
     return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
 
@@ -64,25 +66,25 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               out: Optional[FloatArray] = ...,
+               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               out: Optional[FloatArray] = ...,
+               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               out: Optional[FloatArray] = ...,
+               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
                mask: Optional[ArrayLike] = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
-               out: Optional[FloatArray] = None,
+               activation: Optional[str] = None, out: Optional[FloatArray] = None,
                mask: Optional[ArrayLike] = None,
                return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
@@ -108,6 +110,10 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
         axes (the trailing axes of C-ordered data; the channel axis 1 of an NCHW view of NHWC memory);
         otherwise (e.g. axes (1, 3) of C-ordered data, or (0,)) through a copy with the normalized axes
         moved last.
+    activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``; None: none.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -126,8 +132,9 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     ------
     TypeError
         Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes``
-        not integers.
+        not integers; ``activation`` not a string.
     ValueError
+        An unknown ``activation``.
         A ``mask`` that does not broadcast to the input, or given with ``axes``.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
         their sizes); ``axes`` empty, repeated or out of range; ``weight`` or ``bias`` of another shape;
@@ -159,34 +166,42 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     >>> y, mean, rstd = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, eps=0.0, return_stats=True)
     >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
     ([2.0], [0.6667])
+    >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, activation="relu").round(4).tolist()
+    [[0.0, 0.0, 1.2247]]
     """
+    act = _check_activation(activation)
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
+        y = _activate_after(y, act, None)
         return (y, mean, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes)
+    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes, act)
     return y if stats is None else (y, *stats)
 
 
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
+             out: Optional[FloatArray] = ...,
              mask: Optional[ArrayLike] = ...,
              return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
+             out: Optional[FloatArray] = ...,
              mask: Optional[ArrayLike] = ...,
              return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., out: Optional[FloatArray] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
+             out: Optional[FloatArray] = ...,
              mask: Optional[ArrayLike] = ...,
              return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
 @_with_mask_doc
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
-             eps: Optional[float] = None, *, axes: Optional[Shape] = None, out: Optional[FloatArray] = None,
+             eps: Optional[float] = None, *, axes: Optional[Shape] = None, activation: Optional[str] = None,
+             out: Optional[FloatArray] = None,
              mask: Optional[ArrayLike] = None,
              return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
@@ -207,6 +222,10 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     axes : int or sequence of int, keyword-only, optional
         Normalize over these axes instead of the trailing ones, as :func:`layer_norm`'s ``axes`` (what
         is read through a view and what is copied is said there).
+    activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``; None: none.
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -225,8 +244,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     ------
     TypeError
         Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes`` not
-        integers.
+        integers; ``activation`` not a string.
     ValueError
+        An unknown ``activation``.
         A ``mask`` that does not broadcast to the input, or given with ``axes``.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
         their sizes); ``axes`` empty, repeated or out of range; ``weight`` of another shape; ``out`` of the
@@ -257,11 +277,15 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     [12.5]
     >>> fastnorm.rms_norm(np.array([[3., 1.], [4., 1.]]), None, eps=0.0, axes=0).round(4).tolist()  # columns
     [[0.8485, 1.0], [1.1314, 1.0]]
+    >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, activation="silu").round(4).tolist()
+    [[0.5942, 0.8554]]
     """
+    act = _check_activation(activation)
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
+        y = _activate_after(y, act, None)
         return (y, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes)
+    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes, act)
     return y if stats is None else (y, stats[1])

@@ -237,6 +237,34 @@ def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> Non
         raise ValueError("out: the array is read-only")
 
 
+ACTIVATIONS = ("relu", "relu6", "silu", "gelu", "gelu_tanh", "sigmoid", "tanh")
+"""The names ``activation=`` takes (their kernel codes are 1, 2, ... in this order; 0 is None)."""
+
+
+def _check_activation(activation: object) -> int:
+    """``activation=``: None (code 0) or one of ACTIVATIONS (its code)."""
+    if activation is None:
+        return 0
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return ACTIVATIONS.index(activation) + 1
+    names = ", ".join(repr(a) for a in ACTIVATIONS)
+    if not isinstance(activation, str):
+        raise TypeError(f"activation: expected None or one of {names}, got {type(activation).__name__}")
+    raise ValueError(f"activation: expected None or one of {names}, got {activation!r}")
+
+
+def _check_add(add: object, shape: Tuple[int, ...]) -> Optional[NDArray[Any]]:
+    """``add=``: None, or a floating-point array that broadcasts to the input's ``shape``."""
+    if add is None:
+        return None
+    a = _array(add, "add")
+    if a.dtype.kind != "f":
+        raise TypeError(f"add: expected a floating-point array, got dtype {a.dtype}")
+    if a.ndim > len(shape) or any(m not in (1, n) for m, n in zip(a.shape[::-1], shape[::-1])):
+        raise ValueError(f"add: expected the input's shape {shape} (or one that broadcasts to it), got {a.shape}")
+    return a
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The arguments of the functions, family by family
 # ---------------------------------------------------------------------------------------------------------
