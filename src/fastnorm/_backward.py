@@ -17,10 +17,11 @@ from ._over_axes import _batch_norm_backward_over_axes
 from ._plan import (_by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat,
                     _rows_order, _transposed, _untransposed)
 from ._threads import threads_for
-from ._validation import (FloatArray, Grads, Shape, Stats, _channel_vector, _check_channels,
+from ._epilogue import _pre_activation, _through_activation
+from ._validation import (FloatArray, Grads, GradsWithAdd, Shape, Stats, _channel_vector, _check_channels,
                           _check_instance_axis, _check_ndim, _check_normalized_axes, _check_normalized_shape, _check_of,
-                          _elementwise_vector, _grad_inputs, _group_norm_layout, _several_axes, _shaped_like,
-                          _stat_vector)
+                          _elementwise_vector, _grad_inputs, _group_norm_layout, _normalize_axes, _several_axes,
+                          _shaped_like, _stat_vector, check_count)
 
 _PARTS = {
     "grad_output": """grad_output : array_like
@@ -41,6 +42,17 @@ _PARTS = {
     grad_weight, grad_bias : ndarray of float64, shape (C,)
         :math:`\sum \partial L / \partial y \cdot \hat x` and :math:`\sum \partial L / \partial y` over
         each channel's values""",
+    "activation": """activation : str or None, keyword-only
+        The forward's ``activation``: the gradient goes through it, at the pre-activation recomputed from
+        the input, the statistics, the parameters (``bias`` included) and ``add``.
+    add : array_like, keyword-only, optional
+        The forward's ``add``: given, its gradient is returned fourth.
+    bias : array_like of shape (C,), keyword-only, optional
+        The forward's bias: needed (with ``activation``) to recompute the pre-activation.""",
+    "grad_add": """
+    grad_add : ndarray
+        With ``add`` only: the gradient of ``add`` (the gradient at the pre-activation), of the input's
+        shape and dtype.""",
     "modified": """
         where ``input`` does not have the statistics given, beyond rounding: it was modified in place after
         the forward ("one of the variables needed for gradient computation has been modified by an inplace
@@ -79,11 +91,51 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 # float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
 
 
+def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
+    """The axes of a batch_norm's channels (see its ``channel_axis``), checked."""
+    if _several_axes(channel_axis):
+        return _normalize_axes(channel_axis, x.ndim, "channel_axis")  # type: ignore[arg-type]
+    return (_check_channels(x, channel_axis)[0],)  # type: ignore[arg-type]
+
+
+def _per_channel(stat: ArrayLike, num_groups: SupportsIndex, x: FloatArray, axis: int) -> Stats:
+    """A group_norm statistic of shape (N, G) repeated to (N, C): each group's value for its channels."""
+    G = check_count(num_groups, "num_groups")
+    a = np.asarray(stat, dtype=np.float64)
+    if a.shape != (x.shape[0], G) or x.shape[axis] % G:
+        raise ValueError(f"mean, rstd: expected shape ({x.shape[0]}, {G}), got {a.shape}")
+    return np.repeat(a, x.shape[axis] // G, axis=1)
+
+
+def _row_axes(x: FloatArray, normalized_shape: Optional[Shape],
+              axes: Optional[Shape]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(statistics' axes, parameters' axes) of a layer_norm or rms_norm input: the kept axes, the
+    normalized ones."""
+    if axes is not None:
+        normalized = _normalize_axes(axes, x.ndim)
+    else:
+        normalized = tuple(range(x.ndim - len(_check_normalized_shape(normalized_shape, x)), x.ndim))
+    return tuple(a for a in range(x.ndim) if a not in normalized), normalized
+
+
+@overload
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike] = ..., training: bool = ..., *,
+                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
+                        bias: Optional[ArrayLike] = ...) -> Grads: ...
+@overload
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike] = ..., training: bool = ..., *,
+                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
+                        bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
 @_documented
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
                         channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
-                        mask: Optional[ArrayLike] = None) -> Grads:
+                        mask: Optional[ArrayLike] = None, activation: Optional[str] = None,
+                        add: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None) -> Any:
     r"""Gradients of :func:`batch_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -102,8 +154,9 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         gradients have the shape of those axes.
     {eps}
     {mask}
+    {activation}
 
-    {channel_grads} (0 for an empty input).
+    {channel_grads} (0 for an empty input).{grad_add}
 
     Raises
     ------
@@ -142,7 +195,18 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     >>> dx, dw, db = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, invstd)
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()  # a constant gradient does not move a normalized y
     (True, [8.0, 8.0, 8.0])
+    >>> add = np.ones_like(x)
+    >>> y = fastnorm.batch_norm(x, training=True, activation="relu", add=add)
+    >>> dx, dw, db, dadd = fastnorm.batch_norm_backward(np.ones_like(y), x, mean, invstd, activation="relu", add=add)
+    >>> bool(np.array_equal(dadd, (y > 0).astype(float)))  # the gradient reaches add where relu passed it
+    True
     """
+    if activation is not None or add is not None:
+        return _through_activation(
+            grad_output, input, activation, add,
+            lambda x, a: _pre_activation(x, a, *[_channel_axes(x, channel_axis)] * 2, mean, invstd, weight, bias),
+            lambda dz: batch_norm_backward(dz, input, mean, invstd, weight, training, channel_axis=channel_axis,
+                                           eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         if _several_axes(channel_axis):
             raise ValueError("mask: not supported together with several channel axes")
@@ -208,28 +272,28 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: O
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                        activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                        activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: None = ..., bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
+                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                        activation: Optional[str] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
-                        axes: Optional[Shape] = ..., eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...
-                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+                        axes: Optional[Shape] = ..., eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                        activation: Optional[str] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 @_documented
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
-                        axes: Optional[Shape] = None, eps: Optional[float] = None, mask: Optional[ArrayLike] = None
-                        ) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
+                        axes: Optional[Shape] = None, eps: Optional[float] = None, mask: Optional[ArrayLike] = None,
+                        activation: Optional[str] = None) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
     r"""Gradients of :func:`layer_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -244,12 +308,15 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     weight : array_like of shape normalized_shape, optional
         The forward's weight :math:`\gamma` (None: 1, and no grad_weight).
     bias : array_like of shape normalized_shape, optional
-        The forward's bias, or any array of its shape: only whether there is one matters (None: no
-        grad_bias).
+        The forward's bias (None: no grad_bias).  Without ``activation`` any array of its shape will do:
+        only whether there is one matters.
     axes : int or sequence of int, keyword-only, optional
         The forward's ``axes`` (then ``weight``, ``bias`` and the gradients have their shape).
     {eps}
     {mask}
+    activation : str or None, keyword-only
+        The forward's ``activation``: the gradient goes through it, at the pre-activation recomputed from
+        the input, the statistics and the parameters.
 
     Returns
     -------
@@ -296,7 +363,16 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     >>> dx, dw, db = fastnorm.layer_norm_backward(np.ones_like(x), x, 3, mean, rstd, w)
     >>> bool(np.abs(dx).max() < 1e-12), db is None, bool(np.allclose(dw, y.sum(axis=0)))
     (True, True, True)
+    >>> dx, dw, db = fastnorm.layer_norm_backward(np.ones_like(x), x, 3, mean, rstd, w, activation="relu")
+    >>> bool(np.allclose(dw, np.maximum(y, 0).sum(axis=0)))  # sum(dy * relu'(y) * xhat) over the rows
+    True
     """
+    if activation is not None:
+        return _through_activation(  # type: ignore[return-value]
+            grad_output, input, activation, None,
+            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias),
+            lambda dz: layer_norm_backward(dz, input, normalized_shape, mean, rstd, weight, bias, axes=axes, eps=eps,
+                                           mask=mask))
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
@@ -310,22 +386,23 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: ArrayLike, *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ...,
-                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                      activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: None = ..., *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, None, None]: ...
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                      activation: Optional[str] = ...) -> Tuple[FloatArray, None, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = ..., *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ...,
-                      mask: Optional[ArrayLike] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
+                      activation: Optional[str] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *, axes: Optional[Shape] = None,
-                      eps: Optional[float] = None,
-                      mask: Optional[ArrayLike] = None) -> Tuple[FloatArray, Optional[Stats], None]:
+                      eps: Optional[float] = None, mask: Optional[ArrayLike] = None,
+                      activation: Optional[str] = None) -> Tuple[FloatArray, Optional[Stats], None]:
     r"""Gradients of :func:`rms_norm` with respect to its input and weight.
 
     Parameters
@@ -345,6 +422,9 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
         The forward's eps (None there: the compute dtype's, as :func:`rms_norm`): given, the input is
         checked against the statistics (see Raises).
     {mask}
+    activation : str or None, keyword-only
+        The forward's ``activation``: the gradient goes through it, at the pre-activation recomputed from
+        the input, ``rstd`` and ``weight``.
 
     Returns
     -------
@@ -387,7 +467,15 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     >>> dx, dw, _ = fastnorm.rms_norm_backward(x, x, 2, rstd)  # dy = x: along x, the scale cancels it
     >>> bool(np.abs(dx).max() < 1e-12), dw
     (True, None)
+    >>> dx, dw, _ = fastnorm.rms_norm_backward(x, x, 2, rstd, activation="tanh")
+    >>> dx.shape
+    (1, 2)
     """
+    if activation is not None:
+        return _through_activation(  # type: ignore[return-value]
+            grad_output, input, activation, None,
+            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), None, rstd, weight, None),
+            lambda dz: rms_norm_backward(dz, input, normalized_shape, rstd, weight, axes=axes, eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
@@ -398,11 +486,24 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     return dx, (dw if weight is not None else None), None
 
 
+@overload
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *,
+                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
+                        bias: Optional[ArrayLike] = ...) -> Grads: ...
+@overload
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *,
+                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
+                        bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
 @_documented
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
                         channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
-                        mask: Optional[ArrayLike] = None) -> Grads:
+                        mask: Optional[ArrayLike] = None, activation: Optional[str] = None,
+                        add: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None) -> Any:
     r"""Gradients of :func:`group_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -418,8 +519,9 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
         The forward's ``channel_axis``: 1 or -1.
     {eps}
     {mask}
+    {activation}
 
-    {channel_grads}.
+    {channel_grads}.{grad_add}
 
     Raises
     ------
@@ -449,7 +551,20 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     >>> dx, dw, db = fastnorm.group_norm_backward(np.ones_like(x), x, 2, mean, rstd)
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
     (True, [6.0, 6.0, 6.0, 6.0])
+    >>> dx, dw, db, dadd = fastnorm.group_norm_backward(np.ones_like(x), x, 2, mean, rstd, activation="sigmoid",
+    ...                                                 add=np.zeros_like(x))
+    >>> bool(np.allclose(db, dadd.sum(axis=(0, 2))))  # the bias and add see the same gradient
+    True
     """
+    if activation is not None or add is not None:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> Stats:
+            axis, _, _ = _group_norm_layout(x, num_groups, channel_axis)
+            return _pre_activation(x, a, (0, axis), (axis,), _per_channel(mean, num_groups, x, axis),
+                                   _per_channel(rstd, num_groups, x, axis), weight, bias)
+        return _through_activation(
+            grad_output, input, activation, add, pre_activation,
+            lambda dz: group_norm_backward(dz, input, num_groups, mean, rstd, weight, channel_axis=channel_axis,
+                                           eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         return _masked.group_norm_backward(grad_output, input, num_groups, mean, rstd, weight, channel_axis, eps, mask)
     x, g, dtype = _grad_inputs(grad_output, input)
@@ -475,11 +590,24 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
             sum_dy.reshape(N, C).sum(axis=0))
 
 
+@overload
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *,
+                           channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                           mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
+                           bias: Optional[ArrayLike] = ...) -> Grads: ...
+@overload
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
+                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *,
+                           channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
+                           mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
+                           bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
 @_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,
                            channel_axis: SupportsIndex = 1, eps: Optional[float] = None,
-                           mask: Optional[ArrayLike] = None) -> Grads:
+                           mask: Optional[ArrayLike] = None, activation: Optional[str] = None,
+                           add: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None) -> Any:
     r"""Gradients of :func:`instance_norm` with respect to its input, weight and bias.
 
     Parameters
@@ -496,8 +624,9 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         The forward's ``channel_axis`` (any axis but 0; -1 for channels-last input).
     {eps}
     {mask}
+    {activation}
 
-    {channel_grads}.
+    {channel_grads}.{grad_add}
 
     Raises
     ------
@@ -527,7 +656,18 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     >>> dx, dw, db = fastnorm.instance_norm_backward(np.ones_like(x), x, mean, rstd)
     >>> bool(np.abs(dx).max() < 1e-12), db.tolist()
     (True, [10.0, 10.0, 10.0])
+    >>> dx, dw, db = fastnorm.instance_norm_backward(np.ones_like(x), x, mean, rstd, activation="gelu")
+    >>> dx.shape
+    (2, 3, 5)
     """
+    if activation is not None or add is not None:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> Stats:
+            axis = _check_instance_axis(x, channel_axis)
+            return _pre_activation(x, a, (0, axis) if use_input_stats else (axis,), (axis,), mean, rstd, weight, bias)
+        return _through_activation(
+            grad_output, input, activation, add, pre_activation,
+            lambda dz: instance_norm_backward(dz, input, mean, rstd, weight, use_input_stats,
+                                              channel_axis=channel_axis, eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         if not isinstance(channel_axis, int) or channel_axis != 1:
             raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")

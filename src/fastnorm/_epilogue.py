@@ -31,21 +31,29 @@ def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> Flo
     return y
 
 
-def _broadcast(v: Optional[ArrayLike], shape: Tuple[int, ...], default: float) -> Stats:
-    """A parameter or statistic as float64 of a shape that broadcasts against the input."""
-    return np.full(shape, default) if v is None else np.asarray(v, dtype=np.float64).reshape(shape)
+def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Stats:
+    """A statistic or parameter that varies along x's ``axes`` (sorted), as float64 broadcasting against x."""
+    shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
+    a = np.asarray(v, dtype=np.float64)
+    if a.size != int(np.prod(shape)):
+        raise ValueError(f"{name}: expected {int(np.prod(shape))} values, one per index of axes {axes} of the "
+                         f"input, got shape {a.shape}")
+    return a.reshape(shape)
 
 
-def _pre_activation(x: FloatArray, center: ArrayLike, rstd: ArrayLike, weight: Optional[ArrayLike],
-                    bias: Optional[ArrayLike], stats_shape: Tuple[int, ...], param_shape: Tuple[int, ...],
-                    add: Optional[NDArray[Any]]) -> Stats:
-    """``z = (x - center) * rstd * weight + bias + add`` in float64: the statistics reshaped to
-    ``stats_shape``, the parameters to ``param_shape`` (both broadcasting against x)."""
-    z = (x.astype(np.float64) - _broadcast(center, stats_shape, 0.0)) * _broadcast(rstd, stats_shape, 1.0)
+def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple[int, ...],
+                    param_axes: Tuple[int, ...], center: Optional[ArrayLike], rstd: ArrayLike,
+                    weight: Optional[ArrayLike], bias: Optional[ArrayLike]) -> Stats:
+    """``z = (x - center) * rstd * weight + bias + add`` in float64, the statistics varying along x's
+    ``stat_axes``, the parameters along ``param_axes`` (center None: 0, RMSNorm)."""
+    z = x.astype(np.float64)
+    if center is not None:
+        z -= _along(center, "mean", x, stat_axes)
+    z *= _along(rstd, "rstd", x, stat_axes)
     if weight is not None:
-        z *= _broadcast(weight, param_shape, 1.0)
+        z *= _along(weight, "weight", x, param_axes)
     if bias is not None:
-        z += _broadcast(bias, param_shape, 0.0)
+        z += _along(bias, "bias", x, param_axes)
     if add is not None:
         z += add
     return z
@@ -61,16 +69,15 @@ def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Op
     act = _check_activation(activation)
     if act == 0 and add is None:
         return backward(grad_output)
-    x = _array(input, "input")
+    x = np.asarray(np.ma.getdata(input))
     g = _array(grad_output, "grad_output")
     a = _check_add(add, x.shape)
-    if g.shape != x.shape or g.dtype.kind != "f":
+    if g.shape != x.shape or g.dtype.kind != "f" or x.dtype.kind != "f":
         return backward(grad_output)  # let the normalization's backward name the problem
     dz = np.asarray(g, dtype=np.float64)
     if act:
         z = np.ascontiguousarray(pre_activation(x, a), dtype=np.float64)
         dz = _kernels.activation_grad(z, np.ascontiguousarray(dz), act, threads_for(z.size))
-    dtype = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float64)
-    dz_in = dz.astype(dtype)
+    dz_in = dz.astype(x.dtype.newbyteorder("="))
     grads = backward(dz_in)
     return (*grads, dz_in) if add is not None else grads

@@ -40,6 +40,9 @@ Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
 Grads = Tuple[FloatArray, Stats, Stats]
 """``(grad_input, grad_weight, grad_bias)``: grad_input of the input's shape and dtype, the parameter
 gradients float64."""
+GradsWithAdd = Tuple[FloatArray, Stats, Stats, FloatArray]
+"""``(grad_input, grad_weight, grad_bias, grad_add)``: a backward given the forward's ``add``, grad_add
+of the input's shape and dtype."""
 _Vector = Optional[FloatArray]  # a checked parameter vector, or None
 _Running = Optional[Tuple[FloatArray, FloatArray]]  # (running_mean, running_var), or None
 
