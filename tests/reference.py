@@ -116,6 +116,61 @@ def _result(y, out, return_stats, *stats):
     return (y, *stats) if return_stats else y
 
 
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+_K0, _K1 = math.sqrt(2 / math.pi), 0.044715  # gelu_tanh: tanh(_K0 * (z + _K1 * z**3))
+# Each activation and its derivative, from the definitions (PyTorch's functions of the same names).
+_ACTIVATIONS = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(np.float64)),
+    "relu6": (lambda z: np.clip(z, 0.0, 6.0), lambda z: ((z > 0) & (z < 6)).astype(np.float64)),
+    "silu": (lambda z: z / (1 + np.exp(-z)),
+             lambda z: 1 / (1 + np.exp(-z)) * (1 + z * (1 - 1 / (1 + np.exp(-z))))),
+    "gelu": (lambda z: z / 2 * (1 + _ERF(z / math.sqrt(2))),
+             lambda z: (1 + _ERF(z / math.sqrt(2))) / 2 + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)),
+    "gelu_tanh": (lambda z: z / 2 * (1 + np.tanh(_K0 * (z + _K1 * z ** 3))),
+                  lambda z: (1 + np.tanh(_K0 * (z + _K1 * z ** 3))) / 2
+                  + z / 2 * (1 - np.tanh(_K0 * (z + _K1 * z ** 3)) ** 2) * _K0 * (1 + 3 * _K1 * z * z)),
+    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2),
+    "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+}
+
+
+def _activation(activation):
+    _require(activation is None or activation in _ACTIVATIONS, f"activation: expected one of {list(_ACTIVATIONS)}")
+    return _ACTIVATIONS.get(activation)
+
+
+def _add(add, x):
+    """``add=`` as float64 of x's shape (broadcast)."""
+    if add is None:
+        return None
+    a = np.asarray(add)
+    if a.dtype.kind != "f":
+        raise TypeError(f"add: expected a floating-point array, got dtype {a.dtype}")
+    try:
+        return np.broadcast_to(a.astype(np.float64), x.shape)
+    except ValueError:
+        raise ValueError(f"add: expected a shape that broadcasts to {x.shape}, got {a.shape}") from None
+
+
+def _epilogue(y, x, activation, add):
+    """y = act(y + add): the forward's ``activation`` and ``add``, in float64."""
+    act, a = _activation(activation), _add(add, x)
+    y = y if a is None else y + a
+    return y if act is None else act[0](y)
+
+
+def _through(backward, dy, x, z, activation, add):
+    """A backward through ``act(z)``, z = norm(x) + add the pre-activation: ``backward(dz)`` with
+    dz = dy * act'(z), and dz appended as the gradient of ``add`` when it is given."""
+    act, a = _activation(activation), _add(add, x)
+    if act is None and a is None:
+        return backward(dy)
+    if a is not None:
+        z = z + a
+    dz = dy if act is None else dy * act[1](z)
+    return (*backward(dz), dz) if a is not None else backward(dz)
+
+
 def _channel_shape(ndim, axis):
     shape = [1] * ndim
     shape[axis] = -1
@@ -202,8 +257,8 @@ def _backward(dy, x, mean, rstd, weight, axes, training, centered=True, eps=None
 # ---------------------------------------------------------------------------------------------------------
 
 def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, bessel=True, num_batches_tracked=None,
-               mask=None, return_stats=False):
+               momentum=0.1, eps=1e-5, *, channel_axis=1, activation=None, add=None, out=None, bessel=True,
+               num_batches_tracked=None, mask=None, return_stats=False):
     """Batch normalization: Ioffe & Szegedy 2015, Algorithm 1; torch.nn.functional.batch_norm.
 
     Each channel (an index of the channel axis, or of the channel axes when ``channel_axis`` is a tuple:
@@ -212,7 +267,7 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     updates the running statistics (when given and the batch is not empty) with the batch mean and the
     unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``); ``momentum=None`` is the
     cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats`` adds the mean and rstd
-    used, of the parameters' shape.
+    used, of the parameters' shape.  ``activation``, ``add``: y = activation(y + add).
   ``mask``: the batch statistics of the values where it is True only (n their count per channel; a
     channel with none has NaN statistics and keeps its running ones; one value raises in training), every
     value normalized; with several channel axes, refused.
@@ -237,11 +292,11 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
         mean, var = rm, rv
     rstd = 1 / np.sqrt(var + eps)
     y = _affine((x - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
-    return _result(y, out, return_stats, mean, rstd)
+    return _result(_epilogue(y, x, activation, add), out, return_stats, mean, rstd)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axes=None, out=None, mask=None,
-               return_stats=False):
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axes=None, activation=None, out=None,
+               mask=None, return_stats=False):
     """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
 
     Each row of the trailing ``normalized_shape`` values is normalized with its mean and biased variance;
@@ -255,11 +310,12 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axe
     _, mean, var = _stats(x, _mask(mask, x), axes, keepdims=True)
     rstd = 1 / np.sqrt(var + eps)
     lead, spread = _kept(x, axes)
-    return _result(_affine((x - mean) * rstd, weight, bias, spread), out, return_stats,
-                   mean.reshape(lead), rstd.reshape(lead))
+    return _result(_epilogue(_affine((x - mean) * rstd, weight, bias, spread), x, activation, None), out,
+                   return_stats, mean.reshape(lead), rstd.reshape(lead))
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, out=None, mask=None, return_stats=False):
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, activation=None, out=None, mask=None,
+             return_stats=False):
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
@@ -276,11 +332,12 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, out=N
     _, square, _ = _stats(x * x, _mask(mask, x), axes, keepdims=True)
     rstd = 1 / np.sqrt(square + eps)
     lead, spread = _kept(x, axes)
-    return _result(_affine(x * rstd, weight, None, spread), out, return_stats, rstd.reshape(lead))
+    return _result(_epilogue(_affine(x * rstd, weight, None, spread), x, activation, None), out, return_stats,
+                   rstd.reshape(lead))
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, mask=None,
-               return_stats=False):
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, activation=None, add=None,
+               out=None, mask=None, return_stats=False):
     """Group normalization: Wu & He 2018; torch.nn.functional.group_norm.
 
     The C channels (axis 1, or the last axis with ``channel_axis=-1``) form ``num_groups`` groups of
@@ -295,12 +352,13 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     _, mean, var = _stats(grouped, _groups(_mask(mask, x), num_groups, channel_axis)[0], (2, 3), keepdims=True)
     rstd = 1 / np.sqrt(var + eps)
     xhat = np.moveaxis(((grouped - mean) * rstd).reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
-    y = _affine(xhat, weight, bias, _channel_shape(x.ndim, axis))
+    y = _epilogue(_affine(xhat, weight, bias, _channel_shape(x.ndim, axis)), x, activation, add)
     return _result(y, out, return_stats, mean.reshape(mean.shape[:2]), rstd.reshape(rstd.shape[:2]))
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, mask=None, return_stats=False):
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, activation=None, add=None, out=None, mask=None,
+                  return_stats=False):
     """Instance normalization: Ulyanov, Vedaldi & Lempitsky 2016; torch.nn.functional.instance_norm.
 
     Each (sample, channel) of (N, C, spatial...) is normalized over its S spatial values with its mean and
@@ -317,7 +375,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     axis = _instance_axis(x, channel_axis)
     y = _instance_norm(np.moveaxis(x, axis, 1), running_mean, running_var, weight, bias, use_input_stats,
                        momentum, eps, mask)
-    return _result(np.moveaxis(y[0], 1, axis), out, return_stats, *y[1:])
+    return _result(_epilogue(np.moveaxis(y[0], 1, axis), x, activation, add), out, return_stats, *y[1:])
 
 
 def _instance_axis(x, channel_axis):
@@ -376,86 +434,108 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name
 # ---------------------------------------------------------------------------------------------------------
 
 def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *, channel_axis=1, eps=None,
-                        mask=None):
+                        mask=None, activation=None, add=None, bias=None):
     """Gradients of :func:`batch_norm` (module docstring, the values of a channel): dx, and the (C,)
     sums dweight = sum(dy * xhat), dbias = sum(dy) (returned with or without ``weight``).
-    ``training=False``: the statistics were the running ones, so dx = rstd * weight * dy."""
+    ``training=False``: the statistics were the running ones, so dx = rstd * weight * dy.  ``activation``,
+    ``add``, ``bias``: the backward through the forward's activation, then grad of ``add`` fourth."""
     _require(mask is None or isinstance(channel_axis, numbers.Integral),
              "mask: not supported together with several channel axes")
     dy, x = _grad_input(grad_output, input, min_ndim=2)
     _, params, shape, others = _channel_axes(x, channel_axis)
     mean, rstd = _vector(mean, "mean", params), _vector(invstd, "invstd", params)
-    weight = _vector(weight, "weight", params)
-    dx, xhat = _backward(dy, x, mean.reshape(shape), rstd.reshape(shape),
-                         None if weight is None else weight.reshape(shape), others, training, eps=eps, mask=mask)
-    return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
+    weight, bias = _vector(weight, "weight", params), _vector(bias, "bias", params)
+
+    def backward(dy):
+        dx, xhat = _backward(dy, x, mean.reshape(shape), rstd.reshape(shape),
+                             None if weight is None else weight.reshape(shape), others, training, eps=eps, mask=mask)
+        return dx, (dy * xhat).sum(axis=others), dy.sum(axis=others)
+    z = _affine((x - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
+    return _through(backward, dy, x, z, activation, add)
 
 
-def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps, mask, axes):
+def _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, centered, eps, mask, axes,
+                   activation):
     _require(mask is None or axes is None, "mask: not supported together with axes")
     dy, x = _grad_input(grad_output, input)
     axes, shape = _trailing(x, normalized_shape, axes)
-    _vector(bias, "bias", shape)  # only says whether there is a bias, but checked as the op does
+    bias = _vector(bias, "bias", shape)  # without activation, only says whether there is a bias
     lead, spread = _kept(x, axes)
     kept_spread = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
     rstd = _vector(rstd, "rstd", lead).reshape(kept_spread)
     mean = _vector(mean, "mean", lead).reshape(kept_spread) if centered else 0.0
     weight = _vector(weight, "weight", shape)
-    dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape(spread), axes, True,
-                         centered, eps, mask)
     outer = tuple(a for a in range(x.ndim) if a not in axes)
-    return dx, (dy * xhat).sum(axis=outer).reshape(shape), dy.sum(axis=outer).reshape(shape)
+
+    def backward(dy):
+        dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape(spread), axes, True,
+                             centered, eps, mask)
+        return dx, (dy * xhat).sum(axis=outer).reshape(shape), dy.sum(axis=outer).reshape(shape)
+    return _through(backward, dy, x, _affine((x - mean) * rstd, weight, bias, spread), activation, None)
 
 
 def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight=None, bias=None, *, axes=None,
-                        eps=None, mask=None):
+                        eps=None, mask=None, activation=None):
     """Gradients of :func:`layer_norm` (module docstring, the values of a row): dx, and dweight, dbias of
     ``normalized_shape`` summed over the rows (None without ``weight``, ``bias``)."""
-    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps, mask, axes)
+    dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, True, eps, mask, axes,
+                                activation)
     return dx, (None if weight is None else dw), (None if bias is None else db)
 
 
-def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, axes=None, eps=None, mask=None):
+def rms_norm_backward(grad_output, input, normalized_shape, rstd, weight=None, *, axes=None, eps=None, mask=None,
+                      activation=None):
     """Gradients of :func:`rms_norm`: dx = rstd * (g - xhat * mean(g * xhat)) per row, xhat = x * rstd;
     dweight = sum(dy * xhat) over the rows (None without ``weight``); no bias."""
-    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps, mask, axes)
+    dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, False, eps, mask, axes,
+                               activation)
     return dx, (None if weight is None else dw), None
 
 
 def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight=None, *, channel_axis=1, eps=None,
-                        mask=None):
+                        mask=None, activation=None, add=None, bias=None):
     """Gradients of :func:`group_norm` (module docstring, the values of a (sample, group)): dx, and the
     (C,) sums dweight = sum(dy * xhat), dbias = sum(dy) over samples and spatial values."""
     dy, x = _grad_input(grad_output, input, min_ndim=2)
     grouped, axis = _groups(x, num_groups, channel_axis)
-    dy_grouped, _ = _groups(dy, num_groups, channel_axis)
     N, G, K, _ = grouped.shape
     mean, rstd = (_vector(v, name, (N, G)).reshape(N, G, 1, 1) for v, name in ((mean, "mean"), (rstd, "rstd")))
-    weight = _vector(weight, "weight", (G * K,))
-    dx, xhat = _backward(dy_grouped, grouped, mean, rstd, None if weight is None else weight.reshape(1, G, K, 1),
-                         (2, 3), True, eps=eps, mask=_groups(_mask(mask, x), num_groups, channel_axis)[0])
-    dx = np.moveaxis(dx.reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
-    return dx, (dy_grouped * xhat).sum(axis=(0, 3)).reshape(-1), dy_grouped.sum(axis=(0, 3)).reshape(-1)
+    weight, bias = _vector(weight, "weight", (G * K,)), _vector(bias, "bias", (G * K,))
+
+    def backward(dy):
+        dy_grouped, _ = _groups(dy, num_groups, channel_axis)
+        dx, xhat = _backward(dy_grouped, grouped, mean, rstd, None if weight is None else weight.reshape(1, G, K, 1),
+                             (2, 3), True, eps=eps, mask=_groups(_mask(mask, x), num_groups, channel_axis)[0])
+        dx = np.moveaxis(dx.reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
+        return dx, (dy_grouped * xhat).sum(axis=(0, 3)).reshape(-1), dy_grouped.sum(axis=(0, 3)).reshape(-1)
+    xhat = np.moveaxis(((grouped - mean) * rstd).reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
+    z = _affine(xhat, weight, bias, _channel_shape(x.ndim, axis))
+    return _through(backward, dy, x, z, activation, add)
 
 
 def instance_norm_backward(grad_output, input, mean, rstd, weight=None, use_input_stats=True, *, channel_axis=1,
-                           eps=None, mask=None):
+                           eps=None, mask=None, activation=None, add=None, bias=None):
     """Gradients of :func:`instance_norm` (module docstring, the spatial values of a (sample, channel)):
     dx, and the (C,) sums dweight = sum(dy * xhat), dbias = sum(dy).  mean and rstd are (N, C) with
     ``use_input_stats``; without, the running (C,) ones, frozen: dx = rstd * weight * dy."""
     _require(mask is None or channel_axis == 1, "mask: supported with channel_axis=1 only")
     dy, x = _grad_input(grad_output, input, min_ndim=3)
     axis = _instance_axis(x, channel_axis)
-    dy, x = np.moveaxis(dy, axis, 1), np.moveaxis(x, axis, 1)
+    x0, dy0, x = x, dy, np.moveaxis(x, axis, 1)
     N, C = x.shape[:2]
     stats = (N, C) if use_input_stats else (C,)
     spread = (1,) * (x.ndim - 2)
     mean, rstd = (_vector(v, name, stats).reshape(stats + spread) for v, name in ((mean, "mean"), (rstd, "rstd")))
-    weight = _vector(weight, "weight", (C,))
+    weight, bias = _vector(weight, "weight", (C,)), _vector(bias, "bias", (C,))
     spatial = tuple(range(2, x.ndim))
-    dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
-                         use_input_stats, eps=eps, mask=mask)
-    return np.moveaxis(dx, 1, axis), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
+
+    def backward(dy):
+        dy = np.moveaxis(dy, axis, 1)
+        dx, xhat = _backward(dy, x, mean, rstd, None if weight is None else weight.reshape((C,) + spread), spatial,
+                             use_input_stats, eps=eps, mask=mask)
+        return np.moveaxis(dx, 1, axis), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
+    z = np.moveaxis(_affine((x - mean) * rstd, weight, bias, (C,) + spread), 1, axis)
+    return _through(backward, dy0, x0, z, activation, add)
 
 
 # ---------------------------------------------------------------------------------------------------------
