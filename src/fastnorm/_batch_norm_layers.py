@@ -15,8 +15,8 @@ from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_
                           _fill, _forward_doc, _raises, _references)
 from ._tf_ops import moments64
 from ._threads import threads_for
-from ._validation import (_array, _as_input, _check_axis, _check_eps, _check_momentum, _check_out, _momentum_factor,
-                          _real, check_count)
+from ._validation import (_array, _as_input, _check_activation, _check_axis, _check_eps, _check_momentum, _check_out,
+                          _momentum_factor, _real, check_count)
 from .statistics import Moments
 
 _BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")
@@ -34,8 +34,10 @@ class _NormBase(_Layer):
     eps: float
 
     def __init__(self, num_features: int, eps: float, momentum: Optional[float], affine: bool,
-                 track_running_stats: bool, dtype: DTypeLike, bias: bool = True) -> None:
+                 track_running_stats: bool, dtype: DTypeLike, bias: bool = True,
+                 activation: Optional[str] = None) -> None:
         self.num_features = check_count(num_features, "num_features")
+        self._set_activation(activation)
         self.eps = _check_eps(eps)
         self.momentum = _check_momentum(momentum)
         self.affine = bool(affine)
@@ -50,7 +52,7 @@ class _NormBase(_Layer):
     def _config(self) -> Dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "bias": self._has_bias, "track_running_stats": self.track_running_stats,
-                "dtype": self.dtype.name}
+                "dtype": self.dtype.name, "activation": self.activation}
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batch tracked (with ``track_running_stats``).
@@ -143,7 +145,7 @@ class _BatchNorm(_NormBase):
                  track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
                  channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
                  renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
-                 virtual_batch_size: Optional[int] = None) -> None:
+                 virtual_batch_size: Optional[int] = None, activation: Optional[str] = None) -> None:
         if not isinstance(channel_axis, numbers.Integral):
             raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
@@ -156,8 +158,10 @@ class _BatchNorm(_NormBase):
         if self.renorm and not track_running_stats:
             raise ValueError("renorm: expected track_running_stats=True (the corrections r and d come from "
                              "running statistics)")
+        if activation is not None and (self.renorm or self.virtual_batch_size is not None):
+            raise ValueError("activation: not supported together with renorm or virtual_batch_size")
         self._eval_cache = _kernels.EvalCache()
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias, activation)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -200,16 +204,19 @@ class _BatchNorm(_NormBase):
         "        array([[-1., -1.],\n"
         "               [ 1.,  1.]], dtype=float32)\n"
         "        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances\n"
-        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))",
+        add=True)
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+        act = _check_activation(self.activation)
         if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
                 and self._lazy_target is None
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
             y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
-                                     self.weight, self.bias, self.eps, threads_for(x.size))
+                                     self.weight, self.bias, self.eps, threads_for(x.size), act, add)
             if y is not None:
-                self._keep(x, None, None, False)
+                self._keep(x, None, None, False, add=add)
                 return y
         x = _array(x, "input")
         self._check_input(x)
@@ -222,15 +229,17 @@ class _BatchNorm(_NormBase):
         if tracking and x.size > 0 and self.num_batches_tracked is not None:
             state["num_batches_tracked"] = self.num_batches_tracked + 1
         if self.training and (self.renorm or self.virtual_batch_size is not None) and x.size > 0:
+            if add is not None:
+                raise ValueError("add: not supported together with renorm or virtual_batch_size")
             return self._forward_groups(x, out, state)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
         saved = self._input_to_keep(x, out)
-        commit = self._commit(state, (saved, STATS, True) if use_batch_stats else (saved, None, None, False))
+        commit = self._commit(state, (saved, STATS, True) if use_batch_stats else (saved, None, None, False), add)
         result = F._batch_norm(x, self.running_mean if keep_buffers else None,
                                self.running_var if keep_buffers else None, self.weight, self.bias, use_batch_stats,
                                self.momentum, self.eps, self.channel_axis, out, self.bessel,
-                               self.num_batches_tracked, use_batch_stats, commit)
+                               self.num_batches_tracked, use_batch_stats, commit, act, add)
         return result[0] if isinstance(result, tuple) else result
 
     def _moments_of(self, x: NDArray[Any]) -> Moments:
@@ -396,15 +405,15 @@ class _BatchNorm(_NormBase):
             grad_bias += gb
         return dx, grad_weight, grad_bias
 
-    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         if len(saved) == 7:  # kept by _forward_groups
             return self._backward_groups(grad_output, saved[0], *saved[1:3], *saved[4:])
         x, mean, invstd, batch_stats = saved[:4]
         if not batch_stats:
             mean, running_var = _running_stats(self)
             invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
-        return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
-                                     channel_axis=self.channel_axis, eps=self.eps)
+        return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,  # type: ignore[no-any-return]
+                                     channel_axis=self.channel_axis, eps=self.eps, bias=self.bias, **self._epilogue())
 
 
 _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.BatchNorm{dims}``.

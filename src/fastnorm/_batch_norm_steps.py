@@ -29,10 +29,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
-from ._plan import _channel_view, _committing, _finish, _like_view, _nan_stats, _returned, _update_running
+from ._plan import (_add_buffer, _channel_view, _committing, _finish, _like_view, _nan_stats, _returned,
+                    _update_running)
 from ._threads import threads_for
 from ._validation import (FloatArray, Stats, _array, _as_input, _channel_params, _channel_vector, _check_channels,
-                          _check_eps, _check_momentum, _check_out, _grad_inputs, _running_roles, _stat_vector)
+                          _check_add, _check_eps, _check_momentum, _check_out, _grad_inputs, _running_roles,
+                          _stat_vector)
 from .statistics import Moments
 
 __all__ = ["batch_norm_stats", "batch_norm_elemt", "batch_norm_gather_stats_with_counts",
@@ -157,9 +159,10 @@ def batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Option
 def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike], mean: ArrayLike,
                       invstd: ArrayLike, eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray],
                       commit: Optional[_kernels.Commit],
-                      running: Optional[Tuple[FloatArray, FloatArray, float, float]]) -> FloatArray:
+                      running: Optional[Tuple[FloatArray, FloatArray, float, float]], act: int = 0,
+                      add: Optional[ArrayLike] = None) -> FloatArray:
     """:func:`batch_norm_elemt`, whose kernel call also applies a layer's ``commit`` and the update of its
-    ``running`` statistics (see ``_plan._committing``)."""
+    ``running`` statistics (see ``_plan._committing``), and a layer's activation (code ``act``) and ``add``."""
     x, dtype = _as_input(input, "input")
     axis, C = _check_channels(x, channel_axis)
     _, _, w, b = _channel_params(x, C, None, None, weight, bias)
@@ -167,12 +170,14 @@ def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optio
     eps = _check_eps(eps)
     if out is not None:
         _check_out(out, x.shape, dtype)
+    add_ = _check_add(add, x.shape)
     buf, N, C, S, moved = _channel_view(x, axis)
     var = _variance(invstd_, eps)
     result, commit = _committing(commit, out, buf, axis, moved, running)
     if x.size:
         _kernels.forward_with_stats(buf, result, N, C, S, mean_, var, w, b, eps,
-                                    threads_for(x.size, S if S > 1 else 64), commit)
+                                    threads_for(x.size, S if S > 1 else 64), commit, act,
+                                    _add_buffer(add_, x.shape, axis, moved, buf, result))
     elif commit is not None:
         commit.apply(result, mean_, var)
     return _returned(result, out, axis, moved, dtype)

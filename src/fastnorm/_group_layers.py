@@ -1,15 +1,15 @@
 """GroupNorm: each sample's channels in groups."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
-from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _KEEPS, _forward_doc, _raises, _references
-from ._validation import _array, _check_eps, check_count
+from ._layer import STATS, _check_dtype, _Layer
+from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _raises, _references
+from ._validation import _array, _check_activation, _check_eps, check_count
 
 
 class GroupNorm(_Layer):
@@ -32,6 +32,7 @@ class GroupNorm(_Layer):
         dtype of the parameters.
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1 (channels last: (N, \*, C) input).
+    """ + _ACTIVATION + r"""
 
     Shape
     -----
@@ -74,8 +75,10 @@ class GroupNorm(_Layer):
     bias: Optional[NDArray[Any]]
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
-                 bias: bool = True, dtype: DTypeLike = np.float32, channel_axis: int = 1) -> None:
+                 bias: bool = True, dtype: DTypeLike = np.float32, channel_axis: int = 1,
+                 activation: Optional[str] = None) -> None:
         self.num_groups = check_count(num_groups, "num_groups")
+        self._set_activation(activation)
         self.num_channels = check_count(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, "
@@ -94,7 +97,7 @@ class GroupNorm(_Layer):
     def _config(self) -> Dict[str, Any]:
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
                 "affine": self.affine, "bias": self._has_bias, "dtype": self.dtype.name,
-                "channel_axis": self.channel_axis}
+                "channel_axis": self.channel_axis, "activation": self.activation}
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0.
@@ -126,21 +129,26 @@ class GroupNorm(_Layer):
                 "            or read-only."),
         ">>> import numpy as np, fastnorm\n"
         "        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)\n"
-        "        array([[-1.,  1.]], dtype=float32)")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        "        array([[-1.,  1.]], dtype=float32)",
+        add=True)
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                add: Optional[ArrayLike] = None) -> NDArray[Any]:
         x = _array(x, "input")
+        act = _check_activation(self.activation)
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
-        y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit)
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS), add)
+        y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit,
+                          act, add)
         assert not isinstance(y, tuple)  # return_stats=False
         return y
 
-    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         x, mean, rstd = saved
-        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd, self.weight,
-                                     channel_axis=self.channel_axis, eps=self.eps)
+        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd,  # type: ignore[no-any-return]
+                                     self.weight, channel_axis=self.channel_axis, eps=self.eps, bias=self.bias,
+                                     **self._epilogue())
 
     def _torch_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self._has_bias}"

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_layers import _NormBase
-from ._layer import STATS, _Grads
-from ._layer_docs import _KEEPS, _fill, _forward_doc, _raises, _references
-from ._validation import _array
+from ._layer import STATS
+from ._layer_docs import _ACTIVATION, _KEEPS, _fill, _forward_doc, _raises, _references
+from ._validation import _array, _check_activation
 
 
 class _InstanceNorm(_NormBase):
@@ -19,8 +19,8 @@ class _InstanceNorm(_NormBase):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = False,
                  track_running_stats: bool = False, *, bias: bool = True, dtype: DTypeLike = np.float32,
-                 channel_axis: int = 1) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias)
+                 channel_axis: int = 1, activation: Optional[str] = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias, activation)
         if isinstance(channel_axis, bool) or channel_axis not in (1, -1):
             raise ValueError(f"channel_axis: expected 1 (channels first) or -1 (channels last), got {channel_axis!r}")
         self.channel_axis = int(channel_axis)
@@ -43,15 +43,19 @@ class _InstanceNorm(_NormBase):
         "        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32))"
         ".round(4)  # (C, L)\n"
         "        array([[-1.,  1.],\n"
-        "               [-1.,  1.]], dtype=float32)")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        "               [-1.,  1.]], dtype=float32)",
+        add=True)
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                add: Optional[ArrayLike] = None) -> NDArray[Any]:
         x = _array(x, "input")
         self._check_input(x)
+        act = _check_activation(self.activation)
         unbatched = x.ndim == self._input_ndims[0]
         given_out = out
         if unbatched:
             x = x[np.newaxis]
             out = None if out is None else out[np.newaxis]
+            add = None if add is None else _array(add, "add")[np.newaxis]
         if x.shape[self.channel_axis] != self.num_features:
             if self.affine or self.track_running_stats:
                 raise ValueError(f"input: expected {self.num_features} channels on axis {self.channel_axis}, got "
@@ -60,20 +64,22 @@ class _InstanceNorm(_NormBase):
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched))
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched), add)
         y = F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
-                             momentum, self.eps, out, False, commit, self.channel_axis)
+                             momentum, self.eps, out, False, commit, self.channel_axis, act, add)
         assert not isinstance(y, tuple)  # return_stats=False
         return given_out if given_out is not None else (y[0] if unbatched else y)
 
-    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         x, mean, rstd, use_input_stats, unbatched = saved
         g = _array(grad_output, "grad_output")
         if unbatched:
             g = g[np.newaxis]
-        dx, grad_weight, grad_bias = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats,
-                                                              channel_axis=self.channel_axis, eps=self.eps)
-        return (dx[0] if unbatched else dx), grad_weight, grad_bias
+        grads = F.instance_norm_backward(g, x, mean, rstd, self.weight, use_input_stats,
+                                         channel_axis=self.channel_axis, eps=self.eps, bias=self.bias,
+                                         **self._epilogue())
+        # grad_input and grad_add without the batch axis an unbatched input was given
+        return tuple(a[0] if unbatched and i in (0, 3) else a for i, a in enumerate(grads))
 
 
 _INSTANCE_NORM_DOC = r"""Instance normalization over {shape} or unbatched {unbatched} input, as
@@ -95,6 +101,7 @@ _INSTANCE_NORM_DOC = r"""Instance normalization over {shape} or unbatched {unbat
         With ``affine``, whether there is a bias.
     dtype : float32 or float64, keyword-only
         dtype of the parameters and buffers.
+    """ + _ACTIVATION + r"""
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1: channels-last input, its channels on the last axis
         (unbatched input too).  Channels-last memory is read without a copy either way.

@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from ._safetensors import SafetensorsFile
 from ._threads import context_setting
-from ._validation import _array
+from ._validation import _array, _check_activation
 
 # Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
 _grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
@@ -113,6 +113,20 @@ class _Layer:
     dtype: np.dtype[Any]
     grad_weight: Optional[NDArray[Any]] = None
     grad_bias: Optional[NDArray[Any]] = None
+    grad_add: Optional[NDArray[Any]] = None  # the gradient of the last forward's ``add=``
+    activation: Optional[str] = None  # applied in the sweep that writes the output (see _check_activation)
+    # The activation and ``add`` of the forward that ``_saved`` is from: what backward differentiates through.
+    _saved_epilogue: Tuple[Optional[str], Any] = (None, None)
+
+    def _set_activation(self, activation: Optional[str]) -> None:
+        """The constructor's ``activation``, checked."""
+        _check_activation(activation)
+        self.activation = activation
+
+    def _epilogue(self) -> Dict[str, Any]:
+        """The keyword arguments of a backward function for the activation and ``add`` of the kept forward."""
+        activation, add = self._saved_epilogue
+        return {"activation": activation} if add is None else {"activation": activation, "add": add}
 
     @staticmethod
     def _input_to_keep(x: Any, out: Optional[NDArray[Any]]) -> Any:
@@ -121,27 +135,31 @@ class _Layer:
             return np.array(x, copy=True)
         return x
 
-    def _keep(self, x: Any, *stats: Any) -> None:
+    def _keep(self, x: Any, *stats: Any, add: Any = None) -> None:
         if _keeps_grad():
             self._saved = (x,) + stats
+            self._saved_epilogue = (self.activation, add)
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         raise NotImplementedError
 
-    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
+        """(grad_input, grad_weight, grad_bias), and grad_add fourth after a forward given ``add``."""
         raise NotImplementedError
 
-    def _commit(self, state: Dict[str, Any], saved: Tuple[Any, ...]) -> Optional[_kernels.Commit]:
+    def _commit(self, state: Dict[str, Any], saved: Tuple[Any, ...], add: Any = None) -> Optional[_kernels.Commit]:
         """The :class:`~fastnorm._kernels.Commit` for a forward: the kernel call that writes the output
         also sets ``state`` (new attribute values) and what backward keeps, ``saved`` (the input and what
-        follows it; ``STATS`` second stands for the statistics of the call), so that an interrupted or
-        failing call changes nothing and a completed one all of it.  None when there is nothing to set."""
+        follows it; ``STATS`` second stands for the statistics of the call; and the activation and
+        ``add``), so that an interrupted or failing call changes nothing and a completed one all of it.
+        None when there is nothing to set."""
         keep = _keeps_grad()
         if not (keep or state or self._lazy_target is not None):
             return None
         commit = self._namespace_commit(state)
         if keep:
             state["_saved"] = (saved[0], commit) + saved[2:] if len(saved) > 1 and saved[1] is STATS else saved
+            state["_saved_epilogue"] = (self.activation, add)
         return commit
 
     def _namespace_commit(self, state: Dict[str, Any]) -> _kernels.Commit:
@@ -164,7 +182,8 @@ class _Layer:
         The statistics are those of the last forward, in the mode it ran in: the batch's in training
         mode (their dependence on the input included), the running ones (constants) in evaluation mode.
         Stores ``grad_weight`` and ``grad_bias``, of the parameters' shape and dtype (None for a
-        parameter the layer does not have).  The input is the one the forward kept, by reference: modified
+        parameter the layer does not have), and ``grad_add`` after a forward given ``add=`` (else None).
+        A layer built with ``activation=`` differentiates through it.  The input is the one the forward kept, by reference: modified
         in place between the two calls, it no longer has the statistics the forward computed, and
         backward raises (as PyTorch) rather than return a gradient of the modified values.
 
@@ -225,7 +244,9 @@ class _Layer:
             stats = saved[1].stats
             assert stats is not None  # kept only once the call was applied
             saved = saved[:1] + stats + saved[2:]
-        dx, grad_weight, grad_bias = self._backward(grad_output, *saved)
+        grads = self._backward(grad_output, *saved)
+        dx, grad_weight, grad_bias = grads[:3]
+        self.grad_add = grads[3] if len(grads) > 3 else None
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
         # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
@@ -249,8 +270,9 @@ class _Layer:
     def __repr__(self) -> str:
         # PyTorch's repr, then fastnorm's own arguments where they differ from the constructor's default.
         config, defaults = self._config(), inspect.signature(type(self)).parameters
-        extras = [f"{key}={config[key]}" for key in ("axes", "channel_axis", "bessel", "renorm", "renorm_clipping",
-                                                       "renorm_momentum", "virtual_batch_size", "dtype")
+        extras = [f"{key}={config[key]!r}" if key == "activation" else f"{key}={config[key]}"
+                  for key in ("axes", "channel_axis", "bessel", "renorm", "renorm_clipping", "renorm_momentum",
+                              "virtual_batch_size", "dtype", "activation")
                   if key in config and config[key] != _config_value(key, defaults[key].default)]
         return f"{type(self).__name__}({', '.join([self._torch_repr(), *extras])})"
 
@@ -258,6 +280,7 @@ class _Layer:
         # Pickles and copies carry parameters and buffers, not what the last forward kept for backward.
         state = self.__dict__.copy()
         state.pop("_saved", None)
+        state.pop("_saved_epilogue", None)
         state.pop("_eval_cache", None)
         return state
 
@@ -303,9 +326,9 @@ class _Layer:
         """
         return self.train(False)
 
-    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """``layer(x)`` is ``layer.forward(x)``."""
-        return self.forward(x, out=out)
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, **kwargs: Any) -> NDArray[Any]:
+        """``layer(x)`` is ``layer.forward(x)`` (and ``layer(x, add=a)`` ``layer.forward(x, add=a)``)."""
+        return self.forward(x, out=out, **kwargs)
 
     def state_dict(self) -> collections.OrderedDict[str, NDArray[Any]]:
         """Copies of the parameters and buffers, under PyTorch's keys and in PyTorch's order.

@@ -50,6 +50,11 @@ _GROUPS_MATH = r"""
     k + 2N/v, ...: interleaved.  ``x.reshape(v, N // v, ...).swapaxes(0, 1).reshape(x.shape)`` puts those
     samples next to each other for fastnorm."""
 
+_ACTIVATION = """activation : str or None, keyword-only
+        Applied to the output in the sweep that writes it: ``"relu"``, ``"relu6"``, ``"silu"``,
+        ``"gelu"`` (erf form), ``"gelu_tanh"``, ``"sigmoid"``, ``"tanh"``; :meth:`backward`
+        differentiates through it.  None (the default): none."""
+
 _BATCH_NORM_PARAMETERS = """
     Parameters
     ----------
@@ -68,7 +73,8 @@ _BATCH_NORM_PARAMETERS = """
     bias : bool, keyword-only
         With ``affine``, whether there is a bias (False: a weight only, as PyTorch's ``bias=False``).
     dtype : float32 or float64, keyword-only
-        dtype of the parameters and buffers."""
+        dtype of the parameters and buffers.
+    """ + _ACTIVATION
 
 _BATCH_NORM_ATTRIBUTES = """
     Attributes
@@ -114,7 +120,7 @@ _FORWARD = """{summary}
         x : array_like
             {x}
         out : ndarray, keyword-only, optional
-            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.{add}
 
         Returns
         -------
@@ -139,11 +145,20 @@ def _raises(value_error: str) -> str:
             f"        ValueError\n            {value_error}")
 
 
-def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input") -> Callable[[_F], _F]:
+_ADD = """
+        add : array_like, keyword-only, optional
+            Added to the normalized values before the layer's activation, in the same sweep:
+            ``y = activation(norm(x) + add)``; floating point, of the input's shape (or one that
+            broadcasts to it).  :meth:`backward` then also stores its gradient in ``grad_add``."""
+
+
+def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input",
+                 add: bool = False) -> Callable[[_F], _F]:
     """A decorator giving a layer's ``forward`` the shared docstring, filled in (the text indented as a method's
-    docstring)."""
+    docstring); ``add``: the forward takes ``add=``."""
     def document(forward: _F) -> _F:
-        forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result)
+        forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result,
+                                add=_ADD if add else "")
         return forward
     return document
 

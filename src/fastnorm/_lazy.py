@@ -100,7 +100,7 @@ class _LazyNorm(_NormBase):
         "        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))\n"
         "        >>> type(bn).__name__, bn.num_features, bn.running_mean\n"
         "        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, **kwargs: Any) -> NDArray[Any]:
         if self.num_features == 0:
             x = _array(x, "input")
             self._check_input(x)
@@ -116,7 +116,7 @@ class _LazyNorm(_NormBase):
         if self.num_features == 0:
             self._materialize(stand_in, channels)
         stand_in._lazy_target = self
-        y: NDArray[Any] = stand_in.forward(x, out=out)
+        y: NDArray[Any] = stand_in.forward(x, out=out, **kwargs)
         return y
 
     def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:
@@ -170,10 +170,11 @@ class _LazyBatchNorm(_LazyNorm, _BatchNorm):
                  track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
                  channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
                  renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
-                 virtual_batch_size: Optional[int] = None) -> None:
+                 virtual_batch_size: Optional[int] = None, activation: Optional[str] = None) -> None:
         super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel, renorm=renorm, renorm_clipping=renorm_clipping,
-                         renorm_momentum=renorm_momentum, virtual_batch_size=virtual_batch_size)
+                         renorm_momentum=renorm_momentum, virtual_batch_size=virtual_batch_size,
+                         activation=activation)
         self._lazy_init()
         self.renorm_mean = self.renorm_stddev = None
 
@@ -185,9 +186,9 @@ class _LazyInstanceNorm(_LazyNorm, _InstanceNorm):
     # affine and track_running_stats default to True, as in PyTorch's lazy classes (InstanceNorm's: False).
     def __init__(self, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
-                 channel_axis: int = 1) -> None:
+                 channel_axis: int = 1, activation: Optional[str] = None) -> None:
         super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
-                         channel_axis=channel_axis)
+                         channel_axis=channel_axis, activation=activation)
         self._lazy_init()
 
     def _channels(self, x: NDArray[Any]) -> int:

@@ -8,8 +8,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _F, _KEEPS, _forward_doc, _raises, _references
-from ._validation import _check_eps, _check_layer_axes, _normalized_shape
+from ._layer_docs import _ACTIVATION, _F, _KEEPS, _forward_doc, _raises, _references
+from ._validation import _check_activation, _check_eps, _check_layer_axes, _normalized_shape
 
 
 def _rows_forward_doc(summary: str, cls: str, example: str) -> Callable[[_F], _F]:
@@ -53,7 +53,7 @@ class LayerNorm(_Layer):
         memory layouts are read without a copy.
     dtype : float32 or float64, keyword-only
         dtype of the parameters.
-    """ + _ROWS_SHAPE + r"""
+    """ + _ACTIVATION + "\n" + _ROWS_SHAPE + r"""
     Attributes
     ----------
     weight, bias : ndarray of shape normalized_shape, or None
@@ -86,8 +86,9 @@ class LayerNorm(_Layer):
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, *, axes: Optional[Iterable[int]] = None,
-                 dtype: DTypeLike = np.float32) -> None:
+                 dtype: DTypeLike = np.float32, activation: Optional[str] = None) -> None:
         self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self._set_activation(activation)
         self.axes = _check_layer_axes(axes, self.normalized_shape)
         self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
@@ -100,7 +101,8 @@ class LayerNorm(_Layer):
     def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "bias": self._has_bias,
-                "axes": None if self.axes is None else list(self.axes), "dtype": self.dtype.name}
+                "axes": None if self.axes is None else list(self.axes), "dtype": self.dtype.name,
+                "activation": self.activation}
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0.
@@ -127,12 +129,12 @@ class LayerNorm(_Layer):
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
         return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit,
-                            self.axes)[0]
+                            self.axes, _check_activation(self.activation))[0]
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
-                                     axes=self.axes, eps=self.eps)
+                                     axes=self.axes, eps=self.eps, activation=self._saved_epilogue[0])
 
     def _torch_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -157,7 +159,7 @@ class RMSNorm(_Layer):
         their sizes, in the order of the axes (sorted), as :class:`LayerNorm`'s ``axes``.
     dtype : float32 or float64, keyword-only
         dtype of the weight.
-    """ + _ROWS_SHAPE + r"""
+    """ + _ACTIVATION + "\n" + _ROWS_SHAPE + r"""
     Attributes
     ----------
     weight : ndarray of shape normalized_shape, or None
@@ -188,8 +190,9 @@ class RMSNorm(_Layer):
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
                  elementwise_affine: bool = True, *, axes: Optional[Iterable[int]] = None,
-                 dtype: DTypeLike = np.float32) -> None:
+                 dtype: DTypeLike = np.float32, activation: Optional[str] = None) -> None:
         self.normalized_shape: Tuple[int, ...] = _normalized_shape(normalized_shape)
+        self._set_activation(activation)
         self.axes = _check_layer_axes(axes, self.normalized_shape)
         self.eps = None if eps is None else _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
@@ -201,7 +204,7 @@ class RMSNorm(_Layer):
     def _config(self) -> Dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "axes": None if self.axes is None else list(self.axes),
-                "dtype": self.dtype.name}
+                "dtype": self.dtype.name, "activation": self.activation}
 
     def reset_parameters(self) -> None:
         """Weight to 1.
@@ -226,12 +229,12 @@ class RMSNorm(_Layer):
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         commit = self._commit({}, (self._input_to_keep(x, out), STATS))
         return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit,
-                            self.axes)[0]
+                            self.axes, _check_activation(self.activation))[0]
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, rstd = saved
         return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight, axes=self.axes,
-                                   eps=F._rms_eps(self.eps, x.dtype))
+                                   eps=F._rms_eps(self.eps, x.dtype), activation=self._saved_epilogue[0])
 
     def _torch_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

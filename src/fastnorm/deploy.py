@@ -70,7 +70,7 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     TypeError
         ``bn`` not a fastnorm BatchNorm layer, or ``weight`` not floating point.
     ValueError
-        An unknown ``layout``; a ``bn`` without running statistics; a weight of the wrong number of
+        An unknown ``layout``; a ``bn`` without running statistics or with an ``activation``; a weight of the wrong number of
         dimensions, or whose first axis is not ``bn.num_features`` long; a bias not of shape
         ``(out_channels,)``.
 
@@ -101,6 +101,9 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
         raise TypeError(f"bn: expected a fastnorm BatchNorm layer, got {type(bn).__name__}")
     if bn.running_mean is None:
         raise ValueError("bn: expected running statistics (track_running_stats=True) to fold")
+    if bn.activation is not None:
+        raise ValueError(f"bn: has activation={bn.activation!r}, which a folded weight and bias cannot hold; "
+                         "fold a layer without one and apply the activation after the folded layer")
     w = _array(weight, "weight")
     if w.dtype.kind != "f":
         raise TypeError(f"weight: expected a floating-point array, got dtype {w.dtype}")

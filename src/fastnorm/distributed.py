@@ -21,7 +21,8 @@ from . import functional as F
 from ._batch_norm_steps import _variance
 from ._layer_docs import _forward_doc
 from ._plan import _new_result
-from ._validation import _as_input, _channel_params, _check_axis, _check_eps, _check_out
+from ._epilogue import _pre_activation, _through_activation
+from ._validation import _as_input, _channel_params, _check_activation, _check_add, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
                      BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
 from .statistics import Moments
@@ -194,9 +195,10 @@ class SyncBatchNorm(_BatchNorm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, comm: Optional[Communicator] = None, bias: bool = True,
-                 dtype: DTypeLike = np.float32, channel_axis: int = 1, bessel: bool = True) -> None:
+                 dtype: DTypeLike = np.float32, channel_axis: int = 1, bessel: bool = True,
+                 activation: Optional[str] = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
-                         channel_axis=channel_axis, bessel=bessel)
+                         channel_axis=channel_axis, bessel=bessel, activation=activation)
         self.comm = comm
 
     def _config(self) -> Dict[str, Any]:
@@ -233,13 +235,14 @@ class SyncBatchNorm(_BatchNorm):
         "        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
         "        array([[-1., -1.],\n"
         "               [ 1.,  1.]], dtype=float32)",
-        result="slice")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        result="slice", add=True)
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                add: Optional[ArrayLike] = None) -> NDArray[Any]:
         if not self.training:
-            return super().forward(x, out=out)
+            return super().forward(x, out=out, add=add)
         C = self.num_features
         rows, (x_, saved, local, target) = _allgather(self.communicator, 2 * C + 1,
-                                                      lambda: self._forward_local(x, out))
+                                                      lambda: self._forward_local(x, out, add))
         counts = rows[:, 2 * C]
         count = float(counts.sum())
         if count == 1:  # known to every process alike
@@ -260,11 +263,11 @@ class SyncBatchNorm(_BatchNorm):
             factor = self.momentum if self.momentum is not None else 1.0 / (self.num_batches_tracked + 1)
             running = (self.running_mean, self.running_var, factor, count / (count - 1) if self.bessel else 1.0)
             state["num_batches_tracked"] = self.num_batches_tracked + 1
-        commit = self._commit(state, (saved, mean, invstd, True, count))
+        commit = self._commit(state, (saved, mean, invstd, True, count), add)
         return F._batch_norm_elemt(x_, self.weight, self.bias, mean, invstd, self.eps, self.channel_axis, target,
-                                   commit, running)
+                                   commit, running, _check_activation(self.activation), add)
 
-    def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]]
+    def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]], add: Optional[ArrayLike]
                        ) -> Tuple[NDArray[np.float64], Tuple[NDArray[Any], Any, Moments, NDArray[Any]]]:
         """This process's share of a training forward: the checks of everything the rest of the step
         uses, then ``batch_norm_stats`` of its slice, and the memory of the output (taken before the
@@ -284,6 +287,8 @@ class SyncBatchNorm(_BatchNorm):
                         self.weight, self.bias)
         if out is not None:
             _check_out(out, x.shape, dtype)
+        _check_activation(self.activation)
+        _check_add(add, x.shape)
         mean, invstd = F.batch_norm_stats(x, eps, channel_axis=axis)
         n = x.size // C
         local = Moments.from_arrays({"count": n, "mean": mean, "var": _variance(invstd, eps)})
@@ -331,10 +336,22 @@ class SyncBatchNorm(_BatchNorm):
             _allgather(self.communicator, 2 * self.num_features, fail)
         return super().backward(grad_output)
 
-    def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
+    def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         if len(saved) == 4:  # after an evaluation-mode forward: a local BatchNorm
             return super()._backward(grad_output, *saved)
         x, mean, invstd, _, count = saved
+        axis = self.channel_axis
+        activation, add = self._saved_epilogue
+        # Through the activation first: the collective steps below then differentiate the normalization.
+        return _through_activation(
+            grad_output, x, activation, add,
+            lambda x, a: _pre_activation(x, a, (_check_axis(axis, x.ndim, "channel_axis"),) * 2, mean, invstd,
+                                         self.weight, self.bias),
+            lambda dz: self._backward_batch(dz, x, mean, invstd, count))
+
+    def _backward_batch(self, grad_output: ArrayLike, x: NDArray[Any], mean: NDArray[np.float64],
+                        invstd: NDArray[np.float64], count: float) -> _Grads:
+        """The training-mode backward of the normalization (collective: the sums of every process)."""
         axis = self.channel_axis
 
         def local() -> Tuple[NDArray[np.float64], None]:
