@@ -204,7 +204,8 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     if activation is not None or add is not None:
         return _through_activation(
             grad_output, input, activation, add,
-            lambda x, a: _pre_activation(x, a, *[_channel_axes(x, channel_axis)] * 2, mean, invstd, weight, bias),
+            lambda x, a: _pre_activation(x, a, _channel_axes(x, channel_axis), _channel_axes(x, channel_axis), mean,
+                                         invstd, weight, bias),
             lambda dz: batch_norm_backward(dz, input, mean, invstd, weight, training, channel_axis=channel_axis,
                                            eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
@@ -368,7 +369,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     True
     """
     if activation is not None:
-        return _through_activation(  # type: ignore[return-value]
+        return _through_activation(
             grad_output, input, activation, None,
             lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias),
             lambda dz: layer_norm_backward(dz, input, normalized_shape, mean, rstd, weight, bias, axes=axes, eps=eps,
@@ -472,7 +473,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     (1, 2)
     """
     if activation is not None:
-        return _through_activation(  # type: ignore[return-value]
+        return _through_activation(
             grad_output, input, activation, None,
             lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), None, rstd, weight, None),
             lambda dz: rms_norm_backward(dz, input, normalized_shape, rstd, weight, axes=axes, eps=eps, mask=mask))

@@ -412,7 +412,7 @@ class _BatchNorm(_NormBase):
         if not batch_stats:
             mean, running_var = _running_stats(self)
             invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
-        return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,  # type: ignore[no-any-return]
+        return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
                                      channel_axis=self.channel_axis, eps=self.eps, bias=self.bias, **self._epilogue())
 
 

@@ -23,7 +23,8 @@ def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> Flo
     if act == 0 and add is None:
         return y
     plain = _kernels.is_plain(y) and _kernels.is_c_contiguous(y)
-    target = y if plain else np.array(y, dtype=np.float64 if y.dtype == np.float64 else np.float32, order="C")
+    target: FloatArray = y if plain else np.array(y, dtype=np.float64 if y.dtype == np.float64 else np.float32,
+                                                  order="C")
     a = None if add is None else np.array(np.broadcast_to(add, y.shape), dtype=target.dtype, order="C")
     _kernels.activate(target, a, act, threads_for(y.size))
     if target is not y:

@@ -146,7 +146,7 @@ class GroupNorm(_Layer):
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         x, mean, rstd = saved
-        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd,  # type: ignore[no-any-return]
+        return F.group_norm_backward(grad_output, x, self.num_groups, mean, rstd,
                                      self.weight, channel_axis=self.channel_axis, eps=self.eps, bias=self.bias,
                                      **self._epilogue())
 

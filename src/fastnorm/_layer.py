@@ -245,7 +245,8 @@ class _Layer:
             assert stats is not None  # kept only once the call was applied
             saved = saved[:1] + stats + saved[2:]
         grads = self._backward(grad_output, *saved)
-        dx, grad_weight, grad_bias = grads[:3]
+        dx: NDArray[Any] = grads[0]
+        grad_weight, grad_bias = grads[1:3]
         self.grad_add = grads[3] if len(grads) > 3 else None
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
@@ -328,7 +329,8 @@ class _Layer:
 
     def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, **kwargs: Any) -> NDArray[Any]:
         """``layer(x)`` is ``layer.forward(x)`` (and ``layer(x, add=a)`` ``layer.forward(x, add=a)``)."""
-        return self.forward(x, out=out, **kwargs)
+        y: NDArray[Any] = self.forward(x, out=out, **kwargs)
+        return y
 
     def state_dict(self) -> collections.OrderedDict[str, NDArray[Any]]:
         """Copies of the parameters and buffers, under PyTorch's keys and in PyTorch's order.

@@ -37,9 +37,9 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     (see _committing); ``act``: the activation's code (see _check_activation)."""
     x, dtype = _as_input(input, "input")
     if axes is not None:
-        y, stats = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out, rms,
-                                        return_stats, commit)
-        return _activate_after(y, act, None), stats
+        y_axes, stats_axes = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out,
+                                                  rms, return_stats, commit)
+        return _activate_after(y_axes, act, None), stats_axes
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
