@@ -79,6 +79,10 @@ cdef extern from "_simd.h" nogil:
                                           double shift, const double* w, const double* b)
     void fastnorm_activate_f32(float* v, const float* add, Py_ssize_t n, int act)
     void fastnorm_activate_f64(double* v, const double* add, Py_ssize_t n, int act)
+    void fastnorm_sweep_clamp_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale, float shift,
+                                  const float* add, float hi)
+    void fastnorm_sweep_clamp_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
+                                  double shift, const double* add, double hi)
     void fastnorm_activation_grad_f64(const double* z, const double* dy, double* dz, Py_ssize_t n, int act)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)

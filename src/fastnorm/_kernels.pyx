@@ -54,7 +54,7 @@ cimport numpy as cnp
 from cpython.dict cimport PyDict_Update  # no-cython-lint
 from cython.parallel cimport prange  # no-cython-lint
 from libc.float cimport DBL_EPSILON, DBL_MAX, FLT_EPSILON, FLT_MAX  # no-cython-lint
-from libc.math cimport fabs, frexp, ldexp, sqrt  # no-cython-lint
+from libc.math cimport INFINITY, fabs, frexp, ldexp, sqrt  # no-cython-lint
 from libc.stdlib cimport free  # no-cython-lint
 from libc.string cimport memcmp, memcpy, memset  # no-cython-lint
 

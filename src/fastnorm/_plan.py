@@ -275,8 +275,8 @@ def _add_buffer(add: Optional[FloatArray], shape: Tuple[int, ...], axis: int, mo
     """A checked ``add=`` as the kernel reads it: broadcast to the input's ``shape``, in the layout and dtype
     of the kernel's view ``buf`` (channels last where ``moved``), so that its value i goes with value i of
     ``result``.  The caller's array as it is when it already has that form (the fast path), a copy
-    otherwise, and where it partly overlaps ``result`` (where it is ``result`` itself each value is read
-    before it is written)."""
+    otherwise, and where it shares memory with ``result`` (the sweep writes a chunk of the output before
+    it adds ``add`` to it)."""
     if add is None:
         return None
     a = np.broadcast_to(add, shape)
@@ -284,6 +284,4 @@ def _add_buffer(add: Optional[FloatArray], shape: Tuple[int, ...], axis: int, mo
         a = np.moveaxis(a, axis, -1)
     if not (_kernels.is_plain(a) and a.dtype == buf.dtype and _kernels.is_c_contiguous(a)):
         return np.array(a, dtype=buf.dtype, order="C")
-    if np.may_share_memory(a, result) and a.__array_interface__["data"][0] != result.__array_interface__["data"][0]:
-        return a.copy()
-    return a
+    return a.copy() if np.may_share_memory(a, result) else a

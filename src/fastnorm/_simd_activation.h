@@ -1,5 +1,5 @@
 /* The epilogue of a fused sweep (included by _simd.h): v = act(v + add) over a chunk of normalized values
- * that the sweep has just written into an L1-resident buffer.  Each activation is written once, its scalar
+ * that the sweep has just written (in L1).  Each activation is written once, its scalar
  * formula beside it; relu and relu6 vectorize, the others call libm per value (expf, erff, tanhf; exp,
  * erf, tanh for float64), which costs more than the memory traffic they ride on.  NaN stays NaN.
  * The codes are those of fastnorm._validation.ACTIVATIONS (1-based; 0: none). */
@@ -104,3 +104,29 @@ static void fastnorm_activation_grad_f64(const double *z, const double *dy, doub
         dz[i] = dy[i] * d;
     }
 }
+
+/* relu and relu6 in the sweep's own loop: y = min(max(z, 0), hi), z = (x - mean_hi) * scale + shift (+ add[i]),
+ * hi = 6 for relu6 and +inf for relu (z > inf is never true).  The operations of the sweep then of
+ * fastnorm_activate, so the same bits, in one loop that vectorizes: no buffer, no second pass. */
+#define FASTNORM_SWEEP_CLAMP(NAME, T)                                                                          \
+    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift, const T *add, \
+                                     T hi)                                                                     \
+    {                                                                                                          \
+        const T zero = (T)0;                                                                                   \
+        if (add) {                                                                                             \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                                \
+                T v = (x[i] - mean_hi) * scale + shift;                                                        \
+                v = v + add[i];                                                                                \
+                v = v < zero ? zero : v;                                                                       \
+                y[i] = v > hi ? hi : v;                                                                        \
+            }                                                                                                  \
+        } else {                                                                                               \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                                \
+                T v = (x[i] - mean_hi) * scale + shift;                                                        \
+                v = v < zero ? zero : v;                                                                       \
+                y[i] = v > hi ? hi : v;                                                                        \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f32, float)
+FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f64, double)

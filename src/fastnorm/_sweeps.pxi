@@ -34,10 +34,12 @@ cdef inline void _backward_coefficients(double sum_w_dy, double sum_w_dy_xhat, d
     c3[0] = (0.0 if rms else -rstd * sum_w_dy / count) - c2[0] * mean_lo
 
 
-# A fused sweep (an Epilogue given) goes by chunks of CHUNK values: the plain cached sweep writes a chunk
-# into a buffer on the stack (in L1), the epilogue adds and activates it there, and the chunk is stored to
-# y as the plain sweep would store it (streamed or cached), so y is still written once.  Without an
-# Epilogue the plain sweeps run as they are.
+# A fused sweep (an Epilogue given) goes by chunks of CHUNK values: the plain cached sweep writes a chunk of
+# y, and the epilogue adds and activates it in place while it is in L1, so y is still written to memory
+# once.  relu and relu6 go in the sweep's own loop (fastnorm_sweep_clamp).  A fused output is not
+# streamed: measured on (32, 64, 56, 56) float32, a chunk built in a buffer then stored non-temporally
+# took twice the time of the plain sweep, the chunks written in place the time of the plain sweep
+# (bench/NOTES.md, "Fused activation and add").  Without an Epilogue the plain sweeps run as they are.
 cdef enum:
     CHUNK = 512
 
@@ -49,46 +51,42 @@ cdef inline const floating* _added(const Epilogue* ep, const floating* y) noexce
     return <const floating*>ep.add + (y - <const floating*>ep.y0)
 
 
-cdef inline void _activate(floating* v, const floating* add, Py_ssize_t n, int act) noexcept nogil:
-    """``v = act(v + add)`` in place over n values (add may be NULL)."""
-    if floating is float:
-        fastnorm_activate_f32(v, add, n, act)
-    else:
-        fastnorm_activate_f64(v, add, n, act)
-
-
 cdef inline void _epilogue(floating* y, Py_ssize_t n, const Epilogue* ep) noexcept nogil:
-    """The epilogue in place over n values of y just written (short runs written inline, in cache)."""
-    if ep != NULL:
-        _activate(y, _added(ep, y), n, ep.act)
-
-
-cdef inline void _store_chunk(floating* buf, floating* y, Py_ssize_t n, const Epilogue* ep, bint stream) noexcept nogil:
-    """A chunk of the plain sweep's values in ``buf``: the epilogue there, then the store to ``y``."""
-    _activate(buf, _added(ep, y), n, ep.act)
-    if stream:
-        fastnorm_copy_stream(<char*>y, <const char*>buf, n * sizeof(floating))
+    """``y = act(y + add)`` in place over n values of y just written (ep may be NULL: nothing)."""
+    if ep == NULL:
+        return
+    if floating is float:
+        fastnorm_activate_f32(y, _added(ep, y), n, ep.act)
     else:
-        memcpy(y, buf, n * sizeof(floating))
+        fastnorm_activate_f64(y, _added(ep, y), n, ep.act)
 
 
 cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
                         const floating* scale, const floating* shift, bint stream,
                         const Epilogue* ep) noexcept nogil:
     """One channel's run: ``y = (x - mean_hi[0]) * scale[0] + shift[0]`` (then ``ep``, if any)."""
-    cdef floating buf[CHUNK]
     cdef Py_ssize_t i, k
+    if ep == NULL:
+        _sweep_plain(x, y, n, mean_hi, scale, shift, stream)
+        return
+    if ep.act == 1 or ep.act == 2:  # relu, relu6: in the sweep's own loop
+        if floating is float:
+            fastnorm_sweep_clamp_f32(x, y, n, mean_hi[0], scale[0], shift[0], _added(ep, y),
+                                     6.0 if ep.act == 2 else INFINITY)
+        else:
+            fastnorm_sweep_clamp_f64(x, y, n, mean_hi[0], scale[0], shift[0], _added(ep, y),
+                                     6.0 if ep.act == 2 else INFINITY)
+        return
+    for i in range(0, n, 512):  # CHUNK (a literal step: Cython's C loop)
+        k = min(<Py_ssize_t>CHUNK, n - i)
+        _sweep_plain(x + i, y + i, k, mean_hi, scale, shift, False)
+        _epilogue(y + i, k, ep)
+
+
+cdef inline void _sweep_plain(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
+                              const floating* scale, const floating* shift, bint stream) noexcept nogil:
     if stream and _lands_ahead(y, x):
         stream = False  # see _lands_ahead
-    if ep != NULL:
-        for i in range(0, n, 512):  # CHUNK (a literal step: Cython's C loop)
-            k = min(<Py_ssize_t>CHUNK, n - i)
-            if floating is float:
-                fastnorm_sweep_f32(x + i, buf, k, mean_hi[0], scale[0], shift[0])
-            else:
-                fastnorm_sweep_f64(x + i, buf, k, mean_hi[0], scale[0], shift[0])
-            _store_chunk(buf, y + i, k, ep, stream)
-        return
     if floating is float:
         if stream:
             fastnorm_sweep_stream_f32(x, y, n, mean_hi, scale, shift, 0)
@@ -105,19 +103,21 @@ cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, flo
                                floating shift, const floating* w, const floating* b, bint stream,
                                const Epilogue* ep) noexcept nogil:
     """``y = ((x - mean_hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
-    cdef floating buf[CHUNK]
     cdef Py_ssize_t i, k
+    if ep == NULL:
+        _sweep_affine_plain(x, y, n, mean_hi, scale, shift, w, b, stream)
+        return
+    for i in range(0, n, 512):  # CHUNK
+        k = min(<Py_ssize_t>CHUNK, n - i)
+        _sweep_affine_plain(x + i, y + i, k, mean_hi, scale, shift, w + i, NULL if b == NULL else b + i, False)
+        _epilogue(y + i, k, ep)
+
+
+cdef inline void _sweep_affine_plain(const floating* x, floating* y, Py_ssize_t n, floating mean_hi,
+                                     floating scale, floating shift, const floating* w, const floating* b,
+                                     bint stream) noexcept nogil:
     if stream and _lands_ahead(y, x):  # not w, b: measured, they made no difference, and rows of
         stream = False                  # LayerNorm would then stream or not by turns (see _lands_ahead)
-    if ep != NULL:
-        for i in range(0, n, 512):  # CHUNK (a literal step: Cython's C loop)
-            k = min(<Py_ssize_t>CHUNK, n - i)
-            if floating is float:
-                fastnorm_sweep_affine_f32(x + i, buf, k, mean_hi, scale, shift, w + i, NULL if b == NULL else b + i)
-            else:
-                fastnorm_sweep_affine_f64(x + i, buf, k, mean_hi, scale, shift, w + i, NULL if b == NULL else b + i)
-            _store_chunk(buf, y + i, k, ep, stream)
-        return
     if floating is float:
         if stream:
             fastnorm_sweep_affine_stream_f32(x, y, n, mean_hi, scale, shift, w, b)
@@ -130,46 +130,41 @@ cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, flo
             fastnorm_sweep_affine_f64(x, y, n, mean_hi, scale, shift, w, b)
 
 
-cdef inline void _sweep_columns_plain(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                      const floating* p, Py_ssize_t plen) noexcept nogil:
-    if floating is float:
-        fastnorm_sweep_columns_f32(x, y, rows, ncols, p, plen)
-    else:
-        fastnorm_sweep_columns_f64(x, y, rows, ncols, p, plen)
-
-
 cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
                                 const floating* p, Py_ssize_t plen, bint stream, const Epilogue* ep) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
-    cdef floating buf[CHUNK]
     cdef Py_ssize_t r, c, k, per
+    if ep == NULL:
+        _sweep_columns_plain(x, y, rows, ncols, p, plen, stream)
+    elif ncols <= CHUNK:  # chunks of whole rows
+        per = CHUNK // max(<Py_ssize_t>1, ncols)
+        r = 0
+        while r < rows:
+            k = min(per, rows - r)
+            _sweep_columns_plain(x + r * ncols, y + r * ncols, k, ncols, p, plen, False)
+            _epilogue(y + r * ncols, k * ncols, ep)
+            r += k
+    else:  # chunks of a row: the factors from column c on
+        for r in range(rows):
+            for c in range(0, ncols, 512):  # CHUNK
+                k = min(<Py_ssize_t>CHUNK, ncols - c)
+                _sweep_columns_plain(x + r * ncols + c, y + r * ncols + c, 1, k, p + c, plen, False)
+                _epilogue(y + r * ncols + c, k, ep)
+
+
+cdef inline void _sweep_columns_plain(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                      const floating* p, Py_ssize_t plen, bint stream) noexcept nogil:
     if stream and _lands_ahead(y, x):
         stream = False  # see _lands_ahead
-    if ep != NULL:
-        if ncols <= CHUNK:  # chunks of whole rows
-            if ncols <= 0:
-                return
-            per = CHUNK // ncols
-            r = 0
-            while r < rows:
-                k = min(per, rows - r)
-                _sweep_columns_plain(x + r * ncols, buf, k, ncols, p, plen)
-                _store_chunk(buf, y + r * ncols, k * ncols, ep, stream)
-                r += k
-        else:  # chunks of a row: the factors from column c on
-            for r in range(rows):
-                for c in range(0, ncols, 512):  # CHUNK
-                    k = min(<Py_ssize_t>CHUNK, ncols - c)
-                    _sweep_columns_plain(x + r * ncols + c, buf, 1, k, p + c, plen)
-                    _store_chunk(buf, y + r * ncols + c, k, ep, stream)
-        return
     if stream:
         if floating is float:
             fastnorm_sweep_stream_f32(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
         else:
             fastnorm_sweep_stream_f64(x, y, rows * ncols, p, p + plen, p + 2 * plen, ncols)
+    elif floating is float:
+        fastnorm_sweep_columns_f32(x, y, rows, ncols, p, plen)
     else:
-        _sweep_columns_plain(x, y, rows, ncols, p, plen)
+        fastnorm_sweep_columns_f64(x, y, rows, ncols, p, plen)
 
 
 cdef inline void _center_and_rstd(double mean, double var, double eps, bint rms, double* center,
