@@ -168,44 +168,25 @@ def test_add_may_be_the_output_or_overlap_it():
 # --------------------------------------------------------------------------------------------------------
 
 def _forward_and_backward(op, x, p, act, add, training=True):
-    """(forward(x, w, b, add) in float64, grads(dy) -> (dx, dw, db[, dadd])) of one op."""
-    w, b = p["w"], p["b"]
-    if op == "batch_norm":
-        def forward(x, w, b, add):
-            return fastnorm.batch_norm(x, p["rm"], p["rv"], w, b, training, activation=act, add=add)
-
-        y, mean, rstd = fastnorm.batch_norm(x, p["rm"].copy(), p["rv"].copy(), w, b, training, activation=act,
-                                            add=add, return_stats=True)
-        return forward, lambda dy: fastnorm.batch_norm_backward(dy, x, mean, rstd, w, training, activation=act,
-                                                                add=add, bias=b)
-    if op == "group_norm":
-        def forward(x, w, b, add):
-            return fastnorm.group_norm(x, 2, w, b, activation=act, add=add)
-
-        y, mean, rstd = fastnorm.group_norm(x, 2, w, b, activation=act, add=add, return_stats=True)
-        return forward, lambda dy: fastnorm.group_norm_backward(dy, x, 2, mean, rstd, w, activation=act, add=add,
-                                                                bias=b)
-    if op == "instance_norm":
-        def forward(x, w, b, add):
-            return fastnorm.instance_norm(x, p["rm"], p["rv"], w, b, training, activation=act, add=add)
-
-        y, mean, rstd = fastnorm.instance_norm(x, p["rm"].copy(), p["rv"].copy(), w, b, training, activation=act,
-                                               add=add, return_stats=True)
-        return forward, lambda dy: fastnorm.instance_norm_backward(dy, x, mean, rstd, w, training, activation=act,
-                                                                   add=add, bias=b)
-    w, b = p["wl"], p["bl"]
-    if op == "layer_norm":
-        def forward(x, w, b, add):
-            return fastnorm.layer_norm(x, x.shape[-1], w, b, activation=act)
-
-        y, mean, rstd = fastnorm.layer_norm(x, x.shape[-1], w, b, activation=act, return_stats=True)
-        return forward, lambda dy: fastnorm.layer_norm_backward(dy, x, x.shape[-1], mean, rstd, w, b, activation=act)
-
-    def forward(x, w, b, add):
-        return fastnorm.rms_norm(x, x.shape[-1], w, activation=act)
-
-    y, rstd = fastnorm.rms_norm(x, x.shape[-1], w, activation=act, return_stats=True)
-    return forward, lambda dy: fastnorm.rms_norm_backward(dy, x, x.shape[-1], rstd, w, activation=act)
+    """(forward(x, w, b, add), grads(dy) -> (dx, dw, db[, dadd])) of one op, its weight and bias those of
+    the forward."""
+    rows = op in ("layer_norm", "rms_norm")
+    forward = {
+        "batch_norm": lambda x, w, b, add, **k: fastnorm.batch_norm(x, p["rm"].copy(), p["rv"].copy(), w, b,
+                                                                    training, activation=act, add=add, **k),
+        "group_norm": lambda x, w, b, add, **k: fastnorm.group_norm(x, 2, w, b, activation=act, add=add, **k),
+        "instance_norm": lambda x, w, b, add, **k: fastnorm.instance_norm(x, p["rm"].copy(), p["rv"].copy(), w, b,
+                                                                          training, activation=act, add=add, **k),
+        "layer_norm": lambda x, w, b, add, **k: fastnorm.layer_norm(x, x.shape[-1], w, b, activation=act, **k),
+        "rms_norm": lambda x, w, b, add, **k: fastnorm.rms_norm(x, x.shape[-1], w, activation=act, **k),
+    }[op]
+    w, b = (p["wl"], p["bl"]) if rows else (p["w"], p["b"])
+    stats = forward(x, w, b, add, return_stats=True)[1:]
+    before = {"group_norm": (2,), "layer_norm": (x.shape[-1],), "rms_norm": (x.shape[-1],)}.get(op, ())
+    after = {"batch_norm": (training,), "instance_norm": (training,), "layer_norm": (b,)}.get(op, ())
+    extra = {} if rows else {"add": add, "bias": b}
+    backward = getattr(fastnorm, op + "_backward")
+    return forward, lambda dy: backward(dy, x, *before, *stats, w, *after, activation=act, **extra)
 
 
 BACKWARD_OPS = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]

@@ -92,14 +92,8 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         the input as ``[N, K, S]`` (K the channels), through a view where its memory holds the channel
         axes together in their order after merging adjacent axes (e.g. (1, 2) or (2, 3) of C-ordered
         data), and through a copy with them moved together otherwise (e.g. (1, 3) of C-ordered data).
-    activation : str or None, keyword-only
-        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
-        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
-        ``"sigmoid"``, ``"tanh"``; None: none.
-    add : array_like, keyword-only, optional
-        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
-        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
-        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
+    {activation}
+    {add}
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     bessel : bool, keyword-only
@@ -283,14 +277,8 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         Added to the variance before the square root, in the input's units squared.
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1 (channels last).
-    activation : str or None, keyword-only
-        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
-        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
-        ``"sigmoid"``, ``"tanh"``; None: none.
-    add : array_like, keyword-only, optional
-        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
-        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
-        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
+    {activation}
+    {add}
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -441,14 +429,8 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         The axis of the channels: 1 (the default), -1 for channels-last data, any axis but 0.  Either
         way, channels-last memory (NHWC data, or an NCHW view of it) is read as ``[N, S, C]`` without a
         copy, and channels-first memory as ``[N, C, S]``; other layouts are copied.
-    activation : str or None, keyword-only
-        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
-        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
-        ``"sigmoid"``, ``"tanh"``; None: none.
-    add : array_like, keyword-only, optional
-        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
-        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
-        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is.
+    {activation}
+    {add}
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}

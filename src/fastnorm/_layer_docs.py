@@ -50,10 +50,13 @@ _GROUPS_MATH = r"""
     k + 2N/v, ...: interleaved.  ``x.reshape(v, N // v, ...).swapaxes(0, 1).reshape(x.shape)`` puts those
     samples next to each other for fastnorm."""
 
+# The names ``activation=`` takes, for the docstrings.
+_ACTIVATION_NAMES = """``"relu"``, ``"relu6"``,
+        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
+        ``"sigmoid"``, ``"tanh"``"""
 _ACTIVATION = """activation : str or None, keyword-only
-        Applied to the output in the sweep that writes it: ``"relu"``, ``"relu6"``, ``"silu"``,
-        ``"gelu"`` (erf form), ``"gelu_tanh"``, ``"sigmoid"``, ``"tanh"``; :meth:`backward`
-        differentiates through it.  None (the default): none."""
+        Applied to the output in the sweep that writes it: one of """ + _ACTIVATION_NAMES + """;
+        :meth:`backward` differentiates through it.  None (the default): none."""
 
 _BATCH_NORM_PARAMETERS = """
     Parameters
@@ -195,8 +198,17 @@ def _filled(**values: str) -> Callable[[_F], _F]:
     return fill
 
 
-# Fills the ``{mask}`` placeholder of a normalizing function's docstring.
-_with_mask_doc = _filled(mask=_MASK)
+# The ``activation`` and ``add`` parameters of the normalizing functions.
+_FUNCTION_ACTIVATION = """activation : str or None, keyword-only
+        Applied to the result in the same sweep that writes it: one of """ + _ACTIVATION_NAMES + """;
+        None: none."""
+_FUNCTION_ADD = """add : array_like, keyword-only, optional
+        Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
+        once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
+        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is."""
+
+# Fills the ``{mask}``, ``{activation}`` and ``{add}`` placeholders of a normalizing function's docstring.
+_with_mask_doc = _filled(mask=_MASK, activation=_FUNCTION_ACTIVATION, add=_FUNCTION_ADD)
 
 
 def _references(kind: str, torch_name: str) -> str:

@@ -110,10 +110,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
         axes (the trailing axes of C-ordered data; the channel axis 1 of an NCHW view of NHWC memory);
         otherwise (e.g. axes (1, 3) of C-ordered data, or (0,)) through a copy with the normalized axes
         moved last.
-    activation : str or None, keyword-only
-        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
-        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
-        ``"sigmoid"``, ``"tanh"``; None: none.
+    {activation}
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
@@ -222,10 +219,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     axes : int or sequence of int, keyword-only, optional
         Normalize over these axes instead of the trailing ones, as :func:`layer_norm`'s ``axes`` (what
         is read through a view and what is copied is said there).
-    activation : str or None, keyword-only
-        Applied to the result in the same sweep that writes it: one of ``"relu"``, ``"relu6"``,
-        ``"silu"``, ``"gelu"`` (erf form), ``"gelu_tanh"`` (PyTorch's ``approximate="tanh"``),
-        ``"sigmoid"``, ``"tanh"``; None: none.
+    {activation}
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
