@@ -93,6 +93,10 @@ _BATCH_NORM_ATTRIBUTES = """
         ``track_running_stats``).
     grad_weight, grad_bias : ndarray or None
         The parameters' gradients from the last :meth:`backward`.
+    grad_add : ndarray or None
+        The gradient of the last forward's ``add`` (None after a forward without one).
+    activation : str or None
+        The activation applied to the output (the constructor's).
     training : bool
         Training mode (the default) or evaluation mode."""
 

@@ -64,11 +64,17 @@ cdef inline void _epilogue(floating* y, Py_ssize_t n, const Epilogue* ep) noexce
 cdef inline void _sweep(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
                         const floating* scale, const floating* shift, bint stream,
                         const Epilogue* ep) noexcept nogil:
-    """One channel's run: ``y = (x - mean_hi[0]) * scale[0] + shift[0]`` (then ``ep``, if any)."""
-    cdef Py_ssize_t i, k
+    """One channel's run: ``y = (x - mean_hi[0]) * scale[0] + shift[0]`` (then ``ep``, if any).  The
+    fused forms are out of line, so that the plain sweep inlines into its callers as it did."""
     if ep == NULL:
         _sweep_plain(x, y, n, mean_hi, scale, shift, stream)
-        return
+    else:
+        _sweep_fused(x, y, n, mean_hi, scale, shift, ep)
+
+
+cdef void _sweep_fused(const floating* x, floating* y, Py_ssize_t n, const floating* mean_hi,
+                       const floating* scale, const floating* shift, const Epilogue* ep) noexcept nogil:
+    cdef Py_ssize_t i, k
     if ep.act == 1 or ep.act == 2:  # relu, relu6: in the sweep's own loop
         if floating is float:
             fastnorm_sweep_clamp_f32(x, y, n, mean_hi[0], scale[0], shift[0], _added(ep, y),
@@ -103,10 +109,15 @@ cdef inline void _sweep_affine(const floating* x, floating* y, Py_ssize_t n, flo
                                floating shift, const floating* w, const floating* b, bint stream,
                                const Epilogue* ep) noexcept nogil:
     """``y = ((x - mean_hi) * scale + shift) * w + b`` with per-element ``w`` and ``b`` (b may be NULL)."""
-    cdef Py_ssize_t i, k
     if ep == NULL:
         _sweep_affine_plain(x, y, n, mean_hi, scale, shift, w, b, stream)
-        return
+    else:
+        _sweep_affine_fused(x, y, n, mean_hi, scale, shift, w, b, ep)
+
+
+cdef void _sweep_affine_fused(const floating* x, floating* y, Py_ssize_t n, floating mean_hi, floating scale,
+                              floating shift, const floating* w, const floating* b, const Epilogue* ep) noexcept nogil:
+    cdef Py_ssize_t i, k
     for i in range(0, n, 512):  # CHUNK
         k = min(<Py_ssize_t>CHUNK, n - i)
         _sweep_affine_plain(x + i, y + i, k, mean_hi, scale, shift, w + i, NULL if b == NULL else b + i, False)
@@ -133,10 +144,16 @@ cdef inline void _sweep_affine_plain(const floating* x, floating* y, Py_ssize_t 
 cdef inline void _sweep_columns(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
                                 const floating* p, Py_ssize_t plen, bint stream, const Epilogue* ep) noexcept nogil:
     """``rows`` rows of ``ncols`` values, column ``c`` with ``p[c], p[plen + c], p[2 * plen + c]``."""
-    cdef Py_ssize_t r, c, k, per
     if ep == NULL:
         _sweep_columns_plain(x, y, rows, ncols, p, plen, stream)
-    elif ncols <= CHUNK:  # chunks of whole rows
+    else:
+        _sweep_columns_fused(x, y, rows, ncols, p, plen, ep)
+
+
+cdef void _sweep_columns_fused(const floating* x, floating* y, Py_ssize_t rows, Py_ssize_t ncols,
+                               const floating* p, Py_ssize_t plen, const Epilogue* ep) noexcept nogil:
+    cdef Py_ssize_t r, c, k, per
+    if ncols <= CHUNK:  # chunks of whole rows
         per = CHUNK // max(<Py_ssize_t>1, ncols)
         r = 0
         while r < rows:
