@@ -240,14 +240,34 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     return _result(y, out, return_stats, mean, rstd)
 
 
+def _with_residual(op, input, residual, residual_out, args, kwargs):
+    """``op`` on h = input + residual (the sum in the input's dtype, written to ``residual_out``), h
+    returned second."""
+    _require(residual is not None, "residual_out: given without residual")
+    x, r = np.asarray(input), np.asarray(residual)
+    if r.dtype != x.dtype:
+        raise TypeError(f"residual: expected the input's dtype {x.dtype}, got {r.dtype}")
+    _require(np.broadcast_shapes(r.shape, x.shape) == x.shape, f"residual: {r.shape} does not broadcast to {x.shape}")
+    h = np.add(x, r, dtype=x.dtype)
+    result = op(h, *args, **kwargs)
+    if residual_out is not None:
+        residual_out[...] = h
+        h = residual_out
+    return (result[0], h, *result[1:]) if isinstance(result, tuple) else (result, h)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axes=None, out=None, mask=None,
-               return_stats=False):
+               residual=None, residual_out=None, return_stats=False):
     """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
 
     Each row of the trailing ``normalized_shape`` values is normalized with its mean and biased variance;
     weight and bias are elementwise (of ``normalized_shape``).  ``return_stats`` adds mean and rstd of
     the leading shape.  ``mask``: each row's statistics of the values where it is True only.
+    ``residual``: h = input + residual normalized instead, and returned after y.
     """
+    if residual is not None or residual_out is not None:
+        return _with_residual(layer_norm, input, residual, residual_out, (normalized_shape, weight, bias, eps),
+                              dict(axes=axes, out=out, mask=mask, return_stats=return_stats))
     _require(mask is None or axes is None, "mask: not supported together with axes")
     x, _ = _input(input)
     axes, shape = _trailing(x, normalized_shape, axes)
@@ -259,14 +279,18 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axe
                    mean.reshape(lead), rstd.reshape(lead))
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, out=None, mask=None, return_stats=False):
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, out=None, mask=None, residual=None,
+             residual_out=None, return_stats=False):
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
     is the machine epsilon of the dtype the input is computed in (float32 for float16 input, as PyTorch).
     ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).  ``mask``: the mean of x**2 over the values
-    where it is True only.
+    where it is True only.  ``residual``: as layer_norm's.
     """
+    if residual is not None or residual_out is not None:
+        return _with_residual(rms_norm, input, residual, residual_out, (normalized_shape, weight, eps),
+                              dict(axes=axes, out=out, mask=mask, return_stats=return_stats))
     _require(mask is None or axes is None, "mask: not supported together with axes")
     x, dtype = _input(input)
     axes, shape = _trailing(x, normalized_shape, axes)

@@ -136,3 +136,42 @@ FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f64, double)
 #define fastnorm_sweep_affine_stream_f32 fastnorm_sweep_affine_f32
 #define fastnorm_sweep_affine_stream_f64 fastnorm_sweep_affine_f64
 #endif
+
+/* t = x + r over n values into t (a buffer in cache), and also into h (the residual stream's output)
+ * unless h is NULL; streamed: h with non-temporal stores, read by nothing in this call.  The sum is the
+ * same IEEE addition either way. */
+#define FASTNORM_ADD(NAME, T)                                                                             \
+    FASTNORM_CLONES static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, \
+                                     ptrdiff_t n)                                                         \
+    {                                                                                                     \
+        for (ptrdiff_t i = 0; i < n; i++)                                                                 \
+            t[i] = x[i] + r[i];                                                                           \
+        if (h)                                                                                            \
+            memcpy(h, t, n * sizeof(T));                                                                  \
+    }
+FASTNORM_ADD(fastnorm_add_f32, float)
+FASTNORM_ADD(fastnorm_add_f64, double)
+#if FASTNORM_HAVE_STREAM
+#define FASTNORM_ADD_STREAM(NAME, T, LOADU, ADD, STORE, STREAM, W)                                        \
+    static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, ptrdiff_t n) \
+    {                                                                                                     \
+        ptrdiff_t i = 0;                                                                                  \
+        for (; i < n && ((uintptr_t)(h + i) & 15); i++) {                                                 \
+            t[i] = x[i] + r[i];                                                                           \
+            FASTNORM_STREAM1(T, h + i, t[i]);                                                             \
+        }                                                                                                 \
+        for (; i + W <= n; i += W) {                                                                      \
+            STORE(t + i, ADD(LOADU(x + i), LOADU(r + i)));                                                \
+            STREAM(h + i, LOADU(t + i));                                                                  \
+        }                                                                                                 \
+        for (; i < n; i++) {                                                                              \
+            t[i] = x[i] + r[i];                                                                           \
+            FASTNORM_STREAM1(T, h + i, t[i]);                                                             \
+        }                                                                                                 \
+    }
+FASTNORM_ADD_STREAM(fastnorm_add_stream_f32, float, _mm_loadu_ps, _mm_add_ps, _mm_storeu_ps, _mm_stream_ps, 4)
+FASTNORM_ADD_STREAM(fastnorm_add_stream_f64, double, _mm_loadu_pd, _mm_add_pd, _mm_storeu_pd, _mm_stream_pd, 2)
+#else
+#define fastnorm_add_stream_f32 fastnorm_add_f32
+#define fastnorm_add_stream_f64 fastnorm_add_f64
+#endif
