@@ -185,15 +185,16 @@ cdef inline Py_ssize_t _residual_rows(Py_ssize_t S) noexcept nogil:
 
 
 cdef inline void _add(const floating* x, const floating* res, floating* tmp, floating* h, Py_ssize_t n,
-                      bint stream) noexcept nogil:
-    """``tmp = x + res`` (in cache), copied to ``h``: streamed stores where y is streamed."""
+                      bint stream, Py_ssize_t ahead) noexcept nogil:
+    """``tmp = x + res`` (in cache), copied to ``h``: streamed stores where y is streamed, the values
+    ``ahead`` on requested from memory meanwhile."""
     if floating is float:
         if stream:
-            fastnorm_add_stream_f32(x, res, tmp, h, n)
+            fastnorm_add_stream_f32(x, res, tmp, h, n, ahead)
         else:
             fastnorm_add_f32(x, res, tmp, h, n)
     elif stream:
-        fastnorm_add_stream_f64(x, res, tmp, h, n)
+        fastnorm_add_stream_f64(x, res, tmp, h, n, ahead)
     else:
         fastnorm_add_f64(x, res, tmp, h, n)
 
@@ -205,11 +206,15 @@ cdef void _forward_residual_share(const floating* x, const floating* res, floati
     the rows normalized from tmp (_forward_row_batch).  x and the residual are read once, h and y written
     once; every row has the bits of layer_norm(x + residual)."""
     cdef Py_ssize_t rows = _residual_rows(S), r = r0, n, off
+    cdef floating* t
     while r < r1:
         off = r * S
         n = min(rows, r1 - r) * S
-        _add(x + off, res + off, tmp, h + off, n, stream)
-        _forward_row_batch(tmp, y + off, r, min(r + rows, r1), S, a, eps, mean, var, stream)
+        # t at x's address modulo 4 KiB: its stores then never land just ahead of the loads of x, the
+        # residual or y's stores (arrays that start alike), which stalls them (see _lands_ahead).
+        t = <floating*>(<char*>tmp + ((<size_t>(x + off) - <size_t>tmp) & 4095))
+        _add(x + off, res + off, t, h + off, n, stream, n if r + rows < r1 else 0)
+        _forward_row_batch(t, y + off, r, min(r + rows, r1), S, a, eps, mean, var, stream)
         r += rows
 
 
@@ -223,10 +228,11 @@ cdef int _forward_rows_residual(const floating* x, const floating* res, floating
     cdef floating* tmp
     if rows == 0:  # long rows: h in memory, then its rows as without a residual
         for t in prange(R, schedule="static", num_threads=max(1, nthreads)):
-            _add(x + t * S, res + t * S, h + t * S, NULL, S, False)
+            _add(x + t * S, res + t * S, h + t * S, NULL, S, False, 0)
         return _forward_rows(h, y, 1, R, S, a, eps, mean, var, nthreads)
     nthreads = max(1, min(nthreads, (R + rows - 1) // rows))
-    tmp = <floating*>_alloc(nthreads * rows * S * sizeof(floating))
+    cdef Py_ssize_t per_thread = rows * S + 4096 // sizeof(floating)  # with room to place it (see above)
+    tmp = <floating*>_alloc(nthreads * per_thread * sizeof(floating))
     if tmp == NULL:
         return -1
     share = (R + nthreads - 1) // nthreads
@@ -236,7 +242,7 @@ cdef int _forward_rows_residual(const floating* x, const floating* res, floating
         for t in prange(nthreads, schedule="static", chunksize=1, num_threads=nthreads):
             if t * share < R:
                 _forward_residual_share(x, res, h, y, t * share, min(R, (t + 1) * share), S, a, eps, mean, var,
-                                        tmp + t * rows * S, stream)
+                                        tmp + t * per_thread, stream)
     free(tmp)
     _fence_streams(stream, nthreads)
     return 0
