@@ -210,9 +210,9 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     the parameters then of their sizes) is normalized over all the other axes (n values): with the
     batch's mean and biased variance when ``training``, with the running ones otherwise.  Training
     updates the running statistics (when given and the batch is not empty) with the batch mean and the
-    unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``); ``momentum=None`` is the
-    cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats`` adds the mean and rstd
-    used, of the parameters' shape.
+    unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``, which allows n = 1);
+    ``momentum=None`` is the cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats``
+    adds the mean and rstd used, of the parameters' shape.
   ``mask``: the batch statistics of the values where it is True only (n their count per channel; a
     channel with none has NaN statistics and keeps its running ones; one value raises in training), every
     value normalized; with several channel axes, refused.
@@ -226,7 +226,8 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     m = _mask(mask, x)
     if training:
         n, mean, var = _stats(x, m, others)
-        _require(np.all(n != 1) and (mask is not None or x.size == 0 or np.all(n > 1)),
+        one_value = np.any(n == 1) or (mask is None and x.size and not np.all(n > 1))
+        _require(not one_value or (not bessel and mask is None),
                  f"input: expected more than 1 value per channel, got shape {x.shape}")
         if rm is not None:
             factor = 1 / (num_batches_tracked + 1) if momentum is None else momentum
