@@ -204,8 +204,8 @@ def test_batch_normalization_training_on_one_value_per_channel(rng):
     x = rng.normal(size=(1, 3)).astype(np.float32)
     scale, bias = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
     mean, var = rng.normal(size=3).astype(np.float32), rng.uniform(0.5, 2, 3).astype(np.float32)
-    node = oh.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "running_mean", "running_var"],
-                        epsilon=1e-3, momentum=0.9, training_mode=1)
+    node = oh.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"],
+                        ["y", "running_mean", "running_var"], epsilon=1e-3, momentum=0.9, training_mode=1)
     model = _model(node, [("x", x.shape)] + [(k, (3,)) for k in ("scale", "bias", "mean", "var")],
                    ["y", "running_mean", "running_var"], 15)
     feeds = {"x": x, "scale": scale, "bias": bias, "mean": mean, "var": var}

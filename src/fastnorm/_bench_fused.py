@@ -144,12 +144,12 @@ def _small_case(kind: str, shape: Tuple[int, ...]) -> Callable[[int], Dict[str, 
 
 
 def cases() -> Iterator[FusedCase]:
-    yield FusedCase("layer_norm residual= (4096, 768)", _residual_case, "unfused")
-    yield FusedCase("batch_norm eval relu (32, 64, 56, 56)", _batch_norm_relu_case, "unfused")
-    yield FusedCase("layer_norm bfloat16 (4096, 768)", _bfloat16_case, "float32")
+    yield FusedCase("layer_norm residual= 4096x768", _residual_case, "unfused")
+    yield FusedCase("batch_norm eval relu 32x64x56x56", _batch_norm_relu_case, "unfused")
+    yield FusedCase("layer_norm bfloat16 4096x768", _bfloat16_case, "float32")
     for kind, shape in [("batch_norm eval", (8, 256, 14, 14)), ("batch_norm train", (256, 512)),
                         ("layer_norm", (8, 197, 384))]:
-        yield FusedCase(f"small {kind} {shape}", _small_case(kind, shape), "copy")
+        yield FusedCase(f"small {kind} {'x'.join(map(str, shape))}", _small_case(kind, shape), "copy")
 
 
 def run_fused(settings: Settings) -> List[_Row]:
