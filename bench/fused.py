@@ -1,49 +1,26 @@
-"""Fused activation against the unfused composition: ``batch_norm(..., activation="relu")`` on float32
-(32, 64, 56, 56) in evaluation mode, against ``batch_norm`` then ``np.maximum(y, 0, out=y)``, at 1 and 2
-threads, interleaved in one process (medians).
+"""Fused inference: fastnorm's fused calls against the composition and ONNX Runtime, hot, one process.
 
-    PYTHONPATH=src python bench/fused.py [--repeat 30] [--activation relu] [--add]
+    python bench/fused.py [--threads 1 2] [--repeat 41] [--filter NAME]
+
+Each case times the fused call, the unfused composition a NumPy user writes (``layer_norm(np.add(x, r))``,
+``batch_norm`` then ``np.maximum``, float32 instead of bfloat16, a copy of the same bytes for the small
+tensors) and ONNX Runtime's op for the step where installed, interleaved, medians (the "fused" section of
+``python -m fastnorm bench``).  It imports the installed fastnorm; from a checkout built in place, run it
+with ``PYTHONPATH=src``.
 """
 import argparse
 
-import numpy as np
-
-import fastnorm
-from fastnorm._bench import time_interleaved
-
-UNFUSED = {
-    "relu": lambda y: np.maximum(y, 0, out=y),
-    "sigmoid": lambda y: np.reciprocal(np.exp(np.negative(y, out=y), out=y).__iadd__(1), out=y),
-    "tanh": lambda y: np.tanh(y, out=y),
-}
+from fastnorm import _bench
+from fastnorm._bench_fused import run_fused
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--activation", default="relu", choices=sorted(UNFUSED))
-    parser.add_argument("--add", action="store_true", help="also add a residual (add=) in the fused call")
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=41)
+    parser.add_argument("--filter", default="fused")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 64, 56, 56)).astype(np.float32)
-    rm, rv, w, b = (rng.uniform(0.5, 2, 64).astype(np.float32) for _ in range(4))
-    add = rng.normal(size=x.shape).astype(np.float32) if args.add else None
-    act = UNFUSED[args.activation]
-
-    def unfused() -> None:
-        y = fastnorm.batch_norm(x, rm, rv, w, b, training=False)
-        if add is not None:
-            np.add(y, add, out=y)
-        act(y)
-
-    def fused() -> None:
-        fastnorm.batch_norm(x, rm, rv, w, b, training=False, activation=args.activation, add=add)
-
-    for threads in (1, 2):
-        with fastnorm.threads(threads):
-            (_, t_unfused, _), (_, t_fused, _) = time_interleaved([unfused, fused], args.repeat)
-        print(f"{threads} thread(s): unfused {t_unfused * 1e3:7.2f} ms   fused {t_fused * 1e3:7.2f} ms   "
-              f"speedup {t_unfused / t_fused:.2f}x")
+    run_fused(_bench.Settings(args.threads, args.repeat, args.filter))
 
 
 if __name__ == "__main__":

@@ -265,9 +265,9 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     the parameters then of their sizes) is normalized over all the other axes (n values): with the
     batch's mean and biased variance when ``training``, with the running ones otherwise.  Training
     updates the running statistics (when given and the batch is not empty) with the batch mean and the
-    unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``); ``momentum=None`` is the
-    cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats`` adds the mean and rstd
-    used, of the parameters' shape.  ``activation``, ``add``: y = activation(y + add).
+    unbiased variance var * n / (n - 1) (the biased one with ``bessel=False``, which allows n = 1);
+    ``momentum=None`` is the cumulative average, factor 1 / (num_batches_tracked + 1).  ``return_stats``
+    adds the mean and rstd used, of the parameters' shape.  ``activation``, ``add``: y = activation(y + add).
   ``mask``: the batch statistics of the values where it is True only (n their count per channel; a
     channel with none has NaN statistics and keeps its running ones; one value raises in training), every
     value normalized; with several channel axes, refused.
@@ -281,7 +281,8 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     m = _mask(mask, x)
     if training:
         n, mean, var = _stats(x, m, others)
-        _require(np.all(n != 1) and (mask is not None or x.size == 0 or np.all(n > 1)),
+        one_value = np.any(n == 1) or (mask is None and x.size and not np.all(n > 1))
+        _require(not one_value or (not bessel and mask is None),
                  f"input: expected more than 1 value per channel, got shape {x.shape}")
         if rm is not None:
             factor = 1 / (num_batches_tracked + 1) if momentum is None else momentum
@@ -295,14 +296,34 @@ def batch_norm(input, running_mean=None, running_var=None, weight=None, bias=Non
     return _result(_epilogue(y, x, activation, add), out, return_stats, mean, rstd)
 
 
+def _with_residual(op, input, residual, residual_out, args, kwargs):
+    """``op`` on h = input + residual (the sum in the input's dtype, written to ``residual_out``), h
+    returned second."""
+    _require(residual is not None, "residual_out: given without residual")
+    x, r = np.asarray(input), np.asarray(residual)
+    if r.dtype != x.dtype:
+        raise TypeError(f"residual: expected the input's dtype {x.dtype}, got {r.dtype}")
+    _require(np.broadcast_shapes(r.shape, x.shape) == x.shape, f"residual: {r.shape} does not broadcast to {x.shape}")
+    h = np.add(x, r, dtype=x.dtype)
+    result = op(h, *args, **kwargs)
+    if residual_out is not None:
+        residual_out[...] = h
+        h = residual_out
+    return (result[0], h, *result[1:]) if isinstance(result, tuple) else (result, h)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axes=None, activation=None, out=None,
-               mask=None, return_stats=False):
+               mask=None, residual=None, residual_out=None, return_stats=False):
     """Layer normalization: Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm.
 
     Each row of the trailing ``normalized_shape`` values is normalized with its mean and biased variance;
     weight and bias are elementwise (of ``normalized_shape``).  ``return_stats`` adds mean and rstd of
     the leading shape.  ``mask``: each row's statistics of the values where it is True only.
+    ``residual``: h = input + residual normalized instead, and returned after y.
     """
+    if residual is not None or residual_out is not None:
+        return _with_residual(layer_norm, input, residual, residual_out, (normalized_shape, weight, bias, eps),
+                              dict(axes=axes, activation=activation, out=out, mask=mask, return_stats=return_stats))
     _require(mask is None or axes is None, "mask: not supported together with axes")
     x, _ = _input(input)
     axes, shape = _trailing(x, normalized_shape, axes)
@@ -315,14 +336,17 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, axe
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, axes=None, activation=None, out=None, mask=None,
-             return_stats=False):
+             residual=None, residual_out=None, return_stats=False):
     """Root-mean-square normalization: Zhang & Sennrich 2019; torch.nn.functional.rms_norm.
 
     y = x / sqrt(mean(x**2) + eps) * weight over the trailing ``normalized_shape`` values; ``eps=None``
     is the machine epsilon of the dtype the input is computed in (float32 for float16 input, as PyTorch).
     ``return_stats`` adds rstd = 1 / sqrt(mean(x**2) + eps).  ``mask``: the mean of x**2 over the values
-    where it is True only.
+    where it is True only.  ``residual``: as layer_norm's.
     """
+    if residual is not None or residual_out is not None:
+        return _with_residual(rms_norm, input, residual, residual_out, (normalized_shape, weight, eps),
+                              dict(axes=axes, activation=activation, out=out, mask=mask, return_stats=return_stats))
     _require(mask is None or axes is None, "mask: not supported together with axes")
     x, dtype = _input(input)
     axes, shape = _trailing(x, normalized_shape, axes)

@@ -290,6 +290,18 @@ def test_errors_name_the_argument_and_leave_running_stats_untouched(kwargs, erro
     assert np.all(rm == 0.5) and np.all(rv == 2.0)
 
 
+def test_one_value_per_channel_trains_with_the_biased_variance_only():
+    # Its unbiased variance is 0 / 0 (PyTorch raises); its biased one is 0: y is the bias (ONNX, Keras).
+    x, b = np.array([[1.0, 2.0, 3.0]]), np.array([5.0, 6.0, 7.0])
+    rm, rv = np.zeros(3), np.ones(3)
+    y = fastnorm.batch_norm(x, rm, rv, None, b, training=True, momentum=0.5, bessel=False)
+    assert y.tolist() == [b.tolist()] and rm.tolist() == [0.5, 1.0, 1.5] and rv.tolist() == [0.5] * 3
+    bn = fastnorm.BatchNorm1d(3, bessel=False)
+    assert bn(x.astype(np.float32)).tolist() == [[0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="expected more than 1 value per channel"):
+        fastnorm.BatchNorm1d(3)(x.astype(np.float32))
+
+
 def test_eval_without_running_stats_is_an_error():
     with pytest.raises(ValueError, match="running_mean, running_var: required when training=False"):
         fastnorm.batch_norm(np.ones((4, 3), np.float32))

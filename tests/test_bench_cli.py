@@ -46,6 +46,16 @@ def test_bench_rows_cover_the_filtered_cases():
     assert any(line.startswith(SMALL) for line in lines)
 
 
+def test_fused_section_times_each_variant_of_a_case():
+    lines = []
+    report = _bench.run(thread_counts=[1], repeat=1, name_filter="residual=", print_fn=lines.append)
+    (row,) = report["sections"]["fused"]
+    assert row["case"] == "layer_norm residual= 4096x768" and row["baseline"] == "unfused"
+    variants = {"fastnorm", "unfused"} | ({"onnxruntime"} if _bench._optional_module("onnxruntime") else set())
+    assert {k[:-2] for k in row if k.endswith("_s")} == variants and all(row[f"{k}_s"] > 0 for k in variants)
+    assert any(line.startswith("layer_norm residual= 4096x768") and "unfused" in line for line in lines)
+
+
 def test_of_copy_is_at_most_100_percent_and_says_when_fastnorm_beat_the_copy(monkeypatch):
     # A copy slower than any call: fastnorm is then the floor of its bytes, at 100%, flagged.
     monkeypatch.setattr(_bench, "copy_of", lambda moved, n: lambda: time.sleep(0.02))

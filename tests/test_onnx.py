@@ -197,3 +197,19 @@ def test_instance_normalization_of_one_spatial_element_is_the_bias(rng):
     got = ReferenceEvaluator(model, new_ops=fastnorm.onnx.reference_ops()).run(None, feeds)[0]
     np.testing.assert_array_equal(got, np.broadcast_to(bias[:, None, None], x.shape))
     np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, feeds)[0], atol=1e-6)
+
+
+def test_batch_normalization_training_on_one_value_per_channel(rng):
+    # ONNX's training uses the biased variance, 0 for one value: y is the bias, the running variance decays.
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    scale, bias = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    mean, var = rng.normal(size=3).astype(np.float32), rng.uniform(0.5, 2, 3).astype(np.float32)
+    node = oh.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"],
+                        ["y", "running_mean", "running_var"], epsilon=1e-3, momentum=0.9, training_mode=1)
+    model = _model(node, [("x", x.shape)] + [(k, (3,)) for k in ("scale", "bias", "mean", "var")],
+                   ["y", "running_mean", "running_var"], 15)
+    feeds = {"x": x, "scale": scale, "bias": bias, "mean": mean, "var": var}
+    y, running_mean, running_var = ReferenceEvaluator(model, new_ops=fastnorm.onnx.reference_ops()).run(None, feeds)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias, x.shape))
+    for got, expected in zip((y, running_mean, running_var), ReferenceEvaluator(model).run(None, feeds)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="timed calls per case (median and p25-p75 reported)")
     bench.add_argument("--filter", default="",
                        help="only cases whose name contains this text (and sections named so: latency, shared, "
-                            "pipeline)")
+                            "pipeline, fused)")
     bench.add_argument("--hot", action="store_true",
                        help="leave the caches as the previous call left them (default: evicted before each call)")
     bench.add_argument("--json", type=_writable, metavar="FILE",

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
-from ._layer import STATS, _check_dtype, _Grads, _keeps_grad, _Layer
+from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad
 from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
                           _fill, _forward_doc, _raises, _references)
 from ._tf_ops import moments64
@@ -22,7 +22,7 @@ from .statistics import Moments
 _BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")
 
 
-class _NormBase(_Layer):
+class _NormBase(_AddLayer):
     """Per-channel parameters and running statistics, as PyTorch's ``_NormBase``."""
     _input_ndims: Tuple[int, ...] = ()
     _optional_state = ("num_batches_tracked",)
@@ -195,9 +195,9 @@ class _BatchNorm(_NormBase):
         "float16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
         "            ``channel_axis``; any memory order.",
         _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
-                "            (per sub-batch with ``virtual_batch_size``) or with ``eps=0``; training with a batch\n"
-                "            size that is not a multiple of ``virtual_batch_size``; ``out`` of another shape, or\n"
-                "            read-only."),
+                "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
+                "            ``eps=0``; training with a batch size that is not a multiple of\n"
+                "            ``virtual_batch_size``; ``out`` of another shape, or read-only."),
         ">>> import numpy as np, fastnorm\n"
         "        >>> bn = fastnorm.BatchNorm1d(2)\n"
         "        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
@@ -333,7 +333,7 @@ class _BatchNorm(_NormBase):
                              f"of {x.shape[0]}")
         groups = x.shape[0] // size
         count = x.size // C // groups
-        if count <= 1:
+        if count <= 1 and self.bessel:
             raise ValueError(f"input: expected more than 1 value per channel in each {'virtual ' * (groups > 1)}"
                              f"batch when training, got input size {x.shape}")
         eps = _check_eps(self.eps, training=True)

@@ -2,8 +2,9 @@
 
 The report is a list of sections (``SECTIONS``), each a function that prints its table row by row as it
 measures and returns its rows: the kernel cases, the latency of tiny eval calls, one layer shared by
-Python threads, and fastnorm between the matmuls of a pipeline step (``run_pipeline``, also
-``bench/pipeline.py``).  In the table of kernel cases, each case times fastnorm, the NumPy
+Python threads, fastnorm between the matmuls of a pipeline step (``run_pipeline``, also
+``bench/pipeline.py``), and the fused calls against their composition (``_bench_fused``, also
+``bench/fused.py``).  In the table of kernel cases, each case times fastnorm, the NumPy
 baseline, PyTorch (when installed) and a copy of the bytes the call must move, interleaved in the same
 rounds with the same threads and the same cache state, and reports each one's median with its p25-p75
 spread, the ratios, fastnorm's bandwidth and its fraction of the copy's speed.
@@ -593,7 +594,13 @@ SECTIONS: List[Tuple[str, Callable[[Settings], List[_Row]]]] = [
     ("latency", run_latency_section),
     ("shared layer", run_shared_layer_section),
     ("pipeline", run_pipeline_section),
+    ("fused", lambda settings: _fused_section(settings)),
 ]
+
+
+def _fused_section(settings: Settings) -> List[_Row]:
+    from ._bench_fused import run_fused  # a module of its own (it imports this one)
+    return run_fused(settings)
 
 
 def setup(settings: Settings) -> Dict[str, Any]:

@@ -125,8 +125,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         An unknown ``activation``; ``add`` of a shape that does not broadcast to the input.
         A ``mask`` that does not broadcast to the input, or that leaves one value to a statistic in training.
         Fewer than 2 dimensions, parameters whose length is not the channel count, training with a
-        single value per channel, evaluation without running statistics, ``out`` of the wrong shape or
-        read-only, a read-only running statistic, bad ``eps``, ``momentum`` or ``num_batches_tracked``.
+        single value per channel (unless ``bessel=False``), evaluation without running statistics,
+        ``out`` of the wrong shape or read-only, a read-only running statistic, bad ``eps``, ``momentum``
+        or ``num_batches_tracked``.
 
     Notes
     -----
@@ -210,7 +211,7 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
         y, empty = _empty_call(x, out, dtype, C, False, commit)
         return (y, *empty) if return_stats else y
     count = x.size // C
-    if training and count <= 1:
+    if training and bessel and count <= 1:  # the unbiased variance of one value is 0 / 0 (without: 0)
         raise ValueError(f"input: expected more than 1 value per channel when training, got input size {x.shape}")
     # The plan: the view, the array written, and what the kernel call applies once it is written (the
     # running statistics' update, a copy into out=, a layer's commit)

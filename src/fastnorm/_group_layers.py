@@ -7,12 +7,12 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
-from ._layer import STATS, _check_dtype, _Layer
+from ._layer import STATS, _AddLayer, _check_dtype
 from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _raises, _references
 from ._validation import _array, _check_activation, _check_eps, check_count
 
 
-class GroupNorm(_Layer):
+class GroupNorm(_AddLayer):
     __doc__ = r"""Group normalization, as ``torch.nn.GroupNorm``: the channels of each sample are split into
     ``num_groups`` groups, each normalized over its channels and spatial dimensions.
 

@@ -17,6 +17,11 @@ cdef extern from "_simd.h" nogil:
     Py_ssize_t fastnorm_first_modified(const double* xhat_sums, Py_ssize_t G, double inv, const double* mean,
                                        const double* rstd, double tol, double per_mean, double top, double eps,
                                        const double* eps_r2, int rms)
+    void fastnorm_add_f32(const float* x, const float* r, float* t, float* h, Py_ssize_t n)
+    void fastnorm_add_f64(const double* x, const double* r, double* t, double* h, Py_ssize_t n)
+    void fastnorm_add_stream_f32(const float* x, const float* r, float* t, float* h, Py_ssize_t n, Py_ssize_t ahead)
+    void fastnorm_add_stream_f64(const double* x, const double* r, double* t, double* h, Py_ssize_t n,
+                                 Py_ssize_t ahead)
     void fastnorm_sweep_f32(const float* x, float* y, Py_ssize_t n, float mean_hi, float scale, float shift)
     void fastnorm_sweep_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale, double shift)
     void fastnorm_sweep_columns_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t ncols,

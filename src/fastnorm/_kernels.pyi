@@ -78,16 +78,18 @@ def forward_with_stats(x: _Buffer, out: _Buffer, N: int, C: int, S: int, mean: _
 @overload
 def forward_rows(x: _Buffer, out: _Buffer, N: int, R: int, S: int, weight: _Vector, bias: _Vector, eps: float,
                  nthreads: int, sub: int = 0, groups: int = 0, per_element: bool = False, rms: bool = False,
-                 stats: Literal[True] = True, commit: Optional[Commit] = None, act: int = 0,
-                 add: Optional[_Buffer] = None) -> Tuple[_Stats, _Stats, _Stats]: ...
+                 stats: Literal[True] = True, commit: Optional[Commit] = None, residual: Optional[_Buffer] = None,
+                 h: Optional[_Buffer] = None, act: int = 0, add: Optional[_Buffer] = None) -> Tuple[_Stats, _Stats, _Stats]: ...
 @overload
 def forward_rows(x: _Buffer, out: _Buffer, N: int, R: int, S: int, weight: _Vector, bias: _Vector, eps: float,
                  nthreads: int, sub: int = 0, groups: int = 0, per_element: bool = False, rms: bool = False, *,
-                 stats: Literal[False], commit: None = None, act: int = 0, add: Optional[_Buffer] = None) -> None: ...
+                 stats: Literal[False], commit: None = None, residual: Optional[_Buffer] = None,
+                 h: Optional[_Buffer] = None, act: int = 0, add: Optional[_Buffer] = None) -> None: ...
 @overload
 def forward_rows(x: _Buffer, out: _Buffer, N: int, R: int, S: int, weight: _Vector, bias: _Vector, eps: float,
                  nthreads: int, sub: int = 0, groups: int = 0, per_element: bool = False, rms: bool = False,
-                 stats: bool = True, commit: Optional[Commit] = None, act: int = 0,
+                 stats: bool = True, commit: Optional[Commit] = None, residual: Optional[_Buffer] = None,
+                 h: Optional[_Buffer] = None, act: int = 0,
                  add: Optional[_Buffer] = None) -> Optional[Tuple[_Stats, _Stats, _Stats]]: ...
 def forward_columns(x: _Buffer, out: _Buffer, M: int, C: int, weight: _Vector, bias: _Vector, eps: float,
                     nthreads: int, commit: Optional[Commit] = None, act: int = 0,

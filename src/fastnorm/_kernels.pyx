@@ -184,16 +184,17 @@ cdef RowAffine _row_affine(object weight, object bias, Py_ssize_t R, Py_ssize_t 
 
 def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, object weight,
                  object bias, double eps, int nthreads, Py_ssize_t sub=0, Py_ssize_t groups=0,
-                 bint per_element=False, bint rms=False, bint stats=True, object commit=None, int act=0,
-                 object add=None):
+                 bint per_element=False, bint rms=False, bint stats=True, object commit=None,
+                 cnp.ndarray residual=None, cnp.ndarray h=None, int act=0, object add=None):
     """Training-mode normalization of the rows of an ``[N, R, S]`` buffer with their own statistics.
 
     ``sub``/``groups`` map sub-runs to channels of ``weight``/``bias`` (defaults: one channel per row);
     ``per_element`` indexes ``weight``/``bias`` (of the data's dtype) by position in the run instead;
-    ``rms`` scales by the root mean square.  Returns the per-row (mean, biased variance, rstd), float64,
-    rstd being the inverse standard deviation (or root mean square) the sweep used; None without ``stats``.
-    Then applies ``commit`` (a :class:`Commit`) with these statistics.  ``act``, ``add``: as
-    :func:`forward_with_stats`'s.
+    ``rms`` scales by the root mean square.  With ``residual`` (of x's size and dtype, N == 1), the rows
+    normalized are those of ``h = x + residual``, written to ``h`` in the same pass.  Returns the per-row
+    (mean, biased variance, rstd), float64, rstd being the inverse standard deviation (or root mean square)
+    the sweep used; None without ``stats``.  Then applies ``commit`` (a :class:`Commit`) with these
+    statistics.  ``act``, ``add``: as :func:`forward_with_stats`'s.
     """
     stats = stats or commit is not None
     cdef tuple result = _statistics(R) if stats else None
@@ -209,8 +210,16 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     a.ep = _epilogue_for(&e, act, add, out)
     if pm == NULL:
         _out_of_memory()
+    cdef void* pr = NULL if residual is None else cnp.PyArray_DATA(residual)
+    cdef void* ph = NULL if h is None else cnp.PyArray_DATA(h)
     with nogil:
-        if f64:
+        if pr != NULL and f64:
+            status = _forward_rows_residual(<const double*>px, <const double*>pr, <double*>ph, <double*>py, R, S,
+                                            &a, eps, pm, pv, nthreads)
+        elif pr != NULL:
+            status = _forward_rows_residual(<const float*>px, <const float*>pr, <float*>ph, <float*>py, R, S,
+                                            &a, eps, pm, pv, nthreads)
+        elif f64:
             status = _forward_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
             status = _forward_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)

@@ -327,10 +327,9 @@ class _Layer:
         """
         return self.train(False)
 
-    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, **kwargs: Any) -> NDArray[Any]:
-        """``layer(x)`` is ``layer.forward(x)`` (and ``layer(x, add=a)`` ``layer.forward(x, add=a)``)."""
-        y: NDArray[Any] = self.forward(x, out=out, **kwargs)
-        return y
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
+        """``layer(x)`` is ``layer.forward(x)``."""
+        return self.forward(x, out=out)
 
     def state_dict(self) -> collections.OrderedDict[str, NDArray[Any]]:
         """Copies of the parameters and buffers, under PyTorch's keys and in PyTorch's order.
@@ -452,3 +451,16 @@ class _Layer:
                 return self.load_state_dict(SafetensorsFile(f), strict, prefix)
         except ValueError as e:
             raise ValueError(f"state_dict: {os.fspath(file)!r}: {e}") from e
+
+
+class _AddLayer(_Layer):
+    """A layer whose call takes ``add=``, added before its activation (BatchNorm, InstanceNorm, GroupNorm)."""
+
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+        raise NotImplementedError
+
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
+                 add: Optional[ArrayLike] = None) -> NDArray[Any]:
+        """``layer(x, add=a)`` is ``layer.forward(x, add=a)``."""
+        return self.forward(x, out=out, add=add)

@@ -118,7 +118,7 @@ class _LazyNorm(_NormBase):
         if self.num_features == 0:
             self._materialize(stand_in, channels)
         stand_in._lazy_target = self
-        y: NDArray[Any] = stand_in.forward(x, out=out, add=add)  # type: ignore[call-arg]
+        y: NDArray[Any] = stand_in.forward(x, out=out, add=add)
         return y
 
     def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:

@@ -6,22 +6,151 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from . import _kernels
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _ACTIVATION, _F, _KEEPS, _forward_doc, _raises, _references
-from ._validation import _check_activation, _check_eps, _check_layer_axes, _normalized_shape
+from ._layer_docs import _ACTIVATION, _F, _KEEPS, _references
+from ._validation import _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
+
+
+_ROWS_FORWARD = """{summary}
+
+        {keeps}  After a call with ``residual``, that is h, and :meth:`backward` gives the gradient of h,
+        which is the gradient of both ``x`` and ``residual``.
+
+        Parameters
+        ----------
+        x : array_like
+            float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
+        residual : array_like, keyword-only, optional
+            Added to ``x`` first, of its dtype and broadcast to its shape: the layer normalizes
+            ``h = x + residual`` and returns ``(y, h)``, in one pass over memory where the layout allows
+            (see :func:`fastnorm.{function}`).
+        out : ndarray, keyword-only, optional
+            Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
+        residual_out : ndarray, keyword-only, optional
+            Where to write h (with ``residual``): the input's shape and dtype; may be ``x`` or ``residual``.
+
+        Returns
+        -------
+        y : ndarray
+            The normalized input (or h), of its shape and dtype (``out`` when given).
+        h : ndarray
+            With ``residual`` only: ``x + residual`` (``residual_out`` when given).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not floating point, or a masked array; ``out`` of another dtype; ``residual`` or
+            ``residual_out`` not of ``x``'s dtype.
+        ValueError
+            ``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` or ``residual_out`` of
+            another shape, read-only, or overlapping each other; ``residual`` that does not broadcast to
+            ``x``, or ``residual_out`` without it.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)
+        {example}
+        >>> y, h = fastnorm.{cls}(2)(np.array([[1., 2.]], np.float32), residual=np.array([[2., 2.]], np.float32))
+        >>> h
+        array([[3., 4.]], dtype=float32)
+        """
 
 
 def _rows_forward_doc(summary: str, cls: str, example: str) -> Callable[[_F], _F]:
     """The ``forward`` docstring of LayerNorm and RMSNorm."""
-    return _forward_doc(
-        f"{summary}\n\n        {_KEEPS}",
-        "float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.",
-        _raises("``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` of another shape, or\n"
-                "            read-only."),
-        ">>> import numpy as np, fastnorm\n"
-        f"        >>> fastnorm.{cls}(2).forward(np.array([[3., 4.]], np.float32)).round(4)\n"
-        f"        {example}")
+    def document(forward: _F) -> _F:
+        forward.__doc__ = _ROWS_FORWARD.format(summary=summary, keeps=_KEEPS, cls=cls, example=example,
+                                               function="layer_norm" if cls == "LayerNorm" else "rms_norm")
+        return forward
+    return document
+
+
+_WITH_RESIDUAL = "residual"  # last of what a forward with a residual keeps for backward
+
+
+class _RowsLayer(_Layer):
+    """What LayerNorm and RMSNorm share: a forward on ``x`` or on ``x + residual``, and its backward."""
+
+    normalized_shape: Tuple[int, ...]
+    axes: Optional[Tuple[int, ...]]
+    eps: Optional[float]
+    weight: Optional[NDArray[Any]]
+    _rms = False
+
+    def _bias(self) -> Optional[NDArray[Any]]:
+        return None
+
+    def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
+                residual_out: Optional[NDArray[Any]] = None) -> Any:
+        act = _check_activation(self.activation)
+        if residual is None and residual_out is None:
+            commit = self._commit({}, (self._input_to_keep(x, out), STATS))
+            return F._rows_norm(x, self.normalized_shape, self.weight, self._bias(), self.eps, out, self._rms, False,
+                                commit, self.axes, act=act)[0]
+        if residual is None:
+            raise ValueError("residual_out: given without residual")
+        # h is written to an array of the layer's own unless residual_out is given: backward needs it.
+        h = residual_out if residual_out is not None else _kernels.empty(np.shape(x), _as_input(x, "input")[1])
+        commit = self._commit({}, (h, STATS, _WITH_RESIDUAL))
+        y, h, _ = F._rows_norm_residual(x, residual, h, self.normalized_shape, self.weight, self._bias(), self.eps,
+                                        out, self._rms, False, commit, self.axes, act=act)
+        return y, h
+
+    def __call__(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
+                 out: Optional[NDArray[Any]] = None, residual_out: Optional[NDArray[Any]] = None) -> Any:
+        """``layer(x, ...)`` is ``layer.forward(x, ...)``."""
+        return self.forward(x, residual=residual, out=out, residual_out=residual_out)
+
+    def backward(self, grad_output: ArrayLike, grad_residual_out: Optional[ArrayLike] = None) -> NDArray[Any]:
+        """Gradient of the loss with respect to the last forward's input; after a forward with
+        ``residual``, with respect to h, which is the gradient of both ``x`` and ``residual``.
+
+        As :meth:`_Layer.backward`; ``grad_residual_out``, after a forward with ``residual``: the gradient
+        of h that reaches it other than through this layer (the residual stream), added to the result.
+
+        Parameters
+        ----------
+        grad_output : array_like
+            The gradient of the loss with respect to the last forward's output y.
+        grad_residual_out : array_like, optional
+            After a forward with ``residual``: the gradient with respect to h from the rest of the network.
+
+        Returns
+        -------
+        ndarray
+            A new array of the input's shape and dtype.
+
+        Raises
+        ------
+        RuntimeError
+            No forward to differentiate, or its input (h) modified in place since.
+        ValueError
+            ``grad_output`` or ``grad_residual_out`` of another shape; ``grad_residual_out`` after a forward
+            without ``residual``.
+        TypeError
+            A gradient that is not floating point.
+
+        Examples
+        --------
+        >>> import numpy as np, fastnorm
+        >>> ln = fastnorm.LayerNorm(2)
+        >>> y, h = ln(np.array([[1., 2.]], np.float32), residual=np.array([[0., 2.]], np.float32))
+        >>> ln.backward(np.ones((1, 2), np.float32), grad_residual_out=np.ones((1, 2), np.float32))
+        array([[1., 1.]], dtype=float32)
+        """
+        with_residual = self._saved is not None and self._saved[-1] is _WITH_RESIDUAL
+        if grad_residual_out is not None and not with_residual:
+            raise ValueError("grad_residual_out: the last forward had no residual")
+        dx = super().backward(grad_output)
+        if grad_residual_out is not None:
+            g = _as_input(grad_residual_out, "grad_residual_out")[0]
+            if g.shape != dx.shape:
+                raise ValueError(f"grad_residual_out: expected shape {dx.shape} (h's), got {g.shape}")
+            np.add(dx, g, out=dx, casting="unsafe")
+        return dx
 
 
 _ROWS_SHAPE = """
@@ -33,7 +162,7 @@ _ROWS_SHAPE = """
 """
 
 
-class LayerNorm(_Layer):
+class LayerNorm(_RowsLayer):
     __doc__ = r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as ``torch.nn.LayerNorm``.
 
     Parameters
@@ -126,13 +255,15 @@ class LayerNorm(_Layer):
 
     @_rows_forward_doc("Normalize each sample over its trailing ``normalized_shape`` dimensions.", "LayerNorm",
                        "array([[-1.,  1.]], dtype=float32)")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
-        return F._rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, out, False, False, commit,
-                            self.axes, _check_activation(self.activation))[0]
+    def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
+                residual_out: Optional[NDArray[Any]] = None) -> Any:
+        return super().forward(x, residual=residual, out=out, residual_out=residual_out)
+
+    def _bias(self) -> Optional[NDArray[Any]]:
+        return self.bias
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
-        x, mean, rstd = saved
+        x, mean, rstd = saved[:3]
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
                                      axes=self.axes, eps=self.eps, activation=self._saved_epilogue[0])
 
@@ -141,7 +272,7 @@ class LayerNorm(_Layer):
                 f"bias={self._has_bias}")
 
 
-class RMSNorm(_Layer):
+class RMSNorm(_RowsLayer):
     __doc__ = r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.RMSNorm``.
 
@@ -187,6 +318,7 @@ class RMSNorm(_Layer):
     """
 
     weight: Optional[NDArray[Any]]
+    _rms = True
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
                  elementwise_affine: bool = True, *, axes: Optional[Iterable[int]] = None,
@@ -226,13 +358,12 @@ class RMSNorm(_Layer):
 
     @_rows_forward_doc("Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
                        "RMSNorm", "array([[0.8485, 1.1314]], dtype=float32)")
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS))
-        return F._rows_norm(x, self.normalized_shape, self.weight, None, self.eps, out, True, False, commit,
-                            self.axes, _check_activation(self.activation))[0]
+    def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
+                residual_out: Optional[NDArray[Any]] = None) -> Any:
+        return super().forward(x, residual=residual, out=out, residual_out=residual_out)
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
-        x, rstd = saved
+        x, rstd = saved[:2]
         return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight, axes=self.axes,
                                    eps=F._rms_eps(self.eps, x.dtype), activation=self._saved_epilogue[0])
 

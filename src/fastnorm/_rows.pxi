@@ -97,21 +97,26 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
 
 cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t S,
                              const RowAffine* a, double eps, double* mean, double* var, bint stream) noexcept nogil:
-    """Rows r0 <= r < r1 (at most BATCH_ROWS of them) of an [1, R, S] buffer: what _forward_row does, one
-    step for all the rows at a time.  A short row's time is the latency of its chain of divisions and
-    square root; with the rows' chains side by side they overlap.  The same operations, so the same bits."""
+    """Rows r0 <= r < r1 (at most BATCH_ROWS of them) of an [1, R, S] buffer, ``x`` and ``y`` pointing at row
+    r0: what _forward_row does, one step for all the rows at a time.  A short row's time is the latency of
+    its chain of divisions and square root; with the rows' chains side by side they overlap.  The same
+    operations (_strided_moments of one run of at most BLOCK values is its _block_moments), so the same
+    bits."""
     cdef double center[BATCH_ROWS]
     cdef double inv[BATCH_ROWS]
     cdef Py_ssize_t r
     for r in range(r0, r1):
-        _store_moments(_block_moments(x + r * S, S), r, mean, var)
+        if S <= BLOCK:
+            _store_moments(_block_moments(x + (r - r0) * S, S), r, mean, var)
+        else:
+            _store_moments(_strided_moments(x + (r - r0) * S, 1, S, S), r, mean, var)
     for r in range(r0, r1):
         _center_and_rstd(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
     if floating is double and a.rms:
         for r in range(r0, r1):
             _rms_in_range(mean[r], var[r], eps, &inv[r - r0])
     for r in range(r0, r1):
-        _sweep_span(x + r * S, y + r * S, 0, S, r, S, center[r - r0], inv[r - r0], a, stream)
+        _sweep_span(x + (r - r0) * S, y + (r - r0) * S, 0, S, r, S, center[r - r0], inv[r - r0], a, stream)
 
 
 cdef void _forward_row_split(const floating* x, floating* y, Py_ssize_t r, Py_ssize_t n, Py_ssize_t start,
@@ -137,10 +142,12 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
     if rows:
         if nthreads <= 1 or batches < 2:
             for t in range(batches):
-                _forward_row_batch(x, y, t * rows, min(R, (t + 1) * rows), S, a, eps, mean, var, stream)
+                _forward_row_batch(x + t * rows * S, y + t * rows * S, t * rows, min(R, (t + 1) * rows), S, a, eps,
+                                   mean, var, stream)
         else:
             for t in prange(batches, schedule="static", num_threads=nthreads):
-                _forward_row_batch(x, y, t * rows, min(R, (t + 1) * rows), S, a, eps, mean, var, stream)
+                _forward_row_batch(x + t * rows * S, y + t * rows * S, t * rows, min(R, (t + 1) * rows), S, a, eps,
+                                   mean, var, stream)
         _fence_streams(stream, nthreads)
         return 0
     if nthreads <= 1 or R >= 4 * nthreads:
@@ -159,6 +166,86 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
     for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
         _forward_row_split(x, y, t // (N * pieces), (t // pieces) % N, (t % pieces) * SPLIT, N, R, S, a, eps, mean,
                            var, stream)
+    _fence_streams(stream, nthreads)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# With a residual (the pre-norm transformer block): h = x + residual, then the rows of h normalized
+# ---------------------------------------------------------------------------------------------------------
+
+cdef enum:
+    RESIDUAL_VALUES = 16384  # values of h a thread holds in cache at a time (64 KiB of float32): longer rows
+                             # go through h in memory
+
+
+cdef inline Py_ssize_t _residual_rows(Py_ssize_t S) noexcept nogil:
+    """Rows of h per step of _forward_residual_rows; 0 where a row does not fit in RESIDUAL_VALUES."""
+    if S > RESIDUAL_VALUES:
+        return 0
+    return max(<Py_ssize_t>1, min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S))
+
+
+cdef inline void _add(const floating* x, const floating* res, floating* tmp, floating* h, Py_ssize_t n,
+                      bint stream, Py_ssize_t ahead) noexcept nogil:
+    """``tmp = x + res`` (in cache), copied to ``h``: streamed stores where y is streamed, the values
+    ``ahead`` on requested from memory meanwhile."""
+    if floating is float:
+        if stream:
+            fastnorm_add_stream_f32(x, res, tmp, h, n, ahead)
+        else:
+            fastnorm_add_f32(x, res, tmp, h, n)
+    elif stream:
+        fastnorm_add_stream_f64(x, res, tmp, h, n, ahead)
+    else:
+        fastnorm_add_f64(x, res, tmp, h, n)
+
+
+cdef void _forward_residual_share(const floating* x, const floating* res, floating* h, floating* y, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t S, const RowAffine* a, double eps, double* mean,
+                                  double* var, floating* tmp, bint stream) noexcept nogil:
+    """Rows r0 <= r < r1 of [1, R, S], a few at a time: ``tmp = x + residual`` in cache (and out to h), then
+    the rows normalized from tmp (_forward_row_batch).  x and the residual are read once, h and y written
+    once; every row has the bits of layer_norm(x + residual)."""
+    cdef Py_ssize_t rows = _residual_rows(S), r = r0, n, off
+    cdef floating* t
+    while r < r1:
+        off = r * S
+        n = min(rows, r1 - r) * S
+        # t at x's address modulo 4 KiB: its stores then never land just ahead of the loads of x, the
+        # residual or y's stores (arrays that start alike), which stalls them (see _lands_ahead).
+        t = <floating*>(<char*>tmp + ((<size_t>(x + off) - <size_t>tmp) & 4095))
+        _add(x + off, res + off, t, h + off, n, stream, n if r + rows < r1 else 0)
+        _forward_row_batch(t, y + off, r, min(r + rows, r1), S, a, eps, mean, var, stream)
+        r += rows
+
+
+cdef int _forward_rows_residual(const floating* x, const floating* res, floating* h, floating* y, Py_ssize_t R,
+                                Py_ssize_t S, const RowAffine* a, double eps, double* mean, double* var,
+                                int nthreads) noexcept nogil:
+    """LayerNorm or RMSNorm of the R rows of ``h = x + residual`` (all [1, R, S]), writing h and y.  h may
+    be x or the residual itself (each step reads its rows before it writes them).  -1: out of memory."""
+    cdef Py_ssize_t rows = _residual_rows(S), share, t
+    cdef bint stream = _streams(4 * R * S * sizeof(floating))
+    cdef floating* tmp
+    if rows == 0:  # long rows: h in memory, then its rows as without a residual
+        for t in prange(R, schedule="static", num_threads=max(1, nthreads)):
+            _add(x + t * S, res + t * S, h + t * S, NULL, S, False, 0)
+        return _forward_rows(h, y, 1, R, S, a, eps, mean, var, nthreads)
+    nthreads = max(1, min(nthreads, (R + rows - 1) // rows))
+    cdef Py_ssize_t per_thread = rows * S + 4096 // sizeof(floating)  # with room to place it (see above)
+    tmp = <floating*>_alloc(nthreads * per_thread * sizeof(floating))
+    if tmp == NULL:
+        return -1
+    share = (R + nthreads - 1) // nthreads
+    if nthreads == 1:
+        _forward_residual_share(x, res, h, y, 0, R, S, a, eps, mean, var, tmp, stream)
+    else:
+        for t in prange(nthreads, schedule="static", chunksize=1, num_threads=nthreads):
+            if t * share < R:
+                _forward_residual_share(x, res, h, y, t * share, min(R, (t + 1) * share), S, a, eps, mean, var,
+                                        tmp + t * per_thread, stream)
+    free(tmp)
     _fence_streams(stream, nthreads)
     return 0
 

@@ -18,7 +18,7 @@ from ._epilogue import _activate_after
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
-                          _check_normalized_shape, _check_out, _elementwise_vector, _rms_eps)
+                          _check_normalized_shape, _check_out, _check_residual, _elementwise_vector, _rms_eps)
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -31,10 +31,13 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                bias: Optional[ArrayLike], eps: Optional[float], out: Optional[FloatArray], rms: bool,
                return_stats: bool,
                commit: Optional[_kernels.Commit] = None,
-               axes: Optional[Shape] = None, act: int = 0) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+               axes: Optional[Shape] = None, residual: Optional[FloatArray] = None,
+               h: Optional[FloatArray] = None, act: int = 0) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
     """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape (the kept axes' with
     ``axes``) with ``return_stats``, else ``(y, None)``; the kernel call also applies a layer's ``commit``
-    (see _committing); ``act``: the activation's code (see _check_activation)."""
+    (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked, contiguous, of the
+    input's shape and dtype), the rows normalized are those of ``input + residual``, written to ``h``.
+    ``act``: the activation's code (see _check_activation)."""
     x, dtype = _as_input(input, "input")
     if axes is not None:
         y_axes, stats_axes = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out,
@@ -58,35 +61,108 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     buf = _contiguous(x)
     result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
     stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
-                                  rms=rms, stats=return_stats, commit=commit, act=act)
+                                  rms=rms, stats=return_stats, commit=commit, residual=residual, h=h, act=act)
     y = _returned(result, out, 0, False, dtype)
     return y, None if not return_stats or stats is None else (stats[0].reshape(lead), stats[2].reshape(lead))
+
+
+def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Optional[FloatArray],
+                        normalized_shape: Optional[Shape], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                        eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
+                        commit: Optional[_kernels.Commit] = None, axes: Optional[Shape] = None,
+                        mask: Optional[ArrayLike] = None,
+                        act: int = 0) -> Tuple[FloatArray, FloatArray, Optional[Tuple[Stats, ...]]]:
+    """``(y, h, stats)`` of LayerNorm or RMSNorm of ``h = input + residual`` (the pre-norm transformer
+    block), h written to ``residual_out`` when given.  Where the rows allow (trailing normalized axes,
+    float32 or float64, a residual of the input's shape, outputs that do not partly overlap the inputs) one
+    kernel pass reads input and residual and writes h and y; otherwise h is added first, then normalized,
+    with the same result."""
+    masked = _masked.is_masked(input, mask)
+    x, dtype = _as_input(np.ma.getdata(input) if isinstance(input, np.ma.MaskedArray) else input, "input")
+    r = _check_residual(residual, x.shape, dtype)
+    if residual_out is not None:
+        _check_out(residual_out, x.shape, dtype, "residual_out")
+        if out is not None and np.may_share_memory(out, residual_out):
+            raise ValueError("out, residual_out: expected two arrays that do not overlap (y and h differ)")
+    if (axes is None and not masked and x.dtype == dtype and r.shape == x.shape and x.size
+            and all(_written_whole(a, x, r) for a in (out, residual_out))):
+        h = residual_out if residual_out is not None and _kernels.is_c_contiguous(residual_out) and \
+            residual_out.dtype == dtype and residual_out.flags.aligned else _kernels.empty(x.shape, dtype)
+        buf = np.ascontiguousarray(r, dtype)
+        y, stats = _rows_norm(x, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, None, buf, h,
+                              act)
+    else:
+        # The sum first, into a new array, so that a call that fails writes nothing; then h normalized.
+        h = np.add(input, r, dtype=dtype)
+        if masked:
+            y, mean, rstd = _masked.rows_norm(h, normalized_shape, weight, bias, eps, out, rms, mask)
+            y = _activate_after(y, act, None)
+            stats = (mean, rstd) if return_stats else None
+        else:
+            y, stats = _rows_norm(h, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, axes,
+                                  act=act)
+    if residual_out is not None and h is not residual_out:
+        np.copyto(residual_out, h)
+        h = residual_out
+    return y, h, stats
+
+
+def _with_residual(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Optional[FloatArray],
+                   normalized_shape: Optional[Shape], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                   eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
+                   axes: Optional[Shape], mask: Optional[ArrayLike], act: int = 0) -> Tuple[FloatArray, ...]:
+    """What layer_norm and rms_norm return with ``residual``: (y, h) and the statistics they return."""
+    if residual is None:
+        raise ValueError("residual_out: given without residual")
+    if mask is not None and axes is not None:
+        raise ValueError("mask: not supported together with axes")
+    y, h, stats = _rows_norm_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, rms,
+                                      return_stats, None, axes, mask, act)
+    if stats is None:
+        return y, h
+    return (y, h, stats[1]) if rms else (y, h, *stats)
+
+
+def _written_whole(a: Optional[FloatArray], x: FloatArray, r: FloatArray) -> bool:
+    """Whether the fused kernel may write ``a`` (an out= or residual_out=, or None) as it reads x and r:
+    memory apart from theirs, or exactly theirs (an update in place)."""
+    if a is None:
+        return True
+    start = a.__array_interface__["data"][0]
+    return all(not np.may_share_memory(a, b) or (start == b.__array_interface__["data"][0] and a.strides == b.strides)
+               for b in (x, r))
 
 
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
                activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
+               mask: Optional[ArrayLike] = ..., residual: None = ...,
                return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
                activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
+               mask: Optional[ArrayLike] = ..., residual: None = ...,
                return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
                activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
+               mask: Optional[ArrayLike] = ..., residual: None = ...,
                return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
+               activation: Optional[str] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ..., residual: ArrayLike,
+               residual_out: Optional[FloatArray] = ..., return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
                activation: Optional[str] = None, out: Optional[FloatArray] = None,
-               mask: Optional[ArrayLike] = None,
-               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+               mask: Optional[ArrayLike] = None, residual: Optional[ArrayLike] = None,
+               residual_out: Optional[FloatArray] = None,
+               return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, ...]]:
     r"""Layer normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.layer_norm``.
 
@@ -114,6 +190,14 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
+    residual : array_like, keyword-only, optional
+        Added to the input before the normalization, in the input's dtype (which it must have) and
+        broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
+        Runtime's ``SkipLayerNormalization`` (the pre-norm transformer block).  Where the rows are the
+        trailing axes of float32 or float64 data, one pass reads input and residual and writes h and y.
+    residual_out : ndarray, keyword-only, optional
+        Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
+        a loop updates its residual stream in place.  Not the same memory as ``out``.
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
@@ -121,6 +205,9 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     -------
     y : ndarray
         Of the input's shape and dtype (``out`` when given).
+    h : ndarray
+        With ``residual`` only (before the statistics): ``input + residual``, of the input's shape and
+        dtype (``residual_out`` when given).  Its gradient is the gradient of both input and residual.
     mean, rstd : ndarray of float64, of the input's leading shape ``input.shape[:-len(normalized_shape)]``
         With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`;
         with ``axes``, of the shape of the other axes.
@@ -128,14 +215,16 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     Raises
     ------
     TypeError
-        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes``
-        not integers; ``activation`` not a string.
+        Input, ``weight``, ``bias`` or ``out`` that is not floating point; ``residual`` or ``residual_out``
+        not of the input's dtype; ``normalized_shape`` or ``axes`` not integers; ``activation`` not a string.
     ValueError
         An unknown ``activation``.
         A ``mask`` that does not broadcast to the input, or given with ``axes``.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
         their sizes); ``axes`` empty, repeated or out of range; ``weight`` or ``bias`` of another shape;
-        ``out`` of the wrong shape or read-only; a negative or non-finite ``eps``.
+        ``out`` or ``residual_out`` of the wrong shape or read-only, or overlapping each other; a
+        ``residual`` that does not broadcast to the input (or ``residual_out`` without it); a negative or
+        non-finite ``eps``.
 
     Notes
     -----
@@ -163,17 +252,23 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     >>> y, mean, rstd = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, eps=0.0, return_stats=True)
     >>> mean.tolist(), (rstd ** -2).round(4).tolist()  # the mean and the variance 2/3 of the row
     ([2.0], [0.6667])
+    >>> y, h = fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, residual=np.array([[1., 0., 1.]]))
+    >>> h.tolist(), y.round(4).tolist()  # h = x + residual, and y the normalized h
+    ([[2.0, 2.0, 4.0]], [[-0.7071, -0.7071, 1.4142]])
     >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, activation="relu").round(4).tolist()
     [[0.0, 0.0, 1.2247]]
     """
     act = _check_activation(activation)
+    if residual is not None or residual_out is not None:
+        return _with_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, False,
+                              return_stats, axes, mask, act)
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
         y = _activate_after(y, act, None)
         return (y, mean, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes, act)
+    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes, act=act)
     return y if stats is None else (y, *stats)
 
 
@@ -181,26 +276,33 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
              out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ...,
+             mask: Optional[ArrayLike] = ..., residual: None = ...,
              return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
              out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ...,
+             mask: Optional[ArrayLike] = ..., residual: None = ...,
              return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
              out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ...,
+             mask: Optional[ArrayLike] = ..., residual: None = ...,
              return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
+             out: Optional[FloatArray] = ...,
+             mask: Optional[ArrayLike] = ..., residual: ArrayLike, residual_out: Optional[FloatArray] = ...,
+             return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, axes: Optional[Shape] = None, activation: Optional[str] = None,
              out: Optional[FloatArray] = None,
-             mask: Optional[ArrayLike] = None,
-             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, Stats]]:
+             mask: Optional[ArrayLike] = None, residual: Optional[ArrayLike] = None,
+             residual_out: Optional[FloatArray] = None,
+             return_stats: bool = False) -> Union[FloatArray, Tuple[FloatArray, ...]]:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dimensions, as
     ``torch.nn.functional.rms_norm``.
 
@@ -223,6 +325,14 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
+    residual : array_like, keyword-only, optional
+        Added to the input before the normalization, in the input's dtype (which it must have) and
+        broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
+        Runtime's ``SkipSimplifiedLayerNormalization`` (the pre-norm transformer block).  Where the rows are the
+        trailing axes of float32 or float64 data, one pass reads input and residual and writes h and y.
+    residual_out : ndarray, keyword-only, optional
+        Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
+        a loop updates its residual stream in place.  Not the same memory as ``out``.
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 
@@ -230,6 +340,9 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     -------
     y : ndarray
         Of the input's shape and dtype (``out`` when given).
+    h : ndarray
+        With ``residual`` only (before the statistics): ``input + residual``, of the input's shape and
+        dtype (``residual_out`` when given).  Its gradient is the gradient of both input and residual.
     rstd : ndarray of float64, of the input's leading shape
         With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row; with ``axes``,
         of the shape of the other axes.
@@ -237,14 +350,15 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     Raises
     ------
     TypeError
-        Input, ``weight`` or ``out`` that is not floating point; ``normalized_shape`` or ``axes`` not
-        integers; ``activation`` not a string.
+        Input, ``weight`` or ``out`` that is not floating point; ``residual`` or ``residual_out`` not of the
+        input's dtype; ``normalized_shape`` or ``axes`` not integers; ``activation`` not a string.
     ValueError
         An unknown ``activation``.
         A ``mask`` that does not broadcast to the input, or given with ``axes``.
         ``normalized_shape`` empty, negative or not the input's trailing dimensions (with ``axes``: not
-        their sizes); ``axes`` empty, repeated or out of range; ``weight`` of another shape; ``out`` of the
-        wrong shape or read-only; a negative or non-finite ``eps``.
+        their sizes); ``axes`` empty, repeated or out of range; ``weight`` of another shape; ``out`` or
+        ``residual_out`` of the wrong shape or read-only, or overlapping each other; a ``residual`` that
+        does not broadcast to the input (or ``residual_out`` without it); a negative or non-finite ``eps``.
 
     Notes
     -----
@@ -271,15 +385,22 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     [12.5]
     >>> fastnorm.rms_norm(np.array([[3., 1.], [4., 1.]]), None, eps=0.0, axes=0).round(4).tolist()  # columns
     [[0.8485, 1.0], [1.1314, 1.0]]
+    >>> stream = np.array([[2., 3.]])
+    >>> y, h = fastnorm.rms_norm(np.array([[1., 1.]]), 2, eps=0.0, residual=stream, residual_out=stream)
+    >>> stream.tolist(), y.round(4).tolist()  # the residual stream updated in place: 3, 4 and their rms
+    ([[3.0, 4.0]], [[0.8485, 1.1314]])
     >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, activation="silu").round(4).tolist()
     [[0.5942, 0.8554]]
     """
     act = _check_activation(activation)
+    if residual is not None or residual_out is not None:
+        return _with_residual(input, residual, residual_out, normalized_shape, weight, None, eps, out, True,
+                              return_stats, axes, mask, act)
     if _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
         y = _activate_after(y, act, None)
         return (y, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes, act)
+    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes, act=act)
     return y if stats is None else (y, stats[1])

@@ -227,17 +227,31 @@ def _check_buffer(v: object, name: str) -> FloatArray:
     return v
 
 
-def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> None:
+def _check_out(out: object, shape: Tuple[int, ...], dtype: np.dtype[Any], name: str = "out") -> None:
     """``out=``: an ndarray of the result's shape and dtype (either byte order), writable."""
-    _refuse_masked(out, "out")
+    _refuse_masked(out, name)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected an ndarray, got {type(out).__name__}")
+        raise TypeError(f"{name}: expected an ndarray, got {type(out).__name__}")
     if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape} (the input's), got {out.shape}")
+        raise ValueError(f"{name}: expected shape {shape} (the input's), got {out.shape}")
     if out.dtype.newbyteorder("=") != dtype:
-        raise TypeError(f"out: expected dtype {dtype} (the input's), got {out.dtype}")
+        raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError("out: the array is read-only")
+        raise ValueError(f"{name}: the array is read-only")
+
+
+def _check_residual(residual: object, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """``residual=``: an array of the input's dtype (either byte order) that broadcasts to its shape."""
+    r = _array(residual, "residual")
+    if r.dtype.newbyteorder("=") != dtype:
+        raise TypeError(f"residual: expected dtype {dtype} (the input's), got {r.dtype}")
+    try:
+        fits = np.broadcast_shapes(r.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"residual: expected a shape that broadcasts to {shape} (the input's), got {r.shape}")
+    return r
 
 
 ACTIVATIONS = ("relu", "relu6", "silu", "gelu", "gelu_tanh", "sigmoid", "tanh")

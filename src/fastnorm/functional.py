@@ -33,6 +33,7 @@ from ._tf_ops import batch_normalization, moments
 from ._forward import _batch_norm as _batch_norm, _group_norm as _group_norm  # noqa: E402
 from ._forward import _instance_norm as _instance_norm  # noqa: E402
 from ._rows_forward import _rows_norm as _rows_norm  # noqa: E402
+from ._rows_forward import _rows_norm_residual as _rows_norm_residual  # noqa: E402
 from ._validation import _rms_eps as _rms_eps  # noqa: E402
 from ._batch_norm_steps import _batch_norm_elemt as _batch_norm_elemt  # noqa: E402
 
