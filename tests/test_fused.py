@@ -436,3 +436,23 @@ def test_a_layer_call_with_a_bad_add_changes_nothing():
     bn.eval()
     with pytest.raises(ValueError, match="add"):
         bn(x, add=np.ones((5,), np.float32))  # the eval cache's path too
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_the_activation_follows_a_residual(op, act):
+    rng = np.random.default_rng(12)
+    x, r, dy = (rng.normal(size=(6, 40)).astype(np.float32) for _ in range(3))
+    w = rng.normal(size=40).astype(np.float32)
+    fn = getattr(fastnorm, op)
+    y, h = fn(x, 40, w, activation=act, residual=r)
+    np.testing.assert_array_equal(h, x + r)
+    expected = _activate_after(np.array(fn(x + r, 40, w), order="C"), _check_activation(act), None)
+    np.testing.assert_array_equal(y, expected)
+    layer, plain = (getattr(fastnorm, "LayerNorm" if op == "layer_norm" else "RMSNorm")(40, **k)
+                    for k in ({"activation": act}, {}))
+    layer(x, residual=r)
+    plain(x + r)
+    z = plain(x + r).astype(np.float64)
+    dz = dy * (z > 0) if act == "relu" else dy * reference._ACTIVATIONS["gelu"][1](z)
+    np.testing.assert_allclose(layer.backward(dy), plain.backward(dz.astype(np.float32)), rtol=1e-4, atol=1e-5)
