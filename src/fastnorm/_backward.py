@@ -371,7 +371,8 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     if activation is not None:
         return _through_activation(
             grad_output, input, activation, None,
-            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias),
+            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias,
+                                         True),
             lambda dz: layer_norm_backward(dz, input, normalized_shape, mean, rstd, weight, bias, axes=axes, eps=eps,
                                            mask=mask))
     if _masked.is_masked(input, mask):
@@ -475,7 +476,8 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     if activation is not None:
         return _through_activation(
             grad_output, input, activation, None,
-            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), None, rstd, weight, None),
+            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), None, rstd, weight, None,
+                                         True),
             lambda dz: rms_norm_backward(dz, input, normalized_shape, rstd, weight, axes=axes, eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         if axes is not None:
@@ -558,7 +560,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     True
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> Stats:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> FloatArray:
             axis, _, _ = _group_norm_layout(x, num_groups, channel_axis)
             return _pre_activation(x, a, (0, axis), (axis,), _per_channel(mean, num_groups, x, axis),
                                    _per_channel(rstd, num_groups, x, axis), weight, bias)
@@ -662,7 +664,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     (2, 3, 5)
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> Stats:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> FloatArray:
             axis = _check_instance_axis(x, channel_axis)
             return _pre_activation(x, a, (0, axis) if use_input_stats else (axis,), (axis,), mean, rstd, weight, bias)
         return _through_activation(

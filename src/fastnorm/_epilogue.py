@@ -3,8 +3,9 @@
 The forwards pass the activation's code and the ``add`` array to the kernels, which apply them to each
 chunk of output as it is written (``_simd_activation.h``).  Here: the same epilogue after the fact, for
 the paths that normalize first (masked inputs, several channel axes, ``axes=``), and the backward through
-it: the pre-activation ``z = norm(x) + add`` recomputed in float64 from x and the forward's statistics,
-then ``dz = dy * act'(z)`` (a C loop), which the normalization's own backward takes as its ``dy``.
+it: the pre-activation ``z = norm(x) + add`` recomputed from x and the forward's statistics as the
+forward's sweep computed it, then ``dz = dy * act'(z)`` (a C loop), which the normalization's own backward
+takes as its ``dy``.
 """
 from __future__ import annotations
 
@@ -44,24 +45,36 @@ def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Sta
 
 def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple[int, ...],
                     param_axes: Tuple[int, ...], center: Optional[ArrayLike], rstd: ArrayLike,
-                    weight: Optional[ArrayLike], bias: Optional[ArrayLike]) -> Stats:
-    """``z = (x - center) * rstd * weight + bias + add`` in float64, the statistics varying along x's
-    ``stat_axes``, the parameters along ``param_axes`` (center None: 0, RMSNorm)."""
-    z = x.astype(np.float64)
-    if center is not None:
-        z -= _along(center, "mean", x, stat_axes)
-    z *= _along(rstd, "rstd", x, stat_axes)
-    if weight is not None:
-        z *= _along(weight, "weight", x, param_axes)
-    if bias is not None:
-        z += _along(bias, "bias", x, param_axes)
+                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], per_element: bool = False) -> FloatArray:
+    """``z = (x - center) * rstd * weight + bias + add`` as the forward's sweep computed it, in x's compute
+    dtype: the statistics (varying along x's ``stat_axes``) and the parameters (along ``param_axes``) folded
+    in float64 into ``(x - mean_hi) * scale + shift`` (``_sweeps.pxi``'s ``_fold``), or with
+    ``per_element`` parameters (LayerNorm, RMSNorm) the fold of the statistics alone, then ``* weight +
+    bias`` (center None: 0, RMSNorm).  A new C-contiguous array."""
+    dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    c = np.zeros(1) if center is None else _along(center, "mean", x, stat_axes)
+    r = _along(rstd, "rstd", x, stat_axes)
+    w = None if weight is None else _along(weight, "weight", x, param_axes)
+    b = None if bias is None else _along(bias, "bias", x, param_axes)
+    mean_hi = c.astype(dtype)
+    scale = r if per_element or w is None else r * w
+    shift = -(c - mean_hi) * scale
+    if b is not None and not per_element:
+        shift = shift + b
+    z = np.subtract(x, mean_hi, out=np.empty(x.shape, dtype), dtype=dtype)
+    z *= scale.astype(dtype)
+    z += shift.astype(dtype)
+    if per_element and w is not None:
+        z *= w.astype(dtype)
+    if per_element and b is not None:
+        z += b.astype(dtype)
     if add is not None:
-        z += add
+        z += add.astype(dtype, copy=False)
     return z
 
 
 def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Optional[str], add: Optional[ArrayLike],
-                        pre_activation: Callable[[FloatArray, Optional[NDArray[Any]]], Stats],
+                        pre_activation: Callable[[FloatArray, Optional[NDArray[Any]]], FloatArray],
                         backward: Callable[[ArrayLike], Tuple[Any, ...]]) -> Tuple[Any, ...]:
     """A backward through ``act(norm(x) + add)``: ``backward(dz)`` of the normalization, with
     ``dz = grad_output * act'(z)``, ``z`` from ``pre_activation(x, add)``; and ``dz`` (the gradient of
@@ -75,10 +88,11 @@ def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Op
     a = _check_add(add, x.shape)
     if g.shape != x.shape or g.dtype.kind != "f" or x.dtype.kind != "f":
         return backward(grad_output)  # let the normalization's backward name the problem
-    dz = np.asarray(g, dtype=np.float64)
     if act:
-        z = np.ascontiguousarray(pre_activation(x, a), dtype=np.float64)
-        dz = _kernels.activation_grad(z, np.ascontiguousarray(dz), act, threads_for(z.size))
-    dz_in = dz.astype(x.dtype.newbyteorder("="))
+        z = pre_activation(x, a)
+        dz = _kernels.activation_grad(z, np.ascontiguousarray(g, dtype=z.dtype), act, threads_for(z.size))
+    else:
+        dz = g
+    dz_in = np.array(dz, dtype=x.dtype.newbyteorder("="))  # a new array: the gradient of add
     grads = backward(dz_in)
     return (*grads, dz_in) if add is not None else grads

@@ -88,7 +88,8 @@ cdef extern from "_simd.h" nogil:
                                   const float* add, float hi)
     void fastnorm_sweep_clamp_f64(const double* x, double* y, Py_ssize_t n, double mean_hi, double scale,
                                   double shift, const double* add, double hi)
-    void fastnorm_activation_grad_f64(const double* z, const double* dy, double* dz, Py_ssize_t n, int act)
+    void fastnorm_activation_grad_f32(float* z, const float* dy, Py_ssize_t n, int act)
+    void fastnorm_activation_grad_f64(double* z, const double* dy, Py_ssize_t n, int act)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* mean_hi,

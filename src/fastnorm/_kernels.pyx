@@ -467,14 +467,18 @@ def activate(cnp.ndarray y, object add, int act, int nthreads):
 
 
 def activation_grad(cnp.ndarray z, cnp.ndarray dy, int act, int nthreads):
-    """``dy * act'(z)``, a new float64 array, for C-contiguous float64 ``z`` and ``dy`` of one shape."""
-    cdef cnp.ndarray dz = _empty(cnp.PyArray_NDIM(z), cnp.PyArray_DIMS(z), cnp.NPY_DOUBLE)
+    """``z = dy * act'(z)`` in place, for C-contiguous ``z`` and ``dy`` of one shape and dtype; returns z."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(z), chunks = (n + CHUNK - 1) // CHUNK, t
-    cdef const double* pz = <const double*>cnp.PyArray_DATA(z)
-    cdef const double* pg = <const double*>cnp.PyArray_DATA(dy)
-    cdef double* pd = <double*>cnp.PyArray_DATA(dz)
+    cdef char* pz = <char*>cnp.PyArray_DATA(z)
+    cdef const char* pg = <const char*>cnp.PyArray_DATA(dy)
+    cdef bint f64 = _is_f64(z)
     with nogil:
-        for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
-            fastnorm_activation_grad_f64(pz + t * CHUNK, pg + t * CHUNK, pd + t * CHUNK,
-                                         min(<Py_ssize_t>CHUNK, n - t * CHUNK), act)
-    return dz
+        if f64:
+            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
+                fastnorm_activation_grad_f64(<double*>pz + t * CHUNK, <const double*>pg + t * CHUNK,
+                                             min(<Py_ssize_t>CHUNK, n - t * CHUNK), act)
+        else:
+            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
+                fastnorm_activation_grad_f32(<float*>pz + t * CHUNK, <const float*>pg + t * CHUNK,
+                                             min(<Py_ssize_t>CHUNK, n - t * CHUNK), act)
+    return z

@@ -60,50 +60,65 @@ enum {
 FASTNORM_ACTIVATE(fastnorm_activate_f32, float, expf, erff, tanhf)
 FASTNORM_ACTIVATE(fastnorm_activate_f64, double, exp, erf, tanh)
 
-/* dz = dy * act'(z) over n float64 values (the backward through the activation, z the pre-activation
+/* z = dy * act'(z) in place over n values (the backward through the activation, z the pre-activation
  * recomputed from x and the statistics).  The scalar derivatives:
  * relu: z > 0;  relu6: 0 < z < 6;  silu: s (1 + z (1 - s)), s = sigmoid(z);
  * gelu: Phi(z) + z phi(z) (the normal distribution and density);
  * gelu_tanh: (1 + t) / 2 + z / 2 (1 - t**2) sqrt(2 / pi) (1 + 3 * 0.044715 z**2), t = tanh(sqrt(2 / pi) (z + 0.044715 z**3));
  * sigmoid: s (1 - s);  tanh: 1 - tanh(z)**2. */
-static void fastnorm_activation_grad_f64(const double *z, const double *dy, double *dz, ptrdiff_t n, int act)
-{
-    const double rsqrt2 = 0.70710678118654752440, rsqrt2pi = 0.39894228040143267794;
-    const double k0 = 0.79788456080286535588, k1 = 0.044715;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double v = z[i], d = 1.0, s, t;
-        switch (act) {
-        case FASTNORM_ACT_RELU:
-            d = v > 0.0;
-            break;
-        case FASTNORM_ACT_RELU6:
-            d = v > 0.0 && v < 6.0;
-            break;
-        case FASTNORM_ACT_SILU:
-            s = 1.0 / (1.0 + exp(-v));
-            d = s * (1.0 + v * (1.0 - s));
-            break;
-        case FASTNORM_ACT_GELU:
-            d = 0.5 * (1.0 + erf(v * rsqrt2)) + v * rsqrt2pi * exp(-0.5 * v * v);
-            break;
-        case FASTNORM_ACT_GELU_TANH:
-            t = tanh(k0 * (v + k1 * v * v * v));
-            d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k0 * (1.0 + 3.0 * k1 * v * v);
-            break;
-        case FASTNORM_ACT_SIGMOID:
-            s = 1.0 / (1.0 + exp(-v));
-            d = s * (1.0 - s);
-            break;
-        case FASTNORM_ACT_TANH:
-            t = tanh(v);
-            d = 1.0 - t * t;
-            break;
-        default:
-            break;
-        }
-        dz[i] = dy[i] * d;
+#define FASTNORM_ACTIVATION_GRAD(NAME, T, EXP, ERF, TANH)                                                 \
+    FASTNORM_CLONES static void NAME(T *z, const T *dy, ptrdiff_t n, int act)                             \
+    {                                                                                                     \
+        const T half = (T)0.5, one = (T)1, zero = (T)0, six = (T)6, three = (T)3;                         \
+        const T rsqrt2 = (T)0.70710678118654752440, rsqrt2pi = (T)0.39894228040143267794;                 \
+        const T k0 = (T)0.79788456080286535588, k1 = (T)0.044715;                                         \
+        switch (act) {                                                                                    \
+        case FASTNORM_ACT_RELU:                                                                           \
+            for (ptrdiff_t i = 0; i < n; i++)                                                             \
+                z[i] = z[i] > zero ? dy[i] : zero;                                                        \
+            break;                                                                                        \
+        case FASTNORM_ACT_RELU6:                                                                          \
+            for (ptrdiff_t i = 0; i < n; i++)                                                             \
+                z[i] = z[i] > zero && z[i] < six ? dy[i] : zero;                                          \
+            break;                                                                                        \
+        case FASTNORM_ACT_SILU:                                                                           \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                           \
+                T v = z[i], s = one / (one + EXP(-v));                                                    \
+                z[i] = dy[i] * (s * (one + v * (one - s)));                                               \
+            }                                                                                             \
+            break;                                                                                        \
+        case FASTNORM_ACT_GELU:                                                                           \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                           \
+                T v = z[i];                                                                               \
+                z[i] = dy[i] * (half * (one + ERF(v * rsqrt2)) + v * rsqrt2pi * EXP(-half * v * v));      \
+            }                                                                                             \
+            break;                                                                                        \
+        case FASTNORM_ACT_GELU_TANH:                                                                      \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                           \
+                T v = z[i], t = TANH(k0 * (v + k1 * v * v * v));                                          \
+                z[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * k0 * (one + three * k1 * v * v)); \
+            }                                                                                             \
+            break;                                                                                        \
+        case FASTNORM_ACT_SIGMOID:                                                                        \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                           \
+                T s = one / (one + EXP(-z[i]));                                                           \
+                z[i] = dy[i] * (s * (one - s));                                                           \
+            }                                                                                             \
+            break;                                                                                        \
+        case FASTNORM_ACT_TANH:                                                                           \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                           \
+                T t = TANH(z[i]);                                                                         \
+                z[i] = dy[i] * (one - t * t);                                                             \
+            }                                                                                             \
+            break;                                                                                        \
+        default:                                                                                          \
+            for (ptrdiff_t i = 0; i < n; i++)                                                             \
+                z[i] = dy[i];                                                                             \
+            break;                                                                                        \
+        }                                                                                                 \
     }
-}
+FASTNORM_ACTIVATION_GRAD(fastnorm_activation_grad_f32, float, expf, erff, tanhf)
+FASTNORM_ACTIVATION_GRAD(fastnorm_activation_grad_f64, double, exp, erf, tanh)
 
 /* relu and relu6 in the sweep's own loop: y = min(max(z, 0), hi), z = (x - mean_hi) * scale + shift (+ add[i]),
  * hi = 6 for relu6 and +inf for relu (z > inf is never true).  The operations of the sweep then of
