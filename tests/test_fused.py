@@ -456,3 +456,28 @@ def test_the_activation_follows_a_residual(op, act):
     z = plain(x + r).astype(np.float64)
     dz = dy * (z > 0) if act == "relu" else dy * reference._ACTIVATIONS["gelu"][1](z)
     np.testing.assert_allclose(layer.backward(dy), plain.backward(dz.astype(np.float32)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (5, 0, 3)], ids=str)
+def test_sync_batch_norm_over_processes_equals_batch_norm_on_the_whole_batch(sizes):
+    from conftest import assert_sync_matches_whole
+    from test_distributed import ThreadComm, _run_ranks
+
+    rng = np.random.default_rng(13)
+    x, add, dy = (rng.normal(size=(sum(sizes), 3, 5)) for _ in range(3))
+    whole = fastnorm.BatchNorm1d(3, dtype=np.float64, activation="gelu")
+    y_all = whole(x, add=add)
+    dx_all = whole.backward(dy)
+    bounds = np.cumsum((0,) + sizes)
+
+    def work(rank, comm):
+        layer = fastnorm.SyncBatchNorm(3, dtype=np.float64, comm=comm, activation="gelu")
+        mine = slice(bounds[rank], bounds[rank + 1])
+        return layer, layer(x[mine], add=add[mine]), layer.backward(dy[mine])
+
+    for rank, (layer, y, dx) in enumerate(_run_ranks(ThreadComm.world(len(sizes)), work)):
+        mine = slice(bounds[rank], bounds[rank + 1])
+        np.testing.assert_allclose(y, y_all[mine], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_all[mine], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.grad_add, whole.grad_add[mine], rtol=1e-12, atol=1e-12)
+        assert_sync_matches_whole(layer, whole)
