@@ -241,8 +241,9 @@ def test_backward_matches_the_twin(op, act):
     add = rng.normal(size=x.shape).astype(np.float32) if op not in ("layer_norm", "rms_norm") else None
     dy = rng.normal(size=x.shape).astype(np.float32)
     if op in ("layer_norm", "rms_norm"):
-        stats = getattr(fastnorm, op)(x, 6, p["wl"], *([p["bl"]] if op == "layer_norm" else []), activation=act, return_stats=True)[1:]
-        args = (dy, x, 6, *stats, p["wl"], *([p["bl"]] if op == "layer_norm" else []))
+        params = (p["wl"], p["bl"]) if op == "layer_norm" else (p["wl"],)
+        stats = getattr(fastnorm, op)(x, 6, *params, activation=act, return_stats=True)[1:]
+        args = (dy, x, 6, *stats, *params)
         kw = {"activation": act}
     else:
         extra = (2,) if op == "group_norm" else ()

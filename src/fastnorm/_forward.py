@@ -243,12 +243,14 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
                return_stats: Literal[False] = ...) -> FloatArray: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
+               mask: Optional[ArrayLike] = ...,
                return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,

@@ -79,7 +79,8 @@ def forward_with_stats(x: _Buffer, out: _Buffer, N: int, C: int, S: int, mean: _
 def forward_rows(x: _Buffer, out: _Buffer, N: int, R: int, S: int, weight: _Vector, bias: _Vector, eps: float,
                  nthreads: int, sub: int = 0, groups: int = 0, per_element: bool = False, rms: bool = False,
                  stats: Literal[True] = True, commit: Optional[Commit] = None, residual: Optional[_Buffer] = None,
-                 h: Optional[_Buffer] = None, act: int = 0, add: Optional[_Buffer] = None) -> Tuple[_Stats, _Stats, _Stats]: ...
+                 h: Optional[_Buffer] = None, act: int = 0,
+                 add: Optional[_Buffer] = None) -> Tuple[_Stats, _Stats, _Stats]: ...
 @overload
 def forward_rows(x: _Buffer, out: _Buffer, N: int, R: int, S: int, weight: _Vector, bias: _Vector, eps: float,
                  nthreads: int, sub: int = 0, groups: int = 0, per_element: bool = False, rms: bool = False, *,

@@ -183,7 +183,8 @@ class _Layer:
         mode (their dependence on the input included), the running ones (constants) in evaluation mode.
         Stores ``grad_weight`` and ``grad_bias``, of the parameters' shape and dtype (None for a
         parameter the layer does not have), and ``grad_add`` after a forward given ``add=`` (else None).
-        A layer built with ``activation=`` differentiates through it.  The input is the one the forward kept, by reference: modified
+        A layer built with ``activation=`` differentiates through it.  The input is the one the forward
+        kept, by reference: modified
         in place between the two calls, it no longer has the statistics the forward computed, and
         backward raises (as PyTorch) rather than return a gradient of the modified values.
 

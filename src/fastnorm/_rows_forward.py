@@ -154,7 +154,8 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               activation: Optional[str] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ..., residual: ArrayLike,
+               activation: Optional[str] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
+               residual: ArrayLike,
                residual_out: Optional[FloatArray] = ..., return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,

@@ -70,9 +70,9 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     TypeError
         ``bn`` not a fastnorm BatchNorm layer, or ``weight`` not floating point.
     ValueError
-        An unknown ``layout``; a ``bn`` without running statistics or with an ``activation``; a weight of the wrong number of
-        dimensions, or whose first axis is not ``bn.num_features`` long; a bias not of shape
-        ``(out_channels,)``.
+        An unknown ``layout``; a ``bn`` without running statistics or with an ``activation``; a weight of
+        the wrong number of dimensions, or whose first axis is not ``bn.num_features`` long; a bias not of
+        shape ``(out_channels,)``.
 
     Notes
     -----
