@@ -13,15 +13,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
+from ._epilogue import _channel_axes, _per_channel, _pre_activation, _row_axes, _through_activation
 from ._over_axes import _batch_norm_backward_over_axes
 from ._plan import (_by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat,
                     _rows_order, _transposed, _untransposed)
 from ._threads import threads_for
-from ._epilogue import _pre_activation, _through_activation
 from ._validation import (FloatArray, Grads, GradsWithAdd, Shape, Stats, _channel_vector, _check_channels,
                           _check_instance_axis, _check_ndim, _check_normalized_axes, _check_normalized_shape, _check_of,
-                          _elementwise_vector, _grad_inputs, _group_norm_layout, _normalize_axes, _several_axes,
-                          _shaped_like, _stat_vector, check_count)
+                          _elementwise_vector, _grad_inputs, _group_norm_layout, _several_axes,
+                          _shaped_like, _stat_vector)
 
 _PARTS = {
     "grad_output": """grad_output : array_like
@@ -89,33 +89,6 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 # input by reference, and its statistics).  The functions check when given the forward's ``eps``: their
 # caller passes the input itself, and may pass statistics from elsewhere (another framework's, rounded to
 # float32), which the check would refuse.  Frozen statistics are never checked (they are not the input's).
-
-
-def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
-    """The axes of a batch_norm's channels (see its ``channel_axis``), checked."""
-    if _several_axes(channel_axis):
-        return _normalize_axes(channel_axis, x.ndim, "channel_axis")  # type: ignore[arg-type]
-    return (_check_channels(x, channel_axis)[0],)  # type: ignore[arg-type]
-
-
-def _per_channel(stat: ArrayLike, num_groups: SupportsIndex, x: FloatArray, axis: int) -> Stats:
-    """A group_norm statistic of shape (N, G) repeated to (N, C): each group's value for its channels."""
-    G = check_count(num_groups, "num_groups")
-    a = np.asarray(stat, dtype=np.float64)
-    if a.shape != (x.shape[0], G) or x.shape[axis] % G:
-        raise ValueError(f"mean, rstd: expected shape ({x.shape[0]}, {G}), got {a.shape}")
-    return np.repeat(a, x.shape[axis] // G, axis=1)
-
-
-def _row_axes(x: FloatArray, normalized_shape: Optional[Shape],
-              axes: Optional[Shape]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """(statistics' axes, parameters' axes) of a layer_norm or rms_norm input: the kept axes, the
-    normalized ones."""
-    if axes is not None:
-        normalized = _normalize_axes(axes, x.ndim)
-    else:
-        normalized = tuple(range(x.ndim - len(_check_normalized_shape(normalized_shape, x)), x.ndim))
-    return tuple(a for a in range(x.ndim) if a not in normalized), normalized
 
 
 @overload

@@ -9,14 +9,15 @@ takes as its ``dy``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, SupportsIndex, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from ._threads import threads_for
-from ._validation import FloatArray, Stats, _array, _check_activation, _check_add
+from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
+                          _check_normalized_shape, _normalize_axes, _several_axes, check_count)
 
 
 def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> FloatArray:
@@ -71,6 +72,33 @@ def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple
     if add is not None:
         z += add.astype(dtype, copy=False)
     return z
+
+
+def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
+    """The axes of a batch_norm's channels (see its ``channel_axis``), checked."""
+    if _several_axes(channel_axis):
+        return _normalize_axes(channel_axis, x.ndim, "channel_axis")  # type: ignore[arg-type]
+    return (_check_channels(x, channel_axis)[0],)  # type: ignore[arg-type]
+
+
+def _per_channel(stat: ArrayLike, num_groups: SupportsIndex, x: FloatArray, axis: int) -> Stats:
+    """A group_norm statistic of shape (N, G) repeated to (N, C): each group's value for its channels."""
+    G = check_count(num_groups, "num_groups")
+    a = np.asarray(stat, dtype=np.float64)
+    if a.shape != (x.shape[0], G) or x.shape[axis] % G:
+        raise ValueError(f"mean, rstd: expected shape ({x.shape[0]}, {G}), got {a.shape}")
+    return np.repeat(a, x.shape[axis] // G, axis=1)
+
+
+def _row_axes(x: FloatArray, normalized_shape: Optional[Shape],
+              axes: Optional[Shape]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(statistics' axes, parameters' axes) of a layer_norm or rms_norm input: the kept axes, the
+    normalized ones."""
+    if axes is not None:
+        normalized = _normalize_axes(axes, x.ndim)
+    else:
+        normalized = tuple(range(x.ndim - len(_check_normalized_shape(normalized_shape, x)), x.ndim))
+    return tuple(a for a in range(x.ndim) if a not in normalized), normalized
 
 
 def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Optional[str], add: Optional[ArrayLike],

@@ -12,9 +12,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
+from ._epilogue import _activate_after
 from ._layer_docs import _with_mask_doc
 from ._over_axes import _rows_norm_over_axes
-from ._epilogue import _activate_after
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
