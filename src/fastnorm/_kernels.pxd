@@ -4,12 +4,15 @@
 # Cython reads this file as _kernels.pyx's own declarations.
 
 cdef extern from "_simd.h" nogil:
-    int fastnorm_select_isa(int on)
+    int fastnorm_select_isa(int on, int wide)
     int fastnorm_avx2_fma
+    int fastnorm_avx512
     void fastnorm_store_fence()
     void fastnorm_copy_stream(char* dst, const char* src, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_shifted_sums_rows_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, double* s1,
+                                        double* s2)
     void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                   const float* base, double* s1, double* s2)
     void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,

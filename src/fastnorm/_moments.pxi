@@ -15,15 +15,20 @@ cdef inline Moments _block_moments(const floating* x, Py_ssize_t n) noexcept nog
     a power of two (exact), the only cost of the check being a comparison per block.
     """
     cdef double shift = x[0]
-    cdef double t1, t2, dm
-    cdef Moments m
+    cdef double t1, t2
     if floating is float:
         fastnorm_shifted_sums_f32(x, n, shift, &t1, &t2)
     else:
         fastnorm_shifted_sums_f64(x, n, shift, &t1, &t2)
         if not t2 <= DBL_MAX:  # overflow (or a NaN or an infinity in the data, which the redo keeps)
             return _scaled_moments(x, n, 1)
-    dm = t1 / n
+    return _shifted_moments(shift, t1, t2, n)
+
+
+cdef inline Moments _shifted_moments(double shift, double t1, double t2, Py_ssize_t n) noexcept nogil:
+    """The moments of ``n`` values whose differences from ``shift`` sum to ``t1``, their squares to ``t2``."""
+    cdef double dm = t1 / n
+    cdef Moments m
     m.count = <double>n
     m.mean = shift + dm
     m.var = (t2 - t1 * dm) / n
