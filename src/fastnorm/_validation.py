@@ -52,9 +52,9 @@ def _refuse_masked(value: object, name: str) -> None:
 
 def _array(value: object, name: str) -> NDArray[Any]:
     """``value`` as an ndarray; a masked array is refused (its mask would be silently dropped)."""
-    _refuse_masked(value, name)
     if type(value) is np.ndarray:
         return value
+    _refuse_masked(value, name)
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RecursionError) as error:  # ragged or self-containing sequences
@@ -119,6 +119,8 @@ def _check_momentum(momentum: object, allow_none: bool = True, name: str = ...) 
 def _check_momentum(momentum: object, allow_none: bool = True, name: str = "momentum") -> Optional[float]:
     if momentum is None and allow_none:
         return None
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common case, without the checks' calls
+        return momentum
     expected = "a number in [0, 1]" + (" or None" if allow_none else "")
     momentum = _real(momentum, name, expected)
     if not 0.0 <= momentum <= 1.0:
@@ -216,6 +218,8 @@ def _check_buffer(v: object, name: str) -> FloatArray:
     """A running statistic that training updates in place: a writable ndarray (its shape and dtype are
     checked by _channel_vector).  Another byte order or misaligned memory is fine: the update is then
     NumPy's, in the buffer's own form."""
+    if type(v) is np.ndarray and v.flags.writeable:
+        return v
     _refuse_masked(v, name)
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
