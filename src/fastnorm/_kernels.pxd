@@ -11,8 +11,11 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_copy_stream(char* dst, const char* src, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
-    void fastnorm_shifted_sums_rows_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, double* s1,
-                                        double* s2)
+    void fastnorm_row_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, double* mean,
+                                  double* var)
+    void fastnorm_shifted_moments(double shift, double s1, double s2, double n, double* mean, double* var)
+    void fastnorm_shifted_moments_f32(const float* shift, Py_ssize_t stride, double n, Py_ssize_t count, double* s1,
+                                      double* s2)
     void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                   const float* base, double* s1, double* s2)
     void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,

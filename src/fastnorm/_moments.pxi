@@ -27,13 +27,9 @@ cdef inline Moments _block_moments(const floating* x, Py_ssize_t n) noexcept nog
 
 cdef inline Moments _shifted_moments(double shift, double t1, double t2, Py_ssize_t n) noexcept nogil:
     """The moments of ``n`` values whose differences from ``shift`` sum to ``t1``, their squares to ``t2``."""
-    cdef double dm = t1 / n
     cdef Moments m
     m.count = <double>n
-    m.mean = shift + dm
-    m.var = (t2 - t1 * dm) / n
-    if m.var < 0.0:
-        m.var = 0.0
+    fastnorm_shifted_moments(shift, t1, t2, <double>n, &m.mean, &m.var)
     return m
 
 
@@ -170,25 +166,20 @@ cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1,
     scaled, as in _block_moments."""
     cdef const floating* base = x + r0 * C
     cdef Py_ssize_t c
-    cdef double dm
     cdef double n = <double>(r1 - r0)
     cdef Moments m
     if floating is float:
         fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
-    else:
-        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
+        fastnorm_shifted_moments_f32(base + c0, 1, n, c1 - c0, bmean + c0, bvar + c0)
+        return
+    fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
     for c in range(c0, c1):
-        if floating is double:
-            if not bvar[c] <= DBL_MAX:
-                m = _scaled_moments(base + c, r1 - r0, C)
-                bmean[c] = m.mean
-                bvar[c] = m.var
-                continue
-        dm = bmean[c] / n
-        bvar[c] = (bvar[c] - bmean[c] * dm) / n
-        if bvar[c] < 0.0:
-            bvar[c] = 0.0
-        bmean[c] = <double>base[c] + dm
+        if not bvar[c] <= DBL_MAX:
+            m = _scaled_moments(base + c, r1 - r0, C)
+            bmean[c] = m.mean
+            bvar[c] = m.var
+        else:
+            fastnorm_shifted_moments(<double>base[c], bmean[c], bvar[c], n, &bmean[c], &bvar[c])
 
 
 cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:

@@ -97,14 +97,11 @@ cdef inline void _rows_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_
                                      double* mean, double* var) noexcept nogil:
     """The moments of rows ``r0 <= r < r1`` of ``n`` values, ``x`` pointing at row r0, into mean[r], var[r]:
     each row's _strided_moments of one run (its _block_moments for n <= BLOCK).  float32 rows of one block
-    in one call, which keeps several rows' chains of additions in flight (_simd_moments.h); the same bits."""
-    cdef double t1[BATCH_ROWS]
-    cdef double t2[BATCH_ROWS]
+    in one call, which keeps several rows' chains of additions in flight and divides by vectors
+    (_simd_moments.h); the same bits."""
     cdef Py_ssize_t r
     if floating is float and n <= BLOCK:
-        fastnorm_shifted_sums_rows_f32(x, r1 - r0, n, n, t1, t2)
-        for r in range(r0, r1):
-            _store_moments(_shifted_moments(x[(r - r0) * n], t1[r - r0], t2[r - r0], n), r, mean, var)
+        fastnorm_row_moments_f32(x, r1 - r0, n, n, mean + r0, var + r0)
         return
     for r in range(r0, r1):
         if n <= BLOCK:

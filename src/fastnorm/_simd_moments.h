@@ -15,6 +15,26 @@
         *s2 = b;                                                                                    \
     }
 
+/* The mean and biased variance of n values from their shifted sums: s1 = sum(d), s2 = sum(d * d),
+ * d = x - shift.  Written once here; _moments.pxi's _block_moments and the loop below use it. */
+static inline void fastnorm_shifted_moments(double shift, double s1, double s2, double n, double *mean, double *var)
+{
+    double dm = s1 / n;
+    double v = (s2 - s1 * dm) / n;
+    *mean = shift + dm;
+    *var = v < 0.0 ? 0.0 : v;
+}
+
+/* fastnorm_shifted_moments of `count` groups of n values each, in place: s1[i], s2[i] (the sums) become the
+ * mean and variance; group i was shifted by shift[i * stride].  A loop of its own, so that its divisions
+ * go by whole vectors (one at a time they were most of a short row's fixed cost). */
+FASTNORM_CLONES static void fastnorm_shifted_moments_f32(const float *shift, ptrdiff_t stride, double n, ptrdiff_t count,
+                                                       double *restrict s1, double *restrict s2)
+{
+    for (ptrdiff_t i = 0; i < count; i++)
+        fastnorm_shifted_moments((double)shift[i * stride], s1[i], s2[i], n, &s1[i], &s2[i]);
+}
+
 /* Per-column sums of d and d*d, d = x[r, c] - base[c], over the rows of an [rows, ncols] block with
  * row stride ld.  The loop runs along the contiguous columns: each column is its own lane, and the
  * accumulators (2 * ncols doubles) stay in L1. */
@@ -258,19 +278,19 @@ fastnorm_column_sums_f32_avx512(const float *x, ptrdiff_t rows, ptrdiff_t ncols,
 FASTNORM_BY_ISA(fastnorm_shifted_sums_f32, (const float *x, ptrdiff_t n, double shift, double *s1, double *s2),
                 (x, n, shift, s1, s2))
 
-/* Shifted sums (fastnorm_shifted_sums_f32) of `rows` rows of n values ld apart, each shifted by its first
- * value: s1[r], s2[r]. */
-static void fastnorm_shifted_sums_rows_f32(const float *x, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t ld, double *s1,
-                                           double *s2)
+/* The moments of `rows` rows of n values ld apart (each a block: shifted by its first value), as
+ * _block_moments gives them: mean[r], var[r]. */
+static void fastnorm_row_moments_f32(const float *x, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t ld, double *mean,
+                                     double *var)
 {
 #if FASTNORM_AVX2
-    if (fastnorm_avx512) {
-        fastnorm_shifted_sums_rows_f32_avx512(x, rows, n, ld, s1, s2);
-        return;
-    }
+    if (fastnorm_avx512)
+        fastnorm_shifted_sums_rows_f32_avx512(x, rows, n, ld, mean, var);
+    else
 #endif
-    for (ptrdiff_t r = 0; r < rows; r++)
-        fastnorm_shifted_sums_f32(x + r * ld, n, (double)x[r * ld], s1 + r, s2 + r);
+        for (ptrdiff_t r = 0; r < rows; r++)
+            fastnorm_shifted_sums_f32(x + r * ld, n, (double)x[r * ld], mean + r, var + r);
+    fastnorm_shifted_moments_f32(x, ld, (double)n, rows, mean, var);
 }
 
 static inline void fastnorm_column_sums_f32(const float *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,
