@@ -35,6 +35,28 @@ FASTNORM_CLONES static void fastnorm_shifted_moments_f32(const float *shift, ptr
         fastnorm_shifted_moments((double)shift[i * stride], s1[i], s2[i], n, &s1[i], &s2[i]);
 }
 
+/* Chan's merge of the moments (mb, vb) of nb values into (ma, va) of na values, with wa = na / (na + nb),
+ * wb = nb / (na + nb): in terms of variances, the squared difference of the means taken as
+ * (delta * wa) * (delta * wb), so that nothing overflows unless the variance does; the mean is
+ * ma + delta * wb (exactly ma when the means are equal), or ma * wa + mb * wb where the difference of the
+ * means overflows (means near +-1.8e308).  Written once here: _moments.pxi's _chan_merge and the loop
+ * below. */
+static inline void fastnorm_chan_merge(double *ma, double *va, double mb, double vb, double wa, double wb)
+{
+    double delta = mb - *ma;
+    *va = *va * wa + vb * wb + (delta * wa) * (delta * wb);
+    *ma = delta - delta == 0.0 ? *ma + delta * wb : *ma * wa + mb * wb;
+}
+
+/* fastnorm_chan_merge of n columns, all of the same counts: a loop of its own, which vectorizes. */
+FASTNORM_CLONES static void fastnorm_chan_merge_columns(double *restrict mean, double *restrict var,
+                                                        const double *restrict bmean, const double *restrict bvar,
+                                                        ptrdiff_t n, double wa, double wb)
+{
+    for (ptrdiff_t c = 0; c < n; c++)
+        fastnorm_chan_merge(&mean[c], &var[c], bmean[c], bvar[c], wa, wb);
+}
+
 /* Per-column sums of d and d*d, d = x[r, c] - base[c], over the rows of an [rows, ncols] block with
  * row stride ld.  The loop runs along the contiguous columns: each column is its own lane, and the
  * accumulators (2 * ncols doubles) stay in L1. */
