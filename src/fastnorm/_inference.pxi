@@ -7,9 +7,10 @@ cdef enum:
 
 
 cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias,
-                         double eps, floating* p) noexcept nogil:
+                         double eps, floating* p, double* rstd_out=NULL) noexcept nogil:
     """The folded factors of C channels from frozen statistics: ``p[c], p[C + c], p[2 * C + c]`` =
-    mean_hi, scale, shift (a missing mean is 0, a missing variance 1)."""
+    mean_hi, scale, shift (a missing mean is 0, a missing variance 1); each channel's rstd also into
+    ``rstd_out`` when given (a training call returns it: one more square root per channel otherwise)."""
     cdef double m[FOLD_CHUNK]
     cdef double v[FOLD_CHUNK]
     cdef double w[FOLD_CHUNK]
@@ -27,16 +28,20 @@ cdef void _fold_channels(Py_ssize_t C, ParamVector mean, ParamVector var, ParamV
         for c in range(n):
             _center_and_rstd(m[c], v[c], eps, False, &center, &rstd)
             _fold(center, rstd, w[c], b[c], &p[c0 + c], &p[C + c0 + c], &p[2 * C + c0 + c])
+            v[c] = rstd
+        if rstd_out != NULL:
+            memcpy(rstd_out + c0, v, n * sizeof(double))
 
 
 cdef int _fold_and_sweep(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                          ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
-                         int nthreads) noexcept nogil:
-    """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1."""
+                         int nthreads, double* rstd_out=NULL) noexcept nogil:
+    """Normalize with given statistics: ``[N, C, S]`` when S > 1, ``[N, C]`` rows when S == 1 (see
+    _fold_channels for ``rstd_out``)."""
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
     if p == NULL:
         return -1
-    _fold_channels(C, mean, var, weight, bias, eps, p)
+    _fold_channels(C, mean, var, weight, bias, eps, p, rstd_out)
     _sweep_folded(x, y, N, C, S, p, nthreads)
     free(p)
     return 0
