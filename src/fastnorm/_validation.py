@@ -147,6 +147,8 @@ def check_count(value: SupportsIndex, name: str) -> int:
 
 
 def _check_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, without the checks' calls
+        return axis % ndim
     axis = _integer(axis, name, "an integer axis")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
@@ -412,6 +414,8 @@ def _normalize_axes(axes: Shape, ndim: int, name: str = "axes") -> Tuple[int, ..
 
 def _several_axes(axes: object) -> bool:
     """Whether a ``channel_axis`` or ``axes`` argument names a sequence of axes (not one integer)."""
+    if type(axes) is int:  # the common case, without an abstract base class's check
+        return False
     return isinstance(axes, Iterable) and not isinstance(axes, (numbers.Integral, str, bytes))
 
 
