@@ -11,8 +11,7 @@ cdef extern from "_simd.h" nogil:
     void fastnorm_copy_stream(char* dst, const char* src, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
-    void fastnorm_row_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, double* mean,
-                                  double* var)
+    void fastnorm_row_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, double* mean, double* var)
     void fastnorm_chan_merge(double* ma, double* va, double mb, double vb, double wa, double wb)
     void fastnorm_chan_merge_columns(double* mean, double* var, const double* bmean, const double* bvar,
                                      Py_ssize_t n, double wa, double wb)

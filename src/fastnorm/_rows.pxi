@@ -101,7 +101,7 @@ cdef inline void _rows_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_
     (_simd_moments.h); the same bits."""
     cdef Py_ssize_t r
     if floating is float and n <= BLOCK:
-        fastnorm_row_moments_f32(x, r1 - r0, n, n, mean + r0, var + r0)
+        fastnorm_row_moments_f32(x, r1 - r0, n, mean + r0, var + r0)
         return
     for r in range(r0, r1):
         if n <= BLOCK:

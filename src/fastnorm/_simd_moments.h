@@ -176,8 +176,8 @@ fastnorm_column_sums_f32_avx2(const float *x, ptrdiff_t rows, ptrdiff_t ncols, p
 /* ---- AVX-512 twins: the lanes of the AVX2 passes above, two ymm accumulators to a zmm ----------------------
  * Each lane sums the same values in the same order as in the AVX2 pass, and the lanes are added up in the
  * same order, so the bits are those of the AVX2 pass.  What they gain (bench/NOTES.md, "Small tensors"):
- * - shifted sums of K rows at once: a short row's sums are one chain of fused multiply-adds per lane, whose
- *   latency, not the loads, bounds a row alone; K rows side by side keep the units busy;
+ * - shifted sums of two rows at once: a row's sums are one chain of fused multiply-adds per lane, whose
+ *   latency, not the loads, bounds a row alone (cached); two rows side by side keep the units busy;
  * - column sums with the accumulators of a strip of columns in registers over a block's rows, instead of
  *   a load and a store of them for every four rows. */
 #define FASTNORM_W512 __attribute__((target("avx512f,avx2,fma")))
@@ -196,20 +196,25 @@ FASTNORM_W512 static inline double fastnorm_hsum8x2(__m512d lo, __m512d hi)
     return fastnorm_hsum4(_mm256_add_pd(a01, a23));
 }
 
-/* fastnorm_shifted_sums_f32_avx2 of K rows ld apart, each shifted by its first value. */
+/* fastnorm_shifted_sums_f32_avx2 of K (1 or 2) contiguous rows of n values, each shifted by its first value;
+ * prefetching a line for each line read, in one sequential walk from FASTNORM_PREFETCH_BYTES past these rows
+ * (a prefetch at the same place in the rows after these was up to 10% slower from memory). */
 FASTNORM_W512 __attribute__((always_inline)) static inline void
-fastnorm_shifted_sums_k_avx512(const float *x, const int K, ptrdiff_t n, ptrdiff_t ld, double *s1, double *s2)
+fastnorm_shifted_sums_k_avx512(const float *x, const int K, ptrdiff_t n, double *s1, double *s2)
 {
-    __m512d shift[4], a_lo[4], a_hi[4], b_lo[4], b_hi[4];
+    const ptrdiff_t ld = n;
+    __m512d shift[2], a_lo[2], a_hi[2], b_lo[2], b_hi[2];
     for (int k = 0; k < K; k++) {
         shift[k] = _mm512_set1_pd((double)x[k * ld]);
         a_lo[k] = a_hi[k] = b_lo[k] = b_hi[k] = _mm512_setzero_pd();
     }
     ptrdiff_t i = 0;
+    const float *ahead = x + K * ld + FASTNORM_PREFETCH_BYTES / sizeof(float);
     for (; i + 16 <= n; i += 16) {
         for (int k = 0; k < K; k++) {
             const float *p = x + k * ld + i;
-            _mm_prefetch((const char *)(p + K * ld), _MM_HINT_T0); /* the same line of the next K rows */
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            ahead += 16;
             __m512d d0 = fastnorm_load8_minus(p, shift[k]), d1 = fastnorm_load8_minus(p + 8, shift[k]);
             a_lo[k] = _mm512_add_pd(a_lo[k], d0);
             a_hi[k] = _mm512_add_pd(a_hi[k], d1);
@@ -230,19 +235,15 @@ fastnorm_shifted_sums_k_avx512(const float *x, const int K, ptrdiff_t n, ptrdiff
     }
 }
 
+/* The rows' sums two at a time (four were no faster cached and slower from memory). */
 __attribute__((noinline)) FASTNORM_W512 static void
-fastnorm_shifted_sums_rows_f32_avx512(const float *x, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t ld, double *s1,
-                                      double *s2)
+fastnorm_shifted_sums_rows_f32_avx512(const float *x, ptrdiff_t rows, ptrdiff_t n, double *s1, double *s2)
 {
     ptrdiff_t r = 0;
-    for (; r + 4 <= rows; r += 4)
-        fastnorm_shifted_sums_k_avx512(x + r * ld, 4, n, ld, s1 + r, s2 + r);
-    if (rows - r == 3)
-        fastnorm_shifted_sums_k_avx512(x + r * ld, 3, n, ld, s1 + r, s2 + r);
-    else if (rows - r == 2)
-        fastnorm_shifted_sums_k_avx512(x + r * ld, 2, n, ld, s1 + r, s2 + r);
-    else if (rows - r == 1)
-        fastnorm_shifted_sums_k_avx512(x + r * ld, 1, n, ld, s1 + r, s2 + r);
+    for (; r + 2 <= rows; r += 2)
+        fastnorm_shifted_sums_k_avx512(x + r * n, 2, n, s1 + r, s2 + r);
+    if (r < rows)
+        fastnorm_shifted_sums_k_avx512(x + r * n, 1, n, s1 + r, s2 + r);
 }
 
 /* fastnorm_column_sums_f32_avx2 on a strip of 8 * V columns (V zmm of accumulators) starting at column c. */
@@ -300,19 +301,19 @@ fastnorm_column_sums_f32_avx512(const float *x, ptrdiff_t rows, ptrdiff_t ncols,
 FASTNORM_BY_ISA(fastnorm_shifted_sums_f32, (const float *x, ptrdiff_t n, double shift, double *s1, double *s2),
                 (x, n, shift, s1, s2))
 
-/* The moments of `rows` rows of n values ld apart (each a block: shifted by its first value), as
- * _block_moments gives them: mean[r], var[r]. */
-static void fastnorm_row_moments_f32(const float *x, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t ld, double *mean,
-                                     double *var)
+/* The moments of `rows` contiguous rows of n values (each a block: shifted by its first value), as
+ * _block_moments gives them: mean[r], var[r].  Rows of fewer than 256 values go one at a time: two at a
+ * time they were up to 6% slower from memory and no faster cached (bench/NOTES.md, "Small tensors"). */
+static void fastnorm_row_moments_f32(const float *x, ptrdiff_t rows, ptrdiff_t n, double *mean, double *var)
 {
 #if FASTNORM_AVX2
-    if (fastnorm_avx512)
-        fastnorm_shifted_sums_rows_f32_avx512(x, rows, n, ld, mean, var);
+    if (fastnorm_avx512 && n >= 256)
+        fastnorm_shifted_sums_rows_f32_avx512(x, rows, n, mean, var);
     else
 #endif
         for (ptrdiff_t r = 0; r < rows; r++)
-            fastnorm_shifted_sums_f32(x + r * ld, n, (double)x[r * ld], mean + r, var + r);
-    fastnorm_shifted_moments_f32(x, ld, (double)n, rows, mean, var);
+            fastnorm_shifted_sums_f32(x + r * n, n, (double)x[r * n], mean + r, var + r);
+    fastnorm_shifted_moments_f32(x, n, (double)n, rows, mean, var);
 }
 
 static inline void fastnorm_column_sums_f32(const float *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,
