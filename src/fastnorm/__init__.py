@@ -89,7 +89,8 @@ def show_config(print_out: bool = True) -> Dict[str, Any]:
         "threads": get_num_threads(),
         "pool": ("fastnorm's own (idle workers spin 100 us, then sleep; fork-safe)" if _kernels.own_runtime()
                  else "the compiler's OpenMP runtime" if _kernels.openmp_enabled() else "none"),
-        "simd": "avx2+fma statistics passes" if _kernels.fast_isa() else "generic loops",
+        "simd": ("generic loops" if not _kernels.fast_isa() else "avx2+fma statistics passes"
+                 + (" (avx-512 for short rows and columns)" if _kernels.wide_isa() else "")),
         "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"
                  " held for reuse (set_output_cache" + (": auto, the peak of large results, at most 256 MiB)"
                                                         if _kernels.output_cache_auto() else ")"),

@@ -61,6 +61,21 @@ cdef inline double _at(ParamVector v, Py_ssize_t i, double default) noexcept nog
     return (<const float*>v.data)[i]
 
 
+cdef inline void _param_doubles(ParamVector v, Py_ssize_t start, Py_ssize_t n, double default,
+                                double* out) noexcept nogil:
+    """``out[i] = _at(v, start + i, default)`` for i < n, a plain loop for each case (which vectorizes)."""
+    cdef Py_ssize_t i
+    cdef const float* f = <const float*>v.data
+    if v.data == NULL:
+        for i in range(n):
+            out[i] = default
+    elif v.is_f64:
+        memcpy(out, <const double*>v.data + start, n * sizeof(double))
+    else:
+        for i in range(n):
+            out[i] = f[start + i]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fast checks for the Python layer's common case (a call on a tiny input must cost microseconds)
 # ---------------------------------------------------------------------------------------------------------

@@ -76,48 +76,22 @@ cdef class Commit:
         self._apply(result, mean, var, rstd)
 
     cdef int _apply(self, object result, object mean, object var, object rstd) except -1:
-        cdef Py_ssize_t c, n, C, N
-        cdef double* pm
-        cdef double* pv
-        cdef double am, av, nm, nv, f
+        cdef Py_ssize_t C
         if self.target is not None:
             cnp.PyArray_CopyInto(<cnp.ndarray>self.target, <cnp.ndarray>result)
         if self.copies is not None:
             for destination, source in self.copies:
                 cnp.PyArray_CopyInto(<cnp.ndarray>destination, <cnp.ndarray>source)
         if self.running_mean is not None and mean is not None:
-            mean = np.ascontiguousarray(mean, dtype=np.float64)  # as they are, from the kernels
-            var = np.ascontiguousarray(var, dtype=np.float64)
+            if not _plain_doubles(mean):
+                mean = np.ascontiguousarray(mean, dtype=np.float64)  # as they are, from the kernels
+            if not _plain_doubles(var):
+                var = np.ascontiguousarray(var, dtype=np.float64)
             C = cnp.PyArray_SIZE(<cnp.ndarray>self.running_mean)
-            N = cnp.PyArray_SIZE(<cnp.ndarray>mean) // C if C > 0 else 0  # no channels: nothing to update
-            pm = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
-            pv = <double*>cnp.PyArray_DATA(<cnp.ndarray>var)
-            f = self.factor
-            for c in range(C):
-                am = pm[c]
-                av = pv[c] * self.var_scale
-                for n in range(1, N):  # NumPy's mean over the samples: in order, then one division
-                    am = am + pm[n * C + c]
-                    av = av + pv[n * C + c] * self.var_scale
-                if N > 1:
-                    am = am / N
-                    av = av / N
-                if self.plain:
-                    if cnp.PyArray_TYPE(<cnp.ndarray>self.running_mean) == cnp.NPY_FLOAT:
-                        nm = (1.0 - f) * (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] + f * am
-                        nv = (1.0 - f) * (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] + f * av
-                        (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] = <float>nm
-                        (<float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] = <float>nv
-                    else:
-                        nm = (1.0 - f) * (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] + f * am
-                        nv = (1.0 - f) * (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] + f * av
-                        (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean))[c] = nm
-                        (<double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var))[c] = nv
-                else:
-                    (<double*>cnp.PyArray_DATA(self.new_mean))[c] = (
-                        (1.0 - f) * (<double*>cnp.PyArray_DATA(self.old_mean))[c] + f * am)
-                    (<double*>cnp.PyArray_DATA(self.new_var))[c] = (
-                        (1.0 - f) * (<double*>cnp.PyArray_DATA(self.old_var))[c] + f * av)
+            if C > 0:  # no channels: nothing to update
+                self._update_running(<double*>cnp.PyArray_DATA(<cnp.ndarray>mean),
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>var), C,
+                                     cnp.PyArray_SIZE(<cnp.ndarray>mean) // C)
             if not self.plain:  # one after the other: where they overlap, the variance lands last
                 cnp.PyArray_CopyInto(<cnp.ndarray>self.running_mean, self.new_mean)
                 cnp.PyArray_CopyInto(<cnp.ndarray>self.running_var, self.new_var)
@@ -132,11 +106,62 @@ cdef class Commit:
         self.applied = True
         return 0
 
+    cdef void _update_running(self, const double* pm, const double* pv, Py_ssize_t C, Py_ssize_t N):
+        """``running = (1 - f) * running + f * batch`` per channel, the batch's mean and variance (times
+        var_scale) averaged over its N samples as NumPy's mean does (in order, then one division).  The
+        running buffers' pointers and the factors are read once: through the stores to a float32 buffer
+        the compiler would read them again for every channel."""
+        cdef Py_ssize_t c, n
+        cdef double am, av
+        cdef double f = self.factor, keep = 1.0 - self.factor, scale = self.var_scale
+        cdef bint f32 = self.plain and cnp.PyArray_TYPE(<cnp.ndarray>self.running_mean) == cnp.NPY_FLOAT
+        cdef float* mean32 = NULL
+        cdef float* var32 = NULL
+        cdef double* old_mean
+        cdef double* old_var
+        cdef double* new_mean
+        cdef double* new_var
+        if f32:
+            mean32 = <float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean)
+            var32 = <float*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var)
+        elif self.plain:
+            old_mean = new_mean = <double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_mean)
+            old_var = new_var = <double*>cnp.PyArray_DATA(<cnp.ndarray>self.running_var)
+        else:
+            old_mean, old_var = <double*>cnp.PyArray_DATA(self.old_mean), <double*>cnp.PyArray_DATA(self.old_var)
+            new_mean, new_var = <double*>cnp.PyArray_DATA(self.new_mean), <double*>cnp.PyArray_DATA(self.new_var)
+        if N == 1 and f32:  # the common case, as a loop without branches (which vectorizes)
+            for c in range(C):
+                mean32[c] = <float>(keep * mean32[c] + f * pm[c])
+                var32[c] = <float>(keep * var32[c] + f * (pv[c] * scale))
+            return
+        for c in range(C):
+            am = pm[c]
+            av = pv[c] * scale
+            for n in range(1, N):
+                am = am + pm[n * C + c]
+                av = av + pv[n * C + c] * scale
+            if N > 1:
+                am = am / N
+                av = av / N
+            if f32:
+                mean32[c] = <float>(keep * mean32[c] + f * am)
+                var32[c] = <float>(keep * var32[c] + f * av)
+            else:
+                new_mean[c] = keep * old_mean[c] + f * am
+                new_var[c] = keep * old_var[c] + f * av
+
     def become(self, object owner, type cls):
         """Also set ``owner.__class__ = cls`` in the application, after the namespace's update (a lazy
         layer's first call: it becomes the non-lazy class with its first forward)."""
         self.owner = owner
         self.owner_class = cls
+
+
+cdef inline bint _plain_doubles(object a):
+    """Whether ``a`` is a C-contiguous float64 ndarray (the kernels' statistics)."""
+    return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_DOUBLE
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
 
 
 cdef inline int _apply(object commit, object result, object mean, object var, object rstd) except -1:

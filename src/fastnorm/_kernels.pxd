@@ -4,12 +4,20 @@
 # Cython reads this file as _kernels.pyx's own declarations.
 
 cdef extern from "_simd.h" nogil:
-    int fastnorm_select_isa(int on)
+    int fastnorm_select_isa(int on, int wide)
     int fastnorm_avx2_fma
+    int fastnorm_avx512
     void fastnorm_store_fence()
     void fastnorm_copy_stream(char* dst, const char* src, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)
     void fastnorm_shifted_sums_f64(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
+    void fastnorm_row_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t n, double* mean, double* var)
+    void fastnorm_chan_merge(double* ma, double* va, double mb, double vb, double wa, double wb)
+    void fastnorm_chan_merge_columns(double* mean, double* var, const double* bmean, const double* bvar,
+                                     Py_ssize_t n, double wa, double wb)
+    void fastnorm_shifted_moments(double shift, double s1, double s2, double n, double* mean, double* var)
+    void fastnorm_shifted_moments_f32(const float* shift, Py_ssize_t stride, double n, Py_ssize_t count, double* s1,
+                                      double* s2)
     void fastnorm_column_sums_f32(const float* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                   const float* base, double* s1, double* s2)
     void fastnorm_column_sums_f64(const double* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,

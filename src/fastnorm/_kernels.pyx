@@ -244,6 +244,7 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef void* py = cnp.PyArray_DATA(out)
     cdef double* pm = _doubles(stats[0])
     cdef double* pv = _doubles(stats[1])
+    cdef double* pr = _doubles(stats[2])  # filled by the fold, as _with_rstd would
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef ParamVector vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
     cdef bint f64 = _is_f64(x)
@@ -256,14 +257,15 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
         if partial != NULL:
             if f64:
                 _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep)
+                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep,
+                                         pr)
             else:
                 _moments_columns(<const float*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep)
+                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep,
+                                         pr)
         free(partial)
     if status < 0:
         _out_of_memory()
-    _with_rstd(stats, eps, False)
     _apply(commit, out, stats[0], stats[1], stats[2])
     return stats
 

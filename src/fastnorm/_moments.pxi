@@ -15,20 +15,21 @@ cdef inline Moments _block_moments(const floating* x, Py_ssize_t n) noexcept nog
     a power of two (exact), the only cost of the check being a comparison per block.
     """
     cdef double shift = x[0]
-    cdef double t1, t2, dm
-    cdef Moments m
+    cdef double t1, t2
     if floating is float:
         fastnorm_shifted_sums_f32(x, n, shift, &t1, &t2)
     else:
         fastnorm_shifted_sums_f64(x, n, shift, &t1, &t2)
         if not t2 <= DBL_MAX:  # overflow (or a NaN or an infinity in the data, which the redo keeps)
             return _scaled_moments(x, n, 1)
-    dm = t1 / n
+    return _shifted_moments(shift, t1, t2, n)
+
+
+cdef inline Moments _shifted_moments(double shift, double t1, double t2, Py_ssize_t n) noexcept nogil:
+    """The moments of ``n`` values whose differences from ``shift`` sum to ``t1``, their squares to ``t2``."""
+    cdef Moments m
     m.count = <double>n
-    m.mean = shift + dm
-    m.var = (t2 - t1 * dm) / n
-    if m.var < 0.0:
-        m.var = 0.0
+    fastnorm_shifted_moments(shift, t1, t2, <double>n, &m.mean, &m.var)
     return m
 
 
@@ -68,30 +69,16 @@ cdef Moments _scaled_moments(const double* x, Py_ssize_t n, Py_ssize_t stride) n
 
 
 cdef inline void _chan_merge(Moments* a, Moments b) noexcept nogil:
-    """Chan's formula: fold the moments ``b`` into ``a``.  In terms of variances, and the squared
-    difference of the means taken as ``(delta * wa) * (delta * wb)``: no intermediate overflows unless
-    the variance does."""
-    cdef double n, delta, wa, wb
+    """Chan's formula (fastnorm_chan_merge): fold the moments ``b`` into ``a``."""
+    cdef double n
     if b.count == 0.0:
         return
     if a.count == 0.0:
         a[0] = b
         return
     n = a.count + b.count
-    wb = b.count / n
-    wa = a.count / n
-    delta = b.mean - a.mean
-    a.var = a.var * wa + b.var * wb + (delta * wa) * (delta * wb)
-    a.mean = _merged_mean(a.mean, b.mean, delta, wa, wb)
+    fastnorm_chan_merge(&a.mean, &a.var, b.mean, b.var, a.count / n, b.count / n)
     a.count = n
-
-
-cdef inline double _merged_mean(double ma, double mb, double delta, double wa, double wb) noexcept nogil:
-    """The mean of two merged sets: ``ma + delta * wb`` (exactly ``ma`` when the means are equal), or
-    ``ma * wa + mb * wb`` where the difference of the means overflows (means near +-1.8e308)."""
-    if delta - delta == 0.0:
-        return ma + delta * wb
-    return ma * wa + mb * wb
 
 
 cdef inline Moments _strided_moments(const floating* x, Py_ssize_t nruns, Py_ssize_t runlen,
@@ -165,25 +152,20 @@ cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1,
     scaled, as in _block_moments."""
     cdef const floating* base = x + r0 * C
     cdef Py_ssize_t c
-    cdef double dm
     cdef double n = <double>(r1 - r0)
     cdef Moments m
     if floating is float:
         fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
-    else:
-        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
+        fastnorm_shifted_moments_f32(base + c0, 1, n, c1 - c0, bmean + c0, bvar + c0)
+        return
+    fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
     for c in range(c0, c1):
-        if floating is double:
-            if not bvar[c] <= DBL_MAX:
-                m = _scaled_moments(base + c, r1 - r0, C)
-                bmean[c] = m.mean
-                bvar[c] = m.var
-                continue
-        dm = bmean[c] / n
-        bvar[c] = (bvar[c] - bmean[c] * dm) / n
-        if bvar[c] < 0.0:
-            bvar[c] = 0.0
-        bmean[c] = <double>base[c] + dm
+        if not bvar[c] <= DBL_MAX:
+            m = _scaled_moments(base + c, r1 - r0, C)
+            bmean[c] = m.mean
+            bvar[c] = m.var
+        else:
+            fastnorm_shifted_moments(<double>base[c], bmean[c], bvar[c], n, &bmean[c], &bvar[c])
 
 
 cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:
@@ -251,8 +233,7 @@ cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double
     cdef Py_ssize_t rb = g.rb, nblocks = g.nblocks
     cdef Py_ssize_t blk, c, t
     cdef double* bmean
-    cdef double* bvar
-    cdef double na, nb, wa, wb, delta
+    cdef double na, nb, wa, wb
     if nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * g.ncb):
             _moments_tile(x, &g, t, partial)
@@ -260,7 +241,7 @@ cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double
         for t in prange(nblocks * g.ncb, schedule="static", num_threads=nthreads):
             _moments_tile(x, &g, t, partial)
     # Chan merges of the row blocks, in order (as _chan_merge); every column of a block has the same count, so
-    # the weights are computed once per block and the column loop vectorizes.
+    # the weights are computed once per block and the column loop vectorizes (fastnorm_chan_merge_columns).
     na = <double>min(M, rb)
     for c in range(C):
         mean[c] = partial[c]
@@ -270,9 +251,5 @@ cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double
         wb = nb / (na + nb)
         wa = na / (na + nb)
         bmean = partial + 2 * C * blk
-        bvar = bmean + C
-        for c in range(C):
-            delta = bmean[c] - mean[c]
-            var[c] = var[c] * wa + bvar[c] * wb + (delta * wa) * (delta * wb)
-            mean[c] = _merged_mean(mean[c], bmean[c], delta, wa, wb)
+        fastnorm_chan_merge_columns(mean, var, bmean, bmean + C, C, wa, wb)
         na = na + nb

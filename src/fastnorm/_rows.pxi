@@ -95,6 +95,23 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
     return rows
 
 
+cdef inline void _rows_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                                     double* mean, double* var) noexcept nogil:
+    """The moments of rows ``r0 <= r < r1`` of ``n`` values, ``x`` pointing at row r0, into mean[r], var[r]:
+    each row's _strided_moments of one run (its _block_moments for n <= BLOCK).  float32 rows of one block
+    in one call, which keeps several rows' chains of additions in flight and divides by vectors
+    (_simd_moments.h); the same bits."""
+    cdef Py_ssize_t r
+    if floating is float and n <= BLOCK:
+        fastnorm_row_moments_f32(x, r1 - r0, n, mean + r0, var + r0)
+        return
+    for r in range(r0, r1):
+        if n <= BLOCK:
+            _store_moments(_block_moments(x + (r - r0) * n, n), r, mean, var)
+        else:
+            _store_moments(_strided_moments(x + (r - r0) * n, 1, n, n), r, mean, var)
+
+
 cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t S,
                              const RowAffine* a, double eps, double* mean, double* var, bint stream) noexcept nogil:
     """Rows r0 <= r < r1 (at most BATCH_ROWS of them) of an [1, R, S] buffer, ``x`` and ``y`` pointing at row
@@ -105,11 +122,7 @@ cdef void _forward_row_batch(const floating* x, floating* y, Py_ssize_t r0, Py_s
     cdef double center[BATCH_ROWS]
     cdef double inv[BATCH_ROWS]
     cdef Py_ssize_t r
-    for r in range(r0, r1):
-        if S <= BLOCK:
-            _store_moments(_block_moments(x + (r - r0) * S, S), r, mean, var)
-        else:
-            _store_moments(_strided_moments(x + (r - r0) * S, 1, S, S), r, mean, var)
+    _rows_block_moments(x, r0, r1, S, mean, var)
     for r in range(r0, r1):
         _center_and_rstd(mean[r], var[r], eps, a.rms, &center[r - r0], &inv[r - r0])
     if floating is double and a.rms:

@@ -22,10 +22,11 @@ cdef extern from "_pool.h" nogil:
 fastnorm_pool_init()
 
 
-def set_fast_isa(bint on):
+def set_fast_isa(bint on, bint wide=True):
     """Use the AVX2+FMA statistics passes where the CPU has them (the default), or force the generic ones
-    (for measurements and tests; not while a kernel runs).  Returns whether the fast ones are now in use."""
-    return bool(fastnorm_select_isa(on))
+    (for measurements and tests; not while a kernel runs); with ``wide``, their AVX-512 twins (the same
+    bits) where the CPU has AVX-512F.  Returns whether the fast ones are now in use."""
+    return bool(fastnorm_select_isa(on, wide))
 
 
 set_fast_isa(True)
@@ -34,6 +35,11 @@ set_fast_isa(True)
 def fast_isa():
     """Whether the AVX2+FMA statistics passes are in use."""
     return bool(fastnorm_avx2_fma)
+
+
+def wide_isa():
+    """Whether the AVX-512 twins of the AVX2+FMA statistics passes are in use."""
+    return bool(fastnorm_avx512)
 
 
 def openmp_enabled():

@@ -39,6 +39,10 @@
  * statistics passes").
  * Chosen once at load time, so every call on a machine takes the same path and gives the same bits. */
 static int fastnorm_avx2_fma = 0;
+/* The AVX-512 twins of some of those passes (_simd_moments.h): the same lanes summed in the same order, so
+ * the same bits, with half the instructions; used where the CPU has AVX-512F and the AVX2+FMA passes are
+ * on (fastnorm_select_isa's `wide`, for tests that compare the two on one machine). */
+static int fastnorm_avx512 = 0;
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTNORM_NO_CLONES)
 #define FASTNORM_AVX2 1
@@ -79,11 +83,13 @@ __attribute__((target("avx2,fma"))) static inline __m256d fastnorm_widen_pairs(_
     return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
 }
 /* Enables the AVX2+FMA passes where the CPU has both (on = 0 forces the generic ones, for measurements
- * and tests; not while kernels run).  Returns whether they are in use. */
-static int fastnorm_select_isa(int on)
+ * and tests; not while kernels run), and their AVX-512 twins where it also has AVX-512F and `wide` is set.
+ * Returns whether the AVX2+FMA passes are in use. */
+static int fastnorm_select_isa(int on, int wide)
 {
     __builtin_cpu_init();
     fastnorm_avx2_fma = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    fastnorm_avx512 = fastnorm_avx2_fma && wide && __builtin_cpu_supports("avx512f");
     return fastnorm_avx2_fma;
 }
 
@@ -99,9 +105,10 @@ static int fastnorm_select_isa(int on)
     }
 #else
 #define FASTNORM_AVX2 0
-static int fastnorm_select_isa(int on)
+static int fastnorm_select_isa(int on, int wide)
 {
     (void)on;
+    (void)wide;
     return 0;
 }
 #define FASTNORM_BY_ISA(NAME, PARAMS, ARGS) \

@@ -55,9 +55,9 @@ def _refuse_masked(value: object, name: str) -> None:
 
 def _array(value: object, name: str) -> NDArray[Any]:
     """``value`` as an ndarray; a masked array is refused (its mask would be silently dropped)."""
-    _refuse_masked(value, name)
     if type(value) is np.ndarray:
         return value
+    _refuse_masked(value, name)
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RecursionError) as error:  # ragged or self-containing sequences
@@ -122,6 +122,8 @@ def _check_momentum(momentum: object, allow_none: bool = True, name: str = ...) 
 def _check_momentum(momentum: object, allow_none: bool = True, name: str = "momentum") -> Optional[float]:
     if momentum is None and allow_none:
         return None
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common case, without the checks' calls
+        return momentum
     expected = "a number in [0, 1]" + (" or None" if allow_none else "")
     momentum = _real(momentum, name, expected)
     if not 0.0 <= momentum <= 1.0:
@@ -148,6 +150,8 @@ def check_count(value: SupportsIndex, name: str) -> int:
 
 
 def _check_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, without the checks' calls
+        return axis % ndim
     axis = _integer(axis, name, "an integer axis")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-D input")
@@ -219,6 +223,8 @@ def _check_buffer(v: object, name: str) -> FloatArray:
     """A running statistic that training updates in place: a writable ndarray (its shape and dtype are
     checked by _channel_vector).  Another byte order or misaligned memory is fine: the update is then
     NumPy's, in the buffer's own form."""
+    if type(v) is np.ndarray and v.flags.writeable:
+        return v
     _refuse_masked(v, name)
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name}: expected a writable ndarray to update in place, got {type(v).__name__}")
@@ -439,6 +445,8 @@ def _normalize_axes(axes: Shape, ndim: int, name: str = "axes") -> Tuple[int, ..
 
 def _several_axes(axes: object) -> bool:
     """Whether a ``channel_axis`` or ``axes`` argument names a sequence of axes (not one integer)."""
+    if type(axes) is int:  # the common case, without an abstract base class's check
+        return False
     return isinstance(axes, Iterable) and not isinstance(axes, (numbers.Integral, str, bytes))
 
 

@@ -224,7 +224,7 @@ class Moments:
             wb = np.where(n > 0, nb / n, 0.0)
             delta = other.mean - self.mean
             var = self._var * wa + other._var * wb + (delta * wa) * (delta * wb)
-            # as the kernels' _merged_mean: exactly self.mean for equal means; weighted where delta overflows
+            # as the kernels' fastnorm_chan_merge: exactly self.mean for equal means; weighted where delta overflows
             mean = np.where(np.isfinite(delta), self.mean + delta * wb, self.mean * wa + other.mean * wb)
         mean = np.where(na == 0, other.mean, np.where(nb == 0, self.mean, mean))
         var = np.where(na == 0, other._var, np.where(nb == 0, self._var, var))
