@@ -187,9 +187,9 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
 # With a residual (the pre-norm transformer block): h = x + residual, then the rows of h normalized
 # ---------------------------------------------------------------------------------------------------------
 
+# Values of h a thread holds in cache at a time (64 KiB of float32): longer rows go through h in memory.
 cdef enum:
-    RESIDUAL_VALUES = 16384  # values of h a thread holds in cache at a time (64 KiB of float32): longer rows
-                             # go through h in memory
+    RESIDUAL_VALUES = 16384
 
 
 cdef inline Py_ssize_t _residual_rows(Py_ssize_t S) noexcept nogil:

@@ -28,8 +28,8 @@ static inline void fastnorm_shifted_moments(double shift, double s1, double s2, 
 /* fastnorm_shifted_moments of `count` groups of n values each, in place: s1[i], s2[i] (the sums) become the
  * mean and variance; group i was shifted by shift[i * stride].  A loop of its own, so that its divisions
  * go by whole vectors (one at a time they were most of a short row's fixed cost). */
-FASTNORM_CLONES static void fastnorm_shifted_moments_f32(const float *shift, ptrdiff_t stride, double n, ptrdiff_t count,
-                                                       double *restrict s1, double *restrict s2)
+FASTNORM_CLONES static void fastnorm_shifted_moments_f32(const float *shift, ptrdiff_t stride, double n,
+                                                         ptrdiff_t count, double *restrict s1, double *restrict s2)
 {
     for (ptrdiff_t i = 0; i < count; i++)
         fastnorm_shifted_moments((double)shift[i * stride], s1[i], s2[i], n, &s1[i], &s2[i]);
@@ -248,8 +248,8 @@ fastnorm_shifted_sums_rows_f32_avx512(const float *x, ptrdiff_t rows, ptrdiff_t 
 
 /* fastnorm_column_sums_f32_avx2 on a strip of 8 * V columns (V zmm of accumulators) starting at column c. */
 FASTNORM_W512 __attribute__((always_inline)) static inline void
-fastnorm_column_strip_avx512(const float *x, ptrdiff_t rows, const int V, ptrdiff_t ld, const float *base,
-                             double *s1, double *s2)
+fastnorm_column_strip_avx512(const float *x, ptrdiff_t rows, const int V, ptrdiff_t ld, const float *base, double *s1,
+                             double *s2)
 {
     __m512d b[4], a1[4], a2[4];
     for (int v = 0; v < V; v++) {

@@ -140,41 +140,41 @@ FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f64, double)
 /* t = x + r over n values into t (a buffer in cache), and also into h (the residual stream's output)
  * unless h is NULL; streamed: h with non-temporal stores, read by nothing in this call.  The sum is the
  * same IEEE addition either way. */
-#define FASTNORM_ADD(NAME, T)                                                                             \
+#define FASTNORM_ADD(NAME, T)                                                                                \
     FASTNORM_CLONES static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, \
-                                     ptrdiff_t n)                                                         \
-    {                                                                                                     \
-        for (ptrdiff_t i = 0; i < n; i++)                                                                 \
-            t[i] = x[i] + r[i];                                                                           \
-        if (h)                                                                                            \
-            memcpy(h, t, n * sizeof(T));                                                                  \
+                                     ptrdiff_t n)                                                            \
+    {                                                                                                        \
+        for (ptrdiff_t i = 0; i < n; i++)                                                                    \
+            t[i] = x[i] + r[i];                                                                              \
+        if (h)                                                                                               \
+            memcpy(h, t, n * sizeof(T));                                                                     \
     }
 FASTNORM_ADD(fastnorm_add_f32, float)
 FASTNORM_ADD(fastnorm_add_f64, double)
 #if FASTNORM_HAVE_STREAM
 /* The same with h streamed, and the lines of x and r ``ahead`` values on requested (the next rows, which
  * then arrive while these are normalized: without it each step waits for memory in its first loop). */
-#define FASTNORM_ADD_STREAM(NAME, T, LOADU, ADD, STORE, STREAM, W)                                            \
-    static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, ptrdiff_t n,     \
-                     ptrdiff_t ahead)                                                                         \
-    {                                                                                                         \
-        ptrdiff_t i = 0;                                                                                      \
-        for (; i < n && ((uintptr_t)(h + i) & 15); i++) {                                                     \
-            t[i] = x[i] + r[i];                                                                               \
-            FASTNORM_STREAM1(T, h + i, t[i]);                                                                 \
-        }                                                                                                     \
-        for (; i + 64 / (ptrdiff_t)sizeof(T) <= n; i += 64 / (ptrdiff_t)sizeof(T)) {                         \
-            _mm_prefetch((const char *)(x + i + ahead), _MM_HINT_T0);                                         \
-            _mm_prefetch((const char *)(r + i + ahead), _MM_HINT_T0);                                         \
-            for (ptrdiff_t k = i; k < i + 64 / (ptrdiff_t)sizeof(T); k += W) {                                \
-                STORE(t + k, ADD(LOADU(x + k), LOADU(r + k)));                                                \
-                STREAM(h + k, LOADU(t + k));                                                                  \
-            }                                                                                                 \
-        }                                                                                                     \
-        for (; i < n; i++) {                                                                                  \
-            t[i] = x[i] + r[i];                                                                               \
-            FASTNORM_STREAM1(T, h + i, t[i]);                                                                 \
-        }                                                                                                     \
+#define FASTNORM_ADD_STREAM(NAME, T, LOADU, ADD, STORE, STREAM, W)                                        \
+    static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, ptrdiff_t n, \
+                     ptrdiff_t ahead)                                                                     \
+    {                                                                                                     \
+        ptrdiff_t i = 0;                                                                                  \
+        for (; i < n && ((uintptr_t)(h + i) & 15); i++) {                                                 \
+            t[i] = x[i] + r[i];                                                                           \
+            FASTNORM_STREAM1(T, h + i, t[i]);                                                             \
+        }                                                                                                 \
+        for (; i + 64 / (ptrdiff_t)sizeof(T) <= n; i += 64 / (ptrdiff_t)sizeof(T)) {                      \
+            _mm_prefetch((const char *)(x + i + ahead), _MM_HINT_T0);                                     \
+            _mm_prefetch((const char *)(r + i + ahead), _MM_HINT_T0);                                     \
+            for (ptrdiff_t k = i; k < i + 64 / (ptrdiff_t)sizeof(T); k += W) {                            \
+                STORE(t + k, ADD(LOADU(x + k), LOADU(r + k)));                                            \
+                STREAM(h + k, LOADU(t + k));                                                              \
+            }                                                                                             \
+        }                                                                                                 \
+        for (; i < n; i++) {                                                                              \
+            t[i] = x[i] + r[i];                                                                           \
+            FASTNORM_STREAM1(T, h + i, t[i]);                                                             \
+        }                                                                                                 \
     }
 FASTNORM_ADD_STREAM(fastnorm_add_stream_f32, float, _mm_loadu_ps, _mm_add_ps, _mm_storeu_ps, _mm_stream_ps, 4)
 FASTNORM_ADD_STREAM(fastnorm_add_stream_f64, double, _mm_loadu_pd, _mm_add_pd, _mm_storeu_pd, _mm_stream_pd, 2)
