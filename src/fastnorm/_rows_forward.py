@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
 from ._epilogue import _activate_after
-from ._layer_docs import _with_mask_doc
+from ._layer_docs import _filled, _with_mask_doc
 from ._over_axes import _rows_norm_over_axes
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
@@ -133,6 +133,17 @@ def _written_whole(a: Optional[FloatArray], x: FloatArray, r: FloatArray) -> boo
                for b in (x, r))
 
 
+_RESIDUAL = """residual : array_like, keyword-only, optional
+        Added to the input before the normalization, in the input's dtype (which it must have) and
+        broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
+        Runtime's ``SkipLayerNormalization`` and ``SkipSimplifiedLayerNormalization`` (the pre-norm
+        transformer block).  Where the rows are the trailing axes of float32 or float64 data, one pass
+        reads input and residual and writes h and y.
+    residual_out : ndarray, keyword-only, optional
+        Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
+        a loop updates its residual stream in place.  Not the same memory as ``out``."""
+
+
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
@@ -158,6 +169,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                residual: ArrayLike,
                residual_out: Optional[FloatArray] = ..., return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
+@_filled(residual=_RESIDUAL)
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
                activation: Optional[str] = None, out: Optional[FloatArray] = None,
@@ -191,14 +203,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
-    residual : array_like, keyword-only, optional
-        Added to the input before the normalization, in the input's dtype (which it must have) and
-        broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
-        Runtime's ``SkipLayerNormalization`` (the pre-norm transformer block).  Where the rows are the
-        trailing axes of float32 or float64 data, one pass reads input and residual and writes h and y.
-    residual_out : ndarray, keyword-only, optional
-        Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
-        a loop updates its residual stream in place.  Not the same memory as ``out``.
+    {residual}
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
@@ -298,6 +303,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
              mask: Optional[ArrayLike] = ..., residual: ArrayLike, residual_out: Optional[FloatArray] = ...,
              return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
+@_filled(residual=_RESIDUAL)
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, axes: Optional[Shape] = None, activation: Optional[str] = None,
              out: Optional[FloatArray] = None,
@@ -326,14 +332,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     out : ndarray, keyword-only, optional
         Where to write the result (the input's shape and dtype); may be the input itself.
     {mask}
-    residual : array_like, keyword-only, optional
-        Added to the input before the normalization, in the input's dtype (which it must have) and
-        broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
-        Runtime's ``SkipSimplifiedLayerNormalization`` (the pre-norm transformer block).  Where the rows are the
-        trailing axes of float32 or float64 data, one pass reads input and residual and writes h and y.
-    residual_out : ndarray, keyword-only, optional
-        Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
-        a loop updates its residual stream in place.  Not the same memory as ``out``.
+    {residual}
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 
