@@ -27,7 +27,7 @@ _PARTS = {
     "grad_output": """grad_output : array_like
         Gradient of the loss with respect to the output: the input's shape, floating point.""",
     "channel_input": """input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).""",
+        The forward's input (float16, bfloat16, float32 or float64).""",
     "channel_weight": r"""weight : array_like of shape (C,), optional
         The forward's weight :math:`\gamma` (None: 1).""",
     "eps": """eps : float, keyword-only, optional
@@ -185,7 +185,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
         if _several_axes(channel_axis):
             raise ValueError("mask: not supported together with several channel axes")
         return _masked.batch_norm_backward(grad_output, input, mean, invstd, weight, training, channel_axis, eps, mask)
-    x, g, dtype = _grad_inputs(grad_output, input)
+    x, g, dtype = _grad_inputs(grad_output, input, half=True)  # float16, bfloat16: the kernels read them
     if _several_axes(channel_axis):
         return _batch_norm_backward_over_axes(batch_norm_backward, x, g, dtype, mean, invstd, weight, training,
                                               channel_axis, eps)
@@ -216,7 +216,7 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: O
                    mean: Optional[ArrayLike], rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
                    rms: bool, eps: Optional[float], axes: Optional[Shape] = None) -> Grads:
     """LayerNorm's or RMSNorm's (``rms``, without ``mean``) grad_input and per-element parameter sums."""
-    x, g, dtype = _grad_inputs(grad_output, input)
+    x, g, dtype = _grad_inputs(grad_output, input, half=True)  # float16, bfloat16: the kernel reads them
     if axes is not None:  # the forward's rows view (see _over_axes._rows_norm_over_axes)
         axes_, shape_ = _check_normalized_axes(normalized_shape, axes, x)
         order, perm, shape2 = _rows_order(x, axes_)
@@ -274,7 +274,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     ----------
     {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
-        The forward's input (float16, float32 or float64).
+        The forward's input (float16, bfloat16, float32 or float64).
     normalized_shape : int or sequence of int, or None
         The forward's ``normalized_shape``.
     mean, rstd : array_like of the input's leading shape
@@ -384,7 +384,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     ----------
     {grad_output}
     input : array_like, shape ``(..., *normalized_shape)``
-        The forward's input (float16, float32 or float64).
+        The forward's input (float16, bfloat16, float32 or float64).
     normalized_shape : int or sequence of int, or None
         The forward's ``normalized_shape``.
     rstd : array_like of the input's leading shape
@@ -543,7 +543,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
                                            eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
         return _masked.group_norm_backward(grad_output, input, num_groups, mean, rstd, weight, channel_axis, eps, mask)
-    x, g, dtype = _grad_inputs(grad_output, input)
+    x, g, dtype = _grad_inputs(grad_output, input, half=True)  # float16, bfloat16: the kernels read them
     axis, G, C = _group_norm_layout(x, num_groups, channel_axis)
     N = x.shape[0]
     mean_ = _stat_vector(mean, "mean", (N, G))
@@ -554,9 +554,10 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
     gbuf = _like_view(g, axis, moved)
+    columns = _group_norm_channels_last(x, axis, moved)
     dx = _kernels.empty_like(buf)
     nthreads = threads_for(x.size, S)
-    if _group_norm_channels_last(x, axis, moved):
+    if columns:
         sum_dy, sum_dyx = _kernels.backward_columns(buf, gbuf, dx, N, S, C, G, mean_, rstd_, w, True, nthreads,
                                                     _check_of(eps))
     else:
@@ -648,7 +649,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
         if not isinstance(channel_axis, int) or channel_axis != 1:
             raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
         return _masked.instance_norm_backward(grad_output, input, mean, rstd, weight, use_input_stats, eps, mask)
-    x, g, dtype = _grad_inputs(grad_output, input)
+    x, g, dtype = _grad_inputs(grad_output, input, half=True)  # float16, bfloat16: the kernels read them
     _check_ndim(x, 3, "(N, C, spatial...)")
     axis = _check_instance_axis(x, channel_axis)
     x, g = np.moveaxis(x, axis, 1), np.moveaxis(g, axis, 1)  # the forward's view

@@ -192,7 +192,7 @@ class _BatchNorm(_NormBase):
         "        Training mode: with the batch's statistics, updating the running statistics (with\n"
         "        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without\n"
         f"        ``track_running_stats``).  {_KEEPS}",
-        "float16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
+        "float16, bfloat16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
         "            ``channel_axis``; any memory order.",
         _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
                 "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
@@ -440,7 +440,7 @@ _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.Batc
     Shape
     -----
     input : {shape}
-        float16, float32 or float64 (computed in float32 or float64; the parameters' dtype need not
+        float16, bfloat16, float32 or float64 (computed in float32 or float64; the parameters' dtype need not
         match).
     output : the input's shape and dtype
 """ + _BATCH_NORM_ATTRIBUTES + """

@@ -54,7 +54,7 @@ def batch_norm_stats(input: ArrayLike, eps: float, *, channel_axis: SupportsInde
     Parameters
     ----------
     input : array_like, shape (N, C, ...)
-        float16, float32 or float64 (float16 is computed in float32); any memory order.
+        float16, bfloat16, float32 or float64 (the half types computed in float32); any memory order.
     eps : float
         Added to the variance before the square root (>= 0).
     channel_axis : int, keyword-only
@@ -108,7 +108,7 @@ def batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Option
     Parameters
     ----------
     input : array_like, shape (N, C, ...)
-        float16, float32 or float64 (float16 is computed in float32); any memory order.
+        float16, bfloat16, float32 or float64 (the half types computed in float32); any memory order.
     weight, bias : array_like of shape (C,) or None
         Per-channel affine (:math:`\gamma` and :math:`\beta`), floating point; None: none.
     mean, invstd : array_like of shape (C,)
@@ -163,7 +163,7 @@ def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optio
                       add: Optional[ArrayLike] = None) -> FloatArray:
     """:func:`batch_norm_elemt`, whose kernel call also applies a layer's ``commit`` and the update of its
     ``running`` statistics (see ``_plan._committing``), and a layer's activation (code ``act``) and ``add``."""
-    x, dtype = _as_input(input, "input")
+    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the sweep reads it
     axis, C = _check_channels(x, channel_axis)
     _, _, w, b = _channel_params(x, C, None, None, weight, bias)
     mean_, invstd_ = _stat_vector(mean, "mean", (C,)), _stat_vector(invstd, "invstd", (C,))
@@ -291,7 +291,7 @@ def batch_norm_backward_reduce(grad_output: ArrayLike, input: ArrayLike, mean: A
     grad_output : array_like
         The gradient of the loss with respect to the output: the input's shape, floating point.
     input : array_like, shape (N, C, ...)
-        The forward's input (float16, float32 or float64).
+        The forward's input (float16, bfloat16, float32 or float64).
     mean, invstd : array_like of shape (C,)
         The statistics the forward normalized with.
     weight : array_like of shape (C,) or None
@@ -362,7 +362,7 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
     grad_output : array_like
         This slice's gradient of the loss with respect to its output (the input's shape), floating point.
     input : array_like, shape (N, C, ...)
-        The slice of the batch the forward normalized (float16, float32 or float64).
+        The slice of the batch the forward normalized (float16, bfloat16, float32 or float64).
     mean, invstd : array_like of shape (C,)
         The whole batch's statistics, which the forward normalized with.
     weight : array_like of shape (C,) or None

@@ -44,19 +44,40 @@ cdef void _sweep_columns_folded(const floating* x, floating* y, Py_ssize_t M, Py
     free(tiled)
 
 
+cdef void _fold_column_groups(Py_ssize_t n, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G, const double* cmean,
+                              const double* cvar, ParamVector weight, ParamVector bias, double eps, double* mean,
+                              double* var, floating* p) noexcept nogil:
+    """Sample n's groups of C/G columns: their moments merged (Chan, in column order) from the columns' over
+    S rows, into mean[n * G + g], var[n * G + g]; and the columns' folded factors into p."""
+    cdef Py_ssize_t K = C // G
+    cdef Py_ssize_t g, c
+    cdef Moments m, col
+    cdef double center, inv
+    for g in range(G):
+        m.count = 0.0
+        m.mean = 0.0
+        m.var = 0.0
+        for c in range(g * K, (g + 1) * K):
+            col.count = <double>S
+            col.mean = cmean[c]
+            col.var = cvar[c]
+            _chan_merge(&m, col)
+        _store_moments(m, n * G + g, mean, var)
+        _center_and_rstd(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
+        for c in range(g * K, (g + 1) * K):
+            _fold(center, inv, _at(weight, c, 1.0), _at(bias, c, 0.0), &p[c], &p[C + c], &p[2 * C + c])
+
+
 cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t S, Py_ssize_t C,
                                 Py_ssize_t G, ParamVector weight, ParamVector bias, double eps, double* mean,
                                 double* var, int nthreads, const Epilogue* ep) noexcept nogil:
     """GroupNorm of channels-last data ``[N, S, C]``: per sample, column moments over the S rows, merged
     (Chan, in column order) into the moments of each group of C/G columns, then a channels-last sweep."""
-    cdef Py_ssize_t K = C // G
-    cdef Py_ssize_t n, g, c
+    cdef Py_ssize_t n
     # All the scratch memory before the first sample is written (out= may be the input)
     cdef double* cmean = <double*>_alloc((2 * C + _moments_columns_scratch(S, C)) * sizeof(double))
     cdef double* cvar = cmean + C
     cdef floating* p = <floating*>_alloc(3 * C * sizeof(floating))
-    cdef Moments m, col
-    cdef double center, inv
     cdef bint stream = _streams(2 * N * S * C * sizeof(floating))
     if cmean == NULL or p == NULL:
         free(cmean)
@@ -64,19 +85,7 @@ cdef int _forward_column_groups(const floating* x, floating* y, Py_ssize_t N, Py
         return -1
     for n in range(N):
         _moments_columns(x + n * S * C, S, C, cmean, cvar, nthreads, cmean + 2 * C)
-        for g in range(G):
-            m.count = 0.0
-            m.mean = 0.0
-            m.var = 0.0
-            for c in range(g * K, (g + 1) * K):
-                col.count = <double>S
-                col.mean = cmean[c]
-                col.var = cvar[c]
-                _chan_merge(&m, col)
-            _store_moments(m, n * G + g, mean, var)
-            _center_and_rstd(mean[n * G + g], var[n * G + g], eps, False, &center, &inv)
-            for c in range(g * K, (g + 1) * K):
-                _fold(center, inv, _at(weight, c, 1.0), _at(bias, c, 0.0), &p[c], &p[C + c], &p[2 * C + c])
+        _fold_column_groups(n, S, C, G, cmean, cvar, weight, bias, eps, mean, var, p)
         _sweep_columns_folded(x + n * S * C, y + n * S * C, S, C, p, nthreads, stream, ep)
     _fence_streams(stream, nthreads)
     free(p)
@@ -92,11 +101,13 @@ cdef inline Py_ssize_t _backward_columns_scratch(Py_ssize_t M, Py_ssize_t C) noe
 cdef void _backward_columns(const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t C,
                             const double* mean, const double* rstd, Py_ssize_t group, ParamVector weight,
                             bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums, int nthreads,
-                            void* scratch) noexcept nogil:
+                            void* scratch, int half=-1, float* half_scratch=NULL) noexcept nogil:
     """Channels-last backward of an [M, C] block whose columns form groups of ``group`` columns sharing
     mean[c // group], rstd[c // group] (BatchNorm: group = 1; GroupNorm per sample: C / G).  sum_dy,
     sum_dy_xhat receive the per-column sum(dy), sum(dy * xhat); xhat_sums[2 g], xhat_sums[2 g + 1] the
-    groups' check sums; ``scratch``: _backward_columns_scratch bytes."""
+    groups' check sums; ``scratch``: _backward_columns_scratch bytes.  ``half`` (HALF_F16, HALF_BF16; the
+    float specialization): x, dy and dx hold half values, each tile widened into a thread's part of
+    ``half_scratch`` (_half_tiles_scratch)."""
     cdef Tiles tiles = _tiles(M, C, nthreads)
     cdef Py_ssize_t nblocks = tiles.nblocks
     cdef Py_ssize_t G = C // group
@@ -110,7 +121,10 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
     for c in range(C):
         colmean[c] = mean[c // group]
         colrstd[c] = rstd[c // group]
-    if nthreads <= 1:  # no thread team for one thread
+    if half >= 0:
+        _backward_tiles_half(<const uint16_t*>x, <const uint16_t*>dy, NULL, half, &tiles, colmean, colrstd, partial,
+                             NULL, half_scratch, nthreads)
+    elif nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * tiles.ncb):
             _backward_reduce_tile(x, dy, &tiles, t, colmean, colrstd, partial)
     else:
@@ -147,7 +161,10 @@ cdef void _backward_columns(const floating* x, const floating* dy, floating* dx,
             p[C + c] = <floating>(rstd[g] * _at(weight, c, 1.0))
             p[2 * C + c] = <floating>c2
             p[3 * C + c] = <floating>c3
-    if nthreads <= 1:  # no thread team for one thread
+    if half >= 0:
+        _backward_tiles_half(<const uint16_t*>x, <const uint16_t*>dy, <uint16_t*>dx, half, &tiles, colmean, colrstd,
+                             partial, <const float*>p, half_scratch, nthreads)
+    elif nthreads <= 1:  # no thread team for one thread
         for t in range(nblocks * tiles.ncb):
             _backward_elemt_tile(x, dy, dx, &tiles, t, p)
     else:

@@ -67,7 +67,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     Parameters
     ----------
     input : array_like, shape (N, C, ...)
-        float16, float32 or float64 (float16 is computed in float32).  Any memory order; an array whose
+        float16, bfloat16, float32 or float64 (the half types computed in float32).  Any memory order; an array whose
         memory is channels last (e.g. ``np.moveaxis`` of NHWC data) is used without a copy.
     running_mean, running_var : ndarray of shape (C,), optional
         Running statistics, floating point: used to normalize when ``training`` is False (then required);
@@ -193,7 +193,7 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
                 add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
     the activation's code (see _check_activation)."""
-    x, dtype = _as_input(input, "input")
+    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
     if _several_axes(channel_axis):
         add_ = _check_add(add, x.shape)
         result = _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
@@ -270,7 +270,7 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     Parameters
     ----------
     input : array_like, shape (N, C, ...)
-        float16, float32 or float64 (float16 is computed in float32).  ``channel_axis=-1`` takes
+        float16, bfloat16, float32 or float64 (the half types computed in float32).  ``channel_axis=-1`` takes
         channels-last input (N, ..., C).
     num_groups : int
         G, a positive divisor of C.
@@ -351,7 +351,7 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
                 add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
     the activation's code."""
-    x, dtype = _as_input(input, "input")
+    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
     axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
     add_ = _check_add(add, x.shape)
     if out is not None:
@@ -362,10 +362,11 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
         return (y, *empty) if return_stats else y
     S = x.size // (N * C)
     buf, _, _, _, moved = _channel_view(x, axis)
+    columns = _group_norm_channels_last(x, axis, moved)
     result, commit = _committing(commit, out, buf, axis, moved, None, (N, G))
     a = _add_buffer(add_, x.shape, axis, moved, buf, result)
     nthreads = threads_for(x.size, S)
-    if _group_norm_channels_last(x, axis, moved):
+    if columns:
         stats: Optional[Tuple[Stats, Stats, Stats]] = _kernels.forward_column_groups(buf, result, N, S, C, G, w, b, eps,
                                                                                      nthreads, commit, act, a)
     else:
@@ -415,7 +416,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     Parameters
     ----------
     input : array_like, shape (N, C, ...)
-        float16, float32 or float64 (float16 is computed in float32), with at least one spatial
+        float16, bfloat16, float32 or float64 (the half types computed in float32), with at least one spatial
         dimension; ``channel_axis=-1`` takes channels-last input (N, ..., C).
     running_mean, running_var : ndarray of shape (C,), optional
         With ``use_input_stats``, updated in place (writable ndarrays) with the mean over the batch of the
@@ -510,7 +511,7 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
                    add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing).
     The channel axis is moved to 1 (a view), and the memory of channels-last data is ``[N, S, C]``."""
-    x, dtype = _as_input(input, "input")
+    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
     _check_ndim(x, 3, "(N, C, spatial...)")
     axis = _check_instance_axis(x, channel_axis)
     add_ = _check_add(add, x.shape)

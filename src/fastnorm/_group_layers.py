@@ -37,7 +37,7 @@ class GroupNorm(_AddLayer):
     Shape
     -----
     input : (N, C, \*)
-        float16, float32 or float64, any number of spatial dimensions (none included).
+        float16, bfloat16, float32 or float64, any number of spatial dimensions (none included).
     output : the input's shape and dtype
 
     Attributes
@@ -123,7 +123,7 @@ class GroupNorm(_AddLayer):
         "Normalize each (sample, group) with its own statistics.\n"
         "\n"
         f"        {_KEEPS}",
-        "float16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory\n"
+        "float16, bfloat16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory\n"
         "            order.",
         _raises("``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,\n"
                 "            or read-only."),

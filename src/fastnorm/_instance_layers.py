@@ -33,7 +33,7 @@ class _InstanceNorm(_NormBase):
         "        evaluation mode when they are tracked.\n"
         "\n"
         f"        {_KEEPS}",
-        "float16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory\n"
+        "float16, bfloat16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory\n"
         "            order.  Without ``affine`` and ``track_running_stats`` another number of channels than\n"
         "            ``num_features`` is normalized with a warning, as PyTorch.",
         _raises("``x`` of another number of dimensions, or of channels with ``affine`` or\n"
@@ -109,7 +109,7 @@ _INSTANCE_NORM_DOC = r"""Instance normalization over {shape} or unbatched {unbat
     Shape
     -----
     input : {shape} or {unbatched}
-        float16, float32 or float64.
+        float16, bfloat16, float32 or float64.
     output : the input's shape and dtype
 
     Attributes

@@ -81,6 +81,7 @@ include "_rows.pxi"         # [N, R, S] rows: forward and backward
 include "_columns.pxi"      # [M, C] columns: forward and backward, channels-last GroupNorm
 include "_backward_checks.pxi"  # backward: input modified in place, float64 rescaling
 include "_inference.pxi"    # frozen statistics: fold once, sweep; the eval cache of a layer
+include "_half.pxi"         # float16 and bfloat16 by tiles converted to float32 scratch
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,11 +135,15 @@ def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t 
     cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef int status
     cdef Epilogue e
     cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        if f64:
+        if half >= 0:
+            status = _fold_and_sweep_half(<const uint16_t*>px, <uint16_t*>py, half, N, C, S, vm, vv, vw, vb, eps,
+                                          nthreads)
+        elif f64:
             status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
         else:
             status = _fold_and_sweep(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
@@ -205,11 +210,16 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     cdef double* pv = _doubles(result[1]) if stats else scratch + R
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef int status
     cdef Epilogue e
     a.ep = _epilogue_for(&e, act, add, out)
     if pm == NULL:
         _out_of_memory()
+    if half >= 0 and (residual is not None or N != 1 and (per_element or rms or a.sub != S or a.groups != R)):
+        free(scratch)
+        raise ValueError("forward_rows: half-precision buffers take no residual, and with N > 1 a channel's affine "
+                         "per row")
     cdef void* pr = NULL if residual is None else cnp.PyArray_DATA(residual)
     cdef void* ph = NULL if h is None else cnp.PyArray_DATA(h)
     with nogil:
@@ -219,6 +229,11 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
         elif pr != NULL:
             status = _forward_rows_residual(<const float*>px, <const float*>pr, <float*>ph, <float*>py, R, S,
                                             &a, eps, pm, pv, nthreads)
+        elif half >= 0 and N != 1:
+            status = _forward_channels_half(<const uint16_t*>px, <uint16_t*>py, half, N, R, S, &a, eps, pm, pv,
+                                            nthreads)
+        elif half >= 0:
+            status = _forward_rows_half(<const uint16_t*>px, <uint16_t*>py, half, R, S, &a, eps, pm, pv, nthreads)
         elif f64:
             status = _forward_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
         else:
@@ -248,12 +263,17 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef ParamVector vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef int status = -1
-    cdef double* partial
+    cdef double* partial = NULL
     cdef Epilogue e
     cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
+        if half >= 0:
+            status = _forward_columns_half(<const uint16_t*>px, <uint16_t*>py, half, M, C, vw, vb, eps, pm, pv, vm,
+                                           vv, nthreads)
+        else:
+            partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
         if partial != NULL:
             if f64:
                 _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
@@ -266,6 +286,8 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
         free(partial)
     if status < 0:
         _out_of_memory()
+    if half >= 0:  # the half sweep's fold leaves rstd to this
+        _with_rstd(stats, eps, False)
     _apply(commit, out, stats[0], stats[1], stats[2])
     return stats
 
@@ -283,11 +305,15 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     cdef double* pv = _doubles(stats[1])
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef int status
     cdef Epilogue e
     cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        if f64:
+        if half >= 0:
+            status = _forward_column_groups_half(<const uint16_t*>px, <uint16_t*>py, half, N, S, C, G, vw, vb, eps, pm,
+                                                 pv, nthreads)
+        elif f64:
             status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
                                             ep)
         else:
@@ -331,10 +357,15 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
     cdef double* p1 = _doubles(sum_dy)
     cdef double* p2 = _doubles(sum_dy_xhat)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef int status
     with nogil:
         if per_element:
-            if f64:
+            if half >= 0:
+                status = _backward_per_element_half(<const uint16_t*>px, <const uint16_t*>pg, <uint16_t*>po, half, R,
+                                                    S, <const float*>a.weight.data, pm, pr, training, rms, p2, p1,
+                                                    xhat_sums, nthreads)
+            elif f64:
                 status = _backward_per_element(<const double*>px, <const double*>pg, <double*>po, R, S,
                                                <const double*>a.weight.data,
                                                pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
@@ -342,6 +373,9 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
                 status = _backward_per_element(<const float*>px, <const float*>pg, <float*>po, R, S,
                                                <const float*>a.weight.data,
                                                pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
+        elif half >= 0:
+            status = _backward_rows_half(<const uint16_t*>px, <const uint16_t*>pg, <uint16_t*>po, half, N, R, S, &a, pm,
+                                         pr, training, p1, p2, xhat_sums, nthreads)
         elif f64:
             status = _backward_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training,
                                     p1, p2, xhat_sums, nthreads)
@@ -423,14 +457,18 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
     cdef double* p2 = _doubles(sum_dy_xhat)
     cdef ParamVector vw = _param_vector(weight)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     cdef Py_ssize_t n
-    cdef Py_ssize_t item = 8 if f64 else 4
-    # once, before the first sample: the kernel's scratch and the groups' check sums
-    cdef void* scratch = _alloc(_backward_columns_scratch(M, C) + 2 * N * G * sizeof(double))
+    cdef Py_ssize_t item = 8 if f64 else 2 if half >= 0 else 4
+    # once, before the first sample: the kernel's scratch, the groups' check sums, a half call's tiles
+    cdef size_t tiles = _half_tiles_scratch(M, C, nthreads) * sizeof(float) if half >= 0 else 0
+    cdef void* scratch = _alloc(_backward_columns_scratch(M, C) + 2 * N * G * sizeof(double) + tiles)
     cdef double* xhat_sums
+    cdef float* half_scratch
     if scratch == NULL:
         _out_of_memory()
     xhat_sums = <double*>(<char*>scratch + _backward_columns_scratch(M, C))
+    half_scratch = <float*>(xhat_sums + 2 * N * G)
     with nogil:
         for n in range(N):
             if f64:
@@ -440,7 +478,8 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
             else:
                 _backward_columns(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
                                   <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                                  p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
+                                  p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch, half,
+                                  half_scratch)
     try:
         if training and check is not None:
             _check_unmodified(xhat_sums, N * G, M * (C // G), pm, pr, check, False, f64)

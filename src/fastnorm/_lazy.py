@@ -91,7 +91,7 @@ class _LazyNorm(_NormBase):
     @_forward_doc(
         "The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which\n"
         "        the layer is from then on.",
-        "float16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.",
+        "float16, bfloat16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.",
         "TypeError, ValueError\n"
         "            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that\n"
         "            raises leaves the layer lazy.",

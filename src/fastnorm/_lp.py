@@ -76,7 +76,7 @@ def normalize(input: ArrayLike, p: float = 2.0, dim: Dims = 1, eps: float = 1e-1
     Parameters
     ----------
     input : array_like
-        float16, float32 or float64, any shape; computed in float64.
+        float16, bfloat16, float32 or float64, any shape; computed in float64.
     p : float
         The exponent of the norm: any positive number, or ``math.inf`` (the largest magnitude).
     dim : int or sequence of int
@@ -135,7 +135,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, p: float = 2.0,
     grad_output : array_like
         Gradient of the loss with respect to the output: the input's shape, floating point.
     input : array_like
-        The forward's input (float16, float32 or float64).
+        The forward's input (float16, bfloat16, float32 or float64).
     p, dim, eps
         The forward's arguments.
 

@@ -100,7 +100,7 @@ def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: 
     Parameters
     ----------
     input : array_like, shape (N, C, \*)
-        float16, float32 or float64, 3 or more dimensions, channels on axis 1; computed in float64.
+        float16, bfloat16, float32 or float64, 3 or more dimensions, channels on axis 1; computed in float64.
     size : int
         The number of channels in a window, >= 1: ``size // 2`` before a channel and ``(size - 1) // 2``
         after it.
@@ -156,7 +156,7 @@ def local_response_norm_backward(grad_output: ArrayLike, input: ArrayLike, size:
     grad_output : array_like
         Gradient of the loss with respect to the output: the input's shape, floating point.
     input : array_like, shape (N, C, \*)
-        The forward's input (float16, float32 or float64).
+        The forward's input (float16, bfloat16, float32 or float64).
     size : int
         The forward's ``size``.
     alpha, beta, k : float

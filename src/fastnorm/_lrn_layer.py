@@ -23,7 +23,7 @@ class LocalResponseNorm(_Layer):
     Shape
     -----
     input : (N, C, *)
-        float16, float32 or float64, 3 or more dimensions.
+        float16, bfloat16, float32 or float64, 3 or more dimensions.
     output : the input's shape and dtype
 
     Attributes
@@ -77,7 +77,7 @@ class LocalResponseNorm(_Layer):
         "Normalize each value by the squares of its neighbouring channels.\n"
         "\n"
         "        Keeps the input (by reference) for :meth:`backward`, outside :func:`fastnorm.no_grad`.",
-        "float16, float32 or float64, of shape (N, C, \\*); any memory order.",
+        "float16, bfloat16, float32 or float64, of shape (N, C, \\*); any memory order.",
         _raises("``x`` with fewer than 3 dimensions; ``out`` of another shape, or read-only."),
         ">>> import numpy as np, fastnorm\n"
         "        >>> fastnorm.LocalResponseNorm(1, alpha=1.0, beta=0.5, k=0.0).forward(np.full((1, 2, 1), -2.0))\n"

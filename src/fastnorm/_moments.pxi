@@ -230,16 +230,22 @@ cdef void _moments_columns(const floating* x, Py_ssize_t M, Py_ssize_t C, double
     memory (_moments_columns_scratch doubles): a caller sweeping several samples allocates before its first
     write."""
     cdef Tiles g = _tiles(M, C, nthreads)
-    cdef Py_ssize_t rb = g.rb, nblocks = g.nblocks
-    cdef Py_ssize_t blk, c, t
-    cdef double* bmean
-    cdef double na, nb, wa, wb
+    cdef Py_ssize_t t
     if nthreads <= 1:  # no thread team for one thread
-        for t in range(nblocks * g.ncb):
+        for t in range(g.nblocks * g.ncb):
             _moments_tile(x, &g, t, partial)
     else:
-        for t in prange(nblocks * g.ncb, schedule="static", num_threads=nthreads):
+        for t in prange(g.nblocks * g.ncb, schedule="static", num_threads=nthreads):
             _moments_tile(x, &g, t, partial)
+    _merge_row_blocks(&g, partial, mean, var)
+
+
+cdef void _merge_row_blocks(const Tiles* g, const double* partial, double* mean, double* var) noexcept nogil:
+    """The columns' moments from those of their row blocks (_moments_columns' partials)."""
+    cdef Py_ssize_t M = g.M, C = g.C, rb = g.rb, nblocks = g.nblocks
+    cdef Py_ssize_t blk, c
+    cdef const double* bmean
+    cdef double na, nb, wa, wb
     # Chan merges of the row blocks, in order (as _chan_merge); every column of a block has the same count, so
     # the weights are computed once per block and the column loop vectorizes (fastnorm_chan_merge_columns).
     na = <double>min(M, rb)

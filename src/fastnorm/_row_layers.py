@@ -21,7 +21,7 @@ _ROWS_FORWARD = """{summary}
         Parameters
         ----------
         x : array_like
-            float16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
+            float16, bfloat16, float32 or float64, of shape ``(*, *normalized_shape)``; any memory order.
         residual : array_like, keyword-only, optional
             Added to ``x`` first, of its dtype and broadcast to its shape: the layer normalizes
             ``h = x + residual`` and returns ``(y, h)``, in one pass over memory where the layout allows
@@ -157,7 +157,7 @@ _ROWS_SHAPE = """
     Shape
     -----
     input : (*, *normalized_shape)
-        float16, float32 or float64, any number of leading dimensions.
+        float16, bfloat16, float32 or float64, any number of leading dimensions.
     output : the input's shape and dtype
 """
 

@@ -596,6 +596,11 @@ cdef void _add_chunk_sums(const double* partial, Py_ssize_t nchunks, Py_ssize_t 
             grad_w[d] += partial[(2 * k + 1) * D + d]
 
 
+cdef inline Py_ssize_t _per_element_chunks(Py_ssize_t R, Py_ssize_t itemsize) noexcept nogil:
+    """The row chunks of _backward_per_element (see there): fixed by the shape, so are its sums' bits."""
+    return max(min(R, <Py_ssize_t>2), min(min(R, <Py_ssize_t>ELEM_CHUNKS), 3 * R * itemsize // (16 * 8)))
+
+
 cdef int _backward_per_element(const floating* x, const floating* dy, floating* dx, Py_ssize_t R, Py_ssize_t D,
                                const floating* w, const double* mean, const double* rstd, bint training, bint rms,
                                double* grad_w, double* grad_b, double* xhat_sums, int nthreads) noexcept nogil:
@@ -603,8 +608,7 @@ cdef int _backward_per_element(const floating* x, const floating* dy, floating* 
     # row and merged, so 32 chunks of 2 rows of 14336 values moved more memory than the rows (bench/NOTES.md,
     # "Chunks of the per-element backward").  The chunks' sums are kept to an eighth of the bytes the call
     # moves (3 R D values), at least 2 chunks.
-    cdef Py_ssize_t nchunks = max(min(R, <Py_ssize_t>2), min(min(R, <Py_ssize_t>ELEM_CHUNKS),
-                                                             3 * R * <Py_ssize_t>sizeof(floating) // (16 * 8)))
+    cdef Py_ssize_t nchunks = _per_element_chunks(R, sizeof(floating))
     cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
     cdef Py_ssize_t k
     cdef double* partial = <double*>_alloc(2 * nchunks * D * sizeof(double))

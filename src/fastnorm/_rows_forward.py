@@ -18,7 +18,8 @@ from ._over_axes import _rows_norm_over_axes
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
-                          _check_normalized_shape, _check_out, _check_residual, _elementwise_vector, _rms_eps)
+                          _check_normalized_shape, _check_out, _check_residual, _compute_dtype, _elementwise_vector,
+                          _rms_eps)
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -38,7 +39,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked, contiguous, of the
     input's shape and dtype), the rows normalized are those of ``input + residual``, written to ``h``.
     ``act``: the activation's code (see _check_activation)."""
-    x, dtype = _as_input(input, "input")
+    x, dtype = _as_input(input, "input", half=not act)  # half precision: the kernel reads it
     if axes is not None:
         y_axes, stats_axes = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out,
                                                   rms, return_stats, commit)
@@ -57,7 +58,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
         return y, empty if return_stats else None
     D = math.prod(shape)
     if w is None and b is not None:
-        w = np.ones(D, x.dtype)
+        w = np.ones(D, _compute_dtype(x.dtype))
     buf = _contiguous(x)
     result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
     stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
@@ -182,7 +183,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     Parameters
     ----------
     input : array_like, shape ``(..., *normalized_shape)``
-        float16, float32 or float64 (float16 is computed in float32).
+        float16, bfloat16, float32 or float64 (the half types computed in float32).
     normalized_shape : int or sequence of int, or None
         The trailing dimensions to normalize over (one "row" is their product of values).  With ``axes``:
         None or the sizes of those axes.
@@ -316,7 +317,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     Parameters
     ----------
     input : array_like, shape ``(..., *normalized_shape)``
-        float16, float32 or float64 (float16 is computed in float32).
+        float16, bfloat16, float32 or float64 (the half types computed in float32).
     normalized_shape : int or sequence of int, or None
         The trailing dimensions to normalize over.  With ``axes``: None or the sizes of those axes.
     weight : array_like of shape normalized_shape, optional

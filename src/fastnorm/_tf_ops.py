@@ -26,7 +26,7 @@ def moments(x: ArrayLike, axes: Shape, keepdims: bool = False, *,
     Parameters
     ----------
     x : array_like
-        float16, float32 or float64.
+        float16, bfloat16, float32 or float64.
     axes : int or sequence of int
         Axes to reduce (negative ones count from the end); the others are kept.
     keepdims : bool
@@ -109,7 +109,7 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
     Parameters
     ----------
     x : array_like
-        float16, float32 or float64.
+        float16, bfloat16, float32 or float64.
     mean, variance : array_like
         Real numbers that broadcast against ``x`` (the variance in x's units squared).
     offset, scale : array_like or None

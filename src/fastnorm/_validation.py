@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 
 FloatArray = NDArray[np.floating[Any]]
-"""An ndarray of float16, float32 or float64 (a result has its input's dtype)."""
+"""An ndarray of float16, bfloat16, float32 or float64 (a result has its input's dtype)."""
 Stats = NDArray[np.float64]
 """Statistics (means, inverse standard deviations) and parameter gradients: always float64."""
 Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
@@ -69,17 +69,34 @@ def _plain_copy(a: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
     return np.array(a, dtype=np.dtype(dtype).newbyteorder("="), order="C")
 
 
-def _as_input(x: object, name: str) -> Tuple[FloatArray, np.dtype[Any]]:
+def _is_half(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` is one of the half-precision types computed in float32: float16, or bfloat16
+    (``ml_dtypes.bfloat16``, or any NumPy dtype of that name and 2 bytes: NumPy has none of its own)."""
+    return dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16")
+
+
+def _is_float(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` is a floating-point type fastnorm reads: float16, bfloat16, float32, float64."""
+    return (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_half(dtype)
+
+
+def _compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype a result of ``dtype`` is computed in: float32 for the half-precision types."""
+    return np.dtype(np.float32) if _is_half(dtype) else dtype
+
+
+def _as_input(x: object, name: str, half: bool = False) -> Tuple[FloatArray, np.dtype[Any]]:
     """Return (array to compute on, result dtype): a plain float32/float64 array as is, anything else as a
-    plain view or copy (float16 computed in float32); the result dtype is the input's, in native byte
-    order."""
+    plain view or copy (float16 and bfloat16 computed in float32, or kept as they are with ``half``: the
+    callers whose kernels read them); the result dtype is the input's, in native byte order."""
     if _kernels.is_plain(x):
         return x, x.dtype
     a = _array(x, name)
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"{name}: expected a floating-point array (float16, float32 or float64), got dtype {a.dtype}")
+    if not _is_float(a.dtype):
+        raise TypeError(f"{name}: expected a floating-point array (float16, bfloat16, float32 or float64), "
+                        f"got dtype {a.dtype}")
     dtype = a.dtype.newbyteorder("=")
-    compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+    compute = dtype if half else _compute_dtype(dtype)
     if a.dtype != compute or not a.flags.aligned:
         a = a.astype(compute)  # a new array: native, aligned
     return a, dtype
@@ -186,28 +203,30 @@ def _channel_vector(v: object, name: str, C: int, dtype: DTypeLike) -> Optional[
     if v is None or _kernels.is_vector(v, C):
         return v
     a = _array(v, name)
-    if a.dtype.kind != "f":
+    if not _is_float(a.dtype):
         raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
     if a.shape != (C,):
         raise ValueError(f"{name}: expected shape ({C},) to match the {C} channels of the input, got shape {a.shape}")
     native = a.dtype.newbyteorder("=")
-    return a if _kernels.is_vector(a, C) else _plain_copy(a, native if native in (np.float32, np.float64) else dtype)
+    return a if _kernels.is_vector(a, C) else _plain_copy(a, native if native in (np.float32, np.float64)
+                                                          else _compute_dtype(np.dtype(dtype)))
 
 
 def _elementwise_vector(v: object, name: str, shape: Tuple[int, ...], x: FloatArray) -> Optional[FloatArray]:
-    """A per-element parameter of ``shape`` as a plain vector of x's dtype (or None)."""
+    """A per-element parameter of ``shape`` as a plain vector of the dtype x is computed in (or None)."""
     if v is None:
         return None
     size = math.prod(shape)
     if len(shape) == 1 and _kernels.is_vector(v, size, x):
         return v
     a = _array(v, name)
-    if a.dtype.kind != "f":
+    if not _is_float(a.dtype):
         raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got shape {a.shape}")
     a = a.reshape(size)
-    return a if _kernels.is_vector(a, size, x) else _plain_copy(a, x.dtype)
+    compute = _compute_dtype(x.dtype)  # a half input's is float32
+    return a if a.dtype == compute and _kernels.is_vector(a, size) else _plain_copy(a, compute)
 
 
 def _stat_vector(v: object, name: str, shape: Tuple[int, ...]) -> Stats:
@@ -396,10 +415,10 @@ def _check_layer_axes(axes: Optional[Iterable[SupportsIndex]],
 
 def _rms_eps(eps: Optional[float], dtype: np.dtype[Any]) -> float:
     """RMSNorm's eps: None is the machine epsilon of the dtype the input is computed in, as PyTorch
-    (float32's for float16 input); the backward's check needs the same value."""
+    (float32's for float16 and bfloat16 input); the backward's check needs the same value."""
     if eps is not None:
         return eps
-    return float(np.finfo(np.float32 if dtype == np.float16 else dtype).eps)
+    return float(np.finfo(_compute_dtype(dtype)).eps)
 
 
 def _group_norm_layout(x: FloatArray, num_groups: SupportsIndex, channel_axis: SupportsIndex) -> Tuple[int, int, int]:
@@ -415,14 +434,17 @@ def _group_norm_layout(x: FloatArray, num_groups: SupportsIndex, channel_axis: S
     return axis, G, C
 
 
-def _grad_inputs(grad_output: ArrayLike, input: ArrayLike) -> Tuple[FloatArray, FloatArray, np.dtype[Any]]:
-    """(x, dy, result dtype) of a backward: dy of x's shape, in x's compute dtype."""
-    x, dtype = _as_input(input, "input")
-    g, _ = _as_input(grad_output, "grad_output")
+def _grad_inputs(grad_output: ArrayLike, input: ArrayLike,
+                 half: bool = False) -> Tuple[FloatArray, FloatArray, np.dtype[Any]]:
+    """(x, dy, result dtype) of a backward: dy of x's shape, in x's compute dtype (with ``half``, float16
+    and bfloat16 kept as they are where x and dy have the same: the callers whose kernels read them)."""
+    x, dtype = _as_input(input, "input", half)
+    g, _ = _as_input(grad_output, "grad_output", half)
     if g.shape != x.shape:
         raise ValueError(f"grad_output: expected shape {x.shape} (the input's), got {g.shape}")
     if g.dtype != x.dtype:
-        g = g.astype(x.dtype)
+        compute = _compute_dtype(x.dtype)
+        x, g = x.astype(compute, copy=False), g.astype(compute)
     return x, g, dtype
 
 

@@ -42,7 +42,7 @@ def moments(array: da.Array, axes: Union[SupportsIndex, Sequence[SupportsIndex]]
     Parameters
     ----------
     array : dask.array.Array
-        float16, float32 or float64 values (the chunks go through :meth:`fastnorm.Moments.of`).
+        float16, bfloat16, float32 or float64 values (the chunks go through :meth:`fastnorm.Moments.of`).
     axes : int or sequence of int
         The axes to reduce.
     keepdims : bool

@@ -224,7 +224,7 @@ class SyncBatchNorm(_BatchNorm):
     @_forward_doc(
         "Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in\n"
         "        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).",
-        "float16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be\n"
+        "float16, bfloat16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be\n"
         "            empty on some processes.",
         "TypeError, ValueError\n"
         "            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every\n"

@@ -116,7 +116,7 @@ class Moments:
         Parameters
         ----------
         x : array_like
-            float16, float32 or float64 values.
+            float16, bfloat16, float32 or float64 values.
         axes : int or sequence of int
             The axes to reduce (the observations); the others index the channels.
         keepdims : bool

@@ -1,0 +1,623 @@
+# float16 and bfloat16 read and written natively: computed in float32 by the float32 code, a tile at a
+# time.  A tile of rows is converted into a float32 scratch of L2 size (one per thread), normalized there
+# in place by the float32 kernel, and converted back into the half output; so nothing of the input's or
+# the output's size is ever float32, and the statistics and the bits of each row are those of the float32
+# call on the same values (upcast exactly), its result rounded once to the half type (_simd_convert.h).
+
+from libc.stdint cimport uint16_t
+
+cdef extern from "_simd_convert.h" nogil:
+    void fastnorm_bf16_to_f32(const uint16_t* src, float* dst, Py_ssize_t n)
+    void fastnorm_f32_to_bf16(const float* src, uint16_t* dst, Py_ssize_t n)
+    void fastnorm_f16_to_f32(const uint16_t* src, float* dst, Py_ssize_t n)
+    void fastnorm_f32_to_f16(const float* src, uint16_t* dst, Py_ssize_t n)
+    int fastnorm_select_half_isa(int level)
+    void fastnorm_widen(const uint16_t* src, float* dst, Py_ssize_t n, int bf16)
+    void fastnorm_shifted_sums_half(const uint16_t* x, Py_ssize_t n, double shift, int bf16, double* s1, double* s2)
+    int fastnorm_column_sums_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                  const float* base, double* s1, double* s2, int bf16)
+    float fastnorm_bf16_value(uint16_t h)
+    float fastnorm_f16_value(uint16_t h)
+    void fastnorm_sweep_columns_half(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t ncols,
+                                     const float* p, Py_ssize_t plen, float* scratch, int bf16)
+    void fastnorm_sweep_half(const uint16_t* x, uint16_t* y, Py_ssize_t n, float mean_hi, float scale, float shift,
+                             const float* w, const float* b, int bf16)
+
+cdef enum:
+    HALF_TILE = 8192  # float32 values of a tile's scratch: 32 KiB, with its half input and output in L1 and L2
+    HALF_RUNS = 64    # sub-runs at least this long are swept one call each, shorter ones by tiles of rows
+    HALF_F16 = 0
+    HALF_BF16 = 1
+
+
+def set_half_isa(int level=2):
+    """The instructions that convert float16 and bfloat16: 2 every kind the CPU has (F16C, AVX-512,
+    AVX512-BF16; the default), 1 no AVX-512, 0 none (a value at a time); for tests of each path on one
+    machine, not while a kernel runs.  Returns the level now in use (at most what the CPU has)."""
+    return fastnorm_select_half_isa(level)
+
+
+set_half_isa()
+
+
+cdef int _half_kind(cnp.ndarray x):
+    """HALF_F16 or HALF_BF16 for a float16 or bfloat16 array (any 2-byte dtype named bfloat16), else -1."""
+    if cnp.PyArray_TYPE(x) == 23:  # NPY_HALF (absent from numpy.pxd)
+        return HALF_F16
+    if cnp.PyArray_ITEMSIZE(x) == 2 and x.dtype.name == "bfloat16":
+        return HALF_BF16
+    return -1
+
+
+cdef inline void _narrow(const float* src, uint16_t* dst, Py_ssize_t n, int kind) noexcept nogil:
+    if kind == HALF_BF16:
+        fastnorm_f32_to_bf16(src, dst, n)
+    else:
+        fastnorm_f32_to_f16(src, dst, n)
+
+
+cdef struct RowTiles:
+    # Tiles of the rows of a [1, R, S] buffer: ``per`` rows each, never across a sample's block of
+    # ``groups`` rows unless whole blocks (the channel of a row's sub-run is then its row within the tile,
+    # the tile's parameters taken from its first row's channel on).
+    Py_ssize_t R, S, per, groups, per_block, count
+
+
+cdef RowTiles _row_tiles(Py_ssize_t R, Py_ssize_t S, const RowAffine* a) noexcept nogil:
+    cdef RowTiles t
+    t.R = R
+    t.S = S
+    t.per = max(<Py_ssize_t>1, HALF_TILE // max(S, <Py_ssize_t>1))
+    t.groups = R if a.per_element else a.groups
+    if t.per >= t.groups:
+        t.per -= t.per % t.groups   # whole blocks
+        t.per_block = 0
+        t.count = (R + t.per - 1) // t.per
+    else:
+        t.per_block = (t.groups + t.per - 1) // t.per
+        t.count = (R // t.groups) * t.per_block
+    return t
+
+
+cdef inline void _tile_rows(const RowTiles* t, Py_ssize_t k, Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
+    cdef Py_ssize_t block
+    if t.per_block == 0:
+        r0[0] = k * t.per
+        r1[0] = min(t.R, r0[0] + t.per)
+    else:
+        block = (k // t.per_block) * t.groups
+        r0[0] = block + (k % t.per_block) * t.per
+        r1[0] = min(block + t.groups, r0[0] + t.per)
+
+
+cdef inline ParamVector _param_from(ParamVector v, Py_ssize_t first) noexcept nogil:
+    """The vector from element ``first`` on."""
+    if v.data != NULL:
+        v.data = <const char*>v.data + first * (8 if v.is_f64 else 4)
+    return v
+
+
+cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowTiles* t, Py_ssize_t k,
+                            const RowAffine* a, double eps, double* mean, double* var, float* scratch,
+                            int nthreads) noexcept nogil:
+    """Tile k: widen, the float32 kernel in place, narrow."""
+    cdef Py_ssize_t r0, r1, n
+    cdef RowAffine local = a[0]
+    cdef int status
+    _tile_rows(t, k, &r0, &r1)
+    n = (r1 - r0) * t.S
+    if not a.per_element:
+        local.weight = _param_from(a.weight, (r0 % a.groups) * (t.S // a.sub))
+        local.bias = _param_from(a.bias, (r0 % a.groups) * (t.S // a.sub))
+    fastnorm_widen(x + r0 * t.S, scratch, n, kind)
+    status = _forward_rows(<const float*>scratch, scratch, 1, r1 - r0, t.S, &local, eps, mean + r0, var + r0,
+                           nthreads)
+    _narrow(scratch, y + r0 * t.S, n, kind)
+    return status
+
+
+# LayerNorm and RMSNorm (a per-element affine): a row at a time, its blocks widened into an L1 buffer for
+# their moments, then its sweep widening and narrowing a run at a time (fastnorm_sweep_half): the row's
+# values are read from the half input twice and never stored as float32 beyond the buffer.
+
+cdef inline Moments _block_moments_half(const uint16_t* x, Py_ssize_t n, int kind) noexcept nogil:
+    """_block_moments of ``n`` (<= BLOCK) half values."""
+    cdef double shift = fastnorm_bf16_value(x[0]) if kind == HALF_BF16 else fastnorm_f16_value(x[0])
+    cdef double t1, t2
+    fastnorm_shifted_sums_half(x, n, shift, kind, &t1, &t2)
+    return _shifted_moments(shift, t1, t2, n)
+
+
+cdef Moments _strided_moments_half(const uint16_t* x, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t stride,
+                                   int kind) noexcept nogil:
+    """_strided_moments of half values: the same blocks merged in the same order."""
+    cdef Moments acc
+    cdef Py_ssize_t r, b
+    acc.count = 0.0
+    acc.mean = 0.0
+    acc.var = 0.0
+    for r in range(nruns):
+        for b in range(0, runlen, 2048):  # BLOCK
+            _chan_merge(&acc, _block_moments_half(x + r * stride + b, min(<Py_ssize_t>BLOCK, runlen - b), kind))
+    return acc
+
+
+cdef void _forward_row_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t S, const RowAffine* a, double eps,
+                            double* mean, double* var) noexcept nogil:
+    """One row of S values with a per-element affine: what _forward_row and _sweep_span do for float32."""
+    cdef double center, inv
+    cdef float mean_hi
+    _store_moments(_strided_moments_half(x, 1, S, S, kind), 0, mean, var)
+    _center_and_rstd(mean[0], var[0], eps, a.rms, &center, &inv)
+    mean_hi = <float>center
+    fastnorm_sweep_half(x, y, S, mean_hi, <float>inv, <float>(-(center - <double>mean_hi) * inv),
+                        <const float*>a.weight.data, <const float*>a.bias.data, kind)
+
+
+# A channel's affine per sub-run of a row (BatchNorm channels first in training: row r of [N, R, S] is N
+# runs of channel r; InstanceNorm: N = 1, row r of channel r % groups; GroupNorm: its sub-runs of S values
+# are the channels of the group).
+
+cdef void _sweep_channel_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t r, Py_ssize_t R, Py_ssize_t S,
+                              Py_ssize_t n, Py_ssize_t start, Py_ssize_t length, const RowAffine* a, double eps,
+                              const double* mean, const double* var) noexcept nogil:
+    """Values start <= i < start + length of run n of row r, its statistics known: each sub-run's part with
+    its channel's fold (_sweep_span)."""
+    cdef double center, inv
+    cdef float mean_hi, scale, shift
+    cdef Py_ssize_t off = (n * R + r) * S
+    cdef Py_ssize_t pos = start, end = start + length, j = start // a.sub, stop
+    cdef Py_ssize_t first = (r % a.groups) * (S // a.sub)
+    _center_and_rstd(mean[r], var[r], eps, False, &center, &inv)
+    while pos < end:
+        stop = min(end, (j + 1) * a.sub)
+        _fold(center, inv, _at(a.weight, first + j, 1.0), _at(a.bias, first + j, 0.0), &mean_hi, &scale, &shift)
+        fastnorm_sweep_half(x + off + pos, y + off + pos, stop - pos, mean_hi, scale, shift, NULL, NULL, kind)
+        pos = stop
+        j += 1
+
+
+cdef void _forward_channel_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t r, Py_ssize_t N, Py_ssize_t R,
+                                Py_ssize_t S, const RowAffine* a, double eps, double* mean,
+                                double* var) noexcept nogil:
+    cdef Py_ssize_t n
+    _store_moments(_strided_moments_half(x + r * S, N, S, R * S, kind), r, mean, var)
+    for n in range(N):
+        _sweep_channel_half(x, y, kind, r, R, S, n, 0, S, a, eps, mean, var)
+
+
+cdef int _forward_channels_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t R, Py_ssize_t S,
+                                const RowAffine* a, double eps, double* mean, double* var,
+                                int nthreads) noexcept nogil:
+    """_forward_rows of a half [N, R, S] buffer with a channel's affine per row (BatchNorm): a channel at
+    a time, or with too few channels for the threads, the blocks' moments in parallel (merged in the
+    canonical order, as _moments_channels) and then the pieces of the runs."""
+    cdef Py_ssize_t r, t, k
+    cdef Py_ssize_t runs = (S + 2047) // 2048  # blocks a run
+    cdef Py_ssize_t per_channel = N * runs
+    cdef Py_ssize_t pieces = (S + SPLIT - 1) // SPLIT
+    cdef Moments m
+    cdef Moments* partial
+    if nthreads <= 1 or R >= 4 * nthreads:
+        if nthreads <= 1:
+            for r in range(R):
+                _forward_channel_half(x, y, kind, r, N, R, S, a, eps, mean, var)
+        else:
+            for r in prange(R, schedule="static", num_threads=nthreads):
+                _forward_channel_half(x, y, kind, r, N, R, S, a, eps, mean, var)
+        return 0
+    partial = <Moments*>_alloc(R * per_channel * sizeof(Moments))
+    if partial == NULL:
+        return -1
+    for t in prange(R * per_channel, schedule="static", num_threads=nthreads):
+        partial[t] = _block_moments_half(x + ((t % per_channel) // runs * R + t // per_channel) * S
+                                         + (t % runs) * 2048, min(<Py_ssize_t>BLOCK, S - (t % runs) * 2048), kind)
+    for r in range(R):
+        m = partial[r * per_channel]
+        for k in range(1, per_channel):
+            _chan_merge(&m, partial[r * per_channel + k])
+        _store_moments(m, r, mean, var)
+    free(partial)
+    for t in prange(R * N * pieces, schedule="static", num_threads=nthreads):
+        _sweep_channel_half(x, y, kind, t // (N * pieces), R, S, (t // pieces) % N, (t % pieces) * SPLIT,
+                            min(<Py_ssize_t>SPLIT, S - (t % pieces) * SPLIT), a, eps, mean, var)
+    return 0
+
+
+cdef int _forward_rows_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t R, Py_ssize_t S,
+                            const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
+    """_forward_rows of a half [1, R, S] buffer, a tile of rows at a time (see RowTiles).  With tiles for
+    every thread, each thread takes a contiguous share of them into its own scratch; otherwise (few long
+    rows) the tiles go one after the other, each kernel call using the threads."""
+    cdef RowTiles t = _row_tiles(R, S, a)
+    cdef Py_ssize_t size = t.per * S
+    cdef Py_ssize_t k, j, share, r
+    if not a.per_element and a.sub >= HALF_RUNS:
+        return _forward_channels_half(x, y, kind, 1, R, S, a, eps, mean, var, nthreads)
+    if a.per_element and (nthreads <= 1 or R >= 4 * nthreads):
+        if nthreads <= 1:
+            for r in range(R):
+                _forward_row_half(x + r * S, y + r * S, kind, S, a, eps, mean + r, var + r)
+        else:
+            for r in prange(R, schedule="static", num_threads=nthreads):
+                _forward_row_half(x + r * S, y + r * S, kind, S, a, eps, mean + r, var + r)
+        return 0
+    cdef int team = nthreads if t.count >= 2 * nthreads else 1
+    cdef int status = 0
+    cdef float* scratch = <float*>_alloc(team * size * sizeof(float))
+    if scratch == NULL:
+        return -1
+    if team <= 1:
+        for k in range(t.count):
+            if _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch, nthreads) < 0:
+                status = -1
+    else:  # one thread a tile's kernel: it allocates nothing then, so it cannot fail
+        share = (t.count + team - 1) // team
+        for j in prange(team, schedule="static", num_threads=team):
+            for k in range(j * share, min(t.count, (j + 1) * share)):
+                _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch + j * size, 1)
+    free(scratch)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frozen statistics (BatchNorm and InstanceNorm in eval mode): the float32 fold once, then the sweep on half
+# values, as _sweep_folded: runs of [N, C, S], or columns of [N, C] (short runs: columns of [N, C * S])
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _sweep_runs_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                           const float* p, int nthreads) noexcept nogil:
+    cdef Py_ssize_t run, c
+    if nthreads <= 1:
+        for run in range(N * C):
+            c = run % C
+            fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind)
+        return
+    for run in prange(N * C, schedule="static", num_threads=nthreads):
+        c = run % C
+        fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind)
+
+
+cdef int _sweep_columns_folded_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t M, Py_ssize_t ncols,
+                                    const float* p, int nthreads) noexcept nogil:
+    """The columns of [M, ncols] with per-column factors p (3 * ncols), as _sweep_columns_folded: the factors
+    tiled ``rep`` times so that a row of the sweep is ``rep * ncols`` values, by tiles of such rows, each
+    thread widening a tile into its own scratch."""
+    cdef Py_ssize_t rep = 4 * max(<Py_ssize_t>1, 256 // ncols) if ncols < 256 else 1
+    cdef Py_ssize_t L = rep * ncols
+    cdef Py_ssize_t full = M // rep
+    cdef Py_ssize_t per = max(<Py_ssize_t>1, HALF_TILE // L)
+    cdef Py_ssize_t tiles = (full + per - 1) // per
+    cdef int team = nthreads if tiles >= 2 * nthreads else 1
+    cdef Py_ssize_t share = (tiles + team - 1) // team
+    cdef Py_ssize_t j, k, r0, rest = (M - full * rep) * ncols
+    cdef float* tiled = <float*>_alloc(3 * L * sizeof(float))
+    cdef float* scratch = <float*>_alloc(team * max(per * L, rest) * sizeof(float))
+    if tiled == NULL or scratch == NULL:
+        free(tiled)
+        free(scratch)
+        return -1
+    for k in range(3):
+        for j in range(rep):
+            memcpy(tiled + k * L + j * ncols, p + k * ncols, ncols * sizeof(float))
+    for j in prange(team, schedule="static", num_threads=team):
+        for k in range(j * share, min(tiles, (j + 1) * share)):
+            r0 = k * per
+            fastnorm_sweep_columns_half(x + r0 * L, y + r0 * L, min(per, full - r0), L, tiled, L,
+                                        scratch + j * per * L, kind)
+    if rest:  # the last M % rep rows: one partial row
+        fastnorm_sweep_columns_half(x + full * L, y + full * L, 1, rest, tiled, L, scratch, kind)
+    free(tiled)
+    free(scratch)
+    return 0
+
+
+cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                              ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
+                              int nthreads) noexcept nogil:
+    """_fold_and_sweep of a half buffer: the same float32 factors, the same sweep's operations."""
+    cdef float* p = <float*>_alloc(3 * C * max(S, <Py_ssize_t>1) * sizeof(float))
+    cdef Py_ssize_t k, c, j
+    cdef int status = 0
+    if p == NULL:
+        return -1
+    _fold_channels(C, mean, var, weight, bias, eps, p)
+    if S >= SHORT_SWEEP:
+        _sweep_runs_half(x, y, kind, N, C, S, p, nthreads)
+    else:
+        if S > 1:  # each channel's factors repeated S times, from the last (in place)
+            for k in range(2, -1, -1):
+                for c in range(C - 1, -1, -1):
+                    for j in range(S - 1, -1, -1):
+                        p[(k * C + c) * S + j] = p[k * C + c]
+        status = _sweep_columns_folded_half(x, y, kind, N, C * S, p, nthreads)
+    free(p)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward of LayerNorm and RMSNorm (a per-element affine): the chunks of rows of _backward_per_element,
+# each row widened into L1 and given to its chunk function alone, its column sums added to the chunk's
+# (one addition per row and column there too: the same sums), its dx narrowed
+# ---------------------------------------------------------------------------------------------------------
+
+cdef int _backward_per_element_chunk_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind,
+                                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t D, const float* w,
+                                          const double* mean, const double* rstd, bint training, bint rms,
+                                          double* col_dy, double* col_dy_xhat, double* xhat_sums) noexcept nogil:
+    cdef float* rows = <float*>_alloc(3 * D * sizeof(float) + 2 * D * sizeof(double))
+    cdef double* row_dy
+    cdef Py_ssize_t r, d
+    if rows == NULL:
+        return -1
+    row_dy = <double*>(rows + 3 * D)
+    for d in range(D):
+        col_dy[d] = 0.0
+        col_dy_xhat[d] = 0.0
+    for r in range(r0, r1):
+        fastnorm_widen(x + r * D, rows, D, kind)
+        fastnorm_widen(dy + r * D, rows + D, D, kind)
+        _backward_per_element_chunk(<const float*>rows, <const float*>(rows + D), rows + 2 * D, 0, 1, D, w, mean + r,
+                                    rstd + r, training, rms, row_dy, row_dy + D, xhat_sums + 2 * r, False)
+        _narrow(rows + 2 * D, dx + r * D, D, kind)
+        for d in range(D):
+            col_dy[d] += row_dy[d]
+            col_dy_xhat[d] += row_dy[D + d]
+    free(rows)
+    return 0
+
+
+cdef int _backward_per_element_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, Py_ssize_t R,
+                                    Py_ssize_t D, const float* w, const double* mean, const double* rstd,
+                                    bint training, bint rms, double* grad_w, double* grad_b, double* xhat_sums,
+                                    int nthreads) noexcept nogil:
+    """_backward_per_element of half x, dy and dx: its chunks (those of float32 data), merged in order."""
+    cdef Py_ssize_t nchunks = _per_element_chunks(R, sizeof(float))
+    cdef Py_ssize_t per = (R + nchunks - 1) // nchunks
+    cdef Py_ssize_t k
+    cdef int failed = 0
+    cdef double* partial = <double*>_alloc(2 * nchunks * D * sizeof(double))
+    if partial == NULL:
+        return -1
+    for k in prange(nchunks, schedule="static", num_threads=max(1, min(nthreads, nchunks))):
+        failed += _backward_per_element_chunk_half(x, dy, dx, kind, min(R, k * per), min(R, (k + 1) * per), D, w,
+                                                   mean, rstd, training, rms, partial + 2 * k * D,
+                                                   partial + (2 * k + 1) * D, xhat_sums) < 0
+    if not failed:
+        _add_chunk_sums(partial, nchunks, D, 0, D, grad_w, grad_b)
+    free(partial)
+    return -1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward with a channel's affine per sub-run (BatchNorm channels first, InstanceNorm, GroupNorm): each
+# row's pieces as _backward_reduce_row and _backward_elemt_span cut them, widened into a thread's buffer of
+# SPLIT values, given to the same float32 loops, dx narrowed
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _backward_row_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, Py_ssize_t N,
+                             Py_ssize_t R, Py_ssize_t S, const RowAffine* a, Py_ssize_t r, const double* mean,
+                             const double* rstd, bint training, double* sum_dy, double* sum_dy_xhat,
+                             double* xhat_sums, float* buf) noexcept nogil:
+    """_backward_row of half row r; ``buf``: 3 * SPLIT floats."""
+    cdef Py_ssize_t K = S // a.sub
+    cdef Py_ssize_t n, j, start, stop, off, length
+    cdef double sums[4]
+    cdef double x1 = 0.0, x2 = 0.0, c2, c3
+    cdef float mean_hi = <float>mean[r]
+    cdef float* bx = buf
+    cdef float* bdy = buf + SPLIT
+    cdef float* bdx = buf + 2 * SPLIT
+    for j in range(K):
+        sum_dy[r * K + j] = 0.0
+        sum_dy_xhat[r * K + j] = 0.0
+    for n in range(N):  # the sums: _backward_reduce_row's pieces in its order
+        off = (n * R + r) * S
+        for j in range(K):
+            start = j * a.sub
+            while start < (j + 1) * a.sub:
+                length = min(<Py_ssize_t>SPLIT, (j + 1) * a.sub - start)
+                fastnorm_widen(x + off + start, bx, length, kind)
+                fastnorm_widen(dy + off + start, bdy, length, kind)
+                _backward_reduce_run(<const float*>bx, <const float*>bdy, length, mean[r], rstd[r], sums)
+                sum_dy[r * K + j] += sums[0]
+                sum_dy_xhat[r * K + j] += sums[1]
+                x1 += sums[2]
+                x2 += sums[3]
+                start += SPLIT
+    for j in range(K):
+        sum_dy_xhat[r * K + j] *= rstd[r]
+    xhat_sums[2 * r] = x1
+    xhat_sums[2 * r + 1] = x2
+    _backward_row_coefficients(a, (r % a.groups) * K, K, N * S, mean[r] - <double>mean_hi, rstd[r], training,
+                               sum_dy + r * K, sum_dy_xhat + r * K, &c2, &c3)
+    for n in range(N):  # dx: each sub-run's pieces with its channel's c1
+        off = (n * R + r) * S
+        for j in range(K):
+            start = j * a.sub
+            while start < (j + 1) * a.sub:
+                stop = min(start + SPLIT, (j + 1) * a.sub)
+                fastnorm_widen(x + off + start, bx, stop - start, kind)
+                fastnorm_widen(dy + off + start, bdy, stop - start, kind)
+                _backward_elemt_run(<const float*>bx, <const float*>bdy, bdx, stop - start, mean_hi,
+                                    <float>(rstd[r] * _at(a.weight, (r % a.groups) * K + j, 1.0)), <float>c2,
+                                    <float>c3, NULL, False)
+                _narrow(bdx, dx + off + start, stop - start, kind)
+                start = stop
+
+
+cdef int _backward_rows_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, Py_ssize_t N,
+                             Py_ssize_t R, Py_ssize_t S, const RowAffine* a, const double* mean, const double* rstd,
+                             bint training, double* sum_dy, double* sum_dy_xhat, double* xhat_sums,
+                             int nthreads) noexcept nogil:
+    """_backward_rows of half buffers, a row at a time (the same sums in the same order, so the same bits),
+    each thread its own buffer."""
+    cdef int team = max(1, min(nthreads, <int>R))
+    cdef Py_ssize_t share = (R + team - 1) // team
+    cdef Py_ssize_t j, r
+    cdef float* buf = <float*>_alloc(team * 3 * SPLIT * sizeof(float))
+    if buf == NULL:
+        return -1
+    if team <= 1:
+        for r in range(R):
+            _backward_row_half(x, dy, dx, kind, N, R, S, a, r, mean, rstd, training, sum_dy, sum_dy_xhat, xhat_sums,
+                               buf)
+    else:
+        for j in prange(team, schedule="static", num_threads=team):
+            for r in range(j * share, min(R, (j + 1) * share)):
+                _backward_row_half(x, dy, dx, kind, N, R, S, a, r, mean, rstd, training, sum_dy, sum_dy_xhat,
+                                   xhat_sums, buf + j * 3 * SPLIT)
+    free(buf)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Columns of [M, C] (BatchNorm channels last, in training): _moments_columns' tiles, each widened into a
+# thread's scratch (the tile's rows side by side) for the same column sums, then the eval sweep
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _moments_tile_half(const uint16_t* x, int kind, const Tiles* g, Py_ssize_t t, double* partial,
+                             float* scratch) noexcept nogil:
+    """Tile ``t`` of _moments_columns on half values: the column sums in registers where they serve, else
+    on the tile widened into ``scratch``."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols, i
+    cdef double* bmean
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        return
+    bmean = partial + 2 * g.C * blk + c0
+    fastnorm_widen(x + r0 * g.C + c0, scratch, ncols, kind)  # the block's first row: the shift of its sums
+    if fastnorm_column_sums_half(x + r0 * g.C + c0, rows, ncols, g.C, scratch, bmean, bmean + g.C, kind):
+        fastnorm_shifted_moments_f32(scratch, 1, <double>rows, ncols, bmean, bmean + g.C)
+        return
+    if ncols == g.C:  # whole rows: one block of memory
+        fastnorm_widen(x + r0 * g.C, scratch, rows * ncols, kind)
+    else:
+        for i in range(rows):
+            fastnorm_widen(x + (r0 + i) * g.C + c0, scratch + i * ncols, ncols, kind)
+    _column_block_moments(<const float*>scratch, 0, rows, ncols, 0, ncols, bmean, bmean + g.C)
+
+
+cdef int _moments_columns_half(const uint16_t* x, int kind, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,
+                               int nthreads, double* partial) noexcept nogil:
+    """_moments_columns of a half [M, C] buffer (``partial``: _moments_columns_scratch doubles)."""
+    cdef Tiles g = _tiles(M, C, nthreads)
+    cdef Py_ssize_t tiles = g.nblocks * g.ncb
+    cdef int team = max(1, min(nthreads, <int>tiles))
+    cdef Py_ssize_t share = (tiles + team - 1) // team
+    cdef Py_ssize_t size = g.rb * g.cw
+    cdef Py_ssize_t j, t
+    cdef float* scratch = <float*>_alloc(team * size * sizeof(float))
+    if scratch == NULL:
+        return -1
+    for j in prange(team, schedule="static", num_threads=team):
+        for t in range(j * share, min(tiles, (j + 1) * share)):
+            _moments_tile_half(x, kind, &g, t, partial, scratch + j * size)
+    _merge_row_blocks(&g, partial, mean, var)
+    free(scratch)
+    return 0
+
+
+cdef int _forward_columns_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t M, Py_ssize_t C,
+                               ParamVector weight, ParamVector bias, double eps, double* mean, double* var,
+                               ParamVector vm, ParamVector vv, int nthreads) noexcept nogil:
+    """forward_columns of a half [M, C] buffer: its columns' moments (those of the float32 call) into mean
+    and var, then the sweep with them (``vm``, ``vv``: the same vectors)."""
+    cdef double* partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
+    cdef int status
+    if partial == NULL:
+        return -1
+    status = _moments_columns_half(x, kind, M, C, mean, var, nthreads, partial)
+    free(partial)
+    if status < 0:
+        return -1
+    return _fold_and_sweep_half(x, y, kind, M, C, 1, vm, vv, weight, bias, eps, nthreads)
+
+
+cdef int _forward_column_groups_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t S,
+                                     Py_ssize_t C, Py_ssize_t G, ParamVector weight, ParamVector bias, double eps,
+                                     double* mean, double* var, int nthreads) noexcept nogil:
+    """_forward_column_groups of a half [N, S, C] buffer: per sample, the same moments and fold, the sweep."""
+    cdef Py_ssize_t n
+    cdef int status = 0
+    cdef double* cmean = <double*>_alloc((2 * C + _moments_columns_scratch(S, C)) * sizeof(double))
+    cdef float* p = <float*>_alloc(3 * C * sizeof(float))
+    if cmean == NULL or p == NULL:
+        status = -1
+    n = 0
+    while status == 0 and n < N:
+        status = _moments_columns_half(x + n * S * C, kind, S, C, cmean, cmean + C, nthreads, cmean + 2 * C)
+        if status == 0:
+            _fold_column_groups(n, S, C, G, cmean, cmean + C, weight, bias, eps, mean, var, p)
+            status = _sweep_columns_folded_half(x + n * S * C, y + n * S * C, kind, S, C, p, nthreads)
+        n += 1
+    free(cmean)
+    free(p)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Channels-last backward (_backward_columns): each tile of x and dy widened into the thread's scratch for the
+# same column sums and dx sweep, dx narrowed
+# ---------------------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _half_tiles_scratch(Py_ssize_t M, Py_ssize_t C, int nthreads) noexcept nogil:
+    """The floats of _backward_columns' ``half_scratch``: three tiles a thread."""
+    cdef Tiles g = _tiles(M, C, nthreads)
+    return max(nthreads, 1) * 3 * g.rb * g.cw
+
+
+cdef void _widen_tile(const uint16_t* x, int kind, const Tiles* g, Py_ssize_t r0, Py_ssize_t rows, Py_ssize_t c0,
+                      Py_ssize_t ncols, float* out) noexcept nogil:
+    """Rows r0 <= r < r0 + rows, columns c0 <= c < c0 + ncols of an [M, C] half buffer, as [rows, ncols]."""
+    cdef Py_ssize_t i
+    if ncols == g.C:
+        fastnorm_widen(x + r0 * g.C, out, rows * ncols, kind)
+        return
+    for i in range(rows):
+        fastnorm_widen(x + (r0 + i) * g.C + c0, out + i * ncols, ncols, kind)
+
+
+cdef void _backward_reduce_tile_half(const uint16_t* x, const uint16_t* dy, int kind, const Tiles* g, Py_ssize_t t,
+                                     const double* colmean, const double* colrstd, double* partial,
+                                     float* scratch) noexcept nogil:
+    cdef Py_ssize_t blk, r0, rows, c0, ncols
+    cdef double* sums
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        return
+    sums = partial + 4 * g.C * blk + c0
+    _widen_tile(x, kind, g, r0, rows, c0, ncols, scratch)
+    _widen_tile(dy, kind, g, r0, rows, c0, ncols, scratch + rows * ncols)
+    fastnorm_backward_reduce_columns_f32(scratch, scratch + rows * ncols, rows, ncols, ncols, colmean + c0,
+                                         colrstd + c0, sums, sums + g.C, sums + 2 * g.C, sums + 3 * g.C)
+
+
+cdef void _backward_elemt_tile_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, const Tiles* g,
+                                    Py_ssize_t t, const float* p, float* scratch) noexcept nogil:
+    cdef Py_ssize_t blk, r0, rows, c0, ncols, i
+    cdef float* out
+    if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
+        return
+    out = scratch + 2 * rows * ncols
+    _widen_tile(x, kind, g, r0, rows, c0, ncols, scratch)
+    _widen_tile(dy, kind, g, r0, rows, c0, ncols, scratch + rows * ncols)
+    fastnorm_backward_elemt_columns_f32(scratch, scratch + rows * ncols, out, rows, ncols, ncols, p + c0, g.C)
+    for i in range(rows):
+        _narrow(out + i * ncols, dx + (r0 + i) * g.C + c0, ncols, kind)
+
+
+cdef void _backward_tiles_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, const Tiles* g,
+                               const double* colmean, const double* colrstd, double* partial, const float* p,
+                               float* scratch, int nthreads) noexcept nogil:
+    """The tiles of _backward_columns: their column sums (``dx`` NULL), or their dx sweep with the factors
+    ``p``; each thread a contiguous share of them in its part of ``scratch``."""
+    cdef Py_ssize_t tiles = g.nblocks * g.ncb
+    cdef int team = max(1, min(nthreads, <int>tiles))
+    cdef Py_ssize_t share = (tiles + team - 1) // team
+    cdef Py_ssize_t size = 3 * g.rb * g.cw
+    cdef Py_ssize_t j, t
+    for j in prange(team, schedule="static", num_threads=team):
+        for t in range(j * share, min(tiles, (j + 1) * share)):
+            if dx == NULL:
+                _backward_reduce_tile_half(x, dy, kind, g, t, colmean, colrstd, partial, scratch + j * size)
+            else:
+                _backward_elemt_tile_half(x, dy, dx, kind, g, t, p, scratch + j * size)
