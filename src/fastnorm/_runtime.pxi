@@ -17,6 +17,10 @@ cdef extern from "_pool.h" nogil:
     void fastnorm_set_thread_cap(int n)
     int fastnorm_own_runtime()
     void fastnorm_pool_init()
+
+# A prange of n threads runs n * FASTNORM_BLOCKS_PER_THREAD thread numbers (_pool.h), several of them one
+# after another on one thread: memory private to a thread is indexed by a loop's iteration (a share per
+# iteration of a prange over nthreads), never by cython.parallel.threadid().
     void fastnorm_set_spin_ns(long ns)
 
 fastnorm_pool_init()
