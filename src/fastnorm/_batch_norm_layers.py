@@ -204,12 +204,17 @@ class _BatchNorm(_NormBase):
         "        array([[-1., -1.],\n"
         "               [ 1.,  1.]], dtype=float32)\n"
         "        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances\n"
-        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))",
+        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))\n"
+        "        >>> x = np.array([[1., 2.], [3., 6.], [9., 9.]], np.float32)\n"
+        "        >>> bn(x, mask=np.array([[True], [True], [False]])).round(4)  # the statistics of rows 0 and 1\n"
+        "        array([[-1. , -1. ],\n"
+        "               [ 1. ,  1. ],\n"
+        "               [ 7. ,  2.5]], dtype=float32)",
         add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         act = _check_activation(self.activation)
-        if (out is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
+        if (out is None and mask is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
                 and self._lazy_target is None
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
@@ -220,14 +225,13 @@ class _BatchNorm(_NormBase):
                 return y
         x = _array(x, "input")
         self._check_input(x)
-        state: Dict[str, Any] = {}
+        if mask is not None:
+            return self._forward_masked(x, out, add, mask)
+        state = self._counted(x)
         if self._recorder is not None:  # calibrate_batch_norms: recorded with the call, not before it
             moments = self._moments_of(x)
             state["_recorder"] = [moments if self._recorder[0] is None else self._recorder[0] + moments,
                                   self._recorder[1] + 1]
-        tracking = self.training and self.track_running_stats
-        if tracking and x.size > 0 and self.num_batches_tracked is not None:
-            state["num_batches_tracked"] = self.num_batches_tracked + 1
         if self.training and (self.renorm or self.virtual_batch_size is not None) and x.size > 0:
             if add is not None:
                 raise ValueError("add: not supported together with renorm or virtual_batch_size")
@@ -241,6 +245,31 @@ class _BatchNorm(_NormBase):
                                self.momentum, self.eps, self.channel_axis, out, self.bessel,
                                self.num_batches_tracked, use_batch_stats, commit, act, add)
         return result[0] if isinstance(result, tuple) else result
+
+    def _counted(self, x: NDArray[Any]) -> Dict[str, Any]:
+        """The new ``num_batches_tracked`` of a call on ``x``, as the state a forward sets."""
+        if self.training and self.track_running_stats and x.size > 0 and self.num_batches_tracked is not None:
+            return {"num_batches_tracked": self.num_batches_tracked + 1}
+        return {}
+
+    def _forward_masked(self, x: NDArray[Any], out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                        mask: ArrayLike) -> NDArray[Any]:
+        """A forward given ``mask``: :func:`fastnorm.batch_norm`'s masked path, the statistics (and the running
+        statistics' update) over the values where the mask is True."""
+        if self._recorder is not None:
+            raise ValueError("mask: not supported while calibrate_batch_norms records the inputs")
+        if self.training and (self.renorm or self.virtual_batch_size is not None):
+            raise ValueError("mask: not supported together with renorm or virtual_batch_size")
+        use_batch_stats = self.training or self.running_mean is None
+        keep_buffers = not self.training or self.track_running_stats
+        saved = self._input_to_keep(x, out)
+        y, mean, invstd = F.batch_norm(x, self.running_mean if keep_buffers else None,
+                                       self.running_var if keep_buffers else None, self.weight, self.bias,
+                                       use_batch_stats, self.momentum, self.eps, channel_axis=self.channel_axis,
+                                       activation=self.activation, add=add, out=out, bessel=self.bessel,
+                                       num_batches_tracked=self.num_batches_tracked, mask=mask, return_stats=True)
+        self._apply_masked(self._counted(x), (saved, mean, invstd, use_batch_stats), add, mask)
+        return y
 
     def _moments_of(self, x: NDArray[Any]) -> Moments:
         """Exact per-channel moments of an input of this layer."""

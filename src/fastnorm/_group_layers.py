@@ -131,13 +131,20 @@ class GroupNorm(_AddLayer):
         "        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)\n"
         "        array([[-1.,  1.]], dtype=float32)",
         add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         x = _array(x, "input")
         act = _check_activation(self.activation)
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
+        if mask is not None:
+            saved = self._input_to_keep(x, out)
+            masked, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                              channel_axis=self.channel_axis, activation=self.activation, add=add,
+                                              out=out, mask=mask, return_stats=True)
+            self._apply_masked({}, (saved, mean, rstd), add, mask)
+            return masked
         commit = self._commit({}, (self._input_to_keep(x, out), STATS), add)
         y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit,
                           act, add)

@@ -45,8 +45,8 @@ class _InstanceNorm(_NormBase):
         "        array([[-1.,  1.],\n"
         "               [-1.,  1.]], dtype=float32)",
         add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         x = _array(x, "input")
         self._check_input(x)
         act = _check_activation(self.activation)
@@ -64,6 +64,14 @@ class _InstanceNorm(_NormBase):
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
+        if mask is not None:
+            saved = self._input_to_keep(x, out)
+            masked, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                                 use_input_stats, momentum, self.eps, channel_axis=self.channel_axis,
+                                                 activation=self.activation, add=add, out=out, mask=mask,
+                                                 return_stats=True)
+            self._apply_masked({}, (saved, mean, rstd, use_input_stats, unbatched), add, mask)
+            return given_out if given_out is not None else (masked[0] if unbatched else masked)
         commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched), add)
         y = F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
                              momentum, self.eps, out, False, commit, self.channel_axis, act, add)

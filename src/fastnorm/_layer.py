@@ -115,8 +115,9 @@ class _Layer:
     grad_bias: Optional[NDArray[Any]] = None
     grad_add: Optional[NDArray[Any]] = None  # the gradient of the last forward's ``add=``
     activation: Optional[str] = None  # applied in the sweep that writes the output (see _check_activation)
-    # The activation and ``add`` of the forward that ``_saved`` is from: what backward differentiates through.
-    _saved_epilogue: Tuple[Optional[str], Any] = (None, None)
+    # The activation, ``add`` and ``mask`` of the forward that ``_saved`` is from: what backward differentiates
+    # through.
+    _saved_epilogue: Tuple[Optional[str], Any, Any] = (None, None, None)
 
     def _set_activation(self, activation: Optional[str]) -> None:
         """The constructor's ``activation``, checked."""
@@ -124,9 +125,15 @@ class _Layer:
         self.activation = activation
 
     def _epilogue(self) -> Dict[str, Any]:
-        """The keyword arguments of a backward function for the activation and ``add`` of the kept forward."""
-        activation, add = self._saved_epilogue
-        return {"activation": activation} if add is None else {"activation": activation, "add": add}
+        """The keyword arguments of a backward function for the activation, ``add`` and ``mask`` of the kept
+        forward."""
+        activation, add, mask = self._saved_epilogue
+        kwargs: Dict[str, Any] = {"activation": activation}
+        if add is not None:
+            kwargs["add"] = add
+        if mask is not None:
+            kwargs["mask"] = mask
+        return kwargs
 
     @staticmethod
     def _input_to_keep(x: Any, out: Optional[NDArray[Any]]) -> Any:
@@ -138,7 +145,7 @@ class _Layer:
     def _keep(self, x: Any, *stats: Any, add: Any = None) -> None:
         if _keeps_grad():
             self._saved = (x,) + stats
-            self._saved_epilogue = (self.activation, add)
+            self._saved_epilogue = (self.activation, add, None)
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
         raise NotImplementedError
@@ -159,8 +166,18 @@ class _Layer:
         commit = self._namespace_commit(state)
         if keep:
             state["_saved"] = (saved[0], commit) + saved[2:] if len(saved) > 1 and saved[1] is STATS else saved
-            state["_saved_epilogue"] = (self.activation, add)
+            state["_saved_epilogue"] = (self.activation, add, None)
         return commit
+
+    def _apply_masked(self, state: Dict[str, Any], saved: Tuple[Any, ...], add: Any, mask: Any) -> None:
+        """After a forward given ``mask=`` (the functional masked path, which has checked everything and
+        updated the running statistics): set ``state`` and what backward keeps, ``saved`` with the
+        statistics of the call, and a copy of the mask (backward's statistics depend on it)."""
+        if _keeps_grad():
+            state["_saved"] = saved
+            state["_saved_epilogue"] = (self.activation, add, np.array(mask, copy=True))
+        if state or self._lazy_target is not None:
+            self._namespace_commit(state).apply()
 
     def _namespace_commit(self, state: Dict[str, Any]) -> _kernels.Commit:
         """A :class:`~fastnorm._kernels.Commit` that sets ``state`` (new attribute values) on the layer; on the
@@ -455,13 +472,14 @@ class _Layer:
 
 
 class _AddLayer(_Layer):
-    """A layer whose call takes ``add=``, added before its activation (BatchNorm, InstanceNorm, GroupNorm)."""
+    """A layer whose call takes ``add=``, added before its activation, and ``mask=`` (BatchNorm,
+    InstanceNorm, GroupNorm)."""
 
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         raise NotImplementedError
 
-    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                 add: Optional[ArrayLike] = None) -> NDArray[Any]:
-        """``layer(x, add=a)`` is ``layer.forward(x, add=a)``."""
-        return self.forward(x, out=out, add=add)
+    def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        """``layer(x, add=a, mask=m)`` is ``layer.forward(x, add=a, mask=m)``."""
+        return self.forward(x, out=out, add=add, mask=mask)

@@ -143,6 +143,15 @@ _FORWARD = """{summary}
         {examples}
         """
 
+# The ``mask`` call argument of the layers.
+_LAYER_MASK = """
+        mask : array_like of bool, keyword-only, optional
+            Broadcastable to ``x``: the statistics are taken over the values where it is True only (as the
+            functional ``mask=``, Flax's ``mask`` and Keras' BatchNormalization ``mask``), every value
+            normalized with them; running statistics are updated with the masked-in count, and
+            :meth:`backward` differentiates the masked statistics.  Computed in float64 NumPy (not the
+            kernels' sweep)."""
+
 _KEEPS = "Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`."
 
 
@@ -156,7 +165,7 @@ _ADD = """
         add : array_like, keyword-only, optional
             Added to the normalized values before the layer's activation, in the same sweep:
             ``y = activation(norm(x) + add)``; floating point, of the input's shape (or one that
-            broadcasts to it).  :meth:`backward` then also stores its gradient in ``grad_add``."""
+            broadcasts to it).  :meth:`backward` then also stores its gradient in ``grad_add``.""" + _LAYER_MASK
 
 
 def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input",

@@ -101,8 +101,8 @@ class _LazyNorm(_NormBase):
         "        >>> type(bn).__name__, bn.num_features, bn.running_mean\n"
         "        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))",
         add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         if self.num_features == 0:
             x = _array(x, "input")
             self._check_input(x)
@@ -118,7 +118,7 @@ class _LazyNorm(_NormBase):
         if self.num_features == 0:
             self._materialize(stand_in, channels)
         stand_in._lazy_target = self
-        y: NDArray[Any] = stand_in.forward(x, out=out, add=add)
+        y: NDArray[Any] = stand_in.forward(x, out=out, add=add, mask=mask)
         return y
 
     def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:

@@ -9,8 +9,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer
-from ._layer_docs import _ACTIVATION, _F, _KEEPS, _references
-from ._validation import _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
+from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _references
+from ._validation import _array, _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
 
 
 _ROWS_FORWARD = """{summary}
@@ -29,7 +29,7 @@ _ROWS_FORWARD = """{summary}
         out : ndarray, keyword-only, optional
             Where to write the result: the input's shape and dtype, writable; may be ``x`` itself.
         residual_out : ndarray, keyword-only, optional
-            Where to write h (with ``residual``): the input's shape and dtype; may be ``x`` or ``residual``.
+            Where to write h (with ``residual``): the input's shape and dtype; may be ``x`` or ``residual``.{mask}
 
         Returns
         -------
@@ -63,7 +63,8 @@ def _rows_forward_doc(summary: str, cls: str, example: str) -> Callable[[_F], _F
     """The ``forward`` docstring of LayerNorm and RMSNorm."""
     def document(forward: _F) -> _F:
         forward.__doc__ = _ROWS_FORWARD.format(summary=summary, keeps=_KEEPS, cls=cls, example=example,
-                                               function="layer_norm" if cls == "LayerNorm" else "rms_norm")
+                                               function="layer_norm" if cls == "LayerNorm" else "rms_norm",
+                                               mask=_LAYER_MASK.replace("``x``", "``x`` (or h)"))
         return forward
     return document
 
@@ -84,8 +85,10 @@ class _RowsLayer(_Layer):
         return None
 
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
-                residual_out: Optional[NDArray[Any]] = None) -> Any:
+                residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:
         act = _check_activation(self.activation)
+        if mask is not None:
+            return self._forward_masked(x, residual, out, residual_out, mask)
         if residual is None and residual_out is None:
             commit = self._commit({}, (self._input_to_keep(x, out), STATS))
             return F._rows_norm(x, self.normalized_shape, self.weight, self._bias(), self.eps, out, self._rms, False,
@@ -99,10 +102,27 @@ class _RowsLayer(_Layer):
                                         out, self._rms, False, commit, self.axes, act=act)
         return y, h
 
-    def __call__(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
-                 out: Optional[NDArray[Any]] = None, residual_out: Optional[NDArray[Any]] = None) -> Any:
+    def _forward_masked(self, x: ArrayLike, residual: Optional[ArrayLike], out: Optional[NDArray[Any]],
+                        residual_out: Optional[NDArray[Any]], mask: ArrayLike) -> Any:
+        """A forward given ``mask``: :func:`fastnorm.layer_norm`'s (``rms_norm``'s) masked path, each row's
+        statistics over its values where the mask is True."""
+        function: Any = F.rms_norm if self._rms else F.layer_norm
+        params = (self.weight,) if self._rms else (self.weight, self._bias())
+        x_ = _array(x, "input")
+        saved = x_ if residual is not None else self._input_to_keep(x_, out)
+        result = function(x_, self.normalized_shape, *params, self.eps, axes=self.axes, activation=self.activation,
+                          out=out, mask=mask, residual=residual, residual_out=residual_out, return_stats=True)
+        stats = result[-1:] if self._rms else result[-2:]
+        if residual is None:
+            self._apply_masked({}, (saved, *stats), None, mask)
+            return result[0]
+        self._apply_masked({}, (result[1], *stats, _WITH_RESIDUAL), None, mask)
+        return result[0], result[1]
+
+    def __call__(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
+                 residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:
         """``layer(x, ...)`` is ``layer.forward(x, ...)``."""
-        return self.forward(x, residual=residual, out=out, residual_out=residual_out)
+        return self.forward(x, residual=residual, out=out, residual_out=residual_out, mask=mask)
 
     def backward(self, grad_output: ArrayLike, grad_residual_out: Optional[ArrayLike] = None) -> NDArray[Any]:
         """Gradient of the loss with respect to the last forward's input; after a forward with
@@ -256,8 +276,8 @@ class LayerNorm(_RowsLayer):
     @_rows_forward_doc("Normalize each sample over its trailing ``normalized_shape`` dimensions.", "LayerNorm",
                        "array([[-1.,  1.]], dtype=float32)")
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
-                residual_out: Optional[NDArray[Any]] = None) -> Any:
-        return super().forward(x, residual=residual, out=out, residual_out=residual_out)
+                residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:
+        return super().forward(x, residual=residual, out=out, residual_out=residual_out, mask=mask)
 
     def _bias(self) -> Optional[NDArray[Any]]:
         return self.bias
@@ -265,7 +285,7 @@ class LayerNorm(_RowsLayer):
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, mean, rstd = saved[:3]
         return F.layer_norm_backward(grad_output, x, self.normalized_shape, mean, rstd, self.weight, self.bias,
-                                     axes=self.axes, eps=self.eps, activation=self._saved_epilogue[0])
+                                     axes=self.axes, eps=self.eps, **self._epilogue())
 
     def _torch_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -359,13 +379,13 @@ class RMSNorm(_RowsLayer):
     @_rows_forward_doc("Divide each sample by its root mean square over the trailing ``normalized_shape`` dimensions.",
                        "RMSNorm", "array([[0.8485, 1.1314]], dtype=float32)")
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
-                residual_out: Optional[NDArray[Any]] = None) -> Any:
-        return super().forward(x, residual=residual, out=out, residual_out=residual_out)
+                residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:
+        return super().forward(x, residual=residual, out=out, residual_out=residual_out, mask=mask)
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> _Grads:
         x, rstd = saved[:2]
         return F.rms_norm_backward(grad_output, x, self.normalized_shape, rstd, self.weight, axes=self.axes,
-                                   eps=F._rms_eps(self.eps, x.dtype), activation=self._saved_epilogue[0])
+                                   eps=F._rms_eps(self.eps, x.dtype), **self._epilogue())
 
     def _torch_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -236,10 +236,12 @@ class SyncBatchNorm(_BatchNorm):
         "        array([[-1., -1.],\n"
         "               [ 1.,  1.]], dtype=float32)",
         result="slice", add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None,
-                add: Optional[ArrayLike] = None) -> NDArray[Any]:
+    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
+                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         if not self.training:
-            return super().forward(x, out=out, add=add)
+            return super().forward(x, out=out, add=add, mask=mask)
+        if mask is not None:
+            raise ValueError("mask: not supported by SyncBatchNorm in training mode (only in evaluation mode)")
         C = self.num_features
         rows, (x_, saved, local, target) = _allgather(self.communicator, 2 * C + 1,
                                                       lambda: self._forward_local(x, out, add))
@@ -341,7 +343,7 @@ class SyncBatchNorm(_BatchNorm):
             return super()._backward(grad_output, *saved)
         x, mean, invstd, _, count = saved
         axis = self.channel_axis
-        activation, add = self._saved_epilogue
+        activation, add, _ = self._saved_epilogue
         # Through the activation first: the collective steps below then differentiate the normalization.
         return _through_activation(
             grad_output, x, activation, add,
