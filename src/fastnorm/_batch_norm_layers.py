@@ -3,7 +3,7 @@ and BatchNorm1d/2d/3d."""
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -16,10 +16,22 @@ from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_
 from ._tf_ops import moments64
 from ._threads import threads_for
 from ._validation import (_array, _as_input, _check_activation, _check_axis, _check_eps, _check_momentum, _check_out,
-                          _momentum_factor, _real, check_count)
+                          _momentum_factor, _real, _several_axes, check_count)
 from .statistics import Moments
 
 _BatchNormT = TypeVar("_BatchNormT", bound="_BatchNorm")
+# ``num_features``: a channel count, or with several channel axes the sizes of those axes.
+Features = Union[int, Tuple[int, ...]]
+
+
+def _check_features(num_features: Union[int, Sequence[int]]) -> Features:
+    """``num_features``: a positive int, or a sequence of them (the sizes of several channel axes) as a tuple."""
+    if _several_axes(num_features):
+        sizes = tuple(check_count(n, "num_features") for n in num_features)  # type: ignore[union-attr]
+        if not sizes:
+            raise ValueError("num_features: expected a positive integer or a non-empty tuple of them, got ()")
+        return sizes
+    return check_count(num_features, "num_features")  # type: ignore[arg-type]
 
 
 class _NormBase(_AddLayer):
@@ -33,10 +45,12 @@ class _NormBase(_AddLayer):
     num_batches_tracked: Optional[int]
     eps: float
 
-    def __init__(self, num_features: int, eps: float, momentum: Optional[float], affine: bool,
+    num_features: Features
+
+    def __init__(self, num_features: Features, eps: float, momentum: Optional[float], affine: bool,
                  track_running_stats: bool, dtype: DTypeLike, bias: bool = True,
                  activation: Optional[str] = None) -> None:
-        self.num_features = check_count(num_features, "num_features")
+        self.num_features = _check_features(num_features)
         self._set_activation(activation)
         self.eps = _check_eps(eps)
         self.momentum = _check_momentum(momentum)
@@ -50,7 +64,8 @@ class _NormBase(_AddLayer):
         self.reset_parameters()
 
     def _config(self) -> Dict[str, Any]:
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+        features = list(self.num_features) if isinstance(self.num_features, tuple) else self.num_features
+        return {"num_features": features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "bias": self._has_bias, "track_running_stats": self.track_running_stats,
                 "dtype": self.dtype.name, "activation": self.activation}
 
@@ -122,6 +137,20 @@ def _check_renorm_clipping(clipping: object) -> Optional[Dict[str, float]]:
     return values
 
 
+def _check_channel_axes(channel_axis: object) -> Union[int, Tuple[int, ...]]:
+    """``channel_axis``: an integer axis, or a sequence of them (several channel axes) as a tuple; a sequence
+    of one axis is that axis."""
+    if _several_axes(channel_axis):
+        axes: Tuple[Any, ...] = tuple(channel_axis)  # type: ignore[arg-type]
+        if not axes or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"channel_axis: expected an integer axis or a non-empty tuple of them, got "
+                            f"{channel_axis!r}")
+        return int(axes[0]) if len(axes) == 1 else tuple(int(a) for a in axes)
+    if not isinstance(channel_axis, numbers.Integral):
+        raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
+    return int(channel_axis)
+
+
 def _running_stats(layer: _NormBase) -> Tuple[NDArray[Any], NDArray[Any]]:
     """The running mean and variance of a layer that tracks them."""
     if layer.running_mean is None or layer.running_var is None:
@@ -131,7 +160,7 @@ def _running_stats(layer: _NormBase) -> Tuple[NDArray[Any], NDArray[Any]]:
 
 class _BatchNorm(_NormBase):
     _recorder: Optional[List[Any]] = None  # [Moments or None, calls] while calibrate_batch_norms runs
-    channel_axis: int
+    channel_axis: Any  # an int, or a tuple of them (several channel axes; see _check_channel_axes)
     bessel: bool
     renorm: bool
     renorm_clipping: Optional[Dict[str, float]]
@@ -141,14 +170,23 @@ class _BatchNorm(_NormBase):
     renorm_stddev: Optional[NDArray[Any]] = None
     _eval_cache: _kernels.EvalCache
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
-                 channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
-                 renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
-                 virtual_batch_size: Optional[int] = None, activation: Optional[str] = None) -> None:
-        if not isinstance(channel_axis, numbers.Integral):
-            raise TypeError(f"channel_axis: expected an integer axis, got {channel_axis!r}")
-        self.channel_axis = int(channel_axis)
+    def __init__(self, num_features: Union[int, Sequence[int]], eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, bias: bool = True,
+                 dtype: DTypeLike = np.float32, channel_axis: Union[int, Sequence[int]] = 1, bessel: bool = True,
+                 renorm: bool = False, renorm_clipping: Optional[Mapping[str, Optional[float]]] = None,
+                 renorm_momentum: float = 0.01, virtual_batch_size: Optional[int] = None,
+                 activation: Optional[str] = None) -> None:
+        self.channel_axis = _check_channel_axes(channel_axis)
+        features = _check_features(num_features)
+        if isinstance(self.channel_axis, tuple):
+            if not isinstance(features, tuple) or len(features) != len(self.channel_axis):
+                raise ValueError(f"num_features: expected a tuple of {len(self.channel_axis)} sizes, one per axis of "
+                                 f"channel_axis={channel_axis!r}, got {num_features!r}")
+        elif isinstance(features, tuple):
+            if len(features) != 1:
+                raise ValueError(f"num_features: expected an integer (one channel axis, channel_axis="
+                                 f"{channel_axis!r}), got {num_features!r}")
+            features = features[0]
         self.bessel = bool(bessel)
         self.renorm = bool(renorm)
         self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
@@ -161,14 +199,15 @@ class _BatchNorm(_NormBase):
         if activation is not None and (self.renorm or self.virtual_batch_size is not None):
             raise ValueError("activation: not supported together with renorm or virtual_batch_size")
         self._eval_cache = _kernels.EvalCache()
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias, activation)
+        super().__init__(features, eps, momentum, affine, track_running_stats, dtype, bias, activation)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self._eval_cache = _kernels.EvalCache()
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), channel_axis=self.channel_axis, bessel=self.bessel, renorm=self.renorm,
+        axes = list(self.channel_axis) if isinstance(self.channel_axis, tuple) else self.channel_axis
+        return dict(super()._config(), channel_axis=axes, bessel=self.bessel, renorm=self.renorm,
                     renorm_clipping=self.renorm_clipping, renorm_momentum=self.renorm_momentum,
                     virtual_batch_size=self.virtual_batch_size)
 
@@ -214,8 +253,8 @@ class _BatchNorm(_NormBase):
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         act = _check_activation(self.activation)
-        if (out is None and mask is None and not self.training and self.running_mean is not None and type(x) is np.ndarray
-                and self._lazy_target is None
+        if (out is None and mask is None and not self.training and self.running_mean is not None
+                and type(x) is np.ndarray and self._lazy_target is None and isinstance(self.channel_axis, int)
                 and x.ndim in self._input_ndims and -x.ndim <= self.channel_axis < x.ndim):
             # The eval path of an inference pipeline: factors folded once, one sweep per call.
             y = _kernels.eval_cached(self._eval_cache, x, self.channel_axis, self.running_mean, self.running_var,
@@ -271,13 +310,25 @@ class _BatchNorm(_NormBase):
         self._apply_masked(self._counted(x), (saved, mean, invstd, use_batch_stats), add, mask)
         return y
 
+    def _channel_axes_of(self, x: NDArray[Any]) -> Tuple[int, ...]:
+        """The channel axes of an input of this layer (sorted, non-negative), its channels checked."""
+        if isinstance(self.channel_axis, int):
+            axes: Tuple[int, ...] = (_check_axis(self.channel_axis, x.ndim, "channel_axis"),)
+        else:
+            axes = tuple(sorted(_check_axis(a, x.ndim, "channel_axis") for a in self.channel_axis))
+            if len(set(axes)) != len(axes):
+                raise ValueError(f"channel_axis: expected distinct axes, got {self.channel_axis} for a "
+                                 f"{x.ndim}-D input")
+        features = self.num_features if isinstance(self.num_features, tuple) else (self.num_features,)
+        if tuple(x.shape[a] for a in axes) != features:
+            raise ValueError(f"input: expected {self.num_features} channels on axis {self.channel_axis}, "
+                             f"got input of shape {x.shape}")
+        return axes
+
     def _moments_of(self, x: NDArray[Any]) -> Moments:
         """Exact per-channel moments of an input of this layer."""
-        axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
-        if x.shape[axis] != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels on axis {axis}, "
-                             f"got input of shape {x.shape}")
-        return Moments.of(x, tuple(a for a in range(x.ndim) if a != axis))
+        axes = self._channel_axes_of(x)
+        return Moments.of(x, tuple(a for a in range(x.ndim) if a not in axes))
 
     def calibrate(self: _BatchNormT, batches: Iterable[ArrayLike]) -> _BatchNormT:
         """Exact population statistics ("precise BN") of this layer's inputs.
@@ -350,18 +401,16 @@ class _BatchNorm(_NormBase):
     def _forward_groups(self, x: NDArray[Any], out: Optional[NDArray[Any]], state: Dict[str, Any]) -> NDArray[Any]:
         """Training with renorm or ghost batches: each sub-batch of ``virtual_batch_size`` consecutive samples
         (the whole batch without it) normalized with its own statistics, then corrected by r and d."""
-        axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
+        channel_axes = self._channel_axes_of(x)
         C = self.num_features
-        if x.shape[axis] != C:
-            raise ValueError(f"input: expected {C} channels on axis {axis}, got input of shape {x.shape}")
         size = self.virtual_batch_size or x.shape[0]
-        if self.virtual_batch_size is not None and axis == 0:
+        if self.virtual_batch_size is not None and 0 in channel_axes:
             raise ValueError("virtual_batch_size: splits axis 0, the batch; expected channel_axis on another axis")
         if x.shape[0] % size:
             raise ValueError(f"virtual_batch_size: expected a divisor of the batch size, got {size} for a batch "
                              f"of {x.shape[0]}")
         groups = x.shape[0] // size
-        count = x.size // C // groups
+        count = x.size // int(np.prod(C)) // groups
         if count <= 1 and self.bessel:
             raise ValueError(f"input: expected more than 1 value per channel in each {'virtual ' * (groups > 1)}"
                              f"batch when training, got input size {x.shape}")
@@ -369,10 +418,10 @@ class _BatchNorm(_NormBase):
         compute, dtype = _as_input(x, "input")
         if out is not None:
             _check_out(out, x.shape, dtype)
-        axes = tuple(a for a in range(x.ndim) if a != axis)
+        axes = tuple(a for a in range(x.ndim) if a not in channel_axes)
         pieces = [slice(g * size, (g + 1) * size) for g in range(groups)]
         stats = [moments64(compute[piece], axes)[1:] for piece in pieces]
-        mean, var = np.stack([m for m, _ in stats]), np.stack([v for _, v in stats])   # (groups, C), float64
+        mean, var = np.stack([m for m, _ in stats]), np.stack([v for _, v in stats])   # (groups, *C), float64
         if self.renorm:
             r, d, renorm_copies = self._renorm_corrections(mean, var)
         else:
@@ -382,14 +431,15 @@ class _BatchNorm(_NormBase):
         y = np.empty(x.shape, dtype)
         for g, piece in enumerate(pieces):  # (x - mean) / sqrt(var + eps) * (r * weight) + (d * weight + bias)
             F.batch_norm(x[piece], mean[g], var[g], weight * r[g], bias + weight * d[g], False, eps=eps,
-                         channel_axis=axis, out=y[piece])
+                         channel_axis=self.channel_axis, out=y[piece])
         if _keeps_grad():
             state["_saved"] = (self._input_to_keep(x, out), mean, 1.0 / np.sqrt(var + eps), True, size, r, d)
         # One C call applies the rest: out=, the running statistics (averaged over the sub-batches), the
         # renorm statistics and the layer's attributes (see _kernels.Commit).
         running = None
         if self.running_mean is not None and self.running_var is not None:
-            running = (self.running_mean, self.running_var,
+            # flat views of the layer's own (contiguous) buffers: the commit updates them per channel
+            running = (self.running_mean.reshape(-1), self.running_var.reshape(-1),
                        _momentum_factor(self.momentum, self.num_batches_tracked),
                        count / (count - 1) if self.bessel else 1.0)
         commit = self._namespace_commit(state)
@@ -423,9 +473,9 @@ class _BatchNorm(_NormBase):
         g = _array(grad_output, "grad_output")
         if g.shape != x.shape:
             raise ValueError(f"grad_output: expected the output's shape {x.shape}, got {g.shape}")
-        weight = np.ones(mean.shape[1]) if self.weight is None else self.weight.astype(np.float64)
+        weight = np.ones(mean.shape[1:]) if self.weight is None else self.weight.astype(np.float64)
         dx = np.empty(x.shape, x.dtype.newbyteorder("="))
-        grad_weight, grad_bias = np.zeros(mean.shape[1]), np.zeros(mean.shape[1])
+        grad_weight, grad_bias = np.zeros(mean.shape[1:]), np.zeros(mean.shape[1:])
         for k in range(mean.shape[0]):
             piece = slice(k * size, (k + 1) * size)
             dx[piece], gw, gb = F.batch_norm_backward(g[piece], x[piece], mean[k], invstd[k], weight * r[k], True,
@@ -441,14 +491,22 @@ class _BatchNorm(_NormBase):
         if not batch_stats:
             mean, running_var = _running_stats(self)
             invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
+        elif isinstance(self.num_features, tuple):  # kept flat by the kernel call over several channel axes
+            mean, invstd = np.reshape(mean, self.num_features), np.reshape(invstd, self.num_features)
         return F.batch_norm_backward(grad_output, x, mean, invstd, self.weight, batch_stats,
                                      channel_axis=self.channel_axis, eps=self.eps, bias=self.bias, **self._epilogue())
 
 
 _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.BatchNorm{dims}``.
-""" + _BATCH_NORM_PARAMETERS + """
-    channel_axis : int, keyword-only
-        1 (channels first, the default) or -1 (channels last: {last} input).
+""" + _BATCH_NORM_PARAMETERS.replace(
+    "num_features : int\n        C, the number of channels.",
+    "num_features : int or tuple of int\n        C, the number of channels; with several channel axes, the tuple of\n"
+    "        their sizes (in the order of the axes, sorted).") + """
+    channel_axis : int or tuple of int, keyword-only
+        1 (channels first, the default) or -1 (channels last: {last} input).  A tuple of axes (Keras 2's
+        ``BatchNormalization(axis=[1, 3])``): a channel per combination of their indices, the parameters
+        and running statistics of shape ``num_features`` (see :func:`fastnorm.batch_norm`); not with
+        ``mask=``.
     bessel : bool, keyword-only
         Update the running variance with the unbiased (True, PyTorch) or biased (False, ONNX/Keras) batch
         variance.

@@ -1,12 +1,14 @@
 """Lazy layers: ``num_features`` from the first call, as torch.nn's LazyBatchNorm*d and LazyInstanceNorm*d."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from ._batch_norm_layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _NormBase
+from ._batch_norm_layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Features, _BatchNorm, _check_channel_axes,
+                                 _NormBase)
 from ._instance_layers import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
 from ._layer import LoadResult, StateDictSource, _Layer, _state_array
 from ._layer_docs import _forward_doc
@@ -77,11 +79,20 @@ class _LazyNorm(_NormBase):
 
     reset_parameters.__doc__ = _NormBase.reset_parameters.__doc__
 
-    def _channels(self, x: NDArray[Any]) -> int:
+    def _channels(self, x: NDArray[Any]) -> Features:
         raise NotImplementedError
 
+    def _features_of(self, shape: Tuple[int, ...]) -> Optional[Features]:
+        """The ``num_features`` a state dict's vectors of ``shape`` give, or None where they give none."""
+        if len(shape) != self._features_ndim() or 0 in shape:
+            return None
+        return shape if len(shape) > 1 else shape[0]
+
+    def _features_ndim(self) -> int:
+        return 1
+
     @staticmethod
-    def _materialize(layer: _NormBase, num_features: int) -> None:
+    def _materialize(layer: _NormBase, num_features: Features) -> None:
         """Create ``layer``'s parameters and buffers for ``num_features`` channels."""
         layer.num_features = num_features
         tracked = layer.num_batches_tracked
@@ -107,7 +118,7 @@ class _LazyNorm(_NormBase):
             x = _array(x, "input")
             self._check_input(x)
             channels = self._channels(x)
-            if channels == 0:
+            if 0 in (channels if isinstance(channels, tuple) else (channels,)):
                 raise ValueError(f"input: expected at least one channel to infer num_features from, got input "
                                  f"of shape {x.shape}")
         # The call runs on a stand-in of cls_to_become with the parameters and buffers created; the kernel
@@ -126,9 +137,10 @@ class _LazyNorm(_NormBase):
             # As torch's lazy load hook: initialized values materialize the layer with their length.
             lengths = {_state_array(state_dict[prefix + key], f"state_dict[{prefix + key!r}]").shape
                        for key in _VECTOR_KEYS if prefix + key in state_dict}
-            if len(lengths) == 1 and len(shape := lengths.pop()) == 1 and shape[0] > 0:
+            features = self._features_of(lengths.pop()) if len(lengths) == 1 else None
+            if features is not None:
                 before = self.__dict__.copy()
-                self._materialize(self, shape[0])
+                self._materialize(self, features)
                 try:
                     return super().load_state_dict(state_dict, strict, prefix)
                 except BaseException:
@@ -159,7 +171,7 @@ def _lazy_doc(becomes: type) -> str:
     summary = (f"A :class:`{cls}` whose ``num_features`` is inferred from the first call's input, as "
                f"``torch.nn.Lazy{cls}``.")
     rest = (becomes.__doc__ or "").split("\n", 1)[1]
-    rest = rest.replace("    num_features : int\n        C, the number of channels.\n", "")
+    rest = re.sub(r"    num_features : .*\n(        .*\n)+?(?=    \w)", "", rest, count=1)
     rest = rest.replace(f"torch.nn.{cls[:-2]}", f"torch.nn.Lazy{cls[:-2]}")
     rest = rest.replace(f"= fastnorm.{cls}(3)", f"= fastnorm.Lazy{cls}()")
     rest = rest.replace("; default False.", "; default True, as PyTorch's lazy class (False in InstanceNorm).")
@@ -170,18 +182,26 @@ def _lazy_doc(becomes: type) -> str:
 class _LazyBatchNorm(_LazyNorm, _BatchNorm):
     def __init__(self, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True, dtype: DTypeLike = np.float32,
-                 channel_axis: int = 1, bessel: bool = True, renorm: bool = False,
+                 channel_axis: Union[int, Sequence[int]] = 1, bessel: bool = True, renorm: bool = False,
                  renorm_clipping: Optional[Mapping[str, Optional[float]]] = None, renorm_momentum: float = 0.01,
                  virtual_batch_size: Optional[int] = None, activation: Optional[str] = None) -> None:
-        super().__init__(1, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
+        axes = _check_channel_axes(channel_axis)
+        placeholder = (1,) * len(axes) if isinstance(axes, tuple) else 1  # until the first call
+        super().__init__(placeholder, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel, renorm=renorm, renorm_clipping=renorm_clipping,
                          renorm_momentum=renorm_momentum, virtual_batch_size=virtual_batch_size,
                          activation=activation)
         self._lazy_init()
         self.renorm_mean = self.renorm_stddev = None
 
-    def _channels(self, x: NDArray[Any]) -> int:
+    def _channels(self, x: NDArray[Any]) -> Features:
+        if isinstance(self.channel_axis, tuple):
+            return tuple(int(x.shape[a]) for a in sorted(_check_axis(a, x.ndim, "channel_axis")
+                                                         for a in self.channel_axis))
         return int(x.shape[_check_axis(self.channel_axis, x.ndim, "channel_axis")])
+
+    def _features_ndim(self) -> int:
+        return len(self.channel_axis) if isinstance(self.channel_axis, tuple) else 1
 
 
 class _LazyInstanceNorm(_LazyNorm, _InstanceNorm):

@@ -115,7 +115,8 @@ def _whole_axes(layer: L._Layer, ndim: int) -> Tuple[int, ...]:
     if isinstance(layer, L._InstanceNorm):
         return tuple(range(1 if ndim == layer._input_ndims[1] else 0, ndim))
     if isinstance(layer, L._BatchNorm):
-        return (layer.channel_axis % ndim,)
+        axes = layer.channel_axis if isinstance(layer.channel_axis, tuple) else (layer.channel_axis,)
+        return tuple(sorted(a % ndim for a in axes))
     raise TypeError(f"layer: expected a fastnorm layer, got {type(layer).__name__}")
 
 

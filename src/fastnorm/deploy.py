@@ -70,9 +70,9 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     TypeError
         ``bn`` not a fastnorm BatchNorm layer, or ``weight`` not floating point.
     ValueError
-        An unknown ``layout``; a ``bn`` without running statistics or with an ``activation``; a weight of
-        the wrong number of dimensions, or whose first axis is not ``bn.num_features`` long; a bias not of
-        shape ``(out_channels,)``.
+        An unknown ``layout``; a ``bn`` without running statistics, with an ``activation`` or with several
+        channel axes; a weight of the wrong number of dimensions, or whose first axis is not
+        ``bn.num_features`` long; a bias not of shape ``(out_channels,)``.
 
     Notes
     -----
@@ -111,6 +111,9 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     if (layout == "conv" and w.ndim < 3) or (layout == "linear" and w.ndim != 2):
         raise ValueError(f"weight: expected {expected_ndim} dimensions for layout={layout!r}, got shape {w.shape}")
     C = bn.num_features
+    if isinstance(C, tuple):
+        raise ValueError(f"bn: has channel_axis={bn.channel_axis}, several channel axes, which no output channel "
+                         "axis of a weight holds")
     if w.shape[0] != C:
         raise ValueError(f"weight: expected {C} output channels (bn.num_features) on axis 0, got shape {w.shape}")
     b = np.zeros(C) if bias is None else _float64(bias, "bias")
@@ -468,7 +471,7 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
         stand_in = cls(**{**kwargs, **small})
         if isinstance(stand_in, _layers._LazyNorm):  # loaded once called (or loaded into): their length
             stand_in.load_state_dict(state, strict=False)
-            sizes = (stand_in.num_features,)
+            sizes = _features_shape(stand_in.num_features)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{where}: config: {e}") from None
     unknown = sorted(set(config) - set(stand_in._config()))
@@ -492,13 +495,19 @@ def _build(cls: Type[_layers._Layer], config: object, state: Mapping[str, NDArra
     return layer
 
 
+def _features_shape(num_features: Any) -> Tuple[Any, ...]:
+    """The parameters' shape of a ``num_features`` (with several channel axes: a tuple of sizes)."""
+    return num_features if isinstance(num_features, tuple) else (num_features,)
+
+
 def _sizes(cls: Type[_layers._Layer], kwargs: Mapping[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The shape of a layer's parameter and buffer vectors given its constructor arguments, and the
     arguments of a stand-in of the same configuration whose vectors have one value."""
     if issubclass(cls, _layers._LazyNorm):  # the arrays, when there are any, give the length
         return (), {}
     if issubclass(cls, _layers._NormBase):
-        return (kwargs.get("num_features"),), {"num_features": 1}
+        features = _features_shape(kwargs.get("num_features"))
+        return features, {"num_features": (1,) * len(features)}
     if issubclass(cls, _layers.LocalResponseNorm):  # no parameters
         return (), {}
     if issubclass(cls, _layers.GroupNorm):

@@ -11,6 +11,7 @@ only when a SyncBatchNorm without an explicit communicator first needs one (``pi
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple, TypeVar, Union, cast,
                     overload)
 
@@ -192,11 +193,16 @@ class SyncBatchNorm(_BatchNorm):
 
     _input_ndims = (2, 3, 4, 5)
     comm: Optional[Communicator]
+    channel_axis: int  # one axis (checked by the constructor)
+    num_features: int
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, comm: Optional[Communicator] = None, bias: bool = True,
                  dtype: DTypeLike = np.float32, channel_axis: int = 1, bessel: bool = True,
                  activation: Optional[str] = None) -> None:
+        if not isinstance(channel_axis, numbers.Integral):  # its exchanges are per channel of one axis
+            raise TypeError(f"channel_axis: expected an integer axis (SyncBatchNorm has one channel axis), got "
+                            f"{channel_axis!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype,
                          channel_axis=channel_axis, bessel=bessel, activation=activation)
         self.comm = comm

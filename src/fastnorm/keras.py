@@ -51,7 +51,8 @@ def from_keras(config: Mapping[str, Any], weights: Sequence[ArrayLike] = (), *, 
         BatchNormalization: :class:`BatchNorm1d`, :class:`BatchNorm2d` or :class:`BatchNorm3d` (by ``ndim``)
         with ``momentum = 1 - momentum`` and ``renorm_momentum = 1 - renorm_momentum`` (Keras' momenta are
         the weights of the old values, fastnorm's of the new ones; rounded to 15 digits, so 0.99 gives
-        0.01), ``bessel`` as given, ``channel_axis`` Keras' ``axis`` (-1 for the last),
+        0.01), ``bessel`` as given, ``channel_axis`` Keras' ``axis`` (-1 for the last; a list of several
+        axes, tf.keras 2's, as a sorted tuple, ``num_features`` their sizes and the weights reshaped to them),
         ``renorm``, ``renorm_clipping`` and (tf.keras 2) ``virtual_batch_size``; ``moving_stddev`` is
         not kept (Keras derives ``moving_variance`` from it).  LayerNormalization: :class:`LayerNorm`
         over the axes Keras normalizes over (``normalized_shape`` for trailing axes, ``axes=`` for any
@@ -64,7 +65,7 @@ def from_keras(config: Mapping[str, Any], weights: Sequence[ArrayLike] = (), *, 
     Raises
     ------
     ValueError
-        A config fastnorm cannot represent, named: BatchNormalization over several axes or the batch axis,
+        A config fastnorm cannot represent, named: BatchNormalization over the batch axis or repeated axes,
         LayerNormalization or RMSNormalization over repeated axes, LayerNormalization's
         ``rms_scaling=True`` (Keras divides the uncentred input by its standard deviation, which is
         neither LayerNorm nor RMSNorm; Keras deprecates it for RMSNormalization), GroupNormalization over
@@ -217,26 +218,41 @@ def _batch_normalization(k: _Keras) -> _layers._Layer:
     if k.config.get("adjustment") is not None:
         raise ValueError("config: adjustment (tf.keras 2's random rescaling in training) is not supported")
     axes = k.axes()
-    if len(axes) != 1:
-        raise ValueError(f"config: axis={axes}: fastnorm's BatchNorm layers have one channel axis")
     ndim = k.need_ndim("to choose BatchNorm1d, 2d or 3d")
     cls = {2: _layers.BatchNorm1d, 3: _layers.BatchNorm1d, 4: _layers.BatchNorm2d, 5: _layers.BatchNorm3d}.get(ndim)
     if cls is None:
         raise ValueError(f"ndim: expected 2 to 5 dimensions (BatchNorm1d to 3d), got {ndim}")
-    axis = axes[0] + ndim if axes[0] < 0 else axes[0]
-    if not 0 < axis < ndim:
-        raise ValueError(f"config: axis={axes[0]} of a {ndim}-D input: expected a channel axis other than the "
-                         "batch axis 0")
+    placed = sorted(a + ndim if a < 0 else a for a in axes)
+    if not all(0 < a < ndim for a in placed) or len(set(placed)) != len(placed):
+        raise ValueError(f"config: axis={axes if len(axes) > 1 else axes[0]} of a {ndim}-D input: expected distinct "
+                         "channel axes other than the batch axis 0")
     center, scale, renorm = bool(k.get("center", True)), bool(k.get("scale", True)), bool(k.get("renorm", False))
     names = ["gamma"] * scale + ["beta"] * center + ["moving_mean", "moving_variance"]
     names += ["moving_stddev", "renorm_mean", "renorm_stddev"] * renorm
     weights = k.weights(names)
-    layer = cls(k.channels(axis), eps=k.get("epsilon", 1e-3), momentum=_momentum(k.get("momentum", 0.99), "momentum"),
-                affine=scale or center, bias=center, dtype=k.dtype, channel_axis=-1 if axis == ndim - 1 else axis,
+    if len(placed) == 1:
+        features: Any = k.channels(placed[0])
+        channel_axis: Any = -1 if placed[0] == ndim - 1 else placed[0]
+    else:  # tf.keras 2: weights of the input's rank, 1 off the axes (or already of the axes' sizes)
+        features, channel_axis = _several_channels(k, placed, ndim), tuple(placed)
+        weights = {key: value.reshape(features) for key, value in weights.items()}
+    layer = cls(features, eps=k.get("epsilon", 1e-3), momentum=_momentum(k.get("momentum", 0.99), "momentum"),
+                affine=scale or center, bias=center, dtype=k.dtype, channel_axis=channel_axis,
                 bessel=k.bessel, renorm=renorm, renorm_clipping=k.get("renorm_clipping", None) if renorm else None,
                 renorm_momentum=_momentum(k.get("renorm_momentum", 0.99), "renorm_momentum"),
                 virtual_batch_size=k.get("virtual_batch_size", None))
     return k.affine(weights, layer)
+
+
+def _several_channels(k: _Keras, axes: List[int], ndim: int) -> Tuple[int, ...]:
+    """The sizes of several channel axes, from the weights (BatchNormalization always has its moving
+    statistics): of shape ``sizes``, or of the input's rank with 1 off the axes (tf.keras 2's)."""
+    shape = k.arrays[0].shape
+    sizes = tuple(shape[a] for a in axes) if len(shape) == ndim else shape
+    if len(sizes) != len(axes) or int(np.prod(shape)) != int(np.prod(sizes)):
+        raise ValueError(f"weights: expected arrays of the sizes of axis={axes}, or of a {ndim}-D input's rank "
+                         f"with 1 off those axes, got shape {shape}")
+    return tuple(int(n) for n in sizes)
 
 
 def _normalized(k: _Keras) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]:
