@@ -4,7 +4,8 @@ buffers, state dicts, calibration,
 SyncBatchNorm, fold_batch_norm), given in the other byte order or misaligned, gives the bits of the
 native call and writes nothing but what that call writes (in the argument's own form); given as a masked
 array, raises a TypeError naming it and writes nothing, except the input of the functions that take a
-``mask=`` (MASKED_INPUT): there the values masked out reach no statistic.
+``mask=`` (MASKED_INPUT): there the values masked out reach no statistic; and the input of the layers,
+which take it with its mask (LAYER_MASKED_INPUT), or refuse it naming ``mask`` (MASKED_REFUSED).
 
 The misaligned arguments are what the sanitizer run of .ci/run needs: a kernel that read them as they
 are would do misaligned loads, which UBSan reports."""
@@ -338,6 +339,14 @@ def from_keras(a):
 MASKED_INPUT = {"batch_norm_train", "batch_norm_train_channels_last", "batch_norm_eval", "layer_norm", "layer_norm_2d",
                 "rms_norm", "group_norm", "group_norm_channels_last", "instance_norm_train", "instance_norm_eval",
                 "moments"}
+# The layers, whose call takes mask= too: a numpy.ma input is its data with that mask (their backward's
+# gradients depend on every output, masked-out values included: test_layer_masks.py checks the results).
+LAYER_MASKED_INPUT = {"batch_norm_layer_train", "batch_norm_layer_eval", "layer_norm_layer", "rms_norm_layer",
+                      "group_norm_layer", "instance_norm_layer_train", "instance_norm_layer_eval_unbatched",
+                      "lazy_batch_norm_layer_train", "lazy_instance_norm_layer_unbatched"}
+# Where a numpy.ma input reaches a layer that cannot take a mask: a ValueError naming mask.
+MASKED_REFUSED = {"sync_batch_norm_train": "mask: not supported by SyncBatchNorm in training",
+                  "calibrate_batch_norms": "mask: not supported while calibrate_batch_norms records"}
 BACKWARD_MASKED_INPUT = {"batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
                          "instance_norm_backward"}
 
@@ -374,6 +383,15 @@ def test_every_array_argument_in_unusual_memory(case, name, dtype, kind):
     before = {k: np.asarray(v).tobytes() for k, v in args.items()}
     if kind == "masked" and case in MASKED_INPUT and name in ("input", "x"):
         _check_masked_input(call, shapes, dtype, name)
+        return
+    if kind == "masked" and case in MASKED_REFUSED and name in ("input", "batch"):
+        with pytest.raises(ValueError, match=MASKED_REFUSED[case]):
+            call(args)
+        assert all(np.asarray(args[k]).tobytes() == before[k] for k in args), "a failed call wrote"
+        return
+    if kind == "masked" and case in LAYER_MASKED_INPUT and name == "input":
+        assert all(type(g) is np.ndarray for g in call(args))
+        assert all(np.asarray(args[k]).tobytes() == before[k] for k in args if k not in written), "it wrote"
         return
     if kind == "masked" and case in BACKWARD_MASKED_INPUT and name == "input":
         # the gradient of every output reaches the statistics: the masked input is its data with mask=

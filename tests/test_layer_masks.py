@@ -208,3 +208,24 @@ def test_batch_norm_mask_against_keras(rng):
     np.testing.assert_allclose(bn(x, mask=m[..., None]), expected, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(bn.running_mean, moving["moving_mean"], atol=1e-6, rtol=1e-5)
     np.testing.assert_allclose(bn.running_var, moving["moving_variance"], atol=1e-6, rtol=1e-5)
+
+
+LAYERS = [lambda: fastnorm.BatchNorm1d(3), lambda: fastnorm.LayerNorm(5), lambda: fastnorm.RMSNorm(5),
+          lambda: fastnorm.GroupNorm(1, 3), lambda: fastnorm.InstanceNorm1d(3), lambda: fastnorm.LazyBatchNorm1d()]
+
+
+@pytest.mark.parametrize("make", LAYERS)
+def test_a_numpy_ma_input_is_its_data_with_its_mask(rng, make):
+    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    m = _mask(rng, x.shape)
+    extra = _mask(rng, (1, 1, 5))
+    masked = np.ma.masked_array(x, mask=~m)
+    a, b = make(), make()
+    y = a(masked)
+    assert type(y) is np.ndarray
+    np.testing.assert_array_equal(y, b(x, mask=m))
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    np.testing.assert_array_equal(a.backward(dy), b.backward(dy))
+    np.testing.assert_array_equal(make()(masked, mask=extra), make()(x, mask=m & extra))  # and'ed with mask=
+    with pytest.raises(TypeError, match="mask: expected a boolean array"):
+        make()(masked, mask=np.ones(5, np.int8))

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
-from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad
+from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad, _split_masked
 from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
                           _fill, _forward_doc, _raises, _references)
 from ._tf_ops import moments64
@@ -236,7 +236,9 @@ class _BatchNorm(_NormBase):
         _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
                 "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
                 "            ``eps=0``; training with a batch size that is not a multiple of\n"
-                "            ``virtual_batch_size``; ``out`` of another shape, or read-only."),
+                "            ``virtual_batch_size``; ``out`` of another shape, or read-only; a ``mask`` that does not\n"
+                "            broadcast to ``x``, or with several channel axes, ``renorm`` or ``virtual_batch_size``.",
+                masked=True),
         ">>> import numpy as np, fastnorm\n"
         "        >>> bn = fastnorm.BatchNorm1d(2)\n"
         "        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
@@ -252,6 +254,7 @@ class _BatchNorm(_NormBase):
         add=True)
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        x, mask = _split_masked(x, mask)
         act = _check_activation(self.activation)
         if (out is None and mask is None and not self.training and self.running_mean is not None
                 and type(x) is np.ndarray and self._lazy_target is None and isinstance(self.channel_axis, int)

@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_layers import _NormBase
-from ._layer import STATS
+from ._layer import STATS, _split_masked
 from ._layer_docs import _ACTIVATION, _KEEPS, _fill, _forward_doc, _raises, _references
 from ._validation import _array, _check_activation
 
@@ -38,7 +38,8 @@ class _InstanceNorm(_NormBase):
         "            ``num_features`` is normalized with a warning, as PyTorch.",
         _raises("``x`` of another number of dimensions, or of channels with ``affine`` or\n"
                 "            ``track_running_stats``; a single spatial value when normalizing with the instance's own\n"
-                "            statistics; ``out`` of another shape, or read-only."),
+                "            statistics; ``out`` of another shape, or read-only; a ``mask`` that does not broadcast\n"
+                "            to ``x``, or with ``channel_axis=-1``.", masked=True),
         ">>> import numpy as np, fastnorm\n"
         "        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32))"
         ".round(4)  # (C, L)\n"
@@ -47,6 +48,7 @@ class _InstanceNorm(_NormBase):
         add=True)
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        x, mask = _split_masked(x, mask)
         x = _array(x, "input")
         self._check_input(x)
         act = _check_activation(self.activation)

@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from ._safetensors import SafetensorsFile
 from ._threads import context_setting
-from ._validation import _array, _check_activation
+from ._validation import _array, _check_activation, _check_mask
 
 # Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
 _grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
@@ -55,6 +55,15 @@ def no_grad() -> ContextManager[None]:
     RuntimeError: LayerNorm.backward: no forward to differentiate; ...
     """
     return context_setting(_grad_off, True)
+
+
+def _split_masked(x: Any, mask: Any) -> Tuple[Any, Any]:
+    """A layer's input and ``mask=``: a ``numpy.ma`` input as its data, with ``~getmaskarray(x)`` as the mask
+    (and'ed with ``mask``, checked); any other input as it is."""
+    if not isinstance(x, np.ma.MaskedArray):
+        return x, mask
+    valid = ~np.ma.getmaskarray(x)
+    return np.ma.getdata(x), valid if mask is None else valid & _check_mask(mask, valid.shape)
 
 
 def _keeps_grad() -> bool:

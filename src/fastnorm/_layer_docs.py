@@ -149,16 +149,19 @@ _LAYER_MASK = """
             Broadcastable to ``x``: the statistics are taken over the values where it is True only (as the
             functional ``mask=``, Flax's ``mask`` and Keras' BatchNormalization ``mask``), every value
             normalized with them; running statistics are updated with the masked-in count, and
-            :meth:`backward` differentiates the masked statistics.  Computed in float64 NumPy (not the
+            :meth:`backward` differentiates the masked statistics.  A ``numpy.ma`` input is its data with
+            ``mask=~numpy.ma.getmaskarray(x)`` (and'ed with ``mask``).  Computed in float64 NumPy (not the
             kernels' sweep)."""
 
 _KEEPS = "Keeps what :meth:`backward` needs, outside :func:`fastnorm.no_grad`."
 
 
-def _raises(value_error: str) -> str:
-    """The Raises entries of most forwards: the TypeErrors they share, then ``value_error``."""
-    return ("TypeError\n            ``x`` not floating point, or a masked array; ``out`` of another dtype.\n"
-            f"        ValueError\n            {value_error}")
+def _raises(value_error: str, masked: bool = False) -> str:
+    """The Raises entries of most forwards: the TypeErrors they share, then ``value_error``; ``masked``: the
+    forward takes ``mask=`` and a ``numpy.ma`` input."""
+    type_error = ("``x`` not floating point; ``out`` of another dtype; a ``mask`` that is not boolean." if masked
+                  else "``x`` not floating point, or a masked array; ``out`` of another dtype.")
+    return f"TypeError\n            {type_error}\n        ValueError\n            {value_error}"
 
 
 _ADD = """

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from ._batch_norm_layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Features, _BatchNorm, _check_channel_axes,
                                  _NormBase)
 from ._instance_layers import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
-from ._layer import LoadResult, StateDictSource, _Layer, _state_array
+from ._layer import LoadResult, StateDictSource, _Layer, _split_masked, _state_array
 from ._layer_docs import _forward_doc
 from ._validation import _array, _check_axis
 
@@ -114,6 +114,7 @@ class _LazyNorm(_NormBase):
         add=True)
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        x, mask = _split_masked(x, mask)
         if self.num_features == 0:
             x = _array(x, "input")
             self._check_input(x)

@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
-from ._layer import STATS, _check_dtype, _Grads, _Layer
+from ._layer import STATS, _check_dtype, _Grads, _Layer, _split_masked
 from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _references
 from ._validation import _array, _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
 
@@ -41,7 +41,7 @@ _ROWS_FORWARD = """{summary}
         Raises
         ------
         TypeError
-            ``x`` not floating point, or a masked array; ``out`` of another dtype; ``residual`` or
+            ``x`` not floating point; ``out`` of another dtype; a ``mask`` that is not boolean; ``residual`` or
             ``residual_out`` not of ``x``'s dtype.
         ValueError
             ``x`` whose trailing dimensions are not ``normalized_shape``; ``out`` or ``residual_out`` of
@@ -86,6 +86,7 @@ class _RowsLayer(_Layer):
 
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
                 residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:
+        x, mask = _split_masked(x, mask)
         act = _check_activation(self.activation)
         if mask is not None:
             return self._forward_masked(x, residual, out, residual_out, mask)

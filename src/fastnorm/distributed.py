@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_steps import _variance
+from ._layer import _split_masked
 from ._layer_docs import _forward_doc
 from ._plan import _new_result
 from ._epilogue import _pre_activation, _through_activation
@@ -244,6 +245,7 @@ class SyncBatchNorm(_BatchNorm):
         result="slice", add=True)
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        x, mask = _split_masked(x, mask)
         if not self.training:
             return super().forward(x, out=out, add=add, mask=mask)
         if mask is not None:
