@@ -229,3 +229,21 @@ def test_a_numpy_ma_input_is_its_data_with_its_mask(rng, make):
     np.testing.assert_array_equal(make()(masked, mask=extra), make()(x, mask=m & extra))  # and'ed with mask=
     with pytest.raises(TypeError, match="mask: expected a boolean array"):
         make()(masked, mask=np.ones(5, np.int8))
+
+
+@pytest.mark.parametrize("make", LAYERS[:5])
+@pytest.mark.parametrize("dtype, ulp", [(np.float16, 2.0**-10), ("bfloat16", 2.0**-7)])
+def test_half_precision_input_with_a_mask_is_the_float32_call_rounded(rng, make, dtype, ulp):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    x = rng.normal(size=(4, 3, 5)).astype(dtype)
+    m = _mask(rng, x.shape)
+    half, single = make(), make()
+    y = half(x, mask=m)
+    assert y.dtype == x.dtype
+    expected = single(x.astype(np.float32), mask=m)
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=ulp, atol=ulp)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    dx = half.backward(dy)
+    assert dx.dtype == x.dtype
+    np.testing.assert_allclose(dx.astype(np.float32), single.backward(dy.astype(np.float32)), rtol=ulp, atol=4 * ulp)
