@@ -191,3 +191,35 @@ def test_dask_apply_keeps_the_channel_axes_whole(rng):
     bn.eval()
     y = fdask.apply(bn, da.from_array(x, chunks=(2, 1, 2, 2))).compute()
     np.testing.assert_array_equal(y, bn(x))
+
+
+def test_several_axes_against_torch_batch_norm_of_the_flattened_channels(rng):
+    """BatchNorm2d over axes (1, 3) of (N, C1, H, C3) is torch's BatchNorm1d over C1 * C3 channels of the
+    input moved to (N * H, C1 * C3): outputs, running statistics over two steps, gradients."""
+    torch = pytest.importorskip("torch")
+    N, C1, H, C3 = 4, 3, 5, 2
+    bn = fastnorm.BatchNorm2d((C1, C3), channel_axis=(1, 3), dtype=np.float64)
+    ref = torch.nn.BatchNorm1d(C1 * C3, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, C1 * C3)))
+        ref.bias.copy_(torch.from_numpy(rng.uniform(-1, 1, C1 * C3)))
+    bn.load_state_dict({k: v.reshape(C1, C3) if v.ndim else v for k, v in ref.state_dict().items()})
+
+    def flat(a):
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(N * H, C1 * C3)))
+
+    for step in range(2):
+        x = rng.normal(step * 3.0, 2.0, (N, C1, H, C3))
+        dy = rng.normal(size=x.shape)
+        xt = flat(x).requires_grad_()
+        yt = ref(xt)
+        yt.backward(flat(dy))
+        back = (N, H, C1, C3)
+        np.testing.assert_allclose(bn(x), yt.detach().numpy().reshape(back).transpose(0, 2, 1, 3), rtol=1e-12,
+                                   atol=1e-12)
+        np.testing.assert_allclose(bn.backward(dy), xt.grad.numpy().reshape(back).transpose(0, 2, 1, 3),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.grad_weight, ref.weight.grad.numpy().reshape(C1, C3), rtol=1e-10)
+        np.testing.assert_allclose(bn.running_var, ref.running_var.numpy().reshape(C1, C3), rtol=1e-12)
+        ref.zero_grad()
+    assert bn.num_batches_tracked == int(ref.num_batches_tracked)
