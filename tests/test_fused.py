@@ -233,6 +233,29 @@ def test_backward_matches_finite_differences_in_float64(op, act, training, last)
 
 
 @pytest.mark.parametrize("op", BACKWARD_OPS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@settings(max_examples=12, deadline=None)
+@given(shape=st.sampled_from([(2, 4, 3), (3, 4, 70), (40, 4, 2)]), last=st.booleans(), offset=st.sampled_from([0, 300]),
+       seed=st.integers(0, 2**16))
+def test_relu_backward_recomputes_the_forwards_pre_activation_bit_for_bit(op, dtype, shape, last, offset, seed):
+    """dy passes where the forward's fused output is positive, and exactly there: the pre-activation
+    recomputed in the backward (rows of the view long or short, channels first or last, a mean far from 0)
+    has the forward's bits, its sign included."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=shape) * 2 + offset).astype(dtype)
+    x = channels_last(x) if last else x
+    p = _params(rng, x, dtype)
+    add = rng.normal(size=x.shape).astype(dtype) if op in ("batch_norm", "group_norm", "instance_norm") else None
+    dy = rng.normal(size=x.shape).astype(dtype)
+    forward, through_relu = _forward_and_backward(op, x, p, "relu", add)
+    _, plain = _forward_and_backward(op, x, p, None, add)
+    w, b = (p["wl"], p["bl"]) if op in ("layer_norm", "rms_norm") else (p["w"], p["b"])
+    y = forward(x, w, b, add)
+    for got, want in zip(through_relu(dy), plain(np.where(y > 0, dy, 0).astype(dtype))):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", BACKWARD_OPS)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_backward_matches_the_twin(op, act):
     rng = np.random.default_rng(11)

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
-from ._epilogue import _channel_axes, _per_channel, _pre_activation, _row_axes, _through_activation
+from ._epilogue import _channel_axes, _Fold, _per_channel, _pre_activation, _row_axes, _through_activation
 from ._over_axes import _batch_norm_backward_over_axes
 from ._plan import (_by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat,
                     _rows_order, _transposed, _untransposed)
@@ -533,7 +533,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     True
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> FloatArray:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> _Fold:
             axis, _, _ = _group_norm_layout(x, num_groups, channel_axis)
             return _pre_activation(x, a, (0, axis), (axis,), _per_channel(mean, num_groups, x, axis),
                                    _per_channel(rstd, num_groups, x, axis), weight, bias)
@@ -638,7 +638,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     (2, 3, 5)
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> FloatArray:
+        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> _Fold:
             axis = _check_instance_axis(x, channel_axis)
             return _pre_activation(x, a, (0, axis) if use_input_stats else (axis,), (axis,), mean, rstd, weight, bias)
         return _through_activation(

@@ -4,12 +4,14 @@ The forwards pass the activation's code and the ``add`` array to the kernels, wh
 chunk of output as it is written (``_simd_activation.h``).  Here: the same epilogue after the fact, for
 the paths that normalize first (masked inputs, several channel axes, ``axes=``), and the backward through
 it: the pre-activation ``z = norm(x) + add`` recomputed from x and the forward's statistics as the
-forward's sweep computed it, then ``dz = dy * act'(z)`` (a C loop), which the normalization's own backward
-takes as its ``dy``.
+forward's sweep computed it and ``dz = dy * act'(z)``, in one kernel pass by chunks in cache (no saved
+tensor), which the normalization's own backward takes as its ``dy``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, SupportsIndex, Tuple
+import math
+
+from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -44,14 +46,25 @@ def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Sta
     return a.reshape(shape)
 
 
+class _Fold(NamedTuple):
+    """The forward's pre-activation ``z = (x - mean_hi) * scale + shift``, then ``* w + b`` (per-element
+    parameters, else None), as factors of the compute dtype broadcasting against x."""
+    dtype: np.dtype[Any]
+    mean_hi: FloatArray
+    scale: FloatArray
+    shift: FloatArray
+    w: Optional[FloatArray]
+    b: Optional[FloatArray]
+
+
 def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple[int, ...],
                     param_axes: Tuple[int, ...], center: Optional[ArrayLike], rstd: ArrayLike,
-                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], per_element: bool = False) -> FloatArray:
-    """``z = (x - center) * rstd * weight + bias + add`` as the forward's sweep computed it, in x's compute
-    dtype: the statistics (varying along x's ``stat_axes``) and the parameters (along ``param_axes``) folded
-    in float64 into ``(x - mean_hi) * scale + shift`` (``_sweeps.pxi``'s ``_fold``), or with
-    ``per_element`` parameters (LayerNorm, RMSNorm) the fold of the statistics alone, then ``* weight +
-    bias`` (center None: 0, RMSNorm).  A new C-contiguous array."""
+                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], per_element: bool = False) -> _Fold:
+    """``z = (x - center) * rstd * weight + bias`` as the forward's sweep computes it, in x's compute dtype:
+    the statistics (varying along x's ``stat_axes``) and the parameters (along ``param_axes``) folded in
+    float64 into ``(x - mean_hi) * scale + shift`` (``_sweeps.pxi``'s ``_fold``), or with ``per_element``
+    parameters (LayerNorm, RMSNorm) the fold of the statistics alone, then ``* weight + bias`` (center
+    None: 0, RMSNorm).  ``add`` is added by the caller."""
     dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
     c = np.zeros(1) if center is None else _along(center, "mean", x, stat_axes)
     r = _along(rstd, "rstd", x, stat_axes)
@@ -62,16 +75,53 @@ def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple
     shift = -(c - mean_hi) * scale
     if b is not None and not per_element:
         shift = shift + b
-    z = np.subtract(x, mean_hi, out=np.empty(x.shape, dtype), dtype=dtype)
-    z *= scale.astype(dtype)
-    z += shift.astype(dtype)
-    if per_element and w is not None:
-        z *= w.astype(dtype)
-    if per_element and b is not None:
-        z += b.astype(dtype)
-    if add is not None:
-        z += add.astype(dtype, copy=False)
-    return z
+    return _Fold(dtype, mean_hi, scale.astype(dtype), shift.astype(dtype),
+                 w.astype(dtype) if per_element and w is not None else None,
+                 b.astype(dtype) if per_element and b is not None else None)
+
+
+def _rows_view(shape: Tuple[int, ...], fold: _Fold) -> Tuple[int, bool]:
+    """How x (C-contiguous, of ``shape``) is swept as ``[P, S]``: ``(j, columns)``, S the product of
+    ``shape[j:]``; the factors constant along each row (``columns`` False: the axes from j on are not
+    theirs) or along the rows (True: the axes before j are not theirs); w and b always vary within a row.
+    Rows of at least 64 values when the factors allow, columns otherwise."""
+    nd = len(shape)
+
+    def varying(a: Optional[FloatArray]) -> Set[int]:
+        return set() if a is None else {nd - a.ndim + i for i, n in enumerate(a.shape) if n > 1}
+
+    factors = varying(fold.mean_hi) | varying(fold.scale) | varying(fold.shift)
+    elements = varying(fold.w) | varying(fold.b)
+    run = max(factors) + 1 if factors else 0
+    column = min(factors | elements, default=nd)
+    if min(elements, default=nd) >= run and (math.prod(shape[run:]) >= 64 or column == 0):
+        return run, False
+    return column, True
+
+
+def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[NDArray[Any]], act: int) -> FloatArray:
+    """``dz = g * act'(z)``, a new array of the compute dtype, ``z = fold(x) + add`` recomputed by one
+    kernel pass, chunk by chunk (the forward's operations, so its bits)."""
+    dtype = fold.dtype
+    if x.size == 0:
+        return np.empty(x.shape, dtype)
+    xc = np.ascontiguousarray(x, dtype=dtype)
+    j, columns = _rows_view(x.shape, fold)
+    lead = (0,) * j
+
+    def along_row(a: FloatArray) -> FloatArray:  # the S values of a factor varying within a row
+        return np.ascontiguousarray(np.broadcast_to(a, x.shape)[lead].reshape(-1))
+
+    if columns:
+        factors = np.stack([along_row(a) for a in fold[1:4]])
+    else:
+        tail = (0,) * (x.ndim - j)
+        factors = np.stack([np.broadcast_to(a, x.shape)[(...,) + tail].reshape(-1) for a in fold[1:4]])
+    return _kernels.activation_grad(
+        xc, np.ascontiguousarray(g, dtype=dtype),
+        None if add is None else np.ascontiguousarray(np.broadcast_to(add, x.shape), dtype=dtype),
+        act, factors, columns, None if fold.w is None else along_row(fold.w),
+        None if fold.b is None else along_row(fold.b), math.prod(x.shape[j:]), threads_for(x.size))
 
 
 def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
@@ -102,7 +152,7 @@ def _row_axes(x: FloatArray, normalized_shape: Optional[Shape],
 
 
 def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Optional[str], add: Optional[ArrayLike],
-                        pre_activation: Callable[[FloatArray, Optional[NDArray[Any]]], FloatArray],
+                        pre_activation: Callable[[FloatArray, Optional[NDArray[Any]]], _Fold],
                         backward: Callable[[ArrayLike], Tuple[Any, ...]]) -> Tuple[Any, ...]:
     """A backward through ``act(norm(x) + add)``: ``backward(dz)`` of the normalization, with
     ``dz = grad_output * act'(z)``, ``z`` from ``pre_activation(x, add)``; and ``dz`` (the gradient of
@@ -116,11 +166,8 @@ def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Op
     a = _check_add(add, x.shape)
     if g.shape != x.shape or g.dtype.kind != "f" or x.dtype.kind != "f":
         return backward(grad_output)  # let the normalization's backward name the problem
-    if act:
-        z = pre_activation(x, a)
-        dz = _kernels.activation_grad(z, np.ascontiguousarray(g, dtype=z.dtype), act, threads_for(z.size))
-    else:
-        dz = g
-    dz_in = np.array(dz, dtype=x.dtype.newbyteorder("="))  # a new array: the gradient of add
+    dz = _activation_grad(pre_activation(x, a), x, g, a, act) if act else g
+    native = x.dtype.newbyteorder("=")
+    dz_in = dz if act and dz.dtype == native else np.array(dz, dtype=native)  # a new array: the gradient of add
     grads = backward(dz_in)
     return (*grads, dz_in) if add is not None else grads

@@ -208,3 +208,59 @@ cdef int _sweep_cached(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
         _sweep_folded(x, y, N, C, S, factors, nthreads, ep)
     free(factors)
     return 0
+
+
+# The backward through an activation: the pre-activation z of the forward recomputed by chunks of a
+# [P, S] view of x with given folded factors, and ``dz = dy * act'(z)`` written while the chunk is in L1.
+cdef inline void _pre_activation_chunk(const floating* x, floating* z, Py_ssize_t n, const floating* mean_hi,
+                                       const floating* scale, const floating* shift, bint columns,
+                                       const floating* w, const floating* b, const floating* add) noexcept nogil:
+    """``z = (x - mean_hi) * scale + shift`` over n values (factors of the run, or per value for
+    ``columns``; none given: z = x), then ``* w``, ``+ b``, ``+ add`` per value where given: the operations
+    of the forward's sweep, one at a time, so the forward's bits."""
+    cdef Py_ssize_t i
+    cdef floating m, s, h
+    if mean_hi == NULL:
+        memcpy(z, x, n * sizeof(floating))
+    elif columns:
+        for i in range(n):
+            z[i] = (x[i] - mean_hi[i]) * scale[i] + shift[i]
+    else:
+        m = mean_hi[0]
+        s = scale[0]
+        h = shift[0]
+        for i in range(n):
+            z[i] = (x[i] - m) * s + h
+    if w != NULL:
+        for i in range(n):
+            z[i] = z[i] * w[i]
+    if b != NULL:
+        for i in range(n):
+            z[i] = z[i] + b[i]
+    if add != NULL:
+        for i in range(n):
+            z[i] = z[i] + add[i]
+
+
+cdef void _activation_grad_folded(const floating* x, const floating* dy, const floating* add, floating* dz,
+                                  Py_ssize_t P, Py_ssize_t S, const floating* factors, Py_ssize_t L, bint columns,
+                                  const floating* w, const floating* b, int act, int nthreads) noexcept nogil:
+    """``dz = dy * act'(z)``, z the pre-activation of x ``[P, S]`` (_pre_activation_chunk): ``factors``
+    (mean_hi, scale, shift, L each) per row p, or per column s for ``columns``; ``w``, ``b`` (S each) per
+    column; ``add`` of x's layout; any of them NULL: absent."""
+    cdef Py_ssize_t per_row = (S + CHUNK - 1) // CHUNK, t, p, s0, o, f
+    for t in prange(P * per_row, schedule="static", num_threads=max(1, nthreads)):
+        p = t // per_row
+        s0 = (t - p * per_row) * CHUNK
+        o = p * S + s0
+        f = s0 if columns else p
+        _pre_activation_chunk(x + o, dz + o, min(<Py_ssize_t>CHUNK, S - s0),
+                              NULL if factors == NULL else factors + f,
+                              NULL if factors == NULL else factors + L + f,
+                              NULL if factors == NULL else factors + 2 * L + f, columns,
+                              NULL if w == NULL else w + s0, NULL if b == NULL else b + s0,
+                              NULL if add == NULL else add + o)
+        if floating is float:
+            fastnorm_activation_grad_f32(dz + o, dy + o, min(<Py_ssize_t>CHUNK, S - s0), act)
+        else:
+            fastnorm_activation_grad_f64(dz + o, dy + o, min(<Py_ssize_t>CHUNK, S - s0), act)

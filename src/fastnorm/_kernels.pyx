@@ -507,19 +507,30 @@ def activate(cnp.ndarray y, object add, int act, int nthreads):
                 _epilogue(<float*>py + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), ep)
 
 
-def activation_grad(cnp.ndarray z, cnp.ndarray dy, int act, int nthreads):
-    """``z = dy * act'(z)`` in place, for C-contiguous ``z`` and ``dy`` of one shape and dtype; returns z."""
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(z), chunks = (n + CHUNK - 1) // CHUNK, t
-    cdef char* pz = <char*>cnp.PyArray_DATA(z)
+def activation_grad(cnp.ndarray x, cnp.ndarray dy, object add, int act, object factors, bint columns, object w,
+                    object b, Py_ssize_t S, int nthreads):
+    """``dz = dy * act'(z)``, a new array, z the forward's pre-activation recomputed from ``x`` seen as
+    ``[P, S]``: ``(x - mean_hi) * scale + shift`` with ``factors`` = rows (mean_hi, scale, shift) of one
+    value per row, or per column for ``columns`` (None: z = x), then ``* w``, ``+ b`` (None or S values per
+    column), ``+ add`` (None or x's layout).  All C-contiguous, of x's dtype (float32 or float64)."""
+    cdef cnp.ndarray dz = np.empty_like(x)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x), P = n // S if S else 0
+    cdef Py_ssize_t L = 0 if factors is None else cnp.PyArray_DIM(factors, 1)
+    cdef const char* px = <const char*>cnp.PyArray_DATA(x)
     cdef const char* pg = <const char*>cnp.PyArray_DATA(dy)
-    cdef bint f64 = _is_f64(z)
+    cdef const char* pa = NULL if add is None else <const char*>cnp.PyArray_DATA(add)
+    cdef const char* pf = NULL if factors is None else <const char*>cnp.PyArray_DATA(factors)
+    cdef const char* pw = NULL if w is None else <const char*>cnp.PyArray_DATA(w)
+    cdef const char* pb = NULL if b is None else <const char*>cnp.PyArray_DATA(b)
+    cdef char* pz = <char*>cnp.PyArray_DATA(dz)
+    cdef bint f64 = _is_f64(x)
     with nogil:
         if f64:
-            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
-                fastnorm_activation_grad_f64(<double*>pz + t * CHUNK, <const double*>pg + t * CHUNK,
-                                             min(<Py_ssize_t>CHUNK, n - t * CHUNK), act)
+            _activation_grad_folded(<const double*>px, <const double*>pg, <const double*>pa, <double*>pz, P, S,
+                                    <const double*>pf, L, columns, <const double*>pw, <const double*>pb, act,
+                                    nthreads)
         else:
-            for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
-                fastnorm_activation_grad_f32(<float*>pz + t * CHUNK, <const float*>pg + t * CHUNK,
-                                             min(<Py_ssize_t>CHUNK, n - t * CHUNK), act)
-    return z
+            _activation_grad_folded(<const float*>px, <const float*>pg, <const float*>pa, <float*>pz, P, S,
+                                    <const float*>pf, L, columns, <const float*>pw, <const float*>pb, act,
+                                    nthreads)
+    return dz
