@@ -249,10 +249,23 @@ cdef void _activation_grad_folded(const floating* x, const floating* dy, const f
     (mean_hi, scale, shift, L each) per row p, or per column s for ``columns``; ``w``, ``b`` (S each) per
     column; ``add`` of x's layout; any of them NULL: absent."""
     cdef Py_ssize_t per_row = (S + CHUNK - 1) // CHUNK, t, p, s0, o, f
+    # relu and relu6 on runs without per-element parameters (BatchNorm, InstanceNorm, GroupNorm channels
+    # first) in one loop from x to dz: the chunk of z through L1 cost more than the recomputation.
+    cdef bint clamp = (act == 1 or act == 2) and not columns and factors != NULL and w == NULL and b == NULL
     for t in prange(P * per_row, schedule="static", num_threads=max(1, nthreads)):
         p = t // per_row
         s0 = (t - p * per_row) * CHUNK
         o = p * S + s0
+        if clamp:
+            if floating is float:
+                fastnorm_clamp_grad_f32(x + o, dy + o, dz + o, min(<Py_ssize_t>CHUNK, S - s0), factors[p],
+                                        factors[L + p], factors[2 * L + p], NULL if add == NULL else add + o,
+                                        act == 2)
+            else:
+                fastnorm_clamp_grad_f64(x + o, dy + o, dz + o, min(<Py_ssize_t>CHUNK, S - s0), factors[p],
+                                        factors[L + p], factors[2 * L + p], NULL if add == NULL else add + o,
+                                        act == 2)
+            continue
         f = s0 if columns else p
         _pre_activation_chunk(x + o, dz + o, min(<Py_ssize_t>CHUNK, S - s0),
                               NULL if factors == NULL else factors + f,

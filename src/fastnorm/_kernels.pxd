@@ -98,6 +98,10 @@ cdef extern from "_simd.h" nogil:
                                   double shift, const double* add, double hi)
     void fastnorm_activation_grad_f32(float* z, const float* dy, Py_ssize_t n, int act)
     void fastnorm_activation_grad_f64(double* z, const double* dy, Py_ssize_t n, int act)
+    void fastnorm_clamp_grad_f32(const float* x, const float* dy, float* dz, Py_ssize_t n, float mean_hi,
+                                 float scale, float shift, const float* add, int relu6)
+    void fastnorm_clamp_grad_f64(const double* x, const double* dy, double* dz, Py_ssize_t n, double mean_hi,
+                                 double scale, double shift, const double* add, int relu6)
     void fastnorm_sweep_stream_f32(const float* x, float* y, Py_ssize_t n, const float* mean_hi,
                                    const float* scale, const float* shift, Py_ssize_t period)
     void fastnorm_sweep_stream_f64(const double* x, double* y, Py_ssize_t n, const double* mean_hi,
