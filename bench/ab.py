@@ -57,14 +57,16 @@ def cases():
     def train(F, x, g, w, b, axis=1):
         return lambda: F.batch_norm(x, None, None, w, b, True, channel_axis=axis)
 
-    def bn_backward(F, x, g, w, b):
+    def bn_backward(F, x, g, w, b, act=None):
         _, mean, rstd = F.batch_norm(x, None, None, w, b, True, return_stats=True)
-        return lambda: F.batch_norm_backward(g, x, mean, rstd, w)
+        through = {"activation": act, "bias": b} if act else {}
+        return lambda: F.batch_norm_backward(g, x, mean, rstd, w, **through)
 
-    def ln_backward(F, x, g, w, b):
+    def ln_backward(F, x, g, w, b, act=None):
         D = x.shape[-1]
         _, mean, rstd = F.layer_norm(x, D, w, b, return_stats=True)
-        return lambda: F.layer_norm_backward(g, x, D, mean, rstd, w, b)
+        through = {"activation": act} if act else {}
+        return lambda: F.layer_norm_backward(g, x, D, mean, rstd, w, b, **through)
 
     yield "batch_norm train NCHW", (32, 64, 56, 56), 1, train
     yield "batch_norm train NHWC", (32, 56, 56, 64), -1, lambda F, x, g, w, b: train(F, x, g, w, b, -1)
@@ -78,6 +80,10 @@ def cases():
     yield "rms_norm", (4096, 4096), -1, lambda F, x, g, w, b: lambda: F.rms_norm(x, x.shape[-1], w)
     yield "batch_norm backward", (32, 64, 56, 56), 1, bn_backward
     yield "layer_norm backward", (4096, 768), -1, ln_backward
+    for act in ("relu", "gelu"):
+        yield (f"batch_norm backward {act}", (32, 64, 56, 56), 1,
+               lambda F, x, g, w, b, a=act: bn_backward(F, x, g, w, b, a))
+    yield "layer_norm backward gelu", (4096, 768), -1, lambda F, x, g, w, b: ln_backward(F, x, g, w, b, "gelu")
 
 
 def main():

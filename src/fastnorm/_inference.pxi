@@ -1,6 +1,7 @@
 # Frozen statistics (eval mode, batch_normalization, SyncBatchNorm's eval): fold each channel's
 # statistics and affine once into (mean_hi, scale, shift), then one sweep; and the eval cache of a
-# BatchNorm layer, which keeps the folded factors while its parameters are unchanged.
+# BatchNorm layer, which keeps the folded factors while its parameters are unchanged.  At the end, the
+# backward through an activation: the forward's pre-activation recomputed with given folded factors.
 
 cdef enum:
     FOLD_CHUNK = 256  # channels folded at a time (_fold_channels)

@@ -42,7 +42,7 @@ _sweeps.pxi           each formula once: center and rstd, the fold, the dx coeff
 _rows.pxi             ``[N, R, S]`` rows, forward then backward (per channel and per element)
 _columns.pxi          ``[M, C]`` columns, forward then backward, channels-last GroupNorm
 _backward_checks.pxi  a backward's input modified in place; float64 rescaling of extreme rstd
-_inference.pxi        frozen statistics: fold once, sweep; ``EvalCache``
+_inference.pxi        frozen statistics: fold once, sweep; ``EvalCache``; the backward through an activation
 _simd.h               the C loops (ISA choice, streamed stores) including _simd_moments.h,
                       _simd_sweeps.h and _simd_backward.h
 ====================  =====================================================================================

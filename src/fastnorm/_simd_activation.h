@@ -74,16 +74,12 @@ FASTNORM_ACTIVATE(fastnorm_activate_f64, double, exp, erf, tanh)
         const T k0 = (T)0.79788456080286535588, k1 = (T)0.044715;                                               \
         switch (act) {                                                                                          \
         case FASTNORM_ACT_RELU:                                                                                 \
-            for (ptrdiff_t i = 0; i < n; i++) {                                                                 \
-                T g = dy[i]; /* loaded unconditionally: the select then vectorizes */                           \
-                z[i] = z[i] > zero ? g : zero;                                                                  \
-            }                                                                                                   \
+            for (ptrdiff_t i = 0; i < n; i++)                                                                   \
+                z[i] = z[i] > zero ? dy[i] : zero;                                                              \
             break;                                                                                              \
         case FASTNORM_ACT_RELU6:                                                                                \
-            for (ptrdiff_t i = 0; i < n; i++) {                                                                 \
-                T g = dy[i];                                                                                    \
-                z[i] = z[i] > zero && z[i] < six ? g : zero;                                                    \
-            }                                                                                                   \
+            for (ptrdiff_t i = 0; i < n; i++)                                                                   \
+                z[i] = z[i] > zero && z[i] < six ? dy[i] : zero;                                                \
             break;                                                                                              \
         case FASTNORM_ACT_SILU:                                                                                 \
             for (ptrdiff_t i = 0; i < n; i++) {                                                                 \
@@ -152,26 +148,26 @@ FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f64, double)
 /* The backward of relu and relu6 in one loop: dz = 0 < z (< 6) ? dy : 0, z = (x - mean_hi) * scale + shift
  * (+ add[i]) recomputed as the forward's sweep computes it (so its bits), the derivative's operations
  * those of fastnorm_activation_grad; no pass over a buffer of z. */
-#define FASTNORM_CLAMP_GRAD_LOOP(T, ADD, TEST)                  \
-    for (ptrdiff_t i = 0; i < n; i++) {                         \
-        T v = (x[i] - mean_hi) * scale + shift;                 \
-        v = ADD;                                                \
-        T g = dy[i];                                            \
-        dz[i] = TEST ? g : zero;                                \
+#define FASTNORM_CLAMP_GRAD_LOOP(T, ADD, TEST)  \
+    for (ptrdiff_t i = 0; i < n; i++) {         \
+        T v = (x[i] - mean_hi) * scale + shift; \
+        v = ADD;                                \
+        T g = dy[i];                            \
+        dz[i] = TEST ? g : zero;                \
     }
-#define FASTNORM_CLAMP_GRAD(NAME, T)                                                                            \
+#define FASTNORM_CLAMP_GRAD(NAME, T)                                                                           \
     FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dz, ptrdiff_t n, T mean_hi, T scale, T shift, \
-                                     const T *add, int relu6)                                                   \
-    {                                                                                                           \
-        const T zero = (T)0, six = (T)6;                                                                        \
-        if (add && relu6)                                                                                       \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero && v < six)                                        \
-        else if (add)                                                                                           \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero)                                                   \
-        else if (relu6)                                                                                         \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero && v < six)                                                 \
-        else                                                                                                    \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero)                                                            \
+                                     const T *add, int relu6)                                                  \
+    {                                                                                                          \
+        const T zero = (T)0, six = (T)6;                                                                       \
+        if (add && relu6)                                                                                      \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero && v < six)                                       \
+        else if (add)                                                                                          \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero)                                                  \
+        else if (relu6)                                                                                        \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero && v < six)                                                \
+        else                                                                                                   \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero)                                                           \
     }
 FASTNORM_CLAMP_GRAD(fastnorm_clamp_grad_f32, float)
 FASTNORM_CLAMP_GRAD(fastnorm_clamp_grad_f64, double)
