@@ -345,12 +345,13 @@ cdef int _backward_per_element_chunk_half(const uint16_t* x, const uint16_t* dy,
                                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t D, const float* w,
                                           const double* mean, const double* rstd, bint training, bint rms,
                                           double* col_dy, double* col_dy_xhat, double* xhat_sums) noexcept nogil:
-    cdef float* rows = <float*>_alloc(3 * D * sizeof(float) + 2 * D * sizeof(double))
-    cdef double* row_dy
+    # The doubles first: after 3 * D floats they would be misaligned for an odd D.
+    cdef double* row_dy = <double*>_alloc(2 * D * sizeof(double) + 3 * D * sizeof(float))
+    cdef float* rows
     cdef Py_ssize_t r, d
-    if rows == NULL:
+    if row_dy == NULL:
         return -1
-    row_dy = <double*>(rows + 3 * D)
+    rows = <float*>(row_dy + 2 * D)
     for d in range(D):
         col_dy[d] = 0.0
         col_dy_xhat[d] = 0.0
@@ -363,7 +364,7 @@ cdef int _backward_per_element_chunk_half(const uint16_t* x, const uint16_t* dy,
         for d in range(D):
             col_dy[d] += row_dy[d]
             col_dy_xhat[d] += row_dy[D + d]
-    free(rows)
+    free(row_dy)
     return 0
 
 
