@@ -351,6 +351,97 @@ def test_a_half_call_allocates_only_its_output(half):
         assert y.dtype == half and peak < y.nbytes + 256 * 1024, (peak, y.nbytes)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Fused calls (activation=, add=): the epilogue on the float32 values before they are rounded
+# --------------------------------------------------------------------------------------------------------
+
+def _fused_ops(C, D):
+    """op(x, add, act) on channels-first x of shape (N, C, ..., D): each layout and statistics path."""
+    w, b = _params(C, 4)
+    wl, bl = _params(D, 5)
+    rm, rv = _params(C, 6)
+    rv = np.abs(rv) + 0.5
+
+    def last(op):  # the same op on channels-last data
+        return lambda x, a, act: op(np.moveaxis(x, 1, -1), None if a is None else np.moveaxis(a, 1, -1), act, -1)
+
+    def bn(training):
+        def op(x, a, act, axis=1):
+            if training and x.size // C < 2:
+                return None
+            return F.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
+                                channel_axis=axis, activation=act, add=a)
+        return op
+
+    def gn(x, a, act, axis=1):
+        return F.group_norm(x, 1 if C % 2 else 2, w, b, channel_axis=axis, activation=act, add=a)
+
+    def inorm(x, a, act, axis=1):
+        if x.ndim < 3 or x.size // (x.shape[0] * C) < 2:
+            return None
+        return F.instance_norm(x, None, None, w, b, channel_axis=axis, activation=act, add=a)
+
+    return {
+        "batch_norm training": bn(True), "batch_norm training channels last": last(bn(True)),
+        "batch_norm eval": bn(False), "batch_norm eval channels last": last(bn(False)),
+        "group_norm": gn, "group_norm channels last": last(gn),
+        "instance_norm": inorm, "instance_norm channels last": last(inorm),
+        "layer_norm": lambda x, a, act: None if a is not None else F.layer_norm(x, D, wl, bl, activation=act),
+        "rms_norm": lambda x, a, act: None if a is not None else F.rms_norm(x, D, wl, activation=act),
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(half=st.sampled_from([h for h in HALVES if isinstance(h, np.dtype)]),
+       shape=st.lists(st.integers(1, 9), min_size=2, max_size=4).map(tuple), long=st.sampled_from([1, 300, 5000]),
+       act=st.sampled_from([None, *fastnorm._validation.ACTIVATIONS]), with_add=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_fused_half_calls_equal_the_float32_call_rounded(half, shape, long, act, with_add, seed):
+    """The add is taken in the input's dtype; the float32 call gets those values."""
+    shape = shape[:-1] + (shape[-1] * long,)
+    if act is None and not with_add:
+        return
+    x, add = _data(half, shape, seed, scale=4.0)
+    add = add if with_add else None
+    for op in _fused_ops(shape[1], shape[-1]).values():
+        ours = op(x, add, act)
+        if ours is not None:
+            _same(ours, op(x.astype(np.float32), None if add is None else add.astype(np.float32), act), half)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_fused_half_calls_give_the_same_bits_for_every_thread_count(half, uncapped_threads):
+    for shape in [(4096, 96), (6, 64, 300), (2, 64, 9, 9), (8, 2, 5000)]:
+        x, add = _data(half, shape)
+        for op in _fused_ops(shape[1], shape[-1]).values():
+            with fastnorm.threads(1):
+                one = op(x, None, "silu"), op(x, add, "relu")
+            for n in (2, 3, 4):
+                with fastnorm.threads(n):
+                    _same((op(x, None, "silu"), op(x, add, "relu")), one, half)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_a_fused_half_call_allocates_only_its_output(half):
+    x, add = _data(half, (8, 64, 28, 28))
+    rows = _data(half, (4096, 768))[0]
+    rm, rv = np.zeros(64, np.float32), np.ones(64, np.float32)
+    for op, arg in [(lambda a: F.batch_norm(a, rm, rv, activation="relu", add=add), x),
+                    (lambda a: F.batch_norm(a, training=True, activation="silu", add=add), x),
+                    (lambda a: F.group_norm(a, 8, activation="gelu"), x),
+                    (lambda a: F.instance_norm(a, activation="sigmoid", add=add), x),
+                    (lambda a: F.layer_norm(a, 768, activation="gelu_tanh"), rows),
+                    (lambda a: F.rms_norm(a, 768, activation="tanh"), rows)]:
+        op(arg)
+        tracemalloc.start()
+        try:
+            y = op(arg)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert y.dtype == half and peak < y.nbytes + 256 * 1024, (peak, y.nbytes)
+
+
 @pytest.mark.parametrize("half", HALVES)
 def test_layers_take_half_input(half):
     x = _data(half, (4, 6, 5, 5))[0]

@@ -163,7 +163,7 @@ def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optio
                       add: Optional[ArrayLike] = None) -> FloatArray:
     """:func:`batch_norm_elemt`, whose kernel call also applies a layer's ``commit`` and the update of its
     ``running`` statistics (see ``_plan._committing``), and a layer's activation (code ``act``) and ``add``."""
-    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the sweep reads it
+    x, dtype = _as_input(input, "input", half=True)  # half precision: the sweep reads it
     axis, C = _check_channels(x, channel_axis)
     _, _, w, b = _channel_params(x, C, None, None, weight, bias)
     mean_, invstd_ = _stat_vector(mean, "mean", (C,)), _stat_vector(invstd, "invstd", (C,))

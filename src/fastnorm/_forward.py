@@ -193,7 +193,8 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
                 add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
     the activation's code (see _check_activation)."""
-    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
+    # half precision: the kernels read it, and apply act and add before they round (not over several axes)
+    x, dtype = _as_input(input, "input", half=not ((act or add is not None) and _several_axes(channel_axis)))
     if _several_axes(channel_axis):
         add_ = _check_add(add, x.shape)
         result = _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
@@ -351,7 +352,7 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
                 add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`group_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
     the activation's code."""
-    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
+    x, dtype = _as_input(input, "input", half=True)  # half precision: the kernels read it
     axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
     add_ = _check_add(add, x.shape)
     if out is not None:
@@ -511,7 +512,7 @@ def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running
                    add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`instance_norm`, whose kernel call also applies a layer's ``commit`` (see _committing).
     The channel axis is moved to 1 (a view), and the memory of channels-last data is ``[N, S, C]``."""
-    x, dtype = _as_input(input, "input", half=not act and add is None)  # half precision: the kernels read it
+    x, dtype = _as_input(input, "input", half=True)  # half precision: the kernels read it
     _check_ndim(x, 3, "(N, C, spatial...)")
     axis = _check_instance_axis(x, channel_axis)
     add_ = _check_add(add, x.shape)

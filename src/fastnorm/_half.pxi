@@ -19,9 +19,11 @@ cdef extern from "_simd_convert.h" nogil:
     float fastnorm_bf16_value(uint16_t h)
     float fastnorm_f16_value(uint16_t h)
     void fastnorm_sweep_columns_half(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t ncols,
-                                     const float* p, Py_ssize_t plen, float* scratch, int bf16)
+                                     const float* p, Py_ssize_t plen, float* scratch, int bf16, int act,
+                                     const uint16_t* add)
     void fastnorm_sweep_half(const uint16_t* x, uint16_t* y, Py_ssize_t n, float mean_hi, float scale, float shift,
-                             const float* w, const float* b, int bf16)
+                             const float* w, const float* b, int bf16, int act, const uint16_t* add)
+    void fastnorm_narrow_fused(float* v, uint16_t* y, Py_ssize_t n, int bf16, int act, const uint16_t* add)
 
 cdef enum:
     HALF_TILE = 8192  # float32 values of a tile's scratch: 32 KiB, with its half input and output in L1 and L2
@@ -54,6 +56,28 @@ cdef inline void _narrow(const float* src, uint16_t* dst, Py_ssize_t n, int kind
         fastnorm_f32_to_bf16(src, dst, n)
     else:
         fastnorm_f32_to_f16(src, dst, n)
+
+
+# A fused half call (see Epilogue): ``add`` holds half values in the output's layout; the epilogue runs on
+# the float32 values before they are narrowed, so that they are rounded once, as the float32 call's result.
+
+cdef inline int _act(const Epilogue* ep) noexcept nogil:
+    return 0 if ep == NULL else ep.act
+
+
+cdef inline const uint16_t* _half_added(const Epilogue* ep, const uint16_t* y) noexcept nogil:
+    """The half values of ``ep.add`` that go with ``y`` (NULL: no add)."""
+    if ep == NULL or ep.add == NULL:
+        return NULL
+    return <const uint16_t*>ep.add + (y - <const uint16_t*>ep.y0)
+
+
+cdef inline void _narrow_fused(float* src, uint16_t* dst, Py_ssize_t n, int kind, const Epilogue* ep) noexcept nogil:
+    """_narrow, after ``ep`` (if any) on the float32 values."""
+    if ep == NULL:
+        _narrow(src, dst, n, kind)
+    else:
+        fastnorm_narrow_fused(src, dst, n, kind, ep.act, _half_added(ep, dst))
 
 
 cdef struct RowTiles:
@@ -106,13 +130,14 @@ cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowT
     cdef int status
     _tile_rows(t, k, &r0, &r1)
     n = (r1 - r0) * t.S
+    local.ep = NULL  # applied to the tile as it is narrowed: its add holds half values
     if not a.per_element:
         local.weight = _param_from(a.weight, (r0 % a.groups) * (t.S // a.sub))
         local.bias = _param_from(a.bias, (r0 % a.groups) * (t.S // a.sub))
     fastnorm_widen(x + r0 * t.S, scratch, n, kind)
     status = _forward_rows(<const float*>scratch, scratch, 1, r1 - r0, t.S, &local, eps, mean + r0, var + r0,
                            nthreads)
-    _narrow(scratch, y + r0 * t.S, n, kind)
+    _narrow_fused(scratch, y + r0 * t.S, n, kind, a.ep)
     return status
 
 
@@ -151,7 +176,8 @@ cdef void _forward_row_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t
     _center_and_rstd(mean[0], var[0], eps, a.rms, &center, &inv)
     mean_hi = <float>center
     fastnorm_sweep_half(x, y, S, mean_hi, <float>inv, <float>(-(center - <double>mean_hi) * inv),
-                        <const float*>a.weight.data, <const float*>a.bias.data, kind)
+                        <const float*>a.weight.data, <const float*>a.bias.data, kind, _act(a.ep),
+                        _half_added(a.ep, y))
 
 
 # A channel's affine per sub-run of a row (BatchNorm channels first in training: row r of [N, R, S] is N
@@ -172,7 +198,8 @@ cdef void _sweep_channel_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize
     while pos < end:
         stop = min(end, (j + 1) * a.sub)
         _fold(center, inv, _at(a.weight, first + j, 1.0), _at(a.bias, first + j, 0.0), &mean_hi, &scale, &shift)
-        fastnorm_sweep_half(x + off + pos, y + off + pos, stop - pos, mean_hi, scale, shift, NULL, NULL, kind)
+        fastnorm_sweep_half(x + off + pos, y + off + pos, stop - pos, mean_hi, scale, shift, NULL, NULL, kind,
+                            _act(a.ep), _half_added(a.ep, y + off + pos))
         pos = stop
         j += 1
 
@@ -266,20 +293,22 @@ cdef int _forward_rows_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t
 # ---------------------------------------------------------------------------------------------------------
 
 cdef void _sweep_runs_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                           const float* p, int nthreads) noexcept nogil:
+                           const float* p, int nthreads, const Epilogue* ep) noexcept nogil:
     cdef Py_ssize_t run, c
     if nthreads <= 1:
         for run in range(N * C):
             c = run % C
-            fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind)
+            fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind,
+                                _act(ep), _half_added(ep, y + run * S))
         return
     for run in prange(N * C, schedule="static", num_threads=nthreads):
         c = run % C
-        fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind)
+        fastnorm_sweep_half(x + run * S, y + run * S, S, p[c], p[C + c], p[2 * C + c], NULL, NULL, kind,
+                            _act(ep), _half_added(ep, y + run * S))
 
 
 cdef int _sweep_columns_folded_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t M, Py_ssize_t ncols,
-                                    const float* p, int nthreads) noexcept nogil:
+                                    const float* p, int nthreads, const Epilogue* ep) noexcept nogil:
     """The columns of [M, ncols] with per-column factors p (3 * ncols), as _sweep_columns_folded: the factors
     tiled ``rep`` times so that a row of the sweep is ``rep * ncols`` values, by tiles of such rows, each
     thread widening a tile into its own scratch."""
@@ -304,9 +333,10 @@ cdef int _sweep_columns_folded_half(const uint16_t* x, uint16_t* y, int kind, Py
         for k in range(j * share, min(tiles, (j + 1) * share)):
             r0 = k * per
             fastnorm_sweep_columns_half(x + r0 * L, y + r0 * L, min(per, full - r0), L, tiled, L,
-                                        scratch + j * per * L, kind)
+                                        scratch + j * per * L, kind, _act(ep), _half_added(ep, y + r0 * L))
     if rest:  # the last M % rep rows: one partial row
-        fastnorm_sweep_columns_half(x + full * L, y + full * L, 1, rest, tiled, L, scratch, kind)
+        fastnorm_sweep_columns_half(x + full * L, y + full * L, 1, rest, tiled, L, scratch, kind, _act(ep),
+                                    _half_added(ep, y + full * L))
     free(tiled)
     free(scratch)
     return 0
@@ -314,7 +344,7 @@ cdef int _sweep_columns_folded_half(const uint16_t* x, uint16_t* y, int kind, Py
 
 cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                               ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
-                              int nthreads) noexcept nogil:
+                              int nthreads, const Epilogue* ep) noexcept nogil:
     """_fold_and_sweep of a half buffer: the same float32 factors, the same sweep's operations."""
     cdef float* p = <float*>_alloc(3 * C * max(S, <Py_ssize_t>1) * sizeof(float))
     cdef Py_ssize_t k, c, j
@@ -323,14 +353,14 @@ cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize
         return -1
     _fold_channels(C, mean, var, weight, bias, eps, p)
     if S >= SHORT_SWEEP:
-        _sweep_runs_half(x, y, kind, N, C, S, p, nthreads)
+        _sweep_runs_half(x, y, kind, N, C, S, p, nthreads, ep)
     else:
         if S > 1:  # each channel's factors repeated S times, from the last (in place)
             for k in range(2, -1, -1):
                 for c in range(C - 1, -1, -1):
                     for j in range(S - 1, -1, -1):
                         p[(k * C + c) * S + j] = p[k * C + c]
-        status = _sweep_columns_folded_half(x, y, kind, N, C * S, p, nthreads)
+        status = _sweep_columns_folded_half(x, y, kind, N, C * S, p, nthreads, ep)
     free(p)
     return status
 
@@ -520,7 +550,7 @@ cdef int _moments_columns_half(const uint16_t* x, int kind, Py_ssize_t M, Py_ssi
 
 cdef int _forward_columns_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t M, Py_ssize_t C,
                                ParamVector weight, ParamVector bias, double eps, double* mean, double* var,
-                               ParamVector vm, ParamVector vv, int nthreads) noexcept nogil:
+                               ParamVector vm, ParamVector vv, int nthreads, const Epilogue* ep) noexcept nogil:
     """forward_columns of a half [M, C] buffer: its columns' moments (those of the float32 call) into mean
     and var, then the sweep with them (``vm``, ``vv``: the same vectors)."""
     cdef double* partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
@@ -531,12 +561,12 @@ cdef int _forward_columns_half(const uint16_t* x, uint16_t* y, int kind, Py_ssiz
     free(partial)
     if status < 0:
         return -1
-    return _fold_and_sweep_half(x, y, kind, M, C, 1, vm, vv, weight, bias, eps, nthreads)
+    return _fold_and_sweep_half(x, y, kind, M, C, 1, vm, vv, weight, bias, eps, nthreads, ep)
 
 
 cdef int _forward_column_groups_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t N, Py_ssize_t S,
                                      Py_ssize_t C, Py_ssize_t G, ParamVector weight, ParamVector bias, double eps,
-                                     double* mean, double* var, int nthreads) noexcept nogil:
+                                     double* mean, double* var, int nthreads, const Epilogue* ep) noexcept nogil:
     """_forward_column_groups of a half [N, S, C] buffer: per sample, the same moments and fold, the sweep."""
     cdef Py_ssize_t n
     cdef int status = 0
@@ -549,7 +579,7 @@ cdef int _forward_column_groups_half(const uint16_t* x, uint16_t* y, int kind, P
         status = _moments_columns_half(x + n * S * C, kind, S, C, cmean, cmean + C, nthreads, cmean + 2 * C)
         if status == 0:
             _fold_column_groups(n, S, C, G, cmean, cmean + C, weight, bias, eps, mean, var, p)
-            status = _sweep_columns_folded_half(x + n * S * C, y + n * S * C, kind, S, C, p, nthreads)
+            status = _sweep_columns_folded_half(x + n * S * C, y + n * S * C, kind, S, C, p, nthreads, ep)
         n += 1
     free(cmean)
     free(p)

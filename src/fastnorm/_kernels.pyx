@@ -142,7 +142,7 @@ def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t 
     with nogil:
         if half >= 0:
             status = _fold_and_sweep_half(<const uint16_t*>px, <uint16_t*>py, half, N, C, S, vm, vv, vw, vb, eps,
-                                          nthreads)
+                                          nthreads, ep)
         elif f64:
             status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
         else:
@@ -271,7 +271,7 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     with nogil:
         if half >= 0:
             status = _forward_columns_half(<const uint16_t*>px, <uint16_t*>py, half, M, C, vw, vb, eps, pm, pv, vm,
-                                           vv, nthreads)
+                                           vv, nthreads, ep)
         else:
             partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
         if partial != NULL:
@@ -312,7 +312,7 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     with nogil:
         if half >= 0:
             status = _forward_column_groups_half(<const uint16_t*>px, <uint16_t*>py, half, N, S, C, G, vw, vb, eps, pm,
-                                                 pv, nthreads)
+                                                 pv, nthreads, ep)
         elif f64:
             status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
                                             ep)

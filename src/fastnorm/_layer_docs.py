@@ -168,7 +168,8 @@ _ADD = """
         add : array_like, keyword-only, optional
             Added to the normalized values before the layer's activation, in the same sweep:
             ``y = activation(norm(x) + add)``; floating point, of the input's shape (or one that
-            broadcasts to it).  :meth:`backward` then also stores its gradient in ``grad_add``.""" + _LAYER_MASK
+            broadcasts to it), taken in the input's dtype.  :meth:`backward` then also stores its
+            gradient in ``grad_add``.""" + _LAYER_MASK
 
 
 def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input",
@@ -221,7 +222,8 @@ _FUNCTION_ACTIVATION = """activation : str or None, keyword-only
 _FUNCTION_ADD = """add : array_like, keyword-only, optional
         Added to the normalized values before the activation, ``y = activation(norm(x) + add)``, read
         once in the same sweep (the end of a ResNet block): floating point, of the input's shape (or one
-        that broadcasts to it).  A C-contiguous array of the input's dtype is read as it is."""
+        that broadcasts to it), taken in the input's dtype (a float16 input's add is rounded to float16).
+        A C-contiguous array of the input's dtype is read as it is."""
 
 # Fills the ``{mask}``, ``{activation}`` and ``{add}`` placeholders of a normalizing function's docstring.
 _with_mask_doc = _filled(mask=_MASK, activation=_FUNCTION_ACTIVATION, add=_FUNCTION_ADD)

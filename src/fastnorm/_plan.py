@@ -282,6 +282,6 @@ def _add_buffer(add: Optional[FloatArray], shape: Tuple[int, ...], axis: int, mo
     a = np.broadcast_to(add, shape)
     if moved:
         a = np.moveaxis(a, axis, -1)
-    if not (_kernels.is_plain(a) and a.dtype == buf.dtype and _kernels.is_c_contiguous(a)):
+    if not (type(a) is np.ndarray and a.dtype == buf.dtype and a.flags.c_contiguous and a.flags.aligned):
         return np.array(a, dtype=buf.dtype, order="C")
     return a.copy() if np.may_share_memory(a, result) else a

@@ -39,7 +39,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked, contiguous, of the
     input's shape and dtype), the rows normalized are those of ``input + residual``, written to ``h``.
     ``act``: the activation's code (see _check_activation)."""
-    x, dtype = _as_input(input, "input", half=not act)  # half precision: the kernel reads it
+    x, dtype = _as_input(input, "input", half=not act or axes is None)  # half precision: the kernel reads it
     if axes is not None:
         y_axes, stats_axes = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out,
                                                   rms, return_stats, commit)

@@ -518,22 +518,41 @@ static int fastnorm_column_sums_half(const uint16_t *x, ptrdiff_t rows, ptrdiff_
     return 0;
 }
 
+/* The fused sweep's epilogue (fastnorm_activate_f32: v = act(v + add)) on n float32 values of a half output
+ * y, then their narrowing into y: ``add`` (or NULL) holds half values in y's layout, widened a run at a
+ * time.  The float32 call's operations on the same values, so its bits, rounded once. */
+static void fastnorm_narrow_fused(float *v, uint16_t *y, ptrdiff_t n, int bf16, int act, const uint16_t *add)
+{
+    float a[FASTNORM_HALF_RUN];
+    for (ptrdiff_t i = 0; i < n; i += FASTNORM_HALF_RUN) {
+        ptrdiff_t m = n - i < FASTNORM_HALF_RUN ? n - i : FASTNORM_HALF_RUN;
+        if (add)
+            fastnorm_widen(add + i, a, m, bf16);
+        fastnorm_activate_f32(v + i, add ? a : NULL, m, act);
+    }
+    fastnorm_narrow(v, y, n, bf16);
+}
+
 /* y = ((x - mean_hi) * scale + shift) * w[i] (+ b[i]), or without w (NULL) y = (x - mean_hi) * scale + shift:
- * fastnorm_sweep_affine_f32 and fastnorm_sweep_f32 on half x and y. */
+ * fastnorm_sweep_affine_f32 and fastnorm_sweep_f32 on half x and y; then act(y + add) where ``act`` or
+ * ``add`` is given (fastnorm_narrow_fused; ``add``: half values in y's layout, or NULL). */
 static void fastnorm_sweep_half(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale, float shift,
-                                const float *w, const float *b, int bf16)
+                                const float *w, const float *b, int bf16, int act, const uint16_t *add)
 {
     float buf[FASTNORM_HALF_RUN];
     ptrdiff_t done = 0;
+    int fused = act || add;
 #if FASTNORM_AVX2
-    if (bf16 && fastnorm_half_avx512bf16)
+    if (fused)
+        done = 0; /* the epilogue runs on a float32 run in L1 */
+    else if (bf16 && fastnorm_half_avx512bf16)
         done = fastnorm_sweep_bf16_avx512(x, y, n, mean_hi, scale, shift, w, b);
     else if (!bf16 && fastnorm_half_avx512)
         done = fastnorm_sweep_f16_avx512(x, y, n, mean_hi, scale, shift, w, b);
     else if (!bf16 && fastnorm_f16c)
         done = fastnorm_sweep_f16_avx2(x, y, n, mean_hi, scale, shift, w, b);
 #endif
-    if (bf16) {
+    if (bf16 && !fused) {
         fastnorm_sweep_bf16(x + done, y + done, n - done, mean_hi, scale, shift, w ? w + done : NULL,
                             b ? b + done : NULL);
         return;
@@ -552,23 +571,30 @@ static void fastnorm_sweep_half(const uint16_t *x, uint16_t *y, ptrdiff_t n, flo
             fastnorm_sweep_affine_f32(buf, buf, m, mean_hi, scale, shift, w + i, b ? b + i : NULL);
         else
             fastnorm_sweep_f32(buf, buf, m, mean_hi, scale, shift);
-        fastnorm_narrow(buf, y + i, m, bf16);
+        if (fused)
+            fastnorm_narrow_fused(buf, y + i, m, bf16, act, add ? add + i : NULL);
+        else
+            fastnorm_narrow(buf, y + i, m, bf16);
     }
 }
 
 /* The columns of [rows, ncols] with per-column factors (fastnorm_sweep_columns_f32, p of 3 * plen) on half
- * values: rows widened into ``scratch`` (rows * ncols floats), swept there, narrowed. */
+ * values: rows widened into ``scratch`` (rows * ncols floats), swept there, narrowed (through the epilogue
+ * where ``act`` or ``add`` is given, as fastnorm_sweep_half). */
 static void fastnorm_sweep_columns_half(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p,
-                                        ptrdiff_t plen, float *scratch, int bf16)
+                                        ptrdiff_t plen, float *scratch, int bf16, int act, const uint16_t *add)
 {
 #if FASTNORM_AVX2
-    if (ncols % 16 == 0 && (bf16 ? fastnorm_half_avx512bf16 : fastnorm_half_avx512) &&
+    if (!act && !add && ncols % 16 == 0 && (bf16 ? fastnorm_half_avx512bf16 : fastnorm_half_avx512) &&
         (bf16 ? fastnorm_sweep_columns_bf16_avx512 : fastnorm_sweep_columns_f16_avx512)(x, y, rows, ncols, p, plen))
         return;
 #endif
     fastnorm_widen(x, scratch, rows * ncols, bf16);
     fastnorm_sweep_columns_f32(scratch, scratch, rows, ncols, p, plen);
-    fastnorm_narrow(scratch, y, rows * ncols, bf16);
+    if (act || add)
+        fastnorm_narrow_fused(scratch, y, rows * ncols, bf16, act, add);
+    else
+        fastnorm_narrow(scratch, y, rows * ncols, bf16);
 }
 
 #endif

@@ -300,7 +300,7 @@ def _check_add(add: object, shape: Tuple[int, ...]) -> Optional[NDArray[Any]]:
     if add is None:
         return None
     a = _array(add, "add")
-    if a.dtype.kind != "f":
+    if a.dtype.kind != "f" and not _is_half(a.dtype):
         raise TypeError(f"add: expected a floating-point array, got dtype {a.dtype}")
     if a.ndim > len(shape) or any(m not in (1, n) for m, n in zip(a.shape[::-1], shape[::-1])):
         raise ValueError(f"add: expected the input's shape {shape} (or one that broadcasts to it), got {a.shape}")
