@@ -24,6 +24,8 @@ cdef extern from "_simd_convert.h" nogil:
     void fastnorm_sweep_half(const uint16_t* x, uint16_t* y, Py_ssize_t n, float mean_hi, float scale, float shift,
                              const float* w, const float* b, int bf16, int act, const uint16_t* add)
     void fastnorm_narrow_fused(float* v, uint16_t* y, Py_ssize_t n, int bf16, int act, const uint16_t* add)
+    void fastnorm_prefetch_range(const void* p, Py_ssize_t nbytes)
+    void fastnorm_add_half(const uint16_t* x, const uint16_t* r, uint16_t* h, float* t, Py_ssize_t n, int bf16)
 
 cdef enum:
     HALF_TILE = 8192  # float32 values of a tile's scratch: 32 KiB, with its half input and output in L1 and L2
@@ -123,8 +125,9 @@ cdef inline ParamVector _param_from(ParamVector v, Py_ssize_t first) noexcept no
 
 cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowTiles* t, Py_ssize_t k,
                             const RowAffine* a, double eps, double* mean, double* var, float* scratch,
-                            int nthreads) noexcept nogil:
-    """Tile k: widen, the float32 kernel in place, narrow."""
+                            int nthreads, const uint16_t* res=NULL, uint16_t* h=NULL) noexcept nogil:
+    """Tile k: widen, the float32 kernel in place, narrow.  With ``res``: the rows of ``h = x + res``, h
+    rounded into ``h`` (which may be x or res) and its values widened (fastnorm_add_half)."""
     cdef Py_ssize_t r0, r1, n
     cdef RowAffine local = a[0]
     cdef int status
@@ -134,7 +137,15 @@ cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowT
     if not a.per_element:
         local.weight = _param_from(a.weight, (r0 % a.groups) * (t.S // a.sub))
         local.bias = _param_from(a.bias, (r0 % a.groups) * (t.S // a.sub))
-    fastnorm_widen(x + r0 * t.S, scratch, n, kind)
+    if res == NULL:
+        fastnorm_widen(x + r0 * t.S, scratch, n, kind)
+    else:
+        fastnorm_add_half(x + r0 * t.S, res + r0 * t.S, h + r0 * t.S, scratch, n, kind)
+        if k + 1 < t.count:  # the next tile's x and res arrive while this one is normalized
+            _tile_rows(t, k + 1, &r0, &r1)
+            fastnorm_prefetch_range(x + r0 * t.S, (r1 - r0) * t.S * 2)
+            fastnorm_prefetch_range(res + r0 * t.S, (r1 - r0) * t.S * 2)
+            _tile_rows(t, k, &r0, &r1)
     status = _forward_rows(<const float*>scratch, scratch, 1, r1 - r0, t.S, &local, eps, mean + r0, var + r0,
                            nthreads)
     _narrow_fused(scratch, y + r0 * t.S, n, kind, a.ep)
@@ -252,16 +263,19 @@ cdef int _forward_channels_half(const uint16_t* x, uint16_t* y, int kind, Py_ssi
 
 
 cdef int _forward_rows_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t R, Py_ssize_t S,
-                            const RowAffine* a, double eps, double* mean, double* var, int nthreads) noexcept nogil:
+                            const RowAffine* a, double eps, double* mean, double* var, int nthreads,
+                            const uint16_t* res=NULL, uint16_t* h=NULL) noexcept nogil:
     """_forward_rows of a half [1, R, S] buffer, a tile of rows at a time (see RowTiles).  With tiles for
     every thread, each thread takes a contiguous share of them into its own scratch; otherwise (few long
-    rows) the tiles go one after the other, each kernel call using the threads."""
+    rows) the tiles go one after the other, each kernel call using the threads.  With ``res`` and ``h``
+    (rows of a per-element affine), the rows normalized are those of ``h = x + res``, written to h in the
+    same pass (_forward_rows_tile)."""
     cdef RowTiles t = _row_tiles(R, S, a)
     cdef Py_ssize_t size = t.per * S
     cdef Py_ssize_t k, j, share, r
     if not a.per_element and a.sub >= HALF_RUNS:
         return _forward_channels_half(x, y, kind, 1, R, S, a, eps, mean, var, nthreads)
-    if a.per_element and (nthreads <= 1 or R >= 4 * nthreads):
+    if a.per_element and res == NULL and (nthreads <= 1 or R >= 4 * nthreads):
         if nthreads <= 1:
             for r in range(R):
                 _forward_row_half(x + r * S, y + r * S, kind, S, a, eps, mean + r, var + r)
@@ -276,13 +290,13 @@ cdef int _forward_rows_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t
         return -1
     if team <= 1:
         for k in range(t.count):
-            if _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch, nthreads) < 0:
+            if _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch, nthreads, res, h) < 0:
                 status = -1
     else:  # one thread a tile's kernel: it allocates nothing then, so it cannot fail
         share = (t.count + team - 1) // team
         for j in prange(team, schedule="static", num_threads=team):
             for k in range(j * share, min(t.count, (j + 1) * share)):
-                _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch + j * size, 1)
+                _forward_rows_tile(x, y, kind, &t, k, a, eps, mean, var, scratch + j * size, 1, res, h)
     free(scratch)
     return status
 

@@ -216,14 +216,18 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     a.ep = _epilogue_for(&e, act, add, out)
     if pm == NULL:
         _out_of_memory()
-    if half >= 0 and (residual is not None or N != 1 and (per_element or rms or a.sub != S or a.groups != R)):
+    cdef bint channel_rows = not per_element and not rms and a.sub == S and a.groups == R
+    if half >= 0 and (residual is not None and not per_element or N != 1 and not channel_rows):
         free(scratch)
-        raise ValueError("forward_rows: half-precision buffers take no residual, and with N > 1 a channel's affine "
-                         "per row")
+        raise ValueError("forward_rows: half-precision buffers take a residual with a per-element affine only, and "
+                         "with N > 1 a channel's affine per row")
     cdef void* pr = NULL if residual is None else cnp.PyArray_DATA(residual)
     cdef void* ph = NULL if h is None else cnp.PyArray_DATA(h)
     with nogil:
-        if pr != NULL and f64:
+        if pr != NULL and half >= 0:
+            status = _forward_rows_half(<const uint16_t*>px, <uint16_t*>py, half, R, S, &a, eps, pm, pv, nthreads,
+                                        <const uint16_t*>pr, <uint16_t*>ph)
+        elif pr != NULL and f64:
             status = _forward_rows_residual(<const double*>px, <const double*>pr, <double*>ph, <double*>py, R, S,
                                             &a, eps, pm, pv, nthreads)
         elif pr != NULL:

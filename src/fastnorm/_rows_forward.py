@@ -74,12 +74,13 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
                         mask: Optional[ArrayLike] = None,
                         act: int = 0) -> Tuple[FloatArray, FloatArray, Optional[Tuple[Stats, ...]]]:
     """``(y, h, stats)`` of LayerNorm or RMSNorm of ``h = input + residual`` (the pre-norm transformer
-    block), h written to ``residual_out`` when given.  Where the rows allow (trailing normalized axes,
-    float32 or float64, a residual of the input's shape, outputs that do not partly overlap the inputs) one
+    block), h written to ``residual_out`` when given.  Where the rows allow (trailing normalized axes, a
+    residual of the input's shape and dtype, outputs that do not partly overlap the inputs) one
     kernel pass reads input and residual and writes h and y; otherwise h is added first, then normalized,
     with the same result."""
     masked = _masked.is_masked(input, mask)
-    x, dtype = _as_input(np.ma.getdata(input) if isinstance(input, np.ma.MaskedArray) else input, "input")
+    x, dtype = _as_input(np.ma.getdata(input) if isinstance(input, np.ma.MaskedArray) else input, "input",
+                         half=True)
     r = _check_residual(residual, x.shape, dtype)
     if residual_out is not None:
         _check_out(residual_out, x.shape, dtype, "residual_out")
@@ -138,8 +139,9 @@ _RESIDUAL = """residual : array_like, keyword-only, optional
         Added to the input before the normalization, in the input's dtype (which it must have) and
         broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
         Runtime's ``SkipLayerNormalization`` and ``SkipSimplifiedLayerNormalization`` (the pre-norm
-        transformer block).  Where the rows are the trailing axes of float32 or float64 data, one pass
-        reads input and residual and writes h and y.
+        transformer block).  Where the rows are the trailing axes, one pass reads input and residual and
+        writes h and y (float16 and bfloat16: h rounded to the input's dtype, as NumPy's addition, and
+        normalized as rounded).
     residual_out : ndarray, keyword-only, optional
         Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
         a loop updates its residual stream in place.  Not the same memory as ``out``."""

@@ -518,6 +518,49 @@ static int fastnorm_column_sums_half(const uint16_t *x, ptrdiff_t rows, ptrdiff_
     return 0;
 }
 
+/* Requests the lines of p[0, bytes) into the cache (a hint: nothing where the compiler has no prefetch). */
+static inline void fastnorm_prefetch_range(const void *p, ptrdiff_t bytes)
+{
+#if defined(__GNUC__)
+    for (ptrdiff_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch((const char *)p + o);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/* h = x + r in the half type, and t its values as float32 (what the normalization reads next), over n
+ * values: the float32 sum rounded once, as NumPy adds half arrays.  h may be x or r (value i is read before
+ * it is written, so the loops carry no dependence: ivdep keeps them vectorized for that case too). */
+FASTNORM_CONVERT_CLONES static void fastnorm_add_bf16(const uint16_t *x, const uint16_t *r, uint16_t *h, float *t,
+                                                      ptrdiff_t n)
+{
+#pragma GCC ivdep
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint16_t s = fastnorm_bf16_bits(fastnorm_bf16_value(x[i]) + fastnorm_bf16_value(r[i]));
+        h[i] = s;
+        t[i] = fastnorm_bf16_value(s);
+    }
+}
+
+static void fastnorm_add_half(const uint16_t *x, const uint16_t *r, uint16_t *h, float *t, ptrdiff_t n, int bf16)
+{
+    float b[FASTNORM_HALF_RUN];
+    if (bf16) {
+        fastnorm_add_bf16(x, r, h, t, n);
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n; i += FASTNORM_HALF_RUN) { /* float16: the conversions' F16C loops */
+        ptrdiff_t m = n - i < FASTNORM_HALF_RUN ? n - i : FASTNORM_HALF_RUN;
+        fastnorm_widen(x + i, t + i, m, 0);
+        fastnorm_widen(r + i, b, m, 0);
+        for (ptrdiff_t k = 0; k < m; k++)
+            t[i + k] += b[k];
+        fastnorm_narrow(t + i, h + i, m, 0);
+        fastnorm_widen(h + i, t + i, m, 0);
+    }
+}
+
 /* The fused sweep's epilogue (fastnorm_activate_f32: v = act(v + add)) on n float32 values of a half output
  * y, then their narrowing into y: ``add`` (or NULL) holds half values in y's layout, widened a run at a
  * time.  The float32 call's operations on the same values, so its bits, rounded once. */
