@@ -30,6 +30,7 @@ cdef extern from "_simd_convert.h" nogil:
 cdef enum:
     HALF_TILE = 8192  # float32 values of a tile's scratch: 32 KiB, with its half input and output in L1 and L2
     HALF_RUNS = 64    # sub-runs at least this long are swept one call each, shorter ones by tiles of rows
+    HALF_BATCH = 8    # rows of a per-element affine whose statistics go one step for all (_forward_row_batch_half)
     HALF_F16 = 0
     HALF_BF16 = 1
 
@@ -178,17 +179,24 @@ cdef Moments _strided_moments_half(const uint16_t* x, Py_ssize_t nruns, Py_ssize
     return acc
 
 
-cdef void _forward_row_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t S, const RowAffine* a, double eps,
-                            double* mean, double* var) noexcept nogil:
-    """One row of S values with a per-element affine: what _forward_row and _sweep_span do for float32."""
-    cdef double center, inv
+cdef void _forward_row_batch_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t rows, Py_ssize_t S,
+                                  const RowAffine* a, double eps, double* mean, double* var) noexcept nogil:
+    """Rows of S values with a per-element affine (at most HALF_BATCH of them, ``x``, ``y``, ``mean``, ``var``
+    pointing at the first): what _forward_row and _sweep_span do for float32, one step for all the rows at
+    a time, so that the rows' chains of divisions and square roots overlap (_forward_row_batch)."""
+    cdef double center[HALF_BATCH]
+    cdef double inv[HALF_BATCH]
     cdef float mean_hi
-    _store_moments(_strided_moments_half(x, 1, S, S, kind), 0, mean, var)
-    _center_and_rstd(mean[0], var[0], eps, a.rms, &center, &inv)
-    mean_hi = <float>center
-    fastnorm_sweep_half(x, y, S, mean_hi, <float>inv, <float>(-(center - <double>mean_hi) * inv),
-                        <const float*>a.weight.data, <const float*>a.bias.data, kind, _act(a.ep),
-                        _half_added(a.ep, y))
+    cdef Py_ssize_t r
+    for r in range(rows):
+        _store_moments(_strided_moments_half(x + r * S, 1, S, S, kind), r, mean, var)
+    for r in range(rows):
+        _center_and_rstd(mean[r], var[r], eps, a.rms, &center[r], &inv[r])
+    for r in range(rows):
+        mean_hi = <float>center[r]
+        fastnorm_sweep_half(x + r * S, y + r * S, S, mean_hi, <float>inv[r],
+                            <float>(-(center[r] - <double>mean_hi) * inv[r]), <const float*>a.weight.data,
+                            <const float*>a.bias.data, kind, _act(a.ep), _half_added(a.ep, y + r * S))
 
 
 # A channel's affine per sub-run of a row (BatchNorm channels first in training: row r of [N, R, S] is N
@@ -273,15 +281,18 @@ cdef int _forward_rows_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize_t
     cdef RowTiles t = _row_tiles(R, S, a)
     cdef Py_ssize_t size = t.per * S
     cdef Py_ssize_t k, j, share, r
+    cdef Py_ssize_t per = max(<Py_ssize_t>1, min(<Py_ssize_t>HALF_BATCH, R // (4 * nthreads)))
     if not a.per_element and a.sub >= HALF_RUNS:
         return _forward_channels_half(x, y, kind, 1, R, S, a, eps, mean, var, nthreads)
     if a.per_element and res == NULL and (nthreads <= 1 or R >= 4 * nthreads):
         if nthreads <= 1:
-            for r in range(R):
-                _forward_row_half(x + r * S, y + r * S, kind, S, a, eps, mean + r, var + r)
+            for k in range((R + per - 1) // per):
+                _forward_row_batch_half(x + k * per * S, y + k * per * S, kind, min(per, R - k * per), S, a, eps,
+                                        mean + k * per, var + k * per)
         else:
-            for r in prange(R, schedule="static", num_threads=nthreads):
-                _forward_row_half(x + r * S, y + r * S, kind, S, a, eps, mean + r, var + r)
+            for k in prange((R + per - 1) // per, schedule="static", num_threads=nthreads):
+                _forward_row_batch_half(x + k * per * S, y + k * per * S, kind, min(per, R - k * per), S, a, eps,
+                                        mean + k * per, var + k * per)
         return 0
     cdef int team = nthreads if t.count >= 2 * nthreads else 1
     cdef int status = 0

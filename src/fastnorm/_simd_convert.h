@@ -358,7 +358,8 @@ FASTNORM_HALF512_TARGET static inline __mmask16 fastnorm_store16_f16(uint16_t *p
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     return 0;
 }
-FASTNORM_HALF512_TARGET static inline __m512 fastnorm_load16_bf16(const uint16_t *p)
+/* Without F16C in its target, so that the bfloat16 loops (whose targets lack it) can inline it. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 fastnorm_load16_bf16(const uint16_t *p)
 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
