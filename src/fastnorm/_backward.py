@@ -7,7 +7,7 @@ finish (``_plan._finish``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, SupportsIndex, Tuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, SupportsIndex, Tuple, TypedDict, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -22,6 +22,9 @@ from ._validation import (FloatArray, Grads, GradsWithAdd, Shape, Stats, _channe
                           _check_instance_axis, _check_ndim, _check_normalized_axes, _check_normalized_shape, _check_of,
                           _elementwise_vector, _grad_inputs, _group_norm_layout, _several_axes,
                           _shaped_like, _stat_vector)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 _PARTS = {
     "grad_output": """grad_output : array_like
@@ -53,6 +56,16 @@ _PARTS = {
     grad_add : ndarray
         With ``add`` only: the gradient of ``add`` (the gradient at the pre-activation), of the input's
         shape and dtype.""",
+    "rows_input": """input : array_like, shape ``(..., *normalized_shape)``
+        The forward's input (float16, bfloat16, float32 or float64).
+    normalized_shape : int or sequence of int, or None
+        The forward's ``normalized_shape``.""",
+    "xhat": r"""With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
+    means taken over the""",
+    "dx": r""".. math::
+
+        \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
+        \overline{g \hat x} \right)""",
     "modified": """
         where ``input`` does not have the statistics given, beyond rounding: it was modified in place after
         the forward ("one of the variables needed for gradient computation has been modified by an inplace
@@ -68,6 +81,25 @@ def _documented(function: _Function) -> _Function:
         doc = doc.replace("{" + key + "}", value)
     function.__doc__ = doc
     return function
+
+
+class _ChannelOptions(TypedDict, total=False):
+    """The keyword-only arguments of the per-channel backwards (batch, group, instance) but ``add``, which
+    their overloads split on (three gradients without it, four with it)."""
+    channel_axis: SupportsIndex
+    eps: Optional[float]
+    mask: Optional[ArrayLike]
+    activation: Optional[str]
+    bias: Optional[ArrayLike]
+
+
+class _RowsOptions(TypedDict, total=False):
+    """The keyword-only arguments of the LayerNorm and RMSNorm backwards, for their overloads (which split on
+    the parameters given)."""
+    axes: Optional[Shape]
+    eps: Optional[float]
+    mask: Optional[ArrayLike]
+    activation: Optional[str]
 
 
 __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
@@ -93,16 +125,12 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 
 @overload
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
-                        weight: Optional[ArrayLike] = ..., training: bool = ..., *,
-                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
-                        bias: Optional[ArrayLike] = ...) -> Grads: ...
+                        weight: Optional[ArrayLike] = ..., training: bool = ..., *, add: None = ...,
+                        **options: Unpack[_ChannelOptions]) -> Grads: ...
 @overload
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
-                        weight: Optional[ArrayLike] = ..., training: bool = ..., *,
-                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
-                        bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
+                        weight: Optional[ArrayLike] = ..., training: bool = ..., *, add: ArrayLike,
+                        **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
 @_documented
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
@@ -143,13 +171,9 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
 
     Notes
     -----
-    With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
-    means taken over the M values of each channel:
+    {xhat} M values of each channel:
 
-    .. math::
-
-        \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
-        \overline{g \hat x} \right) \text{ (training)}, \qquad
+    {dx} \text{ (training)}, \qquad
         \frac{\partial L}{\partial x} = \sigma^{-1} g \text{ (frozen statistics)}
 
     the derivative of Ioffe and Szegedy's (2015) transform, as PyTorch's ``batch_norm`` backward
@@ -243,26 +267,46 @@ def _rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: O
     return _finish(dx, None, 0, False, dtype), sum_dyx.reshape(shape), sum_dy.reshape(shape)
 
 
+def _rows_gradients(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape],
+                    mean: Optional[ArrayLike], rstd: ArrayLike, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                    rms: bool, axes: Optional[Shape], eps: Optional[float], mask: Optional[ArrayLike],
+                    activation: Optional[str]) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]:
+    """What layer_norm_backward and rms_norm_backward (``rms``, without ``mean`` and ``bias``) return:
+    through the activation, masked or not; a parameter's gradient None where the parameter is."""
+    if activation is not None:
+        dx, dw, db = _through_activation(
+            grad_output, input, activation, None,
+            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias,
+                                         True),
+            lambda dz: _rows_gradients(dz, input, normalized_shape, mean, rstd, weight, bias, rms, axes, eps, mask,
+                                       None))
+        return dx, dw, db
+    if _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
+        dx, dw, db = _masked.rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, rms, eps,
+                                           mask)
+    else:
+        dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, rms, eps, axes)
+    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+
+
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike, *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                        activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, Stats]: ...
+                        rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike,
+                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
-                        rstd: ArrayLike, weight: ArrayLike, bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                        activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                        rstd: ArrayLike, weight: ArrayLike, bias: None = ...,
+                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
-                        rstd: ArrayLike, weight: None = ..., bias: None = ..., *, axes: Optional[Shape] = ...,
-                        eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                        activation: Optional[str] = ...) -> Tuple[FloatArray, None, None]: ...
+                        rstd: ArrayLike, weight: None = ..., bias: None = ...,
+                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
-                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., *,
-                        axes: Optional[Shape] = ..., eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                        activation: Optional[str] = ...) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 @_documented
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
@@ -273,10 +317,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     Parameters
     ----------
     {grad_output}
-    input : array_like, shape ``(..., *normalized_shape)``
-        The forward's input (float16, bfloat16, float32 or float64).
-    normalized_shape : int or sequence of int, or None
-        The forward's ``normalized_shape``.
+    {rows_input}
     mean, rstd : array_like of the input's leading shape
         What ``layer_norm(..., return_stats=True)`` returned (with ``axes``: of the other axes' shape).
     weight : array_like of shape normalized_shape, optional
@@ -314,13 +355,9 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 
     Notes
     -----
-    With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
-    means taken over the D values of each row:
+    {xhat} D values of each row:
 
-    .. math::
-
-        \frac{\partial L}{\partial x} = \sigma^{-1} \left( g - \overline{g} - \hat x \,
-        \overline{g \hat x} \right)
+    {dx}
 
     the derivative of the transform of Ba, Kiros and Hinton (2016), as PyTorch's ``layer_norm`` backward
     computes it.
@@ -341,38 +378,20 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
     >>> bool(np.allclose(dw, np.maximum(y, 0).sum(axis=0)))  # sum(dy * relu'(y) * xhat) over the rows
     True
     """
-    if activation is not None:
-        return _through_activation(
-            grad_output, input, activation, None,
-            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias,
-                                         True),
-            lambda dz: layer_norm_backward(dz, input, normalized_shape, mean, rstd, weight, bias, axes=axes, eps=eps,
-                                           mask=mask))
-    if _masked.is_masked(input, mask):
-        if axes is not None:
-            raise ValueError("mask: not supported together with axes")
-        dx, dw, db = _masked.rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps,
-                                           mask)
-    else:
-        dx, dw, db = _rows_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, eps, axes)
-    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+    return _rows_gradients(grad_output, input, normalized_shape, mean, rstd, weight, bias, False, axes, eps, mask,
+                           activation)
 
 
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
-                      weight: ArrayLike, *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                      activation: Optional[str] = ...) -> Tuple[FloatArray, Stats, None]: ...
+                      weight: ArrayLike, **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
-                      weight: None = ..., *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                      activation: Optional[str] = ...) -> Tuple[FloatArray, None, None]: ...
+                      weight: None = ..., **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, None, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
-                      weight: Optional[ArrayLike] = ..., *, axes: Optional[Shape] = ...,
-                      eps: Optional[float] = ..., mask: Optional[ArrayLike] = ...,
-                      activation: Optional[str] = ...) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      weight: Optional[ArrayLike] = ...,
+                      **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *, axes: Optional[Shape] = None,
@@ -383,10 +402,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     Parameters
     ----------
     {grad_output}
-    input : array_like, shape ``(..., *normalized_shape)``
-        The forward's input (float16, bfloat16, float32 or float64).
-    normalized_shape : int or sequence of int, or None
-        The forward's ``normalized_shape``.
+    {rows_input}
     rstd : array_like of the input's leading shape
         What ``rms_norm(..., return_stats=True)`` returned (with ``axes``: of the other axes' shape).
     weight : array_like of shape normalized_shape, optional
@@ -446,34 +462,19 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
     >>> dx.shape
     (1, 2)
     """
-    if activation is not None:
-        return _through_activation(
-            grad_output, input, activation, None,
-            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), None, rstd, weight, None,
-                                         True),
-            lambda dz: rms_norm_backward(dz, input, normalized_shape, rstd, weight, axes=axes, eps=eps, mask=mask))
-    if _masked.is_masked(input, mask):
-        if axes is not None:
-            raise ValueError("mask: not supported together with axes")
-        dx, dw, _ = _masked.rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps,
-                                          mask)
-    else:
-        dx, dw, _ = _rows_backward(grad_output, input, normalized_shape, None, rstd, weight, None, True, eps, axes)
-    return dx, (dw if weight is not None else None), None
+    dx, dw, _ = _rows_gradients(grad_output, input, normalized_shape, None, rstd, weight, None, True, axes, eps, mask,
+                                activation)
+    return dx, dw, None
 
 
 @overload
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
-                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *,
-                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
-                        bias: Optional[ArrayLike] = ...) -> Grads: ...
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *, add: None = ...,
+                        **options: Unpack[_ChannelOptions]) -> Grads: ...
 @overload
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
-                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *,
-                        channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                        mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
-                        bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
+                        rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *, add: ArrayLike,
+                        **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
 @_documented
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
@@ -569,16 +570,12 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
 
 @overload
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
-                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *,
-                           channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                           mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: None = ...,
-                           bias: Optional[ArrayLike] = ...) -> Grads: ...
+                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *, add: None = ...,
+                           **options: Unpack[_ChannelOptions]) -> Grads: ...
 @overload
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
-                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *,
-                           channel_axis: SupportsIndex = ..., eps: Optional[float] = ...,
-                           mask: Optional[ArrayLike] = ..., activation: Optional[str] = ..., add: ArrayLike,
-                           bias: Optional[ArrayLike] = ...) -> GradsWithAdd: ...
+                           weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *, add: ArrayLike,
+                           **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
 @_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,

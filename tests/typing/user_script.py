@@ -63,6 +63,17 @@ def functions(x: NDArray[np.float32]) -> None:
     dx, dw, db = F.group_norm_backward(np.ones_like(y), x, 3, mean, rstd)
     y, mean, rstd = F.instance_norm(x, return_stats=True)
     dx, dw, db = F.instance_norm_backward(np.ones_like(y), x, mean, rstd)
+    # Given add=, the channel backwards return its gradient fourth; without it, three gradients.
+    a = np.zeros_like(x)
+    dx, dw, db, d_add = F.instance_norm_backward(np.ones_like(y), x, mean, rstd, channel_axis=1, activation="relu",
+                                                 add=a, bias=np.zeros(3))
+    dx, dw, db, d_add = F.group_norm_backward(np.ones_like(y), x, 3, mean, rstd, None, eps=None, add=a)
+    y, mean, invstd = F.batch_norm(x, training=True, return_stats=True)
+    with_add: Tuple[FloatArray, Stats, Stats, FloatArray] = F.batch_norm_backward(np.ones_like(y), x, mean, invstd,
+                                                                                   mask=None, add=a)
+    three: Tuple[FloatArray, Stats, Stats] = F.batch_norm_backward(np.ones_like(y), x, mean, invstd, None, True,
+                                                                   channel_axis=1, activation="tanh")
+    assert with_add[3].shape == d_add.shape == x.shape and len(three) == 3
 
     keep: bool = bool(np.random.default_rng(0).integers(2))
     either = fastnorm.layer_norm(x, 5, return_stats=keep)  # a bool known at run time only: either form
