@@ -7,13 +7,14 @@ finish (``_plan._finish``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Optional, SupportsIndex, Tuple, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, SupportsIndex, Tuple, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
 from ._epilogue import _channel_axes, _Fold, _per_channel, _pre_activation, _row_axes, _through_activation
+from ._options import ChannelBackward, RowsBackward
 from ._over_axes import _batch_norm_backward_over_axes
 from ._plan import (_by_columns, _channel_view, _contiguous, _finish, _group_norm_channels_last, _like_view, _repeat,
                     _rows_order, _transposed, _untransposed)
@@ -60,6 +61,12 @@ _PARTS = {
         The forward's input (float16, bfloat16, float32 or float64).
     normalized_shape : int or sequence of int, or None
         The forward's ``normalized_shape``.""",
+    "rows_grads": r"""Returns
+    -------
+    grad_input : ndarray
+        Of the input's shape and dtype.
+    grad_weight : ndarray of float64 of shape normalized_shape, or None
+        :math:`\sum \partial L / \partial y \cdot \hat x` over the rows; None without ``weight``.""",
     "xhat": r"""With :math:`\hat x = (x - \mu) \sigma^{-1}` and :math:`g = \gamma \, \partial L / \partial y`, the
     means taken over the""",
     "dx": r""".. math::
@@ -81,25 +88,6 @@ def _documented(function: _Function) -> _Function:
         doc = doc.replace("{" + key + "}", value)
     function.__doc__ = doc
     return function
-
-
-class _ChannelOptions(TypedDict, total=False):
-    """The keyword-only arguments of the per-channel backwards (batch, group, instance) but ``add``, which
-    their overloads split on (three gradients without it, four with it)."""
-    channel_axis: SupportsIndex
-    eps: Optional[float]
-    mask: Optional[ArrayLike]
-    activation: Optional[str]
-    bias: Optional[ArrayLike]
-
-
-class _RowsOptions(TypedDict, total=False):
-    """The keyword-only arguments of the LayerNorm and RMSNorm backwards, for their overloads (which split on
-    the parameters given)."""
-    axes: Optional[Shape]
-    eps: Optional[float]
-    mask: Optional[ArrayLike]
-    activation: Optional[str]
 
 
 __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward",
@@ -126,11 +114,11 @@ __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "g
 @overload
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = ..., training: bool = ..., *, add: None = ...,
-                        **options: Unpack[_ChannelOptions]) -> Grads: ...
+                        **options: Unpack[ChannelBackward]) -> Grads: ...
 @overload
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = ..., training: bool = ..., *, add: ArrayLike,
-                        **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
+                        **options: Unpack[ChannelBackward]) -> GradsWithAdd: ...
 @_documented
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, training: bool = True, *,
@@ -294,19 +282,19 @@ def _rows_gradients(grad_output: ArrayLike, input: ArrayLike, normalized_shape: 
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: ArrayLike,
-                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, Stats]: ...
+                        **options: Unpack[RowsBackward]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: ArrayLike, bias: None = ...,
-                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, None]: ...
+                        **options: Unpack[RowsBackward]) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: None = ..., bias: None = ...,
-                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, None, None]: ...
+                        **options: Unpack[RowsBackward]) -> Tuple[FloatArray, None, None]: ...
 @overload
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
-                        **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
+                        **options: Unpack[RowsBackward]) -> Tuple[FloatArray, Optional[Stats], Optional[Stats]]: ...
 @_documented
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
@@ -333,12 +321,7 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
         The forward's ``activation``: the gradient goes through it, at the pre-activation recomputed from
         the input, the statistics and the parameters.
 
-    Returns
-    -------
-    grad_input : ndarray
-        Of the input's shape and dtype.
-    grad_weight : ndarray of float64 of shape normalized_shape, or None
-        :math:`\sum \partial L / \partial y \cdot \hat x` over the rows; None without ``weight``.
+    {rows_grads}
     grad_bias : ndarray of float64 of shape normalized_shape, or None
         :math:`\sum \partial L / \partial y` over the rows; None without ``bias``.
 
@@ -384,14 +367,14 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_sha
 
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
-                      weight: ArrayLike, **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Stats, None]: ...
+                      weight: ArrayLike, **options: Unpack[RowsBackward]) -> Tuple[FloatArray, Stats, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
-                      weight: None = ..., **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, None, None]: ...
+                      weight: None = ..., **options: Unpack[RowsBackward]) -> Tuple[FloatArray, None, None]: ...
 @overload
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = ...,
-                      **options: Unpack[_RowsOptions]) -> Tuple[FloatArray, Optional[Stats], None]: ...
+                      **options: Unpack[RowsBackward]) -> Tuple[FloatArray, Optional[Stats], None]: ...
 @_documented
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape], rstd: ArrayLike,
                       weight: Optional[ArrayLike] = None, *, axes: Optional[Shape] = None,
@@ -417,12 +400,7 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
         The forward's ``activation``: the gradient goes through it, at the pre-activation recomputed from
         the input, ``rstd`` and ``weight``.
 
-    Returns
-    -------
-    grad_input : ndarray
-        Of the input's shape and dtype.
-    grad_weight : ndarray of float64 of shape normalized_shape, or None
-        :math:`\sum \partial L / \partial y \cdot \hat x` over the rows; None without ``weight``.
+    {rows_grads}
     None
         In the place of grad_bias (RMSNorm has no bias), so that every backward returns three values.
 
@@ -470,11 +448,11 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape
 @overload
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *, add: None = ...,
-                        **options: Unpack[_ChannelOptions]) -> Grads: ...
+                        **options: Unpack[ChannelBackward]) -> Grads: ...
 @overload
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = ..., *, add: ArrayLike,
-                        **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
+                        **options: Unpack[ChannelBackward]) -> GradsWithAdd: ...
 @_documented
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: SupportsIndex, mean: ArrayLike,
                         rstd: ArrayLike, weight: Optional[ArrayLike] = None, *,
@@ -571,11 +549,11 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
 @overload
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *, add: None = ...,
-                           **options: Unpack[_ChannelOptions]) -> Grads: ...
+                           **options: Unpack[ChannelBackward]) -> Grads: ...
 @overload
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = ..., use_input_stats: bool = ..., *, add: ArrayLike,
-                           **options: Unpack[_ChannelOptions]) -> GradsWithAdd: ...
+                           **options: Unpack[ChannelBackward]) -> GradsWithAdd: ...
 @_documented
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, rstd: ArrayLike,
                            weight: Optional[ArrayLike] = None, use_input_stats: bool = True, *,

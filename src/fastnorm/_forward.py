@@ -7,12 +7,13 @@ once the output is written (see ``_plan._committing``).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, SupportsIndex, Tuple, Union, overload
+from typing import TYPE_CHECKING, Literal, Optional, SupportsIndex, Tuple, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
+from ._options import BatchNormForward, ChannelForward
 from ._over_axes import _batch_norm_over_axes
 from ._epilogue import _activate_after
 from ._plan import (_add_buffer, _by_columns, _channel_view, _committing, _empty_call, _frozen_stats,
@@ -22,6 +23,9 @@ from ._threads import threads_for
 from ._validation import (FloatArray, Stats, _as_input, _batch_norm_args, _check_activation, _check_add,
                           _check_instance_axis, _check_ndim, _check_out, _group_norm_args, _instance_norm_args,
                           _several_axes)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 __all__ = ["batch_norm", "group_norm", "instance_norm"]
 
@@ -35,25 +39,18 @@ __all__ = ["batch_norm", "group_norm", "instance_norm"]
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
-               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
-               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: Literal[False] = ...) -> FloatArray: ...
+               momentum: Optional[float] = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
+               **options: Unpack[BatchNormForward]) -> FloatArray: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
-               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
-               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               mask: Optional[ArrayLike] = ..., return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               momentum: Optional[float] = ..., eps: float = ..., *, return_stats: Literal[True],
+               **options: Unpack[BatchNormForward]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
-               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ...,
-               out: Optional[FloatArray] = ..., bessel: bool = ..., num_batches_tracked: Optional[int] = ...,
-               mask: Optional[ArrayLike] = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               momentum: Optional[float] = ..., eps: float = ..., *, return_stats: bool,
+               **options: Unpack[BatchNormForward]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, running_var: Optional[FloatArray] = None,
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
@@ -243,22 +240,16 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
 
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
-               return_stats: Literal[False] = ...) -> FloatArray: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
+               **options: Unpack[ChannelForward]) -> FloatArray: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
-               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[True],
+               **options: Unpack[ChannelForward]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, channel_axis: SupportsIndex = ...,
-               activation: Optional[str] = ..., add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: bool,
+               **options: Unpack[ChannelForward]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: SupportsIndex = 1,
@@ -380,29 +371,20 @@ def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Ar
 
 
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
-                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
-                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
-                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ...,
-                  return_stats: Literal[False] = ...) -> FloatArray: ...
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: float = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
+                  **options: Unpack[ChannelForward]) -> FloatArray: ...
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
-                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
-                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
-                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ...,
-                  return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: float = ..., eps: float = ..., *, return_stats: Literal[True],
+                  **options: Unpack[ChannelForward]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ...,
-                  running_var: Optional[FloatArray] = ..., weight: Optional[ArrayLike] = ...,
-                  bias: Optional[ArrayLike] = ..., use_input_stats: bool = ..., momentum: float = ...,
-                  eps: float = ..., *, channel_axis: SupportsIndex = ..., activation: Optional[str] = ...,
-                  add: Optional[ArrayLike] = ..., out: Optional[FloatArray] = ...,
-                  mask: Optional[ArrayLike] = ...,
-                  return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = ..., running_var: Optional[FloatArray] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: float = ..., eps: float = ..., *, return_stats: bool,
+                  **options: Unpack[ChannelForward]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @_with_mask_doc
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
                   running_var: Optional[FloatArray] = None, weight: Optional[ArrayLike] = None,

@@ -6,7 +6,7 @@ Statistics per row of a contiguous ``[R, D]`` view (``_kernels.forward_rows``), 
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Tuple, Union, overload
+from typing import TYPE_CHECKING, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -14,12 +14,16 @@ from numpy.typing import ArrayLike
 from . import _kernels, _masked
 from ._epilogue import _activate_after
 from ._layer_docs import _filled, _with_mask_doc
+from ._options import RowsForward
 from ._over_axes import _rows_norm_over_axes
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
                           _check_normalized_shape, _check_out, _check_residual, _compute_dtype, _elementwise_vector,
                           _rms_eps)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -149,28 +153,21 @@ _RESIDUAL = """residual : array_like, keyword-only, optional
 
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., residual: None = ...,
-               return_stats: Literal[False] = ...) -> FloatArray: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, residual: None = ...,
+               return_stats: Literal[False] = ..., **options: Unpack[RowsForward]) -> FloatArray: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., residual: None = ...,
-               return_stats: Literal[True]) -> Tuple[FloatArray, Stats, Stats]: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, residual: None = ..., return_stats: Literal[True],
+               **options: Unpack[RowsForward]) -> Tuple[FloatArray, Stats, Stats]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               activation: Optional[str] = ..., out: Optional[FloatArray] = ...,
-               mask: Optional[ArrayLike] = ..., residual: None = ...,
-               return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, residual: None = ..., return_stats: bool,
+               **options: Unpack[RowsForward]) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-               bias: Optional[ArrayLike] = ..., eps: float = ..., *, axes: Optional[Shape] = ...,
-               activation: Optional[str] = ..., out: Optional[FloatArray] = ..., mask: Optional[ArrayLike] = ...,
-               residual: ArrayLike,
-               residual_out: Optional[FloatArray] = ..., return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, residual: ArrayLike,
+               residual_out: Optional[FloatArray] = ..., return_stats: bool = ...,
+               **options: Unpack[RowsForward]) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
 @_filled(residual=_RESIDUAL)
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
@@ -283,28 +280,20 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
 
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
-             out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., residual: None = ...,
-             return_stats: Literal[False] = ...) -> FloatArray: ...
+             eps: Optional[float] = ..., *, residual: None = ..., return_stats: Literal[False] = ...,
+             **options: Unpack[RowsForward]) -> FloatArray: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
-             out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., residual: None = ...,
-             return_stats: Literal[True]) -> Tuple[FloatArray, Stats]: ...
+             eps: Optional[float] = ..., *, residual: None = ..., return_stats: Literal[True],
+             **options: Unpack[RowsForward]) -> Tuple[FloatArray, Stats]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
-             out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., residual: None = ...,
-             return_stats: bool) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
+             eps: Optional[float] = ..., *, residual: None = ..., return_stats: bool,
+             **options: Unpack[RowsForward]) -> Union[FloatArray, Tuple[FloatArray, Stats]]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = ...,
-             eps: Optional[float] = ..., *, axes: Optional[Shape] = ..., activation: Optional[str] = ...,
-             out: Optional[FloatArray] = ...,
-             mask: Optional[ArrayLike] = ..., residual: ArrayLike, residual_out: Optional[FloatArray] = ...,
-             return_stats: bool = ...) -> Tuple[FloatArray, ...]: ...
+             eps: Optional[float] = ..., *, residual: ArrayLike, residual_out: Optional[FloatArray] = ...,
+             return_stats: bool = ..., **options: Unpack[RowsForward]) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
 @_filled(residual=_RESIDUAL)
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
