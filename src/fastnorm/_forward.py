@@ -91,8 +91,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
         data), and through a copy with them moved together otherwise (e.g. (1, 3) of C-ordered data).
     {activation}
     {add}
-    out : ndarray, keyword-only, optional
-        Where to write the result (the input's shape and dtype); may be the input itself.
+    {out}
     bessel : bool, keyword-only
         True (PyTorch): the running variance is updated with the unbiased batch variance.  False (ONNX
         BatchNormalization, Keras): with the biased one.
@@ -272,11 +271,7 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
         Added to the variance before the square root, in the input's units squared.
     channel_axis : int, keyword-only
         1 (channels first, the default) or -1 (channels last).
-    {activation}
-    {add}
-    out : ndarray, keyword-only, optional
-        Where to write the result (the input's shape and dtype); may be the input itself.
-    {mask}
+    {epilogue}
     return_stats : bool, keyword-only
         Also return the statistics of each (sample, group): what :func:`group_norm_backward` needs.
 
@@ -416,11 +411,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
         The axis of the channels: 1 (the default), -1 for channels-last data, any axis but 0.  Either
         way, channels-last memory (NHWC data, or an NCHW view of it) is read as ``[N, S, C]`` without a
         copy, and channels-first memory as ``[N, C, S]``; other layouts are copied.
-    {activation}
-    {add}
-    out : ndarray, keyword-only, optional
-        Where to write the result (the input's shape and dtype); may be the input itself.
-    {mask}
+    {epilogue}
     return_stats : bool, keyword-only
         Also return the statistics used: what :func:`instance_norm_backward` needs.
 

@@ -225,8 +225,13 @@ _FUNCTION_ADD = """add : array_like, keyword-only, optional
         that broadcasts to it), taken in the input's dtype (a float16 input's add is rounded to float16).
         A C-contiguous array of the input's dtype is read as it is."""
 
-# Fills the ``{mask}``, ``{activation}`` and ``{add}`` placeholders of a normalizing function's docstring.
-_with_mask_doc = _filled(mask=_MASK, activation=_FUNCTION_ACTIVATION, add=_FUNCTION_ADD)
+_FUNCTION_OUT = """out : ndarray, keyword-only, optional
+        Where to write the result (the input's shape and dtype); may be the input itself."""
+
+# Fills the ``{mask}``, ``{activation}``, ``{add}`` and ``{out}`` placeholders of a normalizing function's
+# docstring, and ``{epilogue}``: the four in the order group_norm and instance_norm take them.
+_with_mask_doc = _filled(epilogue="\n    ".join((_FUNCTION_ACTIVATION, _FUNCTION_ADD, _FUNCTION_OUT, _MASK)),
+                         mask=_MASK, activation=_FUNCTION_ACTIVATION, add=_FUNCTION_ADD, out=_FUNCTION_OUT)
 
 
 def _references(kind: str, torch_name: str) -> str:

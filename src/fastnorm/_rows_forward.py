@@ -113,20 +113,35 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
     return y, h, stats
 
 
-def _with_residual(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Optional[FloatArray],
-                   normalized_shape: Optional[Shape], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-                   eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
-                   axes: Optional[Shape], mask: Optional[ArrayLike], act: int = 0) -> Tuple[FloatArray, ...]:
-    """What layer_norm and rms_norm return with ``residual``: (y, h) and the statistics they return."""
-    if residual is None:
-        raise ValueError("residual_out: given without residual")
-    if mask is not None and axes is not None:
-        raise ValueError("mask: not supported together with axes")
-    y, h, stats = _rows_norm_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, rms,
-                                      return_stats, None, axes, mask, act)
-    if stats is None:
-        return y, h
-    return (y, h, stats[1]) if rms else (y, h, *stats)
+def _rows_call(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Optional[FloatArray],
+               normalized_shape: Optional[Shape], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+               eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
+               axes: Optional[Shape], mask: Optional[ArrayLike],
+               activation: Optional[str]) -> Union[FloatArray, Tuple[FloatArray, ...]]:
+    """What layer_norm and rms_norm (``rms``, without ``bias``) return: y, or (y, h) with ``residual``;
+    then, with ``return_stats``, the statistics: (mean, rstd), or rstd for rms_norm."""
+    act = _check_activation(activation)
+    stats: Optional[Tuple[Stats, ...]]
+    if residual is not None or residual_out is not None:
+        if residual is None:
+            raise ValueError("residual_out: given without residual")
+        if mask is not None and axes is not None:
+            raise ValueError("mask: not supported together with axes")
+        y, h, stats = _rows_norm_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, rms,
+                                          return_stats, None, axes, mask, act)
+        result: Tuple[FloatArray, ...] = (y, h)
+    elif _masked.is_masked(input, mask):
+        if axes is not None:
+            raise ValueError("mask: not supported together with axes")
+        y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, rms, mask)
+        result = (_activate_after(y, act, None),)
+        stats = (mean, rstd) if return_stats else None
+    else:
+        y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats, None, axes, act=act)
+        result = (y,)
+    if stats is not None:
+        result += stats[1:] if rms else stats
+    return result if len(result) > 1 else result[0]
 
 
 def _written_whole(a: Optional[FloatArray], x: FloatArray, r: FloatArray) -> bool:
@@ -200,8 +215,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
         otherwise (e.g. axes (1, 3) of C-ordered data, or (0,)) through a copy with the normalized axes
         moved last.
     {activation}
-    out : ndarray, keyword-only, optional
-        Where to write the result (the input's shape and dtype); may be the input itself.
+    {out}
     {mask}
     {residual}
     return_stats : bool, keyword-only
@@ -264,18 +278,8 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     >>> fastnorm.layer_norm(np.array([[1., 2., 3.]]), 3, activation="relu").round(4).tolist()
     [[0.0, 0.0, 1.2247]]
     """
-    act = _check_activation(activation)
-    if residual is not None or residual_out is not None:
-        return _with_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, False,
-                              return_stats, axes, mask, act)
-    if _masked.is_masked(input, mask):
-        if axes is not None:
-            raise ValueError("mask: not supported together with axes")
-        y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, False, mask)
-        y = _activate_after(y, act, None)
-        return (y, mean, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, False, return_stats, None, axes, act=act)
-    return y if stats is None else (y, *stats)
+    return _rows_call(input, residual, residual_out, normalized_shape, weight, bias, eps, out, False, return_stats,
+                      axes, mask, activation)
 
 
 @overload
@@ -321,8 +325,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
         Normalize over these axes instead of the trailing ones, as :func:`layer_norm`'s ``axes`` (what
         is read through a view and what is copied is said there).
     {activation}
-    out : ndarray, keyword-only, optional
-        Where to write the result (the input's shape and dtype); may be the input itself.
+    {out}
     {mask}
     {residual}
     return_stats : bool, keyword-only
@@ -384,15 +387,5 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     >>> fastnorm.rms_norm(np.array([[3., 4.]]), 2, eps=0.0, activation="silu").round(4).tolist()
     [[0.5942, 0.8554]]
     """
-    act = _check_activation(activation)
-    if residual is not None or residual_out is not None:
-        return _with_residual(input, residual, residual_out, normalized_shape, weight, None, eps, out, True,
-                              return_stats, axes, mask, act)
-    if _masked.is_masked(input, mask):
-        if axes is not None:
-            raise ValueError("mask: not supported together with axes")
-        y, _, rstd = _masked.rows_norm(input, normalized_shape, weight, None, eps, out, True, mask)
-        y = _activate_after(y, act, None)
-        return (y, rstd) if return_stats else y
-    y, stats = _rows_norm(input, normalized_shape, weight, None, eps, out, True, return_stats, None, axes, act=act)
-    return y if stats is None else (y, stats[1])
+    return _rows_call(input, residual, residual_out, normalized_shape, weight, None, eps, out, True, return_stats,
+                      axes, mask, activation)
