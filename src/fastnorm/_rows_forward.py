@@ -154,6 +154,11 @@ def _written_whole(a: Optional[FloatArray], x: FloatArray, r: FloatArray) -> boo
                for b in (x, r))
 
 
+# The docstrings' input entries, their residual entry and the first two of what they return.
+_INPUT = """input : array_like, shape ``(..., *normalized_shape)``
+        float16, bfloat16, float32 or float64 (the half types computed in float32).
+    normalized_shape : int or sequence of int, or None"""
+
 _RESIDUAL = """residual : array_like, keyword-only, optional
         Added to the input before the normalization, in the input's dtype (which it must have) and
         broadcast to its shape: the call normalizes ``h = input + residual`` and returns h too, as ONNX
@@ -164,6 +169,14 @@ _RESIDUAL = """residual : array_like, keyword-only, optional
     residual_out : ndarray, keyword-only, optional
         Where to write h (the input's shape and dtype); may be the input or the residual itself, so that
         a loop updates its residual stream in place.  Not the same memory as ``out``."""
+
+_RETURNS = """Returns
+    -------
+    y : ndarray
+        Of the input's shape and dtype (``out`` when given).
+    h : ndarray
+        With ``residual`` only (before the statistics): ``input + residual``, of the input's shape and
+        dtype (``residual_out`` when given).  Its gradient is the gradient of both input and residual."""
 
 
 @overload
@@ -184,7 +197,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                residual_out: Optional[FloatArray] = ..., return_stats: bool = ...,
                **options: Unpack[RowsForward]) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
-@_filled(residual=_RESIDUAL)
+@_filled(residual=_RESIDUAL, input=_INPUT, returns=_RETURNS)
 def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, axes: Optional[Shape] = None,
                activation: Optional[str] = None, out: Optional[FloatArray] = None,
@@ -196,9 +209,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
 
     Parameters
     ----------
-    input : array_like, shape ``(..., *normalized_shape)``
-        float16, bfloat16, float32 or float64 (the half types computed in float32).
-    normalized_shape : int or sequence of int, or None
+    {input}
         The trailing dimensions to normalize over (one "row" is their product of values).  With ``axes``:
         None or the sizes of those axes.
     weight, bias : array_like of shape normalized_shape, optional
@@ -221,13 +232,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     return_stats : bool, keyword-only
         Also return the statistics of each row: what :func:`layer_norm_backward` needs.
 
-    Returns
-    -------
-    y : ndarray
-        Of the input's shape and dtype (``out`` when given).
-    h : ndarray
-        With ``residual`` only (before the statistics): ``input + residual``, of the input's shape and
-        dtype (``residual_out`` when given).  Its gradient is the gradient of both input and residual.
+    {returns}
     mean, rstd : ndarray of float64, of the input's leading shape ``input.shape[:-len(normalized_shape)]``
         With ``return_stats`` only: each row's mean and :math:`1 / \sqrt{\mathrm{Var}[x] + \epsilon}`;
         with ``axes``, of the shape of the other axes.
@@ -299,7 +304,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
              eps: Optional[float] = ..., *, residual: ArrayLike, residual_out: Optional[FloatArray] = ...,
              return_stats: bool = ..., **options: Unpack[RowsForward]) -> Tuple[FloatArray, ...]: ...
 @_with_mask_doc
-@_filled(residual=_RESIDUAL)
+@_filled(residual=_RESIDUAL, input=_INPUT, returns=_RETURNS)
 def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, axes: Optional[Shape] = None, activation: Optional[str] = None,
              out: Optional[FloatArray] = None,
@@ -311,9 +316,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
 
     Parameters
     ----------
-    input : array_like, shape ``(..., *normalized_shape)``
-        float16, bfloat16, float32 or float64 (the half types computed in float32).
-    normalized_shape : int or sequence of int, or None
+    {input}
         The trailing dimensions to normalize over.  With ``axes``: None or the sizes of those axes.
     weight : array_like of shape normalized_shape, optional
         Elementwise scale :math:`\gamma`, floating point.  With ``axes``: of the shape of those axes.
@@ -331,13 +334,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Option
     return_stats : bool, keyword-only
         Also return each row's inverse root mean square: what :func:`rms_norm_backward` needs.
 
-    Returns
-    -------
-    y : ndarray
-        Of the input's shape and dtype (``out`` when given).
-    h : ndarray
-        With ``residual`` only (before the statistics): ``input + residual``, of the input's shape and
-        dtype (``residual_out`` when given).  Its gradient is the gradient of both input and residual.
+    {returns}
     rstd : ndarray of float64, of the input's leading shape
         With ``return_stats`` only: :math:`1 / \sqrt{\mathrm{E}[x^2] + \epsilon}` per row; with ``axes``,
         of the shape of the other axes.
