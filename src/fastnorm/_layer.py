@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
+from ._layer_docs import _filled
 from ._safetensors import SafetensorsFile
 from ._threads import context_setting
 from ._validation import _array, _check_activation, _check_mask
@@ -107,6 +108,13 @@ def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     return dtype
+
+
+# The Returns section of the methods that return the layer itself (train, eval).
+_RETURNS_SELF = """Returns
+        -------
+        layer
+            The layer itself."""
 
 
 class _Layer:
@@ -315,6 +323,7 @@ class _Layer:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    @_filled(returns=_RETURNS_SELF)
     def train(self: _LayerT, mode: bool = True) -> _LayerT:
         """Set training mode, or evaluation mode with ``mode=False``, as ``torch.nn.Module.train``.
 
@@ -323,10 +332,7 @@ class _Layer:
         mode : bool
             True: training mode (batch statistics, running statistics updated); False: evaluation mode.
 
-        Returns
-        -------
-        layer
-            The layer itself.
+        {returns}
 
         Examples
         --------
@@ -337,13 +343,11 @@ class _Layer:
         self.training = bool(mode)
         return self
 
+    @_filled(returns=_RETURNS_SELF)
     def eval(self: _LayerT) -> _LayerT:
         """Set evaluation mode: ``train(False)``.
 
-        Returns
-        -------
-        layer
-            The layer itself.
+        {returns}
 
         Examples
         --------
