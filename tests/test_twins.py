@@ -327,28 +327,32 @@ def _leading(x, shape, axes):
     return x.shape[:max(len(x.shape) - len(full), 0)]
 
 
-@st.composite
-def layer_norm_backward(draw):
+def _rows_backward(draw, rms):
+    """A case of layer_norm_backward, or of rms_norm_backward (``rms``: no mean, no bias)."""
     x = draw(_input(1))
     shape, axes, full = _rows(draw, x)
     lead = _leading(x, shape, axes)
-    return Case(draw(SEEDS), dict(
-        grad_output=_grad_output(draw, x), input=x, normalized_shape=shape,
-        mean=_vector(draw, lead, optional=False), rstd=_vector(draw, lead, "positive", optional=False),
-        weight=_vector(draw, full), bias=_vector(draw, full), axes=axes),
-        _forward_stats(["mean", "rstd"], lambda kw: reference.layer_norm(
-            kw["input"], shape, axes=axes, return_stats=True)))
+    seed = draw(SEEDS)
+    kwargs = dict(grad_output=_grad_output(draw, x), input=x, normalized_shape=shape)
+    stats = ["rstd"] if rms else ["mean", "rstd"]
+    for name in stats:
+        kwargs[name] = _vector(draw, lead, "positive" if name == "rstd" else "normal", optional=False)
+    kwargs["weight"] = _vector(draw, full)
+    if not rms:
+        kwargs["bias"] = _vector(draw, full)
+    forward = reference.rms_norm if rms else reference.layer_norm
+    return Case(seed, dict(kwargs, axes=axes),
+                _forward_stats(stats, lambda kw: forward(kw["input"], shape, axes=axes, return_stats=True)))
+
+
+@st.composite
+def layer_norm_backward(draw):
+    return _rows_backward(draw, rms=False)
 
 
 @st.composite
 def rms_norm_backward(draw):
-    x = draw(_input(1))
-    shape, axes, full = _rows(draw, x)
-    lead = _leading(x, shape, axes)
-    return Case(draw(SEEDS), dict(
-        grad_output=_grad_output(draw, x), input=x, normalized_shape=shape,
-        rstd=_vector(draw, lead, "positive", optional=False), weight=_vector(draw, full), axes=axes),
-        _forward_stats(["rstd"], lambda kw: reference.rms_norm(kw["input"], shape, axes=axes, return_stats=True)))
+    return _rows_backward(draw, rms=True)
 
 
 @st.composite
