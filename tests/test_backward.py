@@ -27,6 +27,16 @@ LAYERS = [
 IDS = [layer[0] for layer in LAYERS]
 
 
+def _every_layer_case(test):
+    """``test`` over the layers, affine or not, float32 and float64, training and evaluation mode."""
+    for mark in (pytest.mark.parametrize("mode", ["train", "eval"]),
+                 pytest.mark.parametrize("dtype", [np.float32, np.float64]),
+                 pytest.mark.parametrize("affine", [True, False]),
+                 pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)):
+        test = mark(test)
+    return test
+
+
 def _randomize(layer, rng):
     for key in ("weight", "bias"):
         value = getattr(layer, key, None)
@@ -117,10 +127,7 @@ def _twin_gradients(layer, x, g):
     return (y[0], dx[0], dw, db) if unbatched else (y, dx, dw, db)
 
 
-@pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("mode", ["train", "eval"])
+@_every_layer_case
 def test_gradients_match_the_twins(rng, name, make, shape, channels_last, affine, dtype, mode):
     layer = make(affine, dtype)
     _randomize_in_mode(layer, rng, mode)
@@ -155,10 +162,7 @@ def _torch_twin(name, affine, dtype):
 
 
 @requires_torch
-@pytest.mark.parametrize("name, make, shape, channels_last", LAYERS, ids=IDS)
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("mode", ["train", "eval"])
+@_every_layer_case
 def test_gradients_match_torch_autograd(rng, name, make, shape, channels_last, affine, dtype, mode):
     ours = make(affine, dtype)
     theirs = _torch_twin(name, affine, dtype)
