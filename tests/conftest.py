@@ -6,6 +6,12 @@ try:
 except ImportError:  # parity tests skip without PyTorch
     torch = None
 
+try:
+    import safetensors
+    import safetensors.numpy
+except ImportError:  # writing safetensors files needs the package; reading does not
+    safetensors = None
+
 
 @pytest.fixture
 def rng():
@@ -13,6 +19,7 @@ def rng():
 
 
 requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+requires_safetensors = pytest.mark.skipif(safetensors is None, reason="safetensors is not installed")
 
 
 def assert_sync_matches_whole(sync, whole):

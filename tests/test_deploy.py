@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import fastnorm
 import reference
-from conftest import requires_torch, torch
+from conftest import requires_safetensors, requires_torch, torch
 
 
 def _trained_bn(cls, C, rng, dtype=np.float64, **kwargs):
@@ -382,17 +382,18 @@ def test_save_writes_exactly_the_path_given_and_load_reads_it_back(rng, tmp_path
     _same_layer(fastnorm.load(buffer), layers["bn"])
 
 
-def test_a_save_that_fails_leaves_the_file_as_it_was(rng, tmp_path):
-    path = tmp_path / "model.bin"
+@pytest.mark.parametrize("name", ["model.bin", pytest.param("model.safetensors", marks=requires_safetensors)])
+def test_a_save_that_fails_leaves_the_file_as_it_was(rng, tmp_path, name):
+    path = tmp_path / name
     fastnorm.save(path, _all_layers(rng))
     before = path.read_bytes()
     bad = fastnorm.BatchNorm2d(4)
     bad.weight = np.ones(5, np.float32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'weight' is float32 of shape \\(5,\\)"):
         fastnorm.save(path, {"bn": bad})
     with pytest.raises(TypeError, match="names that are strings"):
         fastnorm.save(path, {1: fastnorm.LayerNorm(3)})
-    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.bin"]
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [name]
 
 
 @pytest.mark.parametrize("spoil, message", [
@@ -548,6 +549,19 @@ def _mutated(data, blob, cut, within=None):
     return bytes(blob) + data.draw(st.binary(max_size=8))
 
 
+def _spoil_arrays(data, arrays, dtypes, new_names):
+    """Drop one of ``arrays`` (a dict), replace it by zeros of a drawn shape and one of ``dtypes``, or add
+    such zeros under one of ``new_names``."""
+    key = data.draw(st.sampled_from(sorted(arrays)))
+    shape = tuple(data.draw(st.lists(st.integers(0, 5), max_size=3)))
+    dtype = data.draw(st.sampled_from(dtypes))
+    action = data.draw(st.sampled_from(["drop", "replace", "add"]))
+    if action == "drop":
+        del arrays[key]
+    else:
+        arrays[key if action == "replace" else data.draw(st.sampled_from(new_names))] = np.zeros(shape, dtype)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzzed_files_raise_only_value_error_and_allocate_little(data):
@@ -574,15 +588,8 @@ def test_fuzzed_files_raise_only_value_error_and_allocate_little(data):
             path = data.draw(st.sampled_from(list(_paths(document))))
             document = _replace(document, path, data.draw(_JSON))
         else:  # an array dropped, added, or of another shape or dtype
-            key = data.draw(st.sampled_from(sorted(arrays)))
-            shape = tuple(data.draw(st.lists(st.integers(0, 5), max_size=3)))
-            dtype = data.draw(st.sampled_from(["f4", "f8", ">f4", "i8", "u1", "?", "c8", "U3"]))
-            action = data.draw(st.sampled_from(["drop", "replace", "add"]))
-            if action == "drop":
-                del arrays[key]
-            else:
-                arrays[key if action == "replace" else data.draw(st.sampled_from(["bn.extra", "x", "ln.", ".w"]))] = \
-                    np.zeros(shape, dtype)
+            _spoil_arrays(data, arrays, ["f4", "f8", ">f4", "i8", "u1", "?", "c8", "U3"],
+                          ["bn.extra", "x", "ln.", ".w"])
         blob = _archive(document, arrays)
     result = _load_bounded(blob)
     if not isinstance(result, ValueError):
