@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 try:
     import torch
@@ -77,3 +78,32 @@ def keras_renorm_or_skip():
     if "renorm" not in inspect.signature(keras.layers.BatchNormalization).parameters:
         pytest.skip(f"Keras {keras.__version__}'s BatchNormalization has no renorm")
     return keras
+
+
+# Of a result against PyTorch's, relative to the largest magnitude of PyTorch's (see assert_close_scaled).
+SCALED_TOLERANCE = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}
+
+
+def assert_close_scaled(ours, theirs, dtype):
+    """``ours`` is of ``dtype`` and ``theirs``' shape, and within SCALED_TOLERANCE[dtype] times the largest
+    finite magnitude of ``theirs`` (at least 1) of it everywhere."""
+    assert ours.dtype == dtype and ours.shape == theirs.shape
+    finite = np.abs(theirs[np.isfinite(theirs)]).astype(np.float64)
+    scale = max(1.0, float(finite.max(initial=0.0)))
+    np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), rtol=0,
+                               atol=SCALED_TOLERANCE[dtype] * scale)
+
+
+def input_and_gradient(seed, shape, dtype, scale):
+    """From ``seed``: an input of ``shape`` and ``dtype``, normal with standard deviation ``scale``, and an
+    output gradient of standard normal values."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.0, scale, shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+
+
+def against_torch(cases, max_examples):
+    """A property test comparing with PyTorch over the ``cases`` strategy: skipped without PyTorch, and
+    without a deadline (PyTorch's first calls are slow)."""
+    def decorate(test):
+        return requires_torch(settings(max_examples=max_examples, deadline=None)(given(cases)(test)))
+    return decorate

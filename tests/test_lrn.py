@@ -3,14 +3,11 @@ window sizes and constants in every float dtype; finite differences in float64; 
 backward."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnorm
-from conftest import requires_torch, torch
+from conftest import against_torch, assert_close_scaled, input_and_gradient, requires_torch, torch
 from fastnorm import functional as F
-
-TOLERANCE = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}
 
 
 @st.composite
@@ -33,27 +30,16 @@ def _torch_lrn(x, g, size, alpha, beta, k):
     return y.detach().numpy(), t.grad.numpy()
 
 
-def _assert_close(ours, theirs, dtype):
-    assert ours.dtype == dtype
-    scale = max(1.0, float(np.abs(theirs).max()))
-    np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), rtol=0,
-                               atol=TOLERANCE[dtype] * scale)
-
-
-@requires_torch
-@settings(max_examples=150, deadline=None)
-@given(lrn_cases())
+@against_torch(lrn_cases(), max_examples=150)
 def test_matches_pytorch_forward_and_autograd(case):
     shape, size, alpha, beta, k, dtype, seed = case
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 3.0, shape).astype(dtype)
-    g = rng.normal(size=shape).astype(dtype)
+    x, g = input_and_gradient(seed, shape, dtype, 3.0)
     y_torch, dx_torch = _torch_lrn(x, g, size, alpha, beta, k)
-    _assert_close(F.local_response_norm(x, size, alpha, beta, k), y_torch, dtype)
-    _assert_close(F.local_response_norm_backward(g, x, size, alpha, beta, k), dx_torch, dtype)
+    assert_close_scaled(F.local_response_norm(x, size, alpha, beta, k), y_torch, dtype)
+    assert_close_scaled(F.local_response_norm_backward(g, x, size, alpha, beta, k), dx_torch, dtype)
     layer = fastnorm.LocalResponseNorm(size, alpha, beta, k)
-    _assert_close(layer(x), y_torch, dtype)
-    _assert_close(layer.backward(g), dx_torch, dtype)
+    assert_close_scaled(layer(x), y_torch, dtype)
+    assert_close_scaled(layer.backward(g), dx_torch, dtype)
     assert layer.grad_weight is None and layer.grad_bias is None
 
 
