@@ -12,7 +12,7 @@ from . import _kernels
 from . import functional as F
 from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad, _split_masked
 from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
-                          _fill, _forward_doc, _raises, _references)
+                          _fill, _forward_doc, _raises, _references, _reset_doc)
 from ._tf_ops import moments64
 from ._threads import threads_for
 from ._validation import (_array, _as_input, _check_activation, _check_axis, _check_eps, _check_momentum, _check_out,
@@ -86,23 +86,11 @@ class _NormBase(_AddLayer):
             self.running_var = np.ones(self.num_features, self.dtype)
             self.num_batches_tracked = 0
 
+    @_reset_doc("Reset the running statistics (:meth:`reset_running_stats`), the weight to 1 and the bias to 0.",
+                "bn", "BatchNorm1d(2)", "weight", "3.0")
     def reset_parameters(self) -> None:
-        """Reset the running statistics (:meth:`reset_running_stats`), the weight to 1 and the bias to 0.
-
-        Examples
-        --------
-        >>> import fastnorm
-        >>> bn = fastnorm.BatchNorm1d(2)
-        >>> bn.weight[:] = 3.0
-        >>> bn.reset_parameters()
-        >>> bn.weight
-        array([1., 1.], dtype=float32)
-        """
         self.reset_running_stats()
-        if self.affine:
-            self.weight = np.ones(self.num_features, self.dtype)
-            if self._has_bias:
-                self.bias = np.zeros(self.num_features, self.dtype)
+        self._reset_affine(self.affine, self.num_features)
 
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias, "running_mean": self.running_mean,

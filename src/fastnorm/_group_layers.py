@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._layer import STATS, _AddLayer, _check_dtype, _split_masked
-from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _raises, _references
+from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _raises, _references, _reset_doc
 from ._validation import _array, _check_activation, _check_eps, check_count
 
 
@@ -99,22 +99,9 @@ class GroupNorm(_AddLayer):
                 "affine": self.affine, "bias": self._has_bias, "dtype": self.dtype.name,
                 "channel_axis": self.channel_axis, "activation": self.activation}
 
+    @_reset_doc("Weight to 1, bias to 0.", "gn", "GroupNorm(1, 2)", "weight", "5.0")
     def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0.
-
-        Examples
-        --------
-        >>> import fastnorm
-        >>> gn = fastnorm.GroupNorm(1, 2)
-        >>> gn.weight[:] = 5.0
-        >>> gn.reset_parameters()
-        >>> gn.weight
-        array([1., 1.], dtype=float32)
-        """
-        if self.affine:
-            self.weight = np.ones(self.num_channels, self.dtype)
-            if self._has_bias:
-                self.bias = np.zeros(self.num_channels, self.dtype)
+        self._reset_affine(self.affine, self.num_channels)
 
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}

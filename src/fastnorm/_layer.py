@@ -128,6 +128,8 @@ class _Layer:
     _lazy_target: Optional[_Layer] = None  # on the stand-in of a lazy layer's first call: that layer
     training: bool
     dtype: np.dtype[Any]
+    weight: Optional[NDArray[Any]]  # of the layers with parameters
+    bias: Optional[NDArray[Any]]
     grad_weight: Optional[NDArray[Any]] = None
     grad_bias: Optional[NDArray[Any]] = None
     grad_add: Optional[NDArray[Any]] = None  # the gradient of the last forward's ``add=``
@@ -135,6 +137,13 @@ class _Layer:
     # The activation, ``add`` and ``mask`` of the forward that ``_saved`` is from: what backward differentiates
     # through.
     _saved_epilogue: Tuple[Optional[str], Any, Any] = (None, None, None)
+
+    def _reset_affine(self, affine: bool, shape: Union[int, Tuple[int, ...]]) -> None:
+        """With ``affine``: the weight, of ``shape``, to 1, and the bias (where the layer has one) to 0."""
+        if affine:
+            self.weight = np.ones(shape, self.dtype)
+            if self._has_bias:
+                self.bias = np.zeros(shape, self.dtype)
 
     def _set_activation(self, activation: Optional[str]) -> None:
         """The constructor's ``activation``, checked."""

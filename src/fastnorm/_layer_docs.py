@@ -183,6 +183,30 @@ def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str =
     return document
 
 
+# A layer's ``reset_parameters``: the example sets a parameter of a new layer, resets it and shows it.
+_RESET = """{summary}
+
+        Examples
+        --------
+        >>> import fastnorm
+        >>> {name} = fastnorm.{layer}
+        >>> {name}.{parameter}[:] = {value}
+        >>> {name}.reset_parameters()
+        >>> {name}.{parameter}
+        array([{reset}, {reset}], dtype=float32)
+        """
+
+
+def _reset_doc(summary: str, name: str, layer: str, parameter: str, value: str) -> Callable[[_F], _F]:
+    """A decorator giving a layer's ``reset_parameters`` its docstring: ``summary``, then an example where
+    ``name = fastnorm.<layer>`` has its ``parameter`` set to ``value`` and reset (a weight to 1, a bias to 0)."""
+    def document(reset_parameters: _F) -> _F:
+        reset_parameters.__doc__ = _fill(_RESET, summary=summary, name=name, layer=layer, parameter=parameter,
+                                         value=value, reset="1." if parameter == "weight" else "0.")
+        return reset_parameters
+    return document
+
+
 # The ``out`` parameter and the Returns section of the functions computed in float64 (normalize,
 # local_response_norm).
 _OUT_AND_RETURNS = """out : ndarray, keyword-only, optional

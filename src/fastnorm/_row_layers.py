@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer, _split_masked
-from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _references
+from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _references, _reset_doc
 from ._validation import _array, _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
 
 
@@ -254,22 +254,9 @@ class LayerNorm(_RowsLayer):
                 "axes": None if self.axes is None else list(self.axes), "dtype": self.dtype.name,
                 "activation": self.activation}
 
+    @_reset_doc("Weight to 1, bias to 0.", "ln", "LayerNorm(2)", "bias", "5.0")
     def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0.
-
-        Examples
-        --------
-        >>> import fastnorm
-        >>> ln = fastnorm.LayerNorm(2)
-        >>> ln.bias[:] = 5.0
-        >>> ln.reset_parameters()
-        >>> ln.bias
-        array([0., 0.], dtype=float32)
-        """
-        if self.elementwise_affine:
-            self.weight = np.ones(self.normalized_shape, self.dtype)
-            if self._has_bias:
-                self.bias = np.zeros(self.normalized_shape, self.dtype)
+        self._reset_affine(self.elementwise_affine, self.normalized_shape)
 
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
@@ -340,6 +327,7 @@ class RMSNorm(_RowsLayer):
 
     weight: Optional[NDArray[Any]]
     _rms = True
+    _has_bias = False
 
     def __init__(self, normalized_shape: Union[int, Iterable[int]], eps: Optional[float] = None,
                  elementwise_affine: bool = True, *, axes: Optional[Iterable[int]] = None,
@@ -359,20 +347,9 @@ class RMSNorm(_RowsLayer):
                 "elementwise_affine": self.elementwise_affine, "axes": None if self.axes is None else list(self.axes),
                 "dtype": self.dtype.name, "activation": self.activation}
 
+    @_reset_doc("Weight to 1.", "rms", "RMSNorm(2)", "weight", "5.0")
     def reset_parameters(self) -> None:
-        """Weight to 1.
-
-        Examples
-        --------
-        >>> import fastnorm
-        >>> rms = fastnorm.RMSNorm(2)
-        >>> rms.weight[:] = 5.0
-        >>> rms.reset_parameters()
-        >>> rms.weight
-        array([1., 1.], dtype=float32)
-        """
-        if self.elementwise_affine:
-            self.weight = np.ones(self.normalized_shape, self.dtype)
+        self._reset_affine(self.elementwise_affine, self.normalized_shape)
 
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight}
