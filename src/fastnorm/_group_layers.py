@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._layer import STATS, _AddLayer, _check_dtype, _split_masked
-from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _raises, _references, _reset_doc
+from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _modeless, _raises, _references, _reset_doc
 from ._validation import _array, _check_activation, _check_eps, check_count
 
 
@@ -45,16 +45,7 @@ class GroupNorm(_AddLayer):
     weight, bias : ndarray of shape (C,) or None
         Learnable per-channel :math:`\gamma` and :math:`\beta` (None without ``affine``; bias None with
         ``bias=False``).
-    grad_weight, grad_bias : ndarray or None
-        The parameters' gradients from the last :meth:`backward`.
-    training : bool
-        Kept for PyTorch's interface: GroupNorm computes the same in both modes.
-
-    Notes
-    -----
-    .. math::
-
-        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+    """ + _modeless("GroupNorm") + r"""
 
     the mean and biased variance over the ``C / G`` channels and the spatial dimensions of each (sample,
     group), in float64; :math:`\gamma` and :math:`\beta` per channel.

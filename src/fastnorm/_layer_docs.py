@@ -5,11 +5,23 @@ from typing import Callable, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
-# The sections the docstrings of the per-channel layers share.
-_BATCH_NORM_MATH = r"""
-    .. math::
+# The normalization formula of the layers' docstrings; the entry of the parameters' gradients.
+_NORMALIZE = r"""    .. math::
 
-        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta"""
+_GRADS = """grad_weight, grad_bias : ndarray or None
+        The parameters' gradients from the last :meth:`backward`."""
+
+
+def _modeless(layer: str) -> str:
+    """The docstring of a layer that computes the same in training and evaluation mode, from the gradients'
+    entry of its Attributes to the formula of its Notes."""
+    return (f"{_GRADS}\n    training : bool\n        Kept for PyTorch's interface: {layer} computes the same in both"
+            f" modes.\n\n    Notes\n    -----\n{_NORMALIZE}")
+
+
+# The sections the docstrings of the per-channel layers share.
+_BATCH_NORM_MATH = "\n" + _NORMALIZE + r"""
 
     per channel, the mean and biased variance over the batch and the spatial dimensions (every axis but
     the channels').  In training mode each forward also updates, per channel,
@@ -91,8 +103,7 @@ _BATCH_NORM_ATTRIBUTES = """
     num_batches_tracked : int or None
         Training-mode forwards on non-empty batches since the last reset (None without
         ``track_running_stats``).
-    grad_weight, grad_bias : ndarray or None
-        The parameters' gradients from the last :meth:`backward`.
+    """ + _GRADS + """
     grad_add : ndarray or None
         The gradient of the last forward's ``add`` (None after a forward without one).
     activation : str or None

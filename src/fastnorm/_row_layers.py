@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _kernels
 from . import functional as F
 from ._layer import STATS, _check_dtype, _Grads, _Layer, _split_masked
-from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _references, _reset_doc
+from ._layer_docs import _ACTIVATION, _F, _KEEPS, _LAYER_MASK, _modeless, _references, _reset_doc
 from ._validation import _array, _as_input, _check_activation, _check_eps, _check_layer_axes, _normalized_shape
 
 
@@ -209,16 +209,7 @@ class LayerNorm(_RowsLayer):
     weight, bias : ndarray of shape normalized_shape, or None
         Learnable :math:`\gamma` and :math:`\beta` (None without ``elementwise_affine``; bias None with
         ``bias=False``).
-    grad_weight, grad_bias : ndarray or None
-        The parameters' gradients from the last :meth:`backward`.
-    training : bool
-        Kept for PyTorch's interface: LayerNorm computes the same in both modes.
-
-    Notes
-    -----
-    .. math::
-
-        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+    """ + _modeless("LayerNorm") + r"""
 
     the mean and biased variance over the last ``len(normalized_shape)`` dimensions of each sample, in
     float64.
