@@ -10,9 +10,9 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
 from . import functional as F
-from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad, _split_masked
+from ._layer import STATS, _AddLayer, _check_dtype, _Grads, _keeps_grad
 from ._layer_docs import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _GROUPS_MATH, _KEEPS,
-                          _fill, _forward_doc, _raises, _references, _reset_doc)
+                          _fill, _raises, _references, _reset_doc)
 from ._tf_ops import moments64
 from ._threads import threads_for
 from ._validation import (_array, _as_input, _check_activation, _check_axis, _check_eps, _check_momentum, _check_out,
@@ -213,36 +213,8 @@ class _BatchNorm(_NormBase):
             state.update(renorm_mean=self.renorm_mean, renorm_stddev=self.renorm_stddev)
         return state
 
-    @_forward_doc(
-        "Normalize ``x`` per channel.\n"
-        "\n"
-        "        Training mode: with the batch's statistics, updating the running statistics (with\n"
-        "        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without\n"
-        f"        ``track_running_stats``).  {_KEEPS}",
-        "float16, bfloat16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
-        "            ``channel_axis``; any memory order.",
-        _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
-                "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
-                "            ``eps=0``; training with a batch size that is not a multiple of\n"
-                "            ``virtual_batch_size``; ``out`` of another shape, or read-only; a ``mask`` that does not\n"
-                "            broadcast to ``x``, or with several channel axes, ``renorm`` or ``virtual_batch_size``.",
-                masked=True),
-        ">>> import numpy as np, fastnorm\n"
-        "        >>> bn = fastnorm.BatchNorm1d(2)\n"
-        "        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
-        "        array([[-1., -1.],\n"
-        "               [ 1.,  1.]], dtype=float32)\n"
-        "        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances\n"
-        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))\n"
-        "        >>> x = np.array([[1., 2.], [3., 6.], [9., 9.]], np.float32)\n"
-        "        >>> bn(x, mask=np.array([[True], [True], [False]])).round(4)  # the statistics of rows 0 and 1\n"
-        "        array([[-1. , -1. ],\n"
-        "               [ 1. ,  1. ],\n"
-        "               [ 7. ,  2.5]], dtype=float32)",
-        add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
-                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
-        x, mask = _split_masked(x, mask)
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
         act = _check_activation(self.activation)
         if (out is None and mask is None and not self.training and self.running_mean is not None
                 and type(x) is np.ndarray and self._lazy_target is None and isinstance(self.channel_axis, int)
@@ -275,6 +247,33 @@ class _BatchNorm(_NormBase):
                                self.momentum, self.eps, self.channel_axis, out, self.bessel,
                                self.num_batches_tracked, use_batch_stats, commit, act, add)
         return result[0] if isinstance(result, tuple) else result
+
+    _forward_parts = (  # of forward's docstring: see _AddLayer
+        "Normalize ``x`` per channel.\n"
+        "\n"
+        "        Training mode: with the batch's statistics, updating the running statistics (with\n"
+        "        ``track_running_stats``).  Evaluation mode: with the running statistics (the batch's without\n"
+        f"        ``track_running_stats``).  {_KEEPS}",
+        "float16, bfloat16, float32 or float64, of the layer's input shape (see Shape), C channels on\n"
+        "            ``channel_axis``; any memory order.",
+        _raises("``x`` of another number of dimensions or channels; training with a single value per channel\n"
+                "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
+                "            ``eps=0``; training with a batch size that is not a multiple of\n"
+                "            ``virtual_batch_size``; ``out`` of another shape, or read-only; a ``mask`` that does not\n"
+                "            broadcast to ``x``, or with several channel axes, ``renorm`` or ``virtual_batch_size``.",
+                masked=True),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> bn = fastnorm.BatchNorm1d(2)\n"
+        "        >>> bn(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
+        "        array([[-1., -1.],\n"
+        "               [ 1.,  1.]], dtype=float32)\n"
+        "        >>> bn.running_mean, bn.running_var    # 0.1 * the batch means; 0.9 + 0.1 * the unbiased variances\n"
+        "        (array([0.2, 0.4], dtype=float32), array([1.1, 1.7], dtype=float32))\n"
+        "        >>> x = np.array([[1., 2.], [3., 6.], [9., 9.]], np.float32)\n"
+        "        >>> bn(x, mask=np.array([[True], [True], [False]])).round(4)  # the statistics of rows 0 and 1\n"
+        "        array([[-1. , -1. ],\n"
+        "               [ 1. ,  1. ],\n"
+        "               [ 7. ,  2.5]], dtype=float32)")
 
     def _counted(self, x: NDArray[Any]) -> Dict[str, Any]:
         """The new ``num_batches_tracked`` of a call on ``x``, as the state a forward sets."""

@@ -7,8 +7,8 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
-from ._layer import STATS, _AddLayer, _check_dtype, _split_masked
-from ._layer_docs import _ACTIVATION, _KEEPS, _forward_doc, _modeless, _raises, _references, _reset_doc
+from ._layer import STATS, _AddLayer, _check_dtype
+from ._layer_docs import _ACTIVATION, _KEEPS, _modeless, _raises, _references, _reset_doc
 from ._validation import _array, _check_activation, _check_eps, check_count
 
 
@@ -97,21 +97,8 @@ class GroupNorm(_AddLayer):
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:
         return {"weight": self.weight, "bias": self.bias}
 
-    @_forward_doc(
-        "Normalize each (sample, group) with its own statistics.\n"
-        "\n"
-        f"        {_KEEPS}",
-        "float16, bfloat16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory\n"
-        "            order.",
-        _raises("``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,\n"
-                "            or read-only; a ``mask`` that does not broadcast to ``x``.", masked=True),
-        ">>> import numpy as np, fastnorm\n"
-        "        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)\n"
-        "        array([[-1.,  1.]], dtype=float32)",
-        add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
-                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
-        x, mask = _split_masked(x, mask)
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
         x = _array(x, "input")
         act = _check_activation(self.activation)
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
@@ -129,6 +116,18 @@ class GroupNorm(_AddLayer):
                           act, add)
         assert not isinstance(y, tuple)  # return_stats=False
         return y
+
+    _forward_parts = (  # of forward's docstring: see _AddLayer
+        "Normalize each (sample, group) with its own statistics.\n"
+        "\n"
+        f"        {_KEEPS}",
+        "float16, bfloat16, float32 or float64, of shape (N, C, \\*) (``channel_axis=-1``: (N, \\*, C)); any memory\n"
+        "            order.",
+        _raises("``x`` with fewer than 2 dimensions or another number of channels; ``out`` of another shape,\n"
+                "            or read-only; a ``mask`` that does not broadcast to ``x``.", masked=True),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> fastnorm.GroupNorm(1, 2).forward(np.array([[1., 3.]], np.float32)).round(4)\n"
+        "        array([[-1.,  1.]], dtype=float32)")
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         x, mean, rstd = saved

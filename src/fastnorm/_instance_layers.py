@@ -9,8 +9,8 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_layers import _NormBase
-from ._layer import STATS, _split_masked
-from ._layer_docs import _ACTIVATION, _KEEPS, _fill, _forward_doc, _raises, _references
+from ._layer import STATS
+from ._layer_docs import _ACTIVATION, _KEEPS, _fill, _raises, _references
 from ._validation import _array, _check_activation
 
 
@@ -28,27 +28,8 @@ class _InstanceNorm(_NormBase):
     def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), channel_axis=self.channel_axis)
 
-    @_forward_doc(
-        "Normalize each (sample, channel) with its own statistics, or with the running statistics in\n"
-        "        evaluation mode when they are tracked.\n"
-        "\n"
-        f"        {_KEEPS}",
-        "float16, bfloat16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory\n"
-        "            order.  Without ``affine`` and ``track_running_stats`` another number of channels than\n"
-        "            ``num_features`` is normalized with a warning, as PyTorch.",
-        _raises("``x`` of another number of dimensions, or of channels with ``affine`` or\n"
-                "            ``track_running_stats``; a single spatial value when normalizing with the instance's own\n"
-                "            statistics; ``out`` of another shape, or read-only; a ``mask`` that does not broadcast\n"
-                "            to ``x``, or with ``channel_axis=-1``.", masked=True),
-        ">>> import numpy as np, fastnorm\n"
-        "        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32))"
-        ".round(4)  # (C, L)\n"
-        "        array([[-1.,  1.],\n"
-        "               [-1.,  1.]], dtype=float32)",
-        add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
-                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
-        x, mask = _split_masked(x, mask)
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
         x = _array(x, "input")
         self._check_input(x)
         act = _check_activation(self.activation)
@@ -79,6 +60,24 @@ class _InstanceNorm(_NormBase):
                              momentum, self.eps, out, False, commit, self.channel_axis, act, add)
         assert not isinstance(y, tuple)  # return_stats=False
         return given_out if given_out is not None else (y[0] if unbatched else y)
+
+    _forward_parts = (  # of forward's docstring: see _AddLayer
+        "Normalize each (sample, channel) with its own statistics, or with the running statistics in\n"
+        "        evaluation mode when they are tracked.\n"
+        "\n"
+        f"        {_KEEPS}",
+        "float16, bfloat16, float32 or float64, batched (N, C, \\*) or unbatched (C, \\*) (see Shape); any memory\n"
+        "            order.  Without ``affine`` and ``track_running_stats`` another number of channels than\n"
+        "            ``num_features`` is normalized with a warning, as PyTorch.",
+        _raises("``x`` of another number of dimensions, or of channels with ``affine`` or\n"
+                "            ``track_running_stats``; a single spatial value when normalizing with the instance's own\n"
+                "            statistics; ``out`` of another shape, or read-only; a ``mask`` that does not broadcast\n"
+                "            to ``x``, or with ``channel_axis=-1``.", masked=True),
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> fastnorm.InstanceNorm1d(2).forward(np.array([[1., 3.], [2., 6.]], np.float32))"
+        ".round(4)  # (C, L)\n"
+        "        array([[-1.,  1.],\n"
+        "               [-1.,  1.]], dtype=float32)")
 
     def _backward(self, grad_output: ArrayLike, *saved: Any) -> Tuple[Any, ...]:
         x, mean, rstd, use_input_stats, unbatched = saved

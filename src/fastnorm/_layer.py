@@ -6,13 +6,15 @@ import collections
 import contextvars
 import inspect
 import os
-from typing import Any, BinaryIO, ContextManager, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar, Union
+import types
+from typing import (Any, BinaryIO, Callable, ClassVar, ContextManager, Dict, List, Mapping, NamedTuple, Optional,
+                    Tuple, TypeVar, Union)
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _kernels
-from ._layer_docs import _filled
+from ._layer_docs import _filled, _forward_text
 from ._safetensors import SafetensorsFile
 from ._threads import context_setting
 from ._validation import _array, _check_activation, _check_mask
@@ -495,13 +497,43 @@ class _Layer:
 
 class _AddLayer(_Layer):
     """A layer whose call takes ``add=``, added before its activation, and ``mask=`` (BatchNorm,
-    InstanceNorm, GroupNorm)."""
+    InstanceNorm, GroupNorm).  ``forward`` is stated here once: a class gives its steps as ``_forward`` and
+    the parts of its docstring as ``_forward_parts`` (see _layer_docs._forward_text), and gets a ``forward``
+    of its own with that docstring."""
+
+    _forward_parts: ClassVar[Tuple[str, str, str, str]]  # summary, x, raises, examples
+    _forward_result = "input"  # what forward returns is "the normalized <_forward_result>"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_forward_parts" in cls.__dict__:
+            doc = _forward_text(True, *cls._forward_parts, result=cls._forward_result)
+            cls.forward = _method_copy(_AddLayer.forward, cls, doc)  # type: ignore[method-assign]
 
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
+        x, mask = _split_masked(x, mask)
+        return self._forward(x, out, add, mask)
+
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
+        """The forward of ``x``, not a ``numpy.ma`` array (its mask is in ``mask``)."""
         raise NotImplementedError
 
     def __call__(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                  mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         """``layer(x, add=a, mask=m)`` is ``layer.forward(x, add=a, mask=m)``."""
         return self.forward(x, out=out, add=add, mask=mask)
+
+
+def _method_copy(function: Callable[..., Any], owner: type, doc: str) -> Callable[..., Any]:
+    """``function`` (the same code, signature and defaults) as a method of ``owner``, with docstring ``doc``:
+    what ``help()`` and doctest show for ``owner``'s method."""
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__annotations__ = function.__annotations__
+    copy.__doc__ = doc
+    copy.__module__ = owner.__module__
+    copy.__qualname__ = f"{owner.__qualname__}.{function.__name__}"
+    return copy

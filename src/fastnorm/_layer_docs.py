@@ -183,13 +183,17 @@ _ADD = """
             gradient in ``grad_add``.""" + _LAYER_MASK
 
 
-def _forward_doc(summary: str, x: str, raises: str, examples: str, result: str = "input",
-                 add: bool = False) -> Callable[[_F], _F]:
-    """A decorator giving a layer's ``forward`` the shared docstring, filled in (the text indented as a method's
-    docstring); ``add``: the forward takes ``add=``."""
+def _forward_text(add: bool, summary: str, x: str, raises: str, examples: str, result: str = "input") -> str:
+    """A layer's ``forward`` docstring: the shared one, filled in (the text indented as a method's docstring);
+    ``add``: the forward takes ``add=`` (and ``mask=``)."""
+    return _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result,
+                 add=_ADD if add else "")
+
+
+def _forward_doc(summary: str, x: str, raises: str, examples: str) -> Callable[[_F], _F]:
+    """A decorator giving a layer's ``forward`` (one without ``add=``) its docstring (see _forward_text)."""
     def document(forward: _F) -> _F:
-        forward.__doc__ = _fill(_FORWARD, summary=summary, x=x, raises=raises, examples=examples, result=result,
-                                add=_ADD if add else "")
+        forward.__doc__ = _forward_text(False, summary, x, raises, examples)
         return forward
     return document
 

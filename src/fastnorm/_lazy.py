@@ -10,8 +10,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from ._batch_norm_layers import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Features, _BatchNorm, _check_channel_axes,
                                  _NormBase)
 from ._instance_layers import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
-from ._layer import LoadResult, StateDictSource, _Layer, _split_masked, _state_array
-from ._layer_docs import _forward_doc
+from ._layer import LoadResult, StateDictSource, _Layer, _state_array
 from ._validation import _array, _check_axis
 
 _VECTOR_KEYS = ("weight", "bias", "running_mean", "running_var", "renorm_mean", "renorm_stddev")
@@ -99,22 +98,8 @@ class _LazyNorm(_NormBase):
         layer.reset_parameters()
         layer.num_batches_tracked = tracked
 
-    @_forward_doc(
-        "The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which\n"
-        "        the layer is from then on.",
-        "float16, bfloat16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.",
-        "TypeError, ValueError\n"
-        "            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that\n"
-        "            raises leaves the layer lazy.",
-        ">>> import numpy as np, fastnorm\n"
-        "        >>> bn = fastnorm.LazyBatchNorm1d()\n"
-        "        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))\n"
-        "        >>> type(bn).__name__, bn.num_features, bn.running_mean\n"
-        "        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))",
-        add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
-                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
-        x, mask = _split_masked(x, mask)
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
         if self.num_features == 0:
             x = _array(x, "input")
             self._check_input(x)
@@ -130,8 +115,21 @@ class _LazyNorm(_NormBase):
         if self.num_features == 0:
             self._materialize(stand_in, channels)
         stand_in._lazy_target = self
-        y: NDArray[Any] = stand_in.forward(x, out=out, add=add, mask=mask)
+        y: NDArray[Any] = stand_in._forward(x, out, add, mask)
         return y
+
+    _forward_parts = (  # of forward's docstring: see _AddLayer
+        "The first call: ``num_features`` from ``x``'s channels, then the call of ``cls_to_become``, which\n"
+        "        the layer is from then on.",
+        "float16, bfloat16, float32 or float64, of the input shape of ``cls_to_become``, with at least one channel.",
+        "TypeError, ValueError\n"
+        "            As ``cls_to_become.forward``, and a ValueError for an input without channels.  A call that\n"
+        "            raises leaves the layer lazy.",
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> bn = fastnorm.LazyBatchNorm1d()\n"
+        "        >>> y = bn.forward(np.array([[1., 2.], [3., 6.]], np.float32))\n"
+        "        >>> type(bn).__name__, bn.num_features, bn.running_mean\n"
+        "        ('BatchNorm1d', 2, array([0.2, 0.4], dtype=float32))")
 
     def load_state_dict(self, state_dict: StateDictSource, strict: bool = True, prefix: str = "") -> LoadResult:
         if self.num_features == 0 and isinstance(state_dict, Mapping):

@@ -20,8 +20,6 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import functional as F
 from ._batch_norm_steps import _variance
-from ._layer import _split_masked
-from ._layer_docs import _forward_doc
 from ._plan import _new_result
 from ._epilogue import _pre_activation, _through_activation
 from ._validation import _as_input, _channel_params, _check_activation, _check_add, _check_axis, _check_eps, _check_out
@@ -228,26 +226,10 @@ class SyncBatchNorm(_BatchNorm):
             self.comm = MPI.COMM_WORLD
         return self.comm
 
-    @_forward_doc(
-        "Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in\n"
-        "        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).",
-        "float16, bfloat16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be\n"
-        "            empty on some processes.",
-        "TypeError, ValueError\n"
-        "            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every\n"
-        "            process when any process's fail (see the class's Raises).",
-        ">>> import numpy as np, fastnorm\n"
-        "        >>> from mpi4py import MPI\n"
-        "        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)\n"
-        "        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
-        "        array([[-1., -1.],\n"
-        "               [ 1.,  1.]], dtype=float32)",
-        result="slice", add=True)
-    def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
-                mask: Optional[ArrayLike] = None) -> NDArray[Any]:
-        x, mask = _split_masked(x, mask)
+    def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
+                 mask: Optional[ArrayLike]) -> NDArray[Any]:
         if not self.training:
-            return super().forward(x, out=out, add=add, mask=mask)
+            return super()._forward(x, out, add, mask)
         if mask is not None:
             raise ValueError("mask: not supported by SyncBatchNorm in training mode (only in evaluation mode)")
         C = self.num_features
@@ -276,6 +258,22 @@ class SyncBatchNorm(_BatchNorm):
         commit = self._commit(state, (saved, mean, invstd, True, count), add)
         return F._batch_norm_elemt(x_, self.weight, self.bias, mean, invstd, self.eps, self.channel_axis, target,
                                    commit, running, _check_activation(self.activation), add)
+
+    _forward_parts = (  # of forward's docstring: see _AddLayer
+        "Normalize ``x``, this process's slice of the batch: with the statistics of the whole batch in\n"
+        "        training mode (a collective call), as :class:`BatchNorm2d` in evaluation mode (no communication).",
+        "float16, bfloat16, float32 or float64 of 2 to 5 dimensions, C channels on ``channel_axis``; may be\n"
+        "            empty on some processes.",
+        "TypeError, ValueError\n"
+        "            As :meth:`BatchNorm2d.forward`, for this process's arguments; in training mode on every\n"
+        "            process when any process's fail (see the class's Raises).",
+        ">>> import numpy as np, fastnorm\n"
+        "        >>> from mpi4py import MPI\n"
+        "        >>> bn = fastnorm.SyncBatchNorm(2, comm=MPI.COMM_SELF)\n"
+        "        >>> bn.forward(np.array([[1., 2.], [3., 6.]], np.float32)).round(4)\n"
+        "        array([[-1., -1.],\n"
+        "               [ 1.,  1.]], dtype=float32)")
+    _forward_result = "slice"
 
     def _forward_local(self, input: ArrayLike, out: Optional[NDArray[Any]], add: Optional[ArrayLike]
                        ) -> Tuple[NDArray[np.float64], Tuple[NDArray[Any], Any, Moments, NDArray[Any]]]:
