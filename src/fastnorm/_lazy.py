@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -23,11 +23,11 @@ class _LazyNorm(_NormBase):
 
     cls_to_become: type
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # A concrete lazy class takes its input shapes and docstring from the class it becomes.
+    def __init_subclass__(cls, becomes: Optional[Type[_NormBase]] = None, **kwargs: Any) -> None:
+        # A concrete lazy class names the class it becomes, and takes its input shapes and docstring from it.
         super().__init_subclass__(**kwargs)
-        becomes = cls.__dict__.get("cls_to_become")
         if becomes is not None:
+            cls.cls_to_become = becomes
             cls._input_ndims = becomes._input_ndims
             cls.__doc__ = _lazy_doc(becomes)
 
@@ -219,25 +219,19 @@ class _LazyInstanceNorm(_LazyNorm, _InstanceNorm):
         return int(x.shape[0 if x.ndim == self._input_ndims[0] else 1])
 
 
-class LazyBatchNorm1d(_LazyBatchNorm):
-    cls_to_become = BatchNorm1d
+class LazyBatchNorm1d(_LazyBatchNorm, becomes=BatchNorm1d): ...
 
 
-class LazyBatchNorm2d(_LazyBatchNorm):
-    cls_to_become = BatchNorm2d
+class LazyBatchNorm2d(_LazyBatchNorm, becomes=BatchNorm2d): ...
 
 
-class LazyBatchNorm3d(_LazyBatchNorm):
-    cls_to_become = BatchNorm3d
+class LazyBatchNorm3d(_LazyBatchNorm, becomes=BatchNorm3d): ...
 
 
-class LazyInstanceNorm1d(_LazyInstanceNorm):
-    cls_to_become = InstanceNorm1d
+class LazyInstanceNorm1d(_LazyInstanceNorm, becomes=InstanceNorm1d): ...
 
 
-class LazyInstanceNorm2d(_LazyInstanceNorm):
-    cls_to_become = InstanceNorm2d
+class LazyInstanceNorm2d(_LazyInstanceNorm, becomes=InstanceNorm2d): ...
 
 
-class LazyInstanceNorm3d(_LazyInstanceNorm):
-    cls_to_become = InstanceNorm3d
+class LazyInstanceNorm3d(_LazyInstanceNorm, becomes=InstanceNorm3d): ...
