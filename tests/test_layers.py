@@ -193,3 +193,26 @@ def test_more_exact_than_torch_at_large_offsets(rng, offset):
                     - y_ref).max()
     assert ours <= 1e-5
     assert ours < theirs
+
+
+def test_the_forward_of_each_layer_with_add_shows_its_signature_and_its_own_docstring():
+    # The layers taking add= and mask= share one forward (_AddLayer); help() shows each its signature and
+    # docstring, and a numpy.ma input is split from its mask before the class's own steps.
+    import inspect
+
+    classes = (fastnorm.BatchNorm2d, fastnorm.GroupNorm, fastnorm.InstanceNorm2d, fastnorm.LazyBatchNorm2d,
+               fastnorm.SyncBatchNorm)
+    docs = set()
+    for cls in classes:
+        parameters = inspect.signature(cls.forward).parameters
+        assert list(parameters) == ["self", "x", "out", "add", "mask"]
+        assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY and parameters[name].default is None
+                   for name in ("out", "add", "mask"))
+        assert "add : array_like" in cls.forward.__doc__ and "mask : array_like" in cls.forward.__doc__
+        assert cls.forward.__module__ == cls.__module__
+        docs.add(cls.forward.__doc__)
+    assert len(docs) == len(classes)
+    x = np.ma.masked_array(np.array([[1., 2.], [3., 6.], [9., 9.]], np.float32), [[0, 0], [0, 0], [1, 1]])
+    y = fastnorm.BatchNorm1d(2)(x)
+    assert type(y) is np.ndarray and np.array_equal(y, fastnorm.BatchNorm1d(2)(x.data, mask=~x.mask))
+    np.testing.assert_allclose(y[:2], [[-1, -1], [1, 1]], atol=1e-4)

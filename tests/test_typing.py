@@ -7,6 +7,7 @@ The checkers come with the ``typing`` extra; each check skips where its tool is 
 pyright check also where pyright cannot start (it runs on Node.js: ``pyright[nodejs]`` brings it).
 """
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -96,3 +97,30 @@ def test_user_script_is_pyright_strict_clean(pyright):
     result = _run("pyright", "--pythonpath", sys.executable, SCRIPT)
     _assert_clean(result, "pyright on the user script")
     assert "0 errors" in result.stdout
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="typing.get_overloads needs Python 3.11")
+@pytest.mark.parametrize("name", ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm",
+                                  "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
+                                  "layer_norm_backward", "rms_norm_backward"])
+def test_overloads_take_the_keywords_of_the_function(name):
+    # An overload states the keyword-only arguments it splits on and takes the others as **options, a
+    # TypedDict of fastnorm._options: they are the function's own, of the same types, and all of them.
+    import typing
+
+    from fastnorm import _options, functional
+
+    function = getattr(functional, name)
+    own = {n: p.annotation for n, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    overloads = typing.get_overloads(function)
+    assert len(overloads) >= 2
+    seen = set()
+    for overload in overloads:
+        parameters = inspect.signature(overload).parameters
+        stated = {n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+        options = getattr(_options, parameters["options"].annotation.removeprefix("Unpack[").removesuffix("]"))
+        typed = {n: a.__forward_arg__ for n, a in options.__annotations__.items()}
+        assert not stated & set(typed) and stated | set(typed) <= set(own)
+        assert typed == {n: own[n] for n in typed}
+        seen |= stated | set(typed)
+    assert seen == set(own)
