@@ -100,12 +100,16 @@ def _rows_view(shape: Tuple[int, ...], fold: _Fold) -> Tuple[int, bool]:
 
 
 def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[NDArray[Any]], act: int) -> FloatArray:
-    """``dz = g * act'(z)``, a new array of the compute dtype, ``z = fold(x) + add`` recomputed by one
-    kernel pass, chunk by chunk (the forward's operations, so its bits)."""
+    """``dz = g * act'(z)``, a new array, ``z = fold(x) + add`` recomputed by one kernel pass, chunk by chunk
+    (the forward's operations, so its bits).  Float16 or bfloat16 x and g of one dtype are read as they are
+    and dz written in it (computed in float32, rounded once); otherwise dz has the compute dtype.  ``add``
+    is taken in x's dtype, as the forward took it."""
     dtype = fold.dtype
+    native = x.dtype.newbyteorder("=")
+    io = native if native != dtype and g.dtype == native else dtype
     if x.size == 0:
-        return np.empty(x.shape, dtype)
-    xc = np.ascontiguousarray(x, dtype=dtype)
+        return np.empty(x.shape, io)
+    xc = np.ascontiguousarray(x, dtype=io)
     j, columns = _rows_view(x.shape, fold)
     lead = (0,) * j
 
@@ -118,8 +122,8 @@ def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[ND
         tail = (0,) * (x.ndim - j)
         factors = np.stack([np.broadcast_to(a, x.shape)[(...,) + tail].reshape(-1) for a in fold[1:4]])
     return _kernels.activation_grad(
-        xc, np.ascontiguousarray(g, dtype=dtype),
-        None if add is None else np.ascontiguousarray(np.broadcast_to(add, x.shape), dtype=dtype),
+        xc, np.ascontiguousarray(g, dtype=io),
+        None if add is None else np.ascontiguousarray(np.broadcast_to(add, x.shape).astype(native, copy=False), io),
         act, factors, columns, None if fold.w is None else along_row(fold.w),
         None if fold.b is None else along_row(fold.b), math.prod(x.shape[j:]), threads_for(x.size))
 

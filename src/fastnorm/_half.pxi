@@ -391,6 +391,51 @@ cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The gradient at the pre-activation (_activation_grad_folded) of half x, dy and add: each chunk widened
+# into L1, dz = dy * act'(z) computed in float32 by the float32 chunk loops, rounded once into dz
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _activation_grad_chunk_half(const uint16_t* x, const uint16_t* dy, const uint16_t* add, uint16_t* dz,
+                                      int kind, Py_ssize_t n, const float* mean_hi, const float* scale,
+                                      const float* shift, bint columns, const float* w, const float* b, int act,
+                                      bint clamp) noexcept nogil:
+    cdef float bx[CHUNK]
+    cdef float bg[CHUNK]
+    cdef float ba[CHUNK]
+    cdef float bz[CHUNK]
+    fastnorm_widen(x, bx, n, kind)
+    fastnorm_widen(dy, bg, n, kind)
+    if add != NULL:
+        fastnorm_widen(add, ba, n, kind)
+    if clamp:
+        fastnorm_clamp_grad_f32(bx, bg, bz, n, mean_hi[0], scale[0], shift[0], ba if add != NULL else NULL,
+                                act == 2)
+    else:
+        _pre_activation_chunk(<const float*>bx, bz, n, mean_hi, scale, shift, columns, w, b,
+                              ba if add != NULL else NULL)
+        fastnorm_activation_grad_f32(bz, bg, n, act)
+    _narrow(bz, dz, n, kind)
+
+
+cdef void _activation_grad_half(const uint16_t* x, const uint16_t* dy, const uint16_t* add, uint16_t* dz, int kind,
+                                Py_ssize_t P, Py_ssize_t S, const float* factors, Py_ssize_t L, bint columns,
+                                const float* w, const float* b, int act, int nthreads) noexcept nogil:
+    """_activation_grad_folded of half x, dy, add and dz (float32 factors, w, b): the same chunks."""
+    cdef Py_ssize_t per_row = (S + CHUNK - 1) // CHUNK, t, p, s0, o, f
+    cdef bint clamp = (act == 1 or act == 2) and not columns and factors != NULL and w == NULL and b == NULL
+    for t in prange(P * per_row, schedule="static", num_threads=max(1, nthreads)):
+        p = t // per_row
+        s0 = (t - p * per_row) * CHUNK
+        o = p * S + s0
+        f = s0 if columns else p
+        _activation_grad_chunk_half(x + o, dy + o, NULL if add == NULL else add + o, dz + o, kind,
+                                    min(<Py_ssize_t>CHUNK, S - s0), NULL if factors == NULL else factors + f,
+                                    NULL if factors == NULL else factors + L + f,
+                                    NULL if factors == NULL else factors + 2 * L + f, columns,
+                                    NULL if w == NULL else w + s0, NULL if b == NULL else b + s0, act, clamp)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Backward of LayerNorm and RMSNorm (a per-element affine): the chunks of rows of _backward_per_element,
 # each row widened into L1 and given to its chunk function alone, its column sums added to the chunk's
 # (one addition per row and column there too: the same sums), its dx narrowed

@@ -516,7 +516,8 @@ def activation_grad(cnp.ndarray x, cnp.ndarray dy, object add, int act, object f
     """``dz = dy * act'(z)``, a new array, z the forward's pre-activation recomputed from ``x`` seen as
     ``[P, S]``: ``(x - mean_hi) * scale + shift`` with ``factors`` = rows (mean_hi, scale, shift) of one
     value per row, or per column for ``columns`` (None: z = x), then ``* w``, ``+ b`` (None or S values per
-    column), ``+ add`` (None or x's layout).  All C-contiguous, of x's dtype (float32 or float64)."""
+    column), ``+ add`` (None or x's layout).  All C-contiguous, of x's dtype (float32 or float64); for
+    float16 or bfloat16 x, dy and add of x's dtype and the rest float32, dz computed in float32, rounded."""
     cdef cnp.ndarray dz = np.empty_like(x)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(x), P = n // S if S else 0
     cdef Py_ssize_t L = 0 if factors is None else cnp.PyArray_DIM(factors, 1)
@@ -528,8 +529,13 @@ def activation_grad(cnp.ndarray x, cnp.ndarray dy, object add, int act, object f
     cdef const char* pb = NULL if b is None else <const char*>cnp.PyArray_DATA(b)
     cdef char* pz = <char*>cnp.PyArray_DATA(dz)
     cdef bint f64 = _is_f64(x)
+    cdef int half = _half_kind(x)
     with nogil:
-        if f64:
+        if half >= 0:
+            _activation_grad_half(<const uint16_t*>px, <const uint16_t*>pg, <const uint16_t*>pa, <uint16_t*>pz, half,
+                                  P, S, <const float*>pf, L, columns, <const float*>pw, <const float*>pb, act,
+                                  nthreads)
+        elif f64:
             _activation_grad_folded(<const double*>px, <const double*>pg, <const double*>pa, <double*>pz, P, S,
                                     <const double*>pf, L, columns, <const double*>pw, <const double*>pb, act,
                                     nthreads)
