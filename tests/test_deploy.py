@@ -57,6 +57,22 @@ def test_fold_into_linear_is_exact_in_float64(rng):
     assert fw.dtype == np.float64
 
 
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_fold_keeps_a_half_weight_half(rng, half):
+    """Half-precision weights (float16, ml_dtypes.bfloat16) fold in float64, rounded once to their dtype."""
+    if half == "bfloat16":
+        half = pytest.importorskip("ml_dtypes").bfloat16
+    bn = _trained_bn(fastnorm.BatchNorm1d, 6, rng)
+    w = rng.normal(size=(6, 4)).astype(half)
+    fw, fb = fastnorm.fold_batch_norm(w, None, bn, layout="linear")
+    want_w, want_b = fastnorm.fold_batch_norm(w.astype(np.float64), None, bn, layout="linear")
+    assert fw.dtype == fb.dtype == np.dtype(half)
+    np.testing.assert_array_equal(fw.astype(np.float64), want_w.astype(half).astype(np.float64))
+    np.testing.assert_array_equal(fb.astype(np.float64), want_b.astype(half).astype(np.float64))
+    with pytest.raises(TypeError, match="weight: expected a floating-point array"):
+        fastnorm.fold_batch_norm(np.ones((6, 4), np.int32), None, bn, layout="linear")
+
+
 def test_fold_errors(rng):
     bn = _trained_bn(fastnorm.BatchNorm1d, 6, rng)
     with pytest.raises(ValueError, match="weight: expected 6 output channels"):

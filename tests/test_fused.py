@@ -19,6 +19,11 @@ from fastnorm._validation import ACTIVATIONS, _check_activation
 
 ACTS = [None, *ACTIVATIONS]
 TOL = {np.dtype(np.float16): 3e-3, np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-10}
+try:
+    import ml_dtypes
+    BFLOAT16 = [ml_dtypes.bfloat16]
+except ImportError:  # bfloat16 cases left out: ml_dtypes is optional
+    BFLOAT16 = []
 
 
 def channels_last(x):
@@ -233,7 +238,7 @@ def test_backward_matches_finite_differences_in_float64(op, act, training, last)
 
 
 @pytest.mark.parametrize("op", BACKWARD_OPS)
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, *BFLOAT16], ids=lambda d: np.dtype(d).name)
 @settings(max_examples=12, deadline=None)
 @given(shape=st.sampled_from([(2, 4, 3), (3, 4, 70), (40, 4, 2)]), last=st.booleans(), offset=st.sampled_from([0, 300]),
        seed=st.integers(0, 2**16))

@@ -441,6 +441,30 @@ def test_a_fused_half_call_allocates_only_its_output(half):
 
 
 @pytest.mark.parametrize("half", HALVES)
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_a_half_backward_through_an_activation_rounds_its_dz_once(half, act):
+    """dz = dy * act'(z) is computed in float32 from the half values and rounded once to the half dtype (the
+    gradient of ``add``), then the normalization's half backward takes it, as the half ops composed; the
+    call's new arrays are that dz and dx."""
+    x, dy = _data(half, (8, 64, 28, 28))
+    add = _data(half, x.shape, seed=3)[0]
+    w, b = _params(64)
+    _, mean, invstd = F.batch_norm(x, None, None, w, b, True, activation=act, add=add, return_stats=True)
+    dx, dw, db, dadd = F.batch_norm_backward(dy, x, mean, invstd, w, activation=act, add=add, bias=b)
+    theirs = F.batch_norm_backward(dy.astype(np.float32), x.astype(np.float32), mean, invstd, w, activation=act,
+                                   add=add.astype(np.float32), bias=b)
+    _same(dadd, theirs[3], half)
+    _same((dx, dw, db), F.batch_norm_backward(dadd, x, mean, invstd, w), half)
+    tracemalloc.start()
+    try:
+        F.batch_norm_backward(dy, x, mean, invstd, w, activation=act, add=add, bias=b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * dx.nbytes + 256 * 1024, (peak, dx.nbytes)
+
+
+@pytest.mark.parametrize("half", HALVES)
 def test_layers_take_half_input(half):
     x = _data(half, (4, 6, 5, 5))[0]
     for make in (lambda: fastnorm.BatchNorm2d(6), lambda: fastnorm.GroupNorm(3, 6),

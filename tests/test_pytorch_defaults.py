@@ -302,3 +302,15 @@ def test_repr_is_pytorchs(name, args, kwargs):
 ], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
 def test_repr_shows_fastnorms_own_arguments_that_differ_from_the_defaults(layer, expected):
     assert repr(layer) == expected
+
+
+def test_a_bfloat16_numpy_state_dict_loads():
+    """ml_dtypes' bfloat16 arrays (as JAX and Flax parameters arrive) load exactly, as a torch bfloat16 tensor."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    state = {"weight": np.array([0.5, 1.5, 2.0], ml_dtypes.bfloat16), "bias": np.array([0, -1, 3], ml_dtypes.bfloat16),
+             "running_mean": np.array([1.0, 2.0, 3.0], ml_dtypes.bfloat16),
+             "running_var": np.array([4.0, 0.25, 1.0], ml_dtypes.bfloat16)}
+    bn = fastnorm.BatchNorm1d(3)
+    bn.load_state_dict(state, strict=False)
+    for key, value in state.items():
+        np.testing.assert_array_equal(bn.state_dict()[key], value.astype(np.float32))

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _kernels
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
-                          _check_normalized_shape, _normalize_axes, _several_axes, check_count)
+                          _check_normalized_shape, _is_float, _normalize_axes, _several_axes, check_count)
 
 
 def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> FloatArray:
@@ -168,7 +168,7 @@ def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Op
     x = np.asarray(np.ma.getdata(input))
     g = _array(grad_output, "grad_output")
     a = _check_add(add, x.shape)
-    if g.shape != x.shape or g.dtype.kind != "f" or x.dtype.kind != "f":
+    if g.shape != x.shape or not _is_float(g.dtype) or not _is_float(x.dtype):
         return backward(grad_output)  # let the normalization's backward name the problem
     dz = _activation_grad(pre_activation(x, a), x, g, a, act) if act else g
     native = x.dtype.newbyteorder("=")

@@ -43,6 +43,8 @@ _rows.pxi             ``[N, R, S]`` rows, forward then backward (per channel and
 _columns.pxi          ``[M, C]`` columns, forward then backward, channels-last GroupNorm
 _backward_checks.pxi  a backward's input modified in place; float64 rescaling of extreme rstd
 _inference.pxi        frozen statistics: fold once, sweep; ``EvalCache``; the backward through an activation
+_half.pxi             float16 and bfloat16 read and written natively (widened in cache): the forwards
+_half_backward.pxi    the same for the backwards and the backward through an activation
 _simd.h               the C loops (ISA choice, streamed stores) including _simd_moments.h,
                       _simd_sweeps.h and _simd_backward.h
 ====================  =====================================================================================
@@ -81,7 +83,8 @@ include "_rows.pxi"         # [N, R, S] rows: forward and backward
 include "_columns.pxi"      # [M, C] columns: forward and backward, channels-last GroupNorm
 include "_backward_checks.pxi"  # backward: input modified in place, float64 rescaling
 include "_inference.pxi"    # frozen statistics: fold once, sweep; the eval cache of a layer
-include "_half.pxi"         # float16 and bfloat16 by tiles converted to float32 scratch
+include "_half.pxi"         # float16 and bfloat16 by tiles converted to float32 scratch: forward
+include "_half_backward.pxi"  # the same: backward
 
 
 # ---------------------------------------------------------------------------------------------------------

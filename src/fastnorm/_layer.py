@@ -17,7 +17,7 @@ from . import _kernels
 from ._layer_docs import _filled, _forward_text
 from ._safetensors import SafetensorsFile
 from ._threads import context_setting
-from ._validation import _array, _check_activation, _check_mask
+from ._validation import _array, _check_activation, _check_mask, _is_half
 
 # Whether layer calls keep what backward needs, per context (a Python thread, an asyncio task).
 _grad_off: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnorm_no_grad", default=False)
@@ -98,11 +98,13 @@ STATS = object()  # in what a forward keeps for backward: the statistics of its 
 
 def _state_array(value: Any, name: str) -> NDArray[Any]:
     """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
-    exact for every torch float type, including bfloat16 and float8, which NumPy lacks."""
+    exact for every torch float type, including bfloat16 and float8, which NumPy lacks; so does an array of
+    a 2-byte dtype named bfloat16 (ml_dtypes'), which NumPy does not count as floating point."""
     if hasattr(value, "detach") and hasattr(value, "is_floating_point"):
         value = value.detach().cpu()
         value = (value.double() if value.is_floating_point() else value).numpy()
-    return _array(value, name)
+    a = _array(value, name)
+    return a.astype(np.float64) if a.dtype.kind != "f" and _is_half(a.dtype) else a
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import distributed as _distributed
 from . import layers as _layers
 from ._safetensors import SafetensorsFile, strict_json
-from ._validation import _array
+from ._validation import _array, _is_half
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # typing's from Python 3.13
@@ -105,7 +105,7 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
         raise ValueError(f"bn: has activation={bn.activation!r}, which a folded weight and bias cannot hold; "
                          "fold a layer without one and apply the activation after the folded layer")
     w = _array(weight, "weight")
-    if w.dtype.kind != "f":
+    if w.dtype.kind != "f" and not _is_half(w.dtype):  # bfloat16 included
         raise TypeError(f"weight: expected a floating-point array, got dtype {w.dtype}")
     expected_ndim = "at least 3" if layout == "conv" else "2"
     if (layout == "conv" and w.ndim < 3) or (layout == "linear" and w.ndim != 2):
