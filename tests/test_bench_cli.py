@@ -228,7 +228,8 @@ def test_pytest_benchmark_cases_record_threads_and_bandwidth_and_fit_a_terminal(
 def test_pipeline_bench_times_every_variant():
     lines = []
     rows = _bench.run_pipeline(nthreads=2, repeat=2, shape=(64, 32), print_fn=lines.append)
-    names = ["numpy"] + (["torch"] if _bench.torch is not None else [])
+    names = ["numpy"] + (["torch"] if _bench.torch is not None else []) + (
+        ["onnxruntime", "onnxruntime no spin"] if _bench._optional_module("onnxruntime") else [])
     medians = {(r["matmul"], r["part"], r["threads"]): r["median_s"] for r in rows}
     assert {name for name, _, _ in medians} >= set(names)
     assert all(medians[(name, part, n)] > 0 for name in names for part in ("step", "alone") for n in (1, 2))

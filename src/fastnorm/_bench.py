@@ -376,9 +376,10 @@ _Matmul = Callable[[NDArray[np.float32], NDArray[np.float32]], NDArray[Any]]
 _PipelineKey = Tuple[str, str, int]  # (matmul library, "step" or "alone", fastnorm's thread count)
 
 
-def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int]
+def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int], spinning: bool = True
                  ) -> Optional[Callable[[NDArray[np.float32]], NDArray[Any]]]:
-    """An ONNX Runtime session computing ``x @ W`` (W an initializer), or None without onnx/onnxruntime."""
+    """An ONNX Runtime session computing ``x @ W`` (W an initializer), or None without onnx/onnxruntime;
+    without ``spinning``, its idle threads sleep between runs (``session.intra_op.allow_spinning`` 0)."""
     try:
         import onnx  # noqa: F401  (onnxruntime's models are built with it below)
         import onnxruntime
@@ -395,6 +396,8 @@ def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int]
     options = onnxruntime.SessionOptions()
     if nthreads is not None:
         options.intra_op_num_threads = nthreads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def matmul(x: NDArray[np.float32]) -> NDArray[Any]:
@@ -406,8 +409,9 @@ def pipeline_steps(shape: Tuple[int, int] = (2048, 1024), nthreads: Optional[int
                    ) -> Tuple[NDArray[np.float32], Tuple[NDArray[np.float32], NDArray[np.float32]],
                               Tuple[BatchNorm1d, LayerNorm], List[Tuple[str, _Matmul]]]:
     """(name, matmul) pairs for the pipeline step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2``: the
-    matmuls by NumPy, PyTorch and ONNX Runtime (those installed), each with ``nthreads`` threads (None:
-    the library's default), plus the two layers and their input for timing them alone."""
+    matmuls by NumPy, PyTorch and ONNX Runtime (those installed; ONNX Runtime also with its threads
+    sleeping between runs, "no spin"), each with ``nthreads`` threads (None: the library's default), plus
+    the two layers and their input for timing them alone."""
     rng = np.random.default_rng(seed)
     M, D = shape
     x = rng.standard_normal(shape, dtype=np.float32)
@@ -420,10 +424,11 @@ def pipeline_steps(shape: Tuple[int, int] = (2048, 1024), nthreads: Optional[int
     if torch is not None:
         Wt = {id(W): torch.from_numpy(W) for W in (W1, W2)}
         matmuls.append(("torch", lambda a, W: torch.mm(torch.from_numpy(a), Wt[id(W)]).numpy()))
-    ort1, ort2 = (_onnx_matmul(W, nthreads) for W in (W1, W2))
-    if ort1 is not None and ort2 is not None:
-        sessions = {id(W1): ort1, id(W2): ort2}
-        matmuls.append(("onnxruntime", lambda a, W: sessions[id(W)](a)))
+    for name, spinning in (("onnxruntime", True), ("onnxruntime no spin", False)):
+        ort1, ort2 = (_onnx_matmul(W, nthreads, spinning) for W in (W1, W2))
+        if ort1 is not None and ort2 is not None:
+            sessions = {id(W1): ort1, id(W2): ort2}
+            matmuls.append((name, lambda a, W, s=sessions: s[id(W)](a)))
     return x, (W1, W2), (bn, ln), matmuls
 
 
@@ -493,12 +498,12 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
         torch.set_num_threads(torch_threads)
     print_fn(f"\npipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on {shape} float32 (BatchNorm1d eval, "
              f"LayerNorm), medians of {repeat} rounds; alone: the two fastnorm calls back to back")
-    print_fn(f"{'matmuls by':<13}{f'step {n} thr':>12}{'step 1 thr':>12}{'saved':>9}"
+    print_fn(f"{'matmuls by':<20}{f'step {n} thr':>12}{'step 1 thr':>12}{'saved':>9}"
              f"{f'alone {n} thr':>13}{'alone 1 thr':>13}{'gain':>8}  saved >= gain / 2")
     for name, _ in matmuls:
         a, b = medians[(name, "step", n)], medians[(name, "step", 1)]
         c, d = medians[(name, "alone", n)], medians[(name, "alone", 1)]
-        print_fn(f"{name:<13}{a * 1e3:>10.2f}ms{b * 1e3:>10.2f}ms{(b - a) * 1e3:>7.2f}ms{c * 1e3:>11.3f}ms"
+        print_fn(f"{name:<20}{a * 1e3:>10.2f}ms{b * 1e3:>10.2f}ms{(b - a) * 1e3:>7.2f}ms{c * 1e3:>11.3f}ms"
                  f"{d * 1e3:>11.3f}ms{d / c:>7.2f}x  {'yes' if b - a >= (d - c) / 2 else 'no'}")
     return [dict(matmul=name, part=part, threads=k, median_s=median) for (name, part, k), median in medians.items()]
 
