@@ -405,6 +405,11 @@ def _onnx_matmul(W: NDArray[np.float32], nthreads: Optional[int], spinning: bool
     return matmul
 
 
+def _by_weight(sessions: Dict[int, Callable[[NDArray[np.float32]], NDArray[Any]]]) -> _Matmul:
+    """``a @ W`` by the session made for W."""
+    return lambda a, W: sessions[id(W)](a)
+
+
 def pipeline_steps(shape: Tuple[int, int] = (2048, 1024), nthreads: Optional[int] = None, seed: int = 0
                    ) -> Tuple[NDArray[np.float32], Tuple[NDArray[np.float32], NDArray[np.float32]],
                               Tuple[BatchNorm1d, LayerNorm], List[Tuple[str, _Matmul]]]:
@@ -427,8 +432,7 @@ def pipeline_steps(shape: Tuple[int, int] = (2048, 1024), nthreads: Optional[int
     for name, spinning in (("onnxruntime", True), ("onnxruntime no spin", False)):
         ort1, ort2 = (_onnx_matmul(W, nthreads, spinning) for W in (W1, W2))
         if ort1 is not None and ort2 is not None:
-            sessions = {id(W1): ort1, id(W2): ort2}
-            matmuls.append((name, lambda a, W, s=sessions: s[id(W)](a)))
+            matmuls.append((name, _by_weight({id(W1): ort1, id(W2): ort2})))
     return x, (W1, W2), (bn, ln), matmuls
 
 
