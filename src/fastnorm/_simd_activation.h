@@ -72,7 +72,8 @@ FASTNORM_INLINE float fastnorm_clamp_f32(float v, float c)
 FASTNORM_INLINE float fastnorm_ldexp_f32(float v, int32_t k)
 {
     int32_t h = k >> 1;
-    return v * fastnorm_from_bits_f32((uint32_t)(h + 127) << 23) * fastnorm_from_bits_f32((uint32_t)(k - h + 127) << 23);
+    return v * fastnorm_from_bits_f32((uint32_t)(h + 127) << 23) *
+           fastnorm_from_bits_f32((uint32_t)(k - h + 127) << 23);
 }
 
 /* exp(hi + lo) = m * 2**k (Cephes' expf): k = round((hi + lo) / ln 2) by the shifter (adding 1.5 * 2**23
@@ -90,8 +91,10 @@ FASTNORM_INLINE float fastnorm_exp_parts_f32(float hi, float lo, int32_t *k)
     float n = t - shifter;
     *k = (int32_t)(fastnorm_bits_f32(t) - fastnorm_bits_f32(shifter));
     float r = ((hi - n * 0.693359375f) - n * -2.12194440e-4f) + lo;
+    /* clang-format off */
     float p = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
                 1.6666665459e-1f) * r + 5.0000001201e-1f) * (r * r) + r + 1.0f;
+    /* clang-format on */
     return fastnorm_pick_f32(x < -110.0f, 0.0f, p);
 }
 
@@ -130,10 +133,12 @@ FASTNORM_INLINE float fastnorm_normal_tail_f32(float z, int32_t *k, float *g)
     float a = fabsf(z);
     a = fastnorm_pick_f32(a > 16.0f, 16.0f, a);
     double t = 1.0 / (1.0 + a * 0.35355339059327376), u = t - 0.58;
+    /* clang-format off */
     double h = (((((((((-0.14024397612093234 * u + 0.14883038263704476) * u + 0.13668730263469617) * u -
                       0.24849729907065521) * u - 0.046721906525485003) * u + 0.29617349011005978) * u -
                    0.039631572353095113) * u - 0.40690110190118828) * u + 0.094763451439488167) * u +
                 1.3681188459900762) * u - 0.56315678858717233;
+    /* clang-format on */
     double d = -0.5 * (double)a * (double)a, e = d + h;
     float hi = (float)e, lo = (float)(e - hi);
     if (g) {
@@ -182,8 +187,10 @@ FASTNORM_INLINE float fastnorm_tanh_f32(float z)
 {
     int32_t k;
     float a = fabsf(z), s = a * a;
+    /* clang-format off */
     float small = a + a * s * ((((-5.690127611e-03f * s + 2.062455751e-02f) * s - 5.373476446e-02f) * s +
                                 1.333137453e-01f) * s - 3.333327770e-01f);
+    /* clang-format on */
     float m = fastnorm_exp_parts_f32(-2.0f * a, 0.0f, &k), e = fastnorm_ldexp_f32(m, k);
     return copysignf(fastnorm_pick_f32(a < 0.625f, small, (1.0f - e) / (1.0f + e)), z);
 }
@@ -234,14 +241,26 @@ FASTNORM_INLINE float fastnorm_tanh_grad_f32(float z) /* 1 - tanh(z)**2 = 4 e / 
 /* ---- float64: libm ------------------------------------------------------------------------------------- */
 #define FASTNORM_K0 0.79788456080286535588 /* sqrt(2 / pi) */
 #define FASTNORM_K1 0.044715
-FASTNORM_INLINE double fastnorm_silu_f64(double z) { return z / (1.0 + exp(-z)); }
-FASTNORM_INLINE double fastnorm_gelu_f64(double z) { return 0.5 * z * (1.0 + erf(z * 0.70710678118654752440)); }
+FASTNORM_INLINE double fastnorm_silu_f64(double z)
+{
+    return z / (1.0 + exp(-z));
+}
+FASTNORM_INLINE double fastnorm_gelu_f64(double z)
+{
+    return 0.5 * z * (1.0 + erf(z * 0.70710678118654752440));
+}
 FASTNORM_INLINE double fastnorm_gelu_tanh_f64(double z)
 {
     return 0.5 * z * (1.0 + tanh(FASTNORM_K0 * (z + FASTNORM_K1 * z * z * z)));
 }
-FASTNORM_INLINE double fastnorm_sigmoid_f64(double z) { return 1.0 / (1.0 + exp(-z)); }
-FASTNORM_INLINE double fastnorm_tanh_f64(double z) { return tanh(z); }
+FASTNORM_INLINE double fastnorm_sigmoid_f64(double z)
+{
+    return 1.0 / (1.0 + exp(-z));
+}
+FASTNORM_INLINE double fastnorm_tanh_f64(double z)
+{
+    return tanh(z);
+}
 /* s (1 + z (1 - s)), s = sigmoid(z) */
 FASTNORM_INLINE double fastnorm_silu_grad_f64(double z)
 {
@@ -270,89 +289,53 @@ FASTNORM_INLINE double fastnorm_tanh_grad_f64(double z)
 }
 
 /* The loops, one per activation so that each vectorizes; S: f32 or f64. */
-#define FASTNORM_ACTIVATE(NAME, T, S)                                                       \
-    FASTNORM_CLONES static void NAME(T *v, const T *add, ptrdiff_t n, int act)              \
-    {                                                                                       \
-        const T zero = (T)0, six = (T)6;                                                    \
-        if (add)                                                                            \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = v[i] + add[i];                                                       \
-        switch (act) {                                                                      \
-        case FASTNORM_ACT_RELU:                                                             \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = v[i] < zero ? zero : v[i];                                           \
-            break;                                                                          \
-        case FASTNORM_ACT_RELU6:                                                            \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = v[i] < zero ? zero : (v[i] > six ? six : v[i]);                      \
-            break;                                                                          \
-        case FASTNORM_ACT_SILU:                                                             \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = fastnorm_silu_##S(v[i]);                                             \
-            break;                                                                          \
-        case FASTNORM_ACT_GELU:                                                             \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = fastnorm_gelu_##S(v[i]);                                             \
-            break;                                                                          \
-        case FASTNORM_ACT_GELU_TANH:                                                        \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = fastnorm_gelu_tanh_##S(v[i]);                                        \
-            break;                                                                          \
-        case FASTNORM_ACT_SIGMOID:                                                          \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = fastnorm_sigmoid_##S(v[i]);                                          \
-            break;                                                                          \
-        case FASTNORM_ACT_TANH:                                                             \
-            for (ptrdiff_t i = 0; i < n; i++)                                               \
-                v[i] = fastnorm_tanh_##S(v[i]);                                             \
-            break;                                                                          \
-        default:                                                                            \
-            break;                                                                          \
-        }                                                                                   \
+#define FASTNORM_EACH(CODE, STMT)         \
+    case CODE:                            \
+        for (ptrdiff_t i = 0; i < n; i++) \
+            STMT;                         \
+        break;
+
+#define FASTNORM_ACTIVATE(NAME, T, S)                                                                \
+    FASTNORM_CLONES static void NAME(T *v, const T *add, ptrdiff_t n, int act)                       \
+    {                                                                                                \
+        const T zero = (T)0, six = (T)6;                                                             \
+        if (add)                                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++)                                                        \
+                v[i] = v[i] + add[i];                                                                \
+        switch (act) {                                                                               \
+            FASTNORM_EACH(FASTNORM_ACT_RELU, v[i] = v[i] < zero ? zero : v[i])                       \
+            FASTNORM_EACH(FASTNORM_ACT_RELU6, v[i] = v[i] < zero ? zero : (v[i] > six ? six : v[i])) \
+            FASTNORM_EACH(FASTNORM_ACT_SILU, v[i] = fastnorm_silu_##S(v[i]))                         \
+            FASTNORM_EACH(FASTNORM_ACT_GELU, v[i] = fastnorm_gelu_##S(v[i]))                         \
+            FASTNORM_EACH(FASTNORM_ACT_GELU_TANH, v[i] = fastnorm_gelu_tanh_##S(v[i]))               \
+            FASTNORM_EACH(FASTNORM_ACT_SIGMOID, v[i] = fastnorm_sigmoid_##S(v[i]))                   \
+            FASTNORM_EACH(FASTNORM_ACT_TANH, v[i] = fastnorm_tanh_##S(v[i]))                         \
+        default:                                                                                     \
+            break;                                                                                   \
+        }                                                                                            \
     }
 FASTNORM_ACTIVATE(fastnorm_activate_f32, float, f32)
 FASTNORM_ACTIVATE(fastnorm_activate_f64, double, f64)
 
 /* z = dy * act'(z) in place over n values (the backward through the activation, z the pre-activation
  * recomputed from x and the statistics); relu: z > 0, relu6: 0 < z < 6. */
-#define FASTNORM_ACTIVATION_GRAD(NAME, T, S)                                        \
-    FASTNORM_CLONES static void NAME(T *z, const T *dy, ptrdiff_t n, int act)       \
-    {                                                                               \
-        const T zero = (T)0, six = (T)6;                                            \
-        switch (act) {                                                              \
-        case FASTNORM_ACT_RELU:                                                     \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = z[i] > zero ? dy[i] : zero;                                  \
-            break;                                                                  \
-        case FASTNORM_ACT_RELU6:                                                    \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = z[i] > zero && z[i] < six ? dy[i] : zero;                    \
-            break;                                                                  \
-        case FASTNORM_ACT_SILU:                                                     \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i] * fastnorm_silu_grad_##S(z[i]);                        \
-            break;                                                                  \
-        case FASTNORM_ACT_GELU:                                                     \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i] * fastnorm_gelu_grad_##S(z[i]);                        \
-            break;                                                                  \
-        case FASTNORM_ACT_GELU_TANH:                                                \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i] * fastnorm_gelu_tanh_grad_##S(z[i]);                   \
-            break;                                                                  \
-        case FASTNORM_ACT_SIGMOID:                                                  \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i] * fastnorm_sigmoid_grad_##S(z[i]);                     \
-            break;                                                                  \
-        case FASTNORM_ACT_TANH:                                                     \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i] * fastnorm_tanh_grad_##S(z[i]);                        \
-            break;                                                                  \
-        default:                                                                    \
-            for (ptrdiff_t i = 0; i < n; i++)                                       \
-                z[i] = dy[i];                                                       \
-            break;                                                                  \
-        }                                                                           \
+#define FASTNORM_ACTIVATION_GRAD(NAME, T, S)                                                        \
+    FASTNORM_CLONES static void NAME(T *z, const T *dy, ptrdiff_t n, int act)                       \
+    {                                                                                               \
+        const T zero = (T)0, six = (T)6;                                                            \
+        switch (act) {                                                                              \
+            FASTNORM_EACH(FASTNORM_ACT_RELU, z[i] = z[i] > zero ? dy[i] : zero)                     \
+            FASTNORM_EACH(FASTNORM_ACT_RELU6, z[i] = z[i] > zero && z[i] < six ? dy[i] : zero)      \
+            FASTNORM_EACH(FASTNORM_ACT_SILU, z[i] = dy[i] * fastnorm_silu_grad_##S(z[i]))           \
+            FASTNORM_EACH(FASTNORM_ACT_GELU, z[i] = dy[i] * fastnorm_gelu_grad_##S(z[i]))           \
+            FASTNORM_EACH(FASTNORM_ACT_GELU_TANH, z[i] = dy[i] * fastnorm_gelu_tanh_grad_##S(z[i])) \
+            FASTNORM_EACH(FASTNORM_ACT_SIGMOID, z[i] = dy[i] * fastnorm_sigmoid_grad_##S(z[i]))     \
+            FASTNORM_EACH(FASTNORM_ACT_TANH, z[i] = dy[i] * fastnorm_tanh_grad_##S(z[i]))           \
+        default:                                                                                    \
+            for (ptrdiff_t i = 0; i < n; i++)                                                       \
+                z[i] = dy[i];                                                                       \
+            break;                                                                                  \
+        }                                                                                           \
     }
 FASTNORM_ACTIVATION_GRAD(fastnorm_activation_grad_f32, float, f32)
 FASTNORM_ACTIVATION_GRAD(fastnorm_activation_grad_f64, double, f64)
