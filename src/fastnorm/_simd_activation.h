@@ -125,9 +125,10 @@ FASTNORM_INLINE float fastnorm_gelu_tanh_arg_f32(float z, float *lo)
 /* Phi(-|z|) = erfc(x) / 2 = q * 2**k (the normal distribution's tail), x = |z| / sqrt 2:
  * erfc(x) = t exp(-x**2 + h(t)), t = 1 / (1 + x / 2) (the form of Numerical Recipes' erfcc), h a polynomial
  * in t - 0.58 fitted to ln(erfc(x) / t) + x**2 on t in [0.16, 1] (x up to 10.5, beyond which Phi underflows
- * in every use: m = 0 there), fit error 2**-27.  t and the exponent in double, passed to the exp as a float
- * pair: a float t would carry its rounding into h (up to 4 ulp), and -x**2 its own, magnified by the
- * exponential (200 ulp at x = 10).  *g = exp(-z**2 / 2) (for the density) when g is not NULL. */
+ * in every use: m = 0 there), fit error 2**-27 (bench/activation_fits.py).  t and the exponent in double,
+ * passed to the exp as a float pair: a float t would carry its rounding into h (up to 4 ulp), and -x**2 its
+ * own, magnified by the exponential (200 ulp at x = 10).  *g = exp(-z**2 / 2) (for the density) when g is
+ * not NULL. */
 FASTNORM_INLINE float fastnorm_normal_tail_f32(float z, int32_t *k, float *g)
 {
     float a = fabsf(z);
@@ -181,8 +182,8 @@ FASTNORM_INLINE float fastnorm_sigmoid_f32(float z)
     return fastnorm_ldexp_f32(q, k);
 }
 
-/* tanh(|z|): below 0.625 |z| + |z|**3 P(z**2) (P fitted, as Cephes' tanhf), above (1 - e) / (1 + e),
- * e = exp(-2 |z|); z's sign put back (so -0.0 stays -0.0). */
+/* tanh(|z|): below 0.625 |z| + |z|**3 P(z**2) (P fitted as Cephes' tanhf's, bench/activation_fits.py),
+ * above (1 - e) / (1 + e), e = exp(-2 |z|); z's sign put back (so -0.0 stays -0.0). */
 FASTNORM_INLINE float fastnorm_tanh_f32(float z)
 {
     int32_t k;
