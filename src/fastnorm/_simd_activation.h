@@ -116,7 +116,7 @@ FASTNORM_INLINE float fastnorm_sigmoid_parts_f32(float wh, float wl, int32_t *k,
 FASTNORM_INLINE float fastnorm_gelu_tanh_arg_f32(float z, float *lo)
 {
     double d = fastnorm_clamp_f32(z, 1e4f);
-    d = d * (1.5957691216057308 + 0.071354816272286 * d * d);
+    d = d * (1.5957691216057308 + 0.07135481627260025 * d * d);
     float hi = (float)d;
     *lo = (float)(d - hi);
     return hi;
