@@ -283,7 +283,7 @@ class SyncBatchNorm(_BatchNorm):
         (the input, the input backward keeps, its moments, the array the output goes to)."""
         given = input if isinstance(input, np.ndarray) else np.asarray(input)
         self._check_input(given)
-        x, dtype = _as_input(given, "input")
+        x, dtype = _as_input(given, "input", half=True)  # half precision: the sweep reads it
         eps = _check_eps(self.eps, training=True)
         axis = _check_axis(self.channel_axis, x.ndim, "channel_axis")
         C = x.shape[axis]
