@@ -25,3 +25,37 @@ def test_sync_batch_norm_takes_half_input(half, act):
                                                                     theirs.grad_weight), half)
     out = np.empty_like(x)
     assert ours(x, out=out) is out
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_half_statistics_and_counts_are_taken_as_real_numbers(half):
+    """Statistics, parameters and counts of the half dtypes (bfloat16's NumPy kind is "V", not "f") are read
+    as the float32 ones of the same values by batch_normalization and the per-step functions."""
+    x = _data(half, (4, 6, 5))[0]
+    mean, var, offset, scale = (np.linspace(lo, hi, 6).astype(half).reshape(6, 1) for lo, hi in
+                                ((-1, 1), (0.5, 2), (0, 1), (1, 3)))
+    _same(F.batch_normalization(x, mean, var, offset, scale, 1e-3),
+          F.batch_normalization(x.astype(np.float32), *(a.astype(np.float32) for a in (mean, var, offset, scale)),
+                                1e-3), half)
+    means, invstds = (np.stack([a.ravel(), a.ravel()[::-1]]) for a in (mean, var))
+    counts = np.array([20, 30]).astype(half)
+    _same(F.batch_norm_gather_stats_with_counts(x, means, invstds, None, None, 0.1, 1e-5, counts),
+          F.batch_norm_gather_stats_with_counts(x, means.astype(np.float32), invstds.astype(np.float32), None, None,
+                                                0.1, 1e-5, counts.astype(np.float32)), half)
+    dy = _data(half, x.shape, seed=2)[0]
+    m, invstd = F.batch_norm_stats(x, 1e-5)
+    sum_dy, sum_dy_xmu, _, _ = F.batch_norm_backward_reduce(dy, x, m, invstd, None, True, False, False)
+    _same(F.batch_norm_backward_elemt(dy, x, m, invstd, None, sum_dy, sum_dy_xmu, np.array([20]).astype(half)),
+          F.batch_norm_backward_elemt(dy, x, m, invstd, None, sum_dy, sum_dy_xmu, np.array([20.0])), half)
+    with pytest.raises(TypeError, match="count: expected real numbers"):
+        F.batch_norm_backward_elemt(dy, x, m, invstd, None, sum_dy, sum_dy_xmu, np.array(["20"]))
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_standard_scaler_takes_half_sample_weight(half):
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    w = np.arange(20).astype(half)
+    ours = fastnorm.preprocessing.StandardScaler().fit(X, sample_weight=w)
+    theirs = fastnorm.preprocessing.StandardScaler().fit(X, sample_weight=w.astype(np.float64))
+    np.testing.assert_array_equal(ours.mean_, theirs.mean_)
+    np.testing.assert_array_equal(ours.var_, theirs.var_)

@@ -32,9 +32,9 @@ from . import _kernels
 from ._plan import (_add_buffer, _channel_view, _committing, _finish, _like_view, _nan_stats, _returned,
                     _update_running)
 from ._threads import threads_for
-from ._validation import (FloatArray, Stats, _array, _as_input, _channel_params, _channel_vector, _check_channels,
+from ._validation import (FloatArray, Stats, _as_input, _channel_params, _channel_vector, _check_channels,
                           _check_add, _check_eps, _check_momentum, _check_out, _grad_inputs, _running_roles,
-                          _stat_vector)
+                          _reals, _stat_vector)
 from .statistics import Moments
 
 __all__ = ["batch_norm_stats", "batch_norm_elemt", "batch_norm_gather_stats_with_counts",
@@ -185,14 +185,12 @@ def _batch_norm_elemt(input: ArrayLike, weight: Optional[ArrayLike], bias: Optio
 
 def _rows(value: ArrayLike, name: str, shape: Optional[Tuple[int, ...]] = None) -> Stats:
     """A float64 array of real numbers: of ``shape``, or 2-D (processes, C) with at least one row."""
-    a = _array(value, name)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    a = _reals(value, name)
     if shape is None and (a.ndim != 2 or a.shape[0] < 1):
         raise ValueError(f"{name}: expected shape (processes, C) with at least one process, got {a.shape}")
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    return a.astype(np.float64)
+    return a
 
 
 def batch_norm_gather_stats_with_counts(input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
@@ -417,9 +415,7 @@ def batch_norm_backward_elemt(grad_output: ArrayLike, input: ArrayLike, mean: Ar
     mean_, invstd_ = _stat_vector(mean, "mean", (C,)), _stat_vector(invstd, "invstd", (C,))
     sums = _stat_vector(sum_dy, "sum_dy", (C,)), _stat_vector(sum_dy_xmu, "sum_dy_xmu", (C,))
     w = _channel_vector(weight, "weight", C, x.dtype)
-    counts = _array(count, "count")
-    if counts.dtype.kind not in "fiu":
-        raise TypeError(f"count: expected real numbers, got dtype {counts.dtype}")
+    counts = _reals(count, "count")
     if not np.all(counts >= 0):
         raise ValueError(f"count: expected numbers >= 0, got {counts}")
     if x.size and not counts.sum() > 0:

@@ -80,6 +80,15 @@ def _is_float(dtype: np.dtype[Any]) -> bool:
     return (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_half(dtype)
 
 
+def _reals(value: object, name: str) -> Stats:
+    """``value`` as a float64 array of real numbers: integers or any floating-point type (bfloat16, whose
+    NumPy kind is not ``"f"``, included); otherwise a TypeError naming the argument."""
+    a = _array(value, name)
+    if a.dtype.kind not in "fiu" and not _is_half(a.dtype):
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
 def _compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """The dtype a result of ``dtype`` is computed in: float32 for the half-precision types."""
     return np.dtype(np.float32) if _is_half(dtype) else dtype
@@ -518,10 +527,7 @@ def _broadcast_params(x: FloatArray, **values: object) -> Tuple[Dict[str, Stats]
             if pname in ("mean", "variance"):
                 raise TypeError(f"{pname}: required, got None")
             continue
-        a = _array(value, pname)
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"{pname}: expected real numbers, got dtype {a.dtype}")
-        params[pname] = a.astype(np.float64)
+        params[pname] = _reals(value, pname)
     try:
         shape = np.broadcast_shapes(x.shape, *(a.shape for a in params.values()))
     except ValueError:

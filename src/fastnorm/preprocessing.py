@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import functional as F
 from ._layer_docs import _fill, _filled
+from ._validation import _is_half
 from .statistics import Moments
 
 __all__ = ["StandardScaler"]
@@ -118,7 +119,7 @@ def _check_flag(value: Any, name: str) -> bool:
 
 def _check_sample_weight(sample_weight: Any, n: int) -> Array:
     w = np.asarray(sample_weight)
-    if w.dtype.kind not in "biuf":
+    if w.dtype.kind not in "biuf" and not _is_half(w.dtype):  # bfloat16's kind is "V"
         raise TypeError(f"sample_weight: expected real numbers, got dtype {w.dtype}")
     w = np.broadcast_to(w.astype(np.float64), (n,)) if w.ndim == 0 else w.astype(np.float64)
     if w.shape != (n,):
