@@ -59,3 +59,44 @@ def test_standard_scaler_takes_half_sample_weight(half):
     theirs = fastnorm.preprocessing.StandardScaler().fit(X, sample_weight=w.astype(np.float64))
     np.testing.assert_array_equal(ours.mean_, theirs.mean_)
     np.testing.assert_array_equal(ours.var_, theirs.var_)
+
+
+# The calls that normalize first, then apply activation= and add= (masked inputs, several channel axes, axes=):
+# function of (x, add, act, out) with x (5, 6, 7), add of x's shape (the residual of the residual case).
+_MASK = np.random.default_rng(7).random((5, 6, 7)) > 0.3
+_NORMALIZE_FIRST = {
+    "batch_norm mask": lambda x, a, act, out: F.batch_norm(x, None, None, None, None, True, mask=_MASK, add=a,
+                                                           activation=act, out=out),
+    "batch_norm several axes": lambda x, a, act, out: F.batch_norm(x, None, None, None, None, True,
+                                                                   channel_axis=(1, 2), add=a, activation=act,
+                                                                   out=out),
+    "group_norm mask": lambda x, a, act, out: F.group_norm(x, 3, mask=_MASK, add=a, activation=act, out=out),
+    "instance_norm mask": lambda x, a, act, out: F.instance_norm(x, mask=_MASK, add=a, activation=act, out=out),
+    "layer_norm mask": lambda x, a, act, out: F.layer_norm(x, 7, mask=_MASK, activation=act, out=out),
+    "rms_norm axes": lambda x, a, act, out: F.rms_norm(x, None, axes=(0, 2), activation=act, out=out),
+    "layer_norm residual mask": lambda x, a, act, out: F.layer_norm(x, 7, mask=_MASK, residual=a, activation=act,
+                                                                    out=out)[0],
+}
+
+
+@pytest.mark.parametrize("half", HALVES)
+@pytest.mark.parametrize("act", [None, "gelu"])
+@pytest.mark.parametrize("name", sorted(_NORMALIZE_FIRST))
+def test_normalize_first_paths_round_once_after_the_activation_and_add(half, act, name):
+    """The normalization, activation and add in float32 on the half values (add taken in the input's dtype,
+    a float32 add rounded to it first), rounded once: the float32 call's result rounded, also into out=."""
+    call = _NORMALIZE_FIRST[name]
+    x = _data(half, (5, 6, 7))[0]
+    add = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)  # not all of half's values
+    if name == "layer_norm residual mask":  # h = x + residual in the half dtype, then normalized
+        theirs = F.layer_norm((x + add.astype(half)).astype(np.float32), 7, mask=_MASK, activation=act)
+    else:
+        theirs = call(x.astype(np.float32), add.astype(half).astype(np.float32), act, None)
+    _same(call(x, add.astype(half), act, None), theirs, half)
+    if name != "layer_norm residual mask":
+        _same(call(x, add, act, None), theirs, half)
+    out = np.full_like(x, 7)
+    assert call(x, add.astype(half), act, out) is out
+    _same(out, theirs, half)
+    with pytest.raises(TypeError, match="out: expected dtype"):
+        call(x, add.astype(half), act, np.empty(x.shape, np.float32))

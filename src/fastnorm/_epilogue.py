@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -19,7 +19,10 @@ from numpy.typing import ArrayLike, NDArray
 from . import _kernels
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
-                          _check_normalized_shape, _is_float, _normalize_axes, _several_axes, check_count)
+                          _check_normalized_shape, _check_out, _is_float, _is_half, _normalize_axes, _rounded,
+                          _several_axes, check_count)
+
+_Result = TypeVar("_Result")  # y, or a tuple that starts with y
 
 
 def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> FloatArray:
@@ -34,6 +37,31 @@ def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> Flo
     if target is not y:
         np.copyto(y, target, casting="unsafe")
     return y
+
+
+def _normalize_then_activate(normalize: Callable[[Any, Optional[FloatArray]], _Result], input: Any,
+                             out: Optional[FloatArray], act: int, add: Any) -> _Result:
+    """``y = act(y + add)`` after ``normalize(input, out)`` (y, or a tuple that starts with it), for the paths
+    that normalize first (masked inputs, several channel axes, ``axes=``); ``add`` is checked here.  A
+    float16 or bfloat16 ndarray input given either is normalized from its float32 values (exact), the
+    epilogue applied in float32 to ``add`` taken in the input's dtype, and rounded once into ``out`` (checked
+    before anything is computed) or a new array: the float32 call's result rounded, as the fused kernels'."""
+    add_ = None if add is None else _check_add(add, np.shape(input))
+    half = input.dtype.newbyteorder("=") if isinstance(input, np.ndarray) and _is_half(input.dtype) else None
+    if half is None or (act == 0 and add_ is None):
+        result = normalize(input, out)
+        _activate_after(result[0] if isinstance(result, tuple) else result, act, add_)
+        return result
+    if out is not None:
+        _check_out(out, input.shape, half)
+    result = normalize(input.astype(np.float32), None)
+    y32 = result[0] if isinstance(result, tuple) else result
+    _activate_after(y32, act, None if add_ is None else add_.astype(half))
+    y = _rounded(y32, half)
+    if out is not None:
+        np.copyto(out, y)
+        y = out
+    return (y, *result[1:]) if isinstance(result, tuple) else y  # type: ignore[return-value]
 
 
 def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Stats:

@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from . import _kernels, _masked
 from ._options import BatchNormForward, ChannelForward
 from ._over_axes import _batch_norm_over_axes
-from ._epilogue import _activate_after
+from ._epilogue import _normalize_then_activate
 from ._plan import (_add_buffer, _by_columns, _channel_view, _committing, _empty_call, _frozen_stats,
                     _group_norm_channels_last, _repeat, _returned)
 from ._layer_docs import _with_mask_doc
@@ -172,10 +172,9 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     if _masked.is_masked(input, mask):
         if _several_axes(channel_axis):
             raise ValueError("mask: not supported together with several channel axes")
-        add_ = _check_add(add, np.shape(input))
-        y, mean, rstd = _masked.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                           channel_axis, out, bessel, num_batches_tracked, mask)
-        y = _activate_after(y, act, add_)
+        y, mean, rstd = _normalize_then_activate(
+            lambda v, o: _masked.batch_norm(v, running_mean, running_var, weight, bias, training, momentum, eps,
+                                            channel_axis, o, bessel, num_batches_tracked, mask), input, out, act, add)
         return (y, mean, rstd) if return_stats else y
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
                        bessel, num_batches_tracked, return_stats, None, act, add)
@@ -189,15 +188,12 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
                 add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
     """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
     the activation's code (see _check_activation)."""
-    # half precision: the kernels read it, and apply act and add before they round (not over several axes)
-    x, dtype = _as_input(input, "input", half=not ((act or add is not None) and _several_axes(channel_axis)))
     if _several_axes(channel_axis):
-        add_ = _check_add(add, x.shape)
-        result = _batch_norm_over_axes(_batch_norm, x, dtype, running_mean, running_var, weight, bias, training,
-                                       momentum, eps, channel_axis, out, bessel, num_batches_tracked, return_stats,
-                                       commit)
-        _activate_after(result[0] if isinstance(result, tuple) else result, act, add_)
-        return result
+        return _normalize_then_activate(
+            lambda v, o: _batch_norm_over_axes(_batch_norm, *_as_input(v, "input", half=True), running_mean,
+                                               running_var, weight, bias, training, momentum, eps, channel_axis, o,
+                                               bessel, num_batches_tracked, return_stats, commit), input, out, act, add)
+    x, dtype = _as_input(input, "input", half=True)  # half precision: the kernels read it, act and add included
     training = bool(training)
     axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
                                                                    bias, training, momentum, eps, num_batches_tracked)
@@ -325,9 +321,9 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     """
     act = _check_activation(activation)
     if _masked.is_masked(input, mask):
-        add_ = _check_add(add, np.shape(input))
-        y, mean, rstd = _masked.group_norm(input, num_groups, weight, bias, eps, channel_axis, out, mask)
-        y = _activate_after(y, act, add_)
+        y, mean, rstd = _normalize_then_activate(
+            lambda v, o: _masked.group_norm(v, num_groups, weight, bias, eps, channel_axis, o, mask), input, out, act,
+            add)
         return (y, mean, rstd) if return_stats else y
     return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None, act, add)
 
@@ -469,10 +465,9 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     if _masked.is_masked(input, mask):
         if not isinstance(channel_axis, int) or channel_axis != 1:
             raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
-        add_ = _check_add(add, np.shape(input))
-        y, mean, rstd = _masked.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
-                                              momentum, eps, out, mask)
-        y = _activate_after(y, act, add_)
+        y, mean, rstd = _normalize_then_activate(
+            lambda v, o: _masked.instance_norm(v, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                               eps, o, mask), input, out, act, add)
         return (y, mean, rstd) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
                           return_stats, None, channel_axis, act, add)

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels, _masked
-from ._epilogue import _activate_after
+from ._epilogue import _normalize_then_activate
 from ._layer_docs import _filled, _with_mask_doc
 from ._options import RowsForward
 from ._over_axes import _rows_norm_over_axes
@@ -43,11 +43,11 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked, contiguous, of the
     input's shape and dtype), the rows normalized are those of ``input + residual``, written to ``h``.
     ``act``: the activation's code (see _check_activation)."""
-    x, dtype = _as_input(input, "input", half=not act or axes is None)  # half precision: the kernel reads it
     if axes is not None:
-        y_axes, stats_axes = _rows_norm_over_axes(_rows_norm, x, dtype, normalized_shape, axes, weight, bias, eps, out,
-                                                  rms, return_stats, commit)
-        return _activate_after(y_axes, act, None), stats_axes
+        return _normalize_then_activate(
+            lambda v, o: _rows_norm_over_axes(_rows_norm, *_as_input(v, "input", half=True), normalized_shape, axes,
+                                              weight, bias, eps, o, rms, return_stats, commit), input, out, act, None)
+    x, dtype = _as_input(input, "input", half=True)  # half precision: the kernel reads it
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
@@ -101,8 +101,8 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
         # The sum first, into a new array, so that a call that fails writes nothing; then h normalized.
         h = np.add(input, r, dtype=dtype)
         if masked:
-            y, mean, rstd = _masked.rows_norm(h, normalized_shape, weight, bias, eps, out, rms, mask)
-            y = _activate_after(y, act, None)
+            y, mean, rstd = _normalize_then_activate(
+                lambda v, o: _masked.rows_norm(v, normalized_shape, weight, bias, eps, o, rms, mask), h, out, act, None)
             stats = (mean, rstd) if return_stats else None
         else:
             y, stats = _rows_norm(h, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, axes,
@@ -133,8 +133,9 @@ def _rows_call(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Op
     elif _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
-        y, mean, rstd = _masked.rows_norm(input, normalized_shape, weight, bias, eps, out, rms, mask)
-        result = (_activate_after(y, act, None),)
+        y, mean, rstd = _normalize_then_activate(
+            lambda v, o: _masked.rows_norm(v, normalized_shape, weight, bias, eps, o, rms, mask), input, out, act, None)
+        result = (y,)
         stats = (mean, rstd) if return_stats else None
     else:
         y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats, None, axes, act=act)
