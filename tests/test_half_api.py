@@ -100,3 +100,17 @@ def test_normalize_first_paths_round_once_after_the_activation_and_add(half, act
     _same(out, theirs, half)
     with pytest.raises(TypeError, match="out: expected dtype"):
         call(x, add.astype(half), act, np.empty(x.shape, np.float32))
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_fold_batch_norm_takes_a_half_bias_and_names_a_bad_one(half):
+    bn = fastnorm.BatchNorm2d(6).eval()
+    bn.running_mean[:], bn.running_var[:] = np.linspace(-1, 1, 6), np.linspace(0.5, 2, 6)
+    w, b = _data(half, (6, 3, 2, 2))[0], _data(half, (6,), seed=4)[0]
+    ours = fastnorm.fold_batch_norm(w, b, bn)
+    theirs = fastnorm.fold_batch_norm(w, b.astype(np.float64), bn)
+    assert ours[1].dtype == half
+    np.testing.assert_array_equal(ours[0].view(np.uint16), theirs[0].view(np.uint16))
+    np.testing.assert_array_equal(ours[1].view(np.uint16), theirs[1].view(np.uint16))
+    with pytest.raises(TypeError, match="bias: expected real numbers"):
+        fastnorm.fold_batch_norm(w, np.array(["1"] * 6), bn)

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import distributed as _distributed
 from . import layers as _layers
 from ._safetensors import SafetensorsFile, strict_json
-from ._validation import _array, _is_half
+from ._validation import _array, _is_half, _reals
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # typing's from Python 3.13
@@ -68,7 +68,7 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     Raises
     ------
     TypeError
-        ``bn`` not a fastnorm BatchNorm layer, or ``weight`` not floating point.
+        ``bn`` not a fastnorm BatchNorm layer, ``weight`` not floating point, or ``bias`` not real numbers.
     ValueError
         An unknown ``layout``; a ``bn`` without running statistics, with an ``activation`` or with several
         channel axes; a weight of the wrong number of dimensions, or whose first axis is not
@@ -116,24 +116,20 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
                          "axis of a weight holds")
     if w.shape[0] != C:
         raise ValueError(f"weight: expected {C} output channels (bn.num_features) on axis 0, got shape {w.shape}")
-    b = np.zeros(C) if bias is None else _float64(bias, "bias")
+    b = np.zeros(C) if bias is None else _reals(bias, "bias")
     if b.shape != (C,):
         raise ValueError(f"bias: expected shape ({C},), got {b.shape}")
     running_mean, running_var = _layers._running_stats(bn)
-    scale = 1.0 / np.sqrt(_float64(running_var, "bn.running_var") + bn.eps)
+    scale = 1.0 / np.sqrt(_reals(running_var, "bn.running_var") + bn.eps)
     if bn.weight is not None:
-        scale = scale * _float64(bn.weight, "bn.weight")
-    shift = -_float64(running_mean, "bn.running_mean") * scale
+        scale = scale * _reals(bn.weight, "bn.weight")
+    shift = -_reals(running_mean, "bn.running_mean") * scale
     if bn.bias is not None:
-        shift = shift + _float64(bn.bias, "bn.bias")
+        shift = shift + _reals(bn.bias, "bn.bias")
     folded_w = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))
     folded_b = b * scale + shift
     dtype = w.dtype.newbyteorder("=")
     return folded_w.astype(dtype), folded_b.astype(dtype)
-
-
-def _float64(value: ArrayLike, name: str) -> NDArray[np.float64]:
-    return np.asarray(_array(value, name), dtype=np.float64)
 
 
 def save(path: Union[_Path, BinaryIO], layers: _Layers, *, format: _Format = None) -> None:
