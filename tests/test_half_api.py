@@ -114,3 +114,27 @@ def test_fold_batch_norm_takes_a_half_bias_and_names_a_bad_one(half):
     np.testing.assert_array_equal(ours[1].view(np.uint16), theirs[1].view(np.uint16))
     with pytest.raises(TypeError, match="bias: expected real numbers"):
         fastnorm.fold_batch_norm(w, np.array(["1"] * 6), bn)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_statistics_are_real_numbers_or_refused_by_name(half):
+    """Moments and the backwards' statistics take the half dtypes as their values; strings and complex
+    numbers are refused naming the argument (not NumPy's conversion error, nor an imaginary part dropped)."""
+    mean = np.array([0.5, -1.0]).astype(half)
+    assert fastnorm.Moments(np.array([2, 3]), mean, np.ones(2, half)) == fastnorm.Moments([2, 3], [0.5, -1.0],
+                                                                                       [1.0, 1.0])
+    assert fastnorm.Moments.from_arrays({"count": [2, 3], "mean": mean, "var": np.ones(2, half)}) == \
+        fastnorm.Moments.from_arrays({"count": [2, 3], "mean": [0.5, -1.0], "var": [1.0, 1.0]})
+    for bad in (np.array(["0.5", "1"]), np.array([0.5 + 1j, 1])):
+        with pytest.raises(TypeError, match="mean: expected real numbers"):
+            fastnorm.Moments([2, 3], bad, [1.0, 1.0])
+        with pytest.raises(TypeError, match="mean: expected real numbers"):
+            fastnorm.Moments.from_arrays({"count": [2, 3], "mean": bad, "var": [1.0, 1.0]})
+    x, dy = _data(half, (4, 2, 3))
+    _, m, rstd = F.batch_norm(x, training=True, return_stats=True)
+    for act in (None, "relu"):
+        _same(F.batch_norm_backward(dy, x, m.astype(half), rstd.astype(half), activation=act),
+              F.batch_norm_backward(dy, x, m.astype(half).astype(np.float64), rstd.astype(half).astype(np.float64),
+                                    activation=act), half)
+        with pytest.raises(TypeError, match="mean: expected real numbers"):
+            F.batch_norm_backward(dy, x, m.astype(complex), rstd, activation=act)

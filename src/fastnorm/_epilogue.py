@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _kernels
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
-                          _check_normalized_shape, _check_out, _is_float, _is_half, _normalize_axes, _rounded,
+                          _check_normalized_shape, _check_out, _is_float, _is_half, _normalize_axes, _reals, _rounded,
                           _several_axes, check_count)
 
 _Result = TypeVar("_Result")  # y, or a tuple that starts with y
@@ -67,7 +67,7 @@ def _normalize_then_activate(normalize: Callable[[Any, Optional[FloatArray]], _R
 def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Stats:
     """A statistic or parameter that varies along x's ``axes`` (sorted), as float64 broadcasting against x."""
     shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
-    a = np.asarray(v, dtype=np.float64)
+    a = _reals(v, name)
     if a.size != int(np.prod(shape)):
         raise ValueError(f"{name}: expected {int(np.prod(shape))} values, one per index of axes {axes} of the "
                          f"input, got shape {a.shape}")
@@ -166,7 +166,7 @@ def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
 def _per_channel(stat: ArrayLike, num_groups: SupportsIndex, x: FloatArray, axis: int) -> Stats:
     """A group_norm statistic of shape (N, G) repeated to (N, C): each group's value for its channels."""
     G = check_count(num_groups, "num_groups")
-    a = np.asarray(stat, dtype=np.float64)
+    a = _reals(stat, "mean, rstd")
     if a.shape != (x.shape[0], G) or x.shape[axis] % G:
         raise ValueError(f"mean, rstd: expected shape ({x.shape[0]}, {G}), got {a.shape}")
     return np.repeat(a, x.shape[axis] // G, axis=1)

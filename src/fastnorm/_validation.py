@@ -240,7 +240,7 @@ def _elementwise_vector(v: object, name: str, shape: Tuple[int, ...], x: FloatAr
 
 def _stat_vector(v: object, name: str, shape: Tuple[int, ...]) -> Stats:
     """Statistics given to a backward function (a forward's ``return_stats``) as a plain float64 vector."""
-    a = np.asarray(_array(v, name), dtype=np.float64)
+    a = _reals(v, name)
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
     a = a.reshape(-1)

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._tf_ops import moments64
-from ._validation import _array, _as_input
+from ._validation import _as_input, _reals
 
 __all__ = ["Moments"]
 
@@ -87,9 +87,9 @@ class Moments:
     _var: NDArray[np.float64]
 
     def __init__(self, count: ArrayLike, mean: ArrayLike, m2: ArrayLike) -> None:
-        mean_ = np.asarray(_array(mean, "mean"), dtype=np.float64)
-        count_ = np.broadcast_to(np.asarray(_array(count, "count"), dtype=np.float64), mean_.shape)
-        m2_ = np.broadcast_to(np.asarray(_array(m2, "m2"), dtype=np.float64), mean_.shape)
+        mean_ = _reals(mean, "mean")
+        count_ = np.broadcast_to(_reals(count, "count"), mean_.shape)
+        m2_ = np.broadcast_to(_reals(m2, "m2"), mean_.shape)
         with np.errstate(invalid="ignore", divide="ignore"):
             self._init(count_, mean_, np.where(count_ > 0, m2_ / count_, 0.0))
 
@@ -295,11 +295,13 @@ class Moments:
         ------
         KeyError
             A key is missing.
+        TypeError
+            A value that is not real numbers.
         """
         if "var" not in arrays:
             return cls(arrays["count"], arrays["mean"], arrays["m2"])
-        mean = np.asarray(_array(arrays["mean"], "mean"), dtype=np.float64)
-        count, var = (np.broadcast_to(np.asarray(_array(arrays[key], key), dtype=np.float64), mean.shape)
+        mean = _reals(arrays["mean"], "mean")
+        count, var = (np.broadcast_to(_reals(arrays[key], key), mean.shape)
                       for key in ("count", "var"))
         return cls._of_variance(count, mean, var)
 
