@@ -138,3 +138,23 @@ def test_statistics_are_real_numbers_or_refused_by_name(half):
                                     activation=act), half)
         with pytest.raises(TypeError, match="mean: expected real numbers"):
             F.batch_norm_backward(dy, x, m.astype(complex), rstd, activation=act)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_half_scalars_are_numbers(half):
+    """A float16 or bfloat16 scalar (``ml_dtypes.finfo(bfloat16).eps``, ``x.max()`` of a half array) is
+    taken as its value wherever a number is (bfloat16's is no ``numbers.Real``); a bool is not one."""
+    x = _data(half, (4, 6, 5))[0]
+    eps, momentum = half.type(1e-3), half.type(0.5)
+    rm, rv, rm2, rv2 = np.zeros(6), np.ones(6), np.zeros(6), np.ones(6)
+    _same(F.batch_norm(x, rm, rv, training=True, eps=eps, momentum=momentum),
+          F.batch_norm(x, rm2, rv2, training=True, eps=float(eps), momentum=float(momentum)), half)
+    np.testing.assert_array_equal(rv, rv2)
+    _same(F.rms_norm(x, 5, eps=eps), F.rms_norm(x, 5, eps=float(eps)), half)
+    for p in (3.0, np.inf):
+        _same(F.normalize(x, p=half.type(p), eps=eps), F.normalize(x, p=p, eps=float(eps)), half)
+    _same(F.local_response_norm(x, 3, alpha=eps, beta=momentum, k=half.type(2)),
+          F.local_response_norm(x, 3, alpha=float(eps), beta=float(momentum), k=2.0), half)
+    _same(fastnorm.LayerNorm(5, eps=eps)(x), fastnorm.LayerNorm(5, eps=float(eps))(x), half)
+    with pytest.raises(TypeError, match="eps: expected a real number, got bool"):
+        F.layer_norm(x, 5, eps=True)

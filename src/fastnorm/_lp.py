@@ -14,15 +14,14 @@ zero where the norm itself is a double.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ._layer_docs import _GRAD_RETURNS, _OUT_AND_RETURNS, _filled
-from ._validation import (FloatArray, Stats, _check_axis, _check_eps, _deliver, _float64_grads, _float64_input, _real,
-                          _rounded)
+from ._validation import (FloatArray, Stats, _check_axis, _check_eps, _deliver, _float64_grads, _float64_input,
+                          _is_real_scalar, _real, _rounded)
 
 __all__ = ["normalize", "normalize_backward"]
 
@@ -31,7 +30,7 @@ Dims = Union[int, Sequence[int]]
 
 def _check_p(p: object) -> float:
     """p > 0, finite or inf."""
-    if isinstance(p, numbers.Real) and not isinstance(p, bool) and p == math.inf:
+    if _is_real_scalar(p) and p == math.inf:
         return math.inf
     p = _real(p, "p", "a positive number or inf")
     if p <= 0.0:

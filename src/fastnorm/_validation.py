@@ -111,10 +111,18 @@ def _as_input(x: object, name: str, half: bool = False) -> Tuple[FloatArray, np.
     return a, dtype
 
 
+def _is_real_scalar(value: object) -> bool:
+    """Whether ``value`` is one real number: a bool is not; a bfloat16 scalar is, though it is no
+    ``numbers.Real`` (NumPy registers its own scalar types only)."""
+    if isinstance(value, numbers.Real):
+        return not isinstance(value, bool)
+    return isinstance(value, np.generic) and _is_half(value.dtype)
+
+
 def _real(value: object, name: str, expected: str) -> float:
     """``value`` as a float in ``expected`` terms: a TypeError for a non-number, a ValueError for one no
     float can hold (10**400) or that is not finite."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not _is_real_scalar(value):
         raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
     try:
         value = float(value)
@@ -130,7 +138,7 @@ def _check_eps(eps: object, name: str = "eps", training: bool = False) -> float:
     ("eps must be positive during training")."""
     if type(eps) is float and 0.0 < eps < math.inf:
         return eps
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+    if not _is_real_scalar(eps):
         raise TypeError(f"{name}: expected a real number, got {type(eps).__name__}")
     eps = _real(eps, name, "a finite number >= 0")
     if eps < 0.0:
