@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -48,10 +48,11 @@ def _normalize_then_activate(normalize: Callable[[Any, Optional[FloatArray]], _R
     before anything is computed) or a new array: the float32 call's result rounded, as the fused kernels'."""
     add_ = None if add is None else _check_add(add, np.shape(input))
     half = input.dtype.newbyteorder("=") if isinstance(input, np.ndarray) and _is_half(input.dtype) else None
+    result: Any
     if half is None or (act == 0 and add_ is None):
         result = normalize(input, out)
         _activate_after(result[0] if isinstance(result, tuple) else result, act, add_)
-        return result
+        return cast(_Result, result)
     if out is not None:
         _check_out(out, input.shape, half)
     result = normalize(input.astype(np.float32), None)
@@ -61,7 +62,7 @@ def _normalize_then_activate(normalize: Callable[[Any, Optional[FloatArray]], _R
     if out is not None:
         np.copyto(out, y)
         y = out
-    return (y, *result[1:]) if isinstance(result, tuple) else y  # type: ignore[return-value]
+    return cast(_Result, (y, *result[1:]) if isinstance(result, tuple) else y)
 
 
 def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Stats:

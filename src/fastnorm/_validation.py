@@ -24,7 +24,7 @@ import math
 import numbers
 import operator
 from collections.abc import Iterable
-from typing import Any, Dict, Literal, Optional, Sequence, SupportsIndex, Tuple, Union, overload
+from typing import Any, Dict, Literal, Optional, Sequence, SupportsFloat, SupportsIndex, Tuple, Union, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -125,7 +125,7 @@ def _real(value: object, name: str, expected: str) -> float:
     if not _is_real_scalar(value):
         raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
     try:
-        value = float(value)
+        value = float(cast(SupportsFloat, value))
     except OverflowError:
         raise ValueError(f"{name}: expected {expected}, got an integer too large for a float") from None
     if not math.isfinite(value):
