@@ -106,7 +106,7 @@ def test_partial_fit_in_chunks_equals_fit(seed, cuts, dtype, nan, weighted):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("path", ["kernels", "nan", "weighted"])
-def test_accuracy_at_1e4_against_exact_arithmetic(rng, dtype, path, statistics_path):
+def test_accuracy_at_1e4_against_exact_arithmetic(rng, dtype, path, isa_level):
     # Data at 1e4 +- 1: the statistics' relative condition is (1e4)**2; each path (the kernels, the NaN
     # columns' and the weighted NumPy pass) must still give the mean to a few ulps and the variance to
     # 1e-12, and the float32 output to about one float32 ulp of the exact standardized value.
