@@ -363,6 +363,18 @@ def test_show_config_reports_openmp(capsys):
     assert "openmp" in capsys.readouterr().out
 
 
+def test_set_isa_gives_the_level_in_force():
+    from fastnorm import _kernels
+
+    top = _kernels.set_isa()
+    try:
+        assert 0 <= top <= 3 and _kernels.get_isa() == top
+        for level in range(-1, 5):
+            assert _kernels.set_isa(level) == _kernels.get_isa() == min(max(level, 0), top)
+    finally:
+        assert _kernels.set_isa() == top
+
+
 def test_show_config_reports_the_isa_level(capsys, isa_level):
     from fastnorm import _kernels
 

@@ -60,48 +60,46 @@ FASTNORM_PLAIN(fastnorm_chan_merge_columns,
         fastnorm_chan_merge(&mean[c], &var[c], bmean[c], bvar[c], wa, wb);
 }
 
-/* The scalar steps of the column sums below, on values read as (double)VALUE(v): column c of the four rows
- * r0..r3, and every column of the rows left from row r on. */
-#define FASTNORM_COLUMN_SUMS4(VALUE)                                         \
-    do {                                                                     \
-        double b = (double)base[c];                                          \
-        double d0 = (double)VALUE(r0[c]) - b, d1 = (double)VALUE(r1[c]) - b; \
-        double d2 = (double)VALUE(r2[c]) - b, d3 = (double)VALUE(r3[c]) - b; \
-        s1[c] += (d0 + d1) + (d2 + d3);                                      \
-        s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                  \
-    } while (0)
-#define FASTNORM_COLUMN_SUMS_REST(T, VALUE)                     \
-    for (; r < rows; r++) {                                     \
-        const T *row = x + r * ld;                              \
-        for (ptrdiff_t c = 0; c < ncols; c++) {                 \
-            double d = (double)VALUE(row[c]) - (double)base[c]; \
-            s1[c] += d;                                         \
-            s2[c] += d * d;                                     \
-        }                                                       \
-    }
-
 /* Per-column sums of d and d*d, d = x[r, c] - base[c], over the rows of an [rows, ncols] block with
  * row stride ld.  The loop runs along the contiguous columns: each column is its own lane, and the
- * accumulators (2 * ncols doubles) stay in L1. */
-#define FASTNORM_COLUMN_SUMS(DEFINE, NAME, T)                                                                 \
-    DEFINE(NAME,                                                                                              \
-           (const T *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, const T *base, double *restrict s1,    \
-            double *restrict s2),                                                                             \
-           (x, rows, ncols, ld, base, s1, s2))                                                                \
-    {                                                                                                         \
-        for (ptrdiff_t c = 0; c < ncols; c++) {                                                               \
-            s1[c] = 0.0;                                                                                      \
-            s2[c] = 0.0;                                                                                      \
-        }                                                                                                     \
-        ptrdiff_t r = 1;                                                                                      \
-        /* Four rows per update of the accumulators: their loads and stores, not the arithmetic, bound      \
-         * this loop. */ \
-        for (; r + 4 <= rows; r += 4) {                                                                       \
-            const T *r0 = x + r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;                            \
-            for (ptrdiff_t c = 0; c < ncols; c++)                                                             \
-                FASTNORM_COLUMN_SUMS4();                                                                      \
-        }                                                                                                     \
-        FASTNORM_COLUMN_SUMS_REST(T, )                                                                        \
+ * accumulators (2 * ncols doubles) stay in L1.  The body of every variant, on values read as
+ * (double)VALUE(v): VECTOR4 sums the first columns of four rows r0..r3 (advancing c), the scalar steps the
+ * rest. */
+#define FASTNORM_COLUMN_SUMS_BODY(T, VALUE, VECTOR4)                                                      \
+    for (ptrdiff_t c = 0; c < ncols; c++) {                                                               \
+        s1[c] = 0.0;                                                                                      \
+        s2[c] = 0.0;                                                                                      \
+    }                                                                                                     \
+    ptrdiff_t r = 1;                                                                                      \
+    /* Four rows per update of the accumulators: their loads and stores, not the arithmetic, bound this \
+     * loop. */ \
+    for (; r + 4 <= rows; r += 4) {                                                                       \
+        const T *r0 = x + r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;                            \
+        ptrdiff_t c = 0;                                                                                  \
+        VECTOR4                                                                                           \
+        for (; c < ncols; c++) {                                                                          \
+            double b = (double)base[c];                                                                   \
+            double d0 = (double)VALUE(r0[c]) - b, d1 = (double)VALUE(r1[c]) - b;                          \
+            double d2 = (double)VALUE(r2[c]) - b, d3 = (double)VALUE(r3[c]) - b;                          \
+            s1[c] += (d0 + d1) + (d2 + d3);                                                               \
+            s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                           \
+        }                                                                                                 \
+    }                                                                                                     \
+    for (; r < rows; r++) {                                                                               \
+        const T *row = x + r * ld;                                                                        \
+        for (ptrdiff_t c = 0; c < ncols; c++) {                                                           \
+            double d = (double)VALUE(row[c]) - (double)base[c];                                           \
+            s1[c] += d;                                                                                   \
+            s2[c] += d * d;                                                                               \
+        }                                                                                                 \
+    }
+#define FASTNORM_COLUMN_SUMS(DEFINE, NAME, T)                                                              \
+    DEFINE(NAME,                                                                                           \
+           (const T *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, const T *base, double *restrict s1, \
+            double *restrict s2),                                                                          \
+           (x, rows, ncols, ld, base, s1, s2))                                                             \
+    {                                                                                                      \
+        FASTNORM_COLUMN_SUMS_BODY(T, , )                                                                   \
     }
 
 FASTNORM_SHIFTED_SUMS(FASTNORM_BASELINE, fastnorm_shifted_sums_f32, float)
@@ -158,43 +156,32 @@ FASTNORM_TARGET_AVX2 static inline void fastnorm_load8x2_f32(const float *p, __m
         *s2 = b;                                                                                                       \
     }
 
-/* Column sums as FASTNORM_COLUMN_SUMS: four rows per update of the accumulators, which stay in L1
+/* Column sums as FASTNORM_COLUMN_SUMS, the columns of four rows up to the last multiple of 4 in vectors
  * (``base``: the block's first row, as floats). */
-#define FASTNORM_COLUMN_SUMS_AVX2(NAME, T, LOAD4, VALUE)                                                              \
-    FASTNORM_TARGET_AVX2 __attribute__((noinline)) static void NAME(const T *x, ptrdiff_t rows, ptrdiff_t ncols,      \
-                                                                    ptrdiff_t ld, const float *base,                  \
-                                                                    double *restrict s1, double *restrict s2)         \
-    {                                                                                                                 \
-        ptrdiff_t vcols = ncols & ~(ptrdiff_t)3;                                                                      \
-        for (ptrdiff_t c = 0; c < ncols; c++) {                                                                       \
-            s1[c] = 0.0;                                                                                              \
-            s2[c] = 0.0;                                                                                              \
-        }                                                                                                             \
-        ptrdiff_t r = 1;                                                                                              \
-        for (; r + 4 <= rows; r += 4) {                                                                               \
-            const T *r0 = x + r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;                                    \
-            for (ptrdiff_t c = 0; c < ncols; c += 64 / (ptrdiff_t)sizeof(T)) {                                        \
-                FASTNORM_PREFETCH(r0 + c);                                                                            \
-                FASTNORM_PREFETCH(r1 + c);                                                                            \
-                FASTNORM_PREFETCH(r2 + c);                                                                            \
-                FASTNORM_PREFETCH(r3 + c);                                                                            \
-            }                                                                                                         \
-            for (ptrdiff_t c = 0; c < vcols; c += 4) {                                                                \
-                __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(base + c));                                                  \
-                __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r0 + c)), b);                                        \
-                __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r1 + c)), b);                                        \
-                __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r2 + c)), b);                                        \
-                __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r3 + c)), b);                                        \
-                __m256d sum = _mm256_add_pd(_mm256_add_pd(d0, d1), _mm256_add_pd(d2, d3));                            \
-                __m256d sq =                                                                                          \
-                    _mm256_fmadd_pd(d0, d0, _mm256_fmadd_pd(d1, d1, _mm256_fmadd_pd(d2, d2, _mm256_mul_pd(d3, d3)))); \
-                _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), sum));                                \
-                _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), sq));                                 \
-            }                                                                                                         \
-            for (ptrdiff_t c = vcols; c < ncols; c++)                                                                 \
-                FASTNORM_COLUMN_SUMS4(VALUE);                                                                         \
-        }                                                                                                             \
-        FASTNORM_COLUMN_SUMS_REST(T, VALUE)                                                                           \
+#define FASTNORM_COLUMN_SUMS_AVX2_4(T, LOAD4)                                                                          \
+    for (ptrdiff_t p = 0; p < ncols; p += 64 / (ptrdiff_t)sizeof(T)) {                                                 \
+        FASTNORM_PREFETCH(r0 + p);                                                                                     \
+        FASTNORM_PREFETCH(r1 + p);                                                                                     \
+        FASTNORM_PREFETCH(r2 + p);                                                                                     \
+        FASTNORM_PREFETCH(r3 + p);                                                                                     \
+    }                                                                                                                  \
+    for (; c < (ncols & ~(ptrdiff_t)3); c += 4) {                                                                      \
+        __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(base + c));                                                           \
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r0 + c)), b);                                                 \
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r1 + c)), b);                                                 \
+        __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r2 + c)), b);                                                 \
+        __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r3 + c)), b);                                                 \
+        __m256d sum = _mm256_add_pd(_mm256_add_pd(d0, d1), _mm256_add_pd(d2, d3));                                     \
+        __m256d sq = _mm256_fmadd_pd(d0, d0, _mm256_fmadd_pd(d1, d1, _mm256_fmadd_pd(d2, d2, _mm256_mul_pd(d3, d3)))); \
+        _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), sum));                                         \
+        _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), sq));                                          \
+    }
+#define FASTNORM_COLUMN_SUMS_AVX2(NAME, T, LOAD4, VALUE)                                                         \
+    FASTNORM_TARGET_AVX2 __attribute__((noinline)) static void NAME(const T *x, ptrdiff_t rows, ptrdiff_t ncols, \
+                                                                    ptrdiff_t ld, const float *base,             \
+                                                                    double *restrict s1, double *restrict s2)    \
+    {                                                                                                            \
+        FASTNORM_COLUMN_SUMS_BODY(T, VALUE, FASTNORM_COLUMN_SUMS_AVX2_4(T, LOAD4))                               \
     }
 
 FASTNORM_SHIFTED_SUMS_AVX2(fastnorm_shifted_sums_f32_avx2, float, fastnorm_load8x2_f32, )
