@@ -1,4 +1,4 @@
-# Runtime facts and settings: the ISA of the statistics passes, OpenMP and the thread pool, the cache
+# Runtime facts and settings: the ISA level of the C loops, OpenMP and the thread pool, the cache
 # sizes that decide streamed stores, and the bench's parallel copy.
 
 cdef extern from *:
