@@ -64,26 +64,16 @@ static int fastnorm_cpu_isa(void)
     return __builtin_cpu_supports("avx512bf16") ? FASTNORM_ISA_AVX512_BF16 : FASTNORM_ISA_AVX512;
 }
 
-/* NAME PARAMS calls NAME_L0, NAME_L1, NAME_L2 or NAME_L3 (ARGS), the variant of the level in force; a loop
- * without a variant of its own at a level gives the suffix of the one below.  Not inlined: a caller then
- * holds one call, as it would to a loader-resolved function (inlined, the four calls took registers from
- * the caller's own loops: a streamed sweep kept its bound on the stack, 10% slower). */
-#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS, L0, L1, L2, L3) \
-    __attribute__((noinline)) static void NAME PARAMS       \
-    {                                                       \
-        switch (fastnorm_isa) {                             \
-        case FASTNORM_ISA_AVX512_BF16:                      \
-            NAME##_##L3 ARGS;                               \
-            break;                                          \
-        case FASTNORM_ISA_AVX512:                           \
-            NAME##_##L2 ARGS;                               \
-            break;                                          \
-        case FASTNORM_ISA_AVX2:                             \
-            NAME##_##L1 ARGS;                               \
-            break;                                          \
-        default:                                            \
-            NAME##_##L0 ARGS;                               \
-        }                                                   \
+/* NAME PARAMS calls NAME_L0, NAME_L1, NAME_L2 or NAME_L3 (ARGS), the variant of the level in force, through a
+ * table indexed by the level; a loop without a variant of its own at a level gives the suffix of the one
+ * below.  A caller holds one indirect call, as to a loader-resolved function (a switch inlined there, its
+ * four calls took registers from the caller's own loops: a streamed sweep kept its bound on the stack, 10%
+ * slower). */
+#define FASTNORM_BY_ISA(NAME, PARAMS, ARGS, L0, L1, L2, L3)                                             \
+    static void(*const NAME##_by_isa[4]) PARAMS = {NAME##_##L0, NAME##_##L1, NAME##_##L2, NAME##_##L3}; \
+    static inline void NAME PARAMS                                                                      \
+    {                                                                                                   \
+        NAME##_by_isa[fastnorm_isa] ARGS;                                                               \
     }
 
 /* A plain loop at levels 0 to 2: written after FASTNORM_PLAIN(NAME, PARAMS, ARGS) as the body of NAME_plain,
