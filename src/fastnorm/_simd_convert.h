@@ -206,9 +206,8 @@ FASTNORM_COLUMN_SUMS_AVX2(fastnorm_column_sums_f16_avx2, uint16_t, fastnorm_load
 
 /* The sweep of fastnorm_sweep_half, 8 lanes at a time; returns the values done (the rest: the plain path). */
 #define FASTNORM_SWEEP_HALF_AVX2(NAME, LOAD8, STORE8)                                                                 \
-    FASTNORM_TARGET_AVX2 __attribute__((noinline)) static ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, \
-                                                                         float mean_hi, float scale, float shift,     \
-                                                                         const float *w, const float *b)              \
+    FASTNORM_TARGET_AVX2 static inline ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,     \
+                                                      float scale, float shift, const float *w, const float *b)       \
     {                                                                                                                 \
         __m256 m = _mm256_set1_ps(mean_hi), sc = _mm256_set1_ps(scale), sh = _mm256_set1_ps(shift);                   \
         ptrdiff_t i = 0;                                                                                              \
@@ -253,8 +252,8 @@ FASTNORM_TARGET_AVX512_BF16 static inline __mmask16 fastnorm_store16_bf16(uint16
 /* The same sweep 16 lanes at a time with AVX-512; 0 values done where a lane's store was not exact (the
  * caller then redoes the run the plain way). */
 #define FASTNORM_SWEEP_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                                      \
-    TARGET __attribute__((noinline)) static ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, \
-                                                           float scale, float shift, const float *w, const float *b)   \
+    TARGET static inline ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,       \
+                                        float shift, const float *w, const float *b)                                   \
     {                                                                                                                  \
         __m512 m = _mm512_set1_ps(mean_hi), sc = _mm512_set1_ps(scale), sh = _mm512_set1_ps(shift);                    \
         __mmask16 inexact = 0;                                                                                         \
@@ -281,19 +280,19 @@ FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_f16_avx512, FASTNORM_TARGET_AVX512, fa
 
 /* fastnorm_sweep_columns_f32's operations on half values, 16 columns at a time (ncols a multiple of 16);
  * returns whether every store was exact (otherwise the caller redoes the rows the plain way). */
-#define FASTNORM_SWEEP_COLUMNS_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                             \
-    TARGET __attribute__((noinline)) static int NAME(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, \
-                                                     const float *p, ptrdiff_t plen)                                  \
-    {                                                                                                                 \
-        __mmask16 inexact = 0;                                                                                        \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                                          \
-            for (ptrdiff_t c = 0; c < ncols; c += 16)                                                                 \
-                inexact |= STORE16(                                                                                   \
-                    y + r * ncols + c,                                                                                \
-                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(LOAD16(x + r * ncols + c), _mm512_loadu_ps(p + c)),     \
-                                                _mm512_loadu_ps(p + plen + c)),                                       \
-                                  _mm512_loadu_ps(p + 2 * plen + c)));                                                \
-        return !inexact;                                                                                              \
+#define FASTNORM_SWEEP_COLUMNS_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                          \
+    TARGET static inline int NAME(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p, \
+                                  ptrdiff_t plen)                                                                  \
+    {                                                                                                              \
+        __mmask16 inexact = 0;                                                                                     \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                                       \
+            for (ptrdiff_t c = 0; c < ncols; c += 16)                                                              \
+                inexact |= STORE16(                                                                                \
+                    y + r * ncols + c,                                                                             \
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(LOAD16(x + r * ncols + c), _mm512_loadu_ps(p + c)),  \
+                                                _mm512_loadu_ps(p + plen + c)),                                    \
+                                  _mm512_loadu_ps(p + 2 * plen + c)));                                             \
+        return !inexact;                                                                                           \
     }
 FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_f16_avx512, FASTNORM_TARGET_AVX512, fastnorm_load16_f16,
                                    fastnorm_store16_f16)
@@ -304,8 +303,8 @@ FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512bf16, FASTN
  * same lanes, the same additions), 16 values converted by one instruction; split at the end into the four
  * chains that the float32 pass sums in its order. */
 #define FASTNORM_HALF_SUMS_AVX512(NAME, LOAD16, VALUE)                                                               \
-    FASTNORM_TARGET_AVX512 __attribute__((noinline)) static void NAME(const uint16_t *x, ptrdiff_t n, double shift,  \
-                                                                      double *s1, double *s2)                        \
+    FASTNORM_TARGET_AVX512 static inline void NAME(const uint16_t *x, ptrdiff_t n, double shift, double *s1,         \
+                                                   double *s2)                                                       \
     {                                                                                                                \
         __m512d s = _mm512_set1_pd(shift);                                                                           \
         __m512d a01 = _mm512_setzero_pd(), a23 = a01, b01 = a01, b23 = a01;                                          \
@@ -339,19 +338,21 @@ FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_bf16_avx512, fastnorm_load16_bf1
 FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_bf16_avx512bf16, FASTNORM_TARGET_AVX512_BF16, fastnorm_load16_bf16,
                            fastnorm_store16_bf16)
 
-/* Per level, the register paths above for either half type (bf16: bfloat16, else float16). */
-static void fastnorm_shifted_sums_half_avx2(const uint16_t *x, ptrdiff_t n, double shift, int bf16, double *s1,
-                                            double *s2)
+/* Per level, the register paths above for either half type (bf16: bfloat16, else float16), inlined into one
+ * function a level: a short run (InstanceNorm on 8x8 maps) pays one call from the dispatch, as before it. */
+FASTNORM_TARGET_AVX2 static void fastnorm_shifted_sums_half_avx2(const uint16_t *x, ptrdiff_t n, double shift, int bf16,
+                                                                 double *s1, double *s2)
 {
     (bf16 ? fastnorm_shifted_sums_bf16_avx2 : fastnorm_shifted_sums_f16_avx2)(x, n, shift, s1, s2);
 }
-static void fastnorm_shifted_sums_half_avx512(const uint16_t *x, ptrdiff_t n, double shift, int bf16, double *s1,
-                                              double *s2)
+FASTNORM_TARGET_AVX512 static void fastnorm_shifted_sums_half_avx512(const uint16_t *x, ptrdiff_t n, double shift,
+                                                                     int bf16, double *s1, double *s2)
 {
     (bf16 ? fastnorm_shifted_sums_bf16_avx512 : fastnorm_shifted_sums_f16_avx512)(x, n, shift, s1, s2);
 }
-static void fastnorm_column_sums_half_avx2(const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,
-                                           float *scratch, double *s1, double *s2, int bf16)
+FASTNORM_TARGET_AVX2 static void fastnorm_column_sums_half_avx2(const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols,
+                                                                ptrdiff_t ld, float *scratch, double *s1, double *s2,
+                                                                int bf16)
 {
     (bf16 ? fastnorm_column_sums_bf16_avx2 : fastnorm_column_sums_f16_avx2)(x, rows, ncols, ld, scratch, s1, s2);
 }
@@ -478,26 +479,28 @@ static inline void fastnorm_sweep_half_from(ptrdiff_t done, const uint16_t *x, u
                                             float scale, float shift, const float *w, const float *b, int bf16, int act,
                                             const uint16_t *add)
 {
-    fastnorm_sweep_half_generic(x + done, y + done, n - done, mean_hi, scale, shift, w ? w + done : NULL,
-                                b ? b + done : NULL, bf16, act, add);
+    if (done < n)
+        fastnorm_sweep_half_generic(x + done, y + done, n - done, mean_hi, scale, shift, w ? w + done : NULL,
+                                    b ? b + done : NULL, bf16, act, add);
 }
-static void fastnorm_sweep_half_avx2(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,
-                                     float shift, const float *w, const float *b, int bf16, int act,
-                                     const uint16_t *add)
+FASTNORM_TARGET_AVX2 static void fastnorm_sweep_half_avx2(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,
+                                                          float scale, float shift, const float *w, const float *b,
+                                                          int bf16, int act, const uint16_t *add)
 {
     ptrdiff_t done = bf16 || act || add ? 0 : fastnorm_sweep_f16_avx2(x, y, n, mean_hi, scale, shift, w, b);
     fastnorm_sweep_half_from(done, x, y, n, mean_hi, scale, shift, w, b, bf16, act, add);
 }
-static void fastnorm_sweep_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,
-                                       float shift, const float *w, const float *b, int bf16, int act,
-                                       const uint16_t *add)
+FASTNORM_TARGET_AVX512 static void fastnorm_sweep_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t n,
+                                                              float mean_hi, float scale, float shift, const float *w,
+                                                              const float *b, int bf16, int act, const uint16_t *add)
 {
     ptrdiff_t done = bf16 || act || add ? 0 : fastnorm_sweep_f16_avx512(x, y, n, mean_hi, scale, shift, w, b);
     fastnorm_sweep_half_from(done, x, y, n, mean_hi, scale, shift, w, b, bf16, act, add);
 }
-static void fastnorm_sweep_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,
-                                           float shift, const float *w, const float *b, int bf16, int act,
-                                           const uint16_t *add)
+FASTNORM_TARGET_AVX512_BF16 static void fastnorm_sweep_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t n,
+                                                                       float mean_hi, float scale, float shift,
+                                                                       const float *w, const float *b, int bf16,
+                                                                       int act, const uint16_t *add)
 {
     ptrdiff_t done = 0;
     if (!act && !add)
@@ -527,16 +530,17 @@ static void fastnorm_sweep_columns_half_generic(const uint16_t *x, uint16_t *y, 
         fastnorm_narrow(scratch, y, rows * ncols, bf16);
 }
 #if FASTNORM_X86
-static void fastnorm_sweep_columns_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols,
-                                               const float *p, ptrdiff_t plen, float *scratch, int bf16, int act,
-                                               const uint16_t *add)
+FASTNORM_TARGET_AVX512 static void fastnorm_sweep_columns_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t rows,
+                                                                      ptrdiff_t ncols, const float *p, ptrdiff_t plen,
+                                                                      float *scratch, int bf16, int act,
+                                                                      const uint16_t *add)
 {
     if (act || add || bf16 || ncols % 16 || !fastnorm_sweep_columns_f16_avx512(x, y, rows, ncols, p, plen))
         fastnorm_sweep_columns_half_generic(x, y, rows, ncols, p, plen, scratch, bf16, act, add);
 }
-static void fastnorm_sweep_columns_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols,
-                                                   const float *p, ptrdiff_t plen, float *scratch, int bf16, int act,
-                                                   const uint16_t *add)
+FASTNORM_TARGET_AVX512_BF16 static void
+fastnorm_sweep_columns_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p,
+                                       ptrdiff_t plen, float *scratch, int bf16, int act, const uint16_t *add)
 {
     if (act || add || ncols % 16 ||
         !(bf16 ? fastnorm_sweep_columns_bf16_avx512bf16 : fastnorm_sweep_columns_f16_avx512)(x, y, rows, ncols, p,
