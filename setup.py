@@ -9,7 +9,8 @@ Environment variables:
 * ``FASTNORM_SANITIZE=1``: build with AddressSanitizer and UndefinedBehaviorSanitizer (gcc or clang);
   run Python with the sanitizer runtime preloaded, e.g.
   ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 python -m pytest tests``.
-* ``FASTNORM_CFLAGS``: extra compiler flags.
+* ``FASTNORM_CFLAGS``: extra compiler flags (``-DFASTNORM_NO_ISA``: the C loops at ISA level 0 alone, for a
+  compiler without gcc's target attributes; see ``src/fastnorm/_simd.h``).
 """
 import glob
 import os

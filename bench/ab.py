@@ -1,7 +1,7 @@
 """Same-process A/B of fastnorm at a baseline revision against the working tree.
 
     PYTHONPATH=src python bench/ab.py REV [--threads 1 2] [--filter layer_norm] [--hot] [--rounds 20]
-        [--shape 448,3584 ...]
+        [--shape 448,3584 ...] [--dtype float16]
 
 Builds REV in a temporary git worktree, imports that build as a second package, ``fastnorm_base``, next to
 the ``fastnorm`` that Python imports (the working tree's, built in place with ``python setup.py
@@ -95,7 +95,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shape", nargs="+", default=[],
                         help="run the filtered cases on these shapes instead (comma-separated dims)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="the data's dtype (bfloat16: ml_dtypes'); weight and bias stay float32")
     args = parser.parse_args()
+    dtype = np.dtype(importlib.import_module("ml_dtypes").bfloat16 if args.dtype == "bfloat16" else args.dtype)
 
     import fastnorm
     shapes = [tuple(int(d) for d in s.split(",")) for s in args.shape]
@@ -114,15 +117,15 @@ def main():
             return np.median(times)
 
         print(f"base {args.rev} against {os.path.dirname(fastnorm.__file__)}; "
-              f"{'hot' if args.hot else 'evicted'} caches")
+              f"{'hot' if args.hot else 'evicted'} caches; {args.dtype}")
         rng = np.random.default_rng(0)
         for name, case_shape, axis, make in cases():
             if args.filter not in name:
                 continue
             for shape in shapes or [case_shape]:
                 size = int(np.prod(shape))
-                x = rng.standard_normal(size + 1024, dtype=np.float32)
-                g = rng.standard_normal(size + 1024, dtype=np.float32)
+                x = rng.standard_normal(size + 1024, dtype=np.float32).astype(dtype)
+                g = rng.standard_normal(size + 1024, dtype=np.float32).astype(dtype)
                 C = shape[axis]
                 w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
                 for n in args.threads:

@@ -32,14 +32,18 @@ def assert_sync_matches_whole(sync, whole):
     np.testing.assert_allclose(sync.grad_bias, whole.grad_bias, rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(params=["fast", "generic"])
-def statistics_path(request):
-    """Runs a test on the AVX2+FMA statistics passes (where the CPU has them) and on the generic ones."""
+@pytest.fixture(params=[3, 2, 1, 0])
+def isa_level(request):
+    """Runs a test at each ISA level of the C loops that the CPU has (src/fastnorm/_simd.h: 0 the baseline,
+    1 AVX2+FMA+F16C, 2 AVX-512, 3 AVX-512 with BF16), the others skipped."""
     from fastnorm import _kernels
 
-    _kernels.set_fast_isa(request.param == "fast")
-    yield request.param
-    _kernels.set_fast_isa(True)
+    try:
+        if _kernels.set_isa(request.param) != request.param:
+            pytest.skip(f"ISA level {request.param} is beyond this CPU or build")
+        yield request.param
+    finally:
+        _kernels.set_isa()
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 that vectorize) against float64 math, over the whole float32 range: a dense sweep of the bit patterns,
 hypothesis, and the edges (subnormals, -0.0, +-inf, NaN, the saturation of silu and sigmoid); their
 derivatives (the backward's ``act'``) to an absolute bound; the same bits for every thread count and call,
-and from every ISA clone (the header compiled for the baseline, AVX2 and AVX-512, where a C compiler and the
-CPU allow).
+and at every ISA level (the header compiled for the baseline, AVX2 and AVX-512, where a C compiler and the
+CPU allow, and the module at each level the CPU has).
 
 The float64 reference computes each definition (tests/reference.py) in a form that loses nothing in float64
 where the literal one cancels (z Phi(z) through erfc, sigmoid through exp(-|z|)); equal as mathematics.
@@ -160,6 +160,22 @@ def test_the_same_bits_at_any_thread_count_and_call(act):
     np.testing.assert_array_equal(derivative(z, act, 2), derivative(z, act, 1))
 
 
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_the_same_bits_at_every_isa_level(act, isa_level):
+    """The module's loops at each ISA level the CPU has (_kernels.set_isa) give the bits of the highest."""
+    z = sweep(4099)
+    with np.errstate(all="ignore"):
+        mine = activate(z, act), derivative(z, act)
+        top = _kernels.set_isa()
+        try:
+            best = activate(z, act), derivative(z, act)
+        finally:
+            _kernels.set_isa(isa_level)
+    assert top >= isa_level
+    for a, b in zip(mine, best):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 _HARNESS = r"""
 #include <stdio.h>
 #include <string.h>
@@ -198,9 +214,9 @@ def _cpu_flags():
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None, reason="needs cc on x86_64")
-def test_every_isa_clone_gives_the_loaded_modules_bits(tmp_path):
+def test_every_isa_level_gives_the_loaded_modules_bits(tmp_path):
     """The header compiled as the baseline (scalar at -O0, vectorized at -O3), AVX2 and AVX-512 (those the
-    CPU runs), -ffp-contract=off as setup.py builds: the same bits as the loaded module's clone."""
+    CPU runs), -ffp-contract=off as setup.py builds: the same bits as the loaded module's variant."""
     src = os.path.dirname(fastnorm.__file__)
     (tmp_path / "h.c").write_text(_HARNESS)
     flags = _cpu_flags()
@@ -208,7 +224,7 @@ def test_every_isa_clone_gives_the_loaded_modules_bits(tmp_path):
     outputs = []
     for extra in variants:
         exe = tmp_path / ("h" + "".join(extra))
-        subprocess.run(["cc", *extra, "-ffp-contract=off", "-fno-math-errno", "-DFASTNORM_NO_CLONES", "-I", src,
+        subprocess.run(["cc", *extra, "-ffp-contract=off", "-fno-math-errno", "-DFASTNORM_NO_ISA", "-I", src,
                         str(tmp_path / "h.c"), "-o", str(exe), "-lm"], check=True)
         outputs.append(np.frombuffer(subprocess.run([str(exe)], check=True, capture_output=True).stdout, np.float32))
     chunks = outputs[0].reshape(-1, 7, 2, 1024)

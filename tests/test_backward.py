@@ -195,7 +195,7 @@ def test_gradients_match_torch_autograd(rng, name, make, shape, channels_last, a
 
 
 @pytest.mark.parametrize("offset", [1e4])
-def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, statistics_path):
+def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, isa_level):
     x = (offset + rng.normal(size=(8, 4, 6, 6))).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     layer = fastnorm.BatchNorm2d(4)
@@ -207,7 +207,7 @@ def test_batch_norm_backward_at_large_offsets_matches_float64(rng, offset, stati
 
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
-def test_row_norm_backward_matches_float64(rng, offset, rms, statistics_path):
+def test_row_norm_backward_matches_float64(rng, offset, rms, isa_level):
     D = 771  # not a multiple of the SIMD width
     x = (offset + rng.normal(size=(37, D))).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)

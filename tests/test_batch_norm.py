@@ -57,7 +57,7 @@ def test_any_memory_layout(rng, make, training):
 
 @pytest.mark.parametrize("offset", [0.0, 1e3, 1e4, 1e5])
 @pytest.mark.parametrize("channel_axis", [1, -1])
-def test_accuracy_bar_with_large_offsets(rng, offset, channel_axis, statistics_path):
+def test_accuracy_bar_with_large_offsets(rng, offset, channel_axis, isa_level):
     shape = (8, 16, 12, 12) if channel_axis == 1 else (8, 12, 12, 16)
     x = (offset + rng.normal(size=shape)).astype(np.float32)
     y = fastnorm.batch_norm(x, training=True, channel_axis=channel_axis)
@@ -76,14 +76,14 @@ def test_accuracy_bar_in_eval_with_large_running_mean(rng, offset):
     assert np.abs(y - y_ref).max() <= 1e-5
 
 
-def test_constant_channel_normalizes_to_exact_zero(statistics_path):
+def test_constant_channel_normalizes_to_exact_zero(isa_level):
     x = np.full((4, 3, 5, 5), 1e4 + 0.5, dtype=np.float32)
     for axis in (1, -1):
         y = fastnorm.batch_norm(x, training=True, channel_axis=axis)
         assert np.all(y == 0.0)
 
 
-def test_huge_values_do_not_overflow_the_variance(rng, statistics_path):
+def test_huge_values_do_not_overflow_the_variance(rng, isa_level):
     x = (rng.normal(size=(4, 3, 50)) * 1e30).astype(np.float32)
     y = fastnorm.batch_norm(x, training=True)
     y_ref = reference.batch_norm(x, training=True)
@@ -91,7 +91,7 @@ def test_huge_values_do_not_overflow_the_variance(rng, statistics_path):
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
 
 
-def test_nan_stays_in_its_channel(rng, statistics_path):
+def test_nan_stays_in_its_channel(rng, isa_level):
     x = rng.normal(size=(4, 3, 8)).astype(np.float32)
     x[1, 1, 3] = np.nan
     for training in (True, False):
@@ -102,7 +102,7 @@ def test_nan_stays_in_its_channel(rng, statistics_path):
 
 @pytest.mark.parametrize("shape, axis", [((8, 64, 40, 40), 1), ((2, 3, 200, 200), 1), ((6000, 24), 1),
                                          ((8, 40, 40, 3), -1), ((64, 64, 5, 5), 1), ((2, 4, 4, 2048), -1)])
-def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_path, uncapped_threads):
+def test_bitwise_identical_for_any_thread_count(rng, shape, axis, isa_level, uncapped_threads):
     x = (1e3 + rng.normal(size=shape)).astype(np.float32)
     results = []
     for n in (1, 2, 3):
@@ -116,7 +116,7 @@ def test_bitwise_identical_for_any_thread_count(rng, shape, axis, statistics_pat
             assert np.array_equal(a, b)
 
 
-def test_moments_mean_within_one_ulp(rng, statistics_path):
+def test_moments_mean_within_one_ulp(rng, isa_level):
     x = (1e4 + rng.uniform(-1, 1, size=(1000, 37))).astype(np.float32)
     m, v = fastnorm.moments(x, axes=0)
     exact = x.astype(np.float64).mean(axis=0)
@@ -363,14 +363,26 @@ def test_show_config_reports_openmp(capsys):
     assert "openmp" in capsys.readouterr().out
 
 
-def test_show_config_reports_the_statistics_path(capsys, statistics_path):
+def test_set_isa_gives_the_level_in_force():
+    from fastnorm import _kernels
+
+    top = _kernels.set_isa()
+    try:
+        assert 0 <= top <= 3 and _kernels.get_isa() == top
+        for level in range(-1, 5):
+            assert _kernels.set_isa(level) == _kernels.get_isa() == min(max(level, 0), top)
+    finally:
+        assert _kernels.set_isa() == top
+
+
+def test_show_config_reports_the_isa_level(capsys, isa_level):
     from fastnorm import _kernels
 
     config = fastnorm.show_config()
     assert "simd" in capsys.readouterr().out
-    assert config["simd"].startswith("avx2") == _kernels.fast_isa()
-    if statistics_path == "generic":
-        assert config["simd"] == "generic loops"
+    assert _kernels.get_isa() == isa_level
+    assert config["simd"].startswith(f"level {isa_level}: ")
+    assert ("generic" in config["simd"]) == (isa_level == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -405,7 +417,7 @@ def test_running_update_is_the_numpy_expression_to_the_bit(rng, dtype, layout):
 
 
 @pytest.mark.parametrize("shape", [(64, 5, 3), (20, 7, 2, 2), (100, 3, 7, 7), (9, 4, 3, 3, 1)])
-def test_short_runs_by_columns_match_the_reference_and_the_run_path(rng, shape, statistics_path, uncapped_threads):
+def test_short_runs_by_columns_match_the_reference_and_the_run_path(rng, shape, isa_level, uncapped_threads):
     # Channels-first data with short runs (S < 64, S <= N) goes by the columns of [N, C * S]; the
     # results are those of the reference and, within rounding, of the per-run path.
     from fastnorm import _kernels

@@ -148,7 +148,7 @@ def _data(half, shape=(5, 6, 7), seed=0, scale=3.0):
 
 @pytest.mark.parametrize("half", HALVES)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_every_op_equals_the_float32_call_rounded(half, name, statistics_path):
+def test_every_op_equals_the_float32_call_rounded(half, name, isa_level):
     x, dy = _data(half)
     _same(CASES[name](x, dy), CASES[name](x.astype(np.float32), dy.astype(np.float32)), half)
 
@@ -268,34 +268,28 @@ def test_native_paths_give_the_same_bits_for_every_thread_count(half, uncapped_t
 
 
 @pytest.mark.parametrize("half", HALVES)
-@pytest.mark.parametrize("level", [2, 1, 0])
-def test_conversions_round_as_numpy(half, level, statistics_path):
+def test_conversions_round_as_numpy(half, isa_level):
     """Every half value read and written back unchanged (batch_norm eval with the identity's factors), and
     float32 values (the weight) rounded as NumPy's astype: ties, subnormals, overflow to inf."""
-    from fastnorm import _kernels
-    _kernels.set_half_isa(level)
-    try:
-        every = np.arange(2 ** 16, dtype=np.uint16).view(half)
-        with np.errstate(invalid="ignore"):
-            same = (every.astype(np.float32) + np.float32(0.0)).astype(half)  # every value, -0.0 as +0.0
-        for shape in [(2 ** 16, 1), (1, 1, 2 ** 16), (2 ** 12, 1, 16)]:  # columns, one long run, short runs
-            y = F.batch_norm(every.reshape(shape), np.zeros(1), np.ones(1), eps=0.0)
-            np.testing.assert_array_equal(_bits(y.reshape(-1)), _bits(same))
-        rng = np.random.default_rng(5)
-        bits = rng.integers(0, 2 ** 32, size=4096, dtype=np.uint64).astype(np.uint32)
-        finfo = np.finfo(np.float16) if half == np.float16 else None
-        special = [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 65519.0, 65520.0, 3.4e38,
-                   2.0 ** -25, 2.0 ** -24 * 1.5, 1e-40, -1e-40]
-        w = np.concatenate([bits.view(np.float32), np.array(special, np.float32)])
-        w = w[np.isfinite(w) & (w != 0)]  # 1 * w + 0 is w, but -0.0 + 0 is +0.0
-        w = w[np.abs(w) < 1e30] if finfo is None else w[np.abs(w) < 1e6]
-        columns = F.batch_norm(np.ones((1, w.size), half), np.zeros(w.size), np.ones(w.size), w, eps=0.0)[0]
-        row = F.rms_norm(np.ones(w.size, half), w.size, w, eps=0.0)  # rms 1: ((1 - 0) * 1 + 0) * w
-        with np.errstate(over="ignore"):
-            for y in (columns, row):
-                np.testing.assert_array_equal(_bits(y), _bits(w.astype(half)))
-    finally:
-        _kernels.set_half_isa()
+    every = np.arange(2 ** 16, dtype=np.uint16).view(half)
+    with np.errstate(invalid="ignore"):
+        same = (every.astype(np.float32) + np.float32(0.0)).astype(half)  # every value, -0.0 as +0.0
+    for shape in [(2 ** 16, 1), (1, 1, 2 ** 16), (2 ** 12, 1, 16)]:  # columns, one long run, short runs
+        y = F.batch_norm(every.reshape(shape), np.zeros(1), np.ones(1), eps=0.0)
+        np.testing.assert_array_equal(_bits(y.reshape(-1)), _bits(same))
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2 ** 32, size=4096, dtype=np.uint64).astype(np.uint32)
+    finfo = np.finfo(np.float16) if half == np.float16 else None
+    special = [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 65519.0, 65520.0, 3.4e38,
+               2.0 ** -25, 2.0 ** -24 * 1.5, 1e-40, -1e-40]
+    w = np.concatenate([bits.view(np.float32), np.array(special, np.float32)])
+    w = w[np.isfinite(w) & (w != 0)]  # 1 * w + 0 is w, but -0.0 + 0 is +0.0
+    w = w[np.abs(w) < 1e30] if finfo is None else w[np.abs(w) < 1e6]
+    columns = F.batch_norm(np.ones((1, w.size), half), np.zeros(w.size), np.ones(w.size), w, eps=0.0)[0]
+    row = F.rms_norm(np.ones(w.size, half), w.size, w, eps=0.0)  # rms 1: ((1 - 0) * 1 + 0) * w
+    with np.errstate(over="ignore"):
+        for y in (columns, row):
+            np.testing.assert_array_equal(_bits(y), _bits(w.astype(half)))
 
 
 @pytest.mark.parametrize("half", HALVES)

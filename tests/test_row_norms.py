@@ -59,14 +59,14 @@ def test_layer_norm_bias_without_weight(rng):
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e3, 1e4, 1e5])
-def test_layer_norm_accuracy_bar(rng, offset, statistics_path):
+def test_layer_norm_accuracy_bar(rng, offset, isa_level):
     x = (offset + rng.normal(size=(64, 768))).astype(np.float32)
     w, b = rng.normal(size=768).astype(np.float32), rng.normal(size=768).astype(np.float32)
     y = fastnorm.layer_norm(x, 768, w, b)
     assert np.abs(y - reference.layer_norm(x, (768,), w, b)).max() <= 1e-5 * max(1, np.abs(w).max())
 
 
-def test_layer_norm_constant_row_is_exactly_zero(statistics_path):
+def test_layer_norm_constant_row_is_exactly_zero(isa_level):
     assert np.all(fastnorm.layer_norm(np.full((3, 10), 1e4 + 0.5, np.float32), 10) == 0)
 
 
@@ -200,7 +200,7 @@ def test_out_aliasing_float16_and_non_contiguous(rng, name):
 
 
 @pytest.mark.parametrize("name", list(CALLS))
-def test_bitwise_identical_for_any_thread_count(rng, name, statistics_path, uncapped_threads):
+def test_bitwise_identical_for_any_thread_count(rng, name, isa_level, uncapped_threads):
     call = CALLS[name]
     for shape in [(2, 4, 100000), (64, 8, 300), (2000, 8, 6)]:  # rows in batches: the last two
         x = (1e3 + rng.normal(size=shape)).astype(np.float32)
@@ -362,7 +362,7 @@ def test_more_exact_than_torch(rng, offset):
 
 
 @pytest.mark.parametrize("shape", [(3000, 1), (3000, 5), (700, 63), (64, 64), (701, 300), (50, 512)])
-def test_short_rows_match_the_reference(rng, shape, statistics_path):
+def test_short_rows_match_the_reference(rng, shape, isa_level):
     # Rows of up to 512 values go in batches (the batch's statistics, then its scales, then its sweeps);
     # the results are the reference's for every layer.
     x = (1e3 + rng.normal(size=shape)).astype(np.float32)

@@ -9,19 +9,18 @@ from hypothesis import strategies as st
 import fastnorm
 from fastnorm import _kernels
 
-pytestmark = pytest.mark.skipif(not _kernels.set_fast_isa(True, wide=True) or not _kernels.wide_isa(),
-                                reason="the CPU has no AVX-512F (or no AVX2+FMA): one path only")
+pytestmark = pytest.mark.skipif(_kernels.set_isa() < 2, reason="the CPU has no AVX-512: one path only")
 
 
 def _on_both_paths(call):
-    """call() on the AVX2+FMA passes, then on their AVX-512 twins."""
+    """call() at ISA level 1 (the AVX2+FMA passes), then at level 2 (their AVX-512 twins)."""
     try:
-        _kernels.set_fast_isa(True, wide=False)
+        _kernels.set_isa(1)
         narrow = call()
-        _kernels.set_fast_isa(True, wide=True)
+        _kernels.set_isa(2)
         wide = call()
     finally:
-        _kernels.set_fast_isa(True)
+        _kernels.set_isa()
     return narrow, wide
 
 

@@ -47,6 +47,11 @@ def __getattr__(name: str) -> types.ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# The ISA levels of the C loops (src/fastnorm/_simd.h), as show_config names them.
+_ISA_LEVELS = ("level 0: generic loops", "level 1: avx2, fma, f16c", "level 2: avx-512 (f, bw, vl, dq)",
+               "level 3: avx-512 (f, bw, vl, dq) and avx512-bf16")
+
+
 def show_config(print_out: bool = True) -> Dict[str, Any]:
     """Describe the build: version, OpenMP, thread count and pool, SIMD dispatch, output cache.
 
@@ -62,7 +67,7 @@ def show_config(print_out: bool = True) -> Dict[str, Any]:
         ``fastnorm``, ``numpy``, ``python`` (versions), ``machine``, ``openmp`` (bool: whether the
         kernels were compiled with OpenMP; without it they run on one thread), ``threads`` (what
         :func:`get_num_threads` returns), ``pool`` (what runs the parallel loops: fastnorm's own pool,
-        the compiler's OpenMP runtime, or none), ``simd`` (the statistics passes in use) and ``cache``
+        the compiler's OpenMP runtime, or none), ``simd`` (the ISA level of the C loops) and ``cache``
         (the output cache's use and limit, in MiB).
 
     Examples
@@ -89,8 +94,7 @@ def show_config(print_out: bool = True) -> Dict[str, Any]:
         "threads": get_num_threads(),
         "pool": ("fastnorm's own (idle workers spin 100 us, then sleep; fork-safe)" if _kernels.own_runtime()
                  else "the compiler's OpenMP runtime" if _kernels.openmp_enabled() else "none"),
-        "simd": ("generic loops" if not _kernels.fast_isa() else "avx2+fma statistics passes"
-                 + (" (avx-512 for short rows and columns)" if _kernels.wide_isa() else "")),
+        "simd": _ISA_LEVELS[_kernels.get_isa()],
         "cache": f"{_kernels.output_cache_bytes() >> 20} of {_kernels.output_cache_limit() >> 20} MiB of freed results"
                  " held for reuse (set_output_cache" + (": auto, the peak of large results, at most 256 MiB)"
                                                         if _kernels.output_cache_auto() else ")"),

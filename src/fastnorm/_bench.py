@@ -635,8 +635,7 @@ def run(thread_counts: Optional[Sequence[int]] = None, repeat: int = 15, name_fi
              f"'x' columns = their median / fastnorm's; caches {report['setup']['caches']}")
     print_fn("'of copy': time of a copy of the bytes the call must move (x read and y written; a backward "
              "also reads dy), by as many threads in the same rounds, over fastnorm's time")
-    passes = "generic" if not _kernels.fast_isa() else "AVX2+FMA, AVX-512" if _kernels.wide_isa() else "AVX2+FMA"
-    print_fn(f"statistics passes: {passes}; "
+    print_fn(f"C loops: ISA level {_kernels.get_isa()}; "
              f"PyTorch: {torch.__version__ if torch is not None else 'not installed (its columns are left out)'}")
     for name, section in SECTIONS:
         rows = section(settings)

@@ -11,11 +11,10 @@ cdef extern from "_simd_convert.h" nogil:
     void fastnorm_f32_to_bf16(const float* src, uint16_t* dst, Py_ssize_t n)
     void fastnorm_f16_to_f32(const uint16_t* src, float* dst, Py_ssize_t n)
     void fastnorm_f32_to_f16(const float* src, uint16_t* dst, Py_ssize_t n)
-    int fastnorm_select_half_isa(int level)
     void fastnorm_widen(const uint16_t* src, float* dst, Py_ssize_t n, int bf16)
     void fastnorm_shifted_sums_half(const uint16_t* x, Py_ssize_t n, double shift, int bf16, double* s1, double* s2)
-    int fastnorm_column_sums_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
-                                  const float* base, double* s1, double* s2, int bf16)
+    void fastnorm_column_sums_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
+                                   float* scratch, double* s1, double* s2, int bf16)
     float fastnorm_bf16_value(uint16_t h)
     float fastnorm_f16_value(uint16_t h)
     void fastnorm_sweep_columns_half(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t ncols,
@@ -33,16 +32,6 @@ cdef enum:
     HALF_BATCH = 8    # rows of a per-element affine whose statistics go one step for all (_forward_row_batch_half)
     HALF_F16 = 0
     HALF_BF16 = 1
-
-
-def set_half_isa(int level=2):
-    """The instructions that convert float16 and bfloat16: 2 every kind the CPU has (F16C, AVX-512,
-    AVX512-BF16; the default), 1 no AVX-512, 0 none (a value at a time); for tests of each path on one
-    machine, not while a kernel runs.  Returns the level now in use (at most what the CPU has)."""
-    return fastnorm_select_half_isa(level)
-
-
-set_half_isa()
 
 
 cdef int _half_kind(cnp.ndarray x):
@@ -397,23 +386,16 @@ cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize
 
 cdef void _moments_tile_half(const uint16_t* x, int kind, const Tiles* g, Py_ssize_t t, double* partial,
                              float* scratch) noexcept nogil:
-    """Tile ``t`` of _moments_columns on half values: the column sums in registers where they serve, else
-    on the tile widened into ``scratch``."""
-    cdef Py_ssize_t blk, r0, rows, c0, ncols, i
+    """Tile ``t`` of _moments_columns on half values (fastnorm_column_sums_half: in registers from ISA level 1
+    on, else on the tile widened into ``scratch``)."""
+    cdef Py_ssize_t blk, r0, rows, c0, ncols
     cdef double* bmean
     if not _tile(g, t, &blk, &r0, &rows, &c0, &ncols):
         return
     bmean = partial + 2 * g.C * blk + c0
     fastnorm_widen(x + r0 * g.C + c0, scratch, ncols, kind)  # the block's first row: the shift of its sums
-    if fastnorm_column_sums_half(x + r0 * g.C + c0, rows, ncols, g.C, scratch, bmean, bmean + g.C, kind):
-        fastnorm_shifted_moments_f32(scratch, 1, <double>rows, ncols, bmean, bmean + g.C)
-        return
-    if ncols == g.C:  # whole rows: one block of memory
-        fastnorm_widen(x + r0 * g.C, scratch, rows * ncols, kind)
-    else:
-        for i in range(rows):
-            fastnorm_widen(x + (r0 + i) * g.C + c0, scratch + i * ncols, ncols, kind)
-    _column_block_moments(<const float*>scratch, 0, rows, ncols, 0, ncols, bmean, bmean + g.C)
+    fastnorm_column_sums_half(x + r0 * g.C + c0, rows, ncols, g.C, scratch, bmean, bmean + g.C, kind)
+    fastnorm_shifted_moments_f32(scratch, 1, <double>rows, ncols, bmean, bmean + g.C)
 
 
 cdef int _moments_columns_half(const uint16_t* x, int kind, Py_ssize_t M, Py_ssize_t C, double* mean, double* var,

@@ -4,9 +4,8 @@
 # Cython reads this file as _kernels.pyx's own declarations.
 
 cdef extern from "_simd.h" nogil:
-    int fastnorm_select_isa(int on, int wide)
-    int fastnorm_avx2_fma
-    int fastnorm_avx512
+    int fastnorm_select_isa(int level)
+    int fastnorm_isa
     void fastnorm_store_fence()
     void fastnorm_copy_stream(char* dst, const char* src, size_t n)
     void fastnorm_shifted_sums_f32(const float* x, Py_ssize_t n, double shift, double* s1, double* s2)

@@ -45,8 +45,8 @@ _backward_checks.pxi  a backward's input modified in place; float64 rescaling of
 _inference.pxi        frozen statistics: fold once, sweep; ``EvalCache``; the backward through an activation
 _half.pxi             float16 and bfloat16 read and written natively (widened in cache): the forwards
 _half_backward.pxi    the same for the backwards and the backward through an activation
-_simd.h               the C loops (ISA choice, streamed stores) including _simd_moments.h,
-                      _simd_sweeps.h and _simd_backward.h
+_simd.h               the C loops (the ISA levels and their dispatch, streamed stores) including
+                      _simd_moments.h, _simd_sweeps.h, _simd_backward.h and _simd_activation.h
 ====================  =====================================================================================
 """
 
@@ -96,6 +96,43 @@ cdef inline bint _is_f64(cnp.ndarray x):
     return cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
 
 
+cdef struct Buffers:
+    # A call's arrays as its kernel sees them: x, the output (y of a forward, dx of a backward), dy (NULL
+    # in a forward), their type, and the epilogue of a fused sweep (see _epilogue_for); a backward's
+    # statistics and sums, float64 per group.
+    char* x
+    char* y
+    char* dy
+    bint f64
+    int half  # _half_kind
+    Epilogue e
+    const Epilogue* ep
+    double* mean
+    double* rstd
+    double* sum_dy
+    double* sum_dy_xhat
+
+
+cdef void _buffers(Buffers* c, cnp.ndarray x, cnp.ndarray y, cnp.ndarray dy, int act=0, object add=None):
+    """``c`` filled for a call on ``x`` writing ``y`` (None: none) with ``dy`` (None: a forward)."""
+    c.x = <char*>cnp.PyArray_DATA(x)
+    c.y = NULL if y is None else <char*>cnp.PyArray_DATA(y)
+    c.dy = NULL if dy is None else <char*>cnp.PyArray_DATA(dy)
+    c.f64 = _is_f64(x)
+    c.half = _half_kind(x)
+    c.ep = _epilogue_for(&c.e, act, add, y)
+
+
+cdef void _backward_buffers(Buffers* c, cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, cnp.ndarray mean,
+                            cnp.ndarray rstd, cnp.ndarray sum_dy, cnp.ndarray sum_dy_xhat):
+    """``c`` filled for a backward (``dx`` None: its sums alone)."""
+    _buffers(c, x, dx, dy)
+    c.mean = _doubles(mean)
+    c.rstd = _doubles(rstd)
+    c.sum_dy = _doubles(sum_dy)
+    c.sum_dy_xhat = _doubles(sum_dy_xhat)
+
+
 def moments(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int nthreads):
     """Per-channel (mean, biased variance) as float64 arrays of an ``[N, C, S]`` buffer (``S == 1``: the
     columns of ``[N, C]``)."""
@@ -133,23 +170,19 @@ def forward_with_stats(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t 
     (``S == 1`` is the channels-last ``[N, C]`` case), then ``act(out + add)`` in the same sweep (``act``:
     an activation code, 0 none; ``add``: None or an array in ``out``'s layout, see Epilogue); then applies
     ``commit`` (a :class:`Commit`)."""
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* py = cnp.PyArray_DATA(out)
+    cdef Buffers c
+    _buffers(&c, x, out, None, act, add)
     cdef ParamVector vm = _param_vector(mean), vv = _param_vector(var)
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     cdef int status
-    cdef Epilogue e
-    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        if half >= 0:
-            status = _fold_and_sweep_half(<const uint16_t*>px, <uint16_t*>py, half, N, C, S, vm, vv, vw, vb, eps,
-                                          nthreads, ep)
-        elif f64:
-            status = _fold_and_sweep(<const double*>px, <double*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
+        if c.half >= 0:
+            status = _fold_and_sweep_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, N, C, S, vm, vv, vw, vb, eps,
+                                          nthreads, c.ep)
+        elif c.f64:
+            status = _fold_and_sweep(<const double*>c.x, <double*>c.y, N, C, S, vm, vv, vw, vb, eps, nthreads, c.ep)
         else:
-            status = _fold_and_sweep(<const float*>px, <float*>py, N, C, S, vm, vv, vw, vb, eps, nthreads, ep)
+            status = _fold_and_sweep(<const float*>c.x, <float*>c.y, N, C, S, vm, vv, vw, vb, eps, nthreads, c.ep)
     if status < 0:
         _out_of_memory()
     _apply(commit, out, mean, var, None)
@@ -207,44 +240,41 @@ def forward_rows(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize_t R, Py_
     stats = stats or commit is not None
     cdef tuple result = _statistics(R) if stats else None
     cdef double* scratch = NULL if stats else <double*>_alloc(2 * R * sizeof(double))
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* py = cnp.PyArray_DATA(out)
+    cdef Buffers c
+    _buffers(&c, x, out, None, act, add)
     cdef double* pm = _doubles(result[0]) if stats else scratch
     cdef double* pv = _doubles(result[1]) if stats else scratch + R
     cdef RowAffine a = _row_affine(weight, bias, R, S, sub, groups, per_element, rms)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     cdef int status
-    cdef Epilogue e
-    a.ep = _epilogue_for(&e, act, add, out)
+    a.ep = c.ep
     if pm == NULL:
         _out_of_memory()
     cdef bint channel_rows = not per_element and not rms and a.sub == S and a.groups == R
-    if half >= 0 and (residual is not None and not per_element or N != 1 and not channel_rows):
+    if c.half >= 0 and (residual is not None and not per_element or N != 1 and not channel_rows):
         free(scratch)
         raise ValueError("forward_rows: half-precision buffers take a residual with a per-element affine only, and "
                          "with N > 1 a channel's affine per row")
     cdef void* pr = NULL if residual is None else cnp.PyArray_DATA(residual)
     cdef void* ph = NULL if h is None else cnp.PyArray_DATA(h)
     with nogil:
-        if pr != NULL and half >= 0:
-            status = _forward_rows_half(<const uint16_t*>px, <uint16_t*>py, half, R, S, &a, eps, pm, pv, nthreads,
+        if pr != NULL and c.half >= 0:
+            status = _forward_rows_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, R, S, &a, eps, pm, pv, nthreads,
                                         <const uint16_t*>pr, <uint16_t*>ph)
-        elif pr != NULL and f64:
-            status = _forward_rows_residual(<const double*>px, <const double*>pr, <double*>ph, <double*>py, R, S,
+        elif pr != NULL and c.f64:
+            status = _forward_rows_residual(<const double*>c.x, <const double*>pr, <double*>ph, <double*>c.y, R, S,
                                             &a, eps, pm, pv, nthreads)
         elif pr != NULL:
-            status = _forward_rows_residual(<const float*>px, <const float*>pr, <float*>ph, <float*>py, R, S,
+            status = _forward_rows_residual(<const float*>c.x, <const float*>pr, <float*>ph, <float*>c.y, R, S,
                                             &a, eps, pm, pv, nthreads)
-        elif half >= 0 and N != 1:
-            status = _forward_channels_half(<const uint16_t*>px, <uint16_t*>py, half, N, R, S, &a, eps, pm, pv,
+        elif c.half >= 0 and N != 1:
+            status = _forward_channels_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, N, R, S, &a, eps, pm, pv,
                                             nthreads)
-        elif half >= 0:
-            status = _forward_rows_half(<const uint16_t*>px, <uint16_t*>py, half, R, S, &a, eps, pm, pv, nthreads)
-        elif f64:
-            status = _forward_rows(<const double*>px, <double*>py, N, R, S, &a, eps, pm, pv, nthreads)
+        elif c.half >= 0:
+            status = _forward_rows_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, R, S, &a, eps, pm, pv, nthreads)
+        elif c.f64:
+            status = _forward_rows(<const double*>c.x, <double*>c.y, N, R, S, &a, eps, pm, pv, nthreads)
         else:
-            status = _forward_rows(<const float*>px, <float*>py, N, R, S, &a, eps, pm, pv, nthreads)
+            status = _forward_rows(<const float*>c.x, <float*>c.y, N, R, S, &a, eps, pm, pv, nthreads)
     free(scratch)
     if status < 0:
         _out_of_memory()
@@ -262,38 +292,34 @@ def forward_columns(cnp.ndarray x, cnp.ndarray out, Py_ssize_t M, Py_ssize_t C, 
     after applying ``commit`` (a :class:`Commit`) with them.  ``act``, ``add``: as
     :func:`forward_with_stats`'s."""
     cdef tuple stats = _statistics(C)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* py = cnp.PyArray_DATA(out)
+    cdef Buffers c
+    _buffers(&c, x, out, None, act, add)
     cdef double* pm = _doubles(stats[0])
     cdef double* pv = _doubles(stats[1])
     cdef double* pr = _doubles(stats[2])  # filled by the fold, as _with_rstd would
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
     cdef ParamVector vm = _param_vector(stats[0]), vv = _param_vector(stats[1])
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     cdef int status = -1
     cdef double* partial = NULL
-    cdef Epilogue e
-    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        if half >= 0:
-            status = _forward_columns_half(<const uint16_t*>px, <uint16_t*>py, half, M, C, vw, vb, eps, pm, pv, vm,
-                                           vv, nthreads, ep)
+        if c.half >= 0:
+            status = _forward_columns_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, M, C, vw, vb, eps, pm, pv, vm,
+                                           vv, nthreads, c.ep)
         else:
             partial = <double*>_alloc(_moments_columns_scratch(M, C) * sizeof(double))
         if partial != NULL:
-            if f64:
-                _moments_columns(<const double*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const double*>px, <double*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep,
+            if c.f64:
+                _moments_columns(<const double*>c.x, M, C, pm, pv, nthreads, partial)
+                status = _fold_and_sweep(<const double*>c.x, <double*>c.y, M, C, 1, vm, vv, vw, vb, eps, nthreads, c.ep,
                                          pr)
             else:
-                _moments_columns(<const float*>px, M, C, pm, pv, nthreads, partial)
-                status = _fold_and_sweep(<const float*>px, <float*>py, M, C, 1, vm, vv, vw, vb, eps, nthreads, ep,
+                _moments_columns(<const float*>c.x, M, C, pm, pv, nthreads, partial)
+                status = _fold_and_sweep(<const float*>c.x, <float*>c.y, M, C, 1, vm, vv, vw, vb, eps, nthreads, c.ep,
                                          pr)
         free(partial)
     if status < 0:
         _out_of_memory()
-    if half >= 0:  # the half sweep's fold leaves rstd to this
+    if c.half >= 0:  # the half sweep's fold leaves rstd to this
         _with_rstd(stats, eps, False)
     _apply(commit, out, stats[0], stats[1], stats[2])
     return stats
@@ -306,26 +332,22 @@ def forward_column_groups(cnp.ndarray x, cnp.ndarray out, Py_ssize_t N, Py_ssize
     after applying ``commit`` (a :class:`Commit`) with them.  ``act``, ``add``: as
     :func:`forward_with_stats`'s."""
     cdef tuple stats = _statistics(N * G)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* py = cnp.PyArray_DATA(out)
+    cdef Buffers c
+    _buffers(&c, x, out, None, act, add)
     cdef double* pm = _doubles(stats[0])
     cdef double* pv = _doubles(stats[1])
     cdef ParamVector vw = _param_vector(weight), vb = _param_vector(bias)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     cdef int status
-    cdef Epilogue e
-    cdef const Epilogue* ep = _epilogue_for(&e, act, add, out)
     with nogil:
-        if half >= 0:
-            status = _forward_column_groups_half(<const uint16_t*>px, <uint16_t*>py, half, N, S, C, G, vw, vb, eps, pm,
-                                                 pv, nthreads, ep)
-        elif f64:
-            status = _forward_column_groups(<const double*>px, <double*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
-                                            ep)
+        if c.half >= 0:
+            status = _forward_column_groups_half(<const uint16_t*>c.x, <uint16_t*>c.y, c.half, N, S, C, G, vw, vb, eps,
+                                                 pm, pv, nthreads, c.ep)
+        elif c.f64:
+            status = _forward_column_groups(<const double*>c.x, <double*>c.y, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
+                                            c.ep)
         else:
-            status = _forward_column_groups(<const float*>px, <float*>py, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
-                                            ep)
+            status = _forward_column_groups(<const float*>c.x, <float*>c.y, N, S, C, G, vw, vb, eps, pm, pv, nthreads,
+                                            c.ep)
     if status < 0:
         _out_of_memory()
     _with_rstd(stats, eps, False)
@@ -356,44 +378,37 @@ def backward_rows(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, P
         _out_of_memory()
     cdef cnp.ndarray sum_dy = _empty_doubles(nsums)
     cdef cnp.ndarray sum_dy_xhat = _empty_doubles(nsums)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pg = cnp.PyArray_DATA(dy)
-    cdef void* po = cnp.PyArray_DATA(dx)
-    cdef double* pm = _doubles(mean)
-    cdef double* pr = _doubles(rstd)
-    cdef double* p1 = _doubles(sum_dy)
-    cdef double* p2 = _doubles(sum_dy_xhat)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
+    cdef Buffers c
+    _backward_buffers(&c, x, dy, dx, mean, rstd, sum_dy, sum_dy_xhat)
     cdef int status
     with nogil:
         if per_element:
-            if half >= 0:
-                status = _backward_per_element_half(<const uint16_t*>px, <const uint16_t*>pg, <uint16_t*>po, half, R,
-                                                    S, <const float*>a.weight.data, pm, pr, training, rms, p2, p1,
-                                                    xhat_sums, nthreads)
-            elif f64:
-                status = _backward_per_element(<const double*>px, <const double*>pg, <double*>po, R, S,
-                                               <const double*>a.weight.data,
-                                               pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
+            if c.half >= 0:
+                status = _backward_per_element_half(<const uint16_t*>c.x, <const uint16_t*>c.dy, <uint16_t*>c.y, c.half,
+                                                    R, S, <const float*>a.weight.data, c.mean, c.rstd, training, rms,
+                                                    c.sum_dy_xhat, c.sum_dy, xhat_sums, nthreads)
+            elif c.f64:
+                status = _backward_per_element(<const double*>c.x, <const double*>c.dy, <double*>c.y, R, S,
+                                               <const double*>a.weight.data, c.mean, c.rstd, training, rms,
+                                               c.sum_dy_xhat, c.sum_dy, xhat_sums, nthreads)
             else:
-                status = _backward_per_element(<const float*>px, <const float*>pg, <float*>po, R, S,
-                                               <const float*>a.weight.data,
-                                               pm, pr, training, rms, p2, p1, xhat_sums, nthreads)
-        elif half >= 0:
-            status = _backward_rows_half(<const uint16_t*>px, <const uint16_t*>pg, <uint16_t*>po, half, N, R, S, &a, pm,
-                                         pr, training, p1, p2, xhat_sums, nthreads)
-        elif f64:
-            status = _backward_rows(<const double*>px, <const double*>pg, <double*>po, N, R, S, &a, pm, pr, training,
-                                    p1, p2, xhat_sums, nthreads)
+                status = _backward_per_element(<const float*>c.x, <const float*>c.dy, <float*>c.y, R, S,
+                                               <const float*>a.weight.data, c.mean, c.rstd, training, rms,
+                                               c.sum_dy_xhat, c.sum_dy, xhat_sums, nthreads)
+        elif c.half >= 0:
+            status = _backward_rows_half(<const uint16_t*>c.x, <const uint16_t*>c.dy, <uint16_t*>c.y, c.half, N, R, S,
+                                         &a, c.mean, c.rstd, training, c.sum_dy, c.sum_dy_xhat, xhat_sums, nthreads)
+        elif c.f64:
+            status = _backward_rows(<const double*>c.x, <const double*>c.dy, <double*>c.y, N, R, S, &a, c.mean, c.rstd,
+                                    training, c.sum_dy, c.sum_dy_xhat, xhat_sums, nthreads)
         else:
-            status = _backward_rows(<const float*>px, <const float*>pg, <float*>po, N, R, S, &a, pm, pr, training,
-                                    p1, p2, xhat_sums, nthreads)
+            status = _backward_rows(<const float*>c.x, <const float*>c.dy, <float*>c.y, N, R, S, &a, c.mean, c.rstd,
+                                    training, c.sum_dy, c.sum_dy_xhat, xhat_sums, nthreads)
     try:
         if status < 0:
             _out_of_memory()
         if training and check is not None:
-            _check_unmodified(xhat_sums, R, N * S, pm, pr, check, rms, f64)
+            _check_unmodified(xhat_sums, R, N * S, c.mean, c.rstd, check, rms, c.f64)
     finally:
         free(xhat_sums)
     return sum_dy, sum_dy_xhat
@@ -405,18 +420,15 @@ def backward_reduce(cnp.ndarray x, cnp.ndarray dy, Py_ssize_t N, Py_ssize_t C, P
     BatchNorm backward that several processes add up before :func:`backward_elemt`."""
     cdef cnp.ndarray sum_dy = _empty_doubles(C)
     cdef cnp.ndarray sum_dy_xhat = _empty_doubles(C)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pg = cnp.PyArray_DATA(dy)
-    cdef double* pm = _doubles(mean)
-    cdef double* pr = _doubles(rstd)
-    cdef double* p1 = _doubles(sum_dy)
-    cdef double* p2 = _doubles(sum_dy_xhat)
-    cdef bint f64 = _is_f64(x)
+    cdef Buffers c
+    _backward_buffers(&c, x, dy, None, mean, rstd, sum_dy, sum_dy_xhat)
     with nogil:
-        if f64:
-            _backward_reduce_channels(<const double*>px, <const double*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+        if c.f64:
+            _backward_reduce_channels(<const double*>c.x, <const double*>c.dy, N, C, S, c.mean, c.rstd, c.sum_dy,
+                                      c.sum_dy_xhat, nthreads)
         else:
-            _backward_reduce_channels(<const float*>px, <const float*>pg, N, C, S, pm, pr, p1, p2, nthreads)
+            _backward_reduce_channels(<const float*>c.x, <const float*>c.dy, N, C, S, c.mean, c.rstd, c.sum_dy,
+                                      c.sum_dy_xhat, nthreads)
     return sum_dy, sum_dy_xhat
 
 
@@ -426,21 +438,15 @@ def backward_elemt(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, 
     """Training-mode BatchNorm input gradient of an ``[N, C, S]`` buffer from per-channel sums taken over
     ``count`` values in all (this buffer and others elsewhere)."""
     cdef RowAffine a = _row_affine(weight, None, C, S, 0, 0, False, False)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pg = cnp.PyArray_DATA(dy)
-    cdef void* po = cnp.PyArray_DATA(dx)
-    cdef double* pm = _doubles(mean)
-    cdef double* pr = _doubles(rstd)
-    cdef double* p1 = _doubles(sum_dy)
-    cdef double* p2 = _doubles(sum_dy_xhat)
-    cdef bint f64 = _is_f64(x)
+    cdef Buffers c
+    _backward_buffers(&c, x, dy, dx, mean, rstd, sum_dy, sum_dy_xhat)
     with nogil:
-        if f64:
-            _backward_elemt_channels(<const double*>px, <const double*>pg, <double*>po, N, C, S, &a, pm, pr, p1, p2,
-                                     count, nthreads)
+        if c.f64:
+            _backward_elemt_channels(<const double*>c.x, <const double*>c.dy, <double*>c.y, N, C, S, &a, c.mean,
+                                     c.rstd, c.sum_dy, c.sum_dy_xhat, count, nthreads)
         else:
-            _backward_elemt_channels(<const float*>px, <const float*>pg, <float*>po, N, C, S, &a, pm, pr, p1, p2,
-                                     count, nthreads)
+            _backward_elemt_channels(<const float*>c.x, <const float*>c.dy, <float*>c.y, N, C, S, &a, c.mean, c.rstd,
+                                     c.sum_dy, c.sum_dy_xhat, count, nthreads)
 
 
 def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t M,
@@ -455,20 +461,13 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
                          dict(weight=weight, training=True, nthreads=nthreads, check=check))
     cdef cnp.ndarray sum_dy = _empty_doubles(N * C)
     cdef cnp.ndarray sum_dy_xhat = _empty_doubles(N * C)
-    cdef char* px = <char*>cnp.PyArray_DATA(x)
-    cdef char* pg = <char*>cnp.PyArray_DATA(dy)
-    cdef char* po = <char*>cnp.PyArray_DATA(dx)
-    cdef double* pm = _doubles(mean)
-    cdef double* pr = _doubles(rstd)
-    cdef double* p1 = _doubles(sum_dy)
-    cdef double* p2 = _doubles(sum_dy_xhat)
+    cdef Buffers c
+    _backward_buffers(&c, x, dy, dx, mean, rstd, sum_dy, sum_dy_xhat)
     cdef ParamVector vw = _param_vector(weight)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     cdef Py_ssize_t n
-    cdef Py_ssize_t item = 8 if f64 else 2 if half >= 0 else 4
+    cdef Py_ssize_t item = 8 if c.f64 else 2 if c.half >= 0 else 4
     # once, before the first sample: the kernel's scratch, the groups' check sums, a half call's tiles
-    cdef size_t tiles = _half_tiles_scratch(M, C, nthreads) * sizeof(float) if half >= 0 else 0
+    cdef size_t tiles = _half_tiles_scratch(M, C, nthreads) * sizeof(float) if c.half >= 0 else 0
     cdef void* scratch = _alloc(_backward_columns_scratch(M, C) + 2 * N * G * sizeof(double) + tiles)
     cdef double* xhat_sums
     cdef float* half_scratch
@@ -478,18 +477,19 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
     half_scratch = <float*>(xhat_sums + 2 * N * G)
     with nogil:
         for n in range(N):
-            if f64:
-                _backward_columns(<const double*>(px + n * M * C * item), <const double*>(pg + n * M * C * item),
-                                  <double*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw,
-                                  training, p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch)
+            if c.f64:
+                _backward_columns(<const double*>(c.x + n * M * C * item), <const double*>(c.dy + n * M * C * item),
+                                  <double*>(c.y + n * M * C * item), M, C, c.mean + n * G, c.rstd + n * G, C // G, vw,
+                                  training, c.sum_dy + n * C, c.sum_dy_xhat + n * C, xhat_sums + 2 * n * G, nthreads,
+                                  scratch)
             else:
-                _backward_columns(<const float*>(px + n * M * C * item), <const float*>(pg + n * M * C * item),
-                                  <float*>(po + n * M * C * item), M, C, pm + n * G, pr + n * G, C // G, vw, training,
-                                  p1 + n * C, p2 + n * C, xhat_sums + 2 * n * G, nthreads, scratch, half,
-                                  half_scratch)
+                _backward_columns(<const float*>(c.x + n * M * C * item), <const float*>(c.dy + n * M * C * item),
+                                  <float*>(c.y + n * M * C * item), M, C, c.mean + n * G, c.rstd + n * G, C // G, vw,
+                                  training, c.sum_dy + n * C, c.sum_dy_xhat + n * C, xhat_sums + 2 * n * G, nthreads,
+                                  scratch, c.half, half_scratch)
     try:
         if training and check is not None:
-            _check_unmodified(xhat_sums, N * G, M * (C // G), pm, pr, check, False, f64)
+            _check_unmodified(xhat_sums, N * G, M * (C // G), c.mean, c.rstd, check, False, c.f64)
     finally:
         free(scratch)
     return sum_dy, sum_dy_xhat
@@ -498,20 +498,18 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
 def activate(cnp.ndarray y, object add, int act, int nthreads):
     """``y = act(y + add)`` in place (``add``: None or an array of y's layout and dtype): the epilogue of
     a fused sweep, for the paths that normalize first (masked inputs, several channel axes)."""
-    cdef Epilogue e
-    cdef const Epilogue* ep = _epilogue_for(&e, act, add, y)
+    cdef Buffers c
+    _buffers(&c, y, y, None, act, add)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(y), chunks = (n + CHUNK - 1) // CHUNK, t
-    cdef char* py = <char*>cnp.PyArray_DATA(y)
-    cdef bint f64 = _is_f64(y)
-    if ep == NULL:
+    if c.ep == NULL:
         return
     with nogil:
-        if f64:
+        if c.f64:
             for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
-                _epilogue(<double*>py + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), ep)
+                _epilogue(<double*>c.y + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), c.ep)
         else:
             for t in prange(chunks, schedule="static", num_threads=max(1, nthreads)):
-                _epilogue(<float*>py + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), ep)
+                _epilogue(<float*>c.y + t * CHUNK, min(<Py_ssize_t>CHUNK, n - t * CHUNK), c.ep)
 
 
 def activation_grad(cnp.ndarray x, cnp.ndarray dy, object add, int act, object factors, bint columns, object w,
@@ -524,26 +522,23 @@ def activation_grad(cnp.ndarray x, cnp.ndarray dy, object add, int act, object f
     cdef cnp.ndarray dz = np.empty_like(x)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(x), P = n // S if S else 0
     cdef Py_ssize_t L = 0 if factors is None else cnp.PyArray_DIM(factors, 1)
-    cdef const char* px = <const char*>cnp.PyArray_DATA(x)
-    cdef const char* pg = <const char*>cnp.PyArray_DATA(dy)
+    cdef Buffers c
+    _buffers(&c, x, dz, dy)
     cdef const char* pa = NULL if add is None else <const char*>cnp.PyArray_DATA(add)
     cdef const char* pf = NULL if factors is None else <const char*>cnp.PyArray_DATA(factors)
     cdef const char* pw = NULL if w is None else <const char*>cnp.PyArray_DATA(w)
     cdef const char* pb = NULL if b is None else <const char*>cnp.PyArray_DATA(b)
-    cdef char* pz = <char*>cnp.PyArray_DATA(dz)
-    cdef bint f64 = _is_f64(x)
-    cdef int half = _half_kind(x)
     with nogil:
-        if half >= 0:
-            _activation_grad_half(<const uint16_t*>px, <const uint16_t*>pg, <const uint16_t*>pa, <uint16_t*>pz, half,
-                                  P, S, <const float*>pf, L, columns, <const float*>pw, <const float*>pb, act,
+        if c.half >= 0:
+            _activation_grad_half(<const uint16_t*>c.x, <const uint16_t*>c.dy, <const uint16_t*>pa, <uint16_t*>c.y,
+                                  c.half, P, S, <const float*>pf, L, columns, <const float*>pw, <const float*>pb, act,
                                   nthreads)
-        elif f64:
-            _activation_grad_folded(<const double*>px, <const double*>pg, <const double*>pa, <double*>pz, P, S,
+        elif c.f64:
+            _activation_grad_folded(<const double*>c.x, <const double*>c.dy, <const double*>pa, <double*>c.y, P, S,
                                     <const double*>pf, L, columns, <const double*>pw, <const double*>pb, act,
                                     nthreads)
         else:
-            _activation_grad_folded(<const float*>px, <const float*>pg, <const float*>pa, <float*>pz, P, S,
+            _activation_grad_folded(<const float*>c.x, <const float*>c.dy, <const float*>pa, <float*>c.y, P, S,
                                     <const float*>pf, L, columns, <const float*>pw, <const float*>pb, act,
                                     nthreads)
     return dz

@@ -1,4 +1,4 @@
-# Runtime facts and settings: the ISA of the statistics passes, OpenMP and the thread pool, the cache
+# Runtime facts and settings: the ISA level of the C loops, OpenMP and the thread pool, the cache
 # sizes that decide streamed stores, and the bench's parallel copy.
 
 cdef extern from *:
@@ -26,24 +26,19 @@ cdef extern from "_pool.h" nogil:
 fastnorm_pool_init()
 
 
-def set_fast_isa(bint on, bint wide=True):
-    """Use the AVX2+FMA statistics passes where the CPU has them (the default), or force the generic ones
-    (for measurements and tests; not while a kernel runs); with ``wide``, their AVX-512 twins (the same
-    bits) where the CPU has AVX-512F.  Returns whether the fast ones are now in use."""
-    return bool(fastnorm_select_isa(on, wide))
+def set_isa(int level=3):
+    """Run the C loops at ISA level ``level`` or the CPU's highest below it (the default: the highest):
+    0 the baseline, 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ), 3 AVX-512 with BF16 (_simd.h).  Lower
+    levels are for measurements and tests, not while a kernel runs.  Returns the level now in force."""
+    return fastnorm_select_isa(level)
 
 
-set_fast_isa(True)
+set_isa()
 
 
-def fast_isa():
-    """Whether the AVX2+FMA statistics passes are in use."""
-    return bool(fastnorm_avx2_fma)
-
-
-def wide_isa():
-    """Whether the AVX-512 twins of the AVX2+FMA statistics passes are in use."""
-    return bool(fastnorm_avx512)
+def get_isa():
+    """The ISA level in force (see set_isa)."""
+    return fastnorm_isa
 
 
 def openmp_enabled():

@@ -2,7 +2,7 @@
  * that the sweep has just written (in L1), and the backward's dz = dy * act'(z).  Each activation is
  * written once per precision as a function of one value (its scalar formula beside it), the loops once for
  * both precisions.  relu and relu6 are compares.  float32 (and float16/bfloat16, computed in float32): the
- * others are built from the branch-free exp below, so that gcc vectorizes the chunk loops in every clone
+ * others are built from the branch-free exp below, so that gcc vectorizes the chunk loops at every level
  * (libm's expf, erff and tanhf are a call per value: 3 to 27 ns a value against 0.2 ns for the sweep,
  * bench/NOTES.md "Vectorized activations").  float64 calls libm (exp, erf, tanh).  NaN stays NaN.
  * The codes are those of fastnorm._validation.ACTIVATIONS (1-based; 0: none). */
@@ -30,7 +30,7 @@ enum {
 /* ---- float32 ------------------------------------------------------------------------------------------
  * Written so that gcc vectorizes them once inlined into a loop: IEEE operations, clamps and selects (no
  * branch, no table, no call; copysignf and fabsf are bit masks), the power of two built from the bits.
- * Every clone does the same operations (no FMA: -ffp-contract=off), so every clone gives the same bits.
+ * Every ISA level does the same operations (no FMA: -ffp-contract=off), so every level gives the same bits.
  * Each activation is written through e = exp(-|w|) <= 1, the symmetric forms (sigmoid(w) = 1 / (1 + e) for
  * w >= 0, e / (1 + e) below, and z Phi(z) through erfc), so nothing cancels and nothing overflows; e is
  * kept as a mantissa m and a power 2**k until the last multiply, so tails that end in the subnormals are
@@ -297,7 +297,7 @@ FASTNORM_INLINE double fastnorm_tanh_grad_f64(double z)
         break;
 
 #define FASTNORM_ACTIVATE(NAME, T, S)                                                                \
-    FASTNORM_CLONES static void NAME(T *v, const T *add, ptrdiff_t n, int act)                       \
+    FASTNORM_PLAIN(NAME, (T * v, const T *add, ptrdiff_t n, int act), (v, add, n, act))              \
     {                                                                                                \
         const T zero = (T)0, six = (T)6;                                                             \
         if (add)                                                                                     \
@@ -321,7 +321,7 @@ FASTNORM_ACTIVATE(fastnorm_activate_f64, double, f64)
 /* z = dy * act'(z) in place over n values (the backward through the activation, z the pre-activation
  * recomputed from x and the statistics); relu: z > 0, relu6: 0 < z < 6. */
 #define FASTNORM_ACTIVATION_GRAD(NAME, T, S)                                                        \
-    FASTNORM_CLONES static void NAME(T *z, const T *dy, ptrdiff_t n, int act)                       \
+    FASTNORM_PLAIN(NAME, (T * z, const T *dy, ptrdiff_t n, int act), (z, dy, n, act))               \
     {                                                                                               \
         const T zero = (T)0, six = (T)6;                                                            \
         switch (act) {                                                                              \
@@ -344,24 +344,25 @@ FASTNORM_ACTIVATION_GRAD(fastnorm_activation_grad_f64, double, f64)
 /* relu and relu6 in the sweep's own loop: y = min(max(z, 0), hi), z = (x - mean_hi) * scale + shift (+ add[i]),
  * hi = 6 for relu6 and +inf for relu (z > inf is never true).  The operations of the sweep then of
  * fastnorm_activate, so the same bits, in one loop that vectorizes: no buffer, no second pass. */
-#define FASTNORM_SWEEP_CLAMP(NAME, T)                                                                                \
-    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift, const T *add, T hi) \
-    {                                                                                                                \
-        const T zero = (T)0;                                                                                         \
-        if (add) {                                                                                                   \
-            for (ptrdiff_t i = 0; i < n; i++) {                                                                      \
-                T v = (x[i] - mean_hi) * scale + shift;                                                              \
-                v = v + add[i];                                                                                      \
-                v = v < zero ? zero : v;                                                                             \
-                y[i] = v > hi ? hi : v;                                                                              \
-            }                                                                                                        \
-        } else {                                                                                                     \
-            for (ptrdiff_t i = 0; i < n; i++) {                                                                      \
-                T v = (x[i] - mean_hi) * scale + shift;                                                              \
-                v = v < zero ? zero : v;                                                                             \
-                y[i] = v > hi ? hi : v;                                                                              \
-            }                                                                                                        \
-        }                                                                                                            \
+#define FASTNORM_SWEEP_CLAMP(NAME, T)                                                                      \
+    FASTNORM_PLAIN(NAME, (const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift, const T *add, T hi), \
+                   (x, y, n, mean_hi, scale, shift, add, hi))                                              \
+    {                                                                                                      \
+        const T zero = (T)0;                                                                               \
+        if (add) {                                                                                         \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                            \
+                T v = (x[i] - mean_hi) * scale + shift;                                                    \
+                v = v + add[i];                                                                            \
+                v = v < zero ? zero : v;                                                                   \
+                y[i] = v > hi ? hi : v;                                                                    \
+            }                                                                                              \
+        } else {                                                                                           \
+            for (ptrdiff_t i = 0; i < n; i++) {                                                            \
+                T v = (x[i] - mean_hi) * scale + shift;                                                    \
+                v = v < zero ? zero : v;                                                                   \
+                y[i] = v > hi ? hi : v;                                                                    \
+            }                                                                                              \
+        }                                                                                                  \
     }
 FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f32, float)
 FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f64, double)
@@ -376,19 +377,20 @@ FASTNORM_SWEEP_CLAMP(fastnorm_sweep_clamp_f64, double)
         T g = dy[i];                            \
         dz[i] = TEST ? g : zero;                \
     }
-#define FASTNORM_CLAMP_GRAD(NAME, T)                                                                           \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dz, ptrdiff_t n, T mean_hi, T scale, T shift, \
-                                     const T *add, int relu6)                                                  \
-    {                                                                                                          \
-        const T zero = (T)0, six = (T)6;                                                                       \
-        if (add && relu6)                                                                                      \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero && v < six)                                       \
-        else if (add)                                                                                          \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero)                                                  \
-        else if (relu6)                                                                                        \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero && v < six)                                                \
-        else                                                                                                   \
-            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero)                                                           \
+#define FASTNORM_CLAMP_GRAD(NAME, T)                                                                               \
+    FASTNORM_PLAIN(                                                                                                \
+        NAME, (const T *x, const T *dy, T *dz, ptrdiff_t n, T mean_hi, T scale, T shift, const T *add, int relu6), \
+        (x, dy, dz, n, mean_hi, scale, shift, add, relu6))                                                         \
+    {                                                                                                              \
+        const T zero = (T)0, six = (T)6;                                                                           \
+        if (add && relu6)                                                                                          \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero && v < six)                                           \
+        else if (add)                                                                                              \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v + add[i], v > zero)                                                      \
+        else if (relu6)                                                                                            \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero && v < six)                                                    \
+        else                                                                                                       \
+            FASTNORM_CLAMP_GRAD_LOOP(T, v, v > zero)                                                               \
     }
 FASTNORM_CLAMP_GRAD(fastnorm_clamp_grad_f32, float)
 FASTNORM_CLAMP_GRAD(fastnorm_clamp_grad_f64, double)

@@ -11,32 +11,34 @@
  * The check terms are (x - mean_hi) * rstd, which cannot overflow where the data's squares would (float32 at
  * 1e20). */
 #define FASTNORM_BACKWARD_BLOCK 64
-#define FASTNORM_BACKWARD_REDUCE(NAME, T)                                                                            \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, double *sum_dy, \
-                                     double *sum_dy_xc, double *sum_xhat, double *sum_xhat2)                         \
-    {                                                                                                                \
-        T mean_hi = (T)mean, r = (T)rstd;                                                                            \
-        double a = 0.0, b = 0.0, c = 0.0, d = 0.0;                                                                   \
-        /* the last block may be short: a short row is one vector loop, not a scalar chain */                        \
-        for (ptrdiff_t i = 0; i < n; i += FASTNORM_BACKWARD_BLOCK) {                                                 \
-            ptrdiff_t end = n - i < FASTNORM_BACKWARD_BLOCK ? n : i + FASTNORM_BACKWARD_BLOCK;                       \
-            T ba = 0, bb = 0, bc = 0, bd = 0;                                                                        \
-            _Pragma("omp simd reduction(+:ba,bb,bc,bd)") for (ptrdiff_t k = i; k < end; k++)                         \
-            {                                                                                                        \
-                T xc = x[k] - mean_hi, t = xc * r;                                                                   \
-                ba += dy[k];                                                                                         \
-                bb += dy[k] * xc;                                                                                    \
-                bc += t;                                                                                             \
-                bd += t * t;                                                                                         \
-            }                                                                                                        \
-            a += (double)ba;                                                                                         \
-            b += (double)bb;                                                                                         \
-            c += (double)bc;                                                                                         \
-            d += (double)bd;                                                                                         \
-        }                                                                                                            \
-        *sum_dy = a;                                                                                                 \
-        *sum_dy_xc = b - (mean - (double)mean_hi) * a;                                                               \
-        fastnorm_xhat_sums(c, d, (double)n, (mean - (double)mean_hi) * (double)r, sum_xhat, sum_xhat2);              \
+#define FASTNORM_BACKWARD_REDUCE(DEFINE, NAME, T)                                                              \
+    DEFINE(NAME,                                                                                               \
+           (const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, double *sum_dy, double *sum_dy_xc, \
+            double *sum_xhat, double *sum_xhat2),                                                              \
+           (x, dy, n, mean, rstd, sum_dy, sum_dy_xc, sum_xhat, sum_xhat2))                                     \
+    {                                                                                                          \
+        T mean_hi = (T)mean, r = (T)rstd;                                                                      \
+        double a = 0.0, b = 0.0, c = 0.0, d = 0.0;                                                             \
+        /* the last block may be short: a short row is one vector loop, not a scalar chain */                  \
+        for (ptrdiff_t i = 0; i < n; i += FASTNORM_BACKWARD_BLOCK) {                                           \
+            ptrdiff_t end = n - i < FASTNORM_BACKWARD_BLOCK ? n : i + FASTNORM_BACKWARD_BLOCK;                 \
+            T ba = 0, bb = 0, bc = 0, bd = 0;                                                                  \
+            _Pragma("omp simd reduction(+:ba,bb,bc,bd)") for (ptrdiff_t k = i; k < end; k++)                   \
+            {                                                                                                  \
+                T xc = x[k] - mean_hi, t = xc * r;                                                             \
+                ba += dy[k];                                                                                   \
+                bb += dy[k] * xc;                                                                              \
+                bc += t;                                                                                       \
+                bd += t * t;                                                                                   \
+            }                                                                                                  \
+            a += (double)ba;                                                                                   \
+            b += (double)bb;                                                                                   \
+            c += (double)bc;                                                                                   \
+            d += (double)bd;                                                                                   \
+        }                                                                                                      \
+        *sum_dy = a;                                                                                           \
+        *sum_dy_xc = b - (mean - (double)mean_hi) * a;                                                         \
+        fastnorm_xhat_sums(c, d, (double)n, (mean - (double)mean_hi) * (double)r, sum_xhat, sum_xhat2);        \
     }
 
 /* Sum(xhat) and sum(xhat**2) from the sums c, d of t = (x - mean_hi) * r, xhat = t - lo_r (lo_r: the part of
@@ -50,102 +52,109 @@ static inline void fastnorm_xhat_sums(double c, double d, double n, double lo_r,
 /* A row with an elementwise weight (LayerNorm, RMSNorm): the row's sums of w*dy and w*dy*(x - mean), its
  * check sums of xhat and xhat**2 (see FASTNORM_BACKWARD_REDUCE), and the column sums of dy and dy*xhat added to
  * col_dy, col_dy_xhat (the weight and bias gradients). */
-#define FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(NAME, T)                                                            \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, const T *w, \
-                                     double *sum_w_dy, double *sum_w_dy_xc, double *sum_xhat, double *sum_xhat2, \
-                                     double *restrict col_dy, double *restrict col_dy_xhat)                      \
-    {                                                                                                            \
-        double a = 0.0, b = 0.0, c = 0.0, e = 0.0;                                                               \
-        _Pragma("omp simd reduction(+:a,b,c,e)") for (ptrdiff_t i = 0; i < n; i++)                               \
-        {                                                                                                        \
-            double g = (double)dy[i], d = (double)x[i] - mean;                                                   \
-            double wg = w ? (double)w[i] * g : g, xh = d * rstd;                                                 \
-            a += wg;                                                                                             \
-            b += wg * d;                                                                                         \
-            c += xh;                                                                                             \
-            e += xh * xh;                                                                                        \
-            col_dy[i] += g;                                                                                      \
-            col_dy_xhat[i] += g * xh;                                                                            \
-        }                                                                                                        \
-        *sum_w_dy = a;                                                                                           \
-        *sum_w_dy_xc = b;                                                                                        \
-        *sum_xhat = c;                                                                                           \
-        *sum_xhat2 = e;                                                                                          \
+#define FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(DEFINE, NAME, T)                                             \
+    DEFINE(NAME,                                                                                          \
+           (const T *x, const T *dy, ptrdiff_t n, double mean, double rstd, const T *w, double *sum_w_dy, \
+            double *sum_w_dy_xc, double *sum_xhat, double *sum_xhat2, double *restrict col_dy,            \
+            double *restrict col_dy_xhat),                                                                \
+           (x, dy, n, mean, rstd, w, sum_w_dy, sum_w_dy_xc, sum_xhat, sum_xhat2, col_dy, col_dy_xhat))    \
+    {                                                                                                     \
+        double a = 0.0, b = 0.0, c = 0.0, e = 0.0;                                                        \
+        _Pragma("omp simd reduction(+:a,b,c,e)") for (ptrdiff_t i = 0; i < n; i++)                        \
+        {                                                                                                 \
+            double g = (double)dy[i], d = (double)x[i] - mean;                                            \
+            double wg = w ? (double)w[i] * g : g, xh = d * rstd;                                          \
+            a += wg;                                                                                      \
+            b += wg * d;                                                                                  \
+            c += xh;                                                                                      \
+            e += xh * xh;                                                                                 \
+            col_dy[i] += g;                                                                               \
+            col_dy_xhat[i] += g * xh;                                                                     \
+        }                                                                                                 \
+        *sum_w_dy = a;                                                                                    \
+        *sum_w_dy_xc = b;                                                                                 \
+        *sum_xhat = c;                                                                                    \
+        *sum_xhat2 = e;                                                                                   \
     }
 
 /* dx = c1 * dy + c2 * (x - mean_hi) + c3 over n contiguous values. */
-#define FASTNORM_BACKWARD_ELEMT(NAME, T)                                                                       \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T mean_hi, T c1, T c2, T c3) \
-    {                                                                                                          \
-        for (ptrdiff_t i = 0; i < n; i++)                                                                      \
-            dx[i] = dy[i] * c1 + c2 * (x[i] - mean_hi) + c3;                                                   \
+#define FASTNORM_BACKWARD_ELEMT(NAME, T)                                                             \
+    FASTNORM_PLAIN(NAME, (const T *x, const T *dy, T *dx, ptrdiff_t n, T mean_hi, T c1, T c2, T c3), \
+                   (x, dy, dx, n, mean_hi, c1, c2, c3))                                              \
+    {                                                                                                \
+        for (ptrdiff_t i = 0; i < n; i++)                                                            \
+            dx[i] = dy[i] * c1 + c2 * (x[i] - mean_hi) + c3;                                         \
     }
 
 /* dx = (w[i] * dy) * c1 + c2 * (x - mean_hi) + c3 (elementwise weight; w may be NULL). */
-#define FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(NAME, T)                                                           \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t n, T mean_hi, T c1, T c2, T c3, \
-                                     const T *restrict w)                                                      \
-    {                                                                                                          \
-        if (w) {                                                                                               \
-            for (ptrdiff_t i = 0; i < n; i++)                                                                  \
-                dx[i] = (w[i] * dy[i]) * c1 + c2 * (x[i] - mean_hi) + c3;                                      \
-        } else {                                                                                               \
-            for (ptrdiff_t i = 0; i < n; i++)                                                                  \
-                dx[i] = dy[i] * c1 + c2 * (x[i] - mean_hi) + c3;                                               \
-        }                                                                                                      \
+#define FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(NAME, T)                                                                \
+    FASTNORM_PLAIN(NAME,                                                                                            \
+                   (const T *x, const T *dy, T *dx, ptrdiff_t n, T mean_hi, T c1, T c2, T c3, const T *restrict w), \
+                   (x, dy, dx, n, mean_hi, c1, c2, c3, w))                                                          \
+    {                                                                                                               \
+        if (w) {                                                                                                    \
+            for (ptrdiff_t i = 0; i < n; i++)                                                                       \
+                dx[i] = (w[i] * dy[i]) * c1 + c2 * (x[i] - mean_hi) + c3;                                           \
+        } else {                                                                                                    \
+            for (ptrdiff_t i = 0; i < n; i++)                                                                       \
+                dx[i] = dy[i] * c1 + c2 * (x[i] - mean_hi) + c3;                                                    \
+        }                                                                                                           \
     }
 
 /* Channels last, [rows, ncols]: column sums of dy, dy * (x - mean[c]), xhat and xhat**2 (xhat =
  * (x - mean[c]) * rstd[c], the check sums of FASTNORM_BACKWARD_REDUCE) added to sum_dy, sum_dy_xc, sum_xhat, sum_xhat2.
  * Four rows per update of the accumulators, as FASTNORM_COLUMN_SUMS: their loads and stores bound it. */
-#define FASTNORM_BACKWARD_REDUCE_COLUMNS(NAME, T)                                                                    \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,         \
-                                     const double *restrict mean, const double *restrict rstd,                       \
-                                     double *restrict sum_dy, double *restrict sum_dy_xc, double *restrict sum_xhat, \
-                                     double *restrict sum_xhat2)                                                     \
-    {                                                                                                                \
-        ptrdiff_t r = 0;                                                                                             \
-        for (; r + 4 <= rows; r += 4) {                                                                              \
-            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;                                   \
-            const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                                  \
-            for (ptrdiff_t c = 0; c < ncols; c++) {                                                                  \
-                double m = mean[c], rs = rstd[c];                                                                    \
-                double d0 = (double)x0[c] - m, d1 = (double)x1[c] - m;                                               \
-                double d2 = (double)x2[c] - m, d3 = (double)x3[c] - m;                                               \
-                double e0 = (double)g0[c], e1 = (double)g1[c], e2 = (double)g2[c], e3 = (double)g3[c];               \
-                double h0 = d0 * rs, h1 = d1 * rs, h2 = d2 * rs, h3 = d3 * rs;                                       \
-                sum_dy[c] += (e0 + e1) + (e2 + e3);                                                                  \
-                sum_dy_xc[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);                                           \
-                sum_xhat[c] += (h0 + h1) + (h2 + h3);                                                                \
-                sum_xhat2[c] += (h0 * h0 + h1 * h1) + (h2 * h2 + h3 * h3);                                           \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (; r < rows; r++) {                                                                                      \
-            const T *xr = x + r * ld, *gr = dy + r * ld;                                                             \
-            for (ptrdiff_t c = 0; c < ncols; c++) {                                                                  \
-                double g = (double)gr[c], d = (double)xr[c] - mean[c], xh = d * rstd[c];                             \
-                sum_dy[c] += g;                                                                                      \
-                sum_dy_xc[c] += g * d;                                                                               \
-                sum_xhat[c] += xh;                                                                                   \
-                sum_xhat2[c] += xh * xh;                                                                             \
-            }                                                                                                        \
-        }                                                                                                            \
+#define FASTNORM_BACKWARD_REDUCE_COLUMNS(NAME, T)                                                       \
+    FASTNORM_PLAIN(NAME,                                                                                \
+                   (const T *x, const T *dy, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,             \
+                    const double *restrict mean, const double *restrict rstd, double *restrict sum_dy,  \
+                    double *restrict sum_dy_xc, double *restrict sum_xhat, double *restrict sum_xhat2), \
+                   (x, dy, rows, ncols, ld, mean, rstd, sum_dy, sum_dy_xc, sum_xhat, sum_xhat2))        \
+    {                                                                                                   \
+        ptrdiff_t r = 0;                                                                                \
+        for (; r + 4 <= rows; r += 4) {                                                                 \
+            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;                      \
+            const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                     \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                                     \
+                double m = mean[c], rs = rstd[c];                                                       \
+                double d0 = (double)x0[c] - m, d1 = (double)x1[c] - m;                                  \
+                double d2 = (double)x2[c] - m, d3 = (double)x3[c] - m;                                  \
+                double e0 = (double)g0[c], e1 = (double)g1[c], e2 = (double)g2[c], e3 = (double)g3[c];  \
+                double h0 = d0 * rs, h1 = d1 * rs, h2 = d2 * rs, h3 = d3 * rs;                          \
+                sum_dy[c] += (e0 + e1) + (e2 + e3);                                                     \
+                sum_dy_xc[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);                              \
+                sum_xhat[c] += (h0 + h1) + (h2 + h3);                                                   \
+                sum_xhat2[c] += (h0 * h0 + h1 * h1) + (h2 * h2 + h3 * h3);                              \
+            }                                                                                           \
+        }                                                                                               \
+        for (; r < rows; r++) {                                                                         \
+            const T *xr = x + r * ld, *gr = dy + r * ld;                                                \
+            for (ptrdiff_t c = 0; c < ncols; c++) {                                                     \
+                double g = (double)gr[c], d = (double)xr[c] - mean[c], xh = d * rstd[c];                \
+                sum_dy[c] += g;                                                                         \
+                sum_dy_xc[c] += g * d;                                                                  \
+                sum_xhat[c] += xh;                                                                      \
+                sum_xhat2[c] += xh * xh;                                                                \
+            }                                                                                           \
+        }                                                                                               \
     }
 
 /* Channels last: dx = c1[c] * dy + c2[c] * (x - mean_hi[c]) + c3[c] on rows ld apart; p holds mean_hi,
  * c1, c2, c3 as four arrays plen apart. */
-#define FASTNORM_BACKWARD_ELEMT_COLUMNS(NAME, T)                                                                    \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, \
-                                     const T *p, ptrdiff_t plen)                                                    \
-    {                                                                                                               \
-        const T *restrict mean_hi = p, *restrict c1 = p + plen, *restrict c2 = p + 2 * plen;                        \
-        const T *restrict c3 = p + 3 * plen;                                                                        \
-        for (ptrdiff_t r = 0; r < rows; r++) {                                                                      \
-            const T *xr = x + r * ld, *gr = dy + r * ld;                                                            \
-            T *o = dx + r * ld;                                                                                     \
-            for (ptrdiff_t c = 0; c < ncols; c++)                                                                   \
-                o[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mean_hi[c]) + c3[c];                                        \
-        }                                                                                                           \
+#define FASTNORM_BACKWARD_ELEMT_COLUMNS(NAME, T)                                                                     \
+    FASTNORM_PLAIN(                                                                                                  \
+        NAME,                                                                                                        \
+        (const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, const T *p, ptrdiff_t plen), \
+        (x, dy, dx, rows, ncols, ld, p, plen))                                                                       \
+    {                                                                                                                \
+        const T *restrict mean_hi = p, *restrict c1 = p + plen, *restrict c2 = p + 2 * plen;                         \
+        const T *restrict c3 = p + 3 * plen;                                                                         \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                                       \
+            const T *xr = x + r * ld, *gr = dy + r * ld;                                                             \
+            T *o = dx + r * ld;                                                                                      \
+            for (ptrdiff_t c = 0; c < ncols; c++)                                                                    \
+                o[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mean_hi[c]) + c3[c];                                         \
+        }                                                                                                            \
     }
 
 /* The check of the kernels' _first_modified for group g: xhat_sums[2 g], xhat_sums[2 g + 1] the sums of xhat,
@@ -160,26 +169,36 @@ static inline int fastnorm_group_modified(const double *xhat_sums, ptrdiff_t g, 
     return (0.0 < r) & (r <= top) & ((__builtin_fabs(a) > drift) | (b > 1.0 + drift) | (b < lower));
 }
 
-/* The first of G groups that fails it, or -1: a vector pass over all of them first (a backward of many
- * short rows has a group per row). */
-FASTNORM_CLONES static ptrdiff_t fastnorm_first_modified(const double *xhat_sums, ptrdiff_t G, double inv,
-                                                         const double *mean, const double *rstd, double tol,
-                                                         double per_mean, double top, double eps, const double *eps_r2,
-                                                         int rms)
+/* *any = whether any of G groups fails it: a vector pass over all of them (a backward of many short rows has a
+ * group per row). */
+FASTNORM_PLAIN(fastnorm_any_modified,
+               (const double *xhat_sums, ptrdiff_t G, double inv, const double *mean, const double *rstd, double tol,
+                double per_mean, double top, double eps, const double *eps_r2, int rms, int *any),
+               (xhat_sums, G, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms, any))
 {
     int bad = 0;
     _Pragma("omp simd reduction(|:bad)") for (ptrdiff_t g = 0; g < G; g++) bad |=
         fastnorm_group_modified(xhat_sums, g, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms);
+    *any = bad;
+}
+
+/* The first of G groups that fails it, or -1. */
+static ptrdiff_t fastnorm_first_modified(const double *xhat_sums, ptrdiff_t G, double inv, const double *mean,
+                                         const double *rstd, double tol, double per_mean, double top, double eps,
+                                         const double *eps_r2, int rms)
+{
+    int bad;
+    fastnorm_any_modified(xhat_sums, G, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms, &bad);
     for (ptrdiff_t g = 0; bad && g < G; g++)
         if (fastnorm_group_modified(xhat_sums, g, inv, mean, rstd, tol, per_mean, top, eps, eps_r2, rms))
             return g;
     return -1;
 }
 
-FASTNORM_BACKWARD_REDUCE(fastnorm_backward_reduce_loop_f32_generic, float)
-FASTNORM_BACKWARD_REDUCE(fastnorm_backward_reduce_loop_f64, double)
-FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(fastnorm_backward_reduce_per_element_f32_generic, float)
-FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(fastnorm_backward_reduce_per_element_f64, double)
+FASTNORM_BACKWARD_REDUCE(FASTNORM_BASELINE, fastnorm_backward_reduce_loop_f32, float)
+FASTNORM_BACKWARD_REDUCE(FASTNORM_PLAIN, fastnorm_backward_reduce_loop_f64, double)
+FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(FASTNORM_BASELINE, fastnorm_backward_reduce_per_element_f32, float)
+FASTNORM_BACKWARD_REDUCE_PER_ELEMENT(FASTNORM_PLAIN, fastnorm_backward_reduce_per_element_f64, double)
 FASTNORM_BACKWARD_ELEMT(fastnorm_backward_elemt_f32, float)
 FASTNORM_BACKWARD_ELEMT(fastnorm_backward_elemt_f64, double)
 FASTNORM_BACKWARD_ELEMT_PER_ELEMENT(fastnorm_backward_elemt_per_element_f32, float)
@@ -189,20 +208,22 @@ FASTNORM_BACKWARD_REDUCE_COLUMNS(fastnorm_backward_reduce_columns_f64, double)
 /* The gradient sweep over rows of K runs of len values each (many short runs, InstanceNorm and GroupNorm
  * on small maps): run j of row r has its own c1[r * K + j], the row its mean_hi, c2 and c3.  The
  * operations of FASTNORM_BACKWARD_ELEMT, without a call per run. */
-#define FASTNORM_BACKWARD_ELEMT_RUNS(NAME, T)                                                                    \
-    FASTNORM_CLONES static void NAME(const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t len, \
-                                     const T *mean_hi, const T *c1, const T *c2, const T *c3)                    \
-    {                                                                                                            \
-        for (ptrdiff_t r = 0; r < rows; r++) {                                                                   \
-            T h = mean_hi[r], b = c2[r], g = c3[r];                                                              \
-            for (ptrdiff_t j = 0; j < K; j++) {                                                                  \
-                ptrdiff_t q = r * K + j;                                                                         \
-                const T *xq = x + q * len, *dyq = dy + q * len;                                                  \
-                T *dxq = dx + q * len, a = c1[q];                                                                \
-                for (ptrdiff_t i = 0; i < len; i++)                                                              \
-                    dxq[i] = dyq[i] * a + b * (xq[i] - h) + g;                                                   \
-            }                                                                                                    \
-        }                                                                                                        \
+#define FASTNORM_BACKWARD_ELEMT_RUNS(NAME, T)                                                                     \
+    FASTNORM_PLAIN(NAME,                                                                                          \
+                   (const T *x, const T *dy, T *dx, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t len, const T *mean_hi, \
+                    const T *c1, const T *c2, const T *c3),                                                       \
+                   (x, dy, dx, rows, K, len, mean_hi, c1, c2, c3))                                                \
+    {                                                                                                             \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                                    \
+            T h = mean_hi[r], b = c2[r], g = c3[r];                                                               \
+            for (ptrdiff_t j = 0; j < K; j++) {                                                                   \
+                ptrdiff_t q = r * K + j;                                                                          \
+                const T *xq = x + q * len, *dyq = dy + q * len;                                                   \
+                T *dxq = dx + q * len, a = c1[q];                                                                 \
+                for (ptrdiff_t i = 0; i < len; i++)                                                               \
+                    dxq[i] = dyq[i] * a + b * (xq[i] - h) + g;                                                    \
+            }                                                                                                     \
+        }                                                                                                         \
     }
 FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_backward_elemt_runs_f32, float)
 FASTNORM_BACKWARD_ELEMT_RUNS(fastnorm_backward_elemt_runs_f64, double)
@@ -244,7 +265,7 @@ FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_backward_elemt_stream_f32, float)
 FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_backward_elemt_stream_f64, double)
 #endif
 
-#if FASTNORM_AVX2
+#if FASTNORM_X86
 /* x and dy 2 KiB ahead of value i, once per 16 values (a cache line of each) */
 #define FASTNORM_PREFETCH_XDY(i)         \
     do {                                 \
@@ -258,7 +279,7 @@ FASTNORM_BACKWARD_ELEMT_PLAIN(fastnorm_backward_elemt_stream_f64, double)
  * xhat = xc * rstd.  The row sums (and the check sums of xhat, xhat**2) run in float over blocks of 64 values
  * (8 terms per lane) and in double across blocks, as FASTNORM_BACKWARD_REDUCE; the column sums (the weight and
  * bias gradients, over every row) stay in double. */
-__attribute__((target("avx2,fma"), noinline)) static void
+FASTNORM_TARGET_AVX2 __attribute__((noinline)) static void
 fastnorm_backward_reduce_per_element_f32_avx2(const float *x, const float *dy, ptrdiff_t n, double mean, double rstd,
                                               const float *w, double *sum_w_dy, double *sum_w_dy_xc, double *sum_xhat,
                                               double *sum_xhat2, double *restrict col_dy, double *restrict col_dy_xhat)
@@ -309,7 +330,7 @@ fastnorm_backward_reduce_per_element_f32_avx2(const float *x, const float *dy, p
 /* FASTNORM_BACKWARD_REDUCE for float32: the same float blocks of 64 values, but each block's 8 lanes are added
  * to 8 double lanes instead of being summed across (the generic loop's reduction ends every block with a
  * chain of scalar additions), and x, dy are prefetched. */
-__attribute__((target("avx2,fma"), noinline)) static void
+FASTNORM_TARGET_AVX2 __attribute__((noinline)) static void
 fastnorm_backward_reduce_loop_f32_avx2(const float *x, const float *dy, ptrdiff_t n, double mean, double rstd,
                                        double *sum_dy, double *sum_dy_xc, double *sum_xhat, double *sum_xhat2)
 {
@@ -354,12 +375,13 @@ fastnorm_backward_reduce_loop_f32_avx2(const float *x, const float *dy, ptrdiff_
 FASTNORM_BY_ISA(fastnorm_backward_reduce_loop_f32,
                 (const float *x, const float *dy, ptrdiff_t n, double mean, double rstd, double *sum_dy,
                  double *sum_dy_xc, double *sum_xhat, double *sum_xhat2),
-                (x, dy, n, mean, rstd, sum_dy, sum_dy_xc, sum_xhat, sum_xhat2))
+                (x, dy, n, mean, rstd, sum_dy, sum_dy_xc, sum_xhat, sum_xhat2), generic, avx2, avx2, avx2)
 FASTNORM_BY_ISA(fastnorm_backward_reduce_per_element_f32,
                 (const float *x, const float *dy, ptrdiff_t n, double mean, double rstd, const float *w,
                  double *sum_w_dy, double *sum_w_dy_xc, double *sum_xhat, double *sum_xhat2, double *col_dy,
                  double *col_dy_xhat),
-                (x, dy, n, mean, rstd, w, sum_w_dy, sum_w_dy_xc, sum_xhat, sum_xhat2, col_dy, col_dy_xhat))
+                (x, dy, n, mean, rstd, w, sum_w_dy, sum_w_dy_xc, sum_xhat, sum_xhat2, col_dy, col_dy_xhat), generic,
+                avx2, avx2, avx2)
 /* sum(dy), sum(dy * (x - mean)) and the check sums of a run, for every path of the kernels.  A lone value
  * (GroupNorm with one value per channel) is summed here: a call per value cost more than the value. */
 #define FASTNORM_BACKWARD_REDUCE_RUN(NAME, T, LOOP)                                                              \

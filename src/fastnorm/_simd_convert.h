@@ -5,8 +5,9 @@
  * bfloat16 is the top half of a float32: widening is a shift; narrowing adds the rounding bias
  * 0x7FFF + (the lowest kept bit) and drops the low half (a carry into the exponent gives the next binade,
  * or inf), a NaN kept a NaN (quiet, sign kept: the bias could carry a NaN's payload into inf).
- * float16: F16C's vcvtph2ps and vcvtps2ph (round to nearest even) where the CPU has them, IEEE casts
- * otherwise. */
+ * float16: F16C's vcvtph2ps and vcvtps2ph (round to nearest even) from ISA level 1 on, IEEE casts at
+ * level 0.  Every loop here is chosen by the ISA level (_simd.h); the registers paths give the bits of the
+ * plain ones. */
 #ifndef FASTNORM_SIMD_CONVERT_H
 #define FASTNORM_SIMD_CONVERT_H
 
@@ -15,13 +16,6 @@
 #include <string.h>
 
 #include "_simd.h"
-
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNORM_NO_CLONES)
-#define FASTNORM_CONVERT_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) __attribute__((noinline))
-#else
-#define FASTNORM_CONVERT_CLONES
-#endif
 
 static inline float fastnorm_bf16_value(uint16_t h)
 {
@@ -40,24 +34,25 @@ static inline uint16_t fastnorm_bf16_bits(float f)
 }
 
 /* Scalar math: dst[i] = (float)src[i] */
-FASTNORM_CONVERT_CLONES static void fastnorm_bf16_to_f32(const uint16_t *src, float *dst, ptrdiff_t n)
+FASTNORM_PLAIN(fastnorm_bf16_to_f32, (const uint16_t *src, float *dst, ptrdiff_t n), (src, dst, n))
 {
     for (ptrdiff_t i = 0; i < n; i++)
         dst[i] = fastnorm_bf16_value(src[i]);
 }
 
 /* Scalar math: dst[i] = (bfloat16)src[i], rounded to nearest even */
-FASTNORM_CONVERT_CLONES static void fastnorm_f32_to_bf16(const float *src, uint16_t *dst, ptrdiff_t n)
+FASTNORM_PLAIN(fastnorm_f32_to_bf16, (const float *src, uint16_t *dst, ptrdiff_t n), (src, dst, n))
 {
     for (ptrdiff_t i = 0; i < n; i++)
         dst[i] = fastnorm_bf16_bits(src[i]);
 }
 
 /* The sweep of fastnorm_sweep_half on bfloat16, its conversions in registers: a plain loop that every
- * clone vectorizes, the float32 operations of fastnorm_sweep_affine_f32 and fastnorm_sweep_f32. */
-FASTNORM_CONVERT_CLONES static void fastnorm_sweep_bf16(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,
-                                                        float scale, float shift, const float *restrict w,
-                                                        const float *restrict b)
+ * level vectorizes, the float32 operations of fastnorm_sweep_affine_f32 and fastnorm_sweep_f32. */
+FASTNORM_PLAIN(fastnorm_sweep_bf16,
+               (const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale, float shift,
+                const float *restrict w, const float *restrict b),
+               (x, y, n, mean_hi, scale, shift, w, b))
 {
     if (!w) {
         for (ptrdiff_t i = 0; i < n; i++)
@@ -93,30 +88,11 @@ static inline uint16_t fastnorm_f16_bits(float f)
 #define fastnorm_f16_bits npy_float_to_half
 #endif
 
-/* F16C converts 8 values an instruction (gcc does not vectorize the _Float16 casts), AVX-512 16 (and with
- * AVX512-BF16 rounds 16 floats to bfloat16 in one): used where the CPU has them, chosen at load time
- * (fastnorm_select_half_isa: 2 all it has, 1 no AVX-512, 0 none, for tests of the other paths on one
- * machine); the tail and other CPUs one value at a time. */
-static int fastnorm_f16c = 0;
-static int fastnorm_half_avx512 = 0; /* AVX-512 (F, BW, VL) and F16C */
-static int fastnorm_half_avx512bf16 = 0;
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTNORM_NO_CLONES)
-#include <immintrin.h>
-static int fastnorm_select_half_isa(int level)
-{
-    __builtin_cpu_init();
-    fastnorm_f16c = level >= 1 && __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
-    fastnorm_half_avx512 = level >= 2 && fastnorm_f16c && __builtin_cpu_supports("avx512f") &&
-                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    fastnorm_half_avx512bf16 =
-        fastnorm_half_avx512 && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
-    return fastnorm_half_avx512 ? 2 : fastnorm_f16c;
-}
-/* The last n % 8 values through an 8-lane buffer: the libgcc routines of the _Float16 casts cost more than the
- * run's vector part for a short run. */
-__attribute__((target("avx,f16c"))) static ptrdiff_t fastnorm_f16_to_f32_f16c(const uint16_t *src, float *dst,
-                                                                              ptrdiff_t n)
+/* F16C converts 8 values an instruction (gcc does not vectorize the _Float16 casts): level 1 on; the last
+ * n % 8 values through an 8-lane buffer (the libgcc routines of the _Float16 casts cost more than the run's
+ * vector part for a short run). */
+#if FASTNORM_X86
+FASTNORM_TARGET_AVX2 static void fastnorm_f16_to_f32_avx2(const uint16_t *src, float *dst, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -128,10 +104,8 @@ __attribute__((target("avx,f16c"))) static ptrdiff_t fastnorm_f16_to_f32_f16c(co
         _mm256_storeu_ps(f, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
         memcpy(dst + i, f, (size_t)(n - i) * sizeof *f);
     }
-    return n;
 }
-__attribute__((target("avx,f16c"))) static ptrdiff_t fastnorm_f32_to_f16_f16c(const float *src, uint16_t *dst,
-                                                                              ptrdiff_t n)
+FASTNORM_TARGET_AVX2 static void fastnorm_f32_to_f16_avx2(const float *src, uint16_t *dst, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -143,33 +117,27 @@ __attribute__((target("avx,f16c"))) static ptrdiff_t fastnorm_f32_to_f16_f16c(co
         _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(_mm256_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT));
         memcpy(dst + i, h, (size_t)(n - i) * sizeof *h);
     }
-    return n;
 }
-#else
-static int fastnorm_select_half_isa(int level)
-{
-    (void)level;
-    return 0;
-}
-#define fastnorm_f16_to_f32_f16c(src, dst, n) ((ptrdiff_t)0)
-#define fastnorm_f32_to_f16_f16c(src, dst, n) ((ptrdiff_t)0)
 #endif
 
-/* Scalar math: dst[i] = (float)src[i] */
-static void fastnorm_f16_to_f32(const uint16_t *src, float *dst, ptrdiff_t n)
+static void fastnorm_f16_to_f32_generic(const uint16_t *src, float *dst, ptrdiff_t n)
 {
-    ptrdiff_t i = fastnorm_f16c ? fastnorm_f16_to_f32_f16c(src, dst, n) : 0;
-    for (; i < n; i++)
+    for (ptrdiff_t i = 0; i < n; i++)
         dst[i] = fastnorm_f16_value(src[i]);
 }
 
-/* Scalar math: dst[i] = (float16)src[i], rounded to nearest even */
-static void fastnorm_f32_to_f16(const float *src, uint16_t *dst, ptrdiff_t n)
+static void fastnorm_f32_to_f16_generic(const float *src, uint16_t *dst, ptrdiff_t n)
 {
-    ptrdiff_t i = fastnorm_f16c ? fastnorm_f32_to_f16_f16c(src, dst, n) : 0;
-    for (; i < n; i++)
+    for (ptrdiff_t i = 0; i < n; i++)
         dst[i] = fastnorm_f16_bits(src[i]);
 }
+
+/* Scalar math: dst[i] = (float)src[i] */
+FASTNORM_BY_ISA(fastnorm_f16_to_f32, (const uint16_t *src, float *dst, ptrdiff_t n), (src, dst, n), generic, avx2, avx2,
+                avx2)
+/* Scalar math: dst[i] = (float16)src[i], rounded to nearest even */
+FASTNORM_BY_ISA(fastnorm_f32_to_f16, (const float *src, uint16_t *dst, ptrdiff_t n), (src, dst, n), generic, avx2, avx2,
+                avx2)
 
 static inline void fastnorm_widen(const uint16_t *src, float *dst, ptrdiff_t n, int bf16)
 {
@@ -193,139 +161,53 @@ static inline void fastnorm_narrow(const float *src, uint16_t *dst, ptrdiff_t n,
  * float32 copy larger than the buffer. */
 #define FASTNORM_HALF_RUN 512 /* values a sweep widens, computes and narrows at a time */
 
-/* ---- The same loops with the conversions in registers, where the CPU has AVX2 (and F16C for float16) -----
- * The statistics pass is fastnorm_shifted_sums_f32_avx2 loading half values (the same accumulators, the same
- * operations in the same order); the sweep is the plain loops' float32 operations 8 lanes at a time (no
- * contraction into FMA: not in the target, and -ffp-contract=off). */
-#if FASTNORM_AVX2
-#define FASTNORM_HALF_TARGET __attribute__((target("avx2,fma,f16c")))
+/* ---- The same loops with the conversions in registers, from level 1 on ------------------------------------
+ * The statistics passes are the float32 ones of _simd_moments.h loading half values (the same accumulators,
+ * the same operations in the same order); the sweeps are the plain loops' float32 operations 8 or 16 lanes
+ * at a time (no contraction into FMA: -ffp-contract=off). */
+#if FASTNORM_X86
 /* 8 half values as two vectors of 4 floats: bfloat16 by interleaving zeros below each value, float16 by
  * vcvtph2ps. */
-FASTNORM_HALF_TARGET static inline void fastnorm_load8x2_bf16(const uint16_t *p, __m128 *lo, __m128 *hi)
+FASTNORM_TARGET_AVX2 static inline void fastnorm_load8x2_bf16(const uint16_t *p, __m128 *lo, __m128 *hi)
 {
     __m128i h = _mm_loadu_si128((const __m128i *)p), zero = _mm_setzero_si128();
     *lo = _mm_castsi128_ps(_mm_unpacklo_epi16(zero, h));
     *hi = _mm_castsi128_ps(_mm_unpackhi_epi16(zero, h));
 }
-FASTNORM_HALF_TARGET static inline void fastnorm_load8x2_f16(const uint16_t *p, __m128 *lo, __m128 *hi)
+FASTNORM_TARGET_AVX2 static inline void fastnorm_load8x2_f16(const uint16_t *p, __m128 *lo, __m128 *hi)
 {
     *lo = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p));
     *hi = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p + 4)));
 }
-FASTNORM_HALF_TARGET static inline __m256 fastnorm_load8_f16(const uint16_t *p)
+FASTNORM_TARGET_AVX2 static inline __m256 fastnorm_load8_f16(const uint16_t *p)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
-FASTNORM_HALF_TARGET static inline void fastnorm_store8_f16(uint16_t *p, __m256 v)
+FASTNORM_TARGET_AVX2 static inline void fastnorm_store8_f16(uint16_t *p, __m256 v)
 {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-#define FASTNORM_HALF_SUMS_AVX2(NAME, LOAD8X2, VALUE)                                                             \
-    FASTNORM_HALF_TARGET __attribute__((noinline)) static void NAME(const uint16_t *x, ptrdiff_t n, double shift, \
-                                                                    double *s1, double *s2)                       \
-    {                                                                                                             \
-        __m256d s = _mm256_set1_pd(shift);                                                                        \
-        __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;          \
-        ptrdiff_t i = 0;                                                                                          \
-        for (; i + 16 <= n; i += 16) {                                                                            \
-            __m128 f0, f1, f2, f3;                                                                                \
-            FASTNORM_PREFETCH(x + i);                                                                             \
-            LOAD8X2(x + i, &f0, &f1);                                                                             \
-            LOAD8X2(x + i + 8, &f2, &f3);                                                                         \
-            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(f0), s), d1 = _mm256_sub_pd(_mm256_cvtps_pd(f1), s);       \
-            __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(f2), s), d3 = _mm256_sub_pd(_mm256_cvtps_pd(f3), s);       \
-            a0 = _mm256_add_pd(a0, d0);                                                                           \
-            a1 = _mm256_add_pd(a1, d1);                                                                           \
-            a2 = _mm256_add_pd(a2, d2);                                                                           \
-            a3 = _mm256_add_pd(a3, d3);                                                                           \
-            b0 = _mm256_fmadd_pd(d0, d0, b0);                                                                     \
-            b1 = _mm256_fmadd_pd(d1, d1, b1);                                                                     \
-            b2 = _mm256_fmadd_pd(d2, d2, b2);                                                                     \
-            b3 = _mm256_fmadd_pd(d3, d3, b3);                                                                     \
-        }                                                                                                         \
-        double a = fastnorm_hsum4(_mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3)));                   \
-        double b = fastnorm_hsum4(_mm256_add_pd(_mm256_add_pd(b0, b1), _mm256_add_pd(b2, b3)));                   \
-        for (; i < n; i++) {                                                                                      \
-            double d = (double)VALUE(x[i]) - shift;                                                               \
-            a += d;                                                                                               \
-            b += d * d;                                                                                           \
-        }                                                                                                         \
-        *s1 = a;                                                                                                  \
-        *s2 = b;                                                                                                  \
-    }
-
-FASTNORM_HALF_SUMS_AVX2(fastnorm_shifted_sums_bf16_avx2, fastnorm_load8x2_bf16, fastnorm_bf16_value)
-FASTNORM_HALF_SUMS_AVX2(fastnorm_shifted_sums_f16_avx2, fastnorm_load8x2_f16, fastnorm_f16_value)
+FASTNORM_SHIFTED_SUMS_AVX2(fastnorm_shifted_sums_bf16_avx2, uint16_t, fastnorm_load8x2_bf16, fastnorm_bf16_value)
+FASTNORM_SHIFTED_SUMS_AVX2(fastnorm_shifted_sums_f16_avx2, uint16_t, fastnorm_load8x2_f16, fastnorm_f16_value)
 
 /* 4 half values as 4 floats. */
-FASTNORM_HALF_TARGET static inline __m128 fastnorm_load4_bf16(const uint16_t *p)
+FASTNORM_TARGET_AVX2 static inline __m128 fastnorm_load4_bf16(const uint16_t *p)
 {
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p)));
 }
-FASTNORM_HALF_TARGET static inline __m128 fastnorm_load4_f16(const uint16_t *p)
+FASTNORM_TARGET_AVX2 static inline __m128 fastnorm_load4_f16(const uint16_t *p)
 {
     return _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p));
 }
 
-/* fastnorm_column_sums_f32_avx2 on half values (``base``: the block's first row, widened): the same
- * accumulators, the same operations in the same order. */
-#define FASTNORM_HALF_COLUMN_SUMS_AVX2(NAME, LOAD4, VALUE)                                                            \
-    FASTNORM_HALF_TARGET __attribute__((noinline)) static void NAME(const uint16_t *x, ptrdiff_t rows,                \
-                                                                    ptrdiff_t ncols, ptrdiff_t ld, const float *base, \
-                                                                    double *restrict s1, double *restrict s2)         \
-    {                                                                                                                 \
-        ptrdiff_t vcols = ncols & ~(ptrdiff_t)3;                                                                      \
-        for (ptrdiff_t c = 0; c < ncols; c++) {                                                                       \
-            s1[c] = 0.0;                                                                                              \
-            s2[c] = 0.0;                                                                                              \
-        }                                                                                                             \
-        ptrdiff_t r = 1;                                                                                              \
-        for (; r + 4 <= rows; r += 4) {                                                                               \
-            const uint16_t *r0 = x + r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;                             \
-            for (ptrdiff_t c = 0; c < ncols; c += 32) {                                                               \
-                FASTNORM_PREFETCH(r0 + c);                                                                            \
-                FASTNORM_PREFETCH(r1 + c);                                                                            \
-                FASTNORM_PREFETCH(r2 + c);                                                                            \
-                FASTNORM_PREFETCH(r3 + c);                                                                            \
-            }                                                                                                         \
-            for (ptrdiff_t c = 0; c < vcols; c += 4) {                                                                \
-                __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(base + c));                                                  \
-                __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r0 + c)), b);                                        \
-                __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r1 + c)), b);                                        \
-                __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r2 + c)), b);                                        \
-                __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(LOAD4(r3 + c)), b);                                        \
-                __m256d sum = _mm256_add_pd(_mm256_add_pd(d0, d1), _mm256_add_pd(d2, d3));                            \
-                __m256d sq =                                                                                          \
-                    _mm256_fmadd_pd(d0, d0, _mm256_fmadd_pd(d1, d1, _mm256_fmadd_pd(d2, d2, _mm256_mul_pd(d3, d3)))); \
-                _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), sum));                                \
-                _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), sq));                                 \
-            }                                                                                                         \
-            for (ptrdiff_t c = vcols; c < ncols; c++) {                                                               \
-                double b = (double)base[c];                                                                           \
-                double d0 = (double)VALUE(r0[c]) - b, d1 = (double)VALUE(r1[c]) - b;                                  \
-                double d2 = (double)VALUE(r2[c]) - b, d3 = (double)VALUE(r3[c]) - b;                                  \
-                s1[c] += (d0 + d1) + (d2 + d3);                                                                       \
-                s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                                   \
-            }                                                                                                         \
-        }                                                                                                             \
-        for (; r < rows; r++) {                                                                                       \
-            const uint16_t *row = x + r * ld;                                                                         \
-            for (ptrdiff_t c = 0; c < ncols; c++) {                                                                   \
-                double d = (double)VALUE(row[c]) - (double)base[c];                                                   \
-                s1[c] += d;                                                                                           \
-                s2[c] += d * d;                                                                                       \
-            }                                                                                                         \
-        }                                                                                                             \
-    }
-FASTNORM_HALF_COLUMN_SUMS_AVX2(fastnorm_column_sums_bf16_avx2, fastnorm_load4_bf16, fastnorm_bf16_value)
-FASTNORM_HALF_COLUMN_SUMS_AVX2(fastnorm_column_sums_f16_avx2, fastnorm_load4_f16, fastnorm_f16_value)
+FASTNORM_COLUMN_SUMS_AVX2(fastnorm_column_sums_bf16_avx2, uint16_t, fastnorm_load4_bf16, fastnorm_bf16_value)
+FASTNORM_COLUMN_SUMS_AVX2(fastnorm_column_sums_f16_avx2, uint16_t, fastnorm_load4_f16, fastnorm_f16_value)
 
 /* The sweep of fastnorm_sweep_half, 8 lanes at a time; returns the values done (the rest: the plain path). */
 #define FASTNORM_SWEEP_HALF_AVX2(NAME, LOAD8, STORE8)                                                                 \
-    FASTNORM_HALF_TARGET __attribute__((noinline)) static ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, \
-                                                                         float mean_hi, float scale, float shift,     \
-                                                                         const float *w, const float *b)              \
+    FASTNORM_TARGET_AVX2 static inline ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,     \
+                                                      float scale, float shift, const float *w, const float *b)       \
     {                                                                                                                 \
         __m256 m = _mm256_set1_ps(mean_hi), sc = _mm256_set1_ps(scale), sh = _mm256_set1_ps(shift);                   \
         ptrdiff_t i = 0;                                                                                              \
@@ -347,25 +229,22 @@ FASTNORM_HALF_COLUMN_SUMS_AVX2(fastnorm_column_sums_f16_avx2, fastnorm_load4_f16
     }
 FASTNORM_SWEEP_HALF_AVX2(fastnorm_sweep_f16_avx2, fastnorm_load8_f16, fastnorm_store8_f16)
 
-#define FASTNORM_HALF512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
-#define FASTNORM_BF16_512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-FASTNORM_HALF512_TARGET static inline __m512 fastnorm_load16_f16(const uint16_t *p)
+FASTNORM_TARGET_AVX512 static inline __m512 fastnorm_load16_f16(const uint16_t *p)
 {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
-FASTNORM_HALF512_TARGET static inline __mmask16 fastnorm_store16_f16(uint16_t *p, __m512 v)
+FASTNORM_TARGET_AVX512 static inline __mmask16 fastnorm_store16_f16(uint16_t *p, __m512 v)
 {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     return 0;
 }
-/* Without F16C in its target, so that the bfloat16 loops (whose targets lack it) can inline it. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 fastnorm_load16_bf16(const uint16_t *p)
+FASTNORM_TARGET_AVX512 static inline __m512 fastnorm_load16_bf16(const uint16_t *p)
 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 /* vcvtneps2bf16 rounds to nearest even and quiets a NaN as fastnorm_f32_to_bf16, but reads a subnormal float
  * as zero: returns the lanes that held one (rare: results below 1.2e-38), for the caller to redo. */
-FASTNORM_BF16_512_TARGET static inline __mmask16 fastnorm_store16_bf16(uint16_t *p, __m512 v)
+FASTNORM_TARGET_AVX512_BF16 static inline __mmask16 fastnorm_store16_bf16(uint16_t *p, __m512 v)
 {
     _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
     return _mm512_fpclass_ps_mask(v, 0x20); /* the subnormal class */
@@ -373,8 +252,8 @@ FASTNORM_BF16_512_TARGET static inline __mmask16 fastnorm_store16_bf16(uint16_t 
 /* The same sweep 16 lanes at a time with AVX-512; 0 values done where a lane's store was not exact (the
  * caller then redoes the run the plain way). */
 #define FASTNORM_SWEEP_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                                      \
-    TARGET __attribute__((noinline)) static ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, \
-                                                           float scale, float shift, const float *w, const float *b)   \
+    TARGET static inline ptrdiff_t NAME(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,       \
+                                        float shift, const float *w, const float *b)                                   \
     {                                                                                                                  \
         __m512 m = _mm512_set1_ps(mean_hi), sc = _mm512_set1_ps(scale), sh = _mm512_set1_ps(shift);                    \
         __mmask16 inexact = 0;                                                                                         \
@@ -397,37 +276,35 @@ FASTNORM_BF16_512_TARGET static inline __mmask16 fastnorm_store16_bf16(uint16_t 
         }                                                                                                              \
         return inexact ? 0 : i;                                                                                        \
     }
-FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_f16_avx512, FASTNORM_HALF512_TARGET, fastnorm_load16_f16,
-                           fastnorm_store16_f16)
+FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_f16_avx512, FASTNORM_TARGET_AVX512, fastnorm_load16_f16, fastnorm_store16_f16)
 
 /* fastnorm_sweep_columns_f32's operations on half values, 16 columns at a time (ncols a multiple of 16);
  * returns whether every store was exact (otherwise the caller redoes the rows the plain way). */
-#define FASTNORM_SWEEP_COLUMNS_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                             \
-    TARGET __attribute__((noinline)) static int NAME(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, \
-                                                     const float *p, ptrdiff_t plen)                                  \
-    {                                                                                                                 \
-        __mmask16 inexact = 0;                                                                                        \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                                          \
-            for (ptrdiff_t c = 0; c < ncols; c += 16)                                                                 \
-                inexact |= STORE16(                                                                                   \
-                    y + r * ncols + c,                                                                                \
-                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(LOAD16(x + r * ncols + c), _mm512_loadu_ps(p + c)),     \
-                                                _mm512_loadu_ps(p + plen + c)),                                       \
-                                  _mm512_loadu_ps(p + 2 * plen + c)));                                                \
-        return !inexact;                                                                                              \
+#define FASTNORM_SWEEP_COLUMNS_HALF_AVX512(NAME, TARGET, LOAD16, STORE16)                                          \
+    TARGET static inline int NAME(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p, \
+                                  ptrdiff_t plen)                                                                  \
+    {                                                                                                              \
+        __mmask16 inexact = 0;                                                                                     \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                                       \
+            for (ptrdiff_t c = 0; c < ncols; c += 16)                                                              \
+                inexact |= STORE16(                                                                                \
+                    y + r * ncols + c,                                                                             \
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(LOAD16(x + r * ncols + c), _mm512_loadu_ps(p + c)),  \
+                                                _mm512_loadu_ps(p + plen + c)),                                    \
+                                  _mm512_loadu_ps(p + 2 * plen + c)));                                             \
+        return !inexact;                                                                                           \
     }
-FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_f16_avx512, FASTNORM_HALF512_TARGET, fastnorm_load16_f16,
+FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_f16_avx512, FASTNORM_TARGET_AVX512, fastnorm_load16_f16,
                                    fastnorm_store16_f16)
-FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512, FASTNORM_BF16_512_TARGET, fastnorm_load16_bf16,
-                                   fastnorm_store16_bf16)
+FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512bf16, FASTNORM_TARGET_AVX512_BF16,
+                                   fastnorm_load16_bf16, fastnorm_store16_bf16)
 
-#define FASTNORM_HALF512_SUMS_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
 /* fastnorm_shifted_sums_f32_avx2's accumulators two to a register: a01 holds a0 and a1 side by side (the
  * same lanes, the same additions), 16 values converted by one instruction; split at the end into the four
  * chains that the float32 pass sums in its order. */
-#define FASTNORM_HALF_SUMS_AVX512(NAME, TARGET, LOAD16, VALUE)                                                       \
-    TARGET __attribute__((noinline)) static void NAME(const uint16_t *x, ptrdiff_t n, double shift, double *s1,      \
-                                                      double *s2)                                                    \
+#define FASTNORM_HALF_SUMS_AVX512(NAME, LOAD16, VALUE)                                                               \
+    FASTNORM_TARGET_AVX512 static inline void NAME(const uint16_t *x, ptrdiff_t n, double shift, double *s1,         \
+                                                   double *s2)                                                       \
     {                                                                                                                \
         __m512d s = _mm512_set1_pd(shift);                                                                           \
         __m512d a01 = _mm512_setzero_pd(), a23 = a01, b01 = a01, b23 = a01;                                          \
@@ -447,7 +324,7 @@ FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512, FASTNORM_
                                   _mm256_add_pd(_mm512_castpd512_pd256(a23), _mm512_extractf64x4_pd(a23, 1)));       \
         __m256d b = _mm256_add_pd(_mm256_add_pd(_mm512_castpd512_pd256(b01), _mm512_extractf64x4_pd(b01, 1)),        \
                                   _mm256_add_pd(_mm512_castpd512_pd256(b23), _mm512_extractf64x4_pd(b23, 1)));       \
-        double sa = fastnorm_hsum4_512(a), sb = fastnorm_hsum4_512(b);                                               \
+        double sa = fastnorm_hsum4(a), sb = fastnorm_hsum4(b);                                                       \
         for (; i < n; i++) {                                                                                         \
             double d = (double)VALUE(x[i]) - shift;                                                                  \
             sa += d;                                                                                                 \
@@ -456,68 +333,59 @@ FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512, FASTNORM_
         *s1 = sa;                                                                                                    \
         *s2 = sb;                                                                                                    \
     }
-/* fastnorm_hsum4 (the same additions), callable from the AVX-512 functions. */
-FASTNORM_HALF512_SUMS_TARGET static inline double fastnorm_hsum4_512(__m256d v)
-{
-    double t[4];
-    _mm256_storeu_pd(t, v);
-    return (t[0] + t[1]) + (t[2] + t[3]);
-}
-FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_f16_avx512, FASTNORM_HALF512_SUMS_TARGET, fastnorm_load16_f16,
-                          fastnorm_f16_value)
-FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_bf16_avx512, FASTNORM_HALF512_SUMS_TARGET, fastnorm_load16_bf16,
-                          fastnorm_bf16_value)
-FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_bf16_avx512, FASTNORM_BF16_512_TARGET, fastnorm_load16_bf16,
+FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_f16_avx512, fastnorm_load16_f16, fastnorm_f16_value)
+FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_bf16_avx512, fastnorm_load16_bf16, fastnorm_bf16_value)
+FASTNORM_SWEEP_HALF_AVX512(fastnorm_sweep_bf16_avx512bf16, FASTNORM_TARGET_AVX512_BF16, fastnorm_load16_bf16,
                            fastnorm_store16_bf16)
-#endif
 
-/* Whether the register paths above serve a half type on this CPU. */
-static inline int fastnorm_half_in_registers(int bf16)
+/* Per level, the register paths above for either half type (bf16: bfloat16, else float16), inlined into one
+ * function a level: a short run (InstanceNorm on 8x8 maps) pays one call from the dispatch, as before it. */
+FASTNORM_TARGET_AVX2 static void fastnorm_shifted_sums_half_avx2(const uint16_t *x, ptrdiff_t n, double shift, int bf16,
+                                                                 double *s1, double *s2)
 {
-    return FASTNORM_AVX2 && fastnorm_avx2_fma && (bf16 || fastnorm_f16c);
+    (bf16 ? fastnorm_shifted_sums_bf16_avx2 : fastnorm_shifted_sums_f16_avx2)(x, n, shift, s1, s2);
 }
+FASTNORM_TARGET_AVX512 static void fastnorm_shifted_sums_half_avx512(const uint16_t *x, ptrdiff_t n, double shift,
+                                                                     int bf16, double *s1, double *s2)
+{
+    (bf16 ? fastnorm_shifted_sums_bf16_avx512 : fastnorm_shifted_sums_f16_avx512)(x, n, shift, s1, s2);
+}
+FASTNORM_TARGET_AVX2 static void fastnorm_column_sums_half_avx2(const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols,
+                                                                ptrdiff_t ld, float *scratch, double *s1, double *s2,
+                                                                int bf16)
+{
+    (bf16 ? fastnorm_column_sums_bf16_avx2 : fastnorm_column_sums_f16_avx2)(x, rows, ncols, ld, scratch, s1, s2);
+}
+#endif
 
 /* fastnorm_shifted_sums_f32 of n <= 2048 (BLOCK) half values. */
-static void fastnorm_shifted_sums_half(const uint16_t *x, ptrdiff_t n, double shift, int bf16, double *s1, double *s2)
+static void fastnorm_shifted_sums_half_generic(const uint16_t *x, ptrdiff_t n, double shift, int bf16, double *s1,
+                                               double *s2)
 {
     float buf[2048];
-#if FASTNORM_AVX2
-    if (fastnorm_half_in_registers(bf16) && fastnorm_half_avx512) {
-        if (bf16)
-            fastnorm_shifted_sums_bf16_avx512(x, n, shift, s1, s2);
-        else
-            fastnorm_shifted_sums_f16_avx512(x, n, shift, s1, s2);
-        return;
-    }
-    if (fastnorm_half_in_registers(bf16)) {
-        if (bf16)
-            fastnorm_shifted_sums_bf16_avx2(x, n, shift, s1, s2);
-        else
-            fastnorm_shifted_sums_f16_avx2(x, n, shift, s1, s2);
-        return;
-    }
-#endif
     fastnorm_widen(x, buf, n, bf16);
     fastnorm_shifted_sums_f32(buf, n, shift, s1, s2);
 }
+FASTNORM_BY_ISA(fastnorm_shifted_sums_half,
+                (const uint16_t *x, ptrdiff_t n, double shift, int bf16, double *s1, double *s2),
+                (x, n, shift, bf16, s1, s2), generic, avx2, avx512, avx512)
 
-/* fastnorm_column_sums_f32 of half values where the register paths serve (returns 1), else 0: the caller
- * widens the block for the float32 loop. */
-static int fastnorm_column_sums_half(const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,
-                                     const float *base, double *s1, double *s2, int bf16)
+/* fastnorm_column_sums_f32 of the half values of a block of `rows` rows of ncols values, ld apart; `scratch`
+ * holds the block's first row widened (the shift of the sums), and room for the whole block. */
+static void fastnorm_column_sums_half_generic(const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld,
+                                              float *scratch, double *s1, double *s2, int bf16)
 {
-#if FASTNORM_AVX2
-    if (fastnorm_half_in_registers(bf16)) {
-        if (bf16)
-            fastnorm_column_sums_bf16_avx2(x, rows, ncols, ld, base, s1, s2);
-        else
-            fastnorm_column_sums_f16_avx2(x, rows, ncols, ld, base, s1, s2);
-        return 1;
-    }
-#endif
-    (void)x, (void)rows, (void)ncols, (void)ld, (void)base, (void)s1, (void)s2, (void)bf16;
-    return 0;
+    if (ld == ncols) /* whole rows: one block of memory */
+        fastnorm_widen(x, scratch, rows * ncols, bf16);
+    else
+        for (ptrdiff_t i = 0; i < rows; i++)
+            fastnorm_widen(x + i * ld, scratch + i * ncols, ncols, bf16);
+    fastnorm_column_sums_f32(scratch, rows, ncols, ncols, scratch, s1, s2);
 }
+FASTNORM_BY_ISA(fastnorm_column_sums_half,
+                (const uint16_t *x, ptrdiff_t rows, ptrdiff_t ncols, ptrdiff_t ld, float *scratch, double *s1,
+                 double *s2, int bf16),
+                (x, rows, ncols, ld, scratch, s1, s2, bf16), generic, avx2, avx2, avx2)
 
 /* Requests the lines of p[0, bytes) into the cache (a hint: nothing where the compiler has no prefetch). */
 static inline void fastnorm_prefetch_range(const void *p, ptrdiff_t bytes)
@@ -533,8 +401,8 @@ static inline void fastnorm_prefetch_range(const void *p, ptrdiff_t bytes)
 /* h = x + r in the half type, and t its values as float32 (what the normalization reads next), over n
  * values: the float32 sum rounded once, as NumPy adds half arrays.  h may be x or r (value i is read before
  * it is written, so the loops carry no dependence: ivdep keeps them vectorized for that case too). */
-FASTNORM_CONVERT_CLONES static void fastnorm_add_bf16(const uint16_t *x, const uint16_t *r, uint16_t *h, float *t,
-                                                      ptrdiff_t n)
+FASTNORM_PLAIN(fastnorm_add_bf16, (const uint16_t *x, const uint16_t *r, uint16_t *h, float *t, ptrdiff_t n),
+               (x, r, h, t, n))
 {
 #pragma GCC ivdep
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -579,35 +447,18 @@ static void fastnorm_narrow_fused(float *v, uint16_t *y, ptrdiff_t n, int bf16, 
 
 /* y = ((x - mean_hi) * scale + shift) * w[i] (+ b[i]), or without w (NULL) y = (x - mean_hi) * scale + shift:
  * fastnorm_sweep_affine_f32 and fastnorm_sweep_f32 on half x and y; then act(y + add) where ``act`` or
- * ``add`` is given (fastnorm_narrow_fused; ``add``: half values in y's layout, or NULL). */
-static void fastnorm_sweep_half(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale, float shift,
-                                const float *w, const float *b, int bf16, int act, const uint16_t *add)
+ * ``add`` is given (fastnorm_narrow_fused; ``add``: half values in y's layout, or NULL).  The plain path:
+ * bfloat16 by the plain loop, float16 and a fused sweep through a float32 buffer (the epilogue runs there). */
+static void fastnorm_sweep_half_generic(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale,
+                                        float shift, const float *w, const float *b, int bf16, int act,
+                                        const uint16_t *add)
 {
     float buf[FASTNORM_HALF_RUN];
-    ptrdiff_t done = 0;
     int fused = act || add;
-#if FASTNORM_AVX2
-    if (fused)
-        done = 0; /* the epilogue runs on a float32 run in L1 */
-    else if (bf16 && fastnorm_half_avx512bf16)
-        done = fastnorm_sweep_bf16_avx512(x, y, n, mean_hi, scale, shift, w, b);
-    else if (!bf16 && fastnorm_half_avx512)
-        done = fastnorm_sweep_f16_avx512(x, y, n, mean_hi, scale, shift, w, b);
-    else if (!bf16 && fastnorm_f16c)
-        done = fastnorm_sweep_f16_avx2(x, y, n, mean_hi, scale, shift, w, b);
-#endif
     if (bf16 && !fused) {
-        fastnorm_sweep_bf16(x + done, y + done, n - done, mean_hi, scale, shift, w ? w + done : NULL,
-                            b ? b + done : NULL);
+        fastnorm_sweep_bf16(x, y, n, mean_hi, scale, shift, w, b);
         return;
     }
-    x += done;
-    y += done;
-    n -= done;
-    if (w)
-        w += done;
-    if (b)
-        b += done;
     for (ptrdiff_t i = 0; i < n; i += FASTNORM_HALF_RUN) {
         ptrdiff_t m = n - i < FASTNORM_HALF_RUN ? n - i : FASTNORM_HALF_RUN;
         fastnorm_widen(x + i, buf, m, bf16);
@@ -621,18 +472,56 @@ static void fastnorm_sweep_half(const uint16_t *x, uint16_t *y, ptrdiff_t n, flo
             fastnorm_narrow(buf, y + i, m, bf16);
     }
 }
+#if FASTNORM_X86
+/* The values from `done` on by the plain path, after a register path that did the first `done` (none for a
+ * fused sweep). */
+static inline void fastnorm_sweep_half_from(ptrdiff_t done, const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,
+                                            float scale, float shift, const float *w, const float *b, int bf16, int act,
+                                            const uint16_t *add)
+{
+    if (done < n)
+        fastnorm_sweep_half_generic(x + done, y + done, n - done, mean_hi, scale, shift, w ? w + done : NULL,
+                                    b ? b + done : NULL, bf16, act, add);
+}
+FASTNORM_TARGET_AVX2 static void fastnorm_sweep_half_avx2(const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi,
+                                                          float scale, float shift, const float *w, const float *b,
+                                                          int bf16, int act, const uint16_t *add)
+{
+    ptrdiff_t done = bf16 || act || add ? 0 : fastnorm_sweep_f16_avx2(x, y, n, mean_hi, scale, shift, w, b);
+    fastnorm_sweep_half_from(done, x, y, n, mean_hi, scale, shift, w, b, bf16, act, add);
+}
+FASTNORM_TARGET_AVX512 static void fastnorm_sweep_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t n,
+                                                              float mean_hi, float scale, float shift, const float *w,
+                                                              const float *b, int bf16, int act, const uint16_t *add)
+{
+    ptrdiff_t done = bf16 || act || add ? 0 : fastnorm_sweep_f16_avx512(x, y, n, mean_hi, scale, shift, w, b);
+    fastnorm_sweep_half_from(done, x, y, n, mean_hi, scale, shift, w, b, bf16, act, add);
+}
+FASTNORM_TARGET_AVX512_BF16 static void fastnorm_sweep_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t n,
+                                                                       float mean_hi, float scale, float shift,
+                                                                       const float *w, const float *b, int bf16,
+                                                                       int act, const uint16_t *add)
+{
+    ptrdiff_t done = 0;
+    if (!act && !add)
+        done =
+            (bf16 ? fastnorm_sweep_bf16_avx512bf16 : fastnorm_sweep_f16_avx512)(x, y, n, mean_hi, scale, shift, w, b);
+    fastnorm_sweep_half_from(done, x, y, n, mean_hi, scale, shift, w, b, bf16, act, add);
+}
+#endif
+FASTNORM_BY_ISA(fastnorm_sweep_half,
+                (const uint16_t *x, uint16_t *y, ptrdiff_t n, float mean_hi, float scale, float shift, const float *w,
+                 const float *b, int bf16, int act, const uint16_t *add),
+                (x, y, n, mean_hi, scale, shift, w, b, bf16, act, add), generic, avx2, avx512, avx512bf16)
 
 /* The columns of [rows, ncols] with per-column factors (fastnorm_sweep_columns_f32, p of 3 * plen) on half
  * values: rows widened into ``scratch`` (rows * ncols floats), swept there, narrowed (through the epilogue
- * where ``act`` or ``add`` is given, as fastnorm_sweep_half). */
-static void fastnorm_sweep_columns_half(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p,
-                                        ptrdiff_t plen, float *scratch, int bf16, int act, const uint16_t *add)
+ * where ``act`` or ``add`` is given, as fastnorm_sweep_half); or, without an epilogue, 16 columns at a time
+ * in registers where ncols is a multiple of 16 (float16 from level 2, bfloat16 at level 3). */
+static void fastnorm_sweep_columns_half_generic(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols,
+                                                const float *p, ptrdiff_t plen, float *scratch, int bf16, int act,
+                                                const uint16_t *add)
 {
-#if FASTNORM_AVX2
-    if (!act && !add && ncols % 16 == 0 && (bf16 ? fastnorm_half_avx512bf16 : fastnorm_half_avx512) &&
-        (bf16 ? fastnorm_sweep_columns_bf16_avx512 : fastnorm_sweep_columns_f16_avx512)(x, y, rows, ncols, p, plen))
-        return;
-#endif
     fastnorm_widen(x, scratch, rows * ncols, bf16);
     fastnorm_sweep_columns_f32(scratch, scratch, rows, ncols, p, plen);
     if (act || add)
@@ -640,5 +529,28 @@ static void fastnorm_sweep_columns_half(const uint16_t *x, uint16_t *y, ptrdiff_
     else
         fastnorm_narrow(scratch, y, rows * ncols, bf16);
 }
+#if FASTNORM_X86
+FASTNORM_TARGET_AVX512 static void fastnorm_sweep_columns_half_avx512(const uint16_t *x, uint16_t *y, ptrdiff_t rows,
+                                                                      ptrdiff_t ncols, const float *p, ptrdiff_t plen,
+                                                                      float *scratch, int bf16, int act,
+                                                                      const uint16_t *add)
+{
+    if (act || add || bf16 || ncols % 16 || !fastnorm_sweep_columns_f16_avx512(x, y, rows, ncols, p, plen))
+        fastnorm_sweep_columns_half_generic(x, y, rows, ncols, p, plen, scratch, bf16, act, add);
+}
+FASTNORM_TARGET_AVX512_BF16 static void
+fastnorm_sweep_columns_half_avx512bf16(const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p,
+                                       ptrdiff_t plen, float *scratch, int bf16, int act, const uint16_t *add)
+{
+    if (act || add || ncols % 16 ||
+        !(bf16 ? fastnorm_sweep_columns_bf16_avx512bf16 : fastnorm_sweep_columns_f16_avx512)(x, y, rows, ncols, p,
+                                                                                             plen))
+        fastnorm_sweep_columns_half_generic(x, y, rows, ncols, p, plen, scratch, bf16, act, add);
+}
+#endif
+FASTNORM_BY_ISA(fastnorm_sweep_columns_half,
+                (const uint16_t *x, uint16_t *y, ptrdiff_t rows, ptrdiff_t ncols, const float *p, ptrdiff_t plen,
+                 float *scratch, int bf16, int act, const uint16_t *add),
+                (x, y, rows, ncols, p, plen, scratch, bf16, act, add), generic, generic, avx512, avx512bf16)
 
 #endif

@@ -1,32 +1,35 @@
 /* The forward sweeps, y = (x - mean_hi) * scale + shift, cached and streamed (included by _simd.h). */
 /* y = (x - mean_hi) * scale + shift over n contiguous values (one channel's run). */
-#define FASTNORM_SWEEP(NAME, T)                                                                  \
-    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift) \
-    {                                                                                            \
-        for (ptrdiff_t i = 0; i < n; i++)                                                        \
-            y[i] = (x[i] - mean_hi) * scale + shift;                                             \
+#define FASTNORM_SWEEP(NAME, T)                                                        \
+    FASTNORM_PLAIN(NAME, (const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift), \
+                   (x, y, n, mean_hi, scale, shift))                                   \
+    {                                                                                  \
+        for (ptrdiff_t i = 0; i < n; i++)                                              \
+            y[i] = (x[i] - mean_hi) * scale + shift;                                   \
     }
 
 /* The same per column of [rows, ncols] (channels last).  p holds mean_hi, scale and shift as three arrays of
  * plen >= ncols values each (the Cython side tiles the per-channel values so that a row can span several
  * rows of the tensor, and the per-row loop overhead is paid once per ~1000 values). */
-#define FASTNORM_SWEEP_COLUMNS(NAME, T)                                                                             \
-    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t rows, ptrdiff_t ncols, const T *p, ptrdiff_t plen) \
-    {                                                                                                               \
-        const T *restrict mean_hi = p, *restrict scale = p + plen, *restrict shift = p + 2 * plen;                  \
-        for (ptrdiff_t r = 0; r < rows; r++) {                                                                      \
-            const T *xr = x + r * ncols;                                                                            \
-            T *yr = y + r * ncols;                                                                                  \
-            for (ptrdiff_t c = 0; c < ncols; c++)                                                                   \
-                yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c];                                                 \
-        }                                                                                                           \
+#define FASTNORM_SWEEP_COLUMNS(NAME, T)                                                                   \
+    FASTNORM_PLAIN(NAME, (const T *x, T *y, ptrdiff_t rows, ptrdiff_t ncols, const T *p, ptrdiff_t plen), \
+                   (x, y, rows, ncols, p, plen))                                                          \
+    {                                                                                                     \
+        const T *restrict mean_hi = p, *restrict scale = p + plen, *restrict shift = p + 2 * plen;        \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                            \
+            const T *xr = x + r * ncols;                                                                  \
+            T *yr = y + r * ncols;                                                                        \
+            for (ptrdiff_t c = 0; c < ncols; c++)                                                         \
+                yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c];                                       \
+        }                                                                                                 \
     }
 
 /* Elementwise affine after the normalization (LayerNorm, RMSNorm):
  * y = ((x - mean_hi) * scale + shift) * w[i] (+ b[i]). */
 #define FASTNORM_SWEEP_AFFINE(NAME, T)                                                                                \
-    FASTNORM_CLONES static void NAME(const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift, const T *restrict w, \
-                                     const T *restrict b)                                                             \
+    FASTNORM_PLAIN(                                                                                                   \
+        NAME, (const T *x, T *y, ptrdiff_t n, T mean_hi, T scale, T shift, const T *restrict w, const T *restrict b), \
+        (x, y, n, mean_hi, scale, shift, w, b))                                                                       \
     {                                                                                                                 \
         if (b) {                                                                                                      \
             for (ptrdiff_t i = 0; i < n; i++)                                                                         \
@@ -140,14 +143,14 @@ FASTNORM_SWEEP_PLAIN(fastnorm_sweep_stream_f64, double)
 /* t = x + r over n values into t (a buffer in cache), and also into h (the residual stream's output)
  * unless h is NULL; streamed: h with non-temporal stores, read by nothing in this call.  The sum is the
  * same IEEE addition either way. */
-#define FASTNORM_ADD(NAME, T)                                                                                \
-    FASTNORM_CLONES static void NAME(const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, \
-                                     ptrdiff_t n)                                                            \
-    {                                                                                                        \
-        for (ptrdiff_t i = 0; i < n; i++)                                                                    \
-            t[i] = x[i] + r[i];                                                                              \
-        if (h)                                                                                               \
-            memcpy(h, t, n * sizeof(T));                                                                     \
+#define FASTNORM_ADD(NAME, T)                                                                                   \
+    FASTNORM_PLAIN(NAME, (const T *restrict x, const T *restrict r, T *restrict t, T *restrict h, ptrdiff_t n), \
+                   (x, r, t, h, n))                                                                             \
+    {                                                                                                           \
+        for (ptrdiff_t i = 0; i < n; i++)                                                                       \
+            t[i] = x[i] + r[i];                                                                                 \
+        if (h)                                                                                                  \
+            memcpy(h, t, n * sizeof(T));                                                                        \
     }
 FASTNORM_ADD(fastnorm_add_f32, float)
 FASTNORM_ADD(fastnorm_add_f64, double)
