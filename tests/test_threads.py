@@ -169,10 +169,12 @@ def test_a_cgroup_cpu_quota_bounds_the_count(tmp_path, monkeypatch, v2, v1, cpus
     assert _threads._cgroup_cpus(str(tmp_path)) == cpus
     monkeypatch.setattr(_threads, "_cgroup_cpus", lambda: 1)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert _threads.available_cpus() == 1
-    fastnorm.set_num_threads(None)
+    fastnorm.set_num_threads(None)  # reads the quota again
     try:
+        assert _threads.available_cpus() == 1
         assert fastnorm.get_num_threads() == 1
+        with fastnorm.threads(2):
+            assert fastnorm.get_num_threads() == 1
     finally:
         monkeypatch.undo()
         fastnorm.set_num_threads(None)
@@ -278,3 +280,18 @@ def test_no_grad_and_threads_belong_to_their_python_thread(uncapped_threads):
         thread.start()
         thread.join()
     assert seen == [(True, _kernels.get_num_threads())]
+
+
+def test_threads_blocks_do_not_read_the_cgroup_files(monkeypatch):
+    """The quota is read at import and by set_num_threads; a threads() block only reads the affinity, so
+    that wrapping each call in one costs microseconds, not a file read."""
+    reads = []
+    monkeypatch.setattr(_threads, "_cgroup_cpus", lambda: reads.append(1))
+    for n in (1, 2, 3):
+        with fastnorm.threads(n):
+            fastnorm.get_num_threads()
+    assert reads == []
+    fastnorm.set_num_threads(None)
+    assert reads == [1]
+    monkeypatch.undo()
+    fastnorm.set_num_threads(None)

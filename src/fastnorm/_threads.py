@@ -62,15 +62,21 @@ def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> Optional[int]:
     return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
 
 
+# The cgroup quota as last read: at import and by set_num_threads.  Reading its files costs about 30 us,
+# too much for each threads() block; the affinity (a system call of well under 1 us) is read each time.
+_cgroup_quota = _cgroup_cpus()
+
+
 def available_cpus() -> int:
-    """The CPUs this process may run on: its CPU affinity, and a cgroup CPU quota where there is one."""
+    """The CPUs this process may run on: its CPU affinity, and the cgroup CPU quota where there is one (as
+    read at import or at the last :func:`set_num_threads`)."""
     if hasattr(os, "process_cpu_count"):  # Python 3.13: the affinity, or -X cpu_count / PYTHON_CPU_COUNT
         n = os.process_cpu_count()
     elif hasattr(os, "sched_getaffinity"):
         n = len(os.sched_getaffinity(0))
     else:
         n = os.cpu_count()
-    quota = _cgroup_cpus()
+    quota = _cgroup_quota
     return max(1, min(n or 1, quota or n or 1))
 
 
@@ -134,7 +140,9 @@ def set_num_threads(n: Optional[SupportsIndex]) -> None:
     True
     >>> fastnorm.set_num_threads(None)
     """
+    global _cgroup_quota
     n = _default_count() if n is None else check_count(n, "n")
+    _cgroup_quota = _cgroup_cpus()
     cap = _cap()
     _kernels.set_num_threads(min(n, cap), cap)
 
