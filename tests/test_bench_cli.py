@@ -233,5 +233,7 @@ def test_pipeline_bench_times_every_variant():
     medians = {(r["matmul"], r["part"], r["threads"]): r["median_s"] for r in rows}
     assert {name for name, _, _ in medians} >= set(names)
     assert all(medians[(name, part, n)] > 0 for name in names for part in ("step", "alone") for n in (1, 2))
+    assert medians[("none", "alone", 1)] > 0 and medians[("none", "alone", 2)] > 0
+    assert lines[-1].startswith("none (alone only)")
     assert lines[0].lstrip().startswith("pipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on (64, 32)")
     assert any(line.startswith("numpy") for line in lines)

@@ -440,11 +440,13 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
                  print_fn: Callable[[str], None] = _print) -> List[_Row]:
     """Time the step ``h = x @ W1; h = bn(h); h = ln(h); y = h @ W2`` (BatchNorm1d in eval mode, LayerNorm,
     float32) with fastnorm at ``nthreads`` threads (None: its default) and at 1 thread, the matmuls by
-    NumPy, PyTorch and ONNX Runtime where installed, and the two fastnorm calls alone.
+    NumPy, PyTorch and ONNX Runtime where installed, and the two fastnorm calls alone (among each library's
+    steps, and in a block of their own before any library runs, matmul "none").
 
     One block of rounds per matmul library (a pipeline uses one; the idle threads of the others sleep
     before it starts): each round runs the step at both thread counts and fastnorm alone at both, in
-    an order drawn anew each round; medians of ``repeat`` rounds.  "alone" times the two calls back to
+    an order drawn anew each round; medians of ``repeat`` rounds ("saved": the median of each round's
+    step at 1 thread less the step at ``nthreads``).  "alone" times the two calls back to
     back after an untimed pair.  With ``nthreads`` given, the matmul libraries get as many threads
     (NumPy's BLAS through threadpoolctl, where installed); otherwise each keeps its default.  Returns the
     rows: one per (library, "step" or "alone", fastnorm's thread count), with the median seconds."""
@@ -465,6 +467,7 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
             pass
     order = np.random.default_rng(0)
     medians: Dict[_PipelineKey, float] = {}
+    saved: Dict[str, float] = {}
     with blas, no_grad():
         x, (W1, W2), (bn, ln), matmuls = pipeline_steps(shape, nthreads)
 
@@ -483,9 +486,10 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
                     return time.perf_counter() - t0
             return run
 
-        for name, matmul in matmuls:
-            h = matmul(x, W1)
-            variants = [((name, "step", k), step(matmul, k)) for k in (n, 1)]
+        # First the two calls with no library between them: their gain where no other threads spin.
+        for name, matmul in [("none", None), *matmuls]:
+            h = x if matmul is None else matmul(x, W1)
+            variants = [] if matmul is None else [((name, "step", k), step(matmul, k)) for k in (n, 1)]
             variants += [((name, "alone", k), alone(h, k)) for k in (n, 1)]
             samples: Dict[_PipelineKey, List[float]] = {key: [] for key, _ in variants}
             time.sleep(0.5)  # the threads of the library before go idle
@@ -498,6 +502,8 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
                     t = f()
                     samples[key].append(time.perf_counter() - t0 if t is None else t)
             medians.update({key: float(np.median(s)) for key, s in samples.items()})
+            if matmul is not None:  # the step's saving, paired within each round: the rounds' drift cancels
+                saved[name] = float(np.median(np.subtract(samples[(name, "step", 1)], samples[(name, "step", n)])))
     if torch is not None:
         torch.set_num_threads(torch_threads)
     print_fn(f"\npipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on {shape} float32 (BatchNorm1d eval, "
@@ -507,8 +513,10 @@ def run_pipeline(nthreads: Optional[int] = None, repeat: int = 41, shape: Tuple[
     for name, _ in matmuls:
         a, b = medians[(name, "step", n)], medians[(name, "step", 1)]
         c, d = medians[(name, "alone", n)], medians[(name, "alone", 1)]
-        print_fn(f"{name:<20}{a * 1e3:>10.2f}ms{b * 1e3:>10.2f}ms{(b - a) * 1e3:>7.2f}ms{c * 1e3:>11.3f}ms"
-                 f"{d * 1e3:>11.3f}ms{d / c:>7.2f}x  {'yes' if b - a >= (d - c) / 2 else 'no'}")
+        print_fn(f"{name:<20}{a * 1e3:>10.2f}ms{b * 1e3:>10.2f}ms{saved[name] * 1e3:>7.2f}ms{c * 1e3:>11.3f}ms"
+                 f"{d * 1e3:>11.3f}ms{d / c:>7.2f}x  {'yes' if saved[name] >= (d - c) / 2 else 'no'}")
+    c, d = medians[("none", "alone", n)], medians[("none", "alone", 1)]
+    print_fn(f"{'none (alone only)':<44}{c * 1e3:>11.3f}ms{d * 1e3:>11.3f}ms{d / c:>7.2f}x")
     return [dict(matmul=name, part=part, threads=k, median_s=median) for (name, part, k), median in medians.items()]
 
 
