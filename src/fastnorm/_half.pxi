@@ -13,6 +13,8 @@ cdef extern from "_simd_convert.h" nogil:
     void fastnorm_f32_to_f16(const float* src, uint16_t* dst, Py_ssize_t n)
     void fastnorm_widen(const uint16_t* src, float* dst, Py_ssize_t n, int bf16)
     void fastnorm_shifted_sums_half(const uint16_t* x, Py_ssize_t n, double shift, int bf16, double* s1, double* s2)
+    void fastnorm_row_moments_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t n, int bf16, double* mean,
+                                   double* var)
     void fastnorm_column_sums_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t ld,
                                    float* scratch, double* s1, double* s2, int bf16)
     float fastnorm_bf16_value(uint16_t h)
@@ -177,8 +179,11 @@ cdef void _forward_row_batch_half(const uint16_t* x, uint16_t* y, int kind, Py_s
     cdef double inv[HALF_BATCH]
     cdef float mean_hi
     cdef Py_ssize_t r
-    for r in range(rows):
-        _store_moments(_strided_moments_half(x + r * S, 1, S, S, kind), r, mean, var)
+    if S <= BLOCK:  # rows of one block: their sums side by side, divided by vectors (_rows_block_moments)
+        fastnorm_row_moments_half(x, rows, S, kind, mean, var)
+    else:
+        for r in range(rows):
+            _store_moments(_strided_moments_half(x + r * S, 1, S, S, kind), r, mean, var)
     for r in range(rows):
         _center_and_rstd(mean[r], var[r], eps, a.rms, &center[r], &inv[r])
     for r in range(rows):
