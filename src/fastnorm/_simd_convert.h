@@ -303,50 +303,50 @@ FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512bf16, FASTN
  * same lanes, the same additions), 16 values converted by one instruction; split at the end into the four
  * chains that the float32 pass sums in its order.  NAME_k sums K (1 or 2) rows of n values, ld apart, side
  * by side (as fastnorm_shifted_sums_k_avx512 for float32: a row alone is bound by its chains' latency). */
-#define FASTNORM_HALF_SUMS_AVX512(NAME, LOAD16, VALUE)                                                               \
-    FASTNORM_TARGET_AVX512 __attribute__((always_inline)) static inline void NAME##_k(                               \
-        const uint16_t *x, const int K, ptrdiff_t ld, ptrdiff_t n, const double *shift, double *s1, double *s2)      \
-    {                                                                                                                \
-        __m512d s[2], a01[2], a23[2], b01[2], b23[2];                                                                \
-        for (int k = 0; k < K; k++) {                                                                                \
-            s[k] = _mm512_set1_pd(shift[k]);                                                                         \
-            a01[k] = a23[k] = b01[k] = b23[k] = _mm512_setzero_pd();                                                 \
-        }                                                                                                            \
-        ptrdiff_t i = 0;                                                                                             \
-        for (; i + 16 <= n; i += 16) {                                                                               \
-            for (int k = 0; k < K; k++) {                                                                            \
-                FASTNORM_PREFETCH(x + k * ld + i);                                                                   \
-                __m512 f = LOAD16(x + k * ld + i);                                                                   \
-                __m512d d01 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), s[k]);                       \
-                __m512d d23 = _mm512_sub_pd(                                                                         \
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))), s[k]);        \
-                a01[k] = _mm512_add_pd(a01[k], d01);                                                                 \
-                a23[k] = _mm512_add_pd(a23[k], d23);                                                                 \
-                b01[k] = _mm512_fmadd_pd(d01, d01, b01[k]);                                                          \
-                b23[k] = _mm512_fmadd_pd(d23, d23, b23[k]);                                                          \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (int k = 0; k < K; k++) {                                                                                \
-            __m256d a = _mm256_add_pd(                                                                               \
-                _mm256_add_pd(_mm512_castpd512_pd256(a01[k]), _mm512_extractf64x4_pd(a01[k], 1)),                   \
-                _mm256_add_pd(_mm512_castpd512_pd256(a23[k]), _mm512_extractf64x4_pd(a23[k], 1)));                   \
-            __m256d b = _mm256_add_pd(                                                                               \
-                _mm256_add_pd(_mm512_castpd512_pd256(b01[k]), _mm512_extractf64x4_pd(b01[k], 1)),                   \
-                _mm256_add_pd(_mm512_castpd512_pd256(b23[k]), _mm512_extractf64x4_pd(b23[k], 1)));                   \
-            double sa = fastnorm_hsum4(a), sb = fastnorm_hsum4(b);                                                   \
-            for (ptrdiff_t j = i; j < n; j++) {                                                                      \
-                double d = (double)VALUE(x[k * ld + j]) - shift[k];                                                  \
-                sa += d;                                                                                             \
-                sb += d * d;                                                                                         \
-            }                                                                                                        \
-            s1[k] = sa;                                                                                              \
-            s2[k] = sb;                                                                                              \
-        }                                                                                                            \
-    }                                                                                                                \
-    FASTNORM_TARGET_AVX512 static inline void NAME(const uint16_t *x, ptrdiff_t n, double shift, double *s1,         \
-                                                   double *s2)                                                       \
-    {                                                                                                                \
-        NAME##_k(x, 1, n, n, &shift, s1, s2);                                                                        \
+#define FASTNORM_HALF_SUMS_AVX512(NAME, LOAD16, VALUE)                                                           \
+    FASTNORM_TARGET_AVX512 __attribute__((always_inline)) static inline void NAME##_k(                           \
+        const uint16_t *x, const int K, ptrdiff_t ld, ptrdiff_t n, const double *shift, double *s1, double *s2)  \
+    {                                                                                                            \
+        __m512d s[2], a01[2], a23[2], b01[2], b23[2];                                                            \
+        for (int k = 0; k < K; k++) {                                                                            \
+            s[k] = _mm512_set1_pd(shift[k]);                                                                     \
+            a01[k] = a23[k] = b01[k] = b23[k] = _mm512_setzero_pd();                                             \
+        }                                                                                                        \
+        ptrdiff_t i = 0;                                                                                         \
+        for (; i + 16 <= n; i += 16) {                                                                           \
+            for (int k = 0; k < K; k++) {                                                                        \
+                FASTNORM_PREFETCH(x + k * ld + i);                                                               \
+                __m512 f = LOAD16(x + k * ld + i);                                                               \
+                __m512d d01 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), s[k]);                   \
+                __m512d d23 = _mm512_sub_pd(                                                                     \
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))), s[k]);    \
+                a01[k] = _mm512_add_pd(a01[k], d01);                                                             \
+                a23[k] = _mm512_add_pd(a23[k], d23);                                                             \
+                b01[k] = _mm512_fmadd_pd(d01, d01, b01[k]);                                                      \
+                b23[k] = _mm512_fmadd_pd(d23, d23, b23[k]);                                                      \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int k = 0; k < K; k++) {                                                                            \
+            __m256d a =                                                                                          \
+                _mm256_add_pd(_mm256_add_pd(_mm512_castpd512_pd256(a01[k]), _mm512_extractf64x4_pd(a01[k], 1)),  \
+                              _mm256_add_pd(_mm512_castpd512_pd256(a23[k]), _mm512_extractf64x4_pd(a23[k], 1))); \
+            __m256d b =                                                                                          \
+                _mm256_add_pd(_mm256_add_pd(_mm512_castpd512_pd256(b01[k]), _mm512_extractf64x4_pd(b01[k], 1)),  \
+                              _mm256_add_pd(_mm512_castpd512_pd256(b23[k]), _mm512_extractf64x4_pd(b23[k], 1))); \
+            double sa = fastnorm_hsum4(a), sb = fastnorm_hsum4(b);                                               \
+            for (ptrdiff_t j = i; j < n; j++) {                                                                  \
+                double d = (double)VALUE(x[k * ld + j]) - shift[k];                                              \
+                sa += d;                                                                                         \
+                sb += d * d;                                                                                     \
+            }                                                                                                    \
+            s1[k] = sa;                                                                                          \
+            s2[k] = sb;                                                                                          \
+        }                                                                                                        \
+    }                                                                                                            \
+    FASTNORM_TARGET_AVX512 static inline void NAME(const uint16_t *x, ptrdiff_t n, double shift, double *s1,     \
+                                                   double *s2)                                                   \
+    {                                                                                                            \
+        NAME##_k(x, 1, n, n, &shift, s1, s2);                                                                    \
     }
 FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_f16_avx512, fastnorm_load16_f16, fastnorm_f16_value)
 FASTNORM_HALF_SUMS_AVX512(fastnorm_shifted_sums_bf16_avx512, fastnorm_load16_bf16, fastnorm_bf16_value)
@@ -398,8 +398,9 @@ static void fastnorm_row_sums_half_one(const uint16_t *x, ptrdiff_t rows, ptrdif
         fastnorm_shifted_sums_half(x + r * n, n, fastnorm_half_value(x[r * n], bf16), bf16, s1 + r, s2 + r);
 }
 #if FASTNORM_X86
-FASTNORM_TARGET_AVX512 __attribute__((noinline)) static void
-fastnorm_row_sums_half_avx512(const uint16_t *x, ptrdiff_t rows, ptrdiff_t n, int bf16, double *s1, double *s2)
+FASTNORM_TARGET_AVX512
+__attribute__((noinline)) static void fastnorm_row_sums_half_avx512(const uint16_t *x, ptrdiff_t rows, ptrdiff_t n,
+                                                                    int bf16, double *s1, double *s2)
 {
     if (n < 256) {
         fastnorm_row_sums_half_one(x, rows, n, bf16, s1, s2);
@@ -418,7 +419,8 @@ fastnorm_row_sums_half_avx512(const uint16_t *x, ptrdiff_t rows, ptrdiff_t n, in
         fastnorm_row_sums_half_one(x + r * n, rows - r, n, bf16, s1 + r, s2 + r);
 }
 #endif
-FASTNORM_BY_ISA(fastnorm_row_sums_half, (const uint16_t *x, ptrdiff_t rows, ptrdiff_t n, int bf16, double *s1, double *s2),
+FASTNORM_BY_ISA(fastnorm_row_sums_half,
+                (const uint16_t *x, ptrdiff_t rows, ptrdiff_t n, int bf16, double *s1, double *s2),
                 (x, rows, n, bf16, s1, s2), one, one, avx512, avx512)
 
 /* The moments of `rows` contiguous rows of n <= 2048 half values (each a block: shifted by its first value),
