@@ -97,7 +97,8 @@ class _RowsLayer(_Layer):
         if residual is None:
             raise ValueError("residual_out: given without residual")
         # h is written to an array of the layer's own unless residual_out is given: backward needs it.
-        h = residual_out if residual_out is not None else _kernels.empty(np.shape(x), _as_input(x, "input")[1])
+        h = residual_out if residual_out is not None else \
+            _kernels.empty(np.shape(x), _as_input(x, "input", half=True)[1])
         commit = self._commit({}, (h, STATS, _WITH_RESIDUAL))
         y, h, _ = F._rows_norm_residual(x, residual, h, self.normalized_shape, self.weight, self._bias(), self.eps,
                                         out, self._rms, False, commit, self.axes, act=act)

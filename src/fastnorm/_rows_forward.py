@@ -86,6 +86,8 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
     x, dtype = _as_input(np.ma.getdata(input) if isinstance(input, np.ma.MaskedArray) else input, "input",
                          half=True)
     r = _check_residual(residual, x.shape, dtype)
+    if out is not None:  # here as well as in _rows_norm: the overlap tests below need arrays
+        _check_out(out, x.shape, dtype)
     if residual_out is not None:
         _check_out(residual_out, x.shape, dtype, "residual_out")
         if out is not None and np.may_share_memory(out, residual_out):
