@@ -43,7 +43,7 @@ def __getattr__(name: str) -> types.ModuleType:
     if name in ("preprocessing", "onnx"):
         import importlib
 
-        return importlib.import_module(".preprocessing", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
