@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +21,18 @@ except ImportError:  # writing safetensors files needs the package; reading does
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def fresh_python(code, *args):
+    """The stdout of ``code`` (with ``args`` in sys.argv) run by a new Python that imports this fastnorm:
+    its modules start from nothing, so what an import pulls in shows in ``sys.modules``."""
+    import fastnorm
+
+    package_root = os.path.dirname(os.path.dirname(fastnorm.__file__))
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=dict(os.environ, PYTHONPATH=package_root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import fastnorm
 from fastnorm import functional as F
+from conftest import fresh_python
 
 try:
     import ml_dtypes
@@ -477,12 +478,9 @@ def test_layers_take_half_input(half):
 
 
 def test_fastnorm_does_not_import_ml_dtypes():
-    import subprocess
-    import sys
     code = "import sys, fastnorm, numpy as np; fastnorm.layer_norm(np.ones((2, 3), np.float16), 3); " \
            "print('ml_dtypes' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert fresh_python(code).strip() == "False"
 
 
 @pytest.mark.parametrize("half", HALVES)

@@ -1,21 +1,14 @@
 """The package's namespace: every name in ``fastnorm.__all__`` is there, and the submodules imported on
 first use (``onnx``, ``preprocessing``) are the modules of those names however they are reached, and are
 not imported by ``import fastnorm``."""
-import os
-import subprocess
-import sys
-
 import pytest
 
 import fastnorm
+from conftest import fresh_python
 
 
 def _run(code):
-    package_root = os.path.dirname(os.path.dirname(fastnorm.__file__))
-    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=package_root),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.split()
+    return fresh_python(code).split()
 
 
 LAZY = ("onnx", "preprocessing")

@@ -3,9 +3,6 @@ reference_ops() (fastnorm computing every node) and give the expected outputs; l
 layers whose outputs are the nodes'; GroupNormalization's opset 18 and 21, LayerNormalization's Mean and
 InvStdDev and LRN's even windows against onnx's own evaluator or the operator's definition; onnx stays
 optional."""
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 
 import fastnorm
 import fastnorm.onnx
+from conftest import fresh_python
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto  # noqa: E402
@@ -170,20 +168,12 @@ def test_layers_from_model_errors():
         fastnorm.onnx.layers_from_model(model)
 
 
-def _run(code):
-    package_root = os.path.dirname(os.path.dirname(fastnorm.__file__))
-    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=package_root),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
 def test_onnx_stays_optional():
-    assert _run("import sys, fastnorm, fastnorm.onnx; print('onnx' in sys.modules)") == "False"
+    assert fresh_python("import sys, fastnorm, fastnorm.onnx; print('onnx' in sys.modules)").strip() == "False"
     # With onnx unimportable: a clear ImportError naming the package.
-    message = _run("import sys; sys.modules['onnx'] = None\n"
-                   "import fastnorm.onnx\n"
-                   "try:\n    fastnorm.onnx.reference_ops()\nexcept ImportError as e:\n    print(e)")
+    message = fresh_python("import sys; sys.modules['onnx'] = None\n"
+                           "import fastnorm.onnx\n"
+                           "try:\n    fastnorm.onnx.reference_ops()\nexcept ImportError as e:\n    print(e)")
     assert "needs the onnx package" in message and "pip install onnx" in message
 
 

@@ -2,9 +2,6 @@
 StandardScaler, chunked fits, accuracy against exact arithmetic, NaN, dtypes, errors, and the class
 without scikit-learn installed."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastnorm
+from conftest import fresh_python
 from fastnorm.preprocessing import StandardScaler
 
 try:
@@ -298,19 +296,10 @@ print(json.dumps(out))
 """
 
 
-def _subprocess(code, *args):
-    """Runs code in a fresh Python that imports this fastnorm; returns its stdout."""
-    package_root = os.path.dirname(os.path.dirname(fastnorm.__file__))
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=dict(os.environ, PYTHONPATH=package_root),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_works_without_sklearn(rng):
     X = rng.normal(2, 3, size=(8, 3))
     X[1, 1] = np.nan
-    got = json.loads(_subprocess(_STANDALONE, json.dumps(X.tolist())))
+    got = json.loads(fresh_python(_STANDALONE, json.dumps(X.tolist())))
     scaler = StandardScaler().fit(X)
     assert np.array_equal(np.array(got["y"], float), scaler.transform(X), equal_nan=True)
     assert np.array_equal(got["mean"], scaler.mean_) and got["n"] == [8, 7, 8]
@@ -327,7 +316,7 @@ def test_works_without_sklearn(rng):
 
 
 def test_import_fastnorm_does_not_import_sklearn():
-    assert _subprocess("import sys, fastnorm; print('sklearn' in sys.modules)").strip() == "False"
+    assert fresh_python("import sys, fastnorm; print('sklearn' in sys.modules)").strip() == "False"
 
 
 def exact_standard_scaler(x):
