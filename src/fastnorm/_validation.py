@@ -81,12 +81,13 @@ def _is_float(dtype: np.dtype[Any]) -> bool:
 
 
 def _reals(value: object, name: str) -> Stats:
-    """``value`` as a float64 array of real numbers: integers or any floating-point type (bfloat16, whose
-    NumPy kind is not ``"f"``, included); otherwise a TypeError naming the argument."""
+    """``value`` as a float64 array of real numbers (itself when it is one: read, never written):
+    integers or any floating-point type (bfloat16, whose NumPy kind is not ``"f"``, included); otherwise a
+    TypeError naming the argument."""
     a = _array(value, name)
     if a.dtype.kind not in "fiu" and not _is_half(a.dtype):
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
-    return a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
 
 
 def _compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
