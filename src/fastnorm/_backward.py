@@ -189,8 +189,8 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     if activation is not None or add is not None:
         return _through_activation(
             grad_output, input, activation, add,
-            lambda x, a: _pre_activation(x, a, _channel_axes(x, channel_axis), _channel_axes(x, channel_axis), mean,
-                                         invstd, weight, bias),
+            lambda x: _pre_activation(x, _channel_axes(x, channel_axis), _channel_axes(x, channel_axis), mean,
+                                      invstd, weight, bias),
             lambda dz: batch_norm_backward(dz, input, mean, invstd, weight, training, channel_axis=channel_axis,
                                            eps=eps, mask=mask))
     if _masked.is_masked(input, mask):
@@ -264,8 +264,7 @@ def _rows_gradients(grad_output: ArrayLike, input: ArrayLike, normalized_shape: 
     if activation is not None:
         dx, dw, db = _through_activation(
             grad_output, input, activation, None,
-            lambda x, a: _pre_activation(x, a, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias,
-                                         True),
+            lambda x: _pre_activation(x, *_row_axes(x, normalized_shape, axes), mean, rstd, weight, bias, True),
             lambda dz: _rows_gradients(dz, input, normalized_shape, mean, rstd, weight, bias, rms, axes, eps, mask,
                                        None))
         return dx, dw, db
@@ -512,9 +511,9 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Su
     True
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> _Fold:
+        def pre_activation(x: FloatArray) -> _Fold:
             axis, _, _ = _group_norm_layout(x, num_groups, channel_axis)
-            return _pre_activation(x, a, (0, axis), (axis,), _per_channel(mean, num_groups, x, axis),
+            return _pre_activation(x, (0, axis), (axis,), _per_channel(mean, num_groups, x, axis),
                                    _per_channel(rstd, num_groups, x, axis), weight, bias)
         return _through_activation(
             grad_output, input, activation, add, pre_activation,
@@ -613,9 +612,9 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     (2, 3, 5)
     """
     if activation is not None or add is not None:
-        def pre_activation(x: FloatArray, a: Optional[FloatArray]) -> _Fold:
+        def pre_activation(x: FloatArray) -> _Fold:
             axis = _check_instance_axis(x, channel_axis)
-            return _pre_activation(x, a, (0, axis) if use_input_stats else (axis,), (axis,), mean, rstd, weight, bias)
+            return _pre_activation(x, (0, axis) if use_input_stats else (axis,), (axis,), mean, rstd, weight, bias)
         return _through_activation(
             grad_output, input, activation, add, pre_activation,
             lambda dz: instance_norm_backward(dz, input, mean, rstd, weight, use_input_stats,

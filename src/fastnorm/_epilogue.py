@@ -86,14 +86,14 @@ class _Fold(NamedTuple):
     b: Optional[FloatArray]
 
 
-def _pre_activation(x: FloatArray, add: Optional[NDArray[Any]], stat_axes: Tuple[int, ...],
-                    param_axes: Tuple[int, ...], center: Optional[ArrayLike], rstd: ArrayLike,
-                    weight: Optional[ArrayLike], bias: Optional[ArrayLike], per_element: bool = False) -> _Fold:
+def _pre_activation(x: FloatArray, stat_axes: Tuple[int, ...], param_axes: Tuple[int, ...],
+                    center: Optional[ArrayLike], rstd: ArrayLike, weight: Optional[ArrayLike],
+                    bias: Optional[ArrayLike], per_element: bool = False) -> _Fold:
     """``z = (x - center) * rstd * weight + bias`` as the forward's sweep computes it, in x's compute dtype:
     the statistics (varying along x's ``stat_axes``) and the parameters (along ``param_axes``) folded in
     float64 into ``(x - mean_hi) * scale + shift`` (``_sweeps.pxi``'s ``_fold``), or with ``per_element``
     parameters (LayerNorm, RMSNorm) the fold of the statistics alone, then ``* weight + bias`` (center
-    None: 0, RMSNorm).  ``add`` is added by the caller."""
+    None: 0, RMSNorm).  The forward's ``add`` is added by the kernel that recomputes z."""
     dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
     c = np.zeros(1) if center is None else _along(center, "mean", x, stat_axes)
     r = _along(rstd, "rstd", x, stat_axes)
@@ -185,10 +185,10 @@ def _row_axes(x: FloatArray, normalized_shape: Optional[Shape],
 
 
 def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Optional[str], add: Optional[ArrayLike],
-                        pre_activation: Callable[[FloatArray, Optional[NDArray[Any]]], _Fold],
+                        pre_activation: Callable[[FloatArray], _Fold],
                         backward: Callable[[ArrayLike], Tuple[Any, ...]]) -> Tuple[Any, ...]:
     """A backward through ``act(norm(x) + add)``: ``backward(dz)`` of the normalization, with
-    ``dz = grad_output * act'(z)``, ``z`` from ``pre_activation(x, add)``; and ``dz`` (the gradient of
+    ``dz = grad_output * act'(z)``, ``z`` from ``pre_activation(x)`` and ``add``; and ``dz`` (the gradient of
     ``add``, of the input's shape and dtype) appended when ``add`` is given.  Without either: ``backward``
     of ``grad_output`` as it is."""
     act = _check_activation(activation)
@@ -199,7 +199,7 @@ def _through_activation(grad_output: ArrayLike, input: ArrayLike, activation: Op
     a = _check_add(add, x.shape)
     if g.shape != x.shape or not _is_float(g.dtype) or not _is_float(x.dtype):
         return backward(grad_output)  # let the normalization's backward name the problem
-    dz = _activation_grad(pre_activation(x, a), x, g, a, act) if act else g
+    dz = _activation_grad(pre_activation(x), x, g, a, act) if act else g
     native = x.dtype.newbyteorder("=")
     dz_in = dz if act and dz.dtype == native else np.array(dz, dtype=native)  # a new array: the gradient of add
     grads = backward(dz_in)

@@ -353,8 +353,7 @@ class SyncBatchNorm(_BatchNorm):
         # Through the activation first: the collective steps below then differentiate the normalization.
         return _through_activation(
             grad_output, x, activation, add,
-            lambda x, a: _pre_activation(x, a, (axis % x.ndim,), (axis % x.ndim,), mean, invstd, self.weight,
-                                         self.bias),
+            lambda x: _pre_activation(x, (axis % x.ndim,), (axis % x.ndim,), mean, invstd, self.weight, self.bias),
             lambda dz: self._backward_batch(dz, x, mean, invstd, count))
 
     def _backward_batch(self, grad_output: ArrayLike, x: NDArray[Any], mean: NDArray[np.float64],
