@@ -20,8 +20,8 @@
  *      NAME_avx2, NAME_avx512).  gcc's target_clones would compile the same variants, but the loader would
  *      pick one by the CPU alone, beyond a test's reach: a machine with AVX-512 would never run the others.
  *    - hand-written twins with intrinsics (NAME_avx2, NAME_avx512, NAME_avx512bf16), where the plain loop
- *      is slower than the memory: the float32 statistics passes (their plain loops ran at about 60% of the
- *      read bandwidth) and the half-precision loops, which convert in registers.
+ *      is slower than the memory: the float32 statistics passes (bench/NOTES.md, "AVX2+FMA statistics
+ *      passes") and the half-precision loops, which convert in registers.
  *    Elementwise sweeps give the same bits at every level (no contraction into FMA: -ffp-contract=off), and
  *    so do the twins of one loop at levels 1 to 3 (the same lanes summed in the same order); the plain
  *    reductions' bits depend on the level's lane count, and level 0's statistics passes sum in another
@@ -66,9 +66,9 @@ static int fastnorm_cpu_isa(void)
 
 /* NAME PARAMS calls NAME_L0, NAME_L1, NAME_L2 or NAME_L3 (ARGS), the variant of the level in force, through a
  * table indexed by the level; a loop without a variant of its own at a level gives the suffix of the one
- * below.  A caller holds one indirect call, as to a loader-resolved function (a switch inlined there, its
- * four calls took registers from the caller's own loops: a streamed sweep kept its bound on the stack, 10%
- * slower). */
+ * below.  A caller holds one indirect call, as to a loader-resolved function: a switch inlined there took
+ * registers from the caller's own loops with its four calls (bench/NOTES.md, "One ISA level for the C
+ * loops"). */
 #define FASTNORM_BY_ISA(NAME, PARAMS, ARGS, L0, L1, L2, L3)                                             \
     static void(*const NAME##_by_isa[4]) PARAMS = {NAME##_##L0, NAME##_##L1, NAME##_##L2, NAME##_##L3}; \
     static inline void NAME PARAMS                                                                      \
@@ -99,11 +99,6 @@ static int fastnorm_cpu_isa(void)
 
 #define FASTNORM_PREFETCH_BYTES 2048
 #define FASTNORM_PREFETCH(p) _mm_prefetch((const char *)((uintptr_t)(p) + FASTNORM_PREFETCH_BYTES), _MM_HINT_T0)
-
-FASTNORM_TARGET_AVX2 static inline __m256d fastnorm_load4_minus(const float *p, __m256d b)
-{
-    return _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p)), b);
-}
 
 FASTNORM_TARGET_AVX2 static inline double fastnorm_hsum4(__m256d v)
 {
