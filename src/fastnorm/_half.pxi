@@ -120,7 +120,7 @@ cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowT
                             int nthreads, const uint16_t* res=NULL, uint16_t* h=NULL) noexcept nogil:
     """Tile k: widen, the float32 kernel in place, narrow.  With ``res``: the rows of ``h = x + res``, h
     rounded into ``h`` (which may be x or res) and its values widened (fastnorm_add_half)."""
-    cdef Py_ssize_t r0, r1, n
+    cdef Py_ssize_t r0, r1, n, next0, next1
     cdef RowAffine local = a[0]
     cdef int status
     _tile_rows(t, k, &r0, &r1)
@@ -134,10 +134,9 @@ cdef int _forward_rows_tile(const uint16_t* x, uint16_t* y, int kind, const RowT
     else:
         fastnorm_add_half(x + r0 * t.S, res + r0 * t.S, h + r0 * t.S, scratch, n, kind)
         if k + 1 < t.count:  # the next tile's x and res arrive while this one is normalized
-            _tile_rows(t, k + 1, &r0, &r1)
-            fastnorm_prefetch_range(x + r0 * t.S, (r1 - r0) * t.S * 2)
-            fastnorm_prefetch_range(res + r0 * t.S, (r1 - r0) * t.S * 2)
-            _tile_rows(t, k, &r0, &r1)
+            _tile_rows(t, k + 1, &next0, &next1)
+            fastnorm_prefetch_range(x + next0 * t.S, (next1 - next0) * t.S * 2)
+            fastnorm_prefetch_range(res + next0 * t.S, (next1 - next0) * t.S * 2)
     status = _forward_rows(<const float*>scratch, scratch, 1, r1 - r0, t.S, &local, eps, mean + r0, var + r0,
                            nthreads)
     _narrow_fused(scratch, y + r0 * t.S, n, kind, a.ep)
@@ -233,7 +232,7 @@ cdef int _forward_channels_half(const uint16_t* x, uint16_t* y, int kind, Py_ssi
     a time, or with too few channels for the threads, the blocks' moments in parallel (merged in the
     canonical order, as _moments_channels) and then the pieces of the runs."""
     cdef Py_ssize_t r, t, k
-    cdef Py_ssize_t runs = (S + 2047) // 2048  # blocks a run
+    cdef Py_ssize_t runs = (S + BLOCK - 1) // BLOCK  # blocks a run
     cdef Py_ssize_t per_channel = N * runs
     cdef Py_ssize_t pieces = (S + SPLIT - 1) // SPLIT
     cdef Moments m
@@ -251,7 +250,7 @@ cdef int _forward_channels_half(const uint16_t* x, uint16_t* y, int kind, Py_ssi
         return -1
     for t in prange(R * per_channel, schedule="static", num_threads=nthreads):
         partial[t] = _block_moments_half(x + ((t % per_channel) // runs * R + t // per_channel) * S
-                                         + (t % runs) * 2048, min(<Py_ssize_t>BLOCK, S - (t % runs) * 2048), kind)
+                                         + (t % runs) * BLOCK, min(<Py_ssize_t>BLOCK, S - (t % runs) * BLOCK), kind)
     for r in range(R):
         m = partial[r * per_channel]
         for k in range(1, per_channel):
@@ -365,7 +364,8 @@ cdef int _fold_and_sweep_half(const uint16_t* x, uint16_t* y, int kind, Py_ssize
                               ParamVector mean, ParamVector var, ParamVector weight, ParamVector bias, double eps,
                               int nthreads, const Epilogue* ep) noexcept nogil:
     """_fold_and_sweep of a half buffer: the same float32 factors, the same sweep's operations."""
-    cdef float* p = <float*>_alloc(3 * C * max(S, <Py_ssize_t>1) * sizeof(float))
+    # Short runs repeat each channel's factors S times below; long ones use them as they are.
+    cdef float* p = <float*>_alloc(3 * C * (S if 1 < S < SHORT_SWEEP else 1) * sizeof(float))
     cdef Py_ssize_t k, c, j
     cdef int status = 0
     if p == NULL:
