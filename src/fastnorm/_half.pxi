@@ -7,11 +7,8 @@
 from libc.stdint cimport uint16_t
 
 cdef extern from "_simd_convert.h" nogil:
-    void fastnorm_bf16_to_f32(const uint16_t* src, float* dst, Py_ssize_t n)
-    void fastnorm_f32_to_bf16(const float* src, uint16_t* dst, Py_ssize_t n)
-    void fastnorm_f16_to_f32(const uint16_t* src, float* dst, Py_ssize_t n)
-    void fastnorm_f32_to_f16(const float* src, uint16_t* dst, Py_ssize_t n)
     void fastnorm_widen(const uint16_t* src, float* dst, Py_ssize_t n, int bf16)
+    void fastnorm_narrow(const float* src, uint16_t* dst, Py_ssize_t n, int bf16)
     void fastnorm_shifted_sums_half(const uint16_t* x, Py_ssize_t n, double shift, int bf16, double* s1, double* s2)
     void fastnorm_row_moments_half(const uint16_t* x, Py_ssize_t rows, Py_ssize_t n, int bf16, double* mean,
                                    double* var)
@@ -32,7 +29,7 @@ cdef enum:
     HALF_TILE = 8192  # float32 values of a tile's scratch: 32 KiB, with its half input and output in L1 and L2
     HALF_RUNS = 64    # sub-runs at least this long are swept one call each, shorter ones by tiles of rows
     HALF_BATCH = 8    # rows of a per-element affine whose statistics go one step for all (_forward_row_batch_half)
-    HALF_F16 = 0
+    HALF_F16 = 0      # a half kind is the C loops' ``bf16`` argument as it is
     HALF_BF16 = 1
 
 
@@ -43,13 +40,6 @@ cdef int _half_kind(cnp.ndarray x):
     if cnp.PyArray_ITEMSIZE(x) == 2 and x.dtype.name == "bfloat16":
         return HALF_BF16
     return -1
-
-
-cdef inline void _narrow(const float* src, uint16_t* dst, Py_ssize_t n, int kind) noexcept nogil:
-    if kind == HALF_BF16:
-        fastnorm_f32_to_bf16(src, dst, n)
-    else:
-        fastnorm_f32_to_f16(src, dst, n)
 
 
 # A fused half call (see Epilogue): ``add`` holds half values in the output's layout; the epilogue runs on
@@ -67,9 +57,9 @@ cdef inline const uint16_t* _half_added(const Epilogue* ep, const uint16_t* y) n
 
 
 cdef inline void _narrow_fused(float* src, uint16_t* dst, Py_ssize_t n, int kind, const Epilogue* ep) noexcept nogil:
-    """_narrow, after ``ep`` (if any) on the float32 values."""
+    """fastnorm_narrow, after ``ep`` (if any) on the float32 values."""
     if ep == NULL:
-        _narrow(src, dst, n, kind)
+        fastnorm_narrow(src, dst, n, kind)
     else:
         fastnorm_narrow_fused(src, dst, n, kind, ep.act, _half_added(ep, dst))
 

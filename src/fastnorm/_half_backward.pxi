@@ -27,7 +27,7 @@ cdef void _activation_grad_chunk_half(const uint16_t* x, const uint16_t* dy, con
         _pre_activation_chunk(<const float*>bx, bz, n, mean_hi, scale, shift, columns, w, b,
                               ba if add != NULL else NULL)
         fastnorm_activation_grad_f32(bz, bg, n, act)
-    _narrow(bz, dz, n, kind)
+    fastnorm_narrow(bz, dz, n, kind)
 
 
 cdef void _activation_grad_half(const uint16_t* x, const uint16_t* dy, const uint16_t* add, uint16_t* dz, int kind,
@@ -73,7 +73,7 @@ cdef int _backward_per_element_chunk_half(const uint16_t* x, const uint16_t* dy,
         fastnorm_widen(dy + r * D, rows + D, D, kind)
         _backward_per_element_chunk(<const float*>rows, <const float*>(rows + D), rows + 2 * D, 0, 1, D, w, mean + r,
                                     rstd + r, training, rms, row_dy, row_dy + D, xhat_sums + 2 * r, False)
-        _narrow(rows + 2 * D, dx + r * D, D, kind)
+        fastnorm_narrow(rows + 2 * D, dx + r * D, D, kind)
         for d in range(D):
             col_dy[d] += row_dy[d]
             col_dy_xhat[d] += row_dy[D + d]
@@ -156,7 +156,7 @@ cdef void _backward_row_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx
                 _backward_elemt_run(<const float*>bx, <const float*>bdy, bdx, stop - start, mean_hi,
                                     <float>(rstd[r] * _at(a.weight, (r % a.groups) * K + j, 1.0)), <float>c2,
                                     <float>c3, NULL, False)
-                _narrow(bdx, dx + off + start, stop - start, kind)
+                fastnorm_narrow(bdx, dx + off + start, stop - start, kind)
                 start = stop
 
 
@@ -232,7 +232,7 @@ cdef void _backward_elemt_tile_half(const uint16_t* x, const uint16_t* dy, uint1
     _widen_tile(dy, kind, g, r0, rows, c0, ncols, scratch + rows * ncols)
     fastnorm_backward_elemt_columns_f32(scratch, scratch + rows * ncols, out, rows, ncols, ncols, p + c0, g.C)
     for i in range(rows):
-        _narrow(out + i * ncols, dx + (r0 + i) * g.C + c0, ncols, kind)
+        fastnorm_narrow(out + i * ncols, dx + (r0 + i) * g.C + c0, ncols, kind)
 
 
 cdef void _backward_tiles_half(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int kind, const Tiles* g,
