@@ -3,8 +3,8 @@
  * written once per precision as a function of one value (its scalar formula beside it), the loops once for
  * both precisions.  relu and relu6 are compares.  float32 (and float16/bfloat16, computed in float32): the
  * others are built from the branch-free exp below, so that gcc vectorizes the chunk loops at every level
- * (libm's expf, erff and tanhf are a call per value: 3 to 27 ns a value against 0.2 ns for the sweep,
- * bench/NOTES.md "Vectorized activations").  float64 calls libm (exp, erf, tanh).  NaN stays NaN.
+ * (libm's expf, erff and tanhf are a call per value, dearer than the whole sweep: bench/NOTES.md
+ * "Vectorized activations").  float64 calls libm (exp, erf, tanh).  NaN stays NaN.
  * The codes are those of fastnorm._validation.ACTIVATIONS (1-based; 0: none). */
 #include <math.h>
 #include <stdint.h>

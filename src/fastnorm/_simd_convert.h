@@ -6,7 +6,7 @@
  * 0x7FFF + (the lowest kept bit) and drops the low half (a carry into the exponent gives the next binade,
  * or inf), a NaN kept a NaN (quiet, sign kept: the bias could carry a NaN's payload into inf).
  * float16: F16C's vcvtph2ps and vcvtps2ph (round to nearest even) from ISA level 1 on, IEEE casts at
- * level 0.  Every loop here is chosen by the ISA level (_simd.h); the registers paths give the bits of the
+ * level 0.  Every loop here is chosen by the ISA level (_simd.h); the register paths give the bits of the
  * plain ones. */
 #ifndef FASTNORM_SIMD_CONVERT_H
 #define FASTNORM_SIMD_CONVERT_H
