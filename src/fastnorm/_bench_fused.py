@@ -4,9 +4,9 @@ of a normalization into its sweep saves in an inference pipeline, hot data, inte
 Each row times fastnorm's fused call, the unfused composition a NumPy user writes today, and ONNX
 Runtime's op for the same step where onnxruntime is installed (a session per op, its inputs and outputs
 bound to preallocated buffers, so that it pays neither allocation nor copies): the residual of a pre-norm
-block (``SkipLayerNormalization``; in bfloat16 against NumPy's addition), BatchNorm followed by ReLU, LayerNorm
-on bfloat16 against float32, and
-the small tensors of batch-1-to-8 inference against a copy of the same bytes.
+block (``SkipLayerNormalization``; in bfloat16 against NumPy's addition), BatchNorm followed by ReLU,
+LayerNorm on bfloat16 against float32, and the small tensors of batch-1-to-8 inference against a copy of
+the same bytes.
 """
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
