@@ -496,8 +496,9 @@ def backward_columns(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray dx, Py_ssize_t N
 
 
 def activate(cnp.ndarray y, object add, int act, int nthreads):
-    """``y = act(y + add)`` in place (``add``: None or an array of y's layout and dtype): the epilogue of
-    a fused sweep, for the paths that normalize first (masked inputs, several channel axes)."""
+    """``y = act(y + add)`` in place, y float32 or float64 (``add``: None or an array of y's layout and
+    dtype): the epilogue of a fused sweep, for the paths that normalize first (masked inputs, several
+    channel axes, ``axes=``)."""
     cdef Buffers c
     _buffers(&c, y, y, None, act, add)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(y), chunks = (n + CHUNK - 1) // CHUNK, t
