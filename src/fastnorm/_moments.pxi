@@ -157,15 +157,15 @@ cdef void _column_block_moments(const floating* x, Py_ssize_t r0, Py_ssize_t r1,
     if floating is float:
         fastnorm_column_sums_f32(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
         fastnorm_shifted_moments_f32(base + c0, 1, n, c1 - c0, bmean + c0, bvar + c0)
-        return
-    fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
-    for c in range(c0, c1):
-        if not bvar[c] <= DBL_MAX:
-            m = _scaled_moments(base + c, r1 - r0, C)
-            bmean[c] = m.mean
-            bvar[c] = m.var
-        else:
-            fastnorm_shifted_moments(<double>base[c], bmean[c], bvar[c], n, &bmean[c], &bvar[c])
+    else:
+        fastnorm_column_sums_f64(base + c0, r1 - r0, c1 - c0, C, base + c0, bmean + c0, bvar + c0)
+        for c in range(c0, c1):
+            if not bvar[c] <= DBL_MAX:
+                m = _scaled_moments(base + c, r1 - r0, C)
+                bmean[c] = m.mean
+                bvar[c] = m.var
+            else:
+                fastnorm_shifted_moments(<double>base[c], bmean[c], bvar[c], n, &bmean[c], &bvar[c])
 
 
 cdef Py_ssize_t _rows_per_block(Py_ssize_t C) noexcept nogil:

@@ -67,6 +67,7 @@ def set_spin(double seconds):
     fastnorm_set_spin_ns(<long>(seconds * 1e9))
 
 
+@cython.wraparound(True)  # text[-1]: plain Python indexing (the module's default is off)
 def last_level_cache_bytes():
     """Size of the CPU's last-level cache as Linux reports it (sysfs), or 32 MiB where it does not."""
     import glob
