@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _channel_vector, _check_channels,
                           _check_eps, _check_mask, _check_ndim, _check_normalized_shape, _check_out, _compute_dtype,
                           _deliver, _elementwise_vector, _group_norm_args, _group_norm_layout, _instance_norm_args,
-                          _normalize_axes, _rms_eps, _rounded, _stat_vector)
+                          _normalize_axes, _rms_eps, _stat_vector)
 
 Mask = NDArray[np.bool_]
 
@@ -72,19 +72,13 @@ def _stats(x: Stats, m: Mask, axes: Tuple[int, ...], centered: bool = True) -> T
     return count, mean, var
 
 
-def _delivered(y: Stats, out: Optional[FloatArray], dtype: np.dtype[Any]) -> FloatArray:
-    """A float64 output as the unmasked call's: ``_deliver`` (into ``out`` or a new array of ``dtype``) of its
-    values rounded first to the dtype the input is computed in (float32 for float16 and bfloat16), so that
-    a half result is the float32 call's rounded, bit for bit (a direct rounding of the float64 value
+def _as_unmasked(y: Stats, dtype: np.dtype[Any], out: Optional[FloatArray] = None) -> FloatArray:
+    """A float64 output or gradient as the unmasked call gives it: rounded first to the dtype the input is
+    computed in (float32 for float16 and bfloat16), then to ``dtype``, into ``out`` when given (_deliver);
+    so a half result is the float32 call's rounded, bit for bit (a direct rounding of the float64 value
     differs from that on rare ties)."""
     with np.errstate(over="ignore"):
         return _deliver(y.astype(_compute_dtype(dtype), copy=False), out, dtype)
-
-
-def _grad(dx: Stats, dtype: np.dtype[Any]) -> FloatArray:
-    """A float64 gradient in the result ``dtype``, as :func:`_delivered` rounds an output."""
-    with np.errstate(over="ignore"):
-        return _rounded(dx.astype(_compute_dtype(dtype), copy=False), dtype)
 
 
 def _normalized(x: Stats, mean: Stats, rstd: Stats, weight: Optional[Stats], bias: Optional[Stats]) -> Stats:
@@ -155,7 +149,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var
         if buffers is not None:
             _update_running(buffers, factor, mean.reshape(1, C), var.reshape(1, C), count.reshape(1, C), bessel)
     rstd = _rstd(var, eps)
-    y = _delivered(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), out, dtype)
+    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), dtype, out)
     return y, _flat(mean), _flat(rstd)
 
 
@@ -175,7 +169,7 @@ def rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optio
     lead = x.shape[:x.ndim - len(shape)]
     _, mean, var = _stats(x64, m, tuple(range(len(lead), x.ndim)), centered=not rms)
     rstd = _rstd(var, eps)
-    y = _delivered(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), out, dtype)
+    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), dtype, out)
     return y, mean.reshape(lead), rstd.reshape(lead)
 
 
@@ -207,7 +201,7 @@ def group_norm(input: ArrayLike, num_groups: Any, weight: Optional[ArrayLike], b
     params = (1, G, C // G, 1)
     y = _normalized(grouped, mean, rstd, _shaped(w, params), _shaped(b, params))
     N = x.shape[0]
-    return _delivered(_ungrouped(y, x.shape, axis), out, dtype), mean.reshape(N, G), rstd.reshape(N, G)
+    return _as_unmasked(_ungrouped(y, x.shape, axis), dtype, out), mean.reshape(N, G), rstd.reshape(N, G)
 
 
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
@@ -233,7 +227,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_
             _update_running(buffers, factor, mean.reshape(N, C), var.reshape(N, C), count.reshape(N, C), True)
         stats_shape = (N, C)
     rstd = _rstd(var, eps)
-    y = _delivered(_normalized(x64, mean, rstd, _shaped(w, (C,) + spread), _shaped(b, (C,) + spread)), out, dtype)
+    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, (C,) + spread), _shaped(b, (C,) + spread)), dtype, out)
     return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
@@ -301,7 +295,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLik
     w = _shaped(_channel_vector(weight, "weight", C, x.dtype), shape)
     others = tuple(a for a in range(x.ndim) if a != axis)
     dx, xhat = _grads(dy, x64, m, mean_, invstd_, w, others, bool(training), True, eps)
-    return _grad(dx, dtype), (dy * xhat).sum(axis=others), dy.sum(axis=others)
+    return _as_unmasked(dx, dtype), (dy * xhat).sum(axis=others), dy.sum(axis=others)
 
 
 def rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Optional[Shape],
@@ -319,7 +313,7 @@ def rows_backward(grad_output: ArrayLike, input: ArrayLike, normalized_shape: Op
     _elementwise_vector(bias, "bias", shape, x)  # only its presence matters; checked as the forward's
     dx, xhat = _grads(dy, x64, m, mean_, rstd_, w, tuple(range(len(lead), x.ndim)), True, not rms, eps)
     outer = tuple(range(len(lead)))
-    return _grad(dx, dtype), (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
+    return _as_unmasked(dx, dtype), (dy * xhat).sum(axis=outer), dy.sum(axis=outer)
 
 
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: Any, mean: ArrayLike,
@@ -333,7 +327,7 @@ def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, num_groups: An
     w = _shaped(_channel_vector(weight, "weight", C, x.dtype), (1, G, C // G, 1))
     gy = _grouped(dy, axis, G)
     dx, xhat = _grads(gy, _grouped(x64, axis, G), _grouped(m, axis, G), mean_, rstd_, w, (2, 3), True, True, eps)
-    return (_grad(_ungrouped(dx, x.shape, axis), dtype), (gy * xhat).sum(axis=(0, 3)).reshape(C),
+    return (_as_unmasked(_ungrouped(dx, x.shape, axis), dtype), (gy * xhat).sum(axis=(0, 3)).reshape(C),
             gy.sum(axis=(0, 3)).reshape(C))
 
 
@@ -351,4 +345,4 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, mean: Array
     w = _shaped(_channel_vector(weight, "weight", C, x.dtype), (C,) + spread)
     spatial = tuple(range(2, x.ndim))
     dx, xhat = _grads(dy, x64, m, mean_, rstd_, w, spatial, bool(use_input_stats), True, eps)
-    return _grad(dx, dtype), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
+    return _as_unmasked(dx, dtype), (dy * xhat).sum(axis=(0,) + spatial), dy.sum(axis=(0,) + spatial)
