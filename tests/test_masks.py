@@ -221,6 +221,21 @@ def test_numpy_ma_input_is_its_data_with_its_mask(name):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("function", [fastnorm.layer_norm, fastnorm.rms_norm])
+def test_numpy_ma_input_with_a_residual_gives_plain_arrays(function):
+    """With ``residual``, h of a ``numpy.ma`` input is an ndarray as y is: ``data + residual``, as the call
+    with ``mask=`` gives it."""
+    rng = np.random.default_rng(11)
+    x, r = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    invalid = rng.random(x.shape) < 0.2
+    invalid[:, :2] = False
+    got = function(np.ma.masked_array(x, invalid), 5, residual=r)
+    expected = function(x, 5, residual=r, mask=~invalid)
+    for g, e in zip(got, expected):
+        assert type(g) is np.ndarray
+        np.testing.assert_array_equal(g, e)
+
+
 def test_evaluation_ignores_the_mask_for_the_statistics():
     x = np.random.default_rng(10).normal(size=(4, 3))
     rm, rv = np.full(3, 0.5), np.full(3, 2.0)

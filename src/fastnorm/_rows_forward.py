@@ -102,10 +102,11 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
     else:
         # The sum first, into a new array, so that a call that fails writes nothing; then h normalized.
         h = np.add(input, r, dtype=dtype)
-        if masked:
+        if masked:  # h of a numpy.ma input carries its mask into the normalization; h returned is the data
             y, mean, rstd = _normalize_then_activate(
                 lambda v, o: _masked.rows_norm(v, normalized_shape, weight, bias, eps, o, rms, mask), h, out, act, None)
             stats = (mean, rstd) if return_stats else None
+            h = np.ma.getdata(h)
         else:
             y, stats = _rows_norm(h, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, axes,
                                   act=act)
