@@ -1,8 +1,11 @@
-# float16 and bfloat16 read and written natively: computed in float32 by the float32 code, a tile at a
-# time.  A tile of rows is converted into a float32 scratch of L2 size (one per thread), normalized there
-# in place by the float32 kernel, and converted back into the half output; so nothing of the input's or
-# the output's size is ever float32, and the statistics and the bits of each row are those of the float32
-# call on the same values (upcast exactly), its result rounded once to the half type (_simd_convert.h).
+# float16 and bfloat16 read and written natively: computed in float32 with the float32 code's operations in
+# its order, so the statistics and the bits of each value are those of the float32 call on the same values
+# (upcast exactly), its result rounded once to the half type (_simd_convert.h), and nothing of the input's
+# or the output's size is ever float32.  Values are widened where they are used: a block at a time for the
+# moments (into an L1 buffer, or in registers from ISA level 1), a run at a time by the sweeps
+# (fastnorm_sweep_half), or a tile of rows into a thread's scratch of HALF_TILE floats that the float32
+# kernel normalizes in place before it is narrowed into the output (short sub-runs, the residual's rows,
+# rows too few for the threads).
 
 from libc.stdint cimport uint16_t
 
