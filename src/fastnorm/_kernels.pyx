@@ -83,7 +83,7 @@ include "_rows.pxi"         # [N, R, S] rows: forward and backward
 include "_columns.pxi"      # [M, C] columns: forward and backward, channels-last GroupNorm
 include "_backward_checks.pxi"  # backward: input modified in place, float64 rescaling
 include "_inference.pxi"    # frozen statistics: fold once, sweep; the eval cache of a layer
-include "_half.pxi"         # float16 and bfloat16 by tiles converted to float32 scratch: forward
+include "_half.pxi"         # float16 and bfloat16 read and written natively: forward
 include "_half_backward.pxi"  # the same: backward
 
 
