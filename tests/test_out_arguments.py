@@ -9,6 +9,7 @@ import pytest
 
 import fastnorm
 from fastnorm import functional as F
+from test_half import HALVES
 
 SHAPE = (4, 6, 8)
 
@@ -58,6 +59,8 @@ BAD = {
     "a masked array": (lambda x: np.ma.masked_array(np.empty_like(x)), TypeError),
     "another float dtype": (lambda x: np.empty(x.shape, np.float64 if x.dtype == np.float32 else np.float32),
                             TypeError),
+    "another 2-byte dtype": (lambda x: np.empty(x.shape, np.int16 if x.dtype == np.float16 else np.float16),
+                             TypeError),  # a float16 out for a bfloat16 input among them
     "an integer dtype": (lambda x: np.empty(x.shape, np.int32), TypeError),
     "another shape": (lambda x: np.empty(x.shape[:-1] + (9,), x.dtype), ValueError),
     "a read-only array": (lambda x: np.broadcast_to(np.empty(x.shape[-1:], x.dtype), x.shape), ValueError),
@@ -70,7 +73,7 @@ def _cases():
             yield label, name
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), *HALVES])
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("label, name", list(_cases()))
 def test_bad_output_argument_is_refused_before_anything_is_written(label, name, bad, dtype):
