@@ -93,6 +93,13 @@ def _layer_cases():
     yield "GroupNorm", lambda: (fastnorm.GroupNorm(2, 4), data(3, 4, 5), data(3, 4, 5) + 1), in_place
     yield "LocalResponseNorm", lambda: (fastnorm.LocalResponseNorm(3), data(2, 5, 3), data(2, 5, 3) + 1), in_place
     yield "BatchNorm2d calibrate", bn((4, 3, 5, 5)), lambda layer, x: layer.calibrate([x, x * 2])
+    yield "BatchNorm2d, mask=", bn((4, 3, 5, 5)), lambda layer, x: layer(x, out=x, mask=x > 0)
+    yield ("InstanceNorm2d tracking, numpy.ma", tracked_instance_norm(False),
+           lambda layer, x: layer(np.ma.masked_array(x, mask=x < 0), out=x))
+    yield ("GroupNorm, mask=, add=", lambda: (fastnorm.GroupNorm(2, 4), data(3, 4, 5), data(3, 4, 5) + 1),
+           lambda layer, x: layer(x, out=x, mask=x > 0, add=x[:1] * 2))
+    yield ("RMSNorm, residual=, mask=", lambda: (fastnorm.RMSNorm(6), data(5, 6), data(5, 6) + 1),
+           lambda layer, x: layer(x, residual=x[:1] * 2, out=x, mask=x > 0))
     yield ("BatchNorm2d renorm, ghost batches",
            bn((8, 3, 5, 5), renorm=True, renorm_clipping={"rmax": 2.0, "dmax": 1.0}, virtual_batch_size=4), in_place)
     try:
@@ -187,6 +194,17 @@ def _functional_cases():
         lambda x, rm, rv: F.batch_norm(x, rm, rv, training=True, out=x))
     yield ("instance_norm", make((2, 3, 6), 3),
            lambda x, rm, rv: F.instance_norm(x, rm, rv, use_input_stats=True, out=x))
+    yield ("batch_norm, mask=, activation", make((4, 3, 6), 3),
+           lambda x, rm, rv: F.batch_norm(x, rm, rv, training=True, out=x, mask=x > -1, activation="relu"))
+    yield ("instance_norm, numpy.ma", make((2, 3, 6), 3),
+           lambda x, rm, rv: F.instance_norm(np.ma.masked_array(x, mask=x < -1), rm, rv, out=x))
+    x3 = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)
+    yield ("batch_norm, two channel axes, add", lambda: (x3.copy(), np.zeros((3, 2), np.float32),
+                                                         np.ones((3, 2), np.float32)),
+           lambda x, rm, rv: F.batch_norm(x, rm, rv, training=True, out=x, channel_axis=(1, 2), add=x[:1]))
+    yield ("batch_norm, two channel axes, strided running statistics", lambda: (
+        x3.copy(), np.zeros((3, 4), np.float32)[:, ::2], np.ones((3, 4), np.float32)[:, ::2]),
+        lambda x, rm, rv: F.batch_norm(x, rm, rv, training=True, out=x, channel_axis=(1, 2)))
 
 
 FUNCTIONAL_CASES = list(_functional_cases())
@@ -230,8 +248,8 @@ def test_a_timer_interrupting_training_in_a_loop():
     signal.setitimer(signal.ITIMER_REAL, 2e-5, 2e-5)
     interrupted = 0
     try:
-        for _ in range(400):
-            x = x0.copy()
+        for i in range(400):
+            x = x0 + i  # another batch each time: the same one would bring the running statistics to a fixed point
             calls = layer.num_batches_tracked
             running = (layer.running_mean.copy(), layer.running_var.copy())
             try:
@@ -242,10 +260,174 @@ def test_a_timer_interrupting_training_in_a_loop():
                 interrupted += 1
             applied = layer.num_batches_tracked == calls + 1
             assert applied or layer.num_batches_tracked == calls
-            assert np.array_equal(x, x0) != applied
+            assert np.array_equal(x, x0 + i) != applied
             assert (np.array_equal(layer.running_mean, running[0]) and np.array_equal(layer.running_var, running[1])
                     ) != applied
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert interrupted > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A call that fails changes nothing: bad arguments found late, and a failure inside the last step
+# ---------------------------------------------------------------------------------------------------------
+
+try:
+    import ml_dtypes
+    DTYPES = [np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+except ImportError:
+    DTYPES = [np.dtype(np.float32), np.dtype(np.float16)]
+
+
+def _failing_cases():
+    """(name, family, make(dtype) -> (watched arrays, call(**arguments))): a call on every path (plain,
+    mask=, numpy.ma, several channel axes, axes=, residual=, activation=, add=, running statistics updated),
+    writing into out= (and residual_out=); ``watched``: every array the call may write or must not."""
+    shape = (4, 6, 8)
+
+    def make(function, family, masked=None, **kw):
+        def build(dtype):
+            rng = np.random.default_rng(5)
+            data = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+            x = np.ma.masked_array(data, mask=data > 2) if masked == "ma" else data
+            watched = {"x": data, "out": np.full(shape, 7, dtype)}
+            arguments = {"out": watched["out"], **kw}
+            if masked == "mask":
+                arguments["mask"] = data > 0
+            if family in ("batch_norm", "instance_norm"):
+                C = 6 if kw.get("channel_axis") is None else (6, 8)
+                watched["running_mean"] = arguments["running_mean"] = np.zeros(C, np.float32)
+                watched["running_var"] = arguments["running_var"] = np.ones(C, np.float32)
+            if "add" in kw:
+                watched["add"] = arguments["add"] = (rng.normal(size=shape)).astype(dtype)
+            if "residual" in kw:
+                watched["residual"] = arguments["residual"] = rng.normal(size=shape).astype(dtype)
+                watched["residual_out"] = arguments["residual_out"] = np.full(shape, 5, dtype)
+            return watched, lambda **bad: function(x, **{**arguments, **bad})
+        return build
+
+    bn = lambda x, **kw: F.batch_norm(x, training=True, **kw)
+    for masked in (None, "mask", "ma"):
+        label = {None: "", "mask": ", mask=", "ma": ", numpy.ma"}[masked]
+        yield f"batch_norm{label}", "batch_norm", make(bn, "batch_norm", masked)
+        yield f"batch_norm{label}, activation, add", "batch_norm", make(bn, "batch_norm", masked, activation="relu",
+                                                                         add=True)
+        yield (f"instance_norm{label}, activation", "instance_norm",
+               make(lambda x, **kw: F.instance_norm(x, **kw), "instance_norm", masked, activation="silu"))
+        yield (f"group_norm{label}, add", "group_norm",
+               make(lambda x, **kw: F.group_norm(x, 2, **kw), "group_norm", masked, add=True))
+        yield (f"layer_norm{label}, activation", "rows",
+               make(lambda x, **kw: F.layer_norm(x, 8, **kw), "rows", masked, activation="gelu"))
+        yield (f"rms_norm{label}, residual=", "rows",
+               make(lambda x, **kw: F.rms_norm(x, 8, **kw), "rows", masked, residual=True))
+    yield "batch_norm, two channel axes", "batch_norm", make(bn, "batch_norm", channel_axis=(1, 2))
+    yield ("batch_norm, two channel axes, activation, add", "batch_norm",
+           make(bn, "batch_norm", channel_axis=(1, 2), activation="tanh", add=True))
+    yield ("layer_norm, axes=, activation", "rows",
+           make(lambda x, **kw: F.layer_norm(x, None, axes=(0, 2), **kw), "rows", activation="relu"))
+    yield ("layer_norm, axes=, residual=", "rows",
+           make(lambda x, **kw: F.layer_norm(x, None, axes=(0, 2), **kw), "rows", residual=True))
+
+
+FAILING_CASES = list(_failing_cases())
+
+# name: (families it applies to, the bad argument given the watched arrays); each is found only after the
+# input, the statistics or the other arguments are known
+LATE_ERRORS = {
+    "add of a shape that does not broadcast": (("batch_norm", "instance_norm", "group_norm"),
+                                               lambda w: {"add": np.ones((5,), w["x"].dtype)}),
+    "add of an integer dtype": (("batch_norm", "instance_norm", "group_norm"),
+                                lambda w: {"add": np.ones(w["x"].shape, np.int32)}),
+    "out of another shape": (None, lambda w: {"out": np.zeros(w["x"].shape[:-1] + (3,), w["x"].dtype)}),
+    "out of another dtype": (None, lambda w: {"out": np.zeros(w["x"].shape, np.float64)}),
+    "out read-only": (None, lambda w: {"out": np.zeros(w["x"].shape, w["x"].dtype).view()}),
+    "residual_out of another shape": (("residual",), lambda w: {"residual_out": np.zeros((2, 8), w["x"].dtype)}),
+    "residual_out the same array as out": (("residual",), lambda w: {"residual_out": w["out"]}),
+    "weight of another length": (None, lambda w: {"weight": np.ones(97, np.float32)}),
+    "momentum 2": (("batch_norm", "instance_norm"), lambda w: {"momentum": 2.0}),
+    "eps -1": (None, lambda w: {"eps": -1.0}),
+    "running_var read-only": (("batch_norm", "instance_norm"),
+                              lambda w: {"running_var": w["running_var"].copy().view()}),
+}
+
+
+def _read_only(bad):
+    for v in bad.values():
+        if isinstance(v, np.ndarray) and v.base is not None and v.flags.writeable and v.base.flags.owndata \
+                and v.base.size == v.size and not v.flags.owndata:
+            v.flags.writeable = False
+    return bad
+
+
+def _unchanged(watched, before):
+    return [k for k, v in watched.items() if not np.array_equal(v.astype(np.float64), before[k].astype(np.float64),
+                                                                equal_nan=True)]
+
+
+def _applies(case, error):
+    name, family, _ = FAILING_CASES[case]
+    families = LATE_ERRORS[error][0]
+    return families is None or family in families or ("residual" in families and "residual=" in name)
+
+
+LATE_CASES = [(case, error) for case in range(len(FAILING_CASES)) for error in LATE_ERRORS if _applies(case, error)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case, error", LATE_CASES, ids=[f"{FAILING_CASES[c][0]}: {e}" for c, e in LATE_CASES])
+def test_a_call_with_a_bad_argument_found_late_changes_nothing(case, error, dtype):
+    watched, call = FAILING_CASES[case][2](dtype)
+    bad = _read_only(LATE_ERRORS[error][1](watched))
+    before = {k: v.copy() for k, v in watched.items()}
+    with pytest.raises((TypeError, ValueError)) as info:
+        call(**bad)
+    assert any(word in str(info.value) for word in bad), str(info.value)  # names the argument
+    assert _unchanged(watched, before) == []
+
+
+def _fail(*args, **kwargs):
+    raise MemoryError("a failure in the last step")
+
+
+# What the last step of each path calls: the activation's epilogue where it runs after the normalization,
+# the normalization of a masked call
+LAST_STEPS = [(fastnorm._kernels, "activate"), (fastnorm._masked, "_normalized")]
+
+
+@pytest.mark.parametrize("step", LAST_STEPS, ids=lambda s: s[1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", range(len(FAILING_CASES)), ids=[c[0] for c in FAILING_CASES])
+def test_a_failure_in_the_last_step_changes_nothing(case, dtype, step, monkeypatch):
+    """Whatever the path, a call that fails in its last step (the epilogue applied after the normalization,
+    the masked normalization) leaves out=, residual_out=, the running statistics and the input as they were;
+    the same call completes and changes them once the step is restored."""
+    name, family, make = FAILING_CASES[case]
+    watched, call = make(dtype)
+    before = {k: v.copy() for k, v in watched.items()}
+    with monkeypatch.context() as patched:
+        patched.setattr(*step, _fail)
+        try:
+            call()
+        except MemoryError:
+            assert _unchanged(watched, before) == []
+            failed = True
+        else:
+            failed = False
+    call()
+    changed = set(_unchanged(watched, before))
+    assert "out" in changed and {"running_mean", "running_var"} & set(watched) <= changed
+    masked = "mask" in name or "numpy.ma" in name
+    epilogue = "activation" in name or ", add" in name
+    assert failed == (masked and (step[1] == "_normalized" or epilogue)), "the step runs on these paths only"
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, **kw: F.batch_norm(x, training=True, channel_axis=(1, 2), **kw),
+    lambda x, **kw: F.batch_norm(x, training=True, mask=x > -1, **kw),
+    lambda x, **kw: F.group_norm(np.ma.masked_array(x, mask=x < -1), 2, **kw)],
+    ids=["two channel axes", "mask=", "numpy.ma"])
+def test_an_add_in_the_memory_of_out_is_read_before_out_is_written(call):
+    x = np.random.default_rng(6).normal(size=(3, 4, 5)).astype(np.float32)
+    expected = call(x.copy(), activation="relu", add=x[:1].copy())
+    assert np.array_equal(call(x, activation="relu", add=x[:1], out=x), expected)

@@ -395,3 +395,19 @@ def test_frozen_statistics_give_the_direct_gradient_whatever_the_mask():
     dy = np.ones_like(x)
     _, (dx, _, _) = _forward_backward("batch_norm", x, np.array([True, False, True]), dy, training=False)
     np.testing.assert_allclose(dx, np.linspace(0.5, 2, 4)[:, None] / np.sqrt(1 + 1e-3) * dy, rtol=1e-12)
+
+
+@pytest.mark.parametrize("function", ["batch_norm", "instance_norm", "group_norm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_masked_call_applies_its_activation_to_the_sum_with_add(function, dtype):
+    """``act(norm(x) + add)``: the masked normalization, then the epilogue, in the input's dtype."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4, 6)).astype(dtype)
+    add = rng.normal(size=(1, 4, 6)).astype(dtype)
+    mask = np.ones(x.shape, bool)
+    mask[..., :2] = False
+    call = {"batch_norm": lambda **kw: fastnorm.batch_norm(x, training=True, mask=mask, **kw),
+            "instance_norm": lambda **kw: fastnorm.instance_norm(x, mask=mask, **kw),
+            "group_norm": lambda **kw: fastnorm.group_norm(x, 2, mask=mask, **kw)}[function]
+    expected = np.tanh(call() + add)
+    np.testing.assert_allclose(call(activation="tanh", add=add), expected, rtol=0, atol=4 * np.finfo(dtype).eps)

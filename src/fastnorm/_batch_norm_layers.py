@@ -291,14 +291,12 @@ class _BatchNorm(_NormBase):
             raise ValueError("mask: not supported together with renorm or virtual_batch_size")
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
-        saved = self._input_to_keep(x, out)
-        y, mean, invstd = F.batch_norm(x, self.running_mean if keep_buffers else None,
-                                       self.running_var if keep_buffers else None, self.weight, self.bias,
-                                       use_batch_stats, self.momentum, self.eps, channel_axis=self.channel_axis,
-                                       activation=self.activation, add=add, out=out, bessel=self.bessel,
-                                       num_batches_tracked=self.num_batches_tracked, mask=mask, return_stats=True)
-        self._apply_masked(self._counted(x), (saved, mean, invstd, use_batch_stats), add, mask)
-        return y
+        commit = self._commit(self._counted(x), (self._input_to_keep(x, out), STATS, use_batch_stats), add, mask)
+        return F._batch_norm_masked(x, self.running_mean if keep_buffers else None,
+                                    self.running_var if keep_buffers else None, self.weight, self.bias,
+                                    use_batch_stats, self.momentum, self.eps, self.channel_axis, out, self.bessel,
+                                    self.num_batches_tracked, mask, _check_activation(self.activation), add,
+                                    commit)[0]
 
     def _channel_axes_of(self, x: NDArray[Any]) -> Tuple[int, ...]:
         """The channel axes of an input of this layer (sorted, non-negative), its channels checked."""

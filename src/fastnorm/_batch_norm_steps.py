@@ -269,13 +269,14 @@ def batch_norm_gather_stats_with_counts(input: ArrayLike, mean: ArrayLike, invst
                                              for n, m, s in zip(n_p, means, invstds)))
     n = float(n_p.sum())
     mean_, var = np.where(total.count > 0, total.mean, np.nan), total.var()
+    invstd_ = 1.0 / np.sqrt(var + eps)  # before the update: the update is the last step
     if buffers is not None and n > 0:  # (and C > 0: Commit divides by the length of the statistics)
         if n <= 1:
             raise ValueError(f"counts: expected more than 1 value per channel in all to update the running "
                              f"statistics, got {n:g}")
         if C:
             _update_running(*buffers, mean_, var, momentum, n / (n - 1))
-    return mean_, 1.0 / np.sqrt(var + eps)
+    return mean_, invstd_
 
 
 def batch_norm_backward_reduce(grad_output: ArrayLike, input: ArrayLike, mean: ArrayLike, invstd: ArrayLike,

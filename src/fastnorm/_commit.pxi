@@ -52,7 +52,8 @@ cdef class Commit:
         var_scale`` (averaged over the samples when the statistics are per sample and channel).
         ``stats_shape``: keep the call's statistics (see ``stats``) in this shape; ``stats``: the
         statistics to keep where they are known beforehand (frozen ones).  ``copies``: ``(destination,
-        source)`` arrays, copied with casting."""
+        source)`` arrays, copied with casting after the running statistics' update (so a source may be
+        what it updated)."""
         self.target = target
         self.copies = copies
         self.stats_shape = stats_shape
@@ -79,9 +80,6 @@ cdef class Commit:
         cdef Py_ssize_t C
         if self.target is not None:
             cnp.PyArray_CopyInto(<cnp.ndarray>self.target, <cnp.ndarray>result)
-        if self.copies is not None:
-            for destination, source in self.copies:
-                cnp.PyArray_CopyInto(<cnp.ndarray>destination, <cnp.ndarray>source)
         if self.running_mean is not None and mean is not None:
             if not _plain_doubles(mean):
                 mean = np.ascontiguousarray(mean, dtype=np.float64)  # as they are, from the kernels
@@ -95,6 +93,9 @@ cdef class Commit:
             if not self.plain:  # one after the other: where they overlap, the variance lands last
                 cnp.PyArray_CopyInto(<cnp.ndarray>self.running_mean, self.new_mean)
                 cnp.PyArray_CopyInto(<cnp.ndarray>self.running_var, self.new_var)
+        if self.copies is not None:  # after the update: a flat copy of a running statistic is written back
+            for destination, source in self.copies:
+                cnp.PyArray_CopyInto(<cnp.ndarray>destination, <cnp.ndarray>source)
         if self.stats_shape is not None and rstd is not None:
             self.kept = (mean, rstd)
         if self.namespace is not None:

@@ -2,7 +2,7 @@
 
 The forwards pass the activation's code and the ``add`` array to the kernels, which apply them to each
 chunk of output as it is written (``_simd_activation.h``).  Here: the same epilogue after the fact, for
-the paths that normalize first (masked inputs, several channel axes, ``axes=``), and the backward through
+the masked paths, which normalize first (the other paths pass them to their kernel), and the backward through
 it: the pre-activation ``z = norm(x) + add`` recomputed from x and the forward's statistics as the
 forward's sweep computed it and ``dz = dy * act'(z)``, in one kernel pass by chunks in cache (no saved
 tensor), which the normalization's own backward takes as its ``dy``.
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import math
 
-from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple, TypeVar, cast
+from typing import Any, Callable, NamedTuple, Optional, Set, SupportsIndex, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
+from . import _kernels, _masked
 from ._threads import threads_for
 from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
                           _check_normalized_shape, _check_out, _is_float, _is_half, _normalize_axes, _reals, _rounded,
                           _several_axes, check_count)
-
-_Result = TypeVar("_Result")  # y, or a tuple that starts with y
 
 
 def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> FloatArray:
@@ -39,30 +37,32 @@ def _activate_after(y: FloatArray, act: int, add: Optional[NDArray[Any]]) -> Flo
     return y
 
 
-def _normalize_then_activate(normalize: Callable[[Any, Optional[FloatArray]], _Result], input: Any,
-                             out: Optional[FloatArray], act: int, add: Any) -> _Result:
-    """``y = act(y + add)`` after ``normalize(input, out)`` (y, or a tuple that starts with it), for the paths
-    that normalize first (masked inputs, several channel axes, ``axes=``); ``add`` is checked here.  A
-    float16 or bfloat16 ndarray input given either is normalized from its float32 values (exact), the
-    epilogue applied in float32 to ``add`` taken in the input's dtype, and rounded once into ``out`` (checked
-    before anything is computed) or a new array: the float32 call's result rounded, as the fused kernels'."""
+def _normalize_then_activate(normalize: Callable[[Any], _masked.Pending], input: Any, out: Optional[FloatArray],
+                             act: int, add: Any, copies: Tuple[Tuple[FloatArray, FloatArray], ...] = (),
+                             commit: Optional[_kernels.Commit] = None,
+                             rms: bool = False) -> Tuple[FloatArray, Stats, Stats]:
+    """``(y, mean, rstd)`` of a masked call: ``normalize(input)`` computes into new arrays (``add`` checked
+    before), ``y = act(y + add)`` is applied to its output, and then one C call (``_kernels.Commit``, a
+    layer's ``commit`` when given, keeping the statistics: ``(rstd,)`` with ``rms``) writes ``out``
+    (checked), the running statistics and ``copies`` (``(destination, source)`` pairs, such as
+    ``residual_out=``): a call that fails or is interrupted before it has changed nothing.  The
+    epilogue runs in the dtype the input is computed in (float32 for float16 and bfloat16, ``add`` taken in
+    the input's dtype), rounded once: the float32 call's result rounded, as the fused kernels'."""
     add_ = None if add is None else _check_add(add, np.shape(input))
-    half = input.dtype.newbyteorder("=") if isinstance(input, np.ndarray) and _is_half(input.dtype) else None
-    result: Any
-    if half is None or (act == 0 and add_ is None):
-        result = normalize(input, out)
-        _activate_after(result[0] if isinstance(result, tuple) else result, act, add_)
-        return cast(_Result, result)
+    normalized = normalize(input)
+    y, dtype = normalized.y, normalized.dtype
     if out is not None:
-        _check_out(out, input.shape, half)
-    result = normalize(input.astype(np.float32), None)
-    y32 = result[0] if isinstance(result, tuple) else result
-    _activate_after(y32, act, None if add_ is None else add_.astype(half))
-    y = _rounded(y32, half)
-    if out is not None:
-        np.copyto(out, y)
-        y = out
-    return cast(_Result, (y, *result[1:]) if isinstance(result, tuple) else y)
+        _check_out(out, y.shape, dtype)
+    _activate_after(y, act, add_ if add_ is None or not _is_half(dtype) else add_.astype(dtype))
+    result = out if out is not None else _rounded(y, dtype)
+    writes = normalized.running + copies
+    if out is not None or writes or commit is not None:
+        commit = commit if commit is not None else _kernels.Commit()
+        kept = (normalized.rstd,) if rms else (normalized.mean, normalized.rstd)
+        commit.prepare(out, stats=kept, copies=writes or None)
+        with np.errstate(over="ignore"):  # a half out: beyond its range is inf, silently (as a kernel's)
+            commit.apply(y)
+    return result, normalized.mean, normalized.rstd
 
 
 def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Stats:

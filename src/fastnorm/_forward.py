@@ -170,29 +170,41 @@ def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None, runn
     """
     act = _check_activation(activation)
     if _masked.is_masked(input, mask):
-        if _several_axes(channel_axis):
-            raise ValueError("mask: not supported together with several channel axes")
-        y, mean, rstd = _normalize_then_activate(
-            lambda v, o: _masked.batch_norm(v, running_mean, running_var, weight, bias, training, momentum, eps,
-                                            channel_axis, o, bessel, num_batches_tracked, mask), input, out, act, add)
+        y, mean, rstd = _batch_norm_masked(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                           channel_axis, out, bessel, num_batches_tracked, mask, act, add)
         return (y, mean, rstd) if return_stats else y
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
                        bessel, num_batches_tracked, return_stats, None, act, add)
+
+
+def _batch_norm_masked(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                       weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool,
+                       momentum: Optional[float], eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray],
+                       bessel: bool, num_batches_tracked: Optional[int], mask: Optional[ArrayLike], act: int,
+                       add: Optional[ArrayLike], commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Stats,
+                                                                                                   Stats]:
+    """:func:`batch_norm` given a mask (or a numpy.ma input): (y, mean, invstd); its last step also
+    applies a layer's ``commit`` (see _normalize_then_activate)."""
+    if _several_axes(channel_axis):
+        raise ValueError("mask: not supported together with several channel axes")
+    return _normalize_then_activate(
+        lambda v: _masked.batch_norm(v, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                                     bessel, num_batches_tracked, mask), input, out, act, add, commit=commit)
 
 
 def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                 weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
                 eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray], bessel: bool,
                 num_batches_tracked: Optional[int], return_stats: bool,
-                commit: Optional[_kernels.Commit], act: int = 0,
-                add: Optional[ArrayLike] = None) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
-    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing); ``act``:
-    the activation's code (see _check_activation)."""
+                commit: Optional[_kernels.Commit], act: int = 0, add: Optional[ArrayLike] = None,
+                copies: Optional[Tuple[Tuple[FloatArray, FloatArray], ...]] = None
+                ) -> Union[FloatArray, Tuple[FloatArray, Stats, Stats]]:
+    """:func:`batch_norm`, whose kernel call also applies a layer's ``commit`` (see _committing) and
+    ``copies``; ``act``: the activation's code (see _check_activation)."""
     if _several_axes(channel_axis):
-        return _normalize_then_activate(
-            lambda v, o: _batch_norm_over_axes(_batch_norm, *_as_input(v, "input", half=True), running_mean,
-                                               running_var, weight, bias, training, momentum, eps, channel_axis, o,
-                                               bessel, num_batches_tracked, return_stats, commit), input, out, act, add)
+        return _batch_norm_over_axes(_batch_norm, *_as_input(input, "input", half=True), running_mean, running_var,
+                                     weight, bias, training, momentum, eps, channel_axis, out, bessel,
+                                     num_batches_tracked, return_stats, commit, act, add)
     x, dtype = _as_input(input, "input", half=True)  # half precision: the kernels read it, act and add included
     training = bool(training)
     axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
@@ -211,7 +223,7 @@ def _batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_va
     buf, N, C, S, moved = _channel_view(x, axis)
     running = None if buffers is None else (*buffers, factor, count / (count - 1) if bessel else 1.0)
     kept = _frozen_stats(*frozen, eps) if frozen is not None and (return_stats or commit is not None) else None
-    result, commit = _committing(commit, out, buf, axis, moved, running, (C,), False, kept)
+    result, commit = _committing(commit, out, buf, axis, moved, running, (C,), False, kept, copies)
     a = _add_buffer(add_, x.shape, axis, moved, buf, result)
     nthreads = threads_for(x.size, S if S > 1 else 64)
     if frozen is None:  # the kernel: a path per layout
@@ -321,11 +333,19 @@ def group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[Arr
     """
     act = _check_activation(activation)
     if _masked.is_masked(input, mask):
-        y, mean, rstd = _normalize_then_activate(
-            lambda v, o: _masked.group_norm(v, num_groups, weight, bias, eps, channel_axis, o, mask), input, out, act,
-            add)
+        y, mean, rstd = _group_norm_masked(input, num_groups, weight, bias, eps, channel_axis, out, mask, act, add)
         return (y, mean, rstd) if return_stats else y
     return _group_norm(input, num_groups, weight, bias, eps, channel_axis, out, return_stats, None, act, add)
+
+
+def _group_norm_masked(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike],
+                       bias: Optional[ArrayLike], eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray],
+                       mask: Optional[ArrayLike], act: int, add: Optional[ArrayLike],
+                       commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`group_norm` given a mask (or a numpy.ma input): (y, mean, rstd); its last step also applies a
+    layer's ``commit`` (see _normalize_then_activate)."""
+    return _normalize_then_activate(lambda v: _masked.group_norm(v, num_groups, weight, bias, eps, channel_axis, mask),
+                                    input, out, act, add, commit=commit)
 
 
 def _group_norm(input: ArrayLike, num_groups: SupportsIndex, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
@@ -463,14 +483,25 @@ def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray] = None,
     """
     act = _check_activation(activation)
     if _masked.is_masked(input, mask):
-        if not isinstance(channel_axis, int) or channel_axis != 1:
-            raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
-        y, mean, rstd = _normalize_then_activate(
-            lambda v, o: _masked.instance_norm(v, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                                               eps, o, mask), input, out, act, add)
+        y, mean, rstd = _instance_norm_masked(input, running_mean, running_var, weight, bias, use_input_stats,
+                                              momentum, eps, channel_axis, out, mask, act, add)
         return (y, mean, rstd) if return_stats else y
     return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out,
                           return_stats, None, channel_axis, act, add)
+
+
+def _instance_norm_masked(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
+                          weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool,
+                          momentum: float, eps: float, channel_axis: SupportsIndex, out: Optional[FloatArray],
+                          mask: Optional[ArrayLike], act: int, add: Optional[ArrayLike],
+                          commit: Optional[_kernels.Commit] = None) -> Tuple[FloatArray, Stats, Stats]:
+    """:func:`instance_norm` given a mask (or a numpy.ma input): (y, mean, rstd); its last step also
+    applies a layer's ``commit`` (see _normalize_then_activate)."""
+    if not isinstance(channel_axis, int) or channel_axis != 1:
+        raise ValueError(f"mask: supported with channel_axis=1 only, got channel_axis={channel_axis!r}")
+    return _normalize_then_activate(
+        lambda v: _masked.instance_norm(v, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                                        mask), input, out, act, add, commit=commit)
 
 
 def _instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],

@@ -104,14 +104,10 @@ class GroupNorm(_AddLayer):
         if x.ndim >= 2 and x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"input: expected {self.num_channels} channels on axis {self.channel_axis}, "
                              f"got input of shape {x.shape}")
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS), add, mask)
         if mask is not None:
-            saved = self._input_to_keep(x, out)
-            masked, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
-                                              channel_axis=self.channel_axis, activation=self.activation, add=add,
-                                              out=out, mask=mask, return_stats=True)
-            self._apply_masked({}, (saved, mean, rstd), add, mask)
-            return masked
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS), add)
+            return F._group_norm_masked(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out,
+                                        mask, act, add, commit)[0]
         y = F._group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, out, False, commit,
                           act, add)
         assert not isinstance(y, tuple)  # return_stats=False

@@ -47,15 +47,12 @@ class _InstanceNorm(_NormBase):
                           "normalizing anyway", stacklevel=2)
         use_input_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
+        commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched), add, mask)
         if mask is not None:
-            saved = self._input_to_keep(x, out)
-            masked, mean, rstd = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                                 use_input_stats, momentum, self.eps, channel_axis=self.channel_axis,
-                                                 activation=self.activation, add=add, out=out, mask=mask,
-                                                 return_stats=True)
-            self._apply_masked({}, (saved, mean, rstd, use_input_stats, unbatched), add, mask)
+            masked = F._instance_norm_masked(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                             use_input_stats, momentum, self.eps, self.channel_axis, out, mask, act,
+                                             add, commit)[0]
             return given_out if given_out is not None else (masked[0] if unbatched else masked)
-        commit = self._commit({}, (self._input_to_keep(x, out), STATS, use_input_stats, unbatched), add)
         y = F._instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias, use_input_stats,
                              momentum, self.eps, out, False, commit, self.channel_axis, act, add)
         assert not isinstance(y, tuple)  # return_stats=False

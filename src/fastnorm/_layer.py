@@ -184,30 +184,22 @@ class _Layer:
         """(grad_input, grad_weight, grad_bias), and grad_add fourth after a forward given ``add``."""
         raise NotImplementedError
 
-    def _commit(self, state: Dict[str, Any], saved: Tuple[Any, ...], add: Any = None) -> Optional[_kernels.Commit]:
+    def _commit(self, state: Dict[str, Any], saved: Tuple[Any, ...], add: Any = None,
+                mask: Any = None) -> Optional[_kernels.Commit]:
         """The :class:`~fastnorm._kernels.Commit` for a forward: the kernel call that writes the output
         also sets ``state`` (new attribute values) and what backward keeps, ``saved`` (the input and what
-        follows it; ``STATS`` second stands for the statistics of the call; and the activation and
-        ``add``), so that an interrupted or failing call changes nothing and a completed one all of it.
-        None when there is nothing to set."""
+        follows it; ``STATS`` second stands for the statistics of the call; and the activation, ``add``
+        and a copy of ``mask``: backward's statistics depend on it), so that an interrupted or failing call
+        changes nothing and a completed one all of it.  None when there is nothing to set."""
         keep = _keeps_grad()
         if not (keep or state or self._lazy_target is not None):
             return None
         commit = self._namespace_commit(state)
         if keep:
             state["_saved"] = (saved[0], commit) + saved[2:] if len(saved) > 1 and saved[1] is STATS else saved
-            state["_saved_epilogue"] = (self.activation, add, None)
+            state["_saved_epilogue"] = (self.activation, add,
+                                        None if mask is None else np.array(_array(mask, "mask"), copy=True))
         return commit
-
-    def _apply_masked(self, state: Dict[str, Any], saved: Tuple[Any, ...], add: Any, mask: Any) -> None:
-        """After a forward given ``mask=`` (the functional masked path, which has checked everything and
-        updated the running statistics): set ``state`` and what backward keeps, ``saved`` with the
-        statistics of the call, and a copy of the mask (backward's statistics depend on it)."""
-        if _keeps_grad():
-            state["_saved"] = saved
-            state["_saved_epilogue"] = (self.activation, add, np.array(mask, copy=True))
-        if state or self._lazy_target is not None:
-            self._namespace_commit(state).apply()
 
     def _namespace_commit(self, state: Dict[str, Any]) -> _kernels.Commit:
         """A :class:`~fastnorm._kernels.Commit` that sets ``state`` (new attribute values) on the layer; on the

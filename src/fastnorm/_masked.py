@@ -7,6 +7,8 @@ the unmasked call; the statistics are computed in float64 NumPy in two passes (t
 deviations from it), so data far from zero keeps its accuracy, and every value is normalized in float64
 and rounded once to the result dtype (float16 and bfloat16: to float32 first, as the float32 call's).
 Values masked out never reach a statistic, not even as a NaN or an infinity: padding does not leak.
+A forward writes nothing: it returns its output and the running statistics' new values (a
+:class:`Pending`), and its caller writes them after the activation and ``add``, in one C call.
 
 Counts (the masked-in values of a statistic), documented in the functions:
 
@@ -28,17 +30,27 @@ since ``d mean / d x_j = m_j / n`` and ``d var / d x_j = 2 m_j (x_j - mean) / n`
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._validation import (FloatArray, Shape, Stats, _as_input, _batch_norm_args, _channel_vector, _check_channels,
-                          _check_eps, _check_mask, _check_ndim, _check_normalized_shape, _check_out, _compute_dtype,
-                          _deliver, _elementwise_vector, _group_norm_args, _group_norm_layout, _instance_norm_args,
-                          _normalize_axes, _rms_eps, _stat_vector)
+                          _check_eps, _check_mask, _check_ndim, _check_normalized_shape, _compute_dtype,
+                          _elementwise_vector, _group_norm_args, _group_norm_layout, _instance_norm_args,
+                          _normalize_axes, _rms_eps, _rounded, _stat_vector)
 
 Mask = NDArray[np.bool_]
+
+
+class Pending(NamedTuple):
+    """A masked forward computed with nothing written yet (its caller applies the epilogue, then writes
+    ``out=`` and the running statistics in one C call, ``_epilogue._normalize_then_activate``)."""
+    y: FloatArray      # a new C-contiguous array in the dtype the input is computed in (float32 for halves)
+    dtype: np.dtype[Any]  # the result dtype
+    mean: Stats
+    rstd: Stats
+    running: Tuple[Tuple[FloatArray, Stats], ...]  # (running statistic, its new values in float64)
 
 
 def is_masked(input: object, mask: object) -> bool:
@@ -72,13 +84,18 @@ def _stats(x: Stats, m: Mask, axes: Tuple[int, ...], centered: bool = True) -> T
     return count, mean, var
 
 
-def _as_unmasked(y: Stats, dtype: np.dtype[Any], out: Optional[FloatArray] = None) -> FloatArray:
-    """A float64 output or gradient as the unmasked call gives it: rounded first to the dtype the input is
-    computed in (float32 for float16 and bfloat16), then to ``dtype``, into ``out`` when given (_deliver);
-    so a half result is the float32 call's rounded, bit for bit (a direct rounding of the float64 value
-    differs from that on rare ties)."""
+def _computed(y: Stats, dtype: np.dtype[Any]) -> FloatArray:
+    """A float64 output or gradient as the unmasked call computes it before its result dtype ``dtype``: in
+    the dtype the input is computed in (float32 for float16 and bfloat16), a new C-contiguous array."""
     with np.errstate(over="ignore"):
-        return _deliver(y.astype(_compute_dtype(dtype), copy=False), out, dtype)
+        return np.ascontiguousarray(y, dtype=_compute_dtype(dtype))
+
+
+def _as_unmasked(y: Stats, dtype: np.dtype[Any]) -> FloatArray:
+    """A float64 gradient as the unmasked call gives it: :func:`_computed`, then rounded to ``dtype``; so a
+    half result is the float32 call's rounded, bit for bit (a direct rounding of the float64 value differs
+    from that on rare ties)."""
+    return _rounded(_computed(y, dtype), dtype)
 
 
 def _normalized(x: Stats, mean: Stats, rstd: Stats, weight: Optional[Stats], bias: Optional[Stats]) -> Stats:
@@ -105,20 +122,23 @@ def _check_counts(count: Stats, what: str) -> None:
                          f"in {int(np.count_nonzero(count == 1))} of them")
 
 
-def _update_running(buffers: Tuple[FloatArray, FloatArray], factor: float, mean: Stats, var: Stats, count: Stats,
-                    bessel: bool) -> None:
-    """The running statistics (C,) updated with (K, C) statistics of counts ``count``: each channel with the
-    mean over its K statistics that have values (the unbiased variances with ``bessel``); a channel with
-    none keeps its running statistics.  Computed in float64, stored in the buffers' own dtype."""
+def _new_running(buffers: Optional[Tuple[FloatArray, FloatArray]], factor: float, mean: Stats, var: Stats,
+                 count: Stats, bessel: bool) -> Tuple[Tuple[FloatArray, Stats], ...]:
+    """(buffer, new values) of the running statistics (C,) updated with (K, C) statistics of counts
+    ``count``: each channel with the mean over its K statistics that have values (the unbiased variances
+    with ``bessel``); a channel with none keeps its running statistics.  Computed in float64, to be
+    stored in the buffers' own dtype."""
+    if buffers is None:
+        return ()
     seen = count > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         unbiased = var * count / (count - 1) if bessel else var
         used = seen.sum(axis=0)
         batch = [np.where(seen, v, 0.0).sum(axis=0) / used for v in (mean, unbiased)]
     channels = used > 0
-    for buffer, value in zip(buffers, batch):
-        new = (1.0 - factor) * buffer.astype(np.float64) + factor * value
-        buffer[channels] = new[channels]
+    old = [buffer.astype(np.float64) for buffer in buffers]  # both read before either is written
+    return tuple((buffer, np.where(channels, (1.0 - factor) * v + factor * value, v))
+                 for buffer, v, value in zip(buffers, old, batch))
 
 
 def _flat(a: Stats) -> Stats:
@@ -131,46 +151,41 @@ def _flat(a: Stats) -> Stats:
 
 def batch_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                weight: Optional[ArrayLike], bias: Optional[ArrayLike], training: bool, momentum: Optional[float],
-               eps: float, channel_axis: Any, out: Optional[FloatArray], bessel: bool,
-               num_batches_tracked: Optional[int], mask: object) -> Tuple[FloatArray, Stats, Stats]:
-    """:func:`fastnorm.batch_norm` with a mask: (y, mean, invstd)."""
+               eps: float, channel_axis: Any, bessel: bool, num_batches_tracked: Optional[int],
+               mask: object) -> Pending:
+    """:func:`fastnorm.batch_norm` with a mask (statistics: mean, invstd)."""
     x64, dtype, x, m = _masked_input(input, mask)
     training = bool(training)
     axis, C, eps, w, b, buffers, frozen, factor = _batch_norm_args(x, channel_axis, running_mean, running_var, weight,
                                                                    bias, training, momentum, eps, num_batches_tracked)
-    if out is not None:
-        _check_out(out, x.shape, dtype)
     shape = tuple(C if a == axis else 1 for a in range(x.ndim))
+    running: Tuple[Tuple[FloatArray, Stats], ...] = ()
     if frozen is not None:
         mean, var = (v.astype(np.float64).reshape(shape) for v in frozen)
     else:
         count, mean, var = _stats(x64, m, tuple(a for a in range(x.ndim) if a != axis))
         _check_counts(count, "channel")
-        if buffers is not None:
-            _update_running(buffers, factor, mean.reshape(1, C), var.reshape(1, C), count.reshape(1, C), bessel)
+        running = _new_running(buffers, factor, mean.reshape(1, C), var.reshape(1, C), count.reshape(1, C), bessel)
     rstd = _rstd(var, eps)
-    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), dtype, out)
-    return y, _flat(mean), _flat(rstd)
+    y = _normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape))
+    return Pending(_computed(y, dtype), dtype, _flat(mean), _flat(rstd), running)
 
 
 def rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Optional[ArrayLike],
               bias: Optional[ArrayLike],
-              eps: Optional[float], out: Optional[FloatArray], rms: bool,
-              mask: object) -> Tuple[FloatArray, Stats, Stats]:
-    """:func:`fastnorm.layer_norm` or :func:`fastnorm.rms_norm` (``rms``) with a mask: (y, mean, rstd), the
-    statistics of the input's leading shape."""
+              eps: Optional[float], rms: bool, mask: object) -> Pending:
+    """:func:`fastnorm.layer_norm` or :func:`fastnorm.rms_norm` (``rms``) with a mask, the statistics of the
+    input's leading shape."""
     x64, dtype, x, m = _masked_input(input, mask)
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
     b = _elementwise_vector(bias, "bias", shape, x)
     eps = _check_eps(_rms_eps(eps, x.dtype) if rms else eps)
-    if out is not None:
-        _check_out(out, x.shape, dtype)
     lead = x.shape[:x.ndim - len(shape)]
     _, mean, var = _stats(x64, m, tuple(range(len(lead), x.ndim)), centered=not rms)
     rstd = _rstd(var, eps)
-    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape)), dtype, out)
-    return y, mean.reshape(lead), rstd.reshape(lead)
+    y = _normalized(x64, mean, rstd, _shaped(w, shape), _shaped(b, shape))
+    return Pending(_computed(y, dtype), dtype, mean.reshape(lead), rstd.reshape(lead), ())
 
 
 def _grouped(a: NDArray[Any], axis: int, G: int) -> NDArray[Any]:
@@ -188,47 +203,42 @@ def _ungrouped(a: Stats, shape: Tuple[int, ...], axis: int) -> Stats:
 
 
 def group_norm(input: ArrayLike, num_groups: Any, weight: Optional[ArrayLike], bias: Optional[ArrayLike],
-               eps: float, channel_axis: Any, out: Optional[FloatArray],
-               mask: object) -> Tuple[FloatArray, Stats, Stats]:
-    """:func:`fastnorm.group_norm` with a mask: (y, mean, rstd), the statistics of shape (N, G)."""
+               eps: float, channel_axis: Any, mask: object) -> Pending:
+    """:func:`fastnorm.group_norm` with a mask, the statistics of shape (N, G)."""
     x64, dtype, x, m = _masked_input(input, mask)
     axis, G, C, w, b, eps = _group_norm_args(x, num_groups, weight, bias, eps, channel_axis)
-    if out is not None:
-        _check_out(out, x.shape, dtype)
     grouped = _grouped(x64, axis, G)
     _, mean, var = _stats(grouped, _grouped(m, axis, G), (2, 3))
     rstd = _rstd(var, eps)
     params = (1, G, C // G, 1)
     y = _normalized(grouped, mean, rstd, _shaped(w, params), _shaped(b, params))
     N = x.shape[0]
-    return _as_unmasked(_ungrouped(y, x.shape, axis), dtype, out), mean.reshape(N, G), rstd.reshape(N, G)
+    return Pending(_computed(_ungrouped(y, x.shape, axis), dtype), dtype, mean.reshape(N, G), rstd.reshape(N, G), ())
 
 
 def instance_norm(input: ArrayLike, running_mean: Optional[FloatArray], running_var: Optional[FloatArray],
                   weight: Optional[ArrayLike], bias: Optional[ArrayLike], use_input_stats: bool, momentum: float,
-                  eps: float, out: Optional[FloatArray], mask: object) -> Tuple[FloatArray, Stats, Stats]:
-    """:func:`fastnorm.instance_norm` with a mask: (y, mean, rstd), the statistics (N, C) with input
-    statistics, the running (C,) ones without."""
+                  eps: float, mask: object) -> Pending:
+    """:func:`fastnorm.instance_norm` with a mask, the statistics (N, C) with input statistics, the
+    running (C,) ones without."""
     x64, dtype, x, m = _masked_input(input, mask)
     use_input_stats = bool(use_input_stats)
     eps, w, b, buffers, frozen, factor = _instance_norm_args(x, running_mean, running_var, weight, bias,
                                                              use_input_stats, momentum, eps)
     N, C = x.shape[:2]
-    if out is not None:
-        _check_out(out, x.shape, dtype)
     spread = (1,) * (x.ndim - 2)
+    running: Tuple[Tuple[FloatArray, Stats], ...] = ()
     if frozen is not None:
         mean, var = (v.astype(np.float64).reshape((C,) + spread) for v in frozen)
         stats_shape: Tuple[int, ...] = (C,)
     else:
         count, mean, var = _stats(x64, m, tuple(range(2, x.ndim)))
         _check_counts(count, "instance")
-        if buffers is not None:
-            _update_running(buffers, factor, mean.reshape(N, C), var.reshape(N, C), count.reshape(N, C), True)
+        running = _new_running(buffers, factor, mean.reshape(N, C), var.reshape(N, C), count.reshape(N, C), True)
         stats_shape = (N, C)
     rstd = _rstd(var, eps)
-    y = _as_unmasked(_normalized(x64, mean, rstd, _shaped(w, (C,) + spread), _shaped(b, (C,) + spread)), dtype, out)
-    return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
+    y = _normalized(x64, mean, rstd, _shaped(w, (C,) + spread), _shaped(b, (C,) + spread))
+    return Pending(_computed(y, dtype), dtype, mean.reshape(stats_shape), rstd.reshape(stats_shape), running)
 
 
 def moments(x: ArrayLike, axes: Shape, keepdims: bool, mask: object) -> Tuple[FloatArray, FloatArray]:

@@ -96,16 +96,6 @@ def _untransposed(y: FloatArray, order: Tuple[int, ...], shape: Tuple[int, ...])
     return np.transpose(np.reshape(y, shape), np.argsort(order))
 
 
-def _delivered(y: FloatArray, out: Optional[FloatArray], written: bool, dtype: np.dtype[Any]) -> FloatArray:
-    """What a call on a view of its input returns: ``out`` when given (``written``: the kernel wrote it
-    through a view; otherwise ``y`` is copied in), else ``y`` in the result dtype."""
-    if out is not None:
-        if not written:
-            np.copyto(out, y, casting="unsafe")
-        return out
-    return y if y.dtype == dtype else y.astype(dtype)
-
-
 def _new_result(x: FloatArray, axis: int, dtype: np.dtype[Any]) -> FloatArray:
     """A new array of x's shape and ``dtype``, laid out as the kernels' view of x (channels last where x's
     memory is), so that a call given it as ``out=`` writes it directly: a result allocated ahead of its
@@ -222,20 +212,23 @@ def _returned(result: FloatArray, out: Optional[FloatArray], axis: int, moved: b
 def _committing(commit: Optional[_kernels.Commit], out: Optional[FloatArray], buf: FloatArray, axis: int,
                 moved: bool, running: Optional[Tuple[FloatArray, FloatArray, float, float]] = None,
                 stats_shape: Optional[Tuple[int, ...]] = None, rms: bool = False,
-                stats: Optional[Tuple[Stats, Stats]] = None) -> Tuple[FloatArray, Optional[_kernels.Commit]]:
+                stats: Optional[Tuple[Stats, Stats]] = None,
+                copies: Optional[Tuple[Tuple[FloatArray, FloatArray], ...]] = None
+                ) -> Tuple[FloatArray, Optional[_kernels.Commit]]:
     """(result, commit): the array the kernel writes, and the :class:`~fastnorm._kernels.Commit` that the
     kernel call applies once it is written (None where nothing is left to apply): the copy into ``out``
     where the kernel cannot write there directly, the update of the ``running`` statistics (see
     ``Commit.prepare``), and what the caller's ``commit`` holds (a layer's attributes).  So a call is
     applied whole by its kernel call, or not at all.  ``stats``: the statistics a layer keeps when
-    they are known beforehand (frozen ones)."""
+    they are known beforehand (frozen ones); ``copies``: ``(destination, source)`` pairs, copied after the
+    running statistics' update (see ``Commit.prepare``)."""
     result = _result_buffer(out, buf, axis, moved)
     target = _copy_target(result, out, axis, moved)
     if commit is None:
-        if target is None and running is None:
+        if target is None and running is None and copies is None:
             return result, None
         commit = _kernels.Commit()
-    commit.prepare(target, running, stats_shape, rms, stats)
+    commit.prepare(target, running, stats_shape, rms, stats, copies)
     return result, commit
 
 

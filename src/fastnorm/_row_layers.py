@@ -108,18 +108,15 @@ class _RowsLayer(_Layer):
                         residual_out: Optional[NDArray[Any]], mask: ArrayLike) -> Any:
         """A forward given ``mask``: :func:`fastnorm.layer_norm`'s (``rms_norm``'s) masked path, each row's
         statistics over its values where the mask is True."""
-        function: Any = F.rms_norm if self._rms else F.layer_norm
-        params = (self.weight,) if self._rms else (self.weight, self._bias())
         x_ = _array(x, "input")
-        saved = x_ if residual is not None else self._input_to_keep(x_, out)
-        result = function(x_, self.normalized_shape, *params, self.eps, axes=self.axes, activation=self.activation,
-                          out=out, mask=mask, residual=residual, residual_out=residual_out, return_stats=True)
-        stats = result[-1:] if self._rms else result[-2:]
         if residual is None:
-            self._apply_masked({}, (saved, *stats), None, mask)
-            return result[0]
-        self._apply_masked({}, (result[1], *stats, _WITH_RESIDUAL), None, mask)
-        return result[0], result[1]
+            saved: Tuple[Any, ...] = (self._input_to_keep(x_, out), STATS)
+        else:  # h is written to an array of the layer's own unless residual_out is given: backward needs it
+            if residual_out is None:
+                residual_out = _kernels.empty(x_.shape, _as_input(x_, "input", half=True)[1])
+            saved = (residual_out, STATS, _WITH_RESIDUAL)
+        return F._rows_call(x_, residual, residual_out, self.normalized_shape, self.weight, self._bias(), self.eps, out,
+                            self._rms, False, self.axes, mask, self.activation, self._commit({}, saved, None, mask))
 
     def __call__(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None, out: Optional[NDArray[Any]] = None,
                  residual_out: Optional[NDArray[Any]] = None, mask: Optional[ArrayLike] = None) -> Any:

@@ -37,16 +37,17 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
                return_stats: bool,
                commit: Optional[_kernels.Commit] = None,
                axes: Optional[Shape] = None, residual: Optional[FloatArray] = None,
-               h: Optional[FloatArray] = None, act: int = 0) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
+               h: Optional[FloatArray] = None, act: int = 0,
+               copies: Optional[Tuple[Tuple[FloatArray, FloatArray], ...]] = None
+               ) -> Tuple[FloatArray, Optional[Tuple[Stats, Stats]]]:
     """LayerNorm or RMSNorm: ``(y, (mean, rstd))`` of the input's leading shape (the kept axes' with
     ``axes``) with ``return_stats``, else ``(y, None)``; the kernel call also applies a layer's ``commit``
-    (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked, contiguous, of the
-    input's shape and dtype), the rows normalized are those of ``input + residual``, written to ``h``.
-    ``act``: the activation's code (see _check_activation)."""
+    and ``copies`` (see _committing).  With ``residual`` and ``h`` (see _rows_norm_residual: checked,
+    contiguous, of the input's shape and dtype), the rows normalized are those of ``input + residual``,
+    written to ``h``.  ``act``: the activation's code (see _check_activation)."""
     if axes is not None:
-        return _normalize_then_activate(
-            lambda v, o: _rows_norm_over_axes(_rows_norm, *_as_input(v, "input", half=True), normalized_shape, axes,
-                                              weight, bias, eps, o, rms, return_stats, commit), input, out, act, None)
+        return _rows_norm_over_axes(_rows_norm, *_as_input(input, "input", half=True), normalized_shape, axes, weight,
+                                    bias, eps, out, rms, return_stats, commit, act, copies)
     x, dtype = _as_input(input, "input", half=True)  # half precision: the kernel reads it
     shape = _check_normalized_shape(normalized_shape, x)
     w = _elementwise_vector(weight, "weight", shape, x)
@@ -64,7 +65,7 @@ def _rows_norm(input: ArrayLike, normalized_shape: Optional[Shape], weight: Opti
     if w is None and b is not None:
         w = np.ones(D, _compute_dtype(x.dtype))
     buf = _contiguous(x)
-    result, commit = _committing(commit, out, buf, 0, False, None, lead, rms)
+    result, commit = _committing(commit, out, buf, 0, False, None, lead, rms, copies=copies)
     stats = _kernels.forward_rows(buf, result, 1, x.size // D, D, w, b, eps, threads_for(x.size, D), per_element=True,
                                   rms=rms, stats=return_stats, commit=commit, residual=residual, h=h, act=act)
     y = _returned(result, out, 0, False, dtype)
@@ -98,31 +99,35 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
             residual_out.dtype == dtype and residual_out.flags.aligned else _kernels.empty(x.shape, dtype)
         buf = np.ascontiguousarray(r, dtype)
         y, stats = _rows_norm(x, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, None, buf, h,
-                              act)
+                              act, None if residual_out is None or h is residual_out else ((residual_out, h),))
+        h = h if residual_out is None else residual_out
     else:
-        # The sum first, into a new array, so that a call that fails writes nothing; then h normalized.
+        # The sum first, into a new array, so that a call that fails writes nothing; then h normalized, and
+        # written to residual_out by the call that writes y.  h of a numpy.ma input carries its mask into
+        # the normalization; h returned is the data.
         h = np.add(input, r, dtype=dtype)
-        if masked:  # h of a numpy.ma input carries its mask into the normalization; h returned is the data
+        h_data = np.ma.getdata(h)
+        copies = () if residual_out is None else ((residual_out, h_data),)
+        if masked:
             y, mean, rstd = _normalize_then_activate(
-                lambda v, o: _masked.rows_norm(v, normalized_shape, weight, bias, eps, o, rms, mask), h, out, act, None)
+                lambda v: _masked.rows_norm(v, normalized_shape, weight, bias, eps, rms, mask), h, out, act, None,
+                copies, commit, rms)
             stats = (mean, rstd) if return_stats else None
-            h = np.ma.getdata(h)
         else:
             y, stats = _rows_norm(h, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, axes,
-                                  act=act)
-    if residual_out is not None and h is not residual_out:
-        np.copyto(residual_out, h)
-        h = residual_out
+                                  act=act, copies=copies or None)
+        h = h_data if residual_out is None else residual_out
     return y, h, stats
 
 
 def _rows_call(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Optional[FloatArray],
                normalized_shape: Optional[Shape], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
                eps: Optional[float], out: Optional[FloatArray], rms: bool, return_stats: bool,
-               axes: Optional[Shape], mask: Optional[ArrayLike],
-               activation: Optional[str]) -> Union[FloatArray, Tuple[FloatArray, ...]]:
+               axes: Optional[Shape], mask: Optional[ArrayLike], activation: Optional[str],
+               commit: Optional[_kernels.Commit] = None) -> Union[FloatArray, Tuple[FloatArray, ...]]:
     """What layer_norm and rms_norm (``rms``, without ``bias``) return: y, or (y, h) with ``residual``;
-    then, with ``return_stats``, the statistics: (mean, rstd), or rstd for rms_norm."""
+    then, with ``return_stats``, the statistics: (mean, rstd), or rstd for rms_norm.  The call also applies
+    a layer's ``commit``."""
     act = _check_activation(activation)
     stats: Optional[Tuple[Stats, ...]]
     if residual is not None or residual_out is not None:
@@ -131,17 +136,18 @@ def _rows_call(input: ArrayLike, residual: Optional[ArrayLike], residual_out: Op
         if mask is not None and axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, h, stats = _rows_norm_residual(input, residual, residual_out, normalized_shape, weight, bias, eps, out, rms,
-                                          return_stats, None, axes, mask, act)
+                                          return_stats, commit, axes, mask, act)
         result: Tuple[FloatArray, ...] = (y, h)
     elif _masked.is_masked(input, mask):
         if axes is not None:
             raise ValueError("mask: not supported together with axes")
         y, mean, rstd = _normalize_then_activate(
-            lambda v, o: _masked.rows_norm(v, normalized_shape, weight, bias, eps, o, rms, mask), input, out, act, None)
+            lambda v: _masked.rows_norm(v, normalized_shape, weight, bias, eps, rms, mask), input, out, act, None,
+            commit=commit, rms=rms)
         result = (y,)
         stats = (mean, rstd) if return_stats else None
     else:
-        y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats, None, axes, act=act)
+        y, stats = _rows_norm(input, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, axes, act=act)
         result = (y,)
     if stats is not None:
         result += stats[1:] if rms else stats

@@ -561,8 +561,8 @@ def _float64_grads(grad_output: object, input: object) -> Tuple[Stats, Stats, np
     return g, x, dtype
 
 
-def _rounded(result: Stats, dtype: np.dtype[Any]) -> FloatArray:
-    """A float64 result in the result dtype; beyond float16's range it is inf, silently (as a kernel's)."""
+def _rounded(result: FloatArray, dtype: np.dtype[Any]) -> FloatArray:
+    """A result (float64, float32) in the result dtype; beyond float16's range it is inf, silently (as a kernel's)."""
     with np.errstate(over="ignore"):
         return result.astype(dtype, copy=False)
 

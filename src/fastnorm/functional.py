@@ -32,6 +32,10 @@ from ._tf_ops import batch_normalization, moments
 # What the layers call: a layer's call also applies its commit (see _plan._committing).
 from ._forward import _batch_norm as _batch_norm, _group_norm as _group_norm  # noqa: E402
 from ._forward import _instance_norm as _instance_norm  # noqa: E402
+from ._forward import _batch_norm_masked as _batch_norm_masked  # noqa: E402
+from ._forward import _group_norm_masked as _group_norm_masked  # noqa: E402
+from ._forward import _instance_norm_masked as _instance_norm_masked  # noqa: E402
+from ._rows_forward import _rows_call as _rows_call  # noqa: E402
 from ._rows_forward import _rows_norm as _rows_norm  # noqa: E402
 from ._rows_forward import _rows_norm_residual as _rows_norm_residual  # noqa: E402
 from ._validation import _rms_eps as _rms_eps  # noqa: E402
