@@ -484,3 +484,18 @@ def test_a_masked_call_writes_out_and_the_running_statistics_together(case, step
     assert step is None or step[1] == "activate"  # not run: the call has no activation nor add
     assert result is out
     assert np.array_equal(out, expected) and all(np.array_equal(a, b) for a, b in zip(running, expected_running))
+
+
+@pytest.mark.parametrize("make", [lambda: fastnorm.LayerNorm(6), lambda: fastnorm.RMSNorm(6)], ids=["LayerNorm",
+                                                                                                    "RMSNorm"])
+def test_a_backward_given_a_bad_grad_residual_out_leaves_the_last_gradients(make):
+    rng = np.random.default_rng(7)
+    x, r, g = (rng.normal(size=(5, 6)).astype(np.float32) for _ in range(3))
+    layer = make()
+    layer(x, residual=r)
+    layer.backward(g, grad_residual_out=g)
+    before = [layer.grad_weight.copy()] + ([] if layer.grad_bias is None else [layer.grad_bias.copy()])
+    for bad, error in ((np.ones((2, 6), np.float32), ValueError), (np.ones((5, 6), np.int32), TypeError)):
+        with pytest.raises(error, match="grad_residual_out"):
+            layer.backward(2 * g, grad_residual_out=bad)
+        assert _same([layer.grad_weight] + ([] if layer.grad_bias is None else [layer.grad_bias]), before)

@@ -287,14 +287,16 @@ class _Layer:
         grads = self._backward(grad_output, *saved)
         dx: NDArray[Any] = grads[0]
         grad_weight, grad_bias = grads[1:3]
-        self.grad_add = grads[3] if len(grads) > 3 else None
         state = self._state()
         weight, bias = state.get("weight"), state.get("bias")
-        # New arrays of the parameter's dtype, in native byte order whatever the parameter's.
-        self.grad_weight = None if weight is None or grad_weight is None else grad_weight.astype(
-            weight.dtype.newbyteorder("=")).reshape(weight.shape)
-        self.grad_bias = None if bias is None or grad_bias is None else grad_bias.astype(
-            bias.dtype.newbyteorder("=")).reshape(bias.shape)
+        # New arrays of the parameter's dtype, in native byte order whatever the parameter's; set together
+        # by one C call, so a backward that fails or is interrupted leaves the last one's
+        _kernels.Commit(self.__dict__, {
+            "grad_add": grads[3] if len(grads) > 3 else None,
+            "grad_weight": None if weight is None or grad_weight is None else grad_weight.astype(
+                weight.dtype.newbyteorder("=")).reshape(weight.shape),
+            "grad_bias": None if bias is None or grad_bias is None else grad_bias.astype(
+                bias.dtype.newbyteorder("=")).reshape(bias.shape)}).apply()
         return dx
 
     def _state(self) -> Dict[str, Optional[NDArray[Any]]]:

@@ -160,14 +160,15 @@ class _RowsLayer(_Layer):
         >>> ln.backward(np.ones((1, 2), np.float32), grad_residual_out=np.ones((1, 2), np.float32))
         array([[1., 1.]], dtype=float32)
         """
-        with_residual = self._saved is not None and self._saved[-1] is _WITH_RESIDUAL
-        if grad_residual_out is not None and not with_residual:
-            raise ValueError("grad_residual_out: the last forward had no residual")
-        dx = super().backward(grad_output)
-        if grad_residual_out is not None:
+        g = None
+        if grad_residual_out is not None:  # checked before backward sets the gradients
+            if self._saved is None or self._saved[-1] is not _WITH_RESIDUAL:
+                raise ValueError("grad_residual_out: the last forward had no residual")
             g = _as_input(grad_residual_out, "grad_residual_out")[0]
-            if g.shape != dx.shape:
-                raise ValueError(f"grad_residual_out: expected shape {dx.shape} (h's), got {g.shape}")
+            if g.shape != np.shape(self._saved[0]):
+                raise ValueError(f"grad_residual_out: expected shape {np.shape(self._saved[0])} (h's), got {g.shape}")
+        dx = super().backward(grad_output)
+        if g is not None:
             np.add(dx, g, out=dx, casting="unsafe")
         return dx
 
