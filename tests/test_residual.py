@@ -67,6 +67,37 @@ def test_same_bits_for_every_thread_count(name):
             assert _same(y, results[0][0]) and _same(h, results[0][1])
 
 
+def _at(values, offset):
+    """A copy of ``values`` starting ``offset`` bytes past a 4 KiB boundary."""
+    raw = np.empty(values.nbytes + 8192, np.uint8)
+    start = (-raw.ctypes.data) % 4096 + offset
+    view = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    view[...] = values
+    return view
+
+
+@settings(max_examples=30, deadline=None)
+@given(offsets=st.lists(st.integers(0, 1023).map(lambda k: 4 * k), min_size=4, max_size=4),
+       D=st.sampled_from([96, 768, 1000]), dtype=st.sampled_from([np.float32, np.float64]),
+       name=st.sampled_from(sorted(OPS)), nthreads=st.sampled_from([1, 2]))
+def test_streamed_pass_has_the_bits_of_the_composition_wherever_the_arrays_lie(offsets, D, dtype, name, nthreads):
+    # Streamed outputs (forced here on small arrays) with x, the residual, y and h at any distance from one
+    # another modulo 4 KiB: the row buffer is placed by those distances, never the values.
+    from fastnorm import _kernels
+    rng = np.random.default_rng(D)
+    x, r = (_at(_data(rng, (9, D), dtype, 50.0), offset) for offset in offsets[:2])
+    w, b = _data(rng, D, dtype), _data(rng, D, dtype)
+    y, h = (_at(np.full_like(x, np.nan), offset) for offset in offsets[2:])
+    expected = _call(name, x + r, D, w, b)
+    previous = _kernels.set_stream_bytes(0)
+    try:
+        with threads(nthreads):
+            _call(name, x, D, w, b, residual=r, out=y, residual_out=h)
+    finally:
+        _kernels.set_stream_bytes(previous)
+    assert _same(h, x + r) and _same(y, expected)
+
+
 @pytest.mark.parametrize("case", ["float16", "broadcast", "axes", "mask", "strided"])
 def test_other_layouts_equal_the_composition(case):
     rng = np.random.default_rng(2)
