@@ -74,6 +74,8 @@ def cases():
         lambda: F.batch_norm(x, np.zeros_like(w), np.ones_like(w), w, b))
     yield "layer_norm", (4096, 768), -1, lambda F, x, g, w, b: lambda: F.layer_norm(x, x.shape[-1], w, b)
     yield "layer_norm", (8, 197, 384), -1, lambda F, x, g, w, b: lambda: F.layer_norm(x, x.shape[-1], w, b)
+    yield "layer_norm residual", (4096, 768), -1, lambda F, x, g, w, b: (
+        lambda: F.layer_norm(x, x.shape[-1], w, b, residual=g))
     yield "group_norm G=32", (8, 256, 32, 32), 1, lambda F, x, g, w, b: lambda: F.group_norm(x, 32, w, b)
     yield "instance_norm", (8, 64, 64, 64), 1, lambda F, x, g, w, b: lambda: F.instance_norm(x, None, None, w, b)
     yield "instance_norm", (32, 256, 8, 8), 1, lambda F, x, g, w, b: lambda: F.instance_norm(x, None, None, w, b)

@@ -82,7 +82,7 @@ def _at(values, offset):
        name=st.sampled_from(sorted(OPS)), nthreads=st.sampled_from([1, 2]))
 def test_streamed_pass_has_the_bits_of_the_composition_wherever_the_arrays_lie(offsets, D, dtype, name, nthreads):
     # Streamed outputs (forced here on small arrays) with x, the residual, y and h at any distance from one
-    # another modulo 4 KiB: the row buffer is placed by those distances, never the values.
+    # another modulo 4 KiB: which stores stream depends on those distances, the values never do.
     from fastnorm import _kernels
     rng = np.random.default_rng(D)
     x, r = (_at(_data(rng, (9, D), dtype, 50.0), offset) for offset in offsets[:2])

@@ -221,20 +221,6 @@ cdef inline void _add(const floating* x, const floating* res, floating* tmp, flo
         fastnorm_add_f64(x, res, tmp, h, n)
 
 
-cdef size_t _residual_place(const void* x, const void* res, const void* y) noexcept nogil:
-    """Where the buffer of h's rows goes, as bytes past x's address modulo 4 KiB: its stores must not land
-    just ahead of the loads of x and the residual, nor y's stores just ahead of its loads (see _lands_ahead),
-    or y is not streamed.  At x's address unless y lands just ahead of it (arrays that NumPy and fastnorm
-    allocate sit 112 bytes apart, y after x: with t there, y was never streamed, 1.2x slower,
-    bench/NOTES.md, "Residual")."""
-    cdef size_t delta
-    for delta in range(0, 4096, 64):
-        if not (_lands_ahead(<const char*>x + delta, x) or _lands_ahead(<const char*>x + delta, res)
-                or _lands_ahead(y, <const char*>x + delta)):
-            return delta
-    return 0
-
-
 cdef void _forward_residual_share(const floating* x, const floating* res, floating* h, floating* y, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t S, const RowAffine* a, double eps, double* mean,
                                   double* var, floating* tmp, bint stream) noexcept nogil:
@@ -242,12 +228,13 @@ cdef void _forward_residual_share(const floating* x, const floating* res, floati
     the rows normalized from tmp (_forward_row_batch).  x and the residual are read once, h and y written
     once; every row has the bits of layer_norm(x + residual)."""
     cdef Py_ssize_t rows = _residual_rows(S), r = r0, n, off
-    cdef size_t delta = _residual_place(x, res, y)
     cdef floating* t
     while r < r1:
         off = r * S
         n = min(rows, r1 - r) * S
-        t = <floating*>(<char*>tmp + ((<size_t>(x + off) + delta - <size_t>tmp) & 4095))
+        # t at x's address modulo 4 KiB: its stores then never land just ahead of the loads of x, the
+        # residual or y's stores (arrays that start alike), which stalls them (see _lands_ahead).
+        t = <floating*>(<char*>tmp + ((<size_t>(x + off) - <size_t>tmp) & 4095))
         _add(x + off, res + off, t, h + off, n, stream, n if r + rows < r1 else 0)
         _forward_row_batch(t, y + off, r, min(r + rows, r1), S, a, eps, mean, var, stream)
         r += rows
