@@ -82,17 +82,17 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
                                    bint streamed) noexcept nogil:
     """Rows per batch for _forward_row_batch / _backward_row_batch, or 0 where rows go one at a time: runs of
     several samples (N > 1), too few rows to share among the threads, or long rows (over 512 values) but
-    where the output is ``streamed``.  Batches of rows of up to 512 values (bench/NOTES.md, "Batches of
-    short rows").  Longer rows, up to 2048 values, in batches of an even count, their statistics two rows at
-    a time (fastnorm_row_sums_f32): 1.1-1.35x faster streamed, but with cached stores 0.8x from memory (a
-    batch's sweeps then wait for y's lines all at once), so only there (bench/NOTES.md, "Long rows in
-    batches")."""
+    where the output is ``streamed`` by one thread.  Batches of rows of up to 512 values (bench/NOTES.md,
+    "Batches of short rows").  Longer rows, up to 2048 values, in batches of an even count, their statistics
+    two rows at a time (fastnorm_row_sums_f32): 1.1-1.35x faster streamed at one thread, but with cached
+    stores 0.8x from memory (a batch's sweeps then wait for y's lines all at once) and 0.93-1.08x at two
+    threads (bench/NOTES.md, "Long rows in batches")."""
     cdef Py_ssize_t rows
     if N != 1 or S < 1:
         return 0
     rows = min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S)
     if rows < 8:
-        if rows < 2 or not streamed:
+        if rows < 2 or not streamed or nthreads > 1:
             return 0
         rows -= rows % 2
     if nthreads > 1:
