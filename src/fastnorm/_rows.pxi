@@ -199,11 +199,16 @@ cdef enum:
     RESIDUAL_VALUES = 16384
 
 
-cdef inline Py_ssize_t _residual_rows(Py_ssize_t S) noexcept nogil:
-    """Rows of h per step of _forward_residual_rows; 0 where a row does not fit in RESIDUAL_VALUES."""
+cdef inline Py_ssize_t _residual_rows(Py_ssize_t S, int nthreads) noexcept nogil:
+    """Rows of h per step of _forward_residual_rows; 0 where a row does not fit in RESIDUAL_VALUES.  Under 8
+    rows an even count at one thread, as _batch_rows: every row's statistics then go two rows at a time."""
+    cdef Py_ssize_t rows
     if S > RESIDUAL_VALUES:
         return 0
-    return max(<Py_ssize_t>1, min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S))
+    rows = max(<Py_ssize_t>1, min(<Py_ssize_t>BATCH_ROWS, BATCH_VALUES // S))
+    if nthreads <= 1 and 2 < rows < 8:
+        rows -= rows % 2
+    return rows
 
 
 cdef inline void _add(const floating* x, const floating* res, floating* tmp, floating* h, Py_ssize_t n,
@@ -223,11 +228,11 @@ cdef inline void _add(const floating* x, const floating* res, floating* tmp, flo
 
 cdef void _forward_residual_share(const floating* x, const floating* res, floating* h, floating* y, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t S, const RowAffine* a, double eps, double* mean,
-                                  double* var, floating* tmp, bint stream) noexcept nogil:
+                                  double* var, floating* tmp, Py_ssize_t rows, bint stream) noexcept nogil:
     """Rows r0 <= r < r1 of [1, R, S], a few at a time: ``tmp = x + residual`` in cache (and out to h), then
     the rows normalized from tmp (_forward_row_batch).  x and the residual are read once, h and y written
     once; every row has the bits of layer_norm(x + residual)."""
-    cdef Py_ssize_t rows = _residual_rows(S), r = r0, n, off
+    cdef Py_ssize_t r = r0, n, off
     cdef floating* t
     while r < r1:
         off = r * S
@@ -245,7 +250,7 @@ cdef int _forward_rows_residual(const floating* x, const floating* res, floating
                                 int nthreads) noexcept nogil:
     """LayerNorm or RMSNorm of the R rows of ``h = x + residual`` (all [1, R, S]), writing h and y.  h may
     be x or the residual itself (each step reads its rows before it writes them).  -1: out of memory."""
-    cdef Py_ssize_t rows = _residual_rows(S), share, t
+    cdef Py_ssize_t rows = _residual_rows(S, nthreads), share, t
     cdef bint stream = _streams(4 * R * S * sizeof(floating))
     cdef floating* tmp
     if rows == 0:  # long rows: h in memory, then its rows as without a residual
@@ -259,12 +264,12 @@ cdef int _forward_rows_residual(const floating* x, const floating* res, floating
         return -1
     share = (R + nthreads - 1) // nthreads
     if nthreads == 1:
-        _forward_residual_share(x, res, h, y, 0, R, S, a, eps, mean, var, tmp, stream)
+        _forward_residual_share(x, res, h, y, 0, R, S, a, eps, mean, var, tmp, rows, stream)
     else:
         for t in prange(nthreads, schedule="static", chunksize=1, num_threads=nthreads):
             if t * share < R:
                 _forward_residual_share(x, res, h, y, t * share, min(R, (t + 1) * share), S, a, eps, mean, var,
-                                        tmp + t * per_thread, stream)
+                                        tmp + t * per_thread, rows, stream)
     free(tmp)
     _fence_streams(stream, nthreads)
     return 0
