@@ -13,7 +13,6 @@ import fastnorm
 import memory
 import reference
 from fastnorm import functional as F
-from fastnorm._threads import threads
 
 # --------------------------------------------------------------------------------------------------------
 # Every functional op over random shapes (size 0 and 1 axes, up to 5-D), dtypes, strides, out aliasing
@@ -511,40 +510,6 @@ def test_streaming_stores_give_the_bits_of_cached_stores(rng, call):
                     streamed if isinstance(streamed, tuple) else (streamed,)):
         if a is not None:
             assert np.array_equal(a, b)
-
-
-@settings(max_examples=30, deadline=None)
-@given(rows=st.integers(1, 13), D=st.integers(513, 2048), dtype=st.sampled_from([np.float32, np.float64]),
-       op=st.sampled_from(["layer_norm", "rms_norm", "instance_norm"]), affine=st.booleans(),
-       nthreads=st.sampled_from([1, 2, 3]))
-def test_long_rows_streamed_in_batches_give_the_bits_of_one_row_at_a_time(rows, D, dtype, op, affine, nthreads):
-    # Rows of 513 to 2048 values go in batches (statistics two rows at a time) where the output is
-    # streamed, one at a time where it is not: the same operations on each row either way.
-    from fastnorm import _kernels
-    rng = np.random.default_rng(D)
-    x = (rng.normal(size=(rows, 2, D)) * 3 + 100).astype(dtype)
-    w, b = (rng.normal(size=D).astype(dtype) for _ in range(2))
-    if op == "instance_norm":
-        w, b = w[:2], b[:2]
-
-    def call():
-        with threads(nthreads):
-            if op == "instance_norm":
-                return fastnorm.instance_norm(x, weight=w if affine else None, bias=b if affine else None,
-                                              return_stats=True)
-            if op == "rms_norm":
-                return F.rms_norm(x, D, w if affine else None, return_stats=True)
-            return F.layer_norm(x, D, w if affine else None, b if affine else None, return_stats=True)
-
-    cached = call()
-    previous, window = _kernels.set_stream_bytes(0), _kernels.set_alias_window(0)
-    try:
-        streamed = call()
-    finally:
-        _kernels.set_stream_bytes(previous)
-        _kernels.set_alias_window(window)
-    for a, c in zip(cached, streamed):
-        assert a.dtype == c.dtype and np.array_equal(a, c)
 
 
 @pytest.mark.parametrize("ahead", [16, 48, 200, 4080])

@@ -374,3 +374,37 @@ def test_short_rows_match_the_reference(rng, shape, isa_level):
     if D > 1:  # InstanceNorm needs more than one value per instance
         images = x.reshape(-1, 4, D) if shape[0] % 4 == 0 else x[None]
         np.testing.assert_allclose(fastnorm.instance_norm(images), reference.instance_norm(images), atol=2e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 13), D=st.integers(513, 2048), dtype=st.sampled_from([np.float32, np.float64]),
+       op=st.sampled_from(["layer_norm", "rms_norm", "instance_norm"]), affine=st.booleans(),
+       nthreads=st.sampled_from([1, 2, 3]))
+def test_long_rows_streamed_in_batches_give_the_bits_of_one_row_at_a_time(rows, D, dtype, op, affine, nthreads):
+    # Rows of 513 to 2048 values go in batches (statistics two rows at a time) where the output is
+    # streamed, one at a time where it is not: the same operations on each row either way.
+    from fastnorm import _kernels
+    rng = np.random.default_rng(D)
+    x = (rng.normal(size=(rows, 2, D)) * 3 + 100).astype(dtype)
+    w, b = (rng.normal(size=D).astype(dtype) for _ in range(2))
+    if op == "instance_norm":
+        w, b = w[:2], b[:2]
+
+    def call():
+        with fastnorm.threads(nthreads):
+            if op == "instance_norm":
+                return fastnorm.instance_norm(x, weight=w if affine else None, bias=b if affine else None,
+                                              return_stats=True)
+            if op == "rms_norm":
+                return fastnorm.rms_norm(x, D, w if affine else None, return_stats=True)
+            return fastnorm.layer_norm(x, D, w if affine else None, b if affine else None, return_stats=True)
+
+    cached = call()
+    previous, window = _kernels.set_stream_bytes(0), _kernels.set_alias_window(0)
+    try:
+        streamed = call()
+    finally:
+        _kernels.set_stream_bytes(previous)
+        _kernels.set_alias_window(window)
+    for a, c in zip(cached, streamed):
+        assert a.dtype == c.dtype and np.array_equal(a, c)
