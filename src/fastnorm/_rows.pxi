@@ -157,7 +157,8 @@ cdef int _forward_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
     cdef bint stream = _streams(2 * N * R * S * sizeof(floating))
     cdef Py_ssize_t r, t
     cdef Py_ssize_t pieces = (S + SPLIT - 1) // SPLIT
-    cdef Py_ssize_t rows = _batch_rows(N, R, S, nthreads, stream)
+    # whether the sweeps stream: y's distance from x modulo 4 KiB is the same for every row (see _lands_ahead)
+    cdef Py_ssize_t rows = _batch_rows(N, R, S, nthreads, stream and not _lands_ahead(y, x))
     cdef Py_ssize_t batches = (R + rows - 1) // rows if rows else 0
     if rows:
         if nthreads <= 1 or batches < 2:
