@@ -397,6 +397,27 @@ def test_layers_apply_and_differentiate_the_activation_and_add(make, training):
         assert fused.grad_add is None
 
 
+def _sync_batch_norm(**k):
+    return fastnorm.SyncBatchNorm(4, comm=pytest.importorskip("mpi4py.MPI").COMM_SELF, **k)
+
+
+@pytest.mark.parametrize("make", LAYERS[:6] + [_sync_batch_norm])  # the layers whose call takes add=
+@pytest.mark.parametrize("written", ["add", "input"])
+def test_a_layer_call_writing_out_over_its_add_differentiates_the_add_it_was_given(make, written):
+    # The residual block written in place: out= is add (or the input); backward needs the add as given.
+    rng = np.random.default_rng(5)
+    layer, twin = make(activation="tanh"), make(activation="tanh")
+    x = _input_for(twin)
+    add, dy = rng.normal(size=x.shape).astype(np.float32), rng.normal(size=x.shape).astype(np.float32)
+    expected = twin(x, add=add)
+    x_, add_ = x.copy(), add.copy()
+    out = add_ if written == "add" else x_
+    np.testing.assert_array_equal(layer(x_, add=add_, out=out), expected)
+    np.testing.assert_array_equal(layer.backward(dy), twin.backward(dy))
+    np.testing.assert_array_equal(layer.grad_add, twin.grad_add)
+    np.testing.assert_array_equal(layer.grad_weight, twin.grad_weight)
+
+
 def test_sync_batch_norm_with_one_process_is_batch_norm_with_the_activation_and_add():
     MPI = pytest.importorskip("mpi4py.MPI")
     rng = np.random.default_rng(9)

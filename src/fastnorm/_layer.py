@@ -509,6 +509,8 @@ class _AddLayer(_Layer):
     def forward(self, x: ArrayLike, *, out: Optional[NDArray[Any]] = None, add: Optional[ArrayLike] = None,
                 mask: Optional[ArrayLike] = None) -> NDArray[Any]:
         x, mask = _split_masked(x, mask)
+        if add is not None and self.activation is not None:  # backward recomputes the pre-activation from add
+            add = self._input_to_keep(add, out)
         return self._forward(x, out, add, mask)
 
     def _forward(self, x: Any, out: Optional[NDArray[Any]], add: Optional[ArrayLike],
