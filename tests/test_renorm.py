@@ -175,6 +175,8 @@ def test_bitwise_identical_for_any_thread_count(rng, uncapped_threads):
     ({"renorm_momentum": None}, TypeError, "renorm_momentum"),
     ({"virtual_batch_size": 0}, ValueError, "virtual_batch_size: expected a positive integer"),
     ({"virtual_batch_size": 2.0}, TypeError, "virtual_batch_size"),
+    ({"renorm": True, "activation": "relu"}, ValueError, "activation: not supported together with renorm"),
+    ({"virtual_batch_size": 2, "activation": "gelu"}, ValueError, "activation: not supported together"),
 ])
 def test_constructor_errors_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -204,6 +206,19 @@ def test_call_errors_name_the_argument_and_change_nothing(rng):
     bn(rng.normal(size=(8, 3, 2, 2)).astype(np.float32))
     with pytest.raises(ValueError, match="grad_output: expected"):
         bn.backward(np.ones((8, 3, 2, 1), np.float32))
+
+
+@pytest.mark.parametrize("kwargs", [{"renorm": True}, {"virtual_batch_size": 2}])
+def test_an_activation_set_after_construction_is_refused_in_training_not_ignored(rng, kwargs):
+    bn = fastnorm.BatchNorm1d(3, **kwargs)
+    bn.activation = "relu"
+    before = bn.state_dict()
+    with pytest.raises(ValueError, match="activation: not supported together with renorm or virtual_batch_size"):
+        bn(rng.normal(size=(4, 3)).astype(np.float32))
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    y = bn.eval()(rng.normal(size=(4, 3)).astype(np.float32))  # evaluation mode has neither: the activation applies
+    assert (y >= 0).all()
 
 
 def test_save_load_pickle_and_repr_keep_the_arguments_and_renorm_statistics(rng):

@@ -184,14 +184,21 @@ class _BatchNorm(_NormBase):
         if self.renorm and not track_running_stats:
             raise ValueError("renorm: expected track_running_stats=True (the corrections r and d come from "
                              "running statistics)")
-        if activation is not None and (self.renorm or self.virtual_batch_size is not None):
-            raise ValueError("activation: not supported together with renorm or virtual_batch_size")
+        self._check_groups_epilogue(activation, None)
         self._eval_cache = _kernels.EvalCache()
         super().__init__(features, eps, momentum, affine, track_running_stats, dtype, bias, activation)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self._eval_cache = _kernels.EvalCache()
+
+    def _check_groups_epilogue(self, activation: Optional[str], add: Optional[ArrayLike]) -> None:
+        """Refuse ``activation`` or ``add`` on a layer with renorm or sub-batches: their training step has no
+        epilogue."""
+        if self.renorm or self.virtual_batch_size is not None:
+            for name, value in (("activation", activation), ("add", add)):
+                if value is not None:
+                    raise ValueError(f"{name}: not supported together with renorm or virtual_batch_size")
 
     def _config(self) -> Dict[str, Any]:
         axes = list(self.channel_axis) if isinstance(self.channel_axis, tuple) else self.channel_axis
@@ -235,8 +242,7 @@ class _BatchNorm(_NormBase):
             state["_recorder"] = [moments if self._recorder[0] is None else self._recorder[0] + moments,
                                   self._recorder[1] + 1]
         if self.training and (self.renorm or self.virtual_batch_size is not None) and x.size > 0:
-            if add is not None:
-                raise ValueError("add: not supported together with renorm or virtual_batch_size")
+            self._check_groups_epilogue(self.activation, add)  # the attribute may have been set since
             return self._forward_groups(x, out, state)
         use_batch_stats = self.training or self.running_mean is None
         keep_buffers = not self.training or self.track_running_stats
@@ -260,7 +266,8 @@ class _BatchNorm(_NormBase):
                 "            (per sub-batch with ``virtual_batch_size``; allowed with ``bessel=False``) or with\n"
                 "            ``eps=0``; training with a batch size that is not a multiple of\n"
                 "            ``virtual_batch_size``; ``out`` of another shape, or read-only; a ``mask`` that does not\n"
-                "            broadcast to ``x``, or with several channel axes, ``renorm`` or ``virtual_batch_size``.",
+                "            broadcast to ``x``, or with several channel axes, ``renorm`` or ``virtual_batch_size``;\n"
+                "            training with ``renorm`` or ``virtual_batch_size`` and ``add`` or an activation.",
                 masked=True),
         ">>> import numpy as np, fastnorm\n"
         "        >>> bn = fastnorm.BatchNorm1d(2)\n"
@@ -511,6 +518,8 @@ _BATCH_NORM_DOC = r"""Batch normalization over {shape} input, as ``torch.nn.Batc
     virtual_batch_size : int or None, keyword-only
         Ghost BatchNorm (Hoffer et al. 2017): in training mode each sub-batch of this many consecutive
         samples (axis 0) is normalized with its own statistics; the batch size must be a multiple of it.
+        Neither this nor ``renorm`` goes with ``activation`` (a ValueError, here or at a training call
+        after the attribute is set) or with ``add=`` in training.
 
     Shape
     -----
