@@ -225,7 +225,10 @@ class _Layer:
         A layer built with ``activation=`` differentiates through it.  The input is the one the forward
         kept, by reference: modified
         in place between the two calls, it no longer has the statistics the forward computed, and
-        backward raises (as PyTorch) rather than return a gradient of the modified values.
+        backward raises (as PyTorch) rather than return a gradient of the modified values.  A forward
+        with the running statistics (evaluation mode) computes none, and ``add`` is kept by reference
+        too: a change to either of those before backward is not seen (the gradients are then those of
+        the changed values), so leave them as they were until backward.
 
         Parameters
         ----------
