@@ -250,6 +250,25 @@ def test_convert(rng):
     assert sync.num_batches_tracked == 1
 
 
+def test_convert_keeps_the_activation_and_sizes_lazy_layers_or_refuses_them(rng):
+    comm = ThreadComm.world(1)[0]
+    bn = fastnorm.BatchNorm2d(4, activation="gelu", channel_axis=-1, bessel=False)
+    sync = fastnorm.SyncBatchNorm.convert(bn, comm=comm)
+    assert (sync.activation, sync.channel_axis, sync.bessel) == ("gelu", -1, False)
+    lazy = fastnorm.LazyBatchNorm2d(activation="relu", momentum=0.3)
+    with pytest.raises(ValueError, match="layers: a LazyBatchNorm2d whose num_features is not known yet"):
+        fastnorm.SyncBatchNorm.convert({"bn": lazy}, comm=comm)  # not left local in a synced model
+    sized = fastnorm.BatchNorm2d(4)
+    sized(rng.normal(size=(2, 4, 3, 3)).astype(np.float32))
+    lazy.load_state_dict(sized.state_dict())
+    sync = fastnorm.SyncBatchNorm.convert({"bn": lazy}, comm=comm)["bn"]
+    assert type(sync) is fastnorm.SyncBatchNorm
+    assert (sync.num_features, sync.activation, sync.momentum) == (4, "relu", 0.3)
+    np.testing.assert_array_equal(sync.running_mean, sized.running_mean)
+    x = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(sync.eval()(x), lazy.eval()(x))
+
+
 def test_convert_refuses_a_container_that_contains_itself():
     comm = ThreadComm.world(1)[0]
     looped = [fastnorm.BatchNorm1d(3)]

@@ -23,8 +23,8 @@ from ._batch_norm_steps import _variance
 from ._plan import _new_result
 from ._epilogue import _pre_activation, _through_activation
 from ._validation import _as_input, _channel_params, _check_activation, _check_add, _check_axis, _check_eps, _check_out
-from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, BatchNorm1d, BatchNorm2d,
-                     BatchNorm3d, _BatchNorm, _fill, _Grads, _references, _running_stats, no_grad)
+from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _BatchNorm, _fill, _Grads,
+                     _references, _running_stats, no_grad)
 from .statistics import Moments
 
 __all__ = ["SyncBatchNorm", "calibrate_batch_norms", "Communicator"]
@@ -406,8 +406,9 @@ class SyncBatchNorm(_BatchNorm):
         Parameters
         ----------
         layers : layer, or dict, list or tuple of layers (nested)
-            BatchNorm1d, BatchNorm2d and BatchNorm3d layers are converted; other layers and values are
-            returned as they are.
+            BatchNorm1d, BatchNorm2d and BatchNorm3d layers, and the Lazy ones once sized (called or given
+            a state dict), are converted, ``activation`` and the other constructor arguments kept; other
+            layers and values are returned as they are.
         comm : Communicator, optional
             The twins' ``comm``.
 
@@ -419,7 +420,8 @@ class SyncBatchNorm(_BatchNorm):
         Raises
         ------
         ValueError
-            A dict, list or tuple that contains itself.
+            A dict, list or tuple that contains itself; a layer with ``renorm`` or ``virtual_batch_size``; a
+            Lazy layer not sized yet.
 
         Examples
         --------
@@ -440,12 +442,16 @@ class SyncBatchNorm(_BatchNorm):
             if isinstance(layers, dict):
                 return {name: cls._convert(layer, comm, enclosing) for name, layer in layers.items()}
             return type(layers)(cls._convert(layer, comm, enclosing) for layer in layers)
-        if not isinstance(layers, (BatchNorm1d, BatchNorm2d, BatchNorm3d)):
+        if not isinstance(layers, _BatchNorm) or isinstance(layers, SyncBatchNorm):
             return layers
+        if layers.num_features == 0:  # a lazy layer not sized yet: left local, its model would not be synced
+            raise ValueError(f"layers: a {type(layers).__name__} whose num_features is not known yet; call it or "
+                             "load a state dict before converting (SyncBatchNorm is not lazy)")
         if layers.renorm or layers.virtual_batch_size is not None:
             raise ValueError(f"layers: a {type(layers).__name__} with renorm={layers.renorm}, virtual_batch_size="
                              f"{layers.virtual_batch_size}: SyncBatchNorm supports neither renorm nor ghost batches")
-        twin = cls(comm=comm, **{k: v for k, v in layers._config().items() if k not in _UNSYNCED})
+        config = dict(layers._config(), num_features=layers.num_features)  # a lazy layer's config lacks it
+        twin = cls(comm=comm, **{k: v for k, v in config.items() if k not in _UNSYNCED})
         twin.load_state_dict(layers.state_dict())
         return twin.train(layers.training)
 
