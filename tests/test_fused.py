@@ -397,6 +397,27 @@ def test_layers_apply_and_differentiate_the_activation_and_add(make, training):
         assert fused.grad_add is None
 
 
+@pytest.mark.parametrize("make", LAYERS[:6])  # the layers whose call takes add=
+@pytest.mark.parametrize("kind", ["channel", "channel without the batch axis", "last axis", "scalar"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_grad_add_of_a_broadcast_add_has_the_add_s_shape_as_autograd_gives(make, kind, dtype):
+    # A per-channel (or scalar) add is an operand broadcast to the input: its gradient sums over the
+    # axes it was broadcast along, as PyTorch's autograd gives it, not the gradient at every element.
+    layer, full = make(activation="silu"), make(activation="silu")
+    x = _input_for(full).astype(dtype)
+    shape = {"channel": (1, 4) + (1,) * (x.ndim - 2), "channel without the batch axis": (4,) + (1,) * (x.ndim - 2),
+             "last axis": x.shape[-1:], "scalar": ()}[kind]
+    add = np.random.default_rng(6).normal(size=shape).astype(dtype)
+    dy = np.random.default_rng(7).normal(size=x.shape).astype(dtype)
+    np.testing.assert_array_equal(layer(x, add=add), full(x, add=np.broadcast_to(add, x.shape).copy()))
+    np.testing.assert_array_equal(layer.backward(dy), full.backward(dy))
+    assert layer.grad_add.shape == add.shape and layer.grad_add.dtype == x.dtype
+    lead = x.ndim - add.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(add.shape) if n == 1 and x.shape[lead + i] != 1)
+    expected = full.grad_add.astype(np.float64).sum(axis=axes).reshape(add.shape)
+    np.testing.assert_allclose(layer.grad_add.astype(np.float64), expected, rtol=1e-3 if dtype == np.float16 else 1e-6)
+
+
 def _sync_batch_norm(**k):
     return fastnorm.SyncBatchNorm(4, comm=pytest.importorskip("mpi4py.MPI").COMM_SELF, **k)
 

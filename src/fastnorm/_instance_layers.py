@@ -37,8 +37,7 @@ class _InstanceNorm(_NormBase):
         given_out = out
         if unbatched:
             x = x[np.newaxis]
-            out = None if out is None else out[np.newaxis]
-            add = None if add is None else _array(add, "add")[np.newaxis]
+            out = None if out is None else out[np.newaxis]  # add broadcasts to the batch of one as it is
         if x.shape[self.channel_axis] != self.num_features:
             if self.affine or self.track_running_stats:
                 raise ValueError(f"input: expected {self.num_features} channels on axis {self.channel_axis}, got "

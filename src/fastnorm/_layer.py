@@ -96,6 +96,17 @@ class LoadResult(NamedTuple):
 STATS = object()  # in what a forward keeps for backward: the statistics of its call (see _Layer._commit)
 
 
+def _grad_of_add(grad: NDArray[Any], add: Any) -> NDArray[Any]:
+    """The gradient at the pre-activation as the gradient of ``add``: summed (in float64) over the axes
+    ``add`` was broadcast along, as autograd gives a broadcast operand's gradient; in ``grad``'s dtype."""
+    shape = np.shape(add)
+    if shape == grad.shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    return np.sum(grad, axis=axes, dtype=np.float64).reshape(shape).astype(grad.dtype)
+
+
 def _state_array(value: Any, name: str) -> NDArray[Any]:
     """A state-dict value as an ndarray.  A PyTorch tensor goes through float64 when it is floating point:
     exact for every torch float type, including bfloat16 and float8, which NumPy lacks; so does an array of
@@ -295,7 +306,7 @@ class _Layer:
         # New arrays of the parameter's dtype, in native byte order whatever the parameter's; set together
         # by one C call, so a backward that fails or is interrupted leaves the last one's
         _kernels.Commit(self.__dict__, {
-            "grad_add": grads[3] if len(grads) > 3 else None,
+            "grad_add": _grad_of_add(grads[3], self._saved_epilogue[1]) if len(grads) > 3 else None,
             "grad_weight": None if weight is None or grad_weight is None else grad_weight.astype(
                 weight.dtype.newbyteorder("=")).reshape(weight.shape),
             "grad_bias": None if bias is None or grad_bias is None else grad_bias.astype(

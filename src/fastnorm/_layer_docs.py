@@ -105,7 +105,8 @@ _BATCH_NORM_ATTRIBUTES = """
         ``track_running_stats``).
     """ + _GRADS + """
     grad_add : ndarray or None
-        The gradient of the last forward's ``add`` (None after a forward without one).
+        The gradient of the last forward's ``add`` (None after a forward without one): of ``add``'s shape,
+        summed over the axes it was broadcast along (as autograd), in the input's dtype.
     activation : str or None
         The activation applied to the output (the constructor's).
     training : bool
