@@ -16,7 +16,8 @@ from ._validation import _array, _as_input, _check_activation, _check_eps, _chec
 _ROWS_FORWARD = """{summary}
 
         {keeps}  After a call with ``residual``, that is h, and :meth:`backward` gives the gradient of h,
-        which is the gradient of both ``x`` and ``residual``.
+        which is the gradient of both ``x`` and ``residual`` (of a broadcast ``residual``: that summed over
+        the axes it was broadcast along).
 
         Parameters
         ----------
