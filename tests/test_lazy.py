@@ -134,3 +134,21 @@ def test_reset_before_the_first_call_keeps_the_layer_lazy():
     assert bn.has_uninitialized_params() and bn.running_mean is None and bn.num_batches_tracked == 0
     # nothing to create: as PyTorch
     assert not fastnorm.LazyInstanceNorm1d(affine=False, track_running_stats=False).has_uninitialized_params()
+
+
+def test_features_that_need_running_statistics_say_a_lazy_layer_has_none_before_its_first_call():
+    da = pytest.importorskip("dask.array")
+    import fastnorm.dask
+
+    hint = "this Lazy layer has none until it is called or given a state dict"
+    lazy = fastnorm.LazyBatchNorm2d(activation="relu").eval()
+    with pytest.raises(ValueError, match=hint):
+        fastnorm.fold_batch_norm(np.ones((3, 2, 1, 1), np.float32), None, lazy)
+    with pytest.raises(ValueError, match=hint):
+        fastnorm.dask.apply(lazy, da.ones((2, 3, 4, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match=hint):
+        fastnorm.calibrate_batch_norms([lazy], lazy, [np.ones((2, 3, 4, 4), np.float32)])
+    with pytest.raises(ValueError, match="expected running statistics") as e:  # a sized layer: no hint
+        fastnorm.fold_batch_norm(np.ones((3, 2, 1, 1), np.float32), None,
+                                 fastnorm.BatchNorm2d(3, track_running_stats=False))
+    assert "Lazy" not in str(e.value)

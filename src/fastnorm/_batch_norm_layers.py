@@ -139,6 +139,12 @@ def _check_channel_axes(channel_axis: object) -> Union[int, Tuple[int, ...]]:
     return int(channel_axis)
 
 
+def _lazy_hint(layer: object) -> str:
+    """What an error about a layer without running statistics adds for a Lazy layer not sized yet."""
+    unsized = isinstance(layer, _NormBase) and layer.track_running_stats and layer.num_features == 0
+    return "; this Lazy layer has none until it is called or given a state dict" if unsized else ""
+
+
 def _running_stats(layer: _NormBase) -> Tuple[NDArray[Any], NDArray[Any]]:
     """The running mean and variance of a layer that tracks them."""
     if layer.running_mean is None or layer.running_var is None:

@@ -159,7 +159,7 @@ def apply(layer: L._Layer, array: da.Array) -> da.Array:
     """
     if isinstance(layer, L._BatchNorm) and (layer.training or layer.running_mean is None):
         raise ValueError("layer: expected an eval-mode BatchNorm with running statistics (call layer.eval()): "
-                         "the batch statistics of a block are not those of the array")
+                         f"the batch statistics of a block are not those of the array{L._lazy_hint(layer)}")
     if isinstance(layer, L._InstanceNorm) and layer.training and layer.track_running_stats:
         raise ValueError("layer: expected eval mode (call layer.eval()): in training mode every block would "
                          "update the running statistics")

@@ -100,7 +100,7 @@ def fold_batch_norm(weight: ArrayLike, bias: Optional[ArrayLike], bn: _layers._B
     if not isinstance(bn, _layers._BatchNorm):
         raise TypeError(f"bn: expected a fastnorm BatchNorm layer, got {type(bn).__name__}")
     if bn.running_mean is None:
-        raise ValueError("bn: expected running statistics (track_running_stats=True) to fold")
+        raise ValueError(f"bn: expected running statistics (track_running_stats=True) to fold{_layers._lazy_hint(bn)}")
     if bn.activation is not None:
         raise ValueError(f"bn: has activation={bn.activation!r}, which a folded weight and bias cannot hold; "
                          "fold a layer without one and apply the activation after the folded layer")

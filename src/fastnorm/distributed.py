@@ -24,7 +24,7 @@ from ._plan import _new_result
 from ._epilogue import _pre_activation, _through_activation
 from ._validation import _as_input, _channel_params, _check_activation, _check_add, _check_axis, _check_eps, _check_out
 from .layers import (_BATCH_NORM_ATTRIBUTES, _BATCH_NORM_MATH, _BATCH_NORM_PARAMETERS, _BatchNorm, _fill, _Grads,
-                     _references, _running_stats, no_grad)
+                     _lazy_hint, _references, _running_stats, no_grad)
 from .statistics import Moments
 
 __all__ = ["SyncBatchNorm", "calibrate_batch_norms", "Communicator"]
@@ -508,7 +508,7 @@ def calibrate_batch_norms(layers: Union[Mapping[str, _BatchNorm], Iterable[_Batc
     listed = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
     for k, layer in enumerate(listed):
         if not isinstance(layer, _BatchNorm) or layer.running_mean is None:
-            raise TypeError(f"layers[{k}]: expected a BatchNorm layer with running statistics")
+            raise TypeError(f"layers[{k}]: expected a BatchNorm layer with running statistics{_lazy_hint(layer)}")
         if any(other is layer for other in listed[:k]):
             raise ValueError(f"layers[{k}]: the same layer is listed twice")
     modes = [layer.training for layer in listed]

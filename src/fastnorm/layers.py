@@ -9,6 +9,7 @@ from ._batch_norm_layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from ._batch_norm_layers import _BatchNorm as _BatchNorm
 from ._batch_norm_layers import _NormBase as _NormBase
 from ._batch_norm_layers import _running_stats as _running_stats
+from ._batch_norm_layers import _lazy_hint as _lazy_hint
 from ._group_layers import GroupNorm
 from ._instance_layers import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from ._instance_layers import _InstanceNorm as _InstanceNorm
