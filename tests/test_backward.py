@@ -275,6 +275,18 @@ def test_backward_without_forward_is_an_error():
         layer.backward(np.ones((2, 4), np.float32))
 
 
+@pytest.mark.parametrize("make", [lambda: fastnorm.BatchNorm1d(3, activation="gelu"),
+                                  lambda: fastnorm.LayerNorm(3, activation="gelu")])
+def test_a_forward_under_no_grad_leaves_what_an_earlier_forward_kept(make):
+    rng = np.random.default_rng(3)
+    x, dy = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    layer, twin = make(), make()
+    layer(x), twin(x)
+    with fastnorm.no_grad():
+        layer(x + 1)
+    np.testing.assert_array_equal(layer.backward(dy), twin.backward(dy))
+
+
 @pytest.mark.parametrize("layer, shape", [(fastnorm.BatchNorm2d(3), (2, 3, 4, 4)), (fastnorm.LayerNorm(4), (2, 4)),
                                           (fastnorm.GroupNorm(1, 3), (2, 3, 4)), (fastnorm.RMSNorm(4), (3, 4)),
                                           (fastnorm.InstanceNorm1d(3), (2, 3, 4))])

@@ -255,7 +255,8 @@ class _Layer:
         Raises
         ------
         RuntimeError
-            No forward to differentiate: none yet, or the last one ran under :func:`no_grad`; or the input
+            No forward to differentiate: none yet outside :func:`no_grad` (a forward under it leaves what an
+            earlier one kept, as PyTorch's graph of an earlier output stays); or the input
             was modified in place after the forward ("one of the variables needed for gradient computation
             has been modified by an inplace operation"): a change of any group's mean or variance beyond
             rounding, seen in sums the backward takes anyway.
