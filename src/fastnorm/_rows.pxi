@@ -84,9 +84,9 @@ cdef inline Py_ssize_t _batch_rows(Py_ssize_t N, Py_ssize_t R, Py_ssize_t S, int
     several samples (N > 1), too few rows to share among the threads, or long rows (over 512 values) but
     where the output is ``streamed`` by one thread.  Batches of rows of up to 512 values (bench/NOTES.md,
     "Batches of short rows").  Longer rows, up to 2048 values, in batches of an even count, their statistics
-    two rows at a time (fastnorm_row_sums_f32): 1.1-1.35x faster streamed at one thread, but with cached
-    stores 0.8x from memory (a batch's sweeps then wait for y's lines all at once) and 0.93-1.08x at two
-    threads (bench/NOTES.md, "Long rows in batches")."""
+    two rows at a time (fastnorm_row_sums_f32), only streamed at one thread: with cached stores a batch's
+    sweeps wait for y's lines all at once, and two threads gained nothing (bench/NOTES.md, "Long rows in
+    batches")."""
     cdef Py_ssize_t rows
     if N != 1 or S < 1:
         return 0

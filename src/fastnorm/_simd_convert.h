@@ -304,8 +304,8 @@ FASTNORM_SWEEP_COLUMNS_HALF_AVX512(fastnorm_sweep_columns_bf16_avx512bf16, FASTN
  * chains that the float32 pass sums in its order.  NAME_k sums K (1 or 2) rows of n values, ld apart, side
  * by side (as fastnorm_shifted_sums_k_avx512 for float32: a row alone is bound by its chains' latency),
  * prefetching as it does for K = 2: a line for each line read, in one walk past these rows, so that both
- * rows of the next pair come from the cache (a prefetch a fixed distance ahead of each row reached only the
- * start of the next pair's second row: 0.77x from memory). */
+ * rows of the next pair come from the cache (a prefetch a fixed distance ahead of each row reaches only the
+ * start of the next pair's second row: bench/NOTES.md, "Half precision"). */
 #define FASTNORM_HALF_SUMS_AVX512(NAME, LOAD16, VALUE)                                                           \
     FASTNORM_TARGET_AVX512 __attribute__((always_inline)) static inline void NAME##_k(                           \
         const uint16_t *x, const int K, ptrdiff_t ld, ptrdiff_t n, const double *shift, double *s1, double *s2)  \
