@@ -13,6 +13,9 @@
  *  - a late worker never holds a region up: a region's static blocks are claimed one at a time, and the
  *    caller runs those that no worker took in time (a block is the same whoever runs it, and so are the
  *    bits: the kernels' results never depend on how their loops are split).
+ *  - a worker never shares the caller's CPU: when the other CPUs look busy (another library's threads
+ *    spin on them after its own calls), Linux wakes a worker on the caller's, where the two only take
+ *    turns; the worker moves to another CPU it may use (bench/NOTES.md, "Pool placement").
  * Other compilers (clang, MSVC) run the loops on their own OpenMP runtime (LLVM's and Intel's survive
  * fork).  Either way the thread count is kept here: fastnorm_set_num_threads is what set_num_threads and
  * threadpoolctl call.
@@ -98,6 +101,7 @@ static struct {
     void *data;
     unsigned team;
     atomic_uint next; /* the next thread number to claim */
+    int caller_cpu;   /* where the caller of the region runs (-1: unknown) */
     fastnorm_worker *workers[FASTNORM_MAX_WORKERS];
 } fastnorm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, FASTNORM_SPIN_NS};
 
@@ -155,12 +159,35 @@ static int fastnorm_spin_until_assigned(fastnorm_worker *w)
     }
 }
 
+/* Move the calling worker off ``cpu`` when it runs there: allowed every CPU of its mask but that one,
+ * then the whole mask again (the scheduler leaves it on the CPU it moved to until it has a reason). */
+static void fastnorm_leave_cpu(int cpu)
+{
+#if defined(__linux__) && defined(CPU_SET)
+    cpu_set_t allowed, others;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu || sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return;
+    others = allowed;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) > 0 && sched_setaffinity(0, sizeof others, &others) == 0)
+        sched_setaffinity(0, sizeof allowed, &allowed);
+#else
+    (void)cpu;
+#endif
+}
+
+static int fastnorm_current_cpu(void)
+{
+#if defined(__linux__) && defined(CPU_SET)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
 static void *fastnorm_worker_main(void *arg)
 {
     fastnorm_worker *w = (fastnorm_worker *)arg;
-#if defined(__linux__)
-    pthread_setname_np(pthread_self(), "fastnorm"); /* what top -H and /proc/<pid>/task/<tid>/comm show */
-#endif
     for (;;) {
         if (!fastnorm_spin_until_assigned(w)) {
             /* seq_cst on both sides (sleeping here, state in the caller): one of the two sees the other */
@@ -173,6 +200,7 @@ static void *fastnorm_worker_main(void *arg)
         }
         int expected = FASTNORM_ASSIGNED;
         if (atomic_compare_exchange_strong(&w->state, &expected, FASTNORM_RUNNING)) {
+            fastnorm_leave_cpu(fastnorm_pool.caller_cpu);
             fastnorm_run_claimed(fastnorm_pool.fn, fastnorm_pool.data, fastnorm_pool.team);
             fastnorm_store_fence(); /* its streamed stores, before the caller goes on */
             atomic_store_explicit(&w->state, FASTNORM_DONE, memory_order_release);
@@ -208,6 +236,9 @@ static unsigned fastnorm_start_workers(unsigned want)
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (err != 0)
             break;
+#if defined(__linux__)
+        pthread_setname_np(w->thread, "fastnorm"); /* what top -H and /proc/<pid>/task/<tid>/comm show */
+#endif
         pthread_detach(w->thread);
         fastnorm_pool.started++;
     }
@@ -246,6 +277,7 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
         fastnorm_pool.fn = fn;
         fastnorm_pool.data = data;
         fastnorm_pool.team = n * FASTNORM_BLOCKS_PER_THREAD;
+        fastnorm_pool.caller_cpu = fastnorm_current_cpu();
         atomic_store_explicit(&fastnorm_pool.next, 0, memory_order_relaxed);
         for (j = 0; j < k; j++)
             atomic_store(&fastnorm_pool.workers[j]->state, FASTNORM_ASSIGNED);
