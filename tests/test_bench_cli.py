@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _bench
+from fastnorm import _bench, _bench_pipeline
 from fastnorm.__main__ import main
 
 SMALL = "batch_norm eval NC (256, 512)"  # one small case, for --filter
@@ -227,13 +227,17 @@ def test_pytest_benchmark_cases_record_threads_and_bandwidth_and_fit_a_terminal(
 
 def test_pipeline_bench_times_every_variant():
     lines = []
-    rows = _bench.run_pipeline(nthreads=2, repeat=2, shape=(64, 32), print_fn=lines.append)
+    rows = _bench_pipeline.run_pipeline(nthreads=2, repeat=2, shape=(64, 32), print_fn=lines.append)
     names = ["numpy"] + (["torch"] if _bench.torch is not None else []) + (
         ["onnxruntime", "onnxruntime no spin"] if _bench._optional_module("onnxruntime") else [])
     medians = {(r["matmul"], r["part"], r["threads"]): r["median_s"] for r in rows}
     assert {name for name, _, _ in medians} >= set(names)
     assert all(medians[(name, part, n)] > 0 for name in names for part in ("step", "alone") for n in (1, 2))
     assert medians[("none", "alone", 1)] > 0 and medians[("none", "alone", 2)] > 0
-    assert lines[-1].startswith("none (alone only)")
+    assert all(medians[(name, part, n)] > 0 for name in names for part in ("calls in step", "matmuls in step")
+               for n in (1, 2))
+    assert sum(line.startswith("none (alone only)") for line in lines) == 1
+    apart = [i for i, line in enumerate(lines) if line.startswith("the step, timed apart")]
+    assert len(apart) == 1 and [line.split()[0] for line in lines[apart[0] + 1:]] == [n.split()[0] for n in names]
     assert lines[0].lstrip().startswith("pipeline step h = x @ W1; h = bn(h); h = ln(h); y = h @ W2 on (64, 32)")
     assert any(line.startswith("numpy") for line in lines)

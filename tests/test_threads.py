@@ -220,44 +220,50 @@ def _workers():
     return tids
 
 
-def _last_cpu(tid):
-    """The CPU the thread last ran on (/proc's stat, field 39)."""
-    with open(f"/proc/self/task/{tid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[36])
+_MOVES_OFF_THE_CALLERS_CPU = """
+import os
+import numpy as np
+import fastnorm
+
+x = np.random.default_rng(3).standard_normal((4096, 768), dtype=np.float32)
+with fastnorm.threads(1):
+    expected = fastnorm.layer_norm(x, 768)
+allowed = os.sched_getaffinity(0)
+cpu = min(allowed)
+with fastnorm.threads(2):
+    fastnorm.layer_norm(x, 768)  # the worker exists
+    (worker,) = [int(t) for t in os.listdir("/proc/self/task")
+                 if open(f"/proc/self/task/{t}/comm").read().strip() == "fastnorm"]
+    os.sched_setaffinity(0, {cpu})  # the caller (this thread only) runs on cpu...
+    os.sched_setaffinity(worker, {cpu})  # ...and so does the worker, then free to go anywhere again
+    os.sched_setaffinity(worker, allowed)
+    for _ in range(20):
+        np.testing.assert_array_equal(fastnorm.layer_norm(x, 768), expected)
+assert os.sched_getaffinity(worker) == allowed
+with open(f"/proc/self/task/{worker}/stat") as f:
+    last_cpu = int(f.read().rsplit(")", 1)[1].split()[36])  # field 39: the CPU it last ran on
+assert last_cpu != cpu, last_cpu
+"""
 
 
 @linux_only
 @pytest.mark.skipif(not _kernels.own_runtime(), reason="fastnorm's own pool (gcc builds)")
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs to choose from")
-def test_a_worker_on_the_callers_cpu_moves_and_keeps_its_mask(uncapped_threads):
+def test_a_worker_on_the_callers_cpu_moves_and_keeps_its_mask():
     """A worker found on the caller's CPU moves to another and gets its whole affinity mask back; the
     results keep their bits.  A process that spins on the other CPUs (as another library's idle threads
-    do) makes the scheduler wake the worker on the caller's CPU."""
-    x = np.random.default_rng(3).standard_normal((4096, 768), dtype=np.float32)
-    with fastnorm.threads(1):
-        expected = fastnorm.layer_norm(x, 768)
+    do) makes the scheduler wake the worker on the caller's CPU.  In a process of its own: one worker."""
     allowed = os.sched_getaffinity(0)
-    cpu = min(allowed)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        os.sched_setaffinity(spinner.pid, allowed - {cpu})
-        with fastnorm.threads(2):
-            fastnorm.layer_norm(x, 768)  # the worker exists
-            workers = _workers()
-            assert workers
-            os.sched_setaffinity(0, {cpu})  # the caller (this thread only) runs on cpu...
-            for tid in workers:  # ...and so do the workers, then free to go anywhere again
-                os.sched_setaffinity(tid, {cpu})
-                os.sched_setaffinity(tid, allowed)
-            for _ in range(20):
-                np.testing.assert_array_equal(fastnorm.layer_norm(x, 768), expected)
-            assert [os.sched_getaffinity(tid) for tid in workers] == [allowed] * len(workers)
-            assert cpu not in [_last_cpu(tid) for tid in workers]
+        os.sched_setaffinity(spinner.pid, allowed - {min(allowed)})
+        run = subprocess.run([sys.executable, "-c", _MOVES_OFF_THE_CALLERS_CPU], capture_output=True, text=True,
+                             timeout=120)
     finally:
         spinner.kill()
         spinner.wait()
-        os.sched_setaffinity(0, allowed)
+    assert run.returncode == 0, run.stderr
 
 
 def test_threadpoolctl_and_set_num_threads_act_on_one_setting(uncapped_threads):
