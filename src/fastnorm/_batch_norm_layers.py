@@ -2,6 +2,7 @@
 and BatchNorm1d/2d/3d."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -411,7 +412,7 @@ class _BatchNorm(_NormBase):
             raise ValueError(f"virtual_batch_size: expected a divisor of the batch size, got {size} for a batch "
                              f"of {x.shape[0]}")
         groups = x.shape[0] // size
-        count = x.size // int(np.prod(C)) // groups
+        count = x.size // (math.prod(C) if isinstance(C, tuple) else C) // groups
         if count <= 1 and self.bessel:
             raise ValueError(f"input: expected more than 1 value per channel in each {'virtual ' * (groups > 1)}"
                              f"batch when training, got input size {x.shape}")

@@ -69,8 +69,8 @@ def _along(v: ArrayLike, name: str, x: FloatArray, axes: Tuple[int, ...]) -> Sta
     """A statistic or parameter that varies along x's ``axes`` (sorted), as float64 broadcasting against x."""
     shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
     a = _reals(v, name)
-    if a.size != int(np.prod(shape)):
-        raise ValueError(f"{name}: expected {int(np.prod(shape))} values, one per index of axes {axes} of the "
+    if a.size != math.prod(shape):
+        raise ValueError(f"{name}: expected {math.prod(shape)} values, one per index of axes {axes} of the "
                          f"input, got shape {a.shape}")
     return a.reshape(shape)
 
