@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels, _masked
 from ._threads import threads_for
-from ._validation import (FloatArray, Shape, Stats, _array, _check_activation, _check_add, _check_channels,
+from ._validation import (FloatArray, Shape, Stats, _array, _c_aligned, _check_activation, _check_add, _check_channels,
                           _check_normalized_shape, _check_out, _is_float, _is_half, _normalize_axes, _reals, _rounded,
                           _several_axes, check_count)
 
@@ -138,7 +138,7 @@ def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[ND
     io = native if native != dtype and g.dtype == native else dtype
     if x.size == 0:
         return np.empty(x.shape, io)
-    xc = np.ascontiguousarray(x, dtype=io)
+    xc = _c_aligned(x, io)
     j, columns = _rows_view(x.shape, fold)
     lead = (0,) * j
 
@@ -151,8 +151,8 @@ def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[ND
         tail = (0,) * (x.ndim - j)
         factors = np.stack([np.broadcast_to(a, x.shape)[(...,) + tail].reshape(-1) for a in fold[1:4]])
     return _kernels.activation_grad(
-        xc, np.ascontiguousarray(g, dtype=io),
-        None if add is None else np.ascontiguousarray(np.broadcast_to(add, x.shape).astype(native, copy=False), io),
+        xc, _c_aligned(g, io),
+        None if add is None else _c_aligned(np.broadcast_to(add, x.shape).astype(native, copy=False), io),
         act, factors, columns, None if fold.w is None else along_row(fold.w),
         None if fold.b is None else along_row(fold.b), math.prod(x.shape[j:]), threads_for(x.size))
 

@@ -13,9 +13,10 @@
  *  - a late worker never holds a region up: a region's static blocks are claimed one at a time, and the
  *    caller runs those that no worker took in time (a block is the same whoever runs it, and so are the
  *    bits: the kernels' results never depend on how their loops are split).
- *  - a worker never shares the caller's CPU: when the other CPUs look busy (another library's threads
+ *  - a worker does not stay on the caller's CPU: when the other CPUs look busy (another library's threads
  *    spin on them after its own calls), Linux wakes a worker on the caller's, where the two only take
- *    turns; the worker moves to another CPU it may use (bench/NOTES.md, "Pool placement").
+ *    turns; a worker that finds itself there as a region starts moves to another CPU it may use
+ *    (bench/NOTES.md, "Pool placement").
  * Other compilers (clang, MSVC) run the loops on their own OpenMP runtime (LLVM's and Intel's survive
  * fork).  Either way the thread count is kept here: fastnorm_set_num_threads is what set_num_threads and
  * threadpoolctl call.

@@ -18,7 +18,7 @@ from ._options import RowsForward
 from ._over_axes import _rows_norm_over_axes
 from ._plan import _committing, _contiguous, _empty_call, _returned
 from ._threads import threads_for
-from ._validation import (FloatArray, Shape, Stats, _as_input, _check_activation, _check_eps,
+from ._validation import (FloatArray, Shape, Stats, _as_input, _c_aligned, _check_activation, _check_eps,
                           _check_normalized_shape, _check_out, _check_residual, _compute_dtype, _elementwise_vector,
                           _rms_eps)
 
@@ -97,7 +97,7 @@ def _rows_norm_residual(input: ArrayLike, residual: ArrayLike, residual_out: Opt
             and all(_written_whole(a, x, r) for a in (out, residual_out))):
         h = residual_out if residual_out is not None and _kernels.is_c_contiguous(residual_out) and \
             residual_out.dtype == dtype and residual_out.flags.aligned else _kernels.empty(x.shape, dtype)
-        buf = np.ascontiguousarray(r, dtype)
+        buf = _c_aligned(r, dtype)
         y, stats = _rows_norm(x, normalized_shape, weight, bias, eps, out, rms, return_stats, commit, None, buf, h,
                               act, None if residual_out is None or h is residual_out else ((residual_out, h),))
         h = h if residual_out is None else residual_out

@@ -80,6 +80,12 @@ def _is_float(dtype: np.dtype[Any]) -> bool:
     return (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_half(dtype)
 
 
+def _c_aligned(a: ArrayLike, dtype: DTypeLike) -> NDArray[Any]:
+    """``a`` as a C-contiguous array of ``dtype`` aligned to its item size, as a kernel reads it: itself
+    when it is one, else a copy (``np.ascontiguousarray`` keeps a misaligned array as it is)."""
+    return np.require(a, dtype, ("C", "A"))
+
+
 def _reals(value: object, name: str) -> Stats:
     """``value`` as a float64 array of real numbers (itself when it is one: read, never written):
     integers or any floating-point type (bfloat16, whose NumPy kind is not ``"f"``, included); otherwise a
