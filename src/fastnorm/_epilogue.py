@@ -140,21 +140,23 @@ def _activation_grad(fold: _Fold, x: FloatArray, g: FloatArray, add: Optional[ND
         return np.empty(x.shape, io)
     xc = _c_aligned(x, io)
     j, columns = _rows_view(x.shape, fold)
-    lead = (0,) * j
+    # The values of a factor along a row (x.shape[j:]), or along the rows (x.shape[:j]) where it is
+    # constant within each row: written by broadcasting into the kernel's contiguous arrays.
+    along, index = (x.shape[j:], (0,) * j) if columns else (x.shape[:j], (...,) + (0,) * (x.ndim - j))
 
-    def along_row(a: FloatArray) -> FloatArray:  # the S values of a factor varying within a row
-        return np.ascontiguousarray(np.broadcast_to(a, x.shape)[lead].reshape(-1))
+    def values(a: FloatArray, shape: Tuple[int, ...], index: Tuple[Any, ...], out: FloatArray) -> FloatArray:
+        out.reshape(shape)[...] = a.reshape((1,) * (x.ndim - a.ndim) + a.shape)[index]
+        return out
 
-    if columns:
-        factors = np.stack([along_row(a) for a in fold[1:4]])
-    else:
-        tail = (0,) * (x.ndim - j)
-        factors = np.stack([np.broadcast_to(a, x.shape)[(...,) + tail].reshape(-1) for a in fold[1:4]])
+    factors = np.empty((3, math.prod(along)), dtype)
+    for k, a in enumerate(fold[1:4]):
+        values(a, along, index, factors[k])
+    row, lead = x.shape[j:], (0,) * j
+    w, b = (None if a is None else values(a, row, lead, np.empty(math.prod(row), dtype)) for a in (fold.w, fold.b))
     return _kernels.activation_grad(
         xc, _c_aligned(g, io),
         None if add is None else _c_aligned(np.broadcast_to(add, x.shape).astype(native, copy=False), io),
-        act, factors, columns, None if fold.w is None else along_row(fold.w),
-        None if fold.b is None else along_row(fold.b), math.prod(x.shape[j:]), threads_for(x.size))
+        act, factors, columns, w, b, math.prod(row), threads_for(x.size))
 
 
 def _channel_axes(x: FloatArray, channel_axis: object) -> Tuple[int, ...]:
