@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnorm
+import memory
 import reference
 import reference_steps
 from fastnorm import _kernels
@@ -561,21 +562,12 @@ def test_backward_through_the_activation_reads_misaligned_arrays_as_aligned(dtyp
     # Arrays not aligned to their item size are read through an aligned copy (the sanitized build of
     # .ci/run reports any misaligned load); the gradients have the aligned arrays' bits.
     rng = np.random.default_rng(12)
-
-    def misaligned(a):
-        raw = np.empty(a.nbytes + 64, np.uint8)
-        start = (-raw.ctypes.data) % 64 + max(1, a.itemsize // 2)
-        v = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-        v[...] = a
-        assert not v.flags.aligned
-        return v
-
     x, g, add = (rng.standard_normal((4, 8, 5, 5)).astype(dtype) for _ in range(3))
     w, b = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
     _, mean, invstd = fastnorm.batch_norm(x, None, None, w, b, training=True, return_stats=True, add=add,
                                           activation="gelu")
     expected = fastnorm.batch_norm_backward(g, x, mean, invstd, w, activation="gelu", bias=b, add=add)
-    got = fastnorm.batch_norm_backward(*(misaligned(a) for a in (g, x, mean, invstd, w)), activation="gelu",
-                                       bias=misaligned(b), add=misaligned(add))
+    got = fastnorm.batch_norm_backward(*(memory.misaligned(a) for a in (g, x, mean, invstd, w)), activation="gelu",
+                                       bias=memory.misaligned(b), add=memory.misaligned(add))
     for e, a in zip(expected, got):
         np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(e).view(np.uint8))
